@@ -1,0 +1,112 @@
+"""MTDNNModel: one shared encoder, one small head per task, chosen by task name at each forward call.
+
+The encoder is registered as ``self.encoder`` so its parameter names read ``encoder.encoder.layer.N.attention.self
+...``: the SAGE optimizer's name patterns find the attention and feed-forward weights there, while the pooler and
+heads (``pooler.dense``, ``heads.<task>.proj``) fall in the plain groups.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import torch
+from torch import nn
+
+from module.heads import build_head
+from module.pooler import FirstTokenPooler
+from mt_dnn.loss import build_loss
+
+
+def _type_name(task_def) -> str:
+    return getattr(task_def.task_type, "name", task_def.task_type)
+
+
+def _check_task_names(task_defs: Mapping) -> None:
+    if not task_defs:
+        raise ValueError("MTDNNModel: no task definitions given")
+    for key, td in task_defs.items():
+        if key != td.name:
+            raise ValueError(f"MTDNNModel: task_defs key '{key}' differs from its TaskDef name '{td.name}'")
+        if not key or "." in key:
+            raise ValueError(f"MTDNNModel: task name '{key}' must be non-empty and contain no '.'")
+
+
+def predict(task_def, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model outputs -> (predictions, scores), the inputs of data_utils.metrics.
+
+    Classification: argmax class and softmax probabilities; Regression: the float itself, twice;
+    Ranking: index of the best of the K hypotheses and the softmax over the K scores.
+    """
+    kind = _type_name(task_def)
+    if kind == "Regression":
+        return outputs, outputs
+    if kind in ("Classification", "Ranking"):
+        probs = torch.softmax(outputs.float(), dim=-1)
+        return probs.argmax(dim=-1), probs
+    raise ValueError(f"task {task_def.name}: cannot predict for task type '{kind}'")
+
+
+class MTDNNModel(nn.Module):
+    """A shared Hugging Face encoder plus one head per task, in an ``nn.ModuleDict`` keyed by task name."""
+
+    def __init__(self, encoder: nn.Module, task_defs: Mapping[str, object]):
+        super().__init__()
+        _check_task_names(task_defs)
+        config = encoder.config
+        hidden, init_std = config.hidden_size, getattr(config, "initializer_range", 0.02)
+        self.encoder = encoder
+        self.task_defs = dict(task_defs)
+        # BERT/RoBERTa bring a pretrained pooler; DeBERTa/ELECTRA have none, so we add our own.
+        self.uses_encoder_pooler = getattr(encoder, "pooler", None) is not None
+        self.pooler = None if self.uses_encoder_pooler else FirstTokenPooler(hidden, init_std)
+        self.heads = nn.ModuleDict({name: build_head(td, hidden, init_std) for name, td in self.task_defs.items()})
+        self.losses = {name: build_loss(td.loss) for name, td in self.task_defs.items()}
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.task_defs)
+
+    def _task(self, task: str):
+        try:
+            return self.task_defs[task]
+        except KeyError:
+            raise ValueError(f"unknown task '{task}'; this model has: {', '.join(self.task_defs)}") from None
+
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N, L) token ids -> (N, H) pooled [CLS] representation."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        out = self.encoder(**kwargs, return_dict=True)
+        if self.uses_encoder_pooler:
+            return out.pooler_output
+        return self.pooler(out.last_hidden_state)
+
+    def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Classification: (B, n_class) logits; Regression: (B,) floats; Ranking: (B, K) scores from (B, K, L)."""
+        td = self._task(task)
+        ranking = _type_name(td) == "Ranking"
+        want = 3 if ranking else 2
+        if input_ids.ndim != want:
+            layout = "(B, K, L)" if ranking else "(B, L)"
+            raise ValueError(f"task {task}: expects input_ids of shape {layout}, got {tuple(input_ids.shape)}")
+        for what, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if t is not None and t.shape != input_ids.shape:
+                raise ValueError(f"task {task}: {what} {tuple(t.shape)} does not match input_ids "
+                                 f"{tuple(input_ids.shape)}")
+        if not ranking:
+            return self.heads[task](self.pool(input_ids, attention_mask, token_type_ids))
+        b, k, length = input_ids.shape
+        flat = [None if t is None else t.reshape(b * k, length) for t in (input_ids, attention_mask, token_type_ids)]
+        pooled = self.pool(*flat)
+        return self.heads[task](pooled.view(b, k, -1))
+
+    def loss(self, task: str, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The task's YAML ``loss`` applied to this model's outputs for that task."""
+        self._task(task)
+        return self.losses[task](outputs, labels)
+
+    def predict(self, task: str, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predictions, scores) for the task's outputs; see the module-level ``predict``."""
+        return predict(self._task(task), outputs)

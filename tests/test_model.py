@@ -1,0 +1,320 @@
+"""MTDNNModel, heads, pooler and losses on tiny random encoders: shapes, parity with a by-hand forward pass,
+hand-computed losses, gradients, dropout, parameter names for the SAGE groups, safetensors round trip."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, DebertaV2Config, ElectraConfig
+
+from conftest import tiny_bert_config
+from module.heads import build_head
+from mt_dnn.loss import LOSSES, build_loss
+from mt_dnn.model import MTDNNModel, predict
+
+NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+class TaskType(Enum):
+    Classification = 1
+    Regression = 2
+    Ranking = 3
+
+
+@dataclass(frozen=True)
+class TaskDef:
+    name: str
+    task_type: TaskType
+    n_class: int
+    loss: str
+    dropout_p: float = 0.1
+    metric_meta: tuple = ("ACC",)
+    labels: Optional[tuple] = None
+    enable_san: bool = False
+
+
+def make_task(name: str, kind: str, n_class: int = 1, dropout_p: float = 0.1, **kw) -> TaskDef:
+    loss = {"Classification": "CeCriterion", "Regression": "MseCriterion", "Ranking": "RankCeCriterion"}[kind]
+    return TaskDef(name=name, task_type=TaskType[kind], n_class=n_class, loss=loss, dropout_p=dropout_p, **kw)
+
+
+def tasks(*defs: TaskDef) -> dict:
+    return {td.name: td for td in defs}
+
+
+THREE_TASKS = tasks(make_task("cls", "Classification", n_class=3), make_task("reg", "Regression"),
+                    make_task("rank", "Ranking"))
+
+
+def tiny_bert(**overrides):
+    torch.manual_seed(0)
+    return AutoModel.from_config(tiny_bert_config(**overrides))
+
+
+def tiny_deberta():
+    torch.manual_seed(0)
+    cfg = DebertaV2Config(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=64, type_vocab_size=2, **NO_DROPOUT)
+    return AutoModel.from_config(cfg)
+
+
+def tiny_electra():
+    torch.manual_seed(0)
+    cfg = ElectraConfig(vocab_size=128, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, **NO_DROPOUT)
+    return AutoModel.from_config(cfg)
+
+
+def batch(b: int = 4, length: int = 10, k: Optional[int] = None, seed: int = 0):
+    """Random ids with right padding (varied lengths) and a two-segment token_type layout."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (b, length) if k is None else (b, k, length)
+    ids = torch.randint(5, 128, shape, generator=g)
+    lengths = torch.randint(3, length + 1, shape[:-1], generator=g)
+    mask = (torch.arange(length) < lengths.unsqueeze(-1)).long()
+    types = (torch.arange(length) >= (lengths // 2).unsqueeze(-1)).long() * mask
+    return ids * mask, mask, types
+
+
+# ---------------------------------------------------------------- shapes and parity with a by-hand forward
+
+
+def test_output_shape_per_task_type():
+    model = MTDNNModel(tiny_bert(), THREE_TASKS).eval()
+    assert model("cls", *batch(4, 10)).shape == (4, 3)
+    assert model("reg", *batch(4, 10)).shape == (4,)
+    assert model("rank", *batch(4, 10, k=5)).shape == (4, 5)
+
+
+def test_bert_uses_its_own_pooler_output():
+    enc = tiny_bert()
+    model = MTDNNModel(enc, THREE_TASKS).eval()
+    assert model.uses_encoder_pooler and model.pooler is None
+    ids, mask, types = batch()
+    with torch.no_grad():
+        pooled = enc(input_ids=ids, attention_mask=mask, token_type_ids=types).pooler_output
+        head = model.heads["cls"].proj
+        expected = pooled @ head.weight.T + head.bias
+        torch.testing.assert_close(model("cls", ids, mask, types), expected)
+
+
+@pytest.mark.parametrize("build", [tiny_deberta, tiny_electra], ids=["deberta-v2", "electra"])
+def test_encoder_without_pooler_gets_dense_tanh_over_first_token(build):
+    enc = build()
+    assert getattr(enc, "pooler", None) is None
+    model = MTDNNModel(enc, THREE_TASKS).eval()
+    assert not model.uses_encoder_pooler
+    ids, mask, types = batch()
+    with torch.no_grad():
+        first = enc(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state[:, 0]
+        pooled = torch.tanh(first @ model.pooler.dense.weight.T + model.pooler.dense.bias)
+        head = model.heads["reg"].proj
+        expected = (pooled @ head.weight.T + head.bias)[:, 0]
+        torch.testing.assert_close(model("reg", ids, mask, types), expected)
+    assert model("rank", *batch(2, 8, k=3)).shape == (2, 3)
+
+
+def test_ranking_scores_each_pair_independently():
+    model = MTDNNModel(tiny_bert(), THREE_TASKS).eval()
+    ids, mask, types = batch(3, 9, k=4)
+    head = model.heads["rank"].proj
+    with torch.no_grad():
+        scores = model("rank", ids, mask, types)
+        for b in range(3):
+            for k in range(4):
+                pooled = model.encoder(input_ids=ids[b, k][None], attention_mask=mask[b, k][None],
+                                       token_type_ids=types[b, k][None]).pooler_output
+                torch.testing.assert_close(scores[b, k], (pooled @ head.weight.T + head.bias)[0, 0])
+
+
+def test_token_type_ids_are_optional():
+    model = MTDNNModel(tiny_bert(), THREE_TASKS).eval()
+    ids, mask, _ = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(model("cls", ids, mask), model("cls", ids, mask, torch.zeros_like(ids)))
+
+
+# ---------------------------------------------------------------- dropout and gradients
+
+
+def test_head_dropout_uses_task_dropout_p():
+    defs = tasks(make_task("a", "Classification", n_class=2, dropout_p=0.0),
+                 make_task("b", "Classification", n_class=2, dropout_p=0.3),
+                 make_task("c", "Regression", dropout_p=1.0))
+    model = MTDNNModel(tiny_bert(**NO_DROPOUT), defs).train()
+    assert [model.heads[t].dropout.p for t in "abc"] == [0.0, 0.3, 1.0]
+    x = batch()
+    torch.testing.assert_close(model("a", *x), model("a", *x))  # p = 0: train mode is deterministic
+    torch.manual_seed(1)
+    assert not torch.equal(model("b", *x), model("b", *x))  # p = 0.3: it is not
+    # p = 1 drops the whole pooled vector, leaving only the bias
+    torch.testing.assert_close(model("c", *x), model.heads["c"].proj.bias.expand(4).detach())
+    model.eval()
+    torch.testing.assert_close(model("b", *x), model("b", *x))
+
+
+@pytest.mark.parametrize("build", [tiny_bert, tiny_deberta], ids=["bert", "deberta-v2"])
+@pytest.mark.parametrize("task", ["cls", "reg", "rank"])
+def test_gradient_reaches_encoder_and_head(build, task):
+    model = MTDNNModel(build(), THREE_TASKS).train()
+    if task == "rank":
+        x, labels = batch(2, 8, k=3), torch.tensor([0, 2])
+    elif task == "reg":
+        x, labels = batch(), torch.tensor([0.5, 1.0, 2.0, 4.5])
+    else:
+        x, labels = batch(), torch.tensor([0, 1, 2, 1])
+    model.loss(task, model(task, *x), labels).backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    layer0 = [n for n in grads if n.startswith("encoder.encoder.layer.0.attention.self.")]
+    assert layer0 and all(grads[n] is not None and grads[n].abs().sum() > 0 for n in layer0)
+    assert grads[f"heads.{task}.proj.weight"].abs().sum() > 0
+    other = [n for n in grads if n.startswith("heads.") and not n.startswith(f"heads.{task}.")]
+    assert other and all(grads[n] is None for n in other)  # only the batch's own head trains
+
+
+# ---------------------------------------------------------------- parameter names for the SAGE groups
+
+SAGE_PATTERNS = ("attention.self", "attention.output.dense", "output.dense", "intermediate.dense")  # bert_optim
+
+
+def _is_sage(name: str) -> bool:
+    return any(p in name for p in SAGE_PATTERNS)
+
+
+def test_parameter_names_split_into_sage_and_plain_groups_on_bert():
+    model = MTDNNModel(tiny_bert(), THREE_TASKS)
+    names = [n for n, _ in model.named_parameters()]
+    subs = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+            "intermediate.dense", "output.dense")
+    expected = {f"encoder.encoder.layer.{i}.{s}.{w}" for i in range(2) for s in subs for w in ("weight", "bias")}
+    assert {n for n in names if _is_sage(n)} == expected
+    plain = {n for n in names if not _is_sage(n)}
+    assert {"encoder.pooler.dense.weight", "encoder.embeddings.word_embeddings.weight",
+            "encoder.encoder.layer.0.attention.output.LayerNorm.weight", "encoder.encoder.layer.1.output.LayerNorm.bias",
+            "heads.cls.proj.weight", "heads.reg.proj.bias", "heads.rank.proj.weight"} <= plain
+
+
+def test_own_pooler_and_heads_stay_plain_on_deberta():
+    model = MTDNNModel(tiny_deberta(), tasks(make_task("output", "Regression"),
+                                             make_task("intermediate", "Classification", n_class=2)))
+    plain = {n for n, _ in model.named_parameters() if not _is_sage(n)}
+    assert {"pooler.dense.weight", "pooler.dense.bias", "heads.output.proj.weight",
+            "heads.intermediate.proj.weight"} <= plain
+    assert any(_is_sage(n) and n.startswith("encoder.encoder.layer.1.") for n, _ in model.named_parameters())
+
+
+# ---------------------------------------------------------------- losses, hand-computed
+
+
+def test_ce_loss_hand_computed():
+    logits = torch.tensor([[0.0, math.log(3.0)], [0.0, math.log(3.0)]])  # softmax = (1/4, 3/4)
+    loss = build_loss("CeCriterion")(logits, torch.tensor([1, 0]))
+    assert loss.item() == pytest.approx((math.log(4 / 3) + math.log(4)) / 2)
+
+
+def test_mse_loss_hand_computed():
+    loss = build_loss("MseCriterion")(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0]))
+    assert loss.item() == pytest.approx((1 + 4) / 2)
+
+
+def test_rank_ce_loss_hand_computed():
+    scores = torch.log(torch.tensor([[1.0, 2.0, 5.0], [1.0, 2.0, 5.0]]))  # softmax = (1, 2, 5) / 8
+    loss = build_loss("RankCeCriterion")(scores, torch.tensor([2, 0]))
+    assert loss.item() == pytest.approx((math.log(8 / 5) + math.log(8)) / 2)
+
+
+def test_loss_is_float32_for_half_precision_outputs():
+    logits = torch.tensor([[0.0, math.log(3.0)]], dtype=torch.bfloat16)
+    loss = build_loss("CeCriterion")(logits, torch.tensor([1]))
+    assert loss.dtype == torch.float32
+    assert build_loss("MseCriterion")(torch.ones(2, dtype=torch.float16), torch.zeros(2)).dtype == torch.float32
+
+
+def test_model_loss_uses_the_task_yaml_loss():
+    model = MTDNNModel(tiny_bert(), THREE_TASKS)
+    assert {t: type(model.losses[t]).__name__ for t in THREE_TASKS} == {
+        "cls": "CeCriterion", "reg": "MseCriterion", "rank": "RankCeCriterion"}
+    assert set(LOSSES) == {"CeCriterion", "MseCriterion", "RankCeCriterion"}
+
+
+def test_loss_bad_inputs():
+    with pytest.raises(ValueError, match="unknown loss 'Ce'; known: CeCriterion, MseCriterion, RankCeCriterion"):
+        build_loss("Ce")
+    with pytest.raises(ValueError, match=r"MseCriterion: predictions \(4, 1\) and labels \(4,\) must have"):
+        build_loss("MseCriterion")(torch.zeros(4, 1), torch.zeros(4))
+    with pytest.raises(ValueError, match=r"CeCriterion: expects labels of shape \(4,\), got \(4, 2\)"):
+        build_loss("CeCriterion")(torch.zeros(4, 2), torch.zeros(4, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="CeCriterion: labels must be integer class indices, got torch.float32"):
+        build_loss("CeCriterion")(torch.zeros(4, 2), torch.zeros(4))
+    with pytest.raises(ValueError, match=r"RankCeCriterion: expects scores of shape \(B, K\), got \(6,\)"):
+        build_loss("RankCeCriterion")(torch.zeros(6), torch.zeros(2, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- predict
+
+
+def test_predict_per_task_type():
+    cls, reg, rank = (THREE_TASKS[t] for t in ("cls", "reg", "rank"))
+    logits = torch.tensor([[0.0, math.log(3.0), 0.0], [2.0, 0.0, 0.0]])
+    preds, scores = predict(cls, logits)
+    assert preds.tolist() == [1, 0]
+    torch.testing.assert_close(scores[0], torch.tensor([0.2, 0.6, 0.2]))
+    values = torch.tensor([0.25, 3.5])
+    preds, scores = predict(reg, values)
+    assert preds is values and scores is values
+    preds, scores = predict(rank, torch.tensor([[0.1, 0.9, 0.3], [2.0, -1.0, 0.0]]))
+    assert preds.tolist() == [1, 0]
+    torch.testing.assert_close(scores.sum(-1), torch.ones(2))
+
+
+# ---------------------------------------------------------------- safetensors round trip
+
+
+def test_state_round_trips_through_safetensors(tmp_path):
+    model = MTDNNModel(tiny_deberta(), THREE_TASKS).eval()
+    path = tmp_path / "model.safetensors"
+    save_file(model.state_dict(), str(path))
+    torch.manual_seed(123)
+    fresh = MTDNNModel(tiny_deberta(), THREE_TASKS).eval()
+    for p in fresh.parameters():
+        torch.nn.init.normal_(p)  # make sure nothing matches by accident
+    fresh.load_state_dict(load_file(str(path)), strict=True)
+    x = batch()
+    with torch.no_grad():
+        for task in ("cls", "reg"):
+            torch.testing.assert_close(fresh(task, *x), model(task, *x), rtol=0, atol=0)
+    assert {"pooler.dense.weight", "heads.rank.proj.bias"} <= set(load_file(str(path)))
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def test_model_bad_inputs():
+    model = MTDNNModel(tiny_bert(), THREE_TASKS)
+    with pytest.raises(ValueError, match="unknown task 'mnli'; this model has: cls, reg, rank"):
+        model("mnli", *batch())
+    with pytest.raises(ValueError, match=r"task rank: expects input_ids of shape \(B, K, L\), got \(4, 10\)"):
+        model("rank", *batch())
+    with pytest.raises(ValueError, match=r"task cls: expects input_ids of shape \(B, L\), got \(4, 2, 10\)"):
+        model("cls", *batch(k=2))
+    ids, mask, _ = batch()
+    with pytest.raises(ValueError, match=r"task cls: attention_mask \(4, 9\) does not match input_ids \(4, 10\)"):
+        model("cls", ids, mask[:, :9])
+
+
+def test_model_construction_errors():
+    with pytest.raises(ValueError, match="MTDNNModel: no task definitions given"):
+        MTDNNModel(tiny_bert(), {})
+    with pytest.raises(ValueError, match="key 'rte' differs from its TaskDef name 'mrpc'"):
+        MTDNNModel(tiny_bert(), {"rte": make_task("mrpc", "Classification", n_class=2)})
+    with pytest.raises(ValueError, match="task name 'a.b' must be non-empty and contain no '.'"):
+        MTDNNModel(tiny_bert(), tasks(make_task("a.b", "Regression")))
+    with pytest.raises(ValueError, match="task x: a Classification head needs n_class >= 2, got 1"):
+        build_head(make_task("x", "Classification", n_class=1), 32)
+    with pytest.raises(ValueError, match="task x: enable_san .* is not supported"):
+        build_head(make_task("x", "Classification", n_class=2, enable_san=True), 32)
