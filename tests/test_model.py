@@ -318,3 +318,17 @@ def test_model_construction_errors():
         build_head(make_task("x", "Classification", n_class=1), 32)
     with pytest.raises(ValueError, match="task x: enable_san .* is not supported"):
         build_head(make_task("x", "Classification", n_class=2, enable_san=True), 32)
+
+
+def test_embedded_minilm_encoder_plugs_in():
+    """The offline default encoder: its pretrained pooler is used, and its 6 layers land in the SAGE groups."""
+    from pretrained_models import load_encoder, load_tokenizer
+    tok, enc = load_tokenizer("minilm-l6"), load_encoder("minilm-l6")
+    model = MTDNNModel(enc, THREE_TASKS).eval()
+    assert model.uses_encoder_pooler
+    sage = [n for n, _ in model.named_parameters() if _is_sage(n)]
+    assert len(sage) == 6 * 12 and all(n.startswith("encoder.encoder.layer.") for n in sage)
+    enc_in = tok(["a fine film", "dull"], ["it was good", "very"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model("cls", enc_in["input_ids"], enc_in["attention_mask"], enc_in["token_type_ids"])
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
