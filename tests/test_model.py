@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, DebertaV2Config, ElectraConfig
 
 from conftest import tiny_bert_config
+from module.bert_optim import DEFAULT_SAGE_PATTERNS, sage_param_groups
 from module.heads import build_head
 from mt_dnn.loss import LOSSES, build_loss
 from mt_dnn.model import MTDNNModel, predict
@@ -179,11 +180,8 @@ def test_gradient_reaches_encoder_and_head(build, task):
 
 # ---------------------------------------------------------------- parameter names for the SAGE groups
 
-SAGE_PATTERNS = ("attention.self", "attention.output.dense", "output.dense", "intermediate.dense")  # bert_optim
-
-
 def _is_sage(name: str) -> bool:
-    return any(p in name for p in SAGE_PATTERNS)
+    return any(p in name for p in DEFAULT_SAGE_PATTERNS)
 
 
 def test_parameter_names_split_into_sage_and_plain_groups_on_bert():
@@ -197,6 +195,10 @@ def test_parameter_names_split_into_sage_and_plain_groups_on_bert():
     assert {"encoder.pooler.dense.weight", "encoder.embeddings.word_embeddings.weight",
             "encoder.encoder.layer.0.attention.output.LayerNorm.weight", "encoder.encoder.layer.1.output.LayerNorm.bias",
             "heads.cls.proj.weight", "heads.reg.proj.bias", "heads.rank.proj.weight"} <= plain
+    # and the optimizer's own grouping agrees, tensor for tensor
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    groups = sage_param_groups(model)
+    assert {by_id[id(p)] for g in groups if g["sage"] for p in g["params"]} == expected
 
 
 def test_own_pooler_and_heads_stay_plain_on_deberta():
