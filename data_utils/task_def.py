@@ -1,0 +1,362 @@
+"""Task definitions: a YAML file (MT-DNN's field names) -> one validated, frozen ``TaskDef`` per task.
+
+A new task needs only a YAML entry and canonical TSVs, so everything the rest of the code relies on is checked
+here, once, with an error that names the YAML file (and line), the task and the field.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class TaskType(Enum):
+    Classification = 1
+    Regression = 2
+    Ranking = 3
+
+
+class DataFormat(Enum):
+    PremiseOnly = 1
+    PremiseAndOneHypothesis = 2
+    PremiseAndMultiHypothesis = 3
+
+
+# Kept here (not imported) so loading a task file needs no torch/sklearn; tests check them against the
+# registries in data_utils.metrics and mt_dnn.loss.
+CLASS_METRICS = ("ACC", "F1", "MCC", "AUC")
+REGRESSION_METRICS = ("Pearson", "Spearman")
+KNOWN_METRICS = CLASS_METRICS + REGRESSION_METRICS
+LOSS_FOR_TYPE = {TaskType.Classification: "CeCriterion", TaskType.Regression: "MseCriterion",
+                 TaskType.Ranking: "RankCeCriterion"}
+FORMATS_FOR_TYPE = {
+    TaskType.Classification: (DataFormat.PremiseOnly, DataFormat.PremiseAndOneHypothesis),
+    TaskType.Regression: (DataFormat.PremiseOnly, DataFormat.PremiseAndOneHypothesis),
+    TaskType.Ranking: (DataFormat.PremiseAndMultiHypothesis,),
+}
+SPLIT_ROLES = ("train", "dev", "test")
+DEFAULT_SPLITS = ("train", "dev", "test")
+FIELDS = ("task_type", "data_format", "n_class", "labels", "metric_meta", "loss", "dropout_p", "split_names",
+          "enable_san")
+_TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
+
+
+class TaskDefError(ValueError):
+    """A task-definition file problem, as one line naming the file, the task and the field."""
+
+
+@dataclass(frozen=True)
+class TaskDef:
+    """One task. ``labels[i]`` is the TSV label string of class id ``i`` (Ranking: of hypothesis ``i``).
+
+    For Ranking, ``n_class`` is the number of hypotheses per example (the TSV's columns after the premise).
+    """
+    name: str
+    task_type: TaskType
+    data_format: DataFormat
+    n_class: int
+    labels: Optional[tuple[str, ...]]
+    metric_meta: tuple[str, ...]
+    loss: str
+    dropout_p: float = 0.1
+    split_names: tuple[str, ...] = DEFAULT_SPLITS
+    enable_san: bool = False
+    _label_ids: dict = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        ids = {lab: i for i, lab in enumerate(self.labels)} if self.labels is not None else {}
+        object.__setattr__(self, "_label_ids", ids)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.task_type is TaskType.Regression
+
+    def label_id(self, label: str) -> int:
+        """The class id of a TSV label string."""
+        if self.labels is None:
+            raise ValueError(f"task {self.name}: a {self.task_type.name} task has no label names")
+        try:
+            return self._label_ids[label]
+        except KeyError:
+            raise ValueError(f"task {self.name}: label {label!r} is not one of {list(self.labels)}") from None
+
+    def label_name(self, class_id: int) -> str:
+        """The TSV label string of a class id (for prediction files)."""
+        if self.labels is None:
+            raise ValueError(f"task {self.name}: a {self.task_type.name} task has no label names")
+        if isinstance(class_id, bool) or not 0 <= int(class_id) < len(self.labels) or int(class_id) != class_id:
+            raise ValueError(f"task {self.name}: class id {class_id!r} is outside 0..{len(self.labels) - 1}")
+        return self.labels[int(class_id)]
+
+    def parse_label(self, text: str) -> Union[int, float]:
+        """A canonical-TSV label -> the shard label: a class id, or a finite float for Regression."""
+        if not self.is_regression:
+            return self.label_id(text)
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"task {self.name}: regression label {text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"task {self.name}: regression label {text!r} is not finite")
+        return value
+
+    def split_role(self, split: str) -> str:
+        """'train', 'dev' or 'test': the role word the split name contains."""
+        return split_role(split)
+
+    def train_splits(self) -> tuple[str, ...]:
+        return tuple(s for s in self.split_names if split_role(s) == "train")
+
+    def dev_splits(self) -> tuple[str, ...]:
+        """Labelled evaluation splits (names containing 'dev')."""
+        return tuple(s for s in self.split_names if split_role(s) == "dev")
+
+    def test_splits(self) -> tuple[str, ...]:
+        """Unlabelled splits (names containing 'test'); their shards carry a placeholder label."""
+        return tuple(s for s in self.split_names if split_role(s) == "test")
+
+    def has_labels(self, split: str) -> bool:
+        return split_role(split) != "test"
+
+    def placeholder_label(self) -> Union[int, float]:
+        return 0.0 if self.is_regression else 0
+
+
+def split_role(split: str) -> str:
+    """The one role word ('train', 'dev', 'test') a split name contains; anything else is an error."""
+    roles = [r for r in SPLIT_ROLES if r in split]
+    if len(roles) != 1:
+        raise ValueError(f"split name {split!r} must contain exactly one of 'train', 'dev', 'test' "
+                         "(that is how labelled training, evaluation and unlabelled test splits are told apart)")
+    return roles[0]
+
+
+# ---------------------------------------------------------------------------------------------- loading
+class _Where:
+    """Formats errors as ``file:line: task 'x', field 'y': reason`` using node positions from yaml.compose."""
+
+    def __init__(self, path: str, text: str):
+        self.path = path
+        self.task_lines: dict[str, int] = {}
+        self.field_lines: dict[tuple[str, str], int] = {}
+        self.duplicates: list[tuple[Optional[str], str, int]] = []
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if isinstance(root, yaml.MappingNode):
+            self._scan(root)
+
+    def _scan(self, root: yaml.MappingNode) -> None:
+        for key, value in root.value:
+            task = str(key.value)
+            if task in self.task_lines:
+                self.duplicates.append((None, task, key.start_mark.line + 1))
+            self.task_lines.setdefault(task, key.start_mark.line + 1)
+            if isinstance(value, yaml.MappingNode):
+                seen = set()
+                for fkey, _ in value.value:
+                    name = str(fkey.value)
+                    if name in seen:
+                        self.duplicates.append((task, name, fkey.start_mark.line + 1))
+                    seen.add(name)
+                    self.field_lines.setdefault((task, name), fkey.start_mark.line + 1)
+
+    def error(self, reason: str, task: Optional[str] = None, field_name: Optional[str] = None) -> TaskDefError:
+        line = self.field_lines.get((task, field_name)) or self.task_lines.get(task)
+        where = f"{self.path}:{line}" if line else self.path
+        what = ""
+        if task is not None:
+            what = f" task '{task}'" + (f", field '{field_name}'" if field_name else "") + ":"
+        return TaskDefError(f"{where}:{what} {reason}")
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _enum(where: _Where, task: str, key: str, raw: Any, enum_cls: type[Enum]) -> Enum:
+    if not isinstance(raw, str) or raw not in enum_cls.__members__:
+        raise where.error(f"unknown value {raw!r}; known: {', '.join(enum_cls.__members__)}", task, key)
+    return enum_cls[raw]
+
+
+def _str_list(where: _Where, task: str, key: str, raw: Any, ints_ok: bool = False) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise where.error(f"must be a non-empty list, got {_type_name(raw)} {raw!r}", task, key)
+    out = []
+    for i, item in enumerate(raw):
+        if isinstance(item, bool):
+            raise where.error(f"item {i} is the boolean {item!r}: YAML reads unquoted yes/no/true/false/on/off "
+                              "as booleans; quote it", task, key)
+        if ints_ok and isinstance(item, int):
+            item = str(item)
+        if not isinstance(item, str) or not item.strip() or item != item.strip() or any(c in item for c in "\t\r\n"):
+            raise where.error(f"item {i} must be a non-empty string without surrounding spaces, tabs or "
+                              f"newlines, got {_type_name(item)} {item!r}", task, key)
+        out.append(item)
+    dup = sorted({x for x in out if out.count(x) > 1})
+    if dup:
+        raise where.error(f"repeated item(s) {dup}", task, key)
+    return tuple(out)
+
+
+def _int(where: _Where, task: str, key: str, raw: Any) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise where.error(f"must be an integer, got {_type_name(raw)} {raw!r}", task, key)
+    return raw
+
+
+def _check_name(where: _Where, task: Any) -> str:
+    if not isinstance(task, str):
+        raise where.error(f"task name {task!r} must be a string, got {_type_name(task)}")
+    if "_" in task:
+        raise where.error(f"task name must not contain '_' (shard files are named {{task}}_{{split}}); "
+                          f"try '{task.replace('_', '-')}'", task)
+    if not _TASK_NAME.match(task):
+        raise where.error("task name must be letters, digits and '-' (starting with a letter or digit)", task)
+    return task
+
+
+def _labels_and_classes(where: _Where, task: str, spec: dict, task_type: TaskType):
+    raw_n, raw_labels = spec.get("n_class"), spec.get("labels")
+    if task_type is TaskType.Regression:
+        if raw_labels is not None:
+            raise where.error("a Regression task has no labels; remove the field", task, "labels")
+        n_class = 1 if raw_n is None else _int(where, task, "n_class", raw_n)
+        if n_class != 1:
+            raise where.error(f"a Regression task has n_class 1, got {n_class}", task, "n_class")
+        return 1, None
+    labels = _str_list(where, task, "labels", raw_labels, ints_ok=True) if raw_labels is not None else None
+    if raw_n is None and labels is None:
+        raise where.error(f"a {task_type.name} task needs n_class or labels", task, "n_class")
+    n_class = len(labels) if raw_n is None else _int(where, task, "n_class", raw_n)
+    if n_class < 2:
+        what = "classes" if task_type is TaskType.Classification else "hypotheses per example"
+        raise where.error(f"a {task_type.name} task needs at least 2 {what}, got n_class {n_class}", task, "n_class")
+    if labels is not None and len(labels) != n_class:
+        raise where.error(f"n_class is {n_class} but labels has {len(labels)} items {list(labels)}", task, "n_class")
+    return n_class, labels or tuple(str(i) for i in range(n_class))
+
+
+def _metrics(where: _Where, task: str, raw: Any, task_type: TaskType, n_class: int) -> tuple[str, ...]:
+    names = _str_list(where, task, "metric_meta", raw)
+    allowed = REGRESSION_METRICS if task_type is TaskType.Regression else CLASS_METRICS
+    for name in names:
+        if name not in KNOWN_METRICS:
+            raise where.error(f"unknown metric {name!r}; known: {', '.join(KNOWN_METRICS)}", task, "metric_meta")
+        if name not in allowed:
+            raise where.error(f"metric {name} does not apply to a {task_type.name} task; use "
+                              f"{', '.join(allowed)}", task, "metric_meta")
+    if "F1" in names and (task_type is not TaskType.Classification or n_class != 2):
+        raise where.error("F1 (of class 1) needs a 2-class Classification task", task, "metric_meta")
+    return names
+
+
+def _loss(where: _Where, task: str, raw: Any, task_type: TaskType) -> str:
+    expected = LOSS_FOR_TYPE[task_type]
+    if raw is None:
+        return expected
+    if raw not in LOSS_FOR_TYPE.values():
+        raise where.error(f"unknown loss {raw!r}; known: {', '.join(LOSS_FOR_TYPE.values())}", task, "loss")
+    if raw != expected:
+        raise where.error(f"loss {raw} does not fit a {task_type.name} task; use {expected}", task, "loss")
+    return raw
+
+
+def _dropout(where: _Where, task: str, raw: Any) -> float:
+    if raw is None:
+        return 0.1
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0.0 <= raw < 1.0:
+        raise where.error(f"must be a number in [0, 1), got {_type_name(raw)} {raw!r}", task, "dropout_p")
+    return float(raw)
+
+
+def _splits(where: _Where, task: str, raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return DEFAULT_SPLITS
+    names = _str_list(where, task, "split_names", raw)
+    for name in names:
+        if not _SPLIT_NAME.match(name):
+            raise where.error(f"split name {name!r} must be letters, digits, '_' and '-'", task, "split_names")
+        try:
+            split_role(name)
+        except ValueError as exc:
+            raise where.error(str(exc), task, "split_names") from None
+    return names
+
+
+def _san(where: _Where, task: str, raw: Any) -> bool:
+    if raw is None or raw is False:
+        return False
+    if raw is True:
+        raise where.error("enable_san: true is not supported (this project has no SAN answer module yet); "
+                          "set it to false or remove it", task, "enable_san")
+    raise where.error(f"must be true or false, got {_type_name(raw)} {raw!r}", task, "enable_san")
+
+
+def _build(where: _Where, task: str, spec: Any) -> TaskDef:
+    if not isinstance(spec, dict):
+        raise where.error(f"must be a mapping of fields, got {_type_name(spec)}", task)
+    for key in spec:
+        if key not in FIELDS:
+            raise where.error(f"unknown field; known: {', '.join(FIELDS)}", task, str(key))
+    for key in ("task_type", "data_format", "metric_meta"):
+        if key not in spec:
+            raise where.error("required field is missing", task, key)
+    task_type = _enum(where, task, "task_type", spec["task_type"], TaskType)
+    data_format = _enum(where, task, "data_format", spec["data_format"], DataFormat)
+    if data_format not in FORMATS_FOR_TYPE[task_type]:
+        ok = ", ".join(f.name for f in FORMATS_FOR_TYPE[task_type])
+        raise where.error(f"{data_format.name} does not fit a {task_type.name} task; use {ok}", task, "data_format")
+    n_class, labels = _labels_and_classes(where, task, spec, task_type)
+    return TaskDef(name=task, task_type=task_type, data_format=data_format, n_class=n_class, labels=labels,
+                   metric_meta=_metrics(where, task, spec["metric_meta"], task_type, n_class),
+                   loss=_loss(where, task, spec.get("loss"), task_type),
+                   dropout_p=_dropout(where, task, spec.get("dropout_p")),
+                   split_names=_splits(where, task, spec.get("split_names")),
+                   enable_san=_san(where, task, spec.get("enable_san")))
+
+
+def parse_task_defs(text: str, path: str = "<string>") -> dict[str, TaskDef]:
+    """Task definitions from YAML text; ``path`` is only used in error messages."""
+    try:
+        where = _Where(path, text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        reason = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise TaskDefError(f"{path}{line}: not valid YAML: {reason}") from None
+    if data is None:
+        raise TaskDefError(f"{path}: no task definitions (the file is empty)")
+    if not isinstance(data, dict):
+        raise TaskDefError(f"{path}: must be a mapping of task name -> fields, got {_type_name(data)}")
+    for task, name, line in where.duplicates:
+        if task is None:
+            raise TaskDefError(f"{path}:{line}: task '{name}' is defined twice")
+        raise TaskDefError(f"{path}:{line}: task '{task}', field '{name}': given twice")
+    return {_check_name(where, task): _build(where, task, spec) for task, spec in data.items()}
+
+
+def load_task_defs(path: Union[str, Path]) -> dict[str, TaskDef]:
+    """All task definitions of a YAML file, in file order."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TaskDefError(f"{path}: task definition file not found") from None
+    except UnicodeDecodeError as exc:
+        raise TaskDefError(f"{path}: not UTF-8 (byte {exc.start})") from None
+    return parse_task_defs(text, str(path))
+
+
+def select_tasks(task_defs: dict[str, TaskDef], names, source: str = "task definitions") -> dict[str, TaskDef]:
+    """The named tasks, in the order given; an unknown name fails with the known ones."""
+    missing = [n for n in names if n not in task_defs]
+    if missing:
+        raise TaskDefError(f"{source}: unknown task(s) {missing}; known: {', '.join(task_defs)}")
+    return {n: task_defs[n] for n in names}
