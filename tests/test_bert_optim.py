@@ -1,0 +1,365 @@
+"""SAGE optimizers: parity with the plain spec re-implementation, implementation parity, torch conventions."""
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModel
+
+from conftest import tiny_bert_config
+from module.bert_optim import (OPTIMIZERS, AdamaxSAGE, AdamWSAGE, SGDSAGE, build_optimizer, build_schedule,
+                               sage_param_groups)
+from sage_reference import ReferenceOptimizer, linear_decay, warmup_linear
+
+STEPS = 12
+LR = 2e-3
+ALGO = {"usadamax": "adamax", "adamax": "adamax", "usadamw": "adamw", "adamw": "adamw",
+        "usadam": "adam", "adam": "adam", "ussgd": "sgd", "sgd": "sgd"}
+SCHEDULE = {"adamax": "warmup_linear", "adamw": "warmup_linear", "adam": "linear", "sgd": "linear"}
+REF_SCHEDULE = {"warmup_linear": warmup_linear, "linear": linear_decay}
+EXTRA = {"sgd": dict(momentum=0.9)}
+SAGE_NAMES = ("attention.self", "attention.output.dense", "output.dense", "intermediate.dense")
+NO_DECAY_NAMES = ("bias", "gamma", "beta", "LayerNorm.bias", "LayerNorm.weight")
+
+
+class TinyBert(nn.Module):
+    """A 2-layer random BERT (float64) with a frozen embedding table and a zero-size SAGE parameter."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.bert = AutoModel.from_config(tiny_bert_config()).double().eval()  # no dropout: deterministic
+        self.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+        self.empty = nn.Module()
+        self.empty.register_parameter("weight", nn.Parameter(torch.zeros(0, 4, dtype=torch.float64)))
+        # Names the reference grouping must see as SAGE: make the empty tensor one of them.
+        self.bert.encoder.layer[0].output.dense.register_parameter(
+            "empty", self.empty.weight)
+
+    def loss(self, step: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(100 + step)
+        ids = torch.randint(1, 128, (4, 10), generator=g)
+        target = torch.randn(4, 10, 32, generator=g, dtype=torch.float64)
+        out = self.bert(input_ids=ids).last_hidden_state
+        return (out - target).pow(2).mean() + self.empty.weight.sum()  # the empty tensor gets a (0, 4) grad
+
+
+def named_params(model: TinyBert):
+    return [(n, p) for n, p in model.bert.named_parameters()]
+
+
+def drop_some_grads(model: TinyBert, step: int) -> None:
+    """None gradients at some steps: one SAGE weight at steps 3 and 7, one common weight at step 5."""
+    if step in (3, 7):
+        model.bert.encoder.layer[1].intermediate.dense.weight.grad = None
+    if step == 5:
+        model.bert.pooler.dense.weight.grad = None
+
+
+def train(model: TinyBert, opt, sched) -> None:
+    for step in range(STEPS):
+        opt.zero_grad(set_to_none=True)
+        model.loss(step).backward()
+        drop_some_grads(model, step)
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+def reference_groups(model: TinyBert, wd: float, sage_on: bool):
+    """The authors' grouping, written independently: (params, sage, weight_decay) tuples."""
+    groups = {}
+    for name, p in named_params(model):
+        is_sage = sage_on and any(s in name for s in SAGE_NAMES)
+        decay = 0.0 if any(n in name for n in NO_DECAY_NAMES) else wd
+        groups.setdefault((is_sage, decay), []).append(p)
+    return [(ps, s, d) for (s, d), ps in groups.items()]
+
+
+def run_ours(name, formula=None, impl="forloop", lr=LR):
+    model = TinyBert()
+    kw = dict(lr=lr, beta3=0.75, **EXTRA.get(ALGO[name], {}))
+    if formula:
+        kw["formula"] = formula
+    kw.update(foreach=(impl == "foreach"), fused=(impl == "fused") or None)
+    opt = build_optimizer(name, sage_param_groups(named_params(model), weight_decay=0.01), **kw)
+    sched = build_schedule(opt, SCHEDULE[ALGO[name]], STEPS, warmup=0.1)
+    train(model, opt, sched)
+    return model, opt
+
+
+def run_reference(name, formula, lr=LR):
+    model = TinyBert()
+    algo = ALGO[name]
+    default_formula = "reference" if algo in ("adamax", "adamw") else "paper"
+    ref = ReferenceOptimizer(algo, reference_groups(model, 0.01, name.startswith("us")), lr,
+                             REF_SCHEDULE[SCHEDULE[algo]], STEPS, 0.1, beta3=0.75,
+                             formula=formula or default_formula, **EXTRA.get(algo, {}))
+    train(model, ref, None)
+    return model
+
+
+def params_of(model):
+    return {n: p.detach().clone() for n, p in model.bert.named_parameters()}
+
+
+def assert_same(a: dict, b: dict, atol: float, rtol: float = 0.0):
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], atol=atol, rtol=rtol, msg=lambda m: f"{n}: {m}")
+
+
+CASES = [(n, None) for n in OPTIMIZERS] + [
+    ("usadamax", "paper"), ("usadamw", "paper"), ("usadam", "reference"), ("ussgd", "reference"),
+] + [("usadamax", f"ablation{i}") for i in range(1, 6)] + [("usadam", f"ablation{i}") for i in (1, 2, 4)]
+
+
+@pytest.mark.parametrize("name,formula", CASES)
+def test_matches_spec_reimplementation(name, formula):
+    # ablation4 multiplies steps by up to 1/ε = 1e6: scale lr down so the run is not chaotic.
+    lr = LR * 1e-6 if formula == "ablation4" else LR
+    ours, _ = run_ours(name, formula, lr=lr)
+    ref = run_reference(name, formula, lr=lr)
+    start = TinyBert().bert.parameters()
+    moved = max((p - q).abs().max().item() for p, q in zip(ours.bert.parameters(), start) if p.numel())
+    assert moved > 1e-5, "the optimizer did not move the model"
+    assert_same(params_of(ours), params_of(ref), atol=1e-12, rtol=1e-10)
+
+
+FUSED_CASES = [("usadamax", None), ("usadamax", "paper"), ("usadamw", None), ("adamax", None),
+               ("usadam", None), ("ussgd", None)]
+
+
+@pytest.mark.parametrize("name,formula", [(n, None) for n in OPTIMIZERS] + [("usadamw", "ablation2")])
+def test_foreach_equals_forloop(name, formula):
+    a, opt_a = run_ours(name, formula, "forloop")
+    b, opt_b = run_ours(name, formula, "foreach")
+    assert_same(params_of(a), params_of(b), atol=1e-12)
+    for (pa, sa), (pb, sb) in zip(opt_a.state.items(), opt_b.state.items()):
+        for key in sa:
+            torch.testing.assert_close(sa[key], sb[key], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name,formula", FUSED_CASES)
+def test_fused_equals_forloop(name, formula):
+    a, _ = run_ours(name, formula, "forloop")
+    b, _ = run_ours(name, formula, "fused")
+    assert_same(params_of(a), params_of(b), atol=1e-12)
+
+
+def test_skipped_and_frozen_params():
+    model, opt = run_ours("usadamax")
+    frozen = model.bert.embeddings.word_embeddings.weight
+    assert frozen not in opt.state and torch.equal(frozen, TinyBert().bert.embeddings.word_embeddings.weight)
+    dropped = model.bert.encoder.layer[1].intermediate.dense.weight
+    assert opt.state[dropped]["step"].item() == STEPS - 2  # skipped at steps 3 and 7
+    assert model.empty.weight.numel() == 0 and opt.state[model.empty.weight]["step"].item() == STEPS
+
+
+def test_reference_zero_weights_never_move():
+    """Authors' factor |I-Ī|/(Ī+ε²) is 0 for a weight that is exactly 0: BERT's zero-initialised biases stay 0."""
+    model, _ = run_ours("usadamax")
+    bias = model.bert.encoder.layer[0].intermediate.dense.bias
+    assert torch.count_nonzero(bias) == 0
+    model_paper, _ = run_ours("usadamax", "paper")
+    assert torch.count_nonzero(model_paper.bert.encoder.layer[0].intermediate.dense.bias) > 0
+
+
+def test_usadamw_sage_params_do_not_move_on_step_one():
+    model = TinyBert()
+    before = params_of(model)
+    opt = build_optimizer("usadamw", sage_param_groups(named_params(model)), lr=1e-2)
+    model.loss(0).backward()
+    opt.step()
+    after = params_of(model)
+    sage_w = "encoder.layer.0.attention.self.query.weight"
+    # Only the decoupled decay acts on step 1 for SAGE parameters (Î₁ = I₁ makes U = 0).
+    torch.testing.assert_close(after[sage_w], before[sage_w] * (1 - 1e-2 * 0.01), atol=1e-15, rtol=0)
+    common_w = "embeddings.position_embeddings.weight"
+    assert not torch.allclose(after[common_w], before[common_w] * (1 - 1e-2 * 0.01), atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("impl", ["forloop", "foreach"])
+@pytest.mark.parametrize("name", ["usadamax", "usadamw", "ussgd"])
+def test_state_dict_round_trip_resumes_exactly(name, impl, tmp_path):
+    def make():
+        model = TinyBert()
+        opt = build_optimizer(name, sage_param_groups(named_params(model)), lr=LR, foreach=impl == "foreach",
+                              **EXTRA.get(ALGO[name], {}))
+        return model, opt, build_schedule(opt, SCHEDULE[ALGO[name]], STEPS, 0.1)
+
+    def steps(model, opt, sched, rng):
+        for step in rng:
+            opt.zero_grad()
+            model.loss(step).backward()
+            opt.step()
+            sched.step()
+
+    model, opt, sched = make()
+    steps(model, opt, sched, range(STEPS))
+    expected = params_of(model)
+
+    model, opt, sched = make()
+    steps(model, opt, sched, range(5))
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, path)
+    ckpt = torch.load(path, weights_only=True)
+    model2, opt2, sched2 = make()
+    model2.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
+    sched2.load_state_dict(ckpt["sched"])
+    steps(model2, opt2, sched2, range(5, STEPS))
+    assert_same(params_of(model2), expected, atol=0.0)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_loss_goes_down_on_regression(name):
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    y = x @ torch.randn(8, 1) + 0.5
+    net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    # SAGE on the hidden layer only (named like a BERT FFN), the output layer plain: both group kinds work.
+    named = [(("intermediate.dense." if i < 2 else "head.") + n, p)
+             for i, (n, p) in enumerate(net.named_parameters())]
+    lr = 0.05 if "sgd" in name else 0.02
+    opt = build_optimizer(name, sage_param_groups(named, weight_decay=0.0), lr=lr, **EXTRA.get(ALGO[name], {}))
+    first = None
+    for _ in range(150):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(net(x), y)
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+    assert loss.item() < 0.2 * first, (first, loss.item())
+
+
+@pytest.mark.parametrize("name", ["usadamax", "usadamw", "usadam", "ussgd"])
+def test_group_with_zero_lr_stays_put(name):
+    model = TinyBert()
+    groups = sage_param_groups(named_params(model))
+    groups[0]["lr"] = 0.0
+    opt = build_optimizer(name, groups, lr=LR, weight_decay=0.0, **EXTRA.get(ALGO[name], {}))
+    frozen = [p.detach().clone() for p in groups[0]["params"]]
+    for step in range(3):
+        opt.zero_grad()
+        model.loss(step).backward()
+        opt.step()
+    for p, q in zip(groups[0]["params"], frozen):
+        assert torch.equal(p, q)
+
+
+def test_param_groups_follow_reference_names():
+    model = TinyBert()
+    groups = {g["name"]: g for g in sage_param_groups(named_params(model))}
+    ids = {k: {id(p) for p in g["params"]} for k, g in groups.items()}
+    by_name = dict(named_params(model))
+    assert id(by_name["encoder.layer.0.attention.self.query.weight"]) in ids["sage_decay"]
+    assert id(by_name["encoder.layer.1.output.dense.bias"]) in ids["sage_no_decay"]
+    assert id(by_name["encoder.layer.0.output.LayerNorm.weight"]) in ids["common_no_decay"]
+    assert id(by_name["pooler.dense.weight"]) in ids["common_decay"]
+    assert groups["sage_decay"]["weight_decay"] == 0.01 and groups["sage_no_decay"]["weight_decay"] == 0.0
+    assert groups["sage_decay"]["sage"] and not groups["common_decay"]["sage"]
+    custom = {g["name"] for g in sage_param_groups(named_params(model), sage_patterns=("pooler",))}
+    assert custom == {"sage_decay", "sage_no_decay", "common_decay", "common_no_decay"}
+    plain = build_optimizer("adamax", sage_param_groups(named_params(model)))
+    assert not any(g["sage"] for g in plain.param_groups)
+
+
+def test_schedule_offsets_and_warmup_linear_discontinuity():
+    p = [nn.Parameter(torch.zeros(1))]
+    adamax = AdamaxSAGE(p, lr=1.0)
+    sched = build_schedule(adamax, "warmup_linear", total_steps=10, warmup=0.2)
+    lrs = []
+    for _ in range(5):
+        lrs.append(adamax.param_groups[0]["lr"])
+        sched.step()
+    assert lrs == pytest.approx([0.0, 0.5, 0.8, 0.7, 0.6])  # x=0.2 jumps from 1.0 to 1-0.2
+    adamw = AdamWSAGE([nn.Parameter(torch.zeros(1))], lr=1.0)
+    assert build_schedule(adamw, "warmup_linear", 10, 0.2).get_last_lr() == pytest.approx([0.5])
+    lin = build_schedule(SGDSAGE([nn.Parameter(torch.zeros(1))], lr=1.0), "linear", 10, 0.0)
+    assert lin.get_last_lr() == pytest.approx([1.0])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(lr=-1.0), "invalid learning rate"),
+    (dict(eps=-1e-6), "invalid eps"),
+    (dict(betas=(1.0, 0.999)), "beta1"),
+    (dict(betas=(0.9, -0.1)), "beta2"),
+    (dict(beta3=1.0), "beta3"),
+    (dict(beta3=-0.5), "beta3"),
+    (dict(weight_decay=-0.01), "weight_decay"),
+    (dict(formula="sage++"), "formula"),
+    (dict(foreach=True, fused=True), "foreach and fused"),
+])
+def test_invalid_hyperparameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AdamaxSAGE([nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_invalid_group_override_and_names():
+    with pytest.raises(ValueError, match="beta3"):
+        AdamaxSAGE([{"params": [nn.Parameter(torch.zeros(2))], "beta3": 1.5}])
+    with pytest.raises(ValueError, match="unknown optimizer 'adamq'"):
+        build_optimizer("adamq", [nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ValueError, match="unknown schedule"):
+        build_schedule(AdamaxSAGE([nn.Parameter(torch.zeros(2))]), "wamup", 10)
+    with pytest.raises(ValueError, match="Nesterov"):
+        SGDSAGE([nn.Parameter(torch.zeros(2))], nesterov=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_and_grad_scaler(dtype):
+    torch.manual_seed(0)
+    model = AutoModel.from_config(tiny_bert_config())
+    opt = build_optimizer("usadamax", sage_param_groups(model), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
+    ids = torch.randint(1, 128, (4, 12))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for _ in range(3):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=dtype):
+            loss = model(input_ids=ids).last_hidden_state.float().pow(2).mean()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert "encoder.layer.0.attention.self.query.weight" in moved
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_works_as_hf_trainer_optimizer(tmp_path):
+    from transformers import BertForSequenceClassification, Trainer, TrainingArguments
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(num_labels=2))
+    data = [{"input_ids": torch.randint(1, 128, (8,)), "labels": torch.tensor(i % 2)} for i in range(16)]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4,
+                             report_to=[], save_strategy="no", use_cpu=True, learning_rate=1e-3)
+    trainer = Trainer(model=model, args=args, train_dataset=data,
+                      optimizer_cls_and_kwargs=(AdamaxSAGE, {"lr": 1e-3, "beta3": 0.8}))
+    before = model.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
+    trainer.train()
+    assert isinstance(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
+                      else trainer.optimizer, AdamaxSAGE)
+    assert not torch.equal(before, model.bert.encoder.layer[0].attention.self.query.weight)
+
+
+def test_sage_stats_reports_mean_sensitivity():
+    model, opt = run_ours("usadamax")
+    stats = opt.sage_stats()
+    ipts = torch.cat([opt.state[p]["exp_avg_ipt"].flatten() for g in opt.param_groups if g["sage"]
+                      for p in g["params"] if p in opt.state])
+    assert stats["sage/mean_sensitivity_ema"] == pytest.approx(ipts.mean().item())
+
+
+def test_state_dict_loads_with_weights_only():
+    model, opt = run_ours("usadamw")
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+    assert sd["param_groups"][0]["formula"] == "reference"
+    fresh = build_optimizer("usadamw", sage_param_groups(named_params(copy.deepcopy(model))))
+    fresh.load_state_dict(sd)
+    assert fresh.param_groups[0]["beta3"] == 0.75
