@@ -90,30 +90,21 @@ def compute_metric(name: str, golds, preds, scores=None) -> float:
 
 def compute_metrics(task_def, golds, preds, scores=None) -> dict[str, float]:
     """Every metric in ``task_def.metric_meta``, keyed by its name, in the YAML's order."""
-    names = [getattr(m, "name", m) for m in task_def.metric_meta]  # accept enum members or strings
+    names = task_def.metric_meta
     if not names:
         raise ValueError(f"task {task_def.name}: metric_meta is empty")
     return {name: compute_metric(name, golds, preds, scores) for name in names}
 
 
-_SPLIT_SUFFIXES = ("_dev", "_test")
-_MNLI_LIKE_QUALIFIERS = ("_matched", "_mismatched")
-
-
 def task_of(dataset: str) -> str:
-    """The task a dataset name belongs to: 'mnli_mismatched_dev' -> 'mnli', 'rte_dev' -> 'rte', 'rte' -> 'rte'."""
-    name = dataset
-    for suffix in _SPLIT_SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    for qualifier in _MNLI_LIKE_QUALIFIERS:
-        if name.endswith(qualifier):
-            name = name[: -len(qualifier)]
-            break
-    if not name:
+    """The task of a ``{task}_{split}`` dataset name ('mnli_mismatched_dev' -> 'mnli'); a bare task name stays.
+
+    Task names contain no '_' (data_utils.task_def enforces it), so everything before the first '_' is the task.
+    """
+    task = dataset.split("_", 1)[0]
+    if not task:
         raise ValueError(f"glue score: cannot tell the task of dataset name '{dataset}'")
-    return name
+    return task
 
 
 def _checked_values(dataset: str, metrics: Mapping[str, float]) -> list[float]:

@@ -1,6 +1,6 @@
 """Task heads: dropout with the task's ``dropout_p``, then one linear layer over the pooled representation.
 
-A registry keyed by task-type name builds the right head, so a new task needs only its YAML entry. Layer names
+A registry keyed by ``TaskType`` builds the right head, so a new task needs only its YAML entry. Layer names
 (``dropout``, ``proj``) stay out of the SAGE name patterns: heads are trained with the plain optimizer groups,
 as in the authors' code.
 """
@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from data_utils.task_def import TaskDef, TaskType
 
 
 def _init_linear(layer: nn.Linear, init_std: float) -> nn.Linear:
@@ -43,35 +45,31 @@ class ScoreHead(nn.Module):
         return self.proj(self.dropout(pooled)).squeeze(-1)
 
 
-def _classification(task_def, hidden_size: int, init_std: float) -> nn.Module:
+def _classification(task_def: TaskDef, hidden_size: int, init_std: float) -> nn.Module:
     if task_def.n_class < 2:
         raise ValueError(f"task {task_def.name}: a Classification head needs n_class >= 2, got {task_def.n_class}")
     return ClassificationHead(hidden_size, task_def.n_class, task_def.dropout_p, init_std)
 
 
-def _score(task_def, hidden_size: int, init_std: float) -> nn.Module:
+def _score(task_def: TaskDef, hidden_size: int, init_std: float) -> nn.Module:
     return ScoreHead(hidden_size, task_def.dropout_p, init_std)
 
 
-HeadBuilder = Callable[[object, int, float], nn.Module]
+HeadBuilder = Callable[[TaskDef, int, float], nn.Module]
 
-HEADS: dict[str, HeadBuilder] = {
-    "Classification": _classification,
-    "Regression": _score,
-    "Ranking": _score,
+HEADS: dict[TaskType, HeadBuilder] = {
+    TaskType.Classification: _classification,
+    TaskType.Regression: _score,
+    TaskType.Ranking: _score,
 }
 
 
-def _type_name(task_type) -> str:
-    return getattr(task_type, "name", task_type)
-
-
-def build_head(task_def, hidden_size: int, init_std: float = 0.02) -> nn.Module:
-    """The head for ``task_def.task_type``; unknown task types fail with the known ones."""
-    kind = _type_name(task_def.task_type)
-    if kind not in HEADS:
-        raise ValueError(f"task {task_def.name}: no head for task type '{kind}'; known: {', '.join(HEADS)}")
+def build_head(task_def: TaskDef, hidden_size: int, init_std: float = 0.02) -> nn.Module:
+    """The head for ``task_def.task_type``; a task type without a registered head fails with the known ones."""
+    if task_def.task_type not in HEADS:
+        known = ", ".join(t.name for t in HEADS)
+        raise ValueError(f"task {task_def.name}: no head for task type {task_def.task_type!r}; known: {known}")
     if task_def.enable_san:
         raise ValueError(f"task {task_def.name}: enable_san (the SAN answer module) is not supported; "
                          "set enable_san: false")
-    return HEADS[kind](task_def, hidden_size, init_std)
+    return HEADS[task_def.task_type](task_def, hidden_size, init_std)

@@ -56,7 +56,6 @@ LOSSES: dict[str, type[nn.Module]] = {
 
 def build_loss(name: str) -> nn.Module:
     """A fresh criterion for a YAML ``loss`` name; unknown names fail with the known ones."""
-    name = getattr(name, "name", name)  # accept an enum member as well as its name
     if name not in LOSSES:
         raise ValueError(f"unknown loss '{name}'; known: {', '.join(LOSSES)}")
     return LOSSES[name]()

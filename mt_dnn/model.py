@@ -11,16 +11,13 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
+from data_utils.task_def import TaskDef, TaskType
 from module.heads import build_head
 from module.pooler import FirstTokenPooler
 from mt_dnn.loss import build_loss
 
 
-def _type_name(task_def) -> str:
-    return getattr(task_def.task_type, "name", task_def.task_type)
-
-
-def _check_task_names(task_defs: Mapping) -> None:
+def _check_task_names(task_defs: Mapping[str, TaskDef]) -> None:
     if not task_defs:
         raise ValueError("MTDNNModel: no task definitions given")
     for key, td in task_defs.items():
@@ -30,25 +27,24 @@ def _check_task_names(task_defs: Mapping) -> None:
             raise ValueError(f"MTDNNModel: task name '{key}' must be non-empty and contain no '.'")
 
 
-def predict(task_def, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(task_def: TaskDef, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Model outputs -> (predictions, scores), the inputs of data_utils.metrics.
 
     Classification: argmax class and softmax probabilities; Regression: the float itself, twice;
     Ranking: index of the best of the K hypotheses and the softmax over the K scores.
     """
-    kind = _type_name(task_def)
-    if kind == "Regression":
+    if task_def.task_type is TaskType.Regression:
         return outputs, outputs
-    if kind in ("Classification", "Ranking"):
+    if task_def.task_type in (TaskType.Classification, TaskType.Ranking):
         probs = torch.softmax(outputs.float(), dim=-1)
         return probs.argmax(dim=-1), probs
-    raise ValueError(f"task {task_def.name}: cannot predict for task type '{kind}'")
+    raise ValueError(f"task {task_def.name}: cannot predict for task type {task_def.task_type!r}")
 
 
 class MTDNNModel(nn.Module):
     """A shared Hugging Face encoder plus one head per task, in an ``nn.ModuleDict`` keyed by task name."""
 
-    def __init__(self, encoder: nn.Module, task_defs: Mapping[str, object]):
+    def __init__(self, encoder: nn.Module, task_defs: Mapping[str, TaskDef]):
         super().__init__()
         _check_task_names(task_defs)
         config = encoder.config
@@ -65,7 +61,7 @@ class MTDNNModel(nn.Module):
     def task_names(self) -> list[str]:
         return list(self.task_defs)
 
-    def _task(self, task: str):
+    def _task(self, task: str) -> TaskDef:
         try:
             return self.task_defs[task]
         except KeyError:
@@ -86,7 +82,7 @@ class MTDNNModel(nn.Module):
                 token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Classification: (B, n_class) logits; Regression: (B,) floats; Ranking: (B, K) scores from (B, K, L)."""
         td = self._task(task)
-        ranking = _type_name(td) == "Ranking"
+        ranking = td.task_type is TaskType.Ranking
         want = 3 if ranking else 2
         if input_ids.ndim != want:
             layout = "(B, K, L)" if ranking else "(B, L)"
@@ -98,6 +94,8 @@ class MTDNNModel(nn.Module):
         if not ranking:
             return self.heads[task](self.pool(input_ids, attention_mask, token_type_ids))
         b, k, length = input_ids.shape
+        if k != td.n_class:
+            raise ValueError(f"task {task}: expects {td.n_class} hypotheses per example (n_class), got {k}")
         flat = [None if t is None else t.reshape(b * k, length) for t in (input_ids, attention_mask, token_type_ids)]
         pooled = self.pool(*flat)
         return self.heads[task](pooled.view(b, k, -1))

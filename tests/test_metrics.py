@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,13 +11,13 @@ import torch
 
 from data_utils.metrics import (METRICS, compute_metric, compute_metrics, get_metric, glue_average,
                                 glue_test_average, task_of)
+from data_utils.task_def import parse_task_defs
 
 
-@dataclass(frozen=True)
-class _Task:
-    """Only the two attributes compute_metrics reads (the full TaskDef is covered in test_model.py)."""
-    name: str
-    metric_meta: tuple
+TASKS = parse_task_defs("""
+mrpc: {task_type: Classification, data_format: PremiseAndOneHypothesis, n_class: 2, metric_meta: [ACC, F1]}
+stsb: {task_type: Regression, data_format: PremiseAndOneHypothesis, metric_meta: [Pearson, Spearman]}
+""")
 
 
 # ---------------------------------------------------------------- single metrics, hand-computed
@@ -87,14 +87,14 @@ def test_accepts_torch_tensors():
 
 
 def test_compute_metrics_follows_metric_meta_order():
-    task = _Task("mrpc", ("ACC", "F1"))
+    task = TASKS["mrpc"]
     out = compute_metrics(task, [1, 1, 0, 0, 1], [1, 0, 0, 1, 1])
     assert list(out) == ["ACC", "F1"]
     assert out["ACC"] == pytest.approx(60.0) and out["F1"] == pytest.approx(200 / 3)
 
 
 def test_compute_metrics_regression_task():
-    task = _Task("stsb", ("Pearson", "Spearman"))
+    task = TASKS["stsb"]
     out = compute_metrics(task, [1.0, 3.0, 2.0], [1.0, 2.0, 3.0])
     assert out == pytest.approx({"Pearson": 50.0, "Spearman": 50.0})
 
@@ -110,7 +110,7 @@ def test_unknown_metric_names_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown metric 'BLEU'; known: ACC, F1, MCC"):
         get_metric("BLEU")
     with pytest.raises(ValueError, match="unknown metric 'acc'"):
-        compute_metrics(_Task("rte", ("acc",)), [0], [0])
+        compute_metrics(replace(TASKS["mrpc"], metric_meta=("acc",)), [0], [0])
 
 
 def test_length_mismatch():
@@ -126,7 +126,7 @@ def test_empty_input():
     with pytest.raises(ValueError, match="metrics: preds must be a sequence, got NoneType"):
         compute_metric("ACC", [0, 1], None)
     with pytest.raises(ValueError, match="metric_meta is empty"):
-        compute_metrics(_Task("rte", ()), [0], [0])
+        compute_metrics(replace(TASKS["mrpc"], metric_meta=()), [0], [0])
 
 
 def test_f1_refuses_multiclass_labels():
@@ -211,7 +211,7 @@ def test_glue_test_average_reproduces_table3(numbers, printed):
 
 @pytest.mark.parametrize("dataset, task", [
     ("rte_dev", "rte"), ("mnli_matched_dev", "mnli"), ("mnli_mismatched_test", "mnli"), ("sst", "sst"),
-    ("vader_polarity_dev", "vader_polarity"),
+    ("vaderpol_dev", "vaderpol"), ("sts-b_dev_2", "sts-b"),
 ])
 def test_task_of(dataset, task):
     assert task_of(dataset) == task

@@ -3,8 +3,6 @@ hand-computed losses, gradients, dropout, parameter names for the SAGE groups, s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from enum import Enum
 from typing import Optional
 
 import pytest
@@ -13,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, DebertaV2Config, ElectraConfig
 
 from conftest import tiny_bert_config
+from data_utils.task_def import DataFormat, TaskDef, TaskType
 from module.bert_optim import DEFAULT_SAGE_PATTERNS, sage_param_groups
 from module.heads import build_head
 from mt_dnn.loss import LOSSES, build_loss
@@ -21,27 +20,19 @@ from mt_dnn.model import MTDNNModel, predict
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-class TaskType(Enum):
-    Classification = 1
-    Regression = 2
-    Ranking = 3
+SPEC = {  # task type -> (data format, loss, metrics), as a task-def YAML would give them
+    "Classification": (DataFormat.PremiseAndOneHypothesis, "CeCriterion", ("ACC",)),
+    "Regression": (DataFormat.PremiseOnly, "MseCriterion", ("Pearson",)),
+    "Ranking": (DataFormat.PremiseAndMultiHypothesis, "RankCeCriterion", ("ACC",)),
+}
 
 
-@dataclass(frozen=True)
-class TaskDef:
-    name: str
-    task_type: TaskType
-    n_class: int
-    loss: str
-    dropout_p: float = 0.1
-    metric_meta: tuple = ("ACC",)
-    labels: Optional[tuple] = None
-    enable_san: bool = False
-
-
-def make_task(name: str, kind: str, n_class: int = 1, dropout_p: float = 0.1, **kw) -> TaskDef:
-    loss = {"Classification": "CeCriterion", "Regression": "MseCriterion", "Ranking": "RankCeCriterion"}[kind]
-    return TaskDef(name=name, task_type=TaskType[kind], n_class=n_class, loss=loss, dropout_p=dropout_p, **kw)
+def make_task(name: str, kind: str, n_class: int = 1, dropout_p: float = 0.1, enable_san: bool = False) -> TaskDef:
+    """A TaskDef built directly (the YAML loader would refuse some of the bad ones tested here)."""
+    fmt, loss, metrics = SPEC[kind]
+    labels = None if kind == "Regression" else tuple(str(i) for i in range(n_class))
+    return TaskDef(name=name, task_type=TaskType[kind], data_format=fmt, n_class=n_class, labels=labels,
+                   metric_meta=metrics, loss=loss, dropout_p=dropout_p, enable_san=enable_san)
 
 
 def tasks(*defs: TaskDef) -> dict:
@@ -49,7 +40,7 @@ def tasks(*defs: TaskDef) -> dict:
 
 
 THREE_TASKS = tasks(make_task("cls", "Classification", n_class=3), make_task("reg", "Regression"),
-                    make_task("rank", "Ranking"))
+                    make_task("rank", "Ranking", n_class=3))  # Ranking: n_class = hypotheses per example
 
 
 def tiny_bert(**overrides):
@@ -89,7 +80,7 @@ def test_output_shape_per_task_type():
     model = MTDNNModel(tiny_bert(), THREE_TASKS).eval()
     assert model("cls", *batch(4, 10)).shape == (4, 3)
     assert model("reg", *batch(4, 10)).shape == (4,)
-    assert model("rank", *batch(4, 10, k=5)).shape == (4, 5)
+    assert model("rank", *batch(4, 10, k=3)).shape == (4, 3)
 
 
 def test_bert_uses_its_own_pooler_output():
@@ -122,12 +113,12 @@ def test_encoder_without_pooler_gets_dense_tanh_over_first_token(build):
 
 def test_ranking_scores_each_pair_independently():
     model = MTDNNModel(tiny_bert(), THREE_TASKS).eval()
-    ids, mask, types = batch(3, 9, k=4)
+    ids, mask, types = batch(3, 9, k=3)
     head = model.heads["rank"].proj
     with torch.no_grad():
         scores = model("rank", ids, mask, types)
         for b in range(3):
-            for k in range(4):
+            for k in range(3):
                 pooled = model.encoder(input_ids=ids[b, k][None], attention_mask=mask[b, k][None],
                                        token_type_ids=types[b, k][None]).pooler_output
                 torch.testing.assert_close(scores[b, k], (pooled @ head.weight.T + head.bias)[0, 0])
@@ -193,7 +184,8 @@ def test_parameter_names_split_into_sage_and_plain_groups_on_bert():
     assert {n for n in names if _is_sage(n)} == expected
     plain = {n for n in names if not _is_sage(n)}
     assert {"encoder.pooler.dense.weight", "encoder.embeddings.word_embeddings.weight",
-            "encoder.encoder.layer.0.attention.output.LayerNorm.weight", "encoder.encoder.layer.1.output.LayerNorm.bias",
+            "encoder.encoder.layer.0.attention.output.LayerNorm.weight",
+            "encoder.encoder.layer.1.output.LayerNorm.bias",
             "heads.cls.proj.weight", "heads.reg.proj.bias", "heads.rank.proj.weight"} <= plain
     # and the optimizer's own grouping agrees, tensor for tensor
     by_id = {id(p): n for n, p in model.named_parameters()}
@@ -307,6 +299,8 @@ def test_model_bad_inputs():
     ids, mask, _ = batch()
     with pytest.raises(ValueError, match=r"task cls: attention_mask \(4, 9\) does not match input_ids \(4, 10\)"):
         model("cls", ids, mask[:, :9])
+    with pytest.raises(ValueError, match=r"task rank: expects 3 hypotheses per example \(n_class\), got 4"):
+        model("rank", *batch(k=4))
 
 
 def test_model_construction_errors():
@@ -334,3 +328,25 @@ def test_embedded_minilm_encoder_plugs_in():
     with torch.no_grad():
         logits = model("cls", enc_in["input_ids"], enc_in["attention_mask"], enc_in["token_type_ids"])
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+
+
+def test_every_task_type_has_a_head_and_unknown_types_fail():
+    from dataclasses import replace
+    from module.heads import HEADS
+    assert set(HEADS) == set(TaskType)
+    with pytest.raises(ValueError, match="task x: no head for task type 'Span'; known: Classification, Regression"):
+        build_head(replace(make_task("x", "Regression"), task_type="Span"), 32)
+
+
+def test_builds_from_the_glue_and_demo_task_def_files():
+    """Every task of the project's own YAML files gets a head of the right size and the right loss."""
+    from pathlib import Path
+    from data_utils.task_def import load_task_defs
+    root = Path(__file__).resolve().parents[1]
+    defs = {**load_task_defs(root / "experiments/glue/glue_task_def.yml"),
+            **load_task_defs(root / "experiments/demo/demo_task_def.yml")}
+    model = MTDNNModel(tiny_bert(), defs)
+    for name, td in defs.items():
+        out = model.heads[name].proj.out_features
+        assert out == (td.n_class if td.task_type is TaskType.Classification else 1), name
+        assert type(model.losses[name]).__name__ == td.loss
