@@ -1,0 +1,411 @@
+"""Multi-tensor Triton kernel for the SAGE optimizers: one launch per (param group, dtypes, step) bucket.
+
+Why a pointer table: BERT-base has ~200 parameter tensors, and one launch per tensor costs more than the
+update itself. Each launch instead gets a device table with one row per tensor (the addresses of θ, g, the two
+state buffers, Ī and the element count) and a table of blocks (tensor row, first element). Every program
+updates one block, casting the row's integer addresses to typed pointers, so all tensors of a bucket go in a
+single launch. The tables depend only on the addresses and sizes, so they are cached: a step whose tensors did
+not move does no host→device copy, only the launch.
+
+The per-element math is that of :mod:`module.sage_math`'s ``single_*`` functions, op for op, with IEEE
+division and square root; it runs in float32 (float64 for float64 parameters) and writes θ and state in place
+with no parameter-sized temporaries. Works under ``TRITON_INTERPRET=1`` on CPU tensors (the tests use that).
+"""
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from typing import Callable, Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from module import sage_math
+
+__all__ = ["group_step", "fused_step", "ALGORITHMS", "BLOCK_SIZE", "NUM_WARPS", "clear_table_cache", "launch_config"]
+
+#: Elements per program and warps per program (tuned on an H100 with bench/optim_step.py).
+BLOCK_SIZE = 2048
+NUM_WARPS = 8
+#: Columns of a tensor row in the pointer table: θ, g, state0, state1, Ī, numel.
+_ROW = 6
+_MAX_CACHED_TABLES = 16
+
+#: Float arguments of the kernel, in order (unused ones are 0 for a given algorithm).
+_SCALAR_NAMES = ("lr", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "beta3", "one_minus_beta3", "eps",
+                 "eps_sq", "weight_decay", "step_size", "decay", "bias_correction1", "bias_correction2_sqrt",
+                 "ipt_correction", "momentum", "one_minus_dampening")
+
+_TRITON_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
+                  torch.bfloat16: tl.bfloat16}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The kernel
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _div(a, b):
+    """IEEE-rounded division (Triton's ``/`` on float32 may be approximate; float64 ``/`` is exact)."""
+    if a.dtype == tl.float32:
+        return tl.div_rn(a, b)
+    return a / b
+
+
+@triton.jit
+def _sqrt(x):
+    if x.dtype == tl.float32:
+        return tl.sqrt_rn(x)
+    return tl.sqrt(x)
+
+
+@triton.jit
+def _sage_factor(ipt, ipt_avg, ipt_correction, eps, eps_sq, FORMULA: tl.constexpr):
+    """The modulating term of sage_math.single_sage_factor; Î = Ī·c, U = |I − Î|."""
+    ihat = ipt_avg * ipt_correction
+    u = tl.abs(ipt - ihat)
+    if FORMULA == "reference":
+        s = _div(u, ihat + eps_sq)
+    elif FORMULA == "paper":
+        s = _div(u + eps, ihat + eps)
+    elif FORMULA == "ablation1":
+        s = (u + eps) * (ihat + eps)
+    elif FORMULA == "ablation2":
+        s = _div(ihat + eps, u + eps)
+    elif FORMULA == "ablation3":
+        s = ihat + eps
+    elif FORMULA == "ablation4":
+        s = _div(tl.full(ihat.shape, 1.0, ihat.dtype), ihat + eps)
+    else:  # ablation5
+        s = u + eps
+    return s
+
+
+@triton.jit
+def _typed(row, col: tl.constexpr, offs, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """Pointers to elements ``offs`` of the tensor whose address is in column ``col`` of a table row.
+
+    A loaded address carries no alignment facts, so ALIGNED (every address 16-byte aligned, checked on the
+    host) restates it; with block starts multiple of BLOCK this lets full blocks use vector accesses.
+    """
+    ptrs = tl.load(row + col).to(tl.pointer_type(DTYPE)) + offs
+    if ALIGNED:
+        ptrs = tl.multiple_of(ptrs, 16)
+    return ptrs
+
+
+@triton.jit
+def _update_block(row, offs, mask,
+                  lr, beta1, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3, eps, eps_sq,
+                  weight_decay, step_size, decay, bias_correction1, bias_correction2_sqrt, ipt_correction,
+                  momentum, one_minus_dampening,
+                  ALGO: tl.constexpr, SAGE: tl.constexpr, FORMULA: tl.constexpr, HAS_DECAY: tl.constexpr,
+                  HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr,
+                  P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr):
+    """One block of one tensor; ``mask`` is None for full blocks (unmasked, vectorisable accesses).
+
+    Scalars are float64 bit patterns (see _sage_kernel).
+    """
+    lr, beta1, one_minus_beta1 = _scalar(lr, COMPUTE), _scalar(beta1, COMPUTE), _scalar(one_minus_beta1, COMPUTE)
+    beta2, one_minus_beta2 = _scalar(beta2, COMPUTE), _scalar(one_minus_beta2, COMPUTE)
+    beta3, one_minus_beta3 = _scalar(beta3, COMPUTE), _scalar(one_minus_beta3, COMPUTE)
+    eps, eps_sq, weight_decay = _scalar(eps, COMPUTE), _scalar(eps_sq, COMPUTE), _scalar(weight_decay, COMPUTE)
+    step_size, decay = _scalar(step_size, COMPUTE), _scalar(decay, COMPUTE)
+    ipt_correction, momentum = _scalar(ipt_correction, COMPUTE), _scalar(momentum, COMPUTE)
+    bias_correction1, bias_correction2_sqrt = _scalar(bias_correction1, COMPUTE), _scalar(bias_correction2_sqrt, COMPUTE)
+    one_minus_dampening = _scalar(one_minus_dampening, COMPUTE)
+    p_ptr = _typed(row, 0, offs, P_DTYPE, ALIGNED)
+    g_ptr = _typed(row, 1, offs, G_DTYPE, ALIGNED)
+    p = tl.load(p_ptr, mask=mask).to(COMPUTE)
+    g = tl.load(g_ptr, mask=mask).to(COMPUTE)
+    if ALGO == "sgd":
+        if HAS_DECAY:
+            d = g + weight_decay * p
+        else:
+            d = g
+        if HAS_MOMENTUM:
+            buf_ptr = _typed(row, 2, offs, P_DTYPE, ALIGNED)
+            if FIRST_STEP:
+                buf = d
+            else:
+                buf = tl.load(buf_ptr, mask=mask).to(COMPUTE) * momentum + one_minus_dampening * d
+            tl.store(buf_ptr, buf.to(P_DTYPE), mask=mask)
+            if NESTEROV:
+                d = d + momentum * buf
+            else:
+                d = buf
+        update = d
+    else:
+        m_ptr = _typed(row, 2, offs, P_DTYPE, ALIGNED)
+        v_ptr = _typed(row, 3, offs, P_DTYPE, ALIGNED)
+        m = tl.load(m_ptr, mask=mask).to(COMPUTE)
+        v = tl.load(v_ptr, mask=mask).to(COMPUTE)
+        if ALGO == "adamax":
+            m = m * beta1 + one_minus_beta1 * g
+            v = tl.maximum(v * beta2, tl.abs(g) + eps, propagate_nan=tl.PropagateNan.ALL)  # as torch.maximum
+            update = _div(m, v + eps)
+            if HAS_DECAY:
+                update = update + weight_decay * p
+        elif ALGO == "adamw":
+            m = m * beta1 + one_minus_beta1 * g
+            v = v * beta2 + one_minus_beta2 * (g * g)
+            update = _div(m, _sqrt(v) + eps)
+        else:  # adam: L2 decay folded into the moments' gradient
+            if HAS_DECAY:
+                d = g + weight_decay * p
+            else:
+                d = g
+            m = m * beta1 + one_minus_beta1 * d
+            v = v * beta2 + one_minus_beta2 * (d * d)
+            update = _div(_div(m, bias_correction1),
+                               _div(_sqrt(v), bias_correction2_sqrt) + eps)
+        tl.store(m_ptr, m.to(P_DTYPE), mask=mask)
+        tl.store(v_ptr, v.to(P_DTYPE), mask=mask)
+    if SAGE:
+        ipt_ptr = _typed(row, 4, offs, P_DTYPE, ALIGNED)
+        ipt = tl.abs(p * g)
+        ipt_avg = tl.load(ipt_ptr, mask=mask).to(COMPUTE) * beta3 + one_minus_beta3 * ipt
+        tl.store(ipt_ptr, ipt_avg.to(P_DTYPE), mask=mask)
+        update = update * _sage_factor(ipt, ipt_avg, ipt_correction, eps, eps_sq, FORMULA)
+    if ALGO == "adamw":
+        p = p - update * step_size
+        if HAS_DECAY:
+            p = p - p * decay
+    else:
+        p = p - update * lr
+    tl.store(p_ptr, p.to(P_DTYPE), mask=mask)
+
+
+@triton.jit
+def _scalar(bits, COMPUTE: tl.constexpr):
+    """A float64 scalar sent as its IEEE bit pattern, rounded once to the compute type (as torch does)."""
+    return bits.to(tl.int64).to(tl.float64, bitcast=True).to(COMPUTE)
+
+
+@triton.jit(do_not_specialize=_SCALAR_NAMES)
+def _sage_kernel(rows, blocks,
+                 lr: tl.int64, beta1: tl.int64, one_minus_beta1: tl.int64, beta2: tl.int64,
+                 one_minus_beta2: tl.int64, beta3: tl.int64, one_minus_beta3: tl.int64, eps: tl.int64,
+                 eps_sq: tl.int64, weight_decay: tl.int64, step_size: tl.int64, decay: tl.int64,
+                 bias_correction1: tl.int64, bias_correction2_sqrt: tl.int64, ipt_correction: tl.int64,
+                 momentum: tl.int64, one_minus_dampening: tl.int64,
+                 ALGO: tl.constexpr, SAGE: tl.constexpr, FORMULA: tl.constexpr, HAS_DECAY: tl.constexpr,
+                 HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr,
+                 P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    """Grid: one program per block. Float scalars arrive as int64 bit patterns of float64 values: kernel
+    arguments annotated float64 would be exact when compiled, but the interpreter (and Python-float
+    constants) round them to float32, which the float64 parity tests would see."""
+    pid = tl.program_id(0)
+    tensor = tl.load(blocks + 2 * pid)
+    start = tl.multiple_of(tl.load(blocks + 2 * pid + 1), BLOCK)
+    row = rows + tensor * 6
+    numel = tl.load(row + 5)
+    offs = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= numel:
+        _update_block(row, offs, None, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3,
+                      eps, eps_sq, weight_decay, step_size, decay, bias_correction1, bias_correction2_sqrt,
+                      ipt_correction, momentum, one_minus_dampening, ALGO, SAGE, FORMULA, HAS_DECAY,
+                      HAS_MOMENTUM, NESTEROV, FIRST_STEP, P_DTYPE, G_DTYPE, COMPUTE, ALIGNED)
+    else:
+        _update_block(row, offs, offs < numel, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, beta3,
+                      one_minus_beta3, eps, eps_sq, weight_decay, step_size, decay, bias_correction1,
+                      bias_correction2_sqrt, ipt_correction, momentum, one_minus_dampening, ALGO, SAGE, FORMULA,
+                      HAS_DECAY, HAS_MOMENTUM, NESTEROV, FIRST_STEP, P_DTYPE, G_DTYPE, COMPUTE, ALIGNED)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kernel arguments per algorithm (registry keyed by name; scalars follow the optimizer's _scalars/_hyper)
+# ----------------------------------------------------------------------------------------------------------
+
+def _common_args(scalars: dict, hyper: dict) -> dict:
+    b3, eps = float(hyper["beta3"]), float(hyper["eps"])
+    return dict(lr=float(scalars["lr"]), beta3=b3, one_minus_beta3=1 - b3, eps=eps, eps_sq=eps * eps,
+                weight_decay=float(hyper["weight_decay"]), ipt_correction=float(scalars["ipt_correction"]))
+
+
+def _moment_args(hyper: dict) -> dict:
+    b1, b2 = float(hyper["beta1"]), float(hyper["beta2"])
+    return dict(beta1=b1, one_minus_beta1=1 - b1, beta2=b2, one_minus_beta2=1 - b2)
+
+
+def _adamax_args(scalars: dict, hyper: dict) -> dict:
+    return dict(_common_args(scalars, hyper), **_moment_args(hyper))
+
+
+def _adamw_args(scalars: dict, hyper: dict) -> dict:
+    # Products of Python floats, as single_adamw forms them before touching the tensor.
+    return dict(_common_args(scalars, hyper), **_moment_args(hyper),
+                step_size=float(scalars["lr"]) * float(scalars["step_correction"]),
+                decay=float(scalars["decay_lr"]) * float(hyper["weight_decay"]))
+
+
+def _adam_args(scalars: dict, hyper: dict) -> dict:
+    return dict(_common_args(scalars, hyper), **_moment_args(hyper),
+                bias_correction1=float(scalars["bias_correction1"]),
+                bias_correction2_sqrt=float(scalars["bias_correction2_sqrt"]))
+
+
+def _sgd_args(scalars: dict, hyper: dict) -> dict:
+    return dict(_common_args(scalars, hyper), momentum=float(hyper["momentum"]),
+                one_minus_dampening=1 - float(hyper["dampening"]))
+
+
+#: algorithm name -> builder of the kernel's float arguments from (step scalars, hyperparameters).
+ALGORITHMS: dict[str, Callable[[dict, dict], dict]] = {
+    "adamax": _adamax_args, "adamw": _adamw_args, "adam": _adam_args, "sgd": _sgd_args,
+}
+#: the single-tensor reference of each algorithm (how group_step recognises an optimizer).
+_SINGLE_FNS: dict[Callable, str] = {
+    sage_math.single_adamax: "adamax", sage_math.single_adamw: "adamw", sage_math.single_adam: "adam",
+    sage_math.single_sgd: "sgd",
+}
+#: how many state buffers (besides Ī) each algorithm keeps, in _state_args order.
+_N_STATES = {"adamax": 2, "adamw": 2, "adam": 2, "sgd": 1}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Device tables (cached on the tensors' addresses and sizes)
+# ----------------------------------------------------------------------------------------------------------
+_TABLES: "OrderedDict[tuple, tuple[Tensor, Tensor, int]]" = OrderedDict()
+
+
+def clear_table_cache() -> None:
+    _TABLES.clear()
+
+
+def _address(t: Optional[Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _tables(device: torch.device, columns: list[list[Optional[Tensor]]], block: int) -> tuple[Tensor, Tensor, int]:
+    """(rows, blocks, number of blocks) for tensors given column by column (θ, g, state0, state1, Ī)."""
+    numels = [p.numel() for p in columns[0]]
+    addresses = [_address(t) for col in columns for t in col]
+    key = (device, block, tuple(addresses), tuple(numels))
+    hit = _TABLES.get(key)
+    if hit is not None:
+        _TABLES.move_to_end(key)
+        return hit
+    n = len(numels)
+    rows = torch.zeros((n, _ROW), dtype=torch.int64)
+    rows[:, :len(columns)] = torch.tensor(addresses, dtype=torch.int64).view(len(columns), n).t()
+    rows[:, _ROW - 1] = torch.tensor(numels, dtype=torch.int64)
+    counts = (rows[:, _ROW - 1] + block - 1) // block
+    n_blocks = int(counts.sum())
+    first = torch.cumsum(counts, 0) - counts
+    tensor_of_block = torch.repeat_interleave(torch.arange(n), counts)
+    start = (torch.arange(n_blocks) - first[tensor_of_block]) * block
+    table = torch.cat([rows.view(-1), torch.stack([tensor_of_block, start], 1).view(-1)]).to(device)
+    entry = (table[:n * _ROW], table[n * _ROW:], n_blocks)
+    _TABLES[key] = entry
+    if len(_TABLES) > _MAX_CACHED_TABLES:
+        _TABLES.popitem(last=False)
+    return entry
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------------------
+def _bits(x: float) -> int:
+    """IEEE float64 bit pattern of ``x`` as a signed int64 (the kernel bit-casts it back)."""
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
+
+
+def _aligned(columns: list[list[Optional[Tensor]]]) -> bool:
+    return all(t is None or t.data_ptr() % 16 == 0 for col in columns for t in col)
+
+
+def fused_step(algorithm: str, params: list[Tensor], grads: list[Tensor], states: list[list[Optional[Tensor]]],
+               ipt_avgs: Optional[list[Tensor]], scalars: dict, hyper: dict) -> None:
+    """One launch updating every tensor of a bucket in place.
+
+    ``states`` holds one list per state buffer of the algorithm (adamax: exp_avg, exp_inf; adamw/adam:
+    exp_avg, exp_avg_sq; sgd: momentum_buffer, or [] without momentum); ``scalars`` and ``hyper`` are the
+    optimizer's ``_scalars(group, step)`` and ``_hyper(group)`` (one step count for the whole bucket).
+    Tensors must be contiguous, on one device, parameters and states of one dtype, gradients of one dtype.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+    if not params:
+        return
+    sage = bool(hyper["sage"])
+    if sage and ipt_avgs is None:
+        raise ValueError("sage=True needs the sensitivity EMA tensors (ipt_avgs)")
+    momentum = algorithm == "sgd" and float(hyper["momentum"]) != 0
+    columns = [params, grads]
+    for buffers in states:
+        columns.append(list(buffers))
+    while len(columns) < 4:
+        columns.append([None] * len(params))
+    columns.append(list(ipt_avgs) if sage else [None] * len(params))
+    _check_bucket(columns)
+    rows, blocks, n_blocks = _tables(params[0].device, columns, BLOCK_SIZE)
+    if n_blocks == 0:
+        return
+    floats = dict.fromkeys(_SCALAR_NAMES, 0.0)
+    floats.update(ALGORITHMS[algorithm](scalars, hyper))
+    p_dtype = _TRITON_DTYPES[params[0].dtype]
+    _sage_kernel[(n_blocks,)](
+        rows, blocks, *(_bits(floats[name]) for name in _SCALAR_NAMES),
+        ALGO=algorithm, SAGE=sage, FORMULA=str(hyper["formula"]), HAS_DECAY=float(hyper["weight_decay"]) != 0,
+        HAS_MOMENTUM=momentum, NESTEROV=momentum and bool(hyper["nesterov"]),
+        FIRST_STEP=bool(scalars.get("first_step", False)), P_DTYPE=p_dtype,
+        G_DTYPE=_TRITON_DTYPES[grads[0].dtype],
+        COMPUTE=tl.float64 if params[0].dtype == torch.float64 else tl.float32,
+        ALIGNED=_aligned(columns), BLOCK=BLOCK_SIZE, num_warps=NUM_WARPS)
+
+
+def _check_bucket(columns: list[list[Optional[Tensor]]]) -> None:
+    p0, g0 = columns[0][0], columns[1][0]
+    names = ("parameter", "gradient", "state 0", "state 1", "exp_avg_ipt")
+    for name, col in zip(names, columns):
+        dtype = g0.dtype if name == "gradient" else p0.dtype
+        for i, t in enumerate(col):
+            if t is None:
+                continue
+            if t.dtype != dtype or t.device != p0.device or not t.is_contiguous() \
+                    or t.numel() != columns[0][i].numel():
+                raise ValueError(f"fused SAGE step: {name} {i} must be a contiguous {dtype} tensor on "
+                                 f"{p0.device} with the parameter's size; got {t.dtype} {tuple(t.shape)} "
+                                 f"on {t.device} (contiguous={t.is_contiguous()})")
+    if p0.dtype not in _TRITON_DTYPES or g0.dtype not in _TRITON_DTYPES:
+        raise ValueError(f"fused SAGE step supports {', '.join(map(str, _TRITON_DTYPES))}; "
+                         f"got parameters {p0.dtype}, gradients {g0.dtype}")
+
+
+def _fusable(p: Tensor, g: Tensor, buffers: tuple) -> bool:
+    return p.dtype in _TRITON_DTYPES and g.dtype in _TRITON_DTYPES and p.is_contiguous() and g.is_contiguous() \
+        and g.device == p.device and all(b.is_contiguous() and b.dtype == p.dtype for b in buffers if b is not None)
+
+
+def group_step(opt, group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict],
+               steps: list[float]) -> None:
+    """The fused step of one param group: one launch per (device, dtypes, step) bucket.
+
+    Tensors the kernel cannot take (non-contiguous, unsupported dtype) run ``opt.single_fn`` eagerly.
+    """
+    algorithm = _SINGLE_FNS.get(opt.single_fn)
+    if algorithm is None:
+        raise ValueError(f"{type(opt).__name__}: no Triton kernel for {opt.single_fn!r}")
+    hyper = opt._hyper(group)
+    buckets: dict[tuple, list[int]] = {}
+    for i, (p, g, s) in enumerate(zip(params, grads, states)):
+        args = opt._state_args(s)
+        if not _fusable(p, g, args):
+            opt.single_fn(p, g, *args, **opt._scalars(group, steps[i]), **hyper)
+            continue
+        buckets.setdefault((p.device, p.dtype, g.dtype, steps[i]), []).append(i)
+    n_states = _N_STATES[algorithm]
+    for (_, _, _, step), idx in buckets.items():
+        args = [opt._state_args(states[i]) for i in idx]
+        buffers = [[a[k] for a in args] for k in range(n_states) if args[0][k] is not None]
+        ipt_avgs = [a[-1] for a in args] if group["sage"] else None
+        fused_step(algorithm, [params[i] for i in idx], [grads[i] for i in idx], buffers, ipt_avgs,
+                   opt._scalars(group, step), hyper)
+
+
+def launch_config() -> dict:
+    """The current tuning knobs (reported by the benchmark)."""
+    return dict(block_size=BLOCK_SIZE, num_warps=NUM_WARPS)

@@ -1,0 +1,276 @@
+"""The Triton multi-tensor SAGE kernel against module.sage_math's single-tensor math (float64, to 1e-12).
+
+Runs the kernel in Triton's CPU interpreter on CPU tensors, so it needs triton but no GPU. ``triton.jit``
+chooses interpreter or compiler when a kernel is defined, so the interpreted copy of module/sage_triton.py is
+loaded privately with TRITON_INTERPRET=1 set only around that import: module.sage_triton itself (the CUDA
+path other tests may use) is left alone.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed: `pip install triton` to test the fused CUDA path")
+
+from module import bert_optim, sage_math  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+HYPER = dict(beta1=0.9, beta2=0.999, beta3=0.75, eps=1e-6, weight_decay=0.0, formula="paper", sage=True)
+SCALARS = dict(lr=1e-3, ipt_correction=1.0)
+SIZES = [(3, 5), (0,), (7,), (2049,), (33, 65)]  # odd sizes, a zero-size tensor, one block + 1 element
+
+
+def _load_interpreted():
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        spec = importlib.util.spec_from_file_location("_sage_triton_interpreted", ROOT / "module" / "sage_triton.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        if saved is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+    return mod
+
+
+_ENV_BEFORE = os.environ.get("TRITON_INTERPRET")
+st = _load_interpreted()
+
+
+def _params(dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen, dtype=dtype) for s in SIZES]
+
+
+def _fused(opt):
+    """Route ``opt``'s fused step to the interpreted kernel (sage_fused would pick torch.compile on CPU)."""
+    opt._fused = lambda group, params, grads, states, steps: st.group_step(opt, group, params, grads, states, steps)
+    return opt
+
+
+def _run_pair(cls, kwargs, dtype=torch.float64, steps=4, grad_fn=None):
+    """Same model, same grads: the for-loop path (sage_math.single_*) vs the Triton path; returns both."""
+    ref_params, fused_params = _params(dtype), _params(dtype)
+    # Two groups in one optimizer: SAGE on (with decay) and off (without), as sage_param_groups builds them.
+    def groups(ps):
+        return [{"params": ps[:3], "sage": True, "weight_decay": 0.01},
+                {"params": ps[3:], "sage": False, "weight_decay": 0.0}]
+    ref = cls(groups(ref_params), foreach=False, **kwargs)
+    fused = _fused(cls(groups(fused_params), fused=True, **kwargs))
+    gen = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        for opt in (ref, fused):  # a schedule: lr changes every step, so no scalar may be cached
+            for group in opt.param_groups:
+                group["lr"] = kwargs.get("lr", 1e-2) * (1.0 - 0.2 * step)
+        for rp, fp in zip(ref_params, fused_params):
+            g = torch.randn(rp.shape, generator=gen, dtype=dtype) if grad_fn is None else grad_fn(rp, step)
+            rp.grad, fp.grad = g.clone(), g.clone()  # fresh tensors: new addresses each step
+        ref.step()
+        fused.step()
+    return ref, fused, ref_params, fused_params
+
+
+def _assert_same(ref, fused, ref_params, fused_params, tol=1e-12):
+    for i, (rp, fp) in enumerate(zip(ref_params, fused_params)):
+        torch.testing.assert_close(fp, rp, rtol=tol, atol=tol, msg=lambda m: f"param {i}: {m}")
+        for name, value in ref.state[rp].items():
+            if name != "step":
+                torch.testing.assert_close(fused.state[fp][name], value, rtol=tol, atol=tol,
+                                           msg=lambda m: f"param {i} state {name}: {m}")
+    assert all(rp.abs().sum() > 0 for rp in ref_params if rp.numel())  # the comparison saw real values
+
+
+CASES = [
+    (bert_optim.AdamaxSAGE, dict(formula="reference")),
+    (bert_optim.AdamaxSAGE, dict(formula="paper")),
+    (bert_optim.AdamWSAGE, dict(formula="reference")),
+    (bert_optim.AdamWSAGE, dict(formula="reference", correct_bias=False, decay_lr="scheduled")),
+    (bert_optim.AdamSAGE, dict(formula="paper")),
+    (bert_optim.AdamSAGE, dict(formula="ablation2")),
+    (bert_optim.SGDSAGE, dict(formula="paper")),
+    (bert_optim.SGDSAGE, dict(formula="paper", momentum=0.9, dampening=0.1)),
+    (bert_optim.SGDSAGE, dict(formula="ablation4", momentum=0.9, nesterov=True)),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs", CASES, ids=lambda x: x.__name__ if isinstance(x, type) else
+                         "-".join(f"{k}={v}" for k, v in x.items()))
+def test_matches_single_tensor_math_float64(cls, kwargs):
+    _assert_same(*_run_pair(cls, kwargs))
+
+
+@pytest.mark.parametrize("formula", ["paper", "ablation1", "ablation3", "ablation5"])
+def test_every_formula(formula):
+    _assert_same(*_run_pair(bert_optim.AdamWSAGE, dict(formula=formula), steps=2))
+
+
+def test_maximize_and_noncontiguous_grads_fall_back_correctly():
+    """maximize negates grads (new tensors); a transposed grad is not fusable and runs the eager math."""
+    def grad_fn(p, step):
+        g = torch.randn(tuple(reversed(p.shape)), dtype=p.dtype, generator=torch.Generator().manual_seed(step))
+        return g.t() if p.dim() == 2 else g
+    ref, fused, rps, fps = _run_pair(bert_optim.AdamaxSAGE, dict(maximize=True), steps=3, grad_fn=grad_fn)
+    assert not rps[0].grad.is_contiguous()
+    _assert_same(ref, fused, rps, fps)
+
+
+def test_float32_close_to_float64_math():
+    """float32 parameters compute in float32: close to the float64 for-loop result, not bit-equal."""
+    ref, fused, rps, fps = _run_pair(bert_optim.AdamWSAGE, dict(formula="paper"), dtype=torch.float32, steps=3)
+    for rp, fp in zip(rps, fps):
+        torch.testing.assert_close(fp, rp, rtol=1e-5, atol=1e-6)
+
+
+def test_adamax_propagates_nan_like_torch_maximum():
+    """torch.maximum propagates NaN into exp_inf; a kernel max that dropped it would hide a bad gradient."""
+    def grad_fn(p, step):
+        g = torch.ones_like(p)
+        if p.numel():
+            g.view(-1)[0] = float("nan")
+        return g
+    ref, fused, rps, fps = _run_pair(bert_optim.AdamaxSAGE, {}, steps=1, grad_fn=grad_fn)
+    for rp, fp in zip(rps, fps):
+        torch.testing.assert_close(fused.state[fp]["exp_inf"], ref.state[rp]["exp_inf"], equal_nan=True)
+        assert fused.state[fp]["exp_inf"].isnan().sum() == min(1, rp.numel())
+
+
+def _carve(sizes, seed, sentinel):
+    """Tensors that are 16-byte-aligned views into one buffer, each followed by sentinel elements."""
+    starts, pos = [], 0
+    for n in sizes:
+        starts.append(pos)
+        pos = -(-(pos + n + 1) // 4) * 4
+    buffer = torch.full((pos,), sentinel, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    views = [buffer[a:a + n] for a, n in zip(starts, sizes)]
+    for v in views:
+        v.copy_(torch.rand(v.shape, generator=gen, dtype=torch.float64) + 0.5)
+    return views, buffer
+
+
+def test_writes_stay_inside_each_tensor():
+    """Sizes just under, at and over a block boundary: the tail mask neither drops nor overruns an element."""
+    block, sentinel = st.BLOCK_SIZE, 777.0
+    sizes = [block - 1, block, block + 1, 1]
+    carved = [_carve(sizes, seed, sentinel) for seed in range(5)]  # θ, g, exp_avg, exp_avg_sq, Ī
+    expected = [[v.clone() for v in views] for views, _ in carved]
+    hyper = dict(HYPER, weight_decay=0.01)
+    scalars = dict(lr=1e-2, decay_lr=1e-2, step_correction=0.5, ipt_correction=2.0)
+    st.fused_step("adamw", carved[0][0], carved[1][0], [carved[2][0], carved[3][0]], carved[4][0], scalars, hyper)
+    for i in range(len(sizes)):
+        sage_math.single_adamw(*(e[i] for e in expected), **scalars, **hyper)
+    for (views, buffer), exp in zip(carved, expected):
+        for v, e in zip(views, exp):
+            torch.testing.assert_close(v, e, rtol=1e-12, atol=1e-12)
+        outside = torch.ones_like(buffer, dtype=torch.bool)
+        for v in views:
+            outside[v.storage_offset():v.storage_offset() + v.numel()] = False
+        assert (buffer[outside] == sentinel).all()
+    assert not torch.equal(carved[0][0][0], _carve(sizes, 0, sentinel)[0][0])  # θ did move
+
+
+def test_tables_are_hand_computed_and_cached():
+    st.clear_table_cache()
+    block = st.BLOCK_SIZE
+    ps = [torch.zeros(5), torch.zeros(0), torch.zeros(block + 1)]
+    gs = [torch.zeros_like(p) for p in ps]
+    cols = [ps, gs, [None] * 3, [None] * 3, [None] * 3]
+    rows, blocks, n = st._tables(torch.device("cpu"), cols, block)
+    assert n == 3
+    assert blocks.tolist() == [0, 0, 2, 0, 2, block]  # (tensor row, first element) per block
+    assert rows.view(3, 6).tolist() == [[p.data_ptr(), g.data_ptr(), 0, 0, 0, p.numel()] for p, g in zip(ps, gs)]
+    again = st._tables(torch.device("cpu"), cols, block)
+    assert again[0] is rows and len(st._TABLES) == 1  # same addresses: no new table, no copy
+    gs[0] = torch.zeros(5)
+    st._tables(torch.device("cpu"), [ps, gs] + cols[2:], block)
+    assert len(st._TABLES) == 2
+
+
+def test_table_cache_is_bounded():
+    st.clear_table_cache()
+    for _ in range(st._MAX_CACHED_TABLES + 3):
+        p = torch.zeros(3)
+        st._tables(torch.device("cpu"), [[p], [torch.zeros(3)], [None], [None], [None]], st.BLOCK_SIZE)
+    assert len(st._TABLES) == st._MAX_CACHED_TABLES
+
+
+def _bucket(dtype=torch.float64):
+    p = [torch.zeros(4, dtype=dtype)]
+    return p, [torch.zeros_like(p[0])], [[torch.zeros_like(p[0])], [torch.zeros_like(p[0])]], [torch.zeros_like(p[0])]
+
+
+def test_unknown_algorithm_is_named():
+    p, g, s, ipt = _bucket()
+    with pytest.raises(ValueError, match="unknown algorithm 'lamb'"):
+        st.fused_step("lamb", p, g, s, ipt, SCALARS, HYPER)
+
+
+def test_sage_without_ipt_buffers_is_rejected():
+    p, g, s, _ = _bucket()
+    with pytest.raises(ValueError, match="sage=True needs the sensitivity EMA"):
+        st.fused_step("adamax", p, g, s, None, SCALARS, HYPER)
+
+
+def test_state_of_wrong_dtype_is_named():
+    p, g, s, ipt = _bucket()
+    s[1][0] = s[1][0].float()
+    with pytest.raises(ValueError, match="state 1 0 must be a contiguous torch.float64 tensor"):
+        st.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
+
+
+def test_unsupported_dtype_is_named():
+    p, g, s, ipt = _bucket(torch.int32)
+    with pytest.raises(ValueError, match="supports .* got parameters torch.int32"):
+        st.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
+
+
+def test_optimizer_without_kernel_is_named():
+    class Fake:
+        single_fn = staticmethod(len)
+    with pytest.raises(ValueError, match="Fake: no Triton kernel"):
+        st.group_step(Fake(), {}, [], [], [], [])
+
+
+def test_interpreted_copy_leaves_the_real_module_compiled():
+    """The private interpreted copy must not leak TRITON_INTERPRET into module.sage_triton (CUDA tests)."""
+    assert os.environ.get("TRITON_INTERPRET") == _ENV_BEFORE
+    assert type(st._sage_kernel).__name__ == "InterpretedFunction"
+    if _ENV_BEFORE != "1":
+        from module import sage_triton
+        assert type(sage_triton._sage_kernel).__name__ == "JITFunction"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernel)")
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("cls,kwargs", CASES[::2], ids=lambda x: x.__name__ if isinstance(x, type) else
+                         "-".join(f"{k}={v}" for k, v in x.items()))
+def test_cuda_kernel_matches_single_tensor_math(cls, kwargs, dtype, tol):
+    """The compiled kernel through the real dispatch (fused=True on CUDA goes to module.sage_triton)."""
+    from module import sage_fused
+    assert sage_fused.triton_available()
+    gen = torch.Generator().manual_seed(0)
+    cpu = [torch.randn(s, generator=gen, dtype=dtype) for s in SIZES]
+    ref_params = [p.clone().cuda() for p in cpu]
+    fused_params = [p.clone().cuda() for p in cpu]
+    groups = lambda ps: [{"params": ps[:3], "sage": True, "weight_decay": 0.01},  # noqa: E731
+                         {"params": ps[3:], "sage": False, "weight_decay": 0.0}]
+    ref = cls(groups(ref_params), foreach=False, **kwargs)
+    fused = cls(groups(fused_params), fused=True, **kwargs)
+    for _ in range(4):
+        for rp, fp in zip(ref_params, fused_params):
+            g = torch.randn(rp.shape, generator=gen, dtype=dtype).cuda()
+            rp.grad, fp.grad = g.clone(), g.clone()
+        ref.step()
+        fused.step()
+    for rp, fp in zip(ref_params, fused_params):
+        torch.testing.assert_close(fp, rp, rtol=tol, atol=tol)
+        for name, value in ref.state[rp].items():
+            if name != "step":
+                torch.testing.assert_close(fused.state[fp][name], value, rtol=tol, atol=tol)
