@@ -1,0 +1,77 @@
+"""The tokenized shard format: ``{root_dir}/{model_short_name}/{task}_{split}.jsonl``.
+
+One JSON object per line: ``uid`` (str), ``label`` (class id, or float for Regression; test splits hold the
+placeholder 0 / 0.0), ``token_id`` and ``type_id`` (lists of ints; for PremiseAndMultiHypothesis, one list per
+hypothesis). ``format_line`` writes exactly what ``json.dumps`` of that dict writes, without its per-call cost.
+"""
+from __future__ import annotations
+
+import json
+from json.encoder import encode_basestring_ascii
+from pathlib import Path
+from typing import Sequence, Union
+
+import pretrained_models
+
+KEYS = ("uid", "label", "token_id", "type_id")
+
+
+class ShardError(ValueError):
+    """A malformed shard line, as one line starting with ``file:line``."""
+
+
+def shard_path(root_dir: Union[str, Path], model: str, task: str, split: str) -> Path:
+    return Path(root_dir) / pretrained_models.model_short_name(model) / f"{task}_{split}.jsonl"
+
+
+def _ints(values: Sequence[int]) -> str:
+    return "[" + ", ".join(map(str, values)) + "]"
+
+
+def format_label(label: Union[int, float]) -> str:
+    """JSON text of a label: ints as ints, floats with Python's shortest round-trip repr (as json does)."""
+    if isinstance(label, float):
+        return float.__repr__(label)
+    return str(int(label))
+
+
+def format_line(uid: str, label: Union[int, float], token_id, type_id) -> str:
+    """One shard line (no newline), byte-identical to ``json.dumps(dict(uid=..., label=..., ...))``."""
+    if token_id and isinstance(token_id[0], (list, tuple)):
+        tok = "[" + ", ".join(map(_ints, token_id)) + "]"
+        typ = "[" + ", ".join(map(_ints, type_id)) + "]"
+    else:
+        tok, typ = _ints(token_id), _ints(type_id)
+    return (f'{{"uid": {encode_basestring_ascii(uid)}, "label": {format_label(label)}, '
+            f'"token_id": {tok}, "type_id": {typ}}}')
+
+
+def _check_record(rec, path, ln: int) -> None:
+    if not isinstance(rec, dict) or tuple(rec) != KEYS:
+        got = list(rec) if isinstance(rec, dict) else type(rec).__name__
+        raise ShardError(f"{path}:{ln}: expected an object with keys {list(KEYS)}, got {got}")
+    tok, typ = rec["token_id"], rec["type_id"]
+    if not isinstance(rec["uid"], str):
+        raise ShardError(f"{path}:{ln}: uid must be a string")
+    if isinstance(rec["label"], bool) or not isinstance(rec["label"], (int, float)):
+        raise ShardError(f"{path}:{ln}: label must be a number")
+    if not isinstance(tok, list) or not tok or not isinstance(typ, list):
+        raise ShardError(f"{path}:{ln}: token_id must be a non-empty list")
+    rows = tok if isinstance(tok[0], list) else [tok]
+    types = typ if rows is tok else [typ]
+    if len(rows) != len(types) or any(len(a) != len(b) for a, b in zip(rows, types)):
+        raise ShardError(f"{path}:{ln}: token_id and type_id differ in shape")
+
+
+def read_shard(path: Union[str, Path]) -> list[dict]:
+    """All records of a shard, checked line by line (keys, types, token_id/type_id shapes)."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for ln, line in enumerate(handle, start=1):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ShardError(f"{path}:{ln}: not valid JSON ({exc.msg})") from None
+            _check_record(rec, path, ln)
+            records.append(rec)
+    return records

@@ -1,0 +1,122 @@
+"""Canonical TSV reading: ``uid, label, premise[, hypothesis...]``, tab-separated, no header, UTF-8.
+
+Fields are split on tabs only and quotes are plain characters (``csv.QUOTE_NONE`` semantics): GLUE text holds
+stray ``"``. Lines are split on ``\\n`` only (``str.splitlines`` would also break on U+2028, U+0085 and friends,
+which occur inside sentences); a trailing ``\\r`` (CRLF files) and a leading BOM are dropped. Every problem is a
+``TsvError`` whose message starts with ``file:line``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+from data_utils.atomic import atomic_write
+from data_utils.task_def import DataFormat, TaskDef
+
+
+class TsvError(ValueError):
+    """A bad input file, as one line starting with ``file:line``."""
+
+
+def read_lines(path: Union[str, Path]) -> list[str]:
+    """The file's lines without line ends; empty files and invalid UTF-8 are errors naming the line."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise TsvError(f"{path}: file not found") from None
+    if not data.strip():
+        raise TsvError(f"{path}: the file is empty")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise TsvError(f"{path}:{line}: invalid UTF-8 (byte 0x{data[exc.start]:02x})") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+def iter_tsv(path: Union[str, Path], skip_header: bool = False) -> Iterator[tuple[int, list[str]]]:
+    """(1-based line number, fields) for every line."""
+    for i, line in enumerate(read_lines(path), start=1):
+        if skip_header and i == 1:
+            continue
+        yield i, line.split("\t")
+
+
+def columns_for(task_def: TaskDef) -> tuple[str, ...]:
+    """Column names of the task's canonical TSV."""
+    if task_def.data_format is DataFormat.PremiseOnly:
+        return ("uid", "label", "premise")
+    if task_def.data_format is DataFormat.PremiseAndOneHypothesis:
+        return ("uid", "label", "premise", "hypothesis")
+    return ("uid", "label", "premise") + tuple(f"hyp_{i + 1}" for i in range(task_def.n_class))
+
+
+@dataclass
+class CanonicalSplit:
+    """One split's rows, column-wise (what the batched tokenizer wants).
+
+    ``hypotheses`` is None (PremiseOnly), one string per row (PremiseAndOneHypothesis) or a tuple of
+    ``n_class`` strings per row (PremiseAndMultiHypothesis). Test splits get the placeholder label.
+    """
+    path: str
+    uids: list[str]
+    labels: list[Union[int, float]]
+    premises: list[str]
+    hypotheses: Optional[list]
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+
+def read_canonical(path: Union[str, Path], task_def: TaskDef, split: str) -> CanonicalSplit:
+    """Read and validate a canonical TSV for ``task_def``: column count, uids, non-empty text, labels."""
+    cols = columns_for(task_def)
+    labelled = task_def.has_labels(split)
+    placeholder = task_def.placeholder_label()
+    out = CanonicalSplit(str(path), [], [], [], None if len(cols) == 3 else [])
+    first_line: dict[str, int] = {}
+    for ln, fields in iter_tsv(path):
+        if len(fields) != len(cols):
+            raise TsvError(f"{path}:{ln}: expected {len(cols)} tab-separated columns ({', '.join(cols)}) for "
+                           f"task {task_def.name} ({task_def.data_format.name}), got {len(fields)}")
+        uid = fields[0]
+        if not uid.strip():
+            raise TsvError(f"{path}:{ln}: column 1 (uid) is empty")
+        if uid in first_line:
+            raise TsvError(f"{path}:{ln}: uid {uid!r} repeats line {first_line[uid]}")
+        first_line[uid] = ln
+        for col in range(2, len(cols)):
+            if not fields[col].strip():
+                raise TsvError(f"{path}:{ln}: column {col + 1} ({cols[col]}) is empty")
+        if labelled:
+            try:
+                label = task_def.parse_label(fields[1])
+            except ValueError as exc:
+                raise TsvError(f"{path}:{ln}: column 2 (label): {exc}") from None
+        else:
+            label = placeholder
+        out.uids.append(uid)
+        out.labels.append(label)
+        out.premises.append(fields[2])
+        if len(cols) == 4:
+            out.hypotheses.append(fields[3])
+        elif len(cols) > 4:
+            out.hypotheses.append(tuple(fields[3:]))
+    return out
+
+
+def write_tsv(path: Union[str, Path], rows: Sequence[Sequence[str]]) -> int:
+    """Write rows atomically; a field holding a tab or line break would corrupt the file, so it is refused."""
+    with atomic_write(path) as handle:
+        for i, row in enumerate(rows, start=1):
+            for field in row:
+                if "\t" in field or "\n" in field or "\r" in field:
+                    raise TsvError(f"{path}: row {i}: field {field[:40]!r} contains a tab or line break")
+            handle.write("\t".join(row) + "\n")
+    return len(rows)

@@ -1,0 +1,265 @@
+"""Raw GLUE files (``glue_data/<TASK>/`` layout) -> canonical TSVs ``{task}_{split}.tsv``.
+
+Canonical rows are ``uid, label, premise[, hypothesis]`` (tab-separated, no header, UTF-8); test splits carry a
+placeholder label (the task's first label, or 0.0 for Regression). Raw files are split on tabs only, quotes being
+plain text (``csv.QUOTE_NONE`` semantics). Columns are found by header name, so a file whose header moved a column
+still converts right; only CoLA's train/dev have no header and are read by position. Files without an index
+column get their 0-based data-row number as uid. Labels are checked against the task-definition YAML.
+
+A missing task folder or file is reported and skipped; a malformed row stops the run with ``file:line`` unless
+``--skip_bad_rows`` (each skipped row is still reported). MNLI dev also converts from the Hugging Face Arrow
+exports in ``MNLI/hf_datasets_format/`` when the official ``dev_*.tsv`` files are absent.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from data_utils.task_def import TaskDef, TaskDefError, load_task_defs  # noqa: E402
+from data_utils.tsv import TsvError, iter_tsv, write_tsv  # noqa: E402
+
+Col = Union[str, int]  # a header name, or a position in a headerless file
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """Where one canonical split comes from inside a GLUE task folder."""
+    split: str
+    name: str
+    premise: Col
+    hypothesis: Optional[Col] = None
+    label: Optional[Col] = None        # None: unlabelled (test) file
+    uid: Optional[Col] = None          # None: the 0-based data-row number
+    header: bool = True
+    n_cols: Optional[int] = None       # headerless files only
+
+
+@dataclass(frozen=True)
+class ArrowFile:
+    """A Hugging Face Arrow export used for ``split`` when its official TSV is absent (MNLI dev)."""
+    split: str
+    name: str
+    label_names: tuple[str, ...]       # HF's class order: position = the Arrow file's integer label
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    folder: str
+    files: tuple[RawFile, ...]
+    arrow: tuple[ArrowFile, ...] = ()
+
+
+def _pair(index: Optional[str], first: str, second: str, label: str, test_index: str = "index"):
+    return (RawFile("train", "train.tsv", first, second, label, index),
+            RawFile("dev", "dev.tsv", first, second, label, index),
+            RawFile("test", "test.tsv", first, second, None, test_index))
+
+
+_MNLI_HF = ("entailment", "neutral", "contradiction")
+
+GLUE_TASKS: dict[str, GlueTask] = {
+    "cola": GlueTask("CoLA", (
+        RawFile("train", "train.tsv", premise=3, label=1, header=False, n_cols=4),
+        RawFile("dev", "dev.tsv", premise=3, label=1, header=False, n_cols=4),
+        RawFile("test", "test.tsv", premise="sentence", uid="index"))),
+    "sst": GlueTask("SST-2", (
+        RawFile("train", "train.tsv", premise="sentence", label="label"),
+        RawFile("dev", "dev.tsv", premise="sentence", label="label"),
+        RawFile("test", "test.tsv", premise="sentence", uid="index"))),
+    "mrpc": GlueTask("MRPC", _pair(None, "#1 String", "#2 String", "Quality")),
+    "stsb": GlueTask("STS-B", _pair("index", "sentence1", "sentence2", "score")),
+    "qqp": GlueTask("QQP", _pair("id", "question1", "question2", "is_duplicate", test_index="id")),
+    "mnli": GlueTask("MNLI", (
+        RawFile("train", "train.tsv", "sentence1", "sentence2", "gold_label", "index"),
+        RawFile("matched_dev", "dev_matched.tsv", "sentence1", "sentence2", "gold_label", "index"),
+        RawFile("mismatched_dev", "dev_mismatched.tsv", "sentence1", "sentence2", "gold_label", "index"),
+        RawFile("matched_test", "test_matched.tsv", "sentence1", "sentence2", None, "index"),
+        RawFile("mismatched_test", "test_mismatched.tsv", "sentence1", "sentence2", None, "index")),
+        arrow=(ArrowFile("matched_dev", "hf_datasets_format/validation_matched.arrow", _MNLI_HF),
+               ArrowFile("mismatched_dev", "hf_datasets_format/validation_mismatched.arrow",
+                         _MNLI_HF))),
+    "qnli": GlueTask("QNLI", _pair("index", "question", "sentence", "label")),
+    "rte": GlueTask("RTE", _pair("index", "sentence1", "sentence2", "label")),
+    "wnli": GlueTask("WNLI", _pair("index", "sentence1", "sentence2", "label")),
+}
+
+
+class BadRow(TsvError):
+    """One malformed data row (skippable with --skip_bad_rows)."""
+
+
+# ------------------------------------------------------------------------------------------ TSV source
+def _positions(raw: RawFile, path: Path, header: Optional[list[str]]) -> dict[str, Optional[int]]:
+    wanted = {"uid": raw.uid, "label": raw.label, "premise": raw.premise, "hypothesis": raw.hypothesis}
+    if header is None:
+        return wanted
+    pos = {}
+    for role, name in wanted.items():
+        if name is not None and name not in header:
+            raise TsvError(f"{path}:1: no column {name!r} in the header ({', '.join(header)})")
+        pos[role] = None if name is None else header.index(name)
+    return pos
+
+
+_NO_BREAKS = str.maketrans({"\t": " ", "\r": " ", "\n": " "})
+
+
+def _clean(text: str) -> str:
+    """Tabs and line breaks would split a canonical row; they become spaces."""
+    return text.translate(_NO_BREAKS)
+
+
+def _placeholder(td: TaskDef) -> str:
+    return "0.0" if td.is_regression else td.labels[0]
+
+
+def _row(td: TaskDef, path: Path, ln: int, fields: list[str], pos: dict, data_row: int) -> list[str]:
+    texts = [fields[pos["premise"]]] + ([fields[pos["hypothesis"]]] if pos["hypothesis"] is not None else [])
+    for role, text in zip(("premise", "hypothesis"), texts):
+        if not text.strip():
+            raise BadRow(f"{path}:{ln}: the {role} text is empty")
+    uid = str(data_row) if pos["uid"] is None else fields[pos["uid"]]
+    if not uid.strip():
+        raise BadRow(f"{path}:{ln}: the uid is empty")
+    if pos["label"] is None:
+        label = _placeholder(td)
+    else:
+        label = fields[pos["label"]].strip()
+        try:
+            td.parse_label(label)
+        except ValueError as exc:
+            raise BadRow(f"{path}:{ln}: {exc}") from None
+    return [uid, label] + [_clean(t) for t in texts]
+
+
+def tsv_rows(td: TaskDef, path: Path, raw: RawFile) -> Iterator[list[str]]:
+    """Canonical rows of one raw GLUE TSV; ``BadRow`` for a malformed row, ``TsvError`` for a bad file."""
+    lines = iter_tsv(path)
+    header = next(lines)[1] if raw.header else None
+    pos = _positions(raw, path, header)
+    n_cols = len(header) if header is not None else raw.n_cols
+    for data_row, (ln, fields) in enumerate(lines):
+        if len(fields) != n_cols:
+            raise BadRow(f"{path}:{ln}: expected {n_cols} tab-separated columns"
+                         f"{' (as in the header)' if header else ''}, got {len(fields)}")
+        yield _row(td, path, ln, fields, pos, data_row)
+
+
+# ------------------------------------------------------------------------------------------ Arrow source
+def arrow_rows(td: TaskDef, path: Path, arrow: ArrowFile) -> Iterator[list[str]]:
+    """Canonical rows of a HF Arrow export (columns premise, hypothesis, label, idx)."""
+    import pyarrow as pa
+    try:
+        table = pa.ipc.open_stream(str(path)).read_all()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise TsvError(f"{path}: not an Arrow IPC stream ({exc})") from None
+    missing = [c for c in ("premise", "hypothesis", "label", "idx") if c not in table.column_names]
+    if missing:
+        raise TsvError(f"{path}: missing column(s) {missing} (has {table.column_names})")
+    cols = [table.column(c).to_pylist() for c in ("idx", "label", "premise", "hypothesis")]
+    for i, (idx, label, premise, hypothesis) in enumerate(zip(*cols)):
+        if not isinstance(label, int) or not 0 <= label < len(arrow.label_names):
+            raise BadRow(f"{path}: row {i}: label {label!r} is not in 0..{len(arrow.label_names) - 1}")
+        for role, text in (("premise", premise), ("hypothesis", hypothesis)):
+            if not isinstance(text, str) or not text.strip():
+                raise BadRow(f"{path}: row {i}: the {role} text is empty")
+        name = arrow.label_names[label]
+        td.label_id(name)  # the YAML must know HF's label names
+        yield [str(idx), name, _clean(premise), _clean(hypothesis)]
+
+
+# ------------------------------------------------------------------------------------------ driver
+def _collect(rows: Iterator[list[str]], skip_bad: bool, log: Callable[[str], None]) -> list[list[str]]:
+    out = []
+    while True:
+        try:
+            out.append(next(rows))
+        except StopIteration:
+            return out
+        except BadRow as exc:
+            if not skip_bad:
+                raise
+            log(f"skipped: {exc}")
+
+
+def _sources(task: GlueTask, folder: Path):
+    """(split, source path, row generator factory) for each split whose file exists; misses as (split, path, None)."""
+    arrow_for = {a.split: a for a in task.arrow}
+    for raw in task.files:
+        path = folder / raw.name
+        if path.is_file():
+            yield raw.split, path, lambda td, p=path, r=raw: tsv_rows(td, p, r)
+        elif raw.split in arrow_for and (folder / arrow_for[raw.split].name).is_file():
+            a = arrow_for[raw.split]
+            yield raw.split, folder / a.name, lambda td, p=folder / a.name, a=a: arrow_rows(td, p, a)
+        else:
+            yield raw.split, path, None
+
+
+def convert_task(name: str, td: TaskDef, glue_dir: Path, out_dir: Path, skip_bad: bool = False,
+                 log: Callable[[str], None] = print) -> dict[str, int]:
+    """Convert one task's files; returns rows written per split (missing files are logged and left out)."""
+    task = GLUE_TASKS[name]
+    folder = glue_dir / task.folder
+    if not folder.is_dir():
+        log(f"{name}: folder {folder} not found, skipped")
+        return {}
+    written = {}
+    for split, path, make_rows in _sources(task, folder):
+        if split not in td.split_names:
+            raise TaskDefError(f"task '{name}': split '{split}' is not in its split_names {list(td.split_names)}")
+        if make_rows is None:
+            log(f"{name} {split}: {path} not found, skipped")
+            continue
+        rows = _collect(make_rows(td), skip_bad, log)
+        written[split] = write_tsv(out_dir / f"{name}_{split}.tsv", rows)
+        log(f"{name} {split}: {written[split]} rows from {path} -> {out_dir / f'{name}_{split}.tsv'}")
+    return written
+
+
+def convert(glue_dir: Path, out_dir: Path, task_def: Path, tasks: Optional[Sequence[str]] = None,
+            skip_bad: bool = False, log: Callable[[str], None] = print) -> dict[str, dict[str, int]]:
+    defs = load_task_defs(task_def)
+    names = list(tasks) if tasks else [t for t in GLUE_TASKS if t in defs]
+    for n in names:
+        if n not in GLUE_TASKS:
+            raise TaskDefError(f"--tasks: unknown GLUE task '{n}'; known: {', '.join(GLUE_TASKS)}")
+        if n not in defs:
+            raise TaskDefError(f"{task_def}: no definition for GLUE task '{n}'")
+    return {n: convert_task(n, defs[n], Path(glue_dir), Path(out_dir), skip_bad, log) for n in names}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Raw GLUE files -> canonical TSVs {task}_{split}.tsv.")
+    p.add_argument("--glue_dir", default="data/glue_data", help="folder with CoLA/, SST-2/, MRPC/, ...")
+    p.add_argument("--out_dir", default="data/canonical_data", help="where {task}_{split}.tsv go")
+    p.add_argument("--task_def", default=str(ROOT / "experiments" / "glue" / "glue_task_def.yml"))
+    p.add_argument("--tasks", nargs="+", default=None, help=f"subset of: {' '.join(GLUE_TASKS)}")
+    p.add_argument("--skip_bad_rows", action="store_true",
+                   help="skip (and report) malformed rows instead of stopping at the first one")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        done = convert(Path(args.glue_dir), Path(args.out_dir), Path(args.task_def), args.tasks,
+                       args.skip_bad_rows, log=lambda msg: print(msg, file=sys.stderr))
+    except (TsvError, TaskDefError) as exc:
+        print(f"glue_prepro.py: error: {exc}", file=sys.stderr)
+        return 1
+    if not any(done.values()):
+        print(f"glue_prepro.py: error: no GLUE files found under {args.glue_dir}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Tokenize canonical TSVs into JSON-lines shards for one encoder, guided by a task-definition YAML.
+
+    {root_dir}/{task}_{split}.tsv  ->  {root_dir}/{model_short_name}/{task}_{split}.jsonl
+
+Rows are read and validated in the main process, tokenized in batches by the Rust fast tokenizer in
+``--workers`` processes, and written in order to a temp file that is renamed when complete. A small
+``.jsonl.stamp`` next to each shard records a hash of everything the shard depends on (TSV bytes, task
+definition, tokenizer, max length), so a re-run skips shards that are up to date unless ``--force``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import pretrained_models
+from data_utils.atomic import atomic_write
+from data_utils.encoding import (Chunk, EncodeSpec, build_backend, encode_in_worker, encode_lines, init_worker,
+                                 spec_from_hf)
+from data_utils.shards import shard_path
+from data_utils.task_def import DataFormat, TaskDef, TaskDefError, load_task_defs, select_tasks
+from data_utils.tsv import CanonicalSplit, TsvError, read_canonical
+
+ROOT = Path(__file__).resolve().parent
+CHUNK_ROWS = 2048
+STAMP_VERSION = 1
+
+
+class PreproError(ValueError):
+    """A one-line, user-facing problem (bad flag, unloadable tokenizer, nothing to do)."""
+
+
+@dataclass(frozen=True)
+class PreproConfig:
+    model: str = pretrained_models.DEFAULT_ENCODER
+    root_dir: str = "data/canonical_data"
+    task_def: str = str(ROOT / "experiments" / "glue" / "glue_task_def.yml")
+    tasks: Optional[tuple[str, ...]] = None
+    max_seq_len: int = 512
+    workers: int = 1
+    force: bool = False
+    do_lower_case: bool = False
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    task: str
+    split: str
+    status: str          # "written", "up to date" or "missing"
+    path: Path
+    rows: int = 0
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------ tokenizer
+def load_spec(cfg: PreproConfig) -> EncodeSpec:
+    try:
+        tokenizer = pretrained_models.load_tokenizer(cfg.model)
+    except Exception as exc:  # HF raises OSError/ValueError/... with multi-line text; keep the first line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PreproError(f"--model {cfg.model}: cannot load a fast tokenizer: {first}") from None
+    minimum = tokenizer.num_special_tokens_to_add(pair=True) + 2
+    if cfg.max_seq_len < minimum:
+        raise PreproError(f"--max_seq_len {cfg.max_seq_len} is too small for {cfg.model}: "
+                          f"pairs need at least {minimum} (special tokens plus one token per text)")
+    if cfg.do_lower_case and tokenizer.backend_tokenizer.normalizer is not None \
+            and tokenizer.backend_tokenizer.normalizer.normalize_str("A") != "a":
+        raise PreproError(f"--do_lower_case: the tokenizer of {cfg.model} is cased and lower-casing is the "
+                          "tokenizer's own setting; pick an uncased model or drop the flag")
+    if cfg.do_lower_case and tokenizer.backend_tokenizer.normalizer is None:
+        raise PreproError(f"--do_lower_case: the tokenizer of {cfg.model} does not lower-case; pick an uncased "
+                          "model or drop the flag")
+    return spec_from_hf(tokenizer, cfg.max_seq_len)
+
+
+# ------------------------------------------------------------------------------------------ stamps
+def _stamp_path(shard: Path) -> Path:
+    return shard.with_name(shard.name + ".stamp")
+
+
+def _fingerprint(tsv: Path, td: TaskDef, split: str, spec: EncodeSpec) -> str:
+    h = hashlib.sha256()
+    h.update(tsv.read_bytes())
+    meta = dict(version=STAMP_VERSION, task=td.name, split=split, task_type=td.task_type.name,
+                data_format=td.data_format.name, n_class=td.n_class, labels=td.labels, labelled=td.has_labels(split),
+                max_seq_len=spec.max_seq_len, type_ids=spec.type_ids,
+                tokenizer=hashlib.sha256(spec.tokenizer_json.encode("utf-8")).hexdigest())
+    h.update(json.dumps(meta, sort_keys=True).encode("utf-8"))
+    return h.hexdigest()
+
+
+def _up_to_date(shard: Path, fingerprint: str) -> bool:
+    try:
+        stamp = json.loads(_stamp_path(shard).read_text(encoding="utf-8"))
+        return stamp.get("inputs") == fingerprint and shard.stat().st_size == stamp.get("shard_bytes")
+    except (OSError, ValueError):
+        return False
+
+
+def _write_stamp(shard: Path, fingerprint: str, rows: int) -> None:
+    with atomic_write(_stamp_path(shard)) as handle:
+        json.dump({"inputs": fingerprint, "rows": rows, "shard_bytes": shard.stat().st_size}, handle)
+
+
+# ------------------------------------------------------------------------------------------ encoding
+def chunks(data: CanonicalSplit, td: TaskDef, rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+    n_hyp = td.n_class if td.data_format is DataFormat.PremiseAndMultiHypothesis else 0
+    step = max(1, rows // max(1, n_hyp))
+    for i in range(0, len(data), step):
+        hyps = None if data.hypotheses is None else data.hypotheses[i:i + step]
+        yield Chunk(data.uids[i:i + step], data.labels[i:i + step], data.premises[i:i + step], hyps, n_hyp)
+
+
+class Encoder:
+    """Turns chunks into shard text, in order: in this process (workers=1) or in a spawned process pool."""
+
+    def __init__(self, spec: EncodeSpec, workers: int):
+        self.spec, self.workers = spec, workers
+        self._tok = None
+        self._pool = None
+
+    def map(self, items: Iterator[Chunk]) -> Iterator[str]:
+        if self.workers <= 1:
+            if self._tok is None:
+                os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one worker means one core
+                self._tok = build_backend(self.spec)
+            return (encode_lines(self._tok, self.spec, c) for c in items)
+        if self._pool is None:
+            ctx = multiprocessing.get_context("spawn")  # fork after Rust threads have started can deadlock
+            self._pool = ctx.Pool(self.workers, initializer=init_worker, initargs=(self.spec,))
+        return self._pool.imap(encode_in_worker, items)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+
+def write_shard(data: CanonicalSplit, td: TaskDef, shard: Path, encoder: Encoder) -> None:
+    with atomic_write(shard) as handle:
+        for text in encoder.map(chunks(data, td)):
+            handle.write(text)
+
+
+# ------------------------------------------------------------------------------------------ driver
+def _jobs(cfg: PreproConfig, task_defs: dict[str, TaskDef]):
+    for td in task_defs.values():
+        for split in td.split_names:
+            yield td, split, Path(cfg.root_dir) / f"{td.name}_{split}.tsv", \
+                shard_path(cfg.root_dir, cfg.model, td.name, split)
+
+
+def run(cfg: PreproConfig, log=print) -> list[ShardResult]:
+    """Build every shard of the selected tasks; missing TSVs are reported and skipped."""
+    if cfg.workers < 1:
+        raise PreproError(f"--workers must be >= 1, got {cfg.workers}")
+    task_defs = load_task_defs(cfg.task_def)
+    if cfg.tasks:
+        task_defs = select_tasks(task_defs, cfg.tasks, cfg.task_def)
+    spec = load_spec(cfg)
+    encoder = Encoder(spec, cfg.workers)
+    results = []
+    try:
+        for td, split, tsv, shard in _jobs(cfg, task_defs):
+            results.append(_one(td, split, tsv, shard, spec, encoder, cfg.force))
+            log(_describe(results[-1]))
+    finally:
+        encoder.close()
+    if all(r.status == "missing" for r in results):
+        raise PreproError(f"no canonical TSVs found under {cfg.root_dir} for tasks {', '.join(task_defs)} "
+                          "(run experiments/glue/glue_prepro.py first?)")
+    return results
+
+
+def _one(td: TaskDef, split: str, tsv: Path, shard: Path, spec: EncodeSpec, encoder: Encoder,
+         force: bool) -> ShardResult:
+    if not tsv.is_file():
+        return ShardResult(td.name, split, "missing", tsv)
+    start = time.perf_counter()
+    fingerprint = _fingerprint(tsv, td, split, spec)
+    if not force and _up_to_date(shard, fingerprint):
+        return ShardResult(td.name, split, "up to date", shard)
+    data = read_canonical(tsv, td, split)
+    write_shard(data, td, shard, encoder)
+    _write_stamp(shard, fingerprint, len(data))
+    return ShardResult(td.name, split, "written", shard, len(data), time.perf_counter() - start)
+
+
+def _describe(r: ShardResult) -> str:
+    if r.status == "missing":
+        return f"{r.task}_{r.split}: {r.path} not found, skipped"
+    if r.status == "up to date":
+        return f"{r.task}_{r.split}: {r.path} is up to date (--force rebuilds it)"
+    rate = r.rows / r.seconds if r.seconds > 0 else float("inf")
+    return f"{r.task}_{r.split}: {r.rows} rows -> {r.path} ({r.seconds:.2f}s, {rate:,.0f} rows/s)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=PreproConfig.model,
+                   help="HF hub name, local folder, or a pretrained_models.py registry name")
+    p.add_argument("--root_dir", default=PreproConfig.root_dir, help="folder of the canonical TSVs")
+    p.add_argument("--task_def", default=PreproConfig.task_def, help="task-definition YAML")
+    p.add_argument("--tasks", nargs="+", default=None, help="only these tasks (default: all in --task_def)")
+    p.add_argument("--max_seq_len", type=int, default=PreproConfig.max_seq_len)
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="tokenizer processes (default: min(2, CPUs))")
+    p.add_argument("--force", action="store_true", help="rebuild shards even when up to date")
+    p.add_argument("--do_lower_case", action="store_true",
+                   help="MT-DNN compatibility: checks that the tokenizer lower-cases (it is the tokenizer's setting)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = PreproConfig(**{**vars(args), "tasks": tuple(args.tasks) if args.tasks else None})
+    try:
+        run(cfg)
+    except (PreproError, TaskDefError, TsvError) as exc:
+        print(f"prepro_std.py: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
