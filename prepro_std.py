@@ -22,11 +22,10 @@ from typing import Iterator, Optional, Sequence
 
 import pretrained_models
 from data_utils.atomic import atomic_write
-from data_utils.encoding import (Chunk, EncodeSpec, build_backend, encode_in_worker, encode_lines, init_worker,
-                                 spec_from_hf)
+from data_utils.encoding import Chunk, EncodeSpec, build_backend, encode_chunk, encode_in_worker, init_worker, spec_from_hf
 from data_utils.shards import shard_path
 from data_utils.task_def import DataFormat, TaskDef, TaskDefError, load_task_defs, select_tasks
-from data_utils.tsv import CanonicalSplit, TsvError, read_canonical
+from data_utils.tsv import TsvError, check_unique_uids, read_lines
 
 ROOT = Path(__file__).resolve().parent
 CHUNK_ROWS = 2048
@@ -110,28 +109,26 @@ def _write_stamp(shard: Path, fingerprint: str, rows: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ encoding
-def chunks(data: CanonicalSplit, td: TaskDef, rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
-    n_hyp = td.n_class if td.data_format is DataFormat.PremiseAndMultiHypothesis else 0
-    step = max(1, rows // max(1, n_hyp))
-    for i in range(0, len(data), step):
-        hyps = None if data.hypotheses is None else data.hypotheses[i:i + step]
-        yield Chunk(data.uids[i:i + step], data.labels[i:i + step], data.premises[i:i + step], hyps, n_hyp)
+def chunks(tsv: Path, lines: list[str], td: TaskDef, split: str, rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+    step = max(1, rows // max(1, td.n_class if td.data_format is DataFormat.PremiseAndMultiHypothesis else 1))
+    for i in range(0, len(lines), step):
+        yield Chunk(str(tsv), i + 1, lines[i:i + step], td, split)
 
 
 class Encoder:
-    """Turns chunks into shard text, in order: in this process (workers=1) or in a spawned process pool."""
+    """Turns chunks into (shard text, uids), in order: in this process (workers=1) or a spawned process pool."""
 
     def __init__(self, spec: EncodeSpec, workers: int):
         self.spec, self.workers = spec, workers
         self._tok = None
         self._pool = None
 
-    def map(self, items: Iterator[Chunk]) -> Iterator[str]:
+    def map(self, items: Iterator[Chunk]) -> Iterator[tuple[str, list[str]]]:
         if self.workers <= 1:
             if self._tok is None:
                 os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one worker means one core
                 self._tok = build_backend(self.spec)
-            return (encode_lines(self._tok, self.spec, c) for c in items)
+            return (encode_chunk(self._tok, self.spec, c) for c in items)
         if self._pool is None:
             ctx = multiprocessing.get_context("spawn")  # fork after Rust threads have started can deadlock
             self._pool = ctx.Pool(self.workers, initializer=init_worker, initargs=(self.spec,))
@@ -144,10 +141,15 @@ class Encoder:
             self._pool = None
 
 
-def write_shard(data: CanonicalSplit, td: TaskDef, shard: Path, encoder: Encoder) -> None:
+def write_shard(tsv: Path, td: TaskDef, split: str, shard: Path, encoder: Encoder) -> int:
+    """Validate, tokenize and write one split; on any error the temp file goes and ``shard`` stays as it was."""
+    lines = read_lines(tsv)
+    seen: dict[str, int] = {}
     with atomic_write(shard) as handle:
-        for text in encoder.map(chunks(data, td)):
+        for chunk, (text, uids) in zip(chunks(tsv, lines, td, split), encoder.map(chunks(tsv, lines, td, split))):
+            check_unique_uids(tsv, uids, chunk.first_line, seen)
             handle.write(text)
+    return len(lines)
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -188,10 +190,9 @@ def _one(td: TaskDef, split: str, tsv: Path, shard: Path, spec: EncodeSpec, enco
     fingerprint = _fingerprint(tsv, td, split, spec)
     if not force and _up_to_date(shard, fingerprint):
         return ShardResult(td.name, split, "up to date", shard)
-    data = read_canonical(tsv, td, split)
-    write_shard(data, td, shard, encoder)
-    _write_stamp(shard, fingerprint, len(data))
-    return ShardResult(td.name, split, "written", shard, len(data), time.perf_counter() - start)
+    rows = write_shard(tsv, td, split, shard, encoder)
+    _write_stamp(shard, fingerprint, rows)
+    return ShardResult(td.name, split, "written", shard, rows, time.perf_counter() - start)
 
 
 def _describe(r: ShardResult) -> str:

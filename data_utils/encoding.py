@@ -1,17 +1,21 @@
-"""Batched tokenization of canonical rows into shard lines; runs in-process or in spawned worker processes.
+"""Canonical lines -> shard lines: validation, batched tokenization and formatting of one chunk of rows.
 
-Workers hold only the Rust ``tokenizers.Tokenizer`` rebuilt from its JSON, configured as the Hugging Face fast
-tokenizer's ``__call__(text, pair, truncation=True, max_length=L)`` configures it (longest-first truncation to
-L including special tokens, no padding). Skipping ``transformers`` and ``BatchEncoding`` keeps worker start-up
-and per-row cost low; tests check the token ids against the HF tokenizer called directly.
+A chunk runs in this process or in a spawned worker, so ``--workers`` processes share all the per-row work
+(parsing, label checks, tokenizing, JSON text). Workers hold only the Rust ``tokenizers.Tokenizer`` rebuilt
+from its JSON, configured as the Hugging Face fast tokenizer's ``__call__(text, pair, truncation=True,
+max_length=L)`` configures it (longest-first truncation to L including special tokens, no padding). Skipping
+``transformers`` and ``BatchEncoding`` keeps worker start-up and per-row cost low; tests check the token ids
+against the HF tokenizer called directly.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 from data_utils.shards import format_line
+from data_utils.task_def import DataFormat, TaskDef
+from data_utils.tsv import CanonicalSplit, parse_rows
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,16 @@ class EncodeSpec:
     tokenizer_json: str
     max_seq_len: int
     type_ids: bool
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Consecutive lines of one canonical TSV; ``first_line`` is the 1-based number of ``lines[0]``."""
+    path: str
+    first_line: int
+    lines: Sequence[str]
+    task_def: TaskDef
+    split: str
 
 
 def spec_from_hf(tokenizer, max_seq_len: int) -> EncodeSpec:
@@ -36,6 +50,33 @@ def build_backend(spec: EncodeSpec):
     return tok
 
 
+def _encode(tok, data: CanonicalSplit, n_hyp: int) -> list:
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # no offsets: cheaper, same ids
+    if data.hypotheses is None:
+        return encode(data.premises)
+    if not n_hyp:
+        return encode(list(zip(data.premises, data.hypotheses)))
+    return encode([(p, h) for p, hyps in zip(data.premises, data.hypotheses) for h in hyps])
+
+
+def encode_rows(tok, spec: EncodeSpec, data: CanonicalSplit, task_def: TaskDef) -> str:
+    """Shard lines (newline-terminated, as one string) for validated rows."""
+    n_hyp = task_def.n_class if task_def.data_format is DataFormat.PremiseAndMultiHypothesis else 0
+    encs = _encode(tok, data, n_hyp)
+    ids = [e.ids for e in encs]
+    types = [e.type_ids for e in encs] if spec.type_ids else [[0] * len(x) for x in ids]
+    if n_hyp:
+        ids = [ids[i:i + n_hyp] for i in range(0, len(ids), n_hyp)]
+        types = [types[i:i + n_hyp] for i in range(0, len(types), n_hyp)]
+    return "".join([line + "\n" for line in map(format_line, data.uids, data.labels, ids, types)])
+
+
+def encode_chunk(tok, spec: EncodeSpec, chunk: Chunk) -> tuple[str, list[str]]:
+    """(shard text, uids) of a chunk; a bad line raises ``TsvError`` with its ``file:line``."""
+    data = parse_rows(chunk.path, chunk.lines, chunk.first_line, chunk.task_def, chunk.split)
+    return encode_rows(tok, spec, data, chunk.task_def), data.uids
+
+
 _WORKER: dict = {}
 
 
@@ -45,37 +86,5 @@ def init_worker(spec: EncodeSpec) -> None:
     _WORKER["spec"], _WORKER["tok"] = spec, build_backend(spec)
 
 
-@dataclass
-class Chunk:
-    """A run of consecutive rows of one split (column-wise); ``n_hyp`` > 0 for multi-hypothesis rows."""
-    uids: Sequence[str]
-    labels: Sequence
-    premises: Sequence[str]
-    hypotheses: Optional[Sequence]
-    n_hyp: int = 0
-
-
-def _encode(tok, chunk: Chunk) -> list:
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # no offsets: cheaper, same ids
-    if chunk.hypotheses is None:
-        return encode(list(chunk.premises))
-    if not chunk.n_hyp:
-        return encode(list(zip(chunk.premises, chunk.hypotheses)))
-    return encode([(p, h) for p, hyps in zip(chunk.premises, chunk.hypotheses) for h in hyps])
-
-
-def encode_lines(tok, spec: EncodeSpec, chunk: Chunk) -> str:
-    """The chunk's shard lines, newline-terminated, as one string."""
-    encs = _encode(tok, chunk)
-    ids = [e.ids for e in encs]
-    types = [e.type_ids for e in encs] if spec.type_ids else [[0] * len(x) for x in ids]
-    if chunk.n_hyp:
-        k = chunk.n_hyp
-        ids = [ids[i:i + k] for i in range(0, len(ids), k)]
-        types = [types[i:i + k] for i in range(0, len(types), k)]
-    lines = map(format_line, chunk.uids, chunk.labels, ids, types)
-    return "\n".join(lines) + "\n"
-
-
-def encode_in_worker(chunk: Chunk) -> str:
-    return encode_lines(_WORKER["tok"], _WORKER["spec"], chunk)
+def encode_in_worker(chunk: Chunk) -> tuple[str, list[str]]:
+    return encode_chunk(_WORKER["tok"], _WORKER["spec"], chunk)

@@ -40,11 +40,9 @@ def read_lines(path: Union[str, Path]) -> list[str]:
     return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
-def iter_tsv(path: Union[str, Path], skip_header: bool = False) -> Iterator[tuple[int, list[str]]]:
-    """(1-based line number, fields) for every line."""
+def iter_tsv(path: Union[str, Path]) -> Iterator[tuple[int, list[str]]]:
+    """(1-based line number, tab-split fields) for every line."""
     for i, line in enumerate(read_lines(path), start=1):
-        if skip_header and i == 1:
-            continue
         yield i, line.split("\t")
 
 
@@ -74,41 +72,55 @@ class CanonicalSplit:
         return len(self.uids)
 
 
-def read_canonical(path: Union[str, Path], task_def: TaskDef, split: str) -> CanonicalSplit:
-    """Read and validate a canonical TSV for ``task_def``: column count, uids, non-empty text, labels."""
+def parse_rows(path: Union[str, Path], lines: Sequence[str], first_line: int, task_def: TaskDef,
+               split: str) -> CanonicalSplit:
+    """Validate and split consecutive canonical lines (``first_line`` = 1-based number of ``lines[0]``).
+
+    Checks column count, non-empty uid and text, and labels (labelled splits only; test splits get the
+    placeholder). Uid uniqueness spans chunks, so ``check_unique_uids`` does it.
+    """
     cols = columns_for(task_def)
-    labelled = task_def.has_labels(split)
-    placeholder = task_def.placeholder_label()
-    out = CanonicalSplit(str(path), [], [], [], None if len(cols) == 3 else [])
-    first_line: dict[str, int] = {}
-    for ln, fields in iter_tsv(path):
-        if len(fields) != len(cols):
-            raise TsvError(f"{path}:{ln}: expected {len(cols)} tab-separated columns ({', '.join(cols)}) for "
+    n_cols, labelled, placeholder = len(cols), task_def.has_labels(split), task_def.placeholder_label()
+    out = CanonicalSplit(str(path), [], [], [], None if n_cols == 3 else [])
+    for ln, line in enumerate(lines, start=first_line):
+        fields = line.split("\t")
+        if len(fields) != n_cols:
+            raise TsvError(f"{path}:{ln}: expected {n_cols} tab-separated columns ({', '.join(cols)}) for "
                            f"task {task_def.name} ({task_def.data_format.name}), got {len(fields)}")
-        uid = fields[0]
-        if not uid.strip():
+        if not fields[0].strip():
             raise TsvError(f"{path}:{ln}: column 1 (uid) is empty")
-        if uid in first_line:
-            raise TsvError(f"{path}:{ln}: uid {uid!r} repeats line {first_line[uid]}")
-        first_line[uid] = ln
-        for col in range(2, len(cols)):
+        for col in range(2, n_cols):
             if not fields[col].strip():
                 raise TsvError(f"{path}:{ln}: column {col + 1} ({cols[col]}) is empty")
         if labelled:
             try:
-                label = task_def.parse_label(fields[1])
+                out.labels.append(task_def.parse_label(fields[1]))
             except ValueError as exc:
                 raise TsvError(f"{path}:{ln}: column 2 (label): {exc}") from None
         else:
-            label = placeholder
-        out.uids.append(uid)
-        out.labels.append(label)
+            out.labels.append(placeholder)
+        out.uids.append(fields[0])
         out.premises.append(fields[2])
-        if len(cols) == 4:
+        if n_cols == 4:
             out.hypotheses.append(fields[3])
-        elif len(cols) > 4:
+        elif n_cols > 4:
             out.hypotheses.append(tuple(fields[3:]))
     return out
+
+
+def check_unique_uids(path: Union[str, Path], uids: Sequence[str], first_line: int, seen: dict[str, int]) -> None:
+    """Refuse a uid seen before (``seen`` maps uid -> line and is updated): predictions are keyed by uid."""
+    for ln, uid in enumerate(uids, start=first_line):
+        prev = seen.setdefault(uid, ln)
+        if prev != ln:
+            raise TsvError(f"{path}:{ln}: uid {uid!r} repeats line {prev}")
+
+
+def read_canonical(path: Union[str, Path], task_def: TaskDef, split: str) -> CanonicalSplit:
+    """Read and validate a whole canonical TSV for ``task_def``."""
+    data = parse_rows(path, read_lines(path), 1, task_def, split)
+    check_unique_uids(path, data.uids, 1, {})
+    return data
 
 
 def write_tsv(path: Union[str, Path], rows: Sequence[Sequence[str]]) -> int:
