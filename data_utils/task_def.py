@@ -212,7 +212,8 @@ def _int(where: _Where, task: str, key: str, raw: Any) -> int:
 
 def _check_name(where: _Where, task: Any) -> str:
     if not isinstance(task, str):
-        raise where.error(f"task name {task!r} must be a string, got {_type_name(task)}")
+        line = where.task_lines.get(str(task))
+        raise TaskDefError(f"{where.path}:{line}: task name {task!r} must be a string, got {_type_name(task)}")
     if "_" in task:
         raise where.error(f"task name must not contain '_' (shard files are named {{task}}_{{split}}); "
                           f"try '{task.replace('_', '-')}'", task)
@@ -346,11 +347,14 @@ def load_task_defs(path: Union[str, Path]) -> dict[str, TaskDef]:
     """All task definitions of a YAML file, in file order."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise TaskDefError(f"{path}: task definition file not found") from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise TaskDefError(f"{path}: not UTF-8 (byte {exc.start})") from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise TaskDefError(f"{path}:{line}: not UTF-8 (byte offset {exc.start})") from None
     return parse_task_defs(text, str(path))
 
 
