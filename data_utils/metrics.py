@@ -68,7 +68,10 @@ def get_metric(name: str) -> MetricFn:
 
 
 def _as_array(values, what: str) -> np.ndarray:
-    arr = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)
+    if hasattr(values, "detach"):  # a torch tensor; widen floats first, as numpy has no bfloat16
+        values = values.detach().cpu()
+        values = values.double() if values.is_floating_point() else values
+    arr = np.asarray(values)
     if arr.ndim == 0:
         raise ValueError(f"metrics: {what} must be a sequence, got {type(values).__name__}")
     if arr.size == 0:

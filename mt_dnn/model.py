@@ -31,10 +31,12 @@ def predict(task_def: TaskDef, outputs: torch.Tensor) -> tuple[torch.Tensor, tor
     """Model outputs -> (predictions, scores), the inputs of data_utils.metrics.
 
     Classification: argmax class and softmax probabilities; Regression: the float itself, twice;
-    Ranking: index of the best of the K hypotheses and the softmax over the K scores.
+    Ranking: index of the best of the K hypotheses and the softmax over the K scores. Scores come back in
+    float32 even from a bf16/fp16 forward pass (numpy, hence the metrics, has no bfloat16).
     """
     if task_def.task_type is TaskType.Regression:
-        return outputs, outputs
+        values = outputs.float()
+        return values, values
     if task_def.task_type in (TaskType.Classification, TaskType.Ranking):
         probs = torch.softmax(outputs.float(), dim=-1)
         return probs.argmax(dim=-1), probs

@@ -81,6 +81,8 @@ def test_auc_multiclass_is_macro_one_vs_rest():
 
 def test_accepts_torch_tensors():
     assert compute_metric("ACC", torch.tensor([1, 0, 1]), torch.tensor([1, 1, 1])) == pytest.approx(200 / 3)
+    preds = torch.tensor([1.0, 2.0, 3.0], dtype=torch.bfloat16)  # numpy itself cannot hold bfloat16
+    assert compute_metric("Pearson", torch.tensor([1.0, 3.0, 2.0]), preds) == pytest.approx(50.0)
 
 
 # ---------------------------------------------------------------- compute_metrics over a task

@@ -260,10 +260,16 @@ def test_predict_per_task_type():
     torch.testing.assert_close(scores[0], torch.tensor([0.2, 0.6, 0.2]))
     values = torch.tensor([0.25, 3.5])
     preds, scores = predict(reg, values)
-    assert preds is values and scores is values
+    assert preds.tolist() == [0.25, 3.5] and scores.tolist() == [0.25, 3.5]
     preds, scores = predict(rank, torch.tensor([[0.1, 0.9, 0.3], [2.0, -1.0, 0.0]]))
     assert preds.tolist() == [1, 0]
     torch.testing.assert_close(scores.sum(-1), torch.ones(2))
+
+
+def test_predict_gives_float32_scores_from_half_precision_outputs():
+    for task, shape in (("cls", (2, 3)), ("reg", (2,)), ("rank", (2, 3))):
+        _, scores = predict(THREE_TASKS[task], torch.ones(shape, dtype=torch.bfloat16))
+        assert scores.dtype == torch.float32, task
 
 
 # ---------------------------------------------------------------- safetensors round trip
