@@ -139,22 +139,27 @@ def _row(td: TaskDef, path: Path, ln: int, fields: list[str], pos: dict, data_ro
     return [uid, label] + [_clean(t) for t in texts]
 
 
-def tsv_rows(td: TaskDef, path: Path, raw: RawFile) -> Iterator[list[str]]:
-    """Canonical rows of one raw GLUE TSV; ``BadRow`` for a malformed row, ``TsvError`` for a bad file."""
+def tsv_rows(td: TaskDef, path: Path, raw: RawFile) -> Iterator[Union[list[str], BadRow]]:
+    """Canonical rows of one raw GLUE TSV; a malformed row comes as a ``BadRow`` value (the caller decides
+    whether to stop or skip), a bad file raises ``TsvError``."""
     lines = iter_tsv(path)
     header = next(lines)[1] if raw.header else None
     pos = _positions(raw, path, header)
     n_cols = len(header) if header is not None else raw.n_cols
     for data_row, (ln, fields) in enumerate(lines):
         if len(fields) != n_cols:
-            raise BadRow(f"{path}:{ln}: expected {n_cols} tab-separated columns"
+            yield BadRow(f"{path}:{ln}: expected {n_cols} tab-separated columns"
                          f"{' (as in the header)' if header else ''}, got {len(fields)}")
-        yield _row(td, path, ln, fields, pos, data_row)
+            continue
+        try:
+            yield _row(td, path, ln, fields, pos, data_row)
+        except BadRow as exc:
+            yield exc
 
 
 # ------------------------------------------------------------------------------------------ Arrow source
-def arrow_rows(td: TaskDef, path: Path, arrow: ArrowFile) -> Iterator[list[str]]:
-    """Canonical rows of a HF Arrow export (columns premise, hypothesis, label, idx)."""
+def arrow_rows(td: TaskDef, path: Path, arrow: ArrowFile) -> Iterator[Union[list[str], BadRow]]:
+    """Canonical rows (or ``BadRow`` values) of a HF Arrow export (columns premise, hypothesis, label, idx)."""
     import pyarrow as pa
     try:
         table = pa.ipc.open_stream(str(path)).read_all()
@@ -166,27 +171,27 @@ def arrow_rows(td: TaskDef, path: Path, arrow: ArrowFile) -> Iterator[list[str]]
     cols = [table.column(c).to_pylist() for c in ("idx", "label", "premise", "hypothesis")]
     for i, (idx, label, premise, hypothesis) in enumerate(zip(*cols)):
         if not isinstance(label, int) or not 0 <= label < len(arrow.label_names):
-            raise BadRow(f"{path}: row {i}: label {label!r} is not in 0..{len(arrow.label_names) - 1}")
-        for role, text in (("premise", premise), ("hypothesis", hypothesis)):
-            if not isinstance(text, str) or not text.strip():
-                raise BadRow(f"{path}: row {i}: the {role} text is empty")
-        name = arrow.label_names[label]
-        td.label_id(name)  # the YAML must know HF's label names
-        yield [str(idx), name, _clean(premise), _clean(hypothesis)]
+            yield BadRow(f"{path}: row {i}: label {label!r} is not in 0..{len(arrow.label_names) - 1}")
+        elif not all(isinstance(t, str) and t.strip() for t in (premise, hypothesis)):
+            yield BadRow(f"{path}: row {i}: the {'premise' if not (premise or '').strip() else 'hypothesis'} "
+                         "text is empty")
+        else:
+            name = arrow.label_names[label]
+            td.label_id(name)  # the YAML must know HF's label names
+            yield [str(idx), name, _clean(premise), _clean(hypothesis)]
 
 
 # ------------------------------------------------------------------------------------------ driver
-def _collect(rows: Iterator[list[str]], skip_bad: bool, log: Callable[[str], None]) -> list[list[str]]:
+def _collect(rows: Iterator, skip_bad: bool, log: Callable[[str], None]) -> list[list[str]]:
     out = []
-    while True:
-        try:
-            out.append(next(rows))
-        except StopIteration:
-            return out
-        except BadRow as exc:
+    for row in rows:
+        if isinstance(row, BadRow):
             if not skip_bad:
-                raise
-            log(f"skipped: {exc}")
+                raise row
+            log(f"skipped: {row}")
+        else:
+            out.append(row)
+    return out
 
 
 def _sources(task: GlueTask, folder: Path):

@@ -1,0 +1,289 @@
+"""experiments/glue/glue_prepro.py: raw GLUE -> canonical TSVs.
+
+On the real files in ../shared/glue: row counts match MANIFEST.tsv, label distributions match the source read
+independently (csv module, QUOTE_NONE), uids and texts are kept. Synthetic folders in tmp_path cover QQP and the
+official MNLI layout (absent from the shared copy) and every bad-input case.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "glue" / "glue_prepro.py"
+TASK_DEF = ROOT / "experiments" / "glue" / "glue_task_def.yml"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("glue_prepro", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+gp = _load()
+
+# MANIFEST file -> (canonical file, label column in the source: header name, position, or None for test)
+SOURCES = {
+    "CoLA/train.tsv": ("cola_train.tsv", 1), "CoLA/dev.tsv": ("cola_dev.tsv", 1),
+    "CoLA/test.tsv": ("cola_test.tsv", None),
+    "SST-2/train.tsv": ("sst_train.tsv", "label"), "SST-2/dev.tsv": ("sst_dev.tsv", "label"),
+    "SST-2/test.tsv": ("sst_test.tsv", None),
+    "MRPC/train.tsv": ("mrpc_train.tsv", "Quality"), "MRPC/dev.tsv": ("mrpc_dev.tsv", "Quality"),
+    "MRPC/test.tsv": ("mrpc_test.tsv", None),
+    "STS-B/train.tsv": ("stsb_train.tsv", "score"), "STS-B/dev.tsv": ("stsb_dev.tsv", "score"),
+    "STS-B/test.tsv": ("stsb_test.tsv", None),
+    "QNLI/dev.tsv": ("qnli_dev.tsv", "label"), "QNLI/test.tsv": ("qnli_test.tsv", None),
+    "RTE/train.tsv": ("rte_train.tsv", "label"), "RTE/dev.tsv": ("rte_dev.tsv", "label"),
+    "RTE/test.tsv": ("rte_test.tsv", None),
+    "WNLI/train.tsv": ("wnli_train.tsv", "label"), "WNLI/dev.tsv": ("wnli_dev.tsv", "label"),
+    "WNLI/test.tsv": ("wnli_test.tsv", None),
+    "MNLI/hf_datasets_format/validation_matched.arrow": ("mnli_matched_dev.tsv", "arrow"),
+    "MNLI/hf_datasets_format/validation_mismatched.arrow": ("mnli_mismatched_dev.tsv", "arrow"),
+}
+PLACEHOLDER = {"cola": "0", "sst": "0", "mrpc": "0", "stsb": "0.0", "qnli": "not_entailment", "rte": "not_entailment",
+               "wnli": "0"}
+
+
+def manifest(glue_dir: Path) -> dict[str, int]:
+    with open(glue_dir / "MANIFEST.tsv", encoding="utf-8", newline="") as f:
+        return {row["file"]: int(row["rows"]) for row in csv.DictReader(f, delimiter="\t")}
+
+
+def source_rows(path: Path) -> tuple[list[str] | None, list[list[str]]]:
+    """(header or None, data rows) read with the csv module: an implementation independent of the converter."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if path.parent.name == "CoLA" and path.name != "test.tsv":
+        return None, rows
+    return rows[0], rows[1:]
+
+
+def canonical(path: Path) -> list[list[str]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+@pytest.fixture(scope="module")
+def converted(glue_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("canonical")
+    log: list[str] = []
+    written = gp.convert(glue_dir, out, TASK_DEF, log=log.append)
+    return out, written, log
+
+
+# ------------------------------------------------------------------------------------------ real GLUE files
+def test_every_manifest_file_is_converted_with_its_row_count(glue_dir, converted):
+    out, written, _ = converted
+    rows = manifest(glue_dir)
+    assert set(rows) == set(SOURCES), "MANIFEST.tsv lists files this test does not know"
+    for src, (dst, _) in SOURCES.items():
+        assert len(canonical(out / dst)) == rows[src], dst
+    assert sorted(p.name for p in out.glob("*.tsv")) == sorted(dst for dst, _ in SOURCES.values())
+    assert written["qqp"] == {} and set(written["mnli"]) == {"matched_dev", "mismatched_dev"}
+    assert set(written["qnli"]) == {"dev", "test"}
+
+
+def test_missing_folders_and_files_are_reported(converted, glue_dir):
+    _, _, log = converted
+    assert f"qqp: folder {glue_dir / 'QQP'} not found, skipped" in log
+    assert f"qnli train: {glue_dir / 'QNLI' / 'train.tsv'} not found, skipped" in log
+    assert f"mnli matched_test: {glue_dir / 'MNLI' / 'test_matched.tsv'} not found, skipped" in log
+
+
+def test_label_distributions_match_the_source(glue_dir, converted):
+    out, _, _ = converted
+    for src, (dst, label_col) in SOURCES.items():
+        if label_col == "arrow":
+            continue
+        header, rows = source_rows(glue_dir / src)
+        got = [r[1] for r in canonical(out / dst)]
+        task = dst.split("_")[0]
+        if label_col is None:
+            assert set(got) == {PLACEHOLDER[task]}, dst
+            continue
+        idx = label_col if isinstance(label_col, int) else header.index(label_col)
+        if task == "stsb":
+            assert [float(x) for x in got] == [float(r[idx]) for r in rows]
+        else:
+            assert Counter(got) == Counter(r[idx] for r in rows), dst
+
+
+def test_mnli_arrow_labels_mapped_by_name(glue_dir, converted):
+    import pyarrow as pa
+    out, _, _ = converted
+    hf_names = ["entailment", "neutral", "contradiction"]  # the HF glue/mnli ClassLabel order
+    for split, name in (("matched", "validation_matched"), ("mismatched", "validation_mismatched")):
+        table = pa.ipc.open_stream(str(glue_dir / "MNLI" / "hf_datasets_format" / f"{name}.arrow")).read_all()
+        rows = canonical(out / f"mnli_{split}_dev.tsv")
+        assert Counter(r[1] for r in rows) == Counter(hf_names[i] for i in table.column("label").to_pylist())
+        assert [r[0] for r in rows[:3]] == [str(i) for i in table.column("idx").to_pylist()[:3]]
+        assert rows[1][2] == table.column("premise")[1].as_py()
+
+
+def test_uids_and_texts_are_kept(glue_dir, converted):
+    out, _, _ = converted
+    header, qnli = source_rows(glue_dir / "QNLI" / "dev.tsv")
+    rows = canonical(out / "qnli_dev.tsv")
+    assert [r[0] for r in rows] == [r[0] for r in qnli]  # the index column
+    quoted = [i for i, r in enumerate(qnli) if '"' in r[1] + r[2]]
+    assert quoted, "QNLI dev is known to hold stray quotes"
+    for i in quoted:
+        assert rows[i][2:] == [qnli[i][1], qnli[i][2]]
+    _, sst = source_rows(glue_dir / "SST-2" / "train.tsv")
+    rows = canonical(out / "sst_train.tsv")
+    assert [r[0] for r in rows[:3]] == ["0", "1", "2"]  # no index column: the data-row number
+    assert rows[0][2] == sst[0][0] == "hide new secretions from the parental units "
+    _, mrpc = source_rows(glue_dir / "MRPC" / "train.tsv")  # header starts with a BOM
+    assert canonical(out / "mrpc_train.tsv")[5][2:] == [mrpc[5][3], mrpc[5][4]]
+    _, cola = source_rows(glue_dir / "CoLA" / "dev.tsv")  # no header, no final newline
+    assert canonical(out / "cola_dev.tsv")[-1] == [str(len(cola) - 1), cola[-1][1], cola[-1][3]]
+
+
+# ------------------------------------------------------------------------------------------ synthetic layouts
+QQP_HEAD = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate"
+MNLI_TRAIN_HEAD = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
+                   "sentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label")
+MNLI_DEV_HEAD = MNLI_TRAIN_HEAD.replace("label1\tgold_label", "label1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label")
+MNLI_TEST_HEAD = MNLI_TRAIN_HEAD.replace("\tlabel1\tgold_label", "")
+
+
+def write(path: Path, lines: list[str], end: str = "\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes((end.join(lines) + end).encode("utf-8"))
+    return path
+
+
+def test_qqp_and_official_mnli_layout(tmp_path):
+    glue, out = tmp_path / "glue", tmp_path / "out"
+    write(glue / "QQP" / "train.tsv", [QQP_HEAD, '7\t1\t2\tWhy "this"?\tWhy that?\t1', "9\t3\t4\tA?\tB?\t0"])
+    write(glue / "QQP" / "test.tsv", ["id\tquestion1\tquestion2", "0\tC?\tD?"])
+    mnli_row = "5\tp\tq\tfiction\t(x)\t(y)\t(X)\t(Y)\tThe cat sat.\tA cat sat.\t{}"
+    write(glue / "MNLI" / "train.tsv", [MNLI_TRAIN_HEAD, mnli_row.format("neutral\tneutral")])
+    write(glue / "MNLI" / "dev_matched.tsv", [MNLI_DEV_HEAD, mnli_row.format("a\tb\tc\td\te\tcontradiction")])
+    write(glue / "MNLI" / "test_mismatched.tsv", [MNLI_TEST_HEAD, mnli_row.format("")[:-1]])
+    log: list[str] = []
+    done = gp.convert(glue, out, TASK_DEF, tasks=["qqp", "mnli"], log=log.append)
+    assert done == {"qqp": {"train": 2, "test": 1},
+                    "mnli": {"train": 1, "matched_dev": 1, "mismatched_test": 1}}
+    assert canonical(out / "qqp_train.tsv") == [["7", "1", 'Why "this"?', "Why that?"], ["9", "0", "A?", "B?"]]
+    assert canonical(out / "qqp_test.tsv") == [["0", "0", "C?", "D?"]]
+    assert canonical(out / "mnli_train.tsv") == [["5", "neutral", "The cat sat.", "A cat sat."]]
+    assert canonical(out / "mnli_matched_dev.tsv") == [["5", "contradiction", "The cat sat.", "A cat sat."]]
+    assert canonical(out / "mnli_mismatched_test.tsv") == [["5", "contradiction", "The cat sat.", "A cat sat."]]
+    assert f"qqp dev: {glue / 'QQP' / 'dev.tsv'} not found, skipped" in log
+
+
+def rte(tmp_path: Path, rows: list[str], end: str = "\n") -> Path:
+    return write(tmp_path / "glue" / "RTE" / "train.tsv", ["index\tsentence1\tsentence2\tlabel"] + rows, end)
+
+
+GOOD_RTE = ["0\tA man runs.\tSomeone moves.\tentailment", "1\tIt rains.\tIt is dry.\tnot_entailment"]
+
+
+def test_crlf_and_lf_give_the_same_canonical_file(tmp_path):
+    rte(tmp_path, GOOD_RTE, end="\r\n")
+    gp.convert(tmp_path / "glue", tmp_path / "crlf", TASK_DEF, tasks=["rte"], log=lambda m: None)
+    rte(tmp_path, GOOD_RTE)
+    gp.convert(tmp_path / "glue", tmp_path / "lf", TASK_DEF, tasks=["rte"], log=lambda m: None)
+    assert (tmp_path / "crlf" / "rte_train.tsv").read_bytes() == (tmp_path / "lf" / "rte_train.tsv").read_bytes()
+    assert canonical(tmp_path / "lf" / "rte_train.tsv")[0] == ["0", "entailment", "A man runs.", "Someone moves."]
+
+
+BAD_RTE = [
+    (["0\tA man runs.\tentailment"], "train.tsv:2: expected 4 tab-separated columns (as in the header), got 3"),
+    (["0\tA man runs.\tSomeone moves.\tmaybe"],
+     "train.tsv:2: task rte: label 'maybe' is not one of ['not_entailment', 'entailment']"),
+    (GOOD_RTE + ["2\t  \tSomeone moves.\tentailment"], "train.tsv:4: the premise text is empty"),
+    (["\tA man runs.\tSomeone moves.\tentailment"], "train.tsv:2: the uid is empty"),
+    (GOOD_RTE + [""], "train.tsv:4: expected 4 tab-separated columns (as in the header), got 1"),
+]
+
+
+@pytest.mark.parametrize("rows,message", BAD_RTE, ids=[f"bad{i}" for i in range(len(BAD_RTE))])
+def test_bad_rows_stop_with_file_line_and_keep_the_old_output(tmp_path, rows, message):
+    src = rte(tmp_path, rows)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rte_train.tsv").write_text("old\n")
+    with pytest.raises(gp.TsvError) as info:
+        gp.convert(tmp_path / "glue", out, TASK_DEF, tasks=["rte"], log=lambda m: None)
+    assert str(info.value) == f"{src.parent}/{message}"
+    assert (out / "rte_train.tsv").read_text() == "old\n"
+    assert [p.name for p in out.iterdir()] == ["rte_train.tsv"]  # no temp file left behind
+
+
+def test_skip_bad_rows_reports_each_skipped_row(tmp_path):
+    src = rte(tmp_path, [GOOD_RTE[0], "5\tonly two", GOOD_RTE[1], "6\tx\ty\tmaybe"])
+    log: list[str] = []
+    done = gp.convert(tmp_path / "glue", tmp_path / "out", TASK_DEF, tasks=["rte"], skip_bad=True, log=log.append)
+    assert done == {"rte": {"train": 2}}
+    assert [m for m in log if m.startswith("skipped")] == [
+        f"skipped: {src}:3: expected 4 tab-separated columns (as in the header), got 2",
+        f"skipped: {src}:5: task rte: label 'maybe' is not one of ['not_entailment', 'entailment']"]
+
+
+def test_file_level_errors(tmp_path):
+    src = write(tmp_path / "glue" / "RTE" / "train.tsv", ["index\tsentence1\tsentence_2\tlabel", "0\ta\tb\tentailment"])
+    with pytest.raises(gp.TsvError, match=r"train\.tsv:1: no column 'sentence2' in the header "
+                                          r"\(index, sentence1, sentence_2, label\)$"):
+        gp.convert(tmp_path / "glue", tmp_path / "out", TASK_DEF, tasks=["rte"], log=lambda m: None)
+    src.write_bytes(b"index\tsentence1\tsentence2\tlabel\n0\tcaf\xe9\tb\tentailment\n")
+    with pytest.raises(gp.TsvError, match=r"train\.tsv:2: invalid UTF-8 \(byte 0xe9\)$"):
+        gp.convert(tmp_path / "glue", tmp_path / "out", TASK_DEF, tasks=["rte"], log=lambda m: None)
+    src.write_bytes(b"")
+    with pytest.raises(gp.TsvError, match=r"train\.tsv: the file is empty$"):
+        gp.convert(tmp_path / "glue", tmp_path / "out", TASK_DEF, tasks=["rte"], log=lambda m: None)
+    write(tmp_path / "glue" / "STS-B" / "dev.tsv",
+          ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
+           "0\tg\tf\ty\to\ts\ts\tA.\tB.\thigh"])
+    with pytest.raises(gp.TsvError, match=r"dev\.tsv:2: task stsb: regression label 'high' is not a number$"):
+        gp.convert(tmp_path / "glue", tmp_path / "out", TASK_DEF, tasks=["stsb"], log=lambda m: None)
+
+
+def test_arrow_errors(tmp_path):
+    import pyarrow as pa
+    folder = tmp_path / "glue" / "MNLI" / "hf_datasets_format"
+    folder.mkdir(parents=True)
+    table = pa.table({"premise": ["P.", "Q."], "hypothesis": ["H.", "I."], "label": [0, -1], "idx": [0, 1]})
+    with pa.ipc.new_stream(str(folder / "validation_matched.arrow"), table.schema) as w:
+        w.write_table(table)
+    with pytest.raises(gp.TsvError, match=r"validation_matched\.arrow: row 1: label -1 is not in 0\.\.2$"):
+        gp.convert(tmp_path / "glue", tmp_path / "out", TASK_DEF, tasks=["mnli"], log=lambda m: None)
+    (folder / "validation_matched.arrow").write_bytes(b"not arrow")
+    with pytest.raises(gp.TsvError, match=r"validation_matched\.arrow: not an Arrow IPC stream"):
+        gp.convert(tmp_path / "glue", tmp_path / "out", TASK_DEF, tasks=["mnli"], log=lambda m: None)
+
+
+def test_unknown_task_and_yaml_mismatch(tmp_path):
+    with pytest.raises(gp.TaskDefError, match="--tasks: unknown GLUE task 'sst2'; known: cola, sst, mrpc"):
+        gp.convert(tmp_path, tmp_path / "out", TASK_DEF, tasks=["sst2"], log=lambda m: None)
+    yml = tmp_path / "defs.yml"
+    yml.write_text("rte:\n  task_type: Classification\n  data_format: PremiseAndOneHypothesis\n"
+                   "  labels: [not_entailment, entailment]\n  metric_meta: [ACC]\n  split_names: [train, dev]\n")
+    rte(tmp_path, GOOD_RTE)
+    write(tmp_path / "glue" / "RTE" / "test.tsv", ["index\tsentence1\tsentence2", "0\ta\tb"])
+    with pytest.raises(gp.TaskDefError, match=r"task 'rte': split 'test' is not in its split_names \['train', 'dev'\]"):
+        gp.convert(tmp_path / "glue", tmp_path / "out", yml, log=lambda m: None)
+
+
+def test_cli_exit_codes_and_messages(tmp_path):
+    rte(tmp_path, GOOD_RTE)
+    run = [sys.executable, str(SCRIPT), "--glue_dir", str(tmp_path / "glue"), "--out_dir", str(tmp_path / "out")]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"cola: folder {tmp_path / 'glue' / 'CoLA'} not found, skipped" in proc.stderr
+    assert canonical(tmp_path / "out" / "rte_train.tsv")[1] == ["1", "not_entailment", "It rains.", "It is dry."]
+    rte(tmp_path, ["0\tA man runs.\tentailment"])
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == (f"glue_prepro.py: error: {tmp_path / 'glue' / 'RTE' / 'train.tsv'}:2: "
+                                            "expected 4 tab-separated columns (as in the header), got 3")
+    assert gp.main(["--glue_dir", str(tmp_path / "nothing"), "--out_dir", str(tmp_path / "o2")]) == 1
