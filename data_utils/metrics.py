@@ -6,7 +6,6 @@ are probabilities and only AUC reads them.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Mapping, Optional
 
 import numpy as np
@@ -113,17 +112,14 @@ def task_of(dataset: str) -> str:
 def _checked_values(dataset: str, metrics: Mapping[str, float]) -> list[float]:
     if not metrics:
         raise ValueError(f"glue score: dataset '{dataset}' has no metrics")
-    values = [float(v) for v in metrics.values()]
-    bad = [k for k, v in zip(metrics, values) if not math.isfinite(v)]
-    if bad:
-        raise ValueError(f"glue score: dataset '{dataset}' has non-finite metric(s) {', '.join(bad)}")
-    return values
+    return [float(v) for v in metrics.values()]
 
 
 def glue_average(results: Mapping[str, Mapping[str, float]]) -> float:
     """The paper's dev GLUE score (A.1.3): average every metric of every split within a task, then the tasks.
 
-    So MNLI's matched and mismatched accuracies count as one task, and MRPC's Acc/F1 as one number.
+    So MNLI's matched and mismatched accuracies count as one task, and MRPC's Acc/F1 as one number. A NaN
+    metric (Pearson of constant predictions) makes the score NaN rather than stopping a training run.
     """
     if not results:
         raise ValueError("glue score: no results given")
