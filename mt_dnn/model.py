@@ -17,6 +17,9 @@ from module.pooler import FirstTokenPooler
 from mt_dnn.loss import build_loss
 
 
+_EMPTY_MODULE_DICT = nn.ModuleDict()
+
+
 def _check_task_names(task_defs: Mapping[str, TaskDef]) -> None:
     if not task_defs:
         raise ValueError("MTDNNModel: no task definitions given")
@@ -25,6 +28,8 @@ def _check_task_names(task_defs: Mapping[str, TaskDef]) -> None:
             raise ValueError(f"MTDNNModel: task_defs key '{key}' differs from its TaskDef name '{td.name}'")
         if not key or "." in key:
             raise ValueError(f"MTDNNModel: task name '{key}' must be non-empty and contain no '.'")
+        if hasattr(_EMPTY_MODULE_DICT, key):  # nn.ModuleDict keys cannot shadow its attributes
+            raise ValueError(f"MTDNNModel: task name '{key}' is reserved by torch.nn.ModuleDict; rename the task")
 
 
 def predict(task_def: TaskDef, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

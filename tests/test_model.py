@@ -316,6 +316,8 @@ def test_model_construction_errors():
         MTDNNModel(tiny_bert(), {"rte": make_task("mrpc", "Classification", n_class=2)})
     with pytest.raises(ValueError, match="task name 'a.b' must be non-empty and contain no '.'"):
         MTDNNModel(tiny_bert(), tasks(make_task("a.b", "Regression")))
+    with pytest.raises(ValueError, match="task name 'training' is reserved by torch.nn.ModuleDict"):
+        MTDNNModel(tiny_bert(), tasks(make_task("training", "Regression")))
     with pytest.raises(ValueError, match="task x: a Classification head needs n_class >= 2, got 1"):
         build_head(make_task("x", "Classification", n_class=1), 32)
     with pytest.raises(ValueError, match="task x: enable_san .* is not supported"):
