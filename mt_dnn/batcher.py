@@ -1,0 +1,166 @@
+"""Batches for multi-task training: one task per batch, tasks interleaved, lengths bucketed, padding to ×8.
+
+An epoch's plan (which examples form which batch, in which order) is a pure function of (seed, epoch), drawn
+from a private generator, so a resumed run rebuilds the same plan and skips the batches it already consumed.
+Distributed runs cut every global batch into per-rank slices, so all ranks train the same task at each step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from data_utils.shards import read_shard
+from data_utils.task_def import DataFormat, TaskDef
+
+PAD_MULTIPLE = 8
+BUCKET_BATCHES = 50  # examples are length-sorted within windows of this many batches
+
+
+@dataclass
+class TaskData:
+    """One tokenized split held in memory, with each example's (max) sequence length."""
+    task_def: TaskDef
+    split: str
+    uids: list[str]
+    labels: list
+    token_ids: list
+    type_ids: list
+    lengths: list[int]
+
+    @property
+    def name(self) -> str:
+        return f"{self.task_def.name}_{self.split}"
+
+    @property
+    def ranking(self) -> bool:
+        return self.task_def.data_format is DataFormat.PremiseAndMultiHypothesis
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+
+def _truncate(ids: list[int], max_len: int) -> list[int]:
+    """Keep the first tokens and the final special token ([SEP]/</s>), as the shard's own truncation does."""
+    return ids if len(ids) <= max_len else ids[: max_len - 1] + ids[-1:]
+
+
+def load_split(data_dir: str | Path, task_def: TaskDef, split: str, max_seq_len: int,
+               limit: int = 0) -> TaskData:
+    path = Path(data_dir) / f"{task_def.name}_{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: shard not found (run prepro_std.py for task '{task_def.name}', "
+                                f"split '{split}', or check --data_dir)")
+    records = read_shard(path)
+    if limit:
+        records = records[:limit]
+    if not records:
+        raise ValueError(f"{path}: shard is empty")
+    ranking = task_def.data_format is DataFormat.PremiseAndMultiHypothesis
+    uids, labels, toks, types, lengths = [], [], [], [], []
+    for ln, rec in enumerate(records, start=1):
+        tok, typ = rec["token_id"], rec["type_id"]
+        if ranking:
+            if not isinstance(tok[0], list) or len(tok) != task_def.n_class:
+                raise ValueError(f"{path}:{ln}: task {task_def.name} expects {task_def.n_class} hypotheses")
+            tok = [_truncate(t, max_seq_len) for t in tok]
+            typ = [_truncate(t, max_seq_len) for t in typ]
+            length = max(len(t) for t in tok)
+        else:
+            if isinstance(tok[0], list):
+                raise ValueError(f"{path}:{ln}: task {task_def.name} expects one sequence, got several")
+            tok, typ = _truncate(tok, max_seq_len), _truncate(typ, max_seq_len)
+            length = len(tok)
+        uids.append(rec["uid"])
+        labels.append(rec["label"])
+        toks.append(tok)
+        types.append(typ)
+        lengths.append(length)
+    return TaskData(task_def, split, uids, labels, toks, types, lengths)
+
+
+# ------------------------------------------------------------------------------------------------ planning
+def bucketed_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """Shuffle, sort by length inside windows of BUCKET_BATCHES batches, cut into batches (little padding)."""
+    perm = torch.randperm(len(lengths), generator=generator).tolist()
+    window = batch_size * BUCKET_BATCHES
+    batches = []
+    for start in range(0, len(perm), window):
+        chunk = sorted(perm[start:start + window], key=lambda i: lengths[i])
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    return batches
+
+
+def _shuffled(items: list, generator: torch.Generator) -> list:
+    return [items[i] for i in torch.randperm(len(items), generator=generator).tolist()]
+
+
+def epoch_plan(train_sets: Sequence[TaskData], batch_size: int, seed: int, epoch: int, mix_opt: int = 0,
+               ratio: float = 0.0) -> list[tuple[int, list[int]]]:
+    """[(task index, example indices)] for one epoch.
+
+    Every task contributes all its batches (so tasks mix in proportion to their size); with ``ratio`` > 0 the
+    auxiliary tasks (all but the first) together contribute at most ratio × the first task's batch count.
+    ``mix_opt`` 0 shuffles all batches together; 1 puts the auxiliary tasks' batches first, then the first
+    task's (MT-DNN's option).
+    """
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    per_task = [[(t, b) for b in bucketed_batches(ds.lengths, batch_size, gen)] for t, ds in enumerate(train_sets)]
+    main, aux = per_task[0], [b for batches in per_task[1:] for b in batches]
+    if ratio > 0 and aux:
+        aux = _shuffled(aux, gen)[: max(1, int(ratio * len(main)))]
+    if mix_opt == 1:
+        return _shuffled(aux, gen) + _shuffled(main, gen)
+    return _shuffled(main + aux, gen)
+
+
+def eval_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Deterministic length-sorted batches for evaluation (results are put back in input order)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def shard_for_rank(indices: list[int], rank: int, world_size: int) -> list[int]:
+    """This rank's contiguous slice of a global batch (sizes differ by at most one)."""
+    n = len(indices)
+    lo, hi = rank * n // world_size, (rank + 1) * n // world_size
+    return indices[lo:hi]
+
+
+# ------------------------------------------------------------------------------------------------ collation
+def _padded_length(max_len: int) -> int:
+    return -(-max_len // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+def collate(data: TaskData, indices: list[int], pad_id: int, with_labels: bool = True) -> dict:
+    """Tensors for ``indices``: input_ids/attention_mask/token_type_ids of (B, L) or (B, K, L), labels (B,)."""
+    seqs = [data.token_ids[i] for i in indices]
+    types = [data.type_ids[i] for i in indices]
+    if data.ranking:
+        k = len(seqs[0])
+        seqs = [s for group in seqs for s in group]
+        types = [t for group in types for t in group]
+    length = _padded_length(max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    tt = torch.zeros((len(seqs), length), dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for row, (s, t) in enumerate(zip(seqs, types)):
+        ids[row, :len(s)] = torch.tensor(s, dtype=torch.long)
+        tt[row, :len(t)] = torch.tensor(t, dtype=torch.long)
+        mask[row, :len(s)] = 1
+    if data.ranking:
+        ids, tt, mask = (x.view(len(indices), k, length) for x in (ids, tt, mask))
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
+    if with_labels:
+        dtype = torch.float32 if data.task_def.is_regression else torch.long
+        batch["labels"] = torch.tensor([data.labels[i] for i in indices], dtype=dtype)
+    return batch
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Pinned, non-blocking host-to-GPU copies (no sync); CPU batches pass through."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}

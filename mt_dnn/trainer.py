@@ -1,0 +1,302 @@
+"""The training loop: multi-task batches -> MTDNNModel -> SAGE optimizer, with evaluation and checkpoints.
+
+Reads top to bottom: :class:`Trainer` builds data, model, optimizer and schedule from a :class:`TrainConfig`;
+:meth:`Trainer.fit` runs epochs of optimizer steps, evaluates every test dataset after each epoch, keeps the
+best checkpoint, and can stop and resume exactly (the epoch plan is rebuilt from (seed, epoch); RNG, optimizer,
+scheduler and scaler states come from the checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import pretrained_models
+from data_utils.metrics import glue_average
+from data_utils.task_def import load_task_defs, select_tasks
+from module.bert_optim import build_optimizer, build_schedule, sage_param_groups
+from module.sage_fused import triton_available
+from mt_dnn import checkpoint as ckpt
+from mt_dnn.batcher import TaskData, collate, epoch_plan, load_split, shard_for_rank, to_device
+from mt_dnn.config import TrainConfig
+from mt_dnn.evaluate import autocast_context, predict_split, write_scores, write_submission
+from mt_dnn.model import MTDNNModel
+
+log = logging.getLogger("sage.train")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def optimizer_impl_kwargs(impl: str, device: torch.device) -> dict:
+    """auto: Triton-fused on CUDA, compiled-fused on CPU (inductor), foreach on CUDA without Triton."""
+    if impl == "auto":
+        impl = "fused" if device.type == "cpu" or triton_available() else "foreach"
+    return {"forloop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[impl]
+
+
+def setup_logging(output_dir: Path, is_main: bool = True) -> None:
+    log.setLevel(logging.INFO)
+    log.handlers.clear()
+    log.propagate = False
+    if not is_main:
+        log.addHandler(logging.NullHandler())
+        return
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(output_dir / "train.log")):
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, rank: int = 0, world_size: int = 1):
+        self.cfg = cfg.validate()
+        self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
+        self.output_dir = Path(cfg.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        setup_logging(self.output_dir, self.is_main)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        seed_everything(cfg.seed)
+        self.device = pick_device(cfg.device)
+        self.amp_dtype = torch.float16 if cfg.fp16 else torch.bfloat16 if cfg.bf16 else None
+
+        all_defs = load_task_defs(cfg.task_def)
+        names = list(dict.fromkeys(cfg.train_datasets + cfg.test_datasets))
+        self.task_defs = select_tasks(all_defs, names, source=cfg.task_def)
+        self.train_sets = self._load_train_sets()
+        self.eval_sets = self._load_eval_sets()
+
+        encoder = pretrained_models.load_encoder(cfg.init_checkpoint, cfg.encoder_type)
+        self.pad_id = encoder.config.pad_token_id if encoder.config.pad_token_id is not None else 0
+        self.model = MTDNNModel(encoder, self.task_defs).to(self.device)
+        self.optimizer = self._build_optimizer()
+        self.micro_per_epoch = len(self._plan(0))
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accumulation_step)
+        self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
+        self.scheduler = build_schedule(self.optimizer, cfg.warmup_schedule, self.total_steps, cfg.warmup)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.fp16)
+        self.writer = self._tensorboard()
+        # progress: (epoch, micro-batches of that epoch consumed), optimizer steps, best dev score
+        self.epoch, self.position, self.global_step = 0, 0, 0
+        self.best_score: Optional[float] = None
+        self.history: list[dict] = []
+
+    # ---------------------------------------------------------------------------------------------- setup
+    def _load_train_sets(self) -> list[TaskData]:
+        sets = []
+        for task in self.cfg.train_datasets:
+            td = self.task_defs[task]
+            splits = td.train_splits()
+            if not splits:
+                raise ValueError(f"{self.cfg.task_def}: task {task} declares no train split in split_names")
+            sets.append(load_split(self.cfg.data_dir, td, splits[0], self.cfg.max_seq_len,
+                                   self.cfg.max_train_samples))
+        return sets
+
+    def _load_eval_sets(self) -> list[TaskData]:
+        sets = []
+        for task in self.cfg.test_datasets:
+            td = self.task_defs[task]
+            for split in td.dev_splits() + td.test_splits():
+                path = Path(self.cfg.data_dir) / f"{task}_{split}.jsonl"
+                if not path.is_file() and split in td.test_splits():
+                    log.info("no %s shard: skipping test predictions for %s_%s", path, task, split)
+                    continue
+                sets.append(load_split(self.cfg.data_dir, td, split, self.cfg.max_seq_len,
+                                       self.cfg.max_eval_samples))
+        return sets
+
+    def _build_optimizer(self):
+        cfg = self.cfg
+        groups = sage_param_groups(self.model, weight_decay=cfg.weight_decay)
+        kwargs = dict(lr=cfg.learning_rate, beta3=cfg.beta3, eps=cfg.adam_eps,
+                      **optimizer_impl_kwargs(cfg.optim_impl, self.device))
+        if cfg.optimizer.lower() not in ("sgd", "ussgd"):
+            kwargs["betas"] = cfg.betas
+        if cfg.sage_formula:
+            kwargs["formula"] = cfg.sage_formula
+        return build_optimizer(cfg.optimizer, groups, **kwargs)
+
+    def _tensorboard(self):
+        if not (self.cfg.tensorboard and self.is_main):
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+        return SummaryWriter(str(self.output_dir / "tensorboard"))
+
+    def _plan(self, epoch: int) -> list[tuple[int, list[int]]]:
+        cfg = self.cfg
+        global_batch = cfg.batch_size * self.world_size
+        return epoch_plan(self.train_sets, global_batch, cfg.seed, epoch, cfg.mix_opt, cfg.ratio)
+
+    # ---------------------------------------------------------------------------------------------- training
+    def _forward_loss(self, task_idx: int, indices: list[int]) -> torch.Tensor:
+        data = self.train_sets[task_idx]
+        batch = to_device(collate(data, indices, self.pad_id), self.device)
+        labels = batch.pop("labels")
+        with autocast_context(self.device, self.amp_dtype):
+            out = self.model(data.task_def.name, **batch)
+        return self.model.loss(data.task_def.name, out.float(), labels)
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.global_grad_clipping > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.global_grad_clipping)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+
+    def _micro_batches(self, plan):
+        """This rank's slice of every remaining global batch of the epoch."""
+        for pos in range(self.position, len(plan)):
+            task_idx, indices = plan[pos]
+            yield pos, task_idx, shard_for_rank(indices, self.rank, self.world_size)
+
+    def fit(self, stop_after_steps: Optional[int] = None) -> list[dict]:
+        """Train to the end (or, for tests and preemption drills, return after ``stop_after_steps`` steps)."""
+        cfg = self.cfg
+        if cfg.resume:
+            self.resume()
+        log.info("training %s on %s | %d steps (%d per epoch) | optimizer %s lr %g beta3 %g | device %s%s",
+                 ",".join(cfg.train_datasets), cfg.data_dir, self.total_steps, self.steps_per_epoch,
+                 cfg.optimizer, cfg.learning_rate, cfg.beta3, self.device,
+                 f" {self.amp_dtype}".replace("torch.", "") if self.amp_dtype else "")
+        self.model.train()
+        steps_this_run = 0
+        while self.global_step < self.total_steps:
+            plan = self._plan(self.epoch)
+            bar = tqdm(total=len(plan), initial=self.position, desc=f"epoch {self.epoch}", unit="batch",
+                       disable=not self.is_main, mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False)
+            running, count, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
+            for pos, task_idx, indices in self._micro_batches(plan):
+                loss = self._forward_loss(task_idx, indices)
+                self.scaler.scale(loss / cfg.grad_accumulation_step).backward()
+                running += loss.detach()
+                count += 1
+                self.position = pos + 1
+                bar.update(1)
+                boundary = self.position % cfg.grad_accumulation_step == 0 or self.position == len(plan)
+                if not boundary:
+                    continue
+                self._optimizer_step()
+                steps_this_run += 1
+                if cfg.log_every and self.global_step % cfg.log_every == 0:
+                    mean = (running / count).item()
+                    bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                    self._log_scalars({"train/loss": mean, "train/lr": self.scheduler.get_last_lr()[0],
+                                       "train/samples_per_s": count * cfg.batch_size / (time.perf_counter() - tick),
+                                       **self.optimizer.sage_stats()})
+                    running.zero_()
+                    count, tick = 0, time.perf_counter()
+                if cfg.save_every_steps and self.global_step % cfg.save_every_steps == 0:
+                    self.save_step_checkpoint()
+                if stop_after_steps is not None and steps_this_run >= stop_after_steps:
+                    bar.close()
+                    return self.history
+                if self.global_step >= self.total_steps:
+                    break
+            bar.close()
+            self._end_epoch()
+        if self.writer:
+            self.writer.close()
+        return self.history
+
+    def _end_epoch(self) -> None:
+        record = self.evaluate(self.epoch)
+        self.history.append(record)
+        self.epoch += 1
+        self.position = 0
+        if self.is_main:
+            self.save_step_checkpoint()
+
+    # ---------------------------------------------------------------------------------------------- evaluation
+    def evaluate(self, epoch: int) -> dict:
+        dev_results = {}
+        for data in self.eval_sets:
+            result = predict_split(self.model, data, self.cfg.batch_size_eval, self.device, self.pad_id,
+                                   self.amp_dtype)
+            if not self.is_main:
+                continue
+            write_scores(result, self.output_dir, epoch)
+            if result.metrics is None:
+                write_submission(result, data.task_def,
+                                 self.output_dir / f"{data.name}_submission_{epoch}.tsv")
+                continue
+            dev_results[data.name] = result.metrics
+            log.info("epoch %d %s: %s", epoch, data.name,
+                     ", ".join(f"{k} {v:.2f}" for k, v in result.metrics.items()))
+        record = {"epoch": epoch, "step": self.global_step, "dev": dev_results}
+        if dev_results:
+            record["glue_average"] = glue_average(dev_results)
+            log.info("epoch %d GLUE-style dev average: %.2f", epoch, record["glue_average"])
+            self._log_scalars({f"dev/{d}/{m}": v for d, ms in dev_results.items() for m, v in ms.items()}
+                              | {"dev/average": record["glue_average"]})
+            if self.is_main and (self.best_score is None or record["glue_average"] > self.best_score):
+                self.best_score = record["glue_average"]
+                ckpt.save_checkpoint(self.output_dir / "best", self.model, self.cfg.to_json(),
+                                     extra_files={"metrics.json": json.dumps(record, indent=2)})
+        if self.is_main:
+            with (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        return record
+
+    def _log_scalars(self, values: dict) -> None:
+        if self.writer is None:
+            return
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, self.global_step)
+
+    # ---------------------------------------------------------------------------------------------- checkpoints
+    def training_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state(),
+                "progress": {"epoch": self.epoch, "position": self.position, "global_step": self.global_step,
+                             "best_score": self.best_score},
+                "history": json.dumps(self.history)}
+
+    def save_step_checkpoint(self) -> Path:
+        folder = ckpt.save_checkpoint(self.output_dir / f"step-{self.global_step}", self.model, self.cfg.to_json(),
+                                      self.training_state())
+        ckpt.mark_latest(self.output_dir, folder)
+        ckpt.prune_step_checkpoints(self.output_dir, self.cfg.keep_last)
+        return folder
+
+    def resume(self) -> bool:
+        folder = ckpt.latest_checkpoint(self.output_dir)
+        if folder is None:
+            log.info("--resume: no checkpoint in %s, starting fresh", self.output_dir)
+            return False
+        ckpt.load_weights(self.model, folder)
+        state = ckpt.load_training_state(folder)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        progress = state["progress"]
+        self.epoch, self.position = progress["epoch"], progress["position"]
+        self.global_step, self.best_score = progress["global_step"], progress["best_score"]
+        self.history = json.loads(state["history"])
+        log.info("resumed from %s: epoch %d, batch %d, step %d", folder, self.epoch, self.position,
+                 self.global_step)
+        return True
