@@ -29,6 +29,7 @@ from data_utils.tsv import TsvError, check_unique_uids, read_lines
 
 ROOT = Path(__file__).resolve().parent
 CHUNK_ROWS = 2048
+POOL_MIN_ROWS = 16384  # below this a split takes well under a second in one process; workers start in ~0.3 s
 STAMP_VERSION = 1
 
 
@@ -109,8 +110,9 @@ def _write_stamp(shard: Path, fingerprint: str, rows: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ encoding
-def chunks(tsv: Path, lines: list[str], td: TaskDef, split: str, rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
-    step = max(1, rows // max(1, td.n_class if td.data_format is DataFormat.PremiseAndMultiHypothesis else 1))
+def chunks(tsv: Path, lines: list[str], td: TaskDef, split: str) -> Iterator[Chunk]:
+    """About CHUNK_ROWS sequences per chunk: enough to amortize a batch call and the hand-off to a worker."""
+    step = max(1, CHUNK_ROWS // (td.n_class if td.data_format is DataFormat.PremiseAndMultiHypothesis else 1))
     for i in range(0, len(lines), step):
         yield Chunk(str(tsv), i + 1, lines[i:i + step], td, split)
 
@@ -123,8 +125,9 @@ class Encoder:
         self._tok = None
         self._pool = None
 
-    def map(self, items: Iterator[Chunk]) -> Iterator[tuple[str, list[str]]]:
-        if self.workers <= 1:
+    def map(self, items: Iterator[Chunk], n_rows: int) -> Iterator[tuple[str, list[str]]]:
+        """Small splits stay in this process until a pool exists: starting workers costs more than it saves."""
+        if self.workers <= 1 or (self._pool is None and n_rows < POOL_MIN_ROWS):
             if self._tok is None:
                 os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one worker means one core
                 self._tok = build_backend(self.spec)
@@ -146,7 +149,8 @@ def write_shard(tsv: Path, td: TaskDef, split: str, shard: Path, encoder: Encode
     lines = read_lines(tsv)
     seen: dict[str, int] = {}
     with atomic_write(shard) as handle:
-        for chunk, (text, uids) in zip(chunks(tsv, lines, td, split), encoder.map(chunks(tsv, lines, td, split))):
+        for chunk, (text, uids) in zip(chunks(tsv, lines, td, split),
+                                       encoder.map(chunks(tsv, lines, td, split), len(lines))):
             check_unique_uids(tsv, uids, chunk.first_line, seen)
             handle.write(text)
     return len(lines)

@@ -159,27 +159,37 @@ def test_rerun_skips_up_to_date_shards_and_rebuilds_on_change(glue_shards, tmp_p
 
 
 def test_workers_2_cli_same_bytes_as_workers_1(glue_shards, tmp_path):
+    """Script mode with a process pool (SST-2 train is above POOL_MIN_ROWS; MRPC dev stays in-process)."""
     root, _ = glue_shards
-    for name in ("sst_dev.tsv", "sst_test.tsv", "mrpc_dev.tsv"):
+    for name in ("sst_train.tsv", "mrpc_dev.tsv"):
         shutil.copy(root / name, tmp_path / name)
-    env = {**os.environ, "PYTHONPATH": ""}
     cmd = [sys.executable, str(ROOT / "prepro_std.py"), "--root_dir", str(tmp_path), "--task_def", str(GLUE_YML),
            "--tasks", "sst", "mrpc", "--workers", "2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert f"sst_dev: 872 rows -> {shard_path(tmp_path, MODEL, 'sst', 'dev')}" in proc.stdout
-    for task, split in (("sst", "dev"), ("sst", "test"), ("mrpc", "dev")):
+    assert f"sst_train: 67349 rows -> {shard_path(tmp_path, MODEL, 'sst', 'train')}" in proc.stdout
+    for task, split in (("sst", "train"), ("mrpc", "dev")):
         assert shard_path(tmp_path, MODEL, task, split).read_bytes() == \
             shard_path(root, MODEL, task, split).read_bytes()
+
+
+def test_pool_errors_come_back_with_file_line(glue_shards, tmp_path, monkeypatch):
+    root, _ = glue_shards
+    monkeypatch.setattr(ps, "POOL_MIN_ROWS", 0)
+    monkeypatch.setattr(ps, "CHUNK_ROWS", 64)  # MRPC dev: 7 chunks over 2 workers
+    shutil.copy(root / "mrpc_dev.tsv", tmp_path / "mrpc_dev.tsv")
+    cfg = ps.PreproConfig(root_dir=str(tmp_path), task_def=str(GLUE_YML), tasks=("mrpc",), workers=2)
+    ps.run(cfg, **QUIET)
+    good = shard_path(root, MODEL, "mrpc", "dev").read_bytes()
+    assert shard_path(tmp_path, MODEL, "mrpc", "dev").read_bytes() == good
     lines = (tmp_path / "mrpc_dev.tsv").read_text(encoding="utf-8").split("\n")
-    lines[300] = lines[300].replace("\t1\t", "\tyes\t", 1).replace("\t0\t", "\tyes\t", 1)
+    lines[300] = "\t".join([lines[300].split("\t")[0], "yes"] + lines[300].split("\t")[2:])
     (tmp_path / "mrpc_dev.tsv").write_text("\n".join(lines), encoding="utf-8")
-    cfg = ps.PreproConfig(root_dir=str(tmp_path), task_def=str(GLUE_YML), tasks=("mrpc",), workers=2, force=True)
     with pytest.raises(ps.TsvError) as info:  # raised in a worker process, re-raised here with its message
-        ps.run(cfg, **QUIET)
+        ps.run(ps.PreproConfig(**{**cfg.__dict__, "force": True}), **QUIET)
     assert str(info.value) == (f"{tmp_path / 'mrpc_dev.tsv'}:301: column 2 (label): "
                                "task mrpc: label 'yes' is not one of ['0', '1']")
-    assert shard_path(tmp_path, MODEL, "mrpc", "dev").read_bytes() == shard_path(root, MODEL, "mrpc", "dev").read_bytes()
+    assert shard_path(tmp_path, MODEL, "mrpc", "dev").read_bytes() == good
 
 
 # ------------------------------------------------------------------------------------------ synthetic tasks
