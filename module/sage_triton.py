@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import triton
@@ -268,29 +268,35 @@ _N_STATES = {"adamax": 2, "adamw": 2, "adam": 2, "sgd": 1}
 # ----------------------------------------------------------------------------------------------------------
 # Device tables (cached on the tensors' addresses and sizes)
 # ----------------------------------------------------------------------------------------------------------
-_TABLES: "OrderedDict[tuple, tuple[Tensor, Tensor, int]]" = OrderedDict()
+class _Table(NamedTuple):
+    rows: Tensor       # int64 [n, 6]: θ, g, state0, state1, Ī addresses (0 when absent), numel
+    blocks: Tensor     # int64 [n_blocks, 2]: tensor row, first element
+    n_blocks: int
+    aligned: bool      # every address 16-byte aligned (lets full blocks use vector accesses)
+
+
+_TABLES: "OrderedDict[tuple, _Table]" = OrderedDict()
+_COLUMN_NAMES = ("parameter", "gradient", "state 0", "state 1", "exp_avg_ipt")
 
 
 def clear_table_cache() -> None:
     _TABLES.clear()
 
 
-def _address(t: Optional[Tensor]) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
-def _tables(device: torch.device, columns: list[list[Optional[Tensor]]], block: int) -> tuple[Tensor, Tensor, int]:
-    """(rows, blocks, number of blocks) for tensors given column by column (θ, g, state0, state1, Ī)."""
-    numels = [p.numel() for p in columns[0]]
-    addresses = [_address(t) for col in columns for t in col]
-    key = (device, block, tuple(addresses), tuple(numels))
+def _tables(device: torch.device, columns: list[Optional[list[Tensor]]], block: int) -> _Table:
+    """The device tables for tensors given column by column (θ, g, state0, state1, Ī; None = absent)."""
+    numels = tuple(map(Tensor.numel, columns[0]))
+    addresses = tuple(None if col is None else tuple(map(Tensor.data_ptr, col)) for col in columns)
+    key = (device, block, numels, addresses)
     hit = _TABLES.get(key)
     if hit is not None:
         _TABLES.move_to_end(key)
         return hit
     n = len(numels)
     rows = torch.zeros((n, _ROW), dtype=torch.int64)
-    rows[:, :len(columns)] = torch.tensor(addresses, dtype=torch.int64).view(len(columns), n).t()
+    for c, col in enumerate(addresses):
+        if col is not None:
+            rows[:, c] = torch.tensor(col, dtype=torch.int64)
     rows[:, _ROW - 1] = torch.tensor(numels, dtype=torch.int64)
     counts = (rows[:, _ROW - 1] + block - 1) // block
     n_blocks = int(counts.sum())
@@ -298,7 +304,8 @@ def _tables(device: torch.device, columns: list[list[Optional[Tensor]]], block: 
     tensor_of_block = torch.repeat_interleave(torch.arange(n), counts)
     start = (torch.arange(n_blocks) - first[tensor_of_block]) * block
     table = torch.cat([rows.view(-1), torch.stack([tensor_of_block, start], 1).view(-1)]).to(device)
-    entry = (table[:n * _ROW], table[n * _ROW:], n_blocks)
+    aligned = all(a % 16 == 0 for col in addresses if col is not None for a in col)
+    entry = _Table(table[:n * _ROW], table[n * _ROW:], n_blocks, aligned)
     _TABLES[key] = entry
     if len(_TABLES) > _MAX_CACHED_TABLES:
         _TABLES.popitem(last=False)
@@ -306,104 +313,132 @@ def _tables(device: torch.device, columns: list[list[Optional[Tensor]]], block: 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Entry points
+# Launch
 # ----------------------------------------------------------------------------------------------------------
 def _bits(x: float) -> int:
     """IEEE float64 bit pattern of ``x`` as a signed int64 (the kernel bit-casts it back)."""
     return struct.unpack("<q", struct.pack("<d", float(x)))[0]
 
 
-def _aligned(columns: list[list[Optional[Tensor]]]) -> bool:
-    return all(t is None or t.data_ptr() % 16 == 0 for col in columns for t in col)
+def _launch(algorithm: str, columns: list[Optional[list[Tensor]]], scalars: dict, hyper: dict) -> None:
+    """One kernel launch for a validated bucket (see fused_step for the contract)."""
+    params, grads = columns[0], columns[1]
+    table = _tables(params[0].device, columns, BLOCK_SIZE)
+    if table.n_blocks == 0:
+        return
+    floats = dict.fromkeys(_SCALAR_NAMES, 0.0)
+    floats.update(ALGORITHMS[algorithm](scalars, hyper))
+    momentum = algorithm == "sgd" and float(hyper["momentum"]) != 0
+    _sage_kernel[(table.n_blocks,)](
+        table.rows, table.blocks, *(_bits(floats[name]) for name in _SCALAR_NAMES),
+        ALGO=algorithm, SAGE=columns[4] is not None, FORMULA=str(hyper["formula"]),
+        HAS_DECAY=float(hyper["weight_decay"]) != 0, HAS_MOMENTUM=momentum,
+        NESTEROV=momentum and bool(hyper["nesterov"]), FIRST_STEP=bool(scalars.get("first_step", False)),
+        P_DTYPE=_TRITON_DTYPES[params[0].dtype], G_DTYPE=_TRITON_DTYPES[grads[0].dtype],
+        COMPUTE=tl.float64 if params[0].dtype == torch.float64 else tl.float32,
+        ALIGNED=table.aligned, BLOCK=BLOCK_SIZE, num_warps=NUM_WARPS)
 
 
-def fused_step(algorithm: str, params: list[Tensor], grads: list[Tensor], states: list[list[Optional[Tensor]]],
+def _check_bucket(columns: list[Optional[list[Tensor]]]) -> None:
+    """A one-line error naming the first tensor the kernel cannot take."""
+    p0, g0 = columns[0][0], columns[1][0]
+    if p0.dtype not in _TRITON_DTYPES or g0.dtype not in _TRITON_DTYPES:
+        raise ValueError(f"fused SAGE step supports {', '.join(map(str, _TRITON_DTYPES))}; "
+                         f"got parameters {p0.dtype}, gradients {g0.dtype}")
+    for name, col in zip(_COLUMN_NAMES, columns):
+        if col is None:
+            continue
+        if len(col) != len(columns[0]):
+            raise ValueError(f"fused SAGE step: {len(col)} {name} tensors for {len(columns[0])} parameters")
+        dtype = g0.dtype if name == "gradient" else p0.dtype
+        for i, (t, p) in enumerate(zip(col, columns[0])):
+            if t.dtype != dtype or t.device != p0.device or not t.is_contiguous() or t.numel() != p.numel():
+                raise ValueError(f"fused SAGE step: {name} {i} must be a contiguous {dtype} tensor on "
+                                 f"{p0.device} with the parameter's size; got {t.dtype} {tuple(t.shape)} "
+                                 f"on {t.device} (contiguous={t.is_contiguous()})")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------------------
+def fused_step(algorithm: str, params: list[Tensor], grads: list[Tensor], states: list[list[Tensor]],
                ipt_avgs: Optional[list[Tensor]], scalars: dict, hyper: dict) -> None:
-    """One launch updating every tensor of a bucket in place.
+    """Update every tensor of one bucket in place with a single launch (any device Triton runs on).
 
     ``states`` holds one list per state buffer of the algorithm (adamax: exp_avg, exp_inf; adamw/adam:
-    exp_avg, exp_avg_sq; sgd: momentum_buffer, or [] without momentum); ``scalars`` and ``hyper`` are the
-    optimizer's ``_scalars(group, step)`` and ``_hyper(group)`` (one step count for the whole bucket).
-    Tensors must be contiguous, on one device, parameters and states of one dtype, gradients of one dtype.
+    exp_avg, exp_avg_sq; sgd: momentum_buffer, or no list without momentum); ``ipt_avgs`` the Ī tensors when
+    ``hyper["sage"]``. ``scalars`` and ``hyper`` are the optimizer's ``_scalars(group, step)`` and
+    ``_hyper(group)``: one step count for the whole bucket. Tensors must be contiguous and on one device;
+    parameters and states share one dtype, gradients one dtype.
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
     if not params:
         return
-    sage = bool(hyper["sage"])
-    if sage and ipt_avgs is None:
+    if hyper["sage"] and ipt_avgs is None:
         raise ValueError("sage=True needs the sensitivity EMA tensors (ipt_avgs)")
-    momentum = algorithm == "sgd" and float(hyper["momentum"]) != 0
-    columns = [params, grads]
-    for buffers in states:
-        columns.append(list(buffers))
-    while len(columns) < 4:
-        columns.append([None] * len(params))
-    columns.append(list(ipt_avgs) if sage else [None] * len(params))
+    if len(states) > 2:
+        raise ValueError(f"at most 2 state buffers per tensor besides Ī, got {len(states)}")
+    columns = [params, grads, *states, *([None] * (2 - len(states))), ipt_avgs if hyper["sage"] else None]
     _check_bucket(columns)
-    rows, blocks, n_blocks = _tables(params[0].device, columns, BLOCK_SIZE)
-    if n_blocks == 0:
-        return
-    floats = dict.fromkeys(_SCALAR_NAMES, 0.0)
-    floats.update(ALGORITHMS[algorithm](scalars, hyper))
-    p_dtype = _TRITON_DTYPES[params[0].dtype]
-    _sage_kernel[(n_blocks,)](
-        rows, blocks, *(_bits(floats[name]) for name in _SCALAR_NAMES),
-        ALGO=algorithm, SAGE=sage, FORMULA=str(hyper["formula"]), HAS_DECAY=float(hyper["weight_decay"]) != 0,
-        HAS_MOMENTUM=momentum, NESTEROV=momentum and bool(hyper["nesterov"]),
-        FIRST_STEP=bool(scalars.get("first_step", False)), P_DTYPE=p_dtype,
-        G_DTYPE=_TRITON_DTYPES[grads[0].dtype],
-        COMPUTE=tl.float64 if params[0].dtype == torch.float64 else tl.float32,
-        ALIGNED=_aligned(columns), BLOCK=BLOCK_SIZE, num_warps=NUM_WARPS)
+    _launch(algorithm, columns, scalars, hyper)
 
 
-def _check_bucket(columns: list[list[Optional[Tensor]]]) -> None:
-    p0, g0 = columns[0][0], columns[1][0]
-    names = ("parameter", "gradient", "state 0", "state 1", "exp_avg_ipt")
-    for name, col in zip(names, columns):
-        dtype = g0.dtype if name == "gradient" else p0.dtype
-        for i, t in enumerate(col):
-            if t is None:
-                continue
-            if t.dtype != dtype or t.device != p0.device or not t.is_contiguous() \
-                    or t.numel() != columns[0][i].numel():
-                raise ValueError(f"fused SAGE step: {name} {i} must be a contiguous {dtype} tensor on "
-                                 f"{p0.device} with the parameter's size; got {t.dtype} {tuple(t.shape)} "
-                                 f"on {t.device} (contiguous={t.is_contiguous()})")
-    if p0.dtype not in _TRITON_DTYPES or g0.dtype not in _TRITON_DTYPES:
-        raise ValueError(f"fused SAGE step supports {', '.join(map(str, _TRITON_DTYPES))}; "
-                         f"got parameters {p0.dtype}, gradients {g0.dtype}")
+def _columns(opt, group: dict, algorithm: str, params, grads, states) -> list[Optional[list[Tensor]]]:
+    args = list(map(opt._state_args, states))
+    columns: list[Optional[list[Tensor]]] = [params, grads, None, None, None]
+    for k in range(_N_STATES[algorithm]):
+        col = [a[k] for a in args]
+        columns[2 + k] = None if col[0] is None else col
+    if group["sage"]:
+        columns[4] = [a[-1] for a in args]
+    return columns
 
 
-def _fusable(p: Tensor, g: Tensor, buffers: tuple) -> bool:
-    return p.dtype in _TRITON_DTYPES and g.dtype in _TRITON_DTYPES and p.is_contiguous() and g.is_contiguous() \
-        and g.device == p.device and all(b.is_contiguous() and b.dtype == p.dtype for b in buffers if b is not None)
+def _one_bucket(columns: list[Optional[list[Tensor]]], steps: list[float]) -> bool:
+    """The usual case, checked with a few C-level passes: one step count, device and dtype pair, all contiguous."""
+    tensors = [t for col in columns if col is not None for t in col]
+    if len(set(steps)) != 1 or not all(map(Tensor.is_contiguous, tensors)):
+        return False
+    if len(set(map(Tensor.get_device, tensors))) != 1:
+        return False
+    p_dtypes = {t.dtype for col in (columns[0], *columns[2:]) if col is not None for t in col}
+    g_dtypes = {g.dtype for g in columns[1]}
+    return len(p_dtypes) == 1 and len(g_dtypes) == 1 and p_dtypes | g_dtypes <= _TRITON_DTYPES.keys()
+
+
+def _fusable(row: list[Optional[Tensor]]) -> bool:
+    p, g = row[0], row[1]
+    return p.dtype in _TRITON_DTYPES and g.dtype in _TRITON_DTYPES and g.device == p.device \
+        and all(t.is_contiguous() and t.device == p.device for t in row if t is not None) \
+        and all(t.dtype == p.dtype for t in row[2:] if t is not None)
 
 
 def group_step(opt, group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict],
                steps: list[float]) -> None:
-    """The fused step of one param group: one launch per (device, dtypes, step) bucket.
+    """The fused step of one param group: one launch per (device, dtypes, step) bucket, usually exactly one.
 
     Tensors the kernel cannot take (non-contiguous, unsupported dtype) run ``opt.single_fn`` eagerly.
     """
     algorithm = _SINGLE_FNS.get(opt.single_fn)
     if algorithm is None:
         raise ValueError(f"{type(opt).__name__}: no Triton kernel for {opt.single_fn!r}")
+    if not params:
+        return
     hyper = opt._hyper(group)
+    columns = _columns(opt, group, algorithm, params, grads, states)
+    if _one_bucket(columns, steps):
+        _launch(algorithm, columns, opt._scalars(group, steps[0]), hyper)
+        return
     buckets: dict[tuple, list[int]] = {}
-    for i, (p, g, s) in enumerate(zip(params, grads, states)):
-        args = opt._state_args(s)
-        if not _fusable(p, g, args):
-            opt.single_fn(p, g, *args, **opt._scalars(group, steps[i]), **hyper)
-            continue
-        buckets.setdefault((p.device, p.dtype, g.dtype, steps[i]), []).append(i)
-    n_states = _N_STATES[algorithm]
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if _fusable([None if col is None else col[i] for col in columns]):
+            buckets.setdefault((p.device, p.dtype, g.dtype, steps[i]), []).append(i)
+        else:
+            opt.single_fn(p, g, *opt._state_args(states[i]), **opt._scalars(group, steps[i]), **hyper)
     for (_, _, _, step), idx in buckets.items():
-        args = [opt._state_args(states[i]) for i in idx]
-        buffers = [[a[k] for a in args] for k in range(n_states) if args[0][k] is not None]
-        ipt_avgs = [a[-1] for a in args] if group["sage"] else None
-        fused_step(algorithm, [params[i] for i in idx], [grads[i] for i in idx], buffers, ipt_avgs,
-                   opt._scalars(group, step), hyper)
+        picked = [None if col is None else [col[i] for i in idx] for col in columns]
+        _launch(algorithm, picked, opt._scalars(group, step), hyper)
 
 
 def launch_config() -> dict:

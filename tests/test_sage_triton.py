@@ -71,7 +71,7 @@ def _run_pair(cls, kwargs, dtype=torch.float64, steps=4, grad_fn=None):
                 group["lr"] = kwargs.get("lr", 1e-2) * (1.0 - 0.2 * step)
         for rp, fp in zip(ref_params, fused_params):
             g = torch.randn(rp.shape, generator=gen, dtype=dtype) if grad_fn is None else grad_fn(rp, step)
-            rp.grad, fp.grad = g.clone(), g.clone()  # fresh tensors: new addresses each step
+            rp.grad, fp.grad = (None, None) if g is None else (g.clone(), g.clone())  # new addresses each step
         ref.step()
         fused.step()
     return ref, fused, ref_params, fused_params
@@ -118,6 +118,17 @@ def test_maximize_and_noncontiguous_grads_fall_back_correctly():
         return g.t() if p.dim() == 2 else g
     ref, fused, rps, fps = _run_pair(bert_optim.AdamaxSAGE, dict(maximize=True), steps=3, grad_fn=grad_fn)
     assert not rps[0].grad.is_contiguous()
+    _assert_same(ref, fused, rps, fps)
+
+
+def test_tensors_at_different_steps_get_their_own_bias_corrections():
+    """A parameter without a gradient on step 0 lags one step: two buckets, each with its own scalars."""
+    def grad_fn(p, step):
+        if step == 0 and p.shape == SIZES[0]:
+            return None
+        return torch.randn(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(step + 10))
+    ref, fused, rps, fps = _run_pair(bert_optim.AdamWSAGE, dict(formula="paper"), steps=3, grad_fn=grad_fn)
+    assert float(fused.state[fps[0]]["step"]) == 2 and float(fused.state[fps[2]]["step"]) == 3
     _assert_same(ref, fused, rps, fps)
 
 
@@ -181,23 +192,28 @@ def test_tables_are_hand_computed_and_cached():
     block = st.BLOCK_SIZE
     ps = [torch.zeros(5), torch.zeros(0), torch.zeros(block + 1)]
     gs = [torch.zeros_like(p) for p in ps]
-    cols = [ps, gs, [None] * 3, [None] * 3, [None] * 3]
-    rows, blocks, n = st._tables(torch.device("cpu"), cols, block)
-    assert n == 3
-    assert blocks.tolist() == [0, 0, 2, 0, 2, block]  # (tensor row, first element) per block
-    assert rows.view(3, 6).tolist() == [[p.data_ptr(), g.data_ptr(), 0, 0, 0, p.numel()] for p, g in zip(ps, gs)]
+    cols = [ps, gs, None, None, None]
+    table = st._tables(torch.device("cpu"), cols, block)
+    assert table.n_blocks == 3
+    assert table.blocks.tolist() == [0, 0, 2, 0, 2, block]  # (tensor row, first element) per block
+    assert table.rows.view(3, 6).tolist() == [[p.data_ptr(), g.data_ptr(), 0, 0, 0, p.numel()]
+                                              for p, g in zip(ps, gs)]
+    assert table.aligned == all(t.data_ptr() % 16 == 0 for t in ps + gs)
     again = st._tables(torch.device("cpu"), cols, block)
-    assert again[0] is rows and len(st._TABLES) == 1  # same addresses: no new table, no copy
+    assert again is table and len(st._TABLES) == 1  # same addresses: no new table, no copy
     gs[0] = torch.zeros(5)
-    st._tables(torch.device("cpu"), [ps, gs] + cols[2:], block)
+    st._tables(torch.device("cpu"), [ps, gs, None, None, None], block)
     assert len(st._TABLES) == 2
+    misaligned = torch.zeros(9)[1:]
+    assert not st._tables(torch.device("cpu"), [[misaligned], [torch.zeros(8)], None, None, None], block).aligned
 
 
 def test_table_cache_is_bounded():
     st.clear_table_cache()
+    keep = []  # hold the tensors so that every iteration has new addresses
     for _ in range(st._MAX_CACHED_TABLES + 3):
-        p = torch.zeros(3)
-        st._tables(torch.device("cpu"), [[p], [torch.zeros(3)], [None], [None], [None]], st.BLOCK_SIZE)
+        keep.append((torch.zeros(3), torch.zeros(3)))
+        st._tables(torch.device("cpu"), [[keep[-1][0]], [keep[-1][1]], None, None, None], st.BLOCK_SIZE)
     assert len(st._TABLES) == st._MAX_CACHED_TABLES
 
 
