@@ -100,6 +100,7 @@ class Trainer:
         self.epoch, self.position, self.global_step = 0, 0, 0
         self.best_score: Optional[float] = None
         self.history: list[dict] = []
+        self.loss_log: list[tuple[int, float]] = []  # (step, mean training loss since the last log) this run
 
     # ---------------------------------------------------------------------------------------------- setup
     def _load_train_sets(self) -> list[TaskData]:
@@ -203,6 +204,7 @@ class Trainer:
                 steps_this_run += 1
                 if cfg.log_every and self.global_step % cfg.log_every == 0:
                     mean = (running / count).item()
+                    self.loss_log.append((self.global_step, mean))
                     bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                     self._log_scalars({"train/loss": mean, "train/lr": self.scheduler.get_last_lr()[0],
                                        "train/samples_per_s": count * cfg.batch_size / (time.perf_counter() - tick),
