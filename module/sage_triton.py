@@ -320,23 +320,31 @@ def _bits(x: float) -> int:
     return struct.unpack("<q", struct.pack("<d", float(x)))[0]
 
 
-def _launch(algorithm: str, columns: list[Optional[list[Tensor]]], scalars: dict, hyper: dict) -> None:
-    """One kernel launch for a validated bucket (see fused_step for the contract)."""
+def _kernel_args(algorithm: str, columns: list[Optional[list[Tensor]]], scalars: dict, hyper: dict,
+                 table: _Table) -> tuple[tuple, dict]:
+    """Positional and keyword arguments of _sage_kernel for one bucket."""
     params, grads = columns[0], columns[1]
-    table = _tables(params[0].device, columns, BLOCK_SIZE)
-    if table.n_blocks == 0:
-        return
     floats = dict.fromkeys(_SCALAR_NAMES, 0.0)
     floats.update(ALGORITHMS[algorithm](scalars, hyper))
     momentum = algorithm == "sgd" and float(hyper["momentum"]) != 0
-    _sage_kernel[(table.n_blocks,)](
-        table.rows, table.blocks, *(_bits(floats[name]) for name in _SCALAR_NAMES),
+    args = (table.rows, table.blocks, *(_bits(floats[name]) for name in _SCALAR_NAMES))
+    kwargs = dict(
         ALGO=algorithm, SAGE=columns[4] is not None, FORMULA=str(hyper["formula"]),
         HAS_DECAY=float(hyper["weight_decay"]) != 0, HAS_MOMENTUM=momentum,
         NESTEROV=momentum and bool(hyper["nesterov"]), FIRST_STEP=bool(scalars.get("first_step", False)),
         P_DTYPE=_TRITON_DTYPES[params[0].dtype], G_DTYPE=_TRITON_DTYPES[grads[0].dtype],
         COMPUTE=tl.float64 if params[0].dtype == torch.float64 else tl.float32,
-        ALIGNED=table.aligned, BLOCK=BLOCK_SIZE, num_warps=NUM_WARPS)
+        ALIGNED=table.aligned, BLOCK=BLOCK_SIZE, num_warps=NUM_WARPS, enable_fp_fusion=True)
+    return args, kwargs
+
+
+def _launch(algorithm: str, columns: list[Optional[list[Tensor]]], scalars: dict, hyper: dict) -> None:
+    """One kernel launch for a validated bucket (see fused_step for the contract)."""
+    table = _tables(columns[0][0].device, columns, BLOCK_SIZE)
+    if table.n_blocks == 0:
+        return
+    args, kwargs = _kernel_args(algorithm, columns, scalars, hyper, table)
+    _sage_kernel[(table.n_blocks,)](*args, **kwargs)
 
 
 def _check_bucket(columns: list[Optional[list[Tensor]]]) -> None:

@@ -25,11 +25,13 @@ SCALARS = dict(lr=1e-3, ipt_correction=1.0)
 SIZES = [(3, 5), (0,), (7,), (2049,), (33, 65)]  # odd sizes, a zero-size tensor, one block + 1 element
 
 
-def _load_interpreted():
+def _load_copy(interpret: bool):
+    """A private copy of module/sage_triton.py, its kernels interpreted or compiled as asked."""
     saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
+    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
     try:
-        spec = importlib.util.spec_from_file_location("_sage_triton_interpreted", ROOT / "module" / "sage_triton.py")
+        name = "_sage_triton_interpreted" if interpret else "_sage_triton_compiled"
+        spec = importlib.util.spec_from_file_location(name, ROOT / "module" / "sage_triton.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
     finally:
@@ -41,7 +43,7 @@ def _load_interpreted():
 
 
 _ENV_BEFORE = os.environ.get("TRITON_INTERPRET")
-st = _load_interpreted()
+st = _load_copy(interpret=True)
 
 
 def _params(dtype, seed=0):
@@ -261,6 +263,54 @@ def test_interpreted_copy_leaves_the_real_module_compiled():
     if _ENV_BEFORE != "1":
         from module import sage_triton
         assert type(sage_triton._sage_kernel).__name__ == "JITFunction"
+
+
+class _FakeH100Driver:
+    """Enough of a Triton driver for JITFunction.warmup to bind arguments and compile for sm_90 without a GPU."""
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+        return GPUTarget("cuda", 90, 32)
+
+
+def test_compiled_kernel_builds_for_h100_with_vector_loads_and_no_recompiles():
+    """The real launch path (binder, annotations, constexprs, options) up to the launch, on CPU.
+
+    The interpreter accepts things the compiler rejects (and ignores alignment hints), so compile the CUDA
+    kernel for an H100 with Triton's bundled ptxas: full blocks must use 128-bit loads, and a new learning
+    rate every step must reuse the compiled kernel (scalars are not specialised).
+    """
+    import triton
+    compiled = _load_copy(interpret=False)
+    if type(compiled._sage_kernel).__name__ != "JITFunction":
+        pytest.skip("TRITON_INTERPRET is forced on in this environment")
+    ps = [torch.zeros(5), torch.zeros(3000)]
+    cols = [ps] + [[torch.zeros_like(p) for p in ps] for _ in range(4)]
+    table = compiled._tables(torch.device("cpu"), cols, compiled.BLOCK_SIZE)
+    hyper = dict(HYPER, weight_decay=0.01, formula="reference")
+    driver = triton.runtime.driver
+    previous = getattr(driver, "_active", None)  # None on a GPU-less box: resetting would look for a driver
+    driver.set_active(_FakeH100Driver())
+    try:
+        for lr in (1e-3, 0.0, 0.5, 2e-5):
+            scalars = dict(lr=lr, decay_lr=1e-3, step_correction=0.3, ipt_correction=4.0)
+            args, kwargs = compiled._kernel_args("adamw", cols, scalars, hyper, table)
+            kernel = compiled._sage_kernel.warmup(*args, grid=(table.n_blocks,), **kwargs)
+        assert len(compiled._sage_kernel.device_caches[0][0]) == 1
+        assert table.aligned and "ld.global.v4" in kernel.asm["ptx"]
+        sgd = dict(HYPER, formula="ablation2", momentum=0.9, dampening=0.0, nesterov=True)
+        sgd_cols = [[p.double() for p in col] for col in cols[:3]] + [None, [p.double() for p in ps]]
+        sgd_table = compiled._tables(torch.device("cpu"), sgd_cols, compiled.BLOCK_SIZE)
+        args, kwargs = compiled._kernel_args("sgd", sgd_cols, dict(SCALARS, first_step=True), sgd, sgd_table)
+        assert "div.rn.f64" in compiled._sage_kernel.warmup(*args, grid=(1,), **kwargs).asm["ptx"]
+    finally:
+        driver.set_active(previous)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernel)")
