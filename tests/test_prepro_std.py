@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -370,3 +371,18 @@ def test_read_canonical_for_other_callers(mine):
     write(root / "rank_train.tsv", ["q\t2\tpick\tx\ty\tz"])
     data = read_canonical(root / "rank_train.tsv", td, "train")
     assert (data.uids, data.labels, data.premises, data.hypotheses) == (["q"], [2], ["pick"], [("x", "y", "z")])
+
+
+def test_readme_worked_example_runs(tmp_path):
+    """The README's 'Adding your own task' TSV and YAML, run as written."""
+    text = (ROOT / "experiments" / "glue" / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(\w*)\n(.*?)```", text.split("## Adding your own task")[1], re.S)
+    tsv = next(body for lang, body in blocks if not lang and "\t" in body)
+    yml = next(body for lang, body in blocks if lang == "yaml")
+    (tmp_path / "claims_train.tsv").write_text(tsv, encoding="utf-8")
+    (tmp_path / "claims.yml").write_text(yml, encoding="utf-8")
+    results = ps.run(ps.PreproConfig(root_dir=str(tmp_path), task_def=str(tmp_path / "claims.yml"), workers=1), **QUIET)
+    assert [(r.split, r.status, r.rows) for r in results] == [
+        ("train", "written", 3), ("dev", "missing", 0), ("test", "missing", 0)]
+    recs = read_shard(shard_path(tmp_path, MODEL, "claims", "train"))
+    assert [(r["uid"], r["label"]) for r in recs] == [("c1", 0), ("c2", 1), ("c3", 2)]
