@@ -2,10 +2,12 @@
 
     {root_dir}/{task}_{split}.tsv  ->  {root_dir}/{model_short_name}/{task}_{split}.jsonl
 
-Rows are read and validated in the main process, tokenized in batches by the Rust fast tokenizer in
-``--workers`` processes, and written in order to a temp file that is renamed when complete. A small
-``.jsonl.stamp`` next to each shard records a hash of everything the shard depends on (TSV bytes, task
-definition, tokenizer, max length), so a re-run skips shards that are up to date unless ``--force``.
+The main process reads each TSV and hands chunks of ~2,048 lines to ``--workers`` processes (splits under
+POOL_MIN_ROWS stay in-process until a pool exists), which validate the rows, tokenize them in one batch call of
+the Rust fast tokenizer and format the JSON lines; the main process checks uid uniqueness and writes the chunks
+in order to a temp file that is renamed when complete. A small ``.jsonl.stamp`` next to each shard records a
+hash of everything the shard depends on (TSV bytes, task definition, tokenizer, max length), so a re-run skips
+shards that are up to date unless ``--force``.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from data_utils.atomic import atomic_write
 from data_utils.encoding import Chunk, EncodeSpec, build_backend, encode_chunk, encode_in_worker, init_worker, spec_from_hf
 from data_utils.shards import shard_path
 from data_utils.task_def import DataFormat, TaskDef, TaskDefError, load_task_defs, select_tasks
-from data_utils.tsv import TsvError, check_unique_uids, read_lines
+from data_utils.tsv import TsvError, check_unique_uids, decode_lines
 
 ROOT = Path(__file__).resolve().parent
 CHUNK_ROWS = 2048
@@ -85,9 +87,9 @@ def _stamp_path(shard: Path) -> Path:
     return shard.with_name(shard.name + ".stamp")
 
 
-def _fingerprint(tsv: Path, td: TaskDef, split: str, spec: EncodeSpec) -> str:
+def _fingerprint(data: bytes, td: TaskDef, split: str, spec: EncodeSpec) -> str:
     h = hashlib.sha256()
-    h.update(tsv.read_bytes())
+    h.update(data)
     meta = dict(version=STAMP_VERSION, task=td.name, split=split, task_type=td.task_type.name,
                 data_format=td.data_format.name, n_class=td.n_class, labels=td.labels, labelled=td.has_labels(split),
                 max_seq_len=spec.max_seq_len, type_ids=spec.type_ids,
@@ -144,14 +146,14 @@ class Encoder:
             self._pool = None
 
 
-def write_shard(tsv: Path, td: TaskDef, split: str, shard: Path, encoder: Encoder) -> int:
+def write_shard(tsv: Path, lines: list[str], td: TaskDef, split: str, shard: Path, encoder: Encoder) -> int:
     """Validate, tokenize and write one split; on any error the temp file goes and ``shard`` stays as it was."""
-    lines = read_lines(tsv)
     seen: dict[str, int] = {}
+    first_line = 1
     with atomic_write(shard) as handle:
-        for chunk, (text, uids) in zip(chunks(tsv, lines, td, split),
-                                       encoder.map(chunks(tsv, lines, td, split), len(lines))):
-            check_unique_uids(tsv, uids, chunk.first_line, seen)
+        for text, uids in encoder.map(chunks(tsv, lines, td, split), len(lines)):
+            check_unique_uids(tsv, uids, first_line, seen)
+            first_line += len(uids)
             handle.write(text)
     return len(lines)
 
@@ -191,10 +193,11 @@ def _one(td: TaskDef, split: str, tsv: Path, shard: Path, spec: EncodeSpec, enco
     if not tsv.is_file():
         return ShardResult(td.name, split, "missing", tsv)
     start = time.perf_counter()
-    fingerprint = _fingerprint(tsv, td, split, spec)
+    data = tsv.read_bytes()
+    fingerprint = _fingerprint(data, td, split, spec)
     if not force and _up_to_date(shard, fingerprint):
         return ShardResult(td.name, split, "up to date", shard)
-    rows = write_shard(tsv, td, split, shard, encoder)
+    rows = write_shard(tsv, decode_lines(data, tsv), td, split, shard, encoder)
     _write_stamp(shard, fingerprint, rows)
     return ShardResult(td.name, split, "written", shard, rows, time.perf_counter() - start)
 

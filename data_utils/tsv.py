@@ -25,6 +25,11 @@ def read_lines(path: Union[str, Path]) -> list[str]:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise TsvError(f"{path}: file not found") from None
+    return decode_lines(data, path)
+
+
+def decode_lines(data: bytes, path: Union[str, Path]) -> list[str]:
+    """``read_lines`` for bytes already read; ``path`` is only used in error messages."""
     if not data.strip():
         raise TsvError(f"{path}: the file is empty")
     try:
