@@ -24,7 +24,8 @@ from typing import Iterator, Optional, Sequence
 
 import pretrained_models
 from data_utils.atomic import atomic_write
-from data_utils.encoding import Chunk, EncodeSpec, build_backend, encode_chunk, encode_in_worker, init_worker, spec_from_hf
+from data_utils.encoding import (Chunk, EncodeSpec, build_backend, encode_chunk, encode_in_worker, init_worker,
+                                 spec_from_hf)
 from data_utils.shards import shard_path
 from data_utils.task_def import DataFormat, TaskDef, TaskDefError, load_task_defs, select_tasks
 from data_utils.tsv import TsvError, check_unique_uids, decode_lines

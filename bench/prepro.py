@@ -140,7 +140,8 @@ def stages(root: Path) -> list[tuple[str, float]]:
     data = parse_rows(tsv, lines, 1, td, "train")
     out.append(("split + validate rows", time.perf_counter() - t))
     t = time.perf_counter()
-    encs = tok.encode_batch_fast(data.premises) if hasattr(tok, "encode_batch_fast") else tok.encode_batch(data.premises)
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    encs = encode(data.premises)
     out.append(("Rust tokenizer (encode_batch)", time.perf_counter() - t))
     t = time.perf_counter()
     ids, types = [e.ids for e in encs], [e.type_ids for e in encs]

@@ -268,7 +268,8 @@ BAD_INPUTS = [  # (file, lines or bytes, expected message after "{path}")
     ("cls_train.tsv", b"\n\n", ": the file is empty"),
     ("cls_train.tsv", GOOD_CLS + ["a\tpos\tAgain.\tYes"], ":3: uid 'a' repeats line 1"),
     ("cls_train.tsv", [" \tpos\tGood film.\tYes"], ":1: column 1 (uid) is empty"),
-    ("rank_train.tsv", ["q\t3\tpick\tx\ty\tz"], ":1: column 2 (label): task rank: label '3' is not one of ['0', '1', '2']"),
+    ("rank_train.tsv", ["q\t3\tpick\tx\ty\tz"],
+     ":1: column 2 (label): task rank: label '3' is not one of ['0', '1', '2']"),
     ("rank_train.tsv", ["q\t0\tpick\tx\ty"],
      ":1: expected 6 tab-separated columns (uid, label, premise, hyp_1, hyp_2, hyp_3) for task rank "
      "(PremiseAndMultiHypothesis), got 5"),
@@ -315,7 +316,8 @@ def test_missing_files_and_flag_errors(mine, capsys):
     write(root / "reg_train.tsv", ["r\t1\tFine."])
     results = build()
     assert [(r.task, r.split, r.status) for r in results] == [
-        ("cls", "train", "missing"), ("cls", "test", "missing"), ("reg", "train", "written"), ("rank", "train", "missing")]
+        ("cls", "train", "missing"), ("cls", "test", "missing"), ("reg", "train", "written"),
+        ("rank", "train", "missing")]
     cases = [
         (["--tasks", "cls"], f"no canonical TSVs found under {root} for tasks cls (run experiments/glue/glue_prepro.py "
                              "first?)"),
@@ -355,7 +357,8 @@ def test_format_line_is_exactly_json_dumps(uid, label, tok_ids, type_ids):
     ('{"uid": "a", "label": "1", "token_id": [1], "type_id": [0]}\n', ":1: label must be a number"),
     ('{"uid": "a", "label": 1, "token_id": [], "type_id": []}\n', ":1: token_id must be a non-empty list"),
     ('{"uid": "a", "label": 1, "token_id": [1, 2], "type_id": [0]}\n', ":1: token_id and type_id differ in shape"),
-    ('{"uid": "a", "label": 1, "token_id": [[1], [2]], "type_id": [[0]]}\n', ":1: token_id and type_id differ in shape"),
+    ('{"uid": "a", "label": 1, "token_id": [[1], [2]], "type_id": [[0]]}\n',
+     ":1: token_id and type_id differ in shape"),
 ])
 def test_read_shard_errors(tmp_path, line, message):
     path = tmp_path / "t_train.jsonl"

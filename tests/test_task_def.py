@@ -239,7 +239,8 @@ def test_yaml_errors(text, message):
 
 
 def test_error_for_each_required_field():
-    for field, line in (("task_type", "  task_type: Classification\n"), ("data_format", "  data_format: PremiseOnly\n")):
+    for field, line in (("task_type", "  task_type: Classification\n"),
+                        ("data_format", "  data_format: PremiseOnly\n")):
         text = "t:\n" + CLS.replace(line, "") + "  n_class: 2\n"
         with pytest.raises(TaskDefError, match=re.escape(f"task 't', field '{field}': required field is missing")):
             parse_task_defs(text, "f.yml")
