@@ -2,16 +2,18 @@
 
     {root_dir}/{task}_{split}.tsv  ->  {root_dir}/{model_short_name}/{task}_{split}.jsonl
 
-The main process reads each TSV and hands chunks of ~2,048 lines to ``--workers`` processes (splits under
-POOL_MIN_ROWS stay in-process until a pool exists), which validate the rows, tokenize them in one batch call of
-the Rust fast tokenizer and format the JSON lines; the main process checks uid uniqueness and writes the chunks
-in order to a temp file that is renamed when complete. A small ``.jsonl.stamp`` next to each shard records a
+The main process reads each TSV and hands chunks of ~2,048 lines to ``--workers`` processes, which validate
+the rows, tokenize them in one batch call of the Rust fast tokenizer and format the JSON lines; the main process
+checks uid uniqueness and writes the chunks in order to a temp file that is renamed when complete. Splits under
+POOL_MIN_ROWS are encoded in the main process until a pool exists (with ``--workers`` > 1 the Rust tokenizer
+then runs on that many threads), since starting worker processes would cost more than it saves. A small ``.jsonl.stamp`` next to each shard records a
 hash of everything the shard depends on (TSV bytes, task definition, tokenizer, max length), so a re-run skips
 shards that are up to date unless ``--force``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -120,6 +122,20 @@ def chunks(tsv: Path, lines: list[str], td: TaskDef, split: str) -> Iterator[Chu
         yield Chunk(str(tsv), i + 1, lines[i:i + step], td, split)
 
 
+@contextlib.contextmanager
+def tokenizer_threads(enabled: bool) -> Iterator[None]:
+    """The Rust tokenizer reads TOKENIZERS_PARALLELISM at each batch call; set it for one call, then restore."""
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if enabled else "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old
+
+
 class Encoder:
     """Turns chunks into (shard text, uids), in order: in this process (workers=1) or a spawned process pool."""
 
@@ -129,16 +145,23 @@ class Encoder:
         self._pool = None
 
     def map(self, items: Iterator[Chunk], n_rows: int) -> Iterator[tuple[str, list[str]]]:
-        """Small splits stay in this process until a pool exists: starting workers costs more than it saves."""
+        """Small splits stay in this process until a pool exists (starting workers costs more than it saves);
+        with workers > 1 the Rust tokenizer then uses its own threads instead."""
         if self.workers <= 1 or (self._pool is None and n_rows < POOL_MIN_ROWS):
-            if self._tok is None:
-                os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one worker means one core
-                self._tok = build_backend(self.spec)
-            return (encode_chunk(self._tok, self.spec, c) for c in items)
+            return self._in_process(items, threads=self.workers > 1)
         if self._pool is None:
             ctx = multiprocessing.get_context("spawn")  # fork after Rust threads have started can deadlock
             self._pool = ctx.Pool(self.workers, initializer=init_worker, initargs=(self.spec,))
         return self._pool.imap(encode_in_worker, items)
+
+    def _in_process(self, items: Iterator[Chunk], threads: bool) -> Iterator[tuple[str, list[str]]]:
+        if self._tok is None:
+            os.environ.setdefault("RAYON_NUM_THREADS", str(self.workers))  # read once, when Rust starts threads
+            self._tok = build_backend(self.spec)
+        for chunk in items:
+            with tokenizer_threads(threads):
+                result = encode_chunk(self._tok, self.spec, chunk)
+            yield result
 
     def close(self) -> None:
         if self._pool is not None:

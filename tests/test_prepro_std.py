@@ -389,3 +389,16 @@ def test_readme_worked_example_runs(tmp_path):
         ("train", "written", 3), ("dev", "missing", 0), ("test", "missing", 0)]
     recs = read_shard(shard_path(tmp_path, MODEL, "claims", "train"))
     assert [(r["uid"], r["label"]) for r in recs] == [("c1", 0), ("c2", 1), ("c3", 2)]
+
+
+def test_tokenizer_threads_sets_and_restores_the_environment(monkeypatch):
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    with ps.tokenizer_threads(True):
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM")
+    with pytest.raises(RuntimeError):
+        with ps.tokenizer_threads(False):
+            assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+            raise RuntimeError
+    assert "TOKENIZERS_PARALLELISM" not in os.environ
