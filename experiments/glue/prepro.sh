@@ -23,4 +23,4 @@ if [[ -n "${WORKERS:-}" ]]; then workers_flag=(--workers "$WORKERS"); fi
 
 "$PYTHON" "$ROOT/experiments/glue/glue_prepro.py" --glue_dir "$GLUE_DIR" --out_dir "$DATA_DIR" --task_def "$TASK_DEF"
 "$PYTHON" "$ROOT/prepro_std.py" --model "$MODEL" --root_dir "$DATA_DIR" --task_def "$TASK_DEF" \
-  --max_seq_len "$MAX_SEQ_LEN" "${workers_flag[@]}" "$@"
+  --max_seq_len "$MAX_SEQ_LEN" ${workers_flag[@]+"${workers_flag[@]}"} "$@"
