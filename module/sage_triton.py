@@ -83,6 +83,12 @@ def _sage_factor(ipt, ipt_avg, ipt_correction, eps, eps_sq, FORMULA: tl.constexp
 
 
 @triton.jit
+def _scalar(bits, COMPUTE: tl.constexpr):
+    """A float64 scalar sent as its IEEE bit pattern, rounded once to the compute type (as torch does)."""
+    return bits.to(tl.int64).to(tl.float64, bitcast=True).to(COMPUTE)
+
+
+@triton.jit
 def _typed(row, col: tl.constexpr, offs, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
     """Pointers to elements ``offs`` of the tensor whose address is in column ``col`` of a table row.
 
@@ -113,7 +119,8 @@ def _update_block(row, offs, mask,
     eps, eps_sq, weight_decay = _scalar(eps, COMPUTE), _scalar(eps_sq, COMPUTE), _scalar(weight_decay, COMPUTE)
     step_size, decay = _scalar(step_size, COMPUTE), _scalar(decay, COMPUTE)
     ipt_correction, momentum = _scalar(ipt_correction, COMPUTE), _scalar(momentum, COMPUTE)
-    bias_correction1, bias_correction2_sqrt = _scalar(bias_correction1, COMPUTE), _scalar(bias_correction2_sqrt, COMPUTE)
+    bias_correction1 = _scalar(bias_correction1, COMPUTE)
+    bias_correction2_sqrt = _scalar(bias_correction2_sqrt, COMPUTE)
     one_minus_dampening = _scalar(one_minus_dampening, COMPUTE)
     p_ptr = _typed(row, 0, offs, P_DTYPE, ALIGNED)
     g_ptr = _typed(row, 1, offs, G_DTYPE, ALIGNED)
@@ -158,8 +165,7 @@ def _update_block(row, offs, mask,
                 d = g
             m = m * beta1 + one_minus_beta1 * d
             v = v * beta2 + one_minus_beta2 * (d * d)
-            update = _div(_div(m, bias_correction1),
-                               _div(_sqrt(v), bias_correction2_sqrt) + eps)
+            update = _div(_div(m, bias_correction1), _div(_sqrt(v), bias_correction2_sqrt) + eps)
         tl.store(m_ptr, m.to(P_DTYPE), mask=mask)
         tl.store(v_ptr, v.to(P_DTYPE), mask=mask)
     if SAGE:
@@ -175,12 +181,6 @@ def _update_block(row, offs, mask,
     else:
         p = p - update * lr
     tl.store(p_ptr, p.to(P_DTYPE), mask=mask)
-
-
-@triton.jit
-def _scalar(bits, COMPUTE: tl.constexpr):
-    """A float64 scalar sent as its IEEE bit pattern, rounded once to the compute type (as torch does)."""
-    return bits.to(tl.int64).to(tl.float64, bitcast=True).to(COMPUTE)
 
 
 @triton.jit(do_not_specialize=_SCALAR_NAMES)

@@ -1,0 +1,326 @@
+"""One optimizer.step() on BERT-base-shaped parameters: SAGE implementations side by side with torch.optim.
+
+Prints one markdown table: median step time, ratio against torch's AdamW (foreach on CPU, fused on CUDA),
+extra peak memory during a step (CUDA: the caching allocator's peak; CPU: the profiler's allocation events,
+since RSS and tracemalloc do not see tensor temporaries reliably) and the first step, which carries the
+one-time compile cost of the fused paths (torch.compile on CPU, Triton on CUDA) and the state allocation.
+
+    python bench/optim_step.py [--device cpu|cuda] [--steps N] [--warmup N] [--only usadamw,torch]
+    python bench/optim_step.py --device cuda --tune     # Triton block size / warps sweep instead
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from module.bert_optim import AdamaxSAGE, AdamWSAGE, sage_param_groups  # noqa: E402
+
+LR, BETAS, BETA3, EPS, WEIGHT_DECAY = 2e-5, (0.9, 0.999), 0.75, 1e-6, 0.01
+
+
+@dataclass
+class BenchConfig:
+    device: str
+    steps: int
+    warmup: int
+    only: tuple[str, ...] = ()
+    tune: bool = False
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parameters
+# ----------------------------------------------------------------------------------------------------------
+def bert_base_shapes() -> list[tuple[str, torch.Size]]:
+    """Names and shapes of BERT-base's parameters (built on the meta device: no memory, no init cost)."""
+    from transformers import AutoModel, BertConfig
+    with torch.device("meta"):
+        model = AutoModel.from_config(BertConfig())
+    return [(name, p.shape) for name, p in model.named_parameters()]
+
+
+def make_params(shapes, device: str) -> list[tuple[str, torch.nn.Parameter]]:
+    """fp32 parameters ~N(0, 0.02) with random gradients attached (shared by every optimizer benchmarked)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    named = []
+    for name, shape in shapes:
+        p = torch.nn.Parameter(torch.randn(shape, device=device, generator=gen) * 0.02)
+        p.grad = torch.randn(shape, device=device, generator=gen) * 1e-3
+        named.append((name, p))
+    return named
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The authors' style: one Python iteration per parameter, a fresh temporary for every intermediate
+# ----------------------------------------------------------------------------------------------------------
+class ReferenceLoop:
+    """AdamW-SAGE / Adamax-SAGE as the authors wrote the update (SAGE_MATH.md), kept for timing only."""
+
+    def __init__(self, groups: list[dict], algo: str):
+        self.groups, self.algo, self.state = groups, algo, {}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    getattr(self, "_" + self.algo)(p, p.grad, group["sage"], group["weight_decay"])
+
+    def _slot(self, p):
+        if p not in self.state:
+            self.state[p] = dict(step=0, m=torch.zeros_like(p), v=torch.zeros_like(p), ipt=torch.zeros_like(p))
+        return self.state[p]
+
+    def _adamw(self, p, g, sage, wd):
+        s = self._slot(p)
+        s["step"] += 1
+        t, (b1, b2) = s["step"], BETAS
+        s["m"].mul_(b1).add_(g, alpha=1 - b1)
+        s["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = s["v"].sqrt().add_(EPS)
+        step_size = LR
+        if sage:
+            ipt = (p * g).abs()
+            s["ipt"].mul_(BETA3).add_(ipt, alpha=1 - BETA3)
+            ipt_hat = s["ipt"] / (1 - BETA3 ** t)
+            step_size = step_size * ((ipt - ipt_hat).abs() / (ipt_hat + EPS * EPS))
+        step_size = step_size * (math.sqrt(1 - b2 ** t) / (1 - b1 ** t))
+        p.add_(-(s["m"] / denom) * step_size)
+        if wd:
+            p.add_(p, alpha=-LR * wd)
+
+    def _adamax(self, p, g, sage, wd):
+        s = self._slot(p)
+        b1, b2 = BETAS
+        s["m"].mul_(b1).add_(g, alpha=1 - b1)
+        s["v"] = torch.max(s["v"] * b2, g.abs() + EPS)
+        update = s["m"] / (s["v"] + EPS)
+        update = update + wd * p
+        lr_t = LR
+        if sage:
+            ipt = (p * g).abs()
+            s["ipt"].mul_(BETA3).add_(ipt, alpha=1 - BETA3)
+            lr_t = lr_t * ((ipt - s["ipt"]).abs() / (s["ipt"] + EPS * EPS))
+        p.add_(-(lr_t * update))
+        s["step"] += 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Candidates (registry: row label -> factory of an object with .step())
+# ----------------------------------------------------------------------------------------------------------
+def _groups(named):
+    return sage_param_groups(named, weight_decay=WEIGHT_DECAY)
+
+
+def _sage(cls, impl: str) -> Callable:
+    flags = {"for-loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[impl]
+    return lambda named: cls(_groups(named), lr=LR, betas=BETAS, beta3=BETA3, eps=EPS, **flags)
+
+
+def candidates(device: str) -> dict[tuple[str, str], Callable]:
+    rows: dict[tuple[str, str], Callable] = {
+        ("torch AdamW", "foreach"): lambda named: torch.optim.AdamW(_groups(named), lr=LR, eps=EPS, foreach=True),
+    }
+    if device == "cuda":
+        rows[("torch AdamW", "fused")] = lambda named: torch.optim.AdamW(_groups(named), lr=LR, eps=EPS, fused=True)
+    rows[("torch Adamax", "foreach")] = lambda named: torch.optim.Adamax(_groups(named), lr=LR, eps=EPS,
+                                                                        foreach=True)
+    rows[("usadamw", "reference loop")] = lambda named: ReferenceLoop(_groups(named), "adamw")
+    rows[("usadamax", "reference loop")] = lambda named: ReferenceLoop(_groups(named), "adamax")
+    for name, cls in (("usadamw", AdamWSAGE), ("usadamax", AdamaxSAGE)):
+        for impl in ("for-loop", "foreach", "fused"):
+            rows[(name, impl)] = _sage(cls, impl)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Measurement
+# ----------------------------------------------------------------------------------------------------------
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device: str) -> float:
+    """Seconds for one call, device work included."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def extra_peak_bytes(opt, device: str) -> Optional[int]:
+    """Bytes allocated above the steady state during one step (state already exists)."""
+    if device == "cuda":
+        _sync(device)
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        opt.step()
+        _sync(device)
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        opt.step()
+    try:
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    except AttributeError:  # profiler internals moved: say so rather than print a wrong number
+        return None
+    current = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+@dataclass
+class Result:
+    optimizer: str
+    impl: str
+    median_s: float
+    first_s: float
+    extra_bytes: Optional[int]
+
+
+def run_one(label, factory, named, cfg: BenchConfig) -> Result:
+    opt = factory(named)
+    first = timed(opt.step, cfg.device)
+    for _ in range(max(0, cfg.warmup - 1)):
+        timed(opt.step, cfg.device)
+    times = [timed(opt.step, cfg.device) for _ in range(cfg.steps)]
+    extra = extra_peak_bytes(opt, cfg.device)
+    del opt
+    if cfg.device == "cuda":
+        torch.cuda.empty_cache()
+    return Result(label[0], label[1], statistics.median(times), first, extra)
+
+
+def table(results: list[Result], baseline: tuple[str, str]) -> str:
+    base = next(r.median_s for r in results if (r.optimizer, r.impl) == baseline)
+    lines = ["| optimizer | implementation | median step (ms) | × " + " ".join(baseline)
+             + " | extra peak memory (MiB) | first step (ms) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        mem = "n/a" if r.extra_bytes is None else f"{r.extra_bytes / 2 ** 20:.1f}"
+        lines.append(f"| {r.optimizer} | {r.impl} | {r.median_s * 1e3:.2f} | {r.median_s / base:.2f} | {mem} | "
+                     f"{r.first_s * 1e3:.1f} |")
+    return "\n".join(lines)
+
+
+def copy_bandwidth(device: str, nbytes: int = 1 << 30) -> float:
+    """Bytes/s of a device-to-device copy (read + write), the yardstick for a memory-bound update."""
+    src = torch.empty(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = [timed(lambda: dst.copy_(src), device) for _ in range(5)]
+    return 2 * nbytes / statistics.median(times)
+
+
+def sage_floor_bytes(named) -> int:
+    """Bytes an AdamW-SAGE step must move: SAGE tensors 36 B/element (read θ g m v Ī, write θ m v Ī), others 28."""
+    total = 0
+    for group in _groups(named):
+        per = 36 if group["sage"] else 28
+        total += per * sum(p.numel() for p in group["params"])
+    return total
+
+
+def header(named, cfg: BenchConfig) -> str:
+    n = sum(p.numel() for _, p in named)
+    parts = [f"device={cfg.device}", f"torch={torch.__version__}",
+             f"params={n / 1e6:.1f}M fp32 in {len(named)} tensors",
+             f"steps={cfg.steps}", f"warmup={cfg.warmup}", f"threads={torch.get_num_threads()}"]
+    if cfg.device == "cuda":
+        parts.append(torch.cuda.get_device_name())
+        try:
+            import triton
+            from module import sage_triton
+            parts.append(f"triton={triton.__version__} {sage_triton.launch_config()}")
+        except ImportError:
+            parts.append("triton=absent (fused = torch.compile)")
+        bandwidth = copy_bandwidth(cfg.device)
+        parts.append(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s, usadamw memory floor "
+                     f"{sage_floor_bytes(named) / bandwidth * 1e3:.2f} ms")
+    return "; ".join(parts)
+
+
+def tune(named, cfg: BenchConfig) -> str:
+    """Median fused step per (BLOCK_SIZE, NUM_WARPS): synced per step, and with steps queued back to back."""
+    from module import sage_triton
+    lines = ["| BLOCK_SIZE | NUM_WARPS | usadamw step (ms) | usadamw queued (ms/step) | usadamax step (ms) |",
+             "|---:|---:|---:|---:|---:|"]
+    default = (sage_triton.BLOCK_SIZE, sage_triton.NUM_WARPS)
+    for block, warps in ((1024, 4), (2048, 4), (2048, 8), (4096, 8), (8192, 16)):
+        sage_triton.BLOCK_SIZE, sage_triton.NUM_WARPS = block, warps
+        cells = []
+        for cls in (AdamWSAGE, AdamaxSAGE):
+            opt = _sage(cls, "fused")(named)
+            for _ in range(cfg.warmup):
+                opt.step()
+            cells.append(statistics.median(timed(opt.step, cfg.device) for _ in range(cfg.steps)))
+            if cls is AdamWSAGE:
+                _sync(cfg.device)
+                start = time.perf_counter()
+                for _ in range(cfg.steps):
+                    opt.step()
+                _sync(cfg.device)
+                cells.append((time.perf_counter() - start) / cfg.steps)
+            del opt
+        lines.append(f"| {block} | {warps} | " + " | ".join(f"{c * 1e3:.3f}" for c in cells) + " |")
+    sage_triton.BLOCK_SIZE, sage_triton.NUM_WARPS = default
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------
+def parse_args(argv=None) -> BenchConfig:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: cpu 3, cuda 50)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: cpu 3, cuda 5; fresh state pages fault in over the first CPU steps)")
+    parser.add_argument("--only", default="", help="comma-separated substrings of row labels to keep")
+    parser.add_argument("--tune", action="store_true", help="CUDA: sweep the Triton kernel's block size and warps")
+    args = parser.parse_args(argv)
+    if args.tune and args.device != "cuda":
+        parser.error("--tune needs --device cuda (it tunes the Triton kernel)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    steps = args.steps if args.steps is not None else (50 if args.device == "cuda" else 3)
+    warmup = args.warmup if args.warmup is not None else (5 if args.device == "cuda" else 3)
+    if steps < 1 or warmup < 1:
+        parser.error(f"--steps and --warmup must be >= 1 (got {steps}, {warmup})")
+    only = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    return BenchConfig(args.device, steps, warmup, only, args.tune)
+
+
+def main(argv=None) -> None:
+    cfg = parse_args(argv)
+    named = make_params(bert_base_shapes(), cfg.device)
+    rows = candidates(cfg.device)
+    baseline = ("torch AdamW", "fused" if cfg.device == "cuda" else "foreach")
+    keep = [k for k in rows if k == baseline or not cfg.only or any(s in " ".join(k) for s in cfg.only)]
+    print(header(named, cfg), flush=True)
+    if cfg.tune:
+        print(tune(named, cfg))
+        return
+    results = []
+    for label in keep:
+        results.append(run_one(label, rows[label], named, cfg))
+        print(f"  {' / '.join(label)}: {results[-1].median_s * 1e3:.2f} ms", file=sys.stderr, flush=True)
+    print(table(results, baseline))
+
+
+if __name__ == "__main__":
+    main()
