@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("triton", reason="triton is not installed: `pip install triton` to test the fused CUDA path")
+triton = pytest.importorskip("triton", reason="triton is not installed: `pip install triton` to test the fused CUDA "
+                             "path")
+if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 6):
+    # Before 3.6 the interpreter's patches of triton.language outlive the interpreted call and break later
+    # compilation in the same process (seen with 3.5.0), so these tests would harm other tests.
+    pytest.skip(f"triton {triton.__version__} < 3.6: its interpreter leaks patches into compiled kernels",
+                allow_module_level=True)
 
 from module import bert_optim, sage_math  # noqa: E402
 
@@ -286,7 +292,6 @@ def test_compiled_kernel_builds_for_h100_with_vector_loads_and_no_recompiles():
     kernel for an H100 with Triton's bundled ptxas: full blocks must use 128-bit loads, and a new learning
     rate every step must reuse the compiled kernel (scalars are not specialised).
     """
-    import triton
     compiled = _load_copy(interpret=False)
     if type(compiled._sage_kernel).__name__ != "JITFunction":
         pytest.skip("TRITON_INTERPRET is forced on in this environment")
