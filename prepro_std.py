@@ -155,8 +155,9 @@ class Encoder:
         return self._pool.imap(encode_in_worker, items)
 
     def _in_process(self, items: Iterator[Chunk], threads: bool) -> Iterator[tuple[str, list[str]]]:
+        if threads:  # read once, when the Rust side first starts its threads; an explicit setting wins
+            os.environ.setdefault("RAYON_NUM_THREADS", str(self.workers))
         if self._tok is None:
-            os.environ.setdefault("RAYON_NUM_THREADS", str(self.workers))  # read once, when Rust starts threads
             self._tok = build_backend(self.spec)
         for chunk in items:
             with tokenizer_threads(threads):
