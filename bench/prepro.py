@@ -7,8 +7,7 @@ Compares, in one run on the same files and machine:
                 process start-up included, as a user sees them).
 Every method's output is checked byte for byte against the baseline's. Times are the best of --repeat runs,
 interleaved, so background load hurts every method alike; CPU seconds (this process plus its workers) show the
-work done whatever the load. A stage breakdown (one process, SST-2) shows where
-prepro_std's time goes.
+work done whatever the load. A stage breakdown (one process) shows where prepro_std's time goes.
 
     .venv/bin/python bench/prepro.py [--glue_dir ../shared/glue] [--repeat 3] [--profile]
 """
@@ -33,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import prepro_std as ps  # noqa: E402
 import pretrained_models  # noqa: E402
 from data_utils.encoding import build_backend  # noqa: E402
-from data_utils.shards import format_line, shard_path  # noqa: E402
+from data_utils.shards import format_line, format_line_zero_types, shard_path  # noqa: E402
 from data_utils.task_def import load_task_defs  # noqa: E402
 from data_utils.tsv import parse_rows, read_lines  # noqa: E402
 
@@ -126,28 +125,33 @@ def measure(root: Path, repeat: int) -> list[tuple]:
     return rows_out
 
 
-def stages(root: Path) -> list[tuple[str, float]]:
-    """prepro_std's work on SST-2 train, one stage at a time in one process."""
-    td = load_task_defs(TASK_DEF)["sst"]
-    tsv = root / "sst_train.tsv"
-    spec = ps.load_spec(ps.PreproConfig(model=MODEL, max_seq_len=MAX_LEN))
-    tok = build_backend(spec)
+def stages(root: Path, task: str) -> list[tuple[str, float]]:
+    """prepro_std's work on one train split, stage by stage in one process (as encode_rows does it)."""
+    td = load_task_defs(TASK_DEF)[task]
+    tsv = root / f"{task}_train.tsv"
     out = []
     t = time.perf_counter()
-    lines = read_lines(tsv)
-    out.append(("read + decode file", time.perf_counter() - t))
+    spec = ps.load_spec(ps.PreproConfig(model=MODEL, max_seq_len=MAX_LEN))
+    tok = build_backend(spec)
+    out.append(("tokenizer load + set-up", time.perf_counter() - t))
     t = time.perf_counter()
-    data = parse_rows(tsv, lines, 1, td, "train")
-    out.append(("split + validate rows", time.perf_counter() - t))
+    data = parse_rows(tsv, read_lines(tsv), 1, td, "train")
+    out.append(("read, split, validate rows", time.perf_counter() - t))
     t = time.perf_counter()
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-    encs = encode(data.premises)
-    out.append(("Rust tokenizer (encode_batch)", time.perf_counter() - t))
+    inputs = data.premises if data.hypotheses is None else list(zip(data.premises, data.hypotheses))
+    encs = [enc for i in range(0, len(inputs), ps.CHUNK_ROWS) for enc in encode(inputs[i:i + ps.CHUNK_ROWS])]
+    out.append(("Rust tokenizer (encode_batch_fast)", time.perf_counter() - t))
     t = time.perf_counter()
-    ids, types = [e.ids for e in encs], [e.type_ids for e in encs]
-    out.append(("ids/type_ids to Python lists", time.perf_counter() - t))
+    ids = [e.ids for e in encs]
+    types = None if data.hypotheses is None else [e.type_ids for e in encs]  # single sentences: all type 0
+    out.append(("token ids to Python lists", time.perf_counter() - t))
     t = time.perf_counter()
-    text = "".join([s + "\n" for s in map(format_line, data.uids, data.labels, ids, types)])
+    if types is None:
+        lines = map(format_line_zero_types, data.uids, data.labels, ids)
+    else:
+        lines = map(format_line, data.uids, data.labels, ids, types)
+    text = "".join([line + "\n" for line in lines])
     out.append(("JSON text (format_line)", time.perf_counter() - t))
     t = time.perf_counter()
     with tempfile.TemporaryFile("w", encoding="utf-8") as f:
@@ -211,12 +215,14 @@ def main(argv=None) -> int:
         print("|---|---:|---|---:|---:|---:|---:|")
         for task, n, name, secs, cpu, rate, ratio in results:
             print(f"| {task} | {n:,} | {name} | {secs:.2f} | {cpu:.2f} | {rate:,.0f} | {ratio:.2f}x |")
-        print("\nWhere prepro_std's time goes (SST-2 train, one process, stage by stage):")
-        parts = stages(root)
-        total = sum(s for _, s in parts)
-        print("| stage | seconds | share |\n|---|---:|---:|")
-        for name, secs in parts:
-            print(f"| {name} | {secs:.2f} | {100 * secs / total:.0f}% |")
+        print("\nWhere prepro_std's time goes (train splits, one process, stage by stage):")
+        parts = {task: stages(root, task) for task in TASKS}
+        totals = {task: sum(secs for _, secs in p) for task, p in parts.items()}
+        print("| stage | " + " | ".join(f"{t} s | {t} share" for t in TASKS) + " |")
+        print("|---|" + "---:|---:|" * len(TASKS))
+        for i, (name, _) in enumerate(parts[TASKS[0]]):
+            cells = [f"{parts[t][i][1]:.3f} | {100 * parts[t][i][1] / totals[t]:.0f}%" for t in TASKS]
+            print(f"| {name} | " + " | ".join(cells) + " |")
         print("\nThe tokenizer alone (SST-2 train sentences/s, one process):")
         print("| call | sentences/s |\n|---|---:|")
         for name, rate in tokenizer_alone(root):

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
-from data_utils.shards import format_line
+from data_utils.shards import format_line, format_line_zero_types
 from data_utils.task_def import DataFormat, TaskDef
 from data_utils.tsv import CanonicalSplit, parse_rows
 
@@ -68,14 +68,15 @@ def encode_rows(tok, spec: EncodeSpec, data: CanonicalSplit, task_def: TaskDef) 
     n_hyp = task_def.n_class if task_def.data_format is DataFormat.PremiseAndMultiHypothesis else 0
     encs = _encode(tok, data, n_hyp)
     ids = [e.ids for e in encs]
-    if spec.type_ids and not (data.hypotheses is None and spec.single_types_zero):
-        types = [e.type_ids for e in encs]
+    if not n_hyp and (not spec.type_ids or (data.hypotheses is None and spec.single_types_zero)):
+        lines = map(format_line_zero_types, data.uids, data.labels, ids)
     else:
-        types = [[0] * len(x) for x in ids]
-    if n_hyp:
-        ids = [ids[i:i + n_hyp] for i in range(0, len(ids), n_hyp)]
-        types = [types[i:i + n_hyp] for i in range(0, len(types), n_hyp)]
-    return "".join([line + "\n" for line in map(format_line, data.uids, data.labels, ids, types)])
+        types = [e.type_ids for e in encs] if spec.type_ids else [[0] * len(x) for x in ids]
+        if n_hyp:
+            ids = [ids[i:i + n_hyp] for i in range(0, len(ids), n_hyp)]
+            types = [types[i:i + n_hyp] for i in range(0, len(types), n_hyp)]
+        lines = map(format_line, data.uids, data.labels, ids, types)
+    return "".join([line + "\n" for line in lines])
 
 
 def encode_chunk(tok, spec: EncodeSpec, chunk: Chunk) -> tuple[str, list[str]]:

@@ -6,6 +6,7 @@ hypothesis). ``format_line`` writes exactly what ``json.dumps`` of that dict wri
 """
 from __future__ import annotations
 
+import functools
 import json
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
@@ -35,15 +36,27 @@ def format_label(label: Union[int, float]) -> str:
     return str(int(label))
 
 
+@functools.lru_cache(maxsize=None)
+def _zeros(n: int) -> str:
+    return "[" + ", ".join(["0"] * n) + "]"
+
+
+def _line(uid: str, label: Union[int, float], tok: str, typ: str) -> str:
+    return (f'{{"uid": {encode_basestring_ascii(uid)}, "label": {format_label(label)}, '
+            f'"token_id": {tok}, "type_id": {typ}}}')
+
+
 def format_line(uid: str, label: Union[int, float], token_id, type_id) -> str:
     """One shard line (no newline), byte-identical to ``json.dumps(dict(uid=..., label=..., ...))``."""
     if token_id and isinstance(token_id[0], (list, tuple)):
-        tok = "[" + ", ".join(map(_ints, token_id)) + "]"
-        typ = "[" + ", ".join(map(_ints, type_id)) + "]"
-    else:
-        tok, typ = _ints(token_id), _ints(type_id)
-    return (f'{{"uid": {encode_basestring_ascii(uid)}, "label": {format_label(label)}, '
-            f'"token_id": {tok}, "type_id": {typ}}}')
+        return _line(uid, label, "[" + ", ".join(map(_ints, token_id)) + "]",
+                     "[" + ", ".join(map(_ints, type_id)) + "]")
+    return _line(uid, label, _ints(token_id), _ints(type_id))
+
+
+def format_line_zero_types(uid: str, label: Union[int, float], token_id: Sequence[int]) -> str:
+    """``format_line`` with an all-zero ``type_id`` of the same length, without building that list."""
+    return _line(uid, label, _ints(token_id), _zeros(len(token_id)))
 
 
 def _check_record(rec, path, ln: int) -> None:

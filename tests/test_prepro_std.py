@@ -21,7 +21,7 @@ import pytest
 
 import prepro_std as ps
 from data_utils.encoding import EncodeSpec, build_backend, encode_rows
-from data_utils.shards import ShardError, format_line, read_shard, shard_path
+from data_utils.shards import ShardError, format_line, format_line_zero_types, read_shard, shard_path
 from data_utils.task_def import load_task_defs, parse_task_defs
 from data_utils.tsv import CanonicalSplit, read_canonical
 
@@ -345,6 +345,9 @@ def test_format_line_is_exactly_json_dumps(uid, label, tok_ids, type_ids):
     line = format_line(uid, label, tok_ids, type_ids)
     assert line == json.dumps({"uid": uid, "label": label, "token_id": tok_ids, "type_id": type_ids})
     assert json.loads(line)["label"] == label
+    if not isinstance(tok_ids[0], list):
+        zeros = [0] * len(tok_ids)
+        assert format_line_zero_types(uid, label, tok_ids) == format_line(uid, label, tok_ids, zeros)
 
 
 @pytest.mark.parametrize("line,message", [
