@@ -7,6 +7,7 @@ workers=2 giving the same bytes as workers=1, the shard format and its reader.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -86,7 +87,7 @@ def mine(tmp_path):
     yml.write_text(MY_TASKS, encoding="utf-8")
 
     def build(*tasks, **kw):
-        cfg = ps.PreproConfig(root_dir=str(tmp_path), task_def=str(yml), tasks=tasks or None, workers=1, **kw)
+        cfg = ps.PreproConfig(root_dir=str(tmp_path), task_def=str(yml), tasks=tasks or None, **{"workers": 1, **kw})
         return ps.run(cfg, **QUIET)
 
     def main(*extra):
@@ -145,18 +146,18 @@ def test_rerun_skips_up_to_date_shards_and_rebuilds_on_change(glue_shards, tmp_p
     before = (shard.read_bytes(), shard.stat().st_mtime_ns)
     assert [r.status for r in ps.run(cfg, **QUIET)] == ["missing", "up to date", "up to date"]
     assert (shard.read_bytes(), shard.stat().st_mtime_ns) == before
-    forced = ps.run(ps.PreproConfig(**{**cfg.__dict__, "force": True}), **QUIET)
+    forced = ps.run(dataclasses.replace(cfg, force=True), **QUIET)
     assert [r.status for r in forced] == ["missing", "written", "written"] and shard.read_bytes() == before[0]
-    shorter = ps.run(ps.PreproConfig(**{**cfg.__dict__, "max_seq_len": 32}), **QUIET)
+    shorter = ps.run(dataclasses.replace(cfg, max_seq_len=32), **QUIET)
     assert [r.status for r in shorter] == ["missing", "written", "written"]
     assert max(len(r["token_id"]) for r in read_shard(shard)) == 32
     rows = (tmp_path / "mrpc_dev.tsv").read_text(encoding="utf-8").split("\n")
     (tmp_path / "mrpc_dev.tsv").write_text("\n".join(rows[:10]) + "\n", encoding="utf-8")
-    edited = ps.run(ps.PreproConfig(**{**cfg.__dict__, "max_seq_len": 32}), **QUIET)
+    edited = ps.run(dataclasses.replace(cfg, max_seq_len=32), **QUIET)
     assert [r.status for r in edited] == ["missing", "written", "up to date"]
     assert len(read_shard(shard)) == 10
     shard.write_text(shard.read_text()[:-50])  # a damaged shard is not up to date
-    assert ps.run(ps.PreproConfig(**{**cfg.__dict__, "max_seq_len": 32}), **QUIET)[1].status == "written"
+    assert ps.run(dataclasses.replace(cfg, max_seq_len=32), **QUIET)[1].status == "written"
 
 
 def test_workers_2_cli_same_bytes_as_workers_1(glue_shards, tmp_path):
@@ -174,23 +175,27 @@ def test_workers_2_cli_same_bytes_as_workers_1(glue_shards, tmp_path):
             shard_path(root, MODEL, task, split).read_bytes()
 
 
-def test_pool_errors_come_back_with_file_line(glue_shards, tmp_path, monkeypatch):
-    root, _ = glue_shards
+def test_pool_same_bytes_and_errors_come_back_with_file_line(mine, monkeypatch):
+    root, build, _ = mine
+    lines = [f"u{i}\t{'pos' if i % 3 else 'neg'}\tSentence number {i}, quite {'long ' * (i % 7)}.\tyes {i}"
+             for i in range(500)]
+    write(root / "cls_train.tsv", lines)
+    build("cls", workers=1)
+    shard = shard_path(root, MODEL, "cls", "train")
+    one_process = shard.read_bytes()
     monkeypatch.setattr(ps, "POOL_MIN_ROWS", 0)
-    monkeypatch.setattr(ps, "CHUNK_ROWS", 64)  # MRPC dev: 7 chunks over 2 workers
-    shutil.copy(root / "mrpc_dev.tsv", tmp_path / "mrpc_dev.tsv")
-    cfg = ps.PreproConfig(root_dir=str(tmp_path), task_def=str(GLUE_YML), tasks=("mrpc",), workers=2)
-    ps.run(cfg, **QUIET)
-    good = shard_path(root, MODEL, "mrpc", "dev").read_bytes()
-    assert shard_path(tmp_path, MODEL, "mrpc", "dev").read_bytes() == good
-    lines = (tmp_path / "mrpc_dev.tsv").read_text(encoding="utf-8").split("\n")
-    lines[300] = "\t".join([lines[300].split("\t")[0], "yes"] + lines[300].split("\t")[2:])
-    (tmp_path / "mrpc_dev.tsv").write_text("\n".join(lines), encoding="utf-8")
+    monkeypatch.setattr(ps, "CHUNK_ROWS", 64)  # 8 chunks over 2 worker processes
+    pooled = dataclasses.replace(ps.PreproConfig(root_dir=str(root), task_def=str(root / "tasks.yml"),
+                                                 tasks=("cls",)), workers=2, force=True)
+    ps.run(pooled, **QUIET)
+    assert shard.read_bytes() == one_process
+    lines[300] = "u300\tyes\tSentence.\tyes"
+    write(root / "cls_train.tsv", lines)
     with pytest.raises(ps.TsvError) as info:  # raised in a worker process, re-raised here with its message
-        ps.run(ps.PreproConfig(**{**cfg.__dict__, "force": True}), **QUIET)
-    assert str(info.value) == (f"{tmp_path / 'mrpc_dev.tsv'}:301: column 2 (label): "
-                               "task mrpc: label 'yes' is not one of ['0', '1']")
-    assert shard_path(tmp_path, MODEL, "mrpc", "dev").read_bytes() == good
+        ps.run(pooled, **QUIET)
+    assert str(info.value) == f"{root / 'cls_train.tsv'}:301: column 2 (label): task cls: label 'yes' is not one " \
+                              "of ['neg', 'pos']"
+    assert shard.read_bytes() == one_process
 
 
 # ------------------------------------------------------------------------------------------ synthetic tasks
