@@ -1,7 +1,7 @@
 """prepro_std.py: canonical TSV -> JSONL shards.
 
-Real GLUE (SST-2, MRPC, STS-B via glue_prepro.py, tokenized once per module): row counts, labels, uids, and token
-ids equal to the HF tokenizer called directly. Synthetic files in tmp_path: hand-computed ids, Ranking rows,
+Real GLUE (every file in ../shared/glue via glue_prepro.py, tokenized once per module): row counts against
+MANIFEST.tsv, labels, uids, and token ids equal to the HF tokenizer called directly. Synthetic files in tmp_path: hand-computed ids, Ranking rows,
 truncation, every bad-input case (one-line file:line error, exit 1, shard untouched), CRLF, up-to-date skipping,
 workers=2 giving the same bytes as workers=1, the shard format and its reader.
 """
@@ -74,10 +74,21 @@ def glue_shards(glue_dir, tmp_path_factory):
     sys.modules[spec.name] = gp
     spec.loader.exec_module(gp)
     root = tmp_path_factory.mktemp("glue_canonical")
-    gp.convert(glue_dir, root, GLUE_YML, tasks=["sst", "mrpc", "stsb"], **QUIET)
-    results = ps.run(ps.PreproConfig(root_dir=str(root), task_def=str(GLUE_YML), tasks=("sst", "mrpc", "stsb"),
-                                     workers=1), **QUIET)
+    gp.convert(glue_dir, root, GLUE_YML, **QUIET)
+    results = ps.run(ps.PreproConfig(root_dir=str(root), task_def=str(GLUE_YML), workers=1), **QUIET)
     return root, results
+
+
+def manifest_rows(glue_dir: Path) -> dict[str, int]:
+    """MANIFEST.tsv rows keyed by our {task}_{split} name."""
+    folders = {"CoLA": "cola", "SST-2": "sst", "MRPC": "mrpc", "STS-B": "stsb", "QNLI": "qnli", "RTE": "rte",
+               "WNLI": "wnli", "MNLI": "mnli"}
+    out = {}
+    for line in (glue_dir / "MANIFEST.tsv").read_text(encoding="utf-8").splitlines()[1:]:
+        task, file, rows = line.split("\t")[:3]
+        split = Path(file).stem.replace("validation_", "") + ("_dev" if task == "MNLI" else "")
+        out[f"{folders[task]}_{split}"] = int(rows)
+    return out
 
 
 @pytest.fixture
@@ -102,12 +113,14 @@ def write(path: Path, lines, end="\n") -> Path:
 
 
 # ------------------------------------------------------------------------------------------ real GLUE
-def test_real_glue_rows_labels_uids(glue_shards):
+def test_real_glue_rows_labels_uids(glue_dir, glue_shards):
     root, results = glue_shards
-    assert {(r.task, r.split, r.status) for r in results} == {
-        (t, s, "written") for t in ("sst", "mrpc", "stsb") for s in ("train", "dev", "test")}
-    counts = {(r.task, r.split): r.rows for r in results}
-    assert counts[("sst", "train")] == 67349 and counts[("mrpc", "train")] == 3668 and counts[("stsb", "dev")] == 1500
+    counts = {(r.task, r.split): r.rows for r in results if r.status == "written"}
+    expected = manifest_rows(glue_dir)
+    assert {f"{t}_{s}": n for (t, s), n in counts.items()} == expected  # every shard, every row
+    assert {(r.task, r.split) for r in results if r.status == "missing"} == {
+        ("qqp", "train"), ("qqp", "dev"), ("qqp", "test"), ("mnli", "train"), ("mnli", "matched_test"),
+        ("mnli", "mismatched_test"), ("qnli", "train")}
     defs = load_task_defs(GLUE_YML)
     for (task, split), n in counts.items():
         src = tsv_rows(root / f"{task}_{split}.tsv")
@@ -115,7 +128,7 @@ def test_real_glue_rows_labels_uids(glue_shards):
         assert len(recs) == len(src) == n
         assert [r["uid"] for r in recs] == [row[0] for row in src]
         labels = [r["label"] for r in recs]
-        if split == "test":
+        if "test" in split:
             assert set(labels) == {0.0 if task == "stsb" else 0}
         elif task == "stsb":
             assert labels == [float(row[1]) for row in src] and all(isinstance(x, float) for x in labels)
@@ -126,7 +139,9 @@ def test_real_glue_rows_labels_uids(glue_shards):
 
 def test_real_glue_token_ids_match_the_hf_tokenizer(glue_shards, tok):
     root, _ = glue_shards
-    for task, split, pair in (("sst", "train", False), ("mrpc", "train", True), ("stsb", "dev", True)):
+    for task, split, pair in (("sst", "train", False), ("mrpc", "train", True), ("stsb", "dev", True),
+                              ("cola", "test", False), ("qnli", "dev", True), ("rte", "train", True),
+                              ("mnli", "mismatched_dev", True)):
         src = tsv_rows(root / f"{task}_{split}.tsv")
         recs = read_shard(shard_path(root, MODEL, task, split))
         picks = sorted(set(range(0, len(src), max(1, len(src) // 150))) | {len(src) - 1})
