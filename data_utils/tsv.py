@@ -90,6 +90,8 @@ def parse_rows(path: Union[str, Path], lines: Sequence[str], first_line: int, ta
     for ln, line in enumerate(lines, start=first_line):
         fields = line.split("\t")
         if len(fields) != n_cols:
+            if not line.strip():
+                raise TsvError(f"{path}:{ln}: empty line (expected {n_cols} tab-separated columns)")
             raise TsvError(f"{path}:{ln}: expected {n_cols} tab-separated columns ({', '.join(cols)}) for "
                            f"task {task_def.name} ({task_def.data_format.name}), got {len(fields)}")
         if not fields[0].strip():

@@ -286,6 +286,7 @@ BAD_INPUTS = [  # (file, lines or bytes, expected message after "{path}")
     ("cls_train.tsv", b"a\tpos\tGood.\tYes\nb\tneg\tcaf\xe9\tNo\n", ":2: invalid UTF-8 (byte 0xe9)"),
     ("cls_train.tsv", b"", ": the file is empty"),
     ("cls_train.tsv", b"\n\n", ": the file is empty"),
+    ("cls_train.tsv", GOOD_CLS + ["", "c\tpos\tA.\tB."], ":3: empty line (expected 4 tab-separated columns)"),
     ("cls_train.tsv", GOOD_CLS + ["a\tpos\tAgain.\tYes"], ":3: uid 'a' repeats line 1"),
     ("cls_train.tsv", [" \tpos\tGood film.\tYes"], ":1: column 1 (uid) is empty"),
     ("rank_train.tsv", ["q\t3\tpick\tx\ty\tz"],
