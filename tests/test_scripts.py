@@ -179,6 +179,21 @@ def test_every_script_passes_its_table_row(fake):
         assert float(flags["--global_grad_clipping"]) == 1.0
 
 
+def test_every_script_parses_with_the_real_train_config(fake):
+    config = pytest.importorskip("mt_dnn.config", reason="mt_dnn/config.py not in this checkout yet")
+    for run in gen.runs(SETTINGS, "bert-base"):
+        proc, lines = fake(f"train_{run.task}_{run.optimizer}.sh", "0", "--epochs", "1")
+        assert proc.returncode == 0, proc.stderr
+        assert lines[1] == f"{ROOT}/train.py"
+        cfg = config.parse_args(lines[2:])
+        assert (cfg.train_datasets, cfg.test_datasets, cfg.optimizer) == ([run.task], [run.task], run.optimizer)
+        assert (cfg.learning_rate, cfg.batch_size, cfg.warmup) == (run.learning_rate, run.batch_size, run.warmup)
+        assert cfg.epochs == 1  # the pass-through flag won over the table's value
+        if run.beta3 is not None:
+            assert cfg.beta3 == run.beta3
+        assert (cfg.seed, cfg.init_checkpoint, cfg.global_grad_clipping) == (2018, "bert-base-uncased", 1.0)
+
+
 def test_overrides_and_pass_through(fake, tmp_path):
     proc, lines = fake("train_mnli_adamax.sh", "0,1", "--epochs", "1", "--note", "two words",
                        cwd=tmp_path, MODEL="/models/my-bert/", TASK_DEF="td.yml", SEED="7")
