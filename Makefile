@@ -21,10 +21,20 @@ $(STAMP): requirements.txt requirements-dev.txt
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: bench-optim
+bench: bench-optim bench-prepro
 
 bench-optim: $(STAMP)
 	$(BIN)/python bench/optim_step.py
+
+bench-prepro: $(STAMP)
+	$(BIN)/python bench/prepro.py
+
+# The main job on the embedded default: MiniLM-L6, two demo tasks, Adamax vs Adamax-SAGE, side-by-side table.
+demo: $(STAMP)
+	$(BIN)/python experiments/demo/get_data.py --max_train 1000
+	$(BIN)/python prepro_std.py --model minilm-l6 --root_dir data/demo/canonical \
+	  --task_def experiments/demo/demo_task_def.yml --max_seq_len 128
+	$(BIN)/python experiments/demo/run_demo.py --out_dir demo_out
 
 clean:
 	rm -rf $(VENV) .pytest_cache
