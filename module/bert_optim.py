@@ -7,8 +7,8 @@ groups (SAGE-scaled) and "common" groups (plain base update) live side by side. 
 Implementations, chosen per step like torch does:
 - for-loop (``foreach=False``): the readable reference, one tensor at a time;
 - foreach (``foreach=True``; default on CUDA): ``torch._foreach_*`` over same-device/dtype lists;
-- fused (``fused=True``): one kernel per tensor with no parameter-sized temporaries — Triton on CUDA
-  (:mod:`module.sage_fused`), ``torch.compile`` of the for-loop math on CPU.
+- fused (``fused=True``): no parameter-sized temporaries — one Triton multi-tensor launch per param group on
+  CUDA (:mod:`module.sage_triton`), ``torch.compile`` of the for-loop math (one fused loop per tensor) on CPU.
 """
 from __future__ import annotations
 
@@ -137,8 +137,7 @@ class _SageOptimizer(Optimizer):
             params, grads, states = self._collect(group)
             if not params:
                 continue
-            for state in states:
-                state["step"] += 1
+            torch._foreach_add_([state["step"] for state in states], 1.0)
             steps = [float(state["step"]) for state in states]
             impl = self._implementation(params)
             if impl == "forloop":

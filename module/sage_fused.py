@@ -1,6 +1,7 @@
-"""Fused implementations: one kernel per tensor, no parameter-sized temporaries.
+"""Fused implementations: no parameter-sized temporaries, parameters and state written in place.
 
-- CUDA: a Triton multi-tensor kernel (:mod:`module.sage_triton`) when Triton is importable.
+- CUDA: a Triton multi-tensor kernel, one launch per param group (:mod:`module.sage_triton`), when Triton
+  is importable.
 - Elsewhere (CPU): the readable single-tensor math of :mod:`module.sage_math` compiled with ``torch.compile``
   (inductor fuses the whole update into one loop that writes parameters and state in place). Step-dependent
   scalars travel as 0-d tensors and tensors as flat views with dynamic sizes, so each (algorithm, dtype, flags)
