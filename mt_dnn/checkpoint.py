@@ -22,6 +22,7 @@ WEIGHTS = "model.safetensors"
 STATE = "training_state.pt"
 CONFIG = "train_config.json"
 LATEST = "latest"
+ENCODER_CONFIG = "encoder_config.json"  # the encoder architecture, so predict.py needs no hub access
 
 
 def rng_state() -> dict:

@@ -257,7 +257,8 @@ class Trainer:
             if self.is_main and (self.best_score is None or record["glue_average"] > self.best_score):
                 self.best_score = record["glue_average"]
                 ckpt.save_checkpoint(self.output_dir / "best", self.model, self.cfg.to_json(),
-                                     extra_files={"metrics.json": json.dumps(record, indent=2)})
+                                     extra_files={"metrics.json": json.dumps(record, indent=2),
+                                                  ckpt.ENCODER_CONFIG: self.model.encoder.config.to_json_string()})
         if self.is_main:
             with (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -279,7 +280,8 @@ class Trainer:
 
     def save_step_checkpoint(self) -> Path:
         folder = ckpt.save_checkpoint(self.output_dir / f"step-{self.global_step}", self.model, self.cfg.to_json(),
-                                      self.training_state())
+                                      self.training_state(),
+                                      {ckpt.ENCODER_CONFIG: self.model.encoder.config.to_json_string()})
         ckpt.mark_latest(self.output_dir, folder)
         ckpt.prune_step_checkpoints(self.output_dir, self.cfg.keep_last)
         return folder

@@ -241,3 +241,20 @@ def test_cli_reports_missing_shard_and_task(workspace, capsys):
     assert "pairs_train.jsonl: shard not found" in err
     assert train_cli.main(base + ["--train_datasets", "nli", "--data_dir", str(workspace / "shards")]) == 2
     assert "nli" in capsys.readouterr().err
+
+
+def test_predict_cli_reproduces_dev_metrics_and_writes_submission(workspace, capsys):
+    import predict as predict_cli
+    out = workspace / "run-predict"
+    trainer = Trainer(config(workspace, "run-predict", epochs=1))
+    history = trainer.fit()
+    assert predict_cli.main(["--checkpoint", str(out / "best"), "--task", "pairs", "--split", "dev",
+                             "--batch_size", "5"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["metrics"] == pytest.approx(history[-1]["dev"]["pairs_dev"])
+    assert predict_cli.main(["--checkpoint", str(out / "best"), "--task", "pairs", "--split", "test"]) == 0
+    lines = (out / "best" / "pairs_test_submission_predict.tsv").read_text().splitlines()
+    assert lines == (out / "pairs_test_submission_0.tsv").read_text().splitlines()
+    capsys.readouterr()
+    assert predict_cli.main(["--checkpoint", str(out / "best"), "--task", "nli"]) == 2
+    assert "--task: 'nli' is not a task of this checkpoint" in capsys.readouterr().err

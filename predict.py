@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Predict with a trained checkpoint: ``python predict.py --checkpoint OUT/best --task rte --split dev``.
+
+Writes ``{task}_{split}_scores_{tag}.json`` (metrics when the split has labels, predictions, uids, scores) and, for
+test splits, the GLUE submission TSV, into ``--output_dir`` (default: the checkpoint folder).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--checkpoint", required=True, help="a best/ or step-N/ folder written by train.py")
+    p.add_argument("--task", required=True, help="task name from the checkpoint's task definitions")
+    p.add_argument("--split", default="dev", help="split name, e.g. dev, test, matched_dev")
+    p.add_argument("--data_dir", default=None, help="shard folder (default: the training run's --data_dir)")
+    p.add_argument("--task_def", default=None, help="task-definition YAML (default: the training run's)")
+    p.add_argument("--output_dir", default=None)
+    p.add_argument("--tag", default="predict", help="suffix of the output file names")
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--max_seq_len", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def run(args) -> dict:
+    import pretrained_models
+    from data_utils.task_def import load_task_defs, select_tasks
+    from mt_dnn import checkpoint as ckpt
+    from mt_dnn.batcher import load_split
+    from mt_dnn.config import load_config
+    from mt_dnn.evaluate import predict_split, write_scores, write_submission
+    from mt_dnn.model import MTDNNModel
+    from mt_dnn.trainer import pick_device
+
+    folder = Path(args.checkpoint)
+    cfg = load_config(folder / ckpt.CONFIG)
+    task_def_path = args.task_def or cfg.task_def
+    names = list(dict.fromkeys(cfg.train_datasets + cfg.test_datasets))
+    task_defs = select_tasks(load_task_defs(task_def_path), names, source=task_def_path)
+    if args.task not in task_defs:
+        raise ValueError(f"--task: '{args.task}' is not a task of this checkpoint ({', '.join(task_defs)})")
+    td = task_defs[args.task]
+    if args.split not in td.split_names:
+        raise ValueError(f"--split: task {args.task} has splits {', '.join(td.split_names)}, not '{args.split}'")
+    from transformers import AutoConfig
+    saved = folder / ckpt.ENCODER_CONFIG
+    config = (AutoConfig.from_pretrained(str(saved)) if saved.is_file()
+              else pretrained_models.load_config(cfg.init_checkpoint))
+    encoder = pretrained_models.load_encoder(cfg.init_checkpoint, cfg.encoder_type, config=config)
+    model = MTDNNModel(encoder, task_defs)
+    ckpt.load_weights(model, folder)
+    device = pick_device(args.device)
+    model.to(device)
+    data = load_split(args.data_dir or cfg.data_dir, td, args.split, args.max_seq_len or cfg.max_seq_len)
+    pad_id = config.pad_token_id if config.pad_token_id is not None else 0
+    result = predict_split(model, data, args.batch_size, device, pad_id)
+    out_dir = Path(args.output_dir or folder)
+    scores = write_scores(result, out_dir, args.tag)
+    summary = {"dataset": result.dataset, "metrics": result.metrics, "scores_file": str(scores)}
+    if result.metrics is None:
+        sub = write_submission(result, td, out_dir / f"{result.dataset}_submission_{args.tag}.tsv")
+        summary["submission_file"] = str(sub)
+    return summary
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"predict.py: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
