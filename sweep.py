@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Grid sweeps of train.py with seeds, and the statistics that SAGE's claims rest on.
+
+    python sweep.py run SPEC.yml [--parallel N] [--threads_per_run N]   # run (or resume) the grid, then report
+    python sweep.py status SPEC.yml                                      # what is done, resumable, still to run
+    python sweep.py report SPEC.yml [--results_dir DIR]                  # tables (markdown, CSV, JSON)
+    python sweep.py heatmap SPEC.yml --task T --optimizer O [--out F.png] [--score best|last]
+
+The spec format is described in experiments/sweep/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+
+def _spec(args):
+    from experiments.sweep.spec import load_spec
+    spec = load_spec(args.spec)
+    overrides = {k: getattr(args, k) for k in ("parallel", "threads_per_run", "results_dir")
+                 if getattr(args, k, None) is not None}
+    if "results_dir" in overrides:
+        overrides["results_dir"] = Path(overrides["results_dir"])
+    for key in ("parallel", "threads_per_run"):
+        if key in overrides and overrides[key] < (1 if key == "parallel" else 0):
+            raise ValueError(f"--{key}: must be >= {1 if key == 'parallel' else 0}, got {overrides[key]}")
+    return dataclasses.replace(spec, **overrides)
+
+
+def cmd_run(args) -> int:
+    from experiments.sweep.runner import run_sweep
+    spec = _spec(args)
+    print(f"sweep {spec.name}: {len(spec.runs())} runs, {spec.parallel} at a time, under {spec.runs_dir}",
+          flush=True)
+    outcomes = run_sweep(spec, report=lambda line: print(line, flush=True))
+    failed = [o for o in outcomes if o.status == "failed"]
+    code = cmd_report(args, spec)
+    if failed:
+        print(f"sweep.py: error: {len(failed)} run(s) failed: "
+              + ", ".join(f"{o.run.run_id} ({o.run_dir}/sweep.log)" for o in failed), file=sys.stderr)
+        return 1
+    return code
+
+
+def cmd_status(args) -> int:
+    from experiments.sweep.runner import run_dir, state
+    spec = _spec(args)
+    counts: dict[str, int] = {}
+    for run in spec.runs():
+        current = state(spec, run)
+        counts[current] = counts.get(current, 0) + 1
+        print(f"{current:8s} {run.run_id}  {run_dir(spec, run)}")
+    print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    return 0
+
+
+def cmd_report(args, spec=None) -> int:
+    from experiments.sweep.report import write_report
+    spec = spec or _spec(args)
+    summary = write_report(spec)
+    print(summary.markdown)
+    print(f"written: {', '.join(str(p) for p in summary.paths)}")
+    return 0
+
+
+def cmd_heatmap(args) -> int:
+    from experiments.sweep.heatmap import heatmap_for_spec
+    spec = _spec(args)
+    out = Path(args.out) if args.out else spec.results_dir / f"{spec.name}_{args.task}_{args.optimizer}_heatmap.png"
+    heatmap_for_spec(spec, args.task, args.optimizer.lower(), out, args.score)
+    print(f"written: {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sweep.py", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the grid (finished runs are skipped, killed ones resumed), then report")
+    run.add_argument("--parallel", type=int, help="runs at a time (overrides the spec)")
+    run.add_argument("--threads_per_run", type=int, help="torch CPU threads per run (overrides the spec)")
+    run.add_argument("--results_dir", help="where the report goes (overrides the spec)")
+    run.set_defaults(func=cmd_run)
+    status = sub.add_parser("status", help="list every run and its state")
+    status.set_defaults(func=cmd_status)
+    report = sub.add_parser("report", help="tables from the finished runs: markdown, CSV, JSON")
+    report.add_argument("--results_dir", help="where the report goes (overrides the spec)")
+    report.set_defaults(func=cmd_report)
+    heat = sub.add_parser("heatmap", help="dev score over learning rate x beta3 as a PNG")
+    heat.add_argument("--task", required=True)
+    heat.add_argument("--optimizer", required=True)
+    heat.add_argument("--score", choices=("best", "last"), default="best",
+                      help="best-epoch or last-epoch dev score, averaged over seeds")
+    heat.add_argument("--out", help="PNG path (default: results_dir/<name>_<task>_<optimizer>_heatmap.png)")
+    heat.add_argument("--results_dir", help=argparse.SUPPRESS)
+    heat.set_defaults(func=cmd_heatmap)
+    for command in (run, status, report, heat):
+        command.add_argument("spec", help="sweep spec YAML")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from experiments.sweep.runner import SweepError
+    try:
+        return args.func(args)
+    except (ValueError, SweepError, FileNotFoundError) as exc:
+        print(f"sweep.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
