@@ -1,0 +1,6 @@
+"""Entry point of ``python -m analysis``."""
+import sys
+
+from analysis.cli import main
+
+sys.exit(main())
