@@ -76,28 +76,32 @@ glue_manifest() {
     cat -- "$DOWNLOAD_GLUE_MANIFEST"
     return
   fi
-  cat <<'EOF'
-CoLA   file cb368ebeb9f27d7ad03720d27ddc95687a311bdb100781a2fe59a5f5b1bc0624 F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/CoLA/train.tsv
-CoLA   file 8c013e21dc39957cac37378d87bebe225b694a0d5fe13eded66c2856628833fd F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/CoLA/dev.tsv
-CoLA   file 3b4df85f7a9a0633574b38d181e18090ac961a24b18fb6bcd74999ddea8ad0b8 F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/CoLA/test.tsv
-SST-2  file 48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1 F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/SST-2/train.tsv
-SST-2  file 54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0 F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/SST-2/dev.tsv
-SST-2  file 69a938605609b3e6663b4487918fe1565eb293734e6e520d0366d1d412fd2a13 F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/SST-2/test.tsv
-MRPC   file 69abcedee3cf738c6ce58d772e43e1b7cdf5b4edee4aceda459c0d9f4e5599f3 manasvi-26/Paraphrase-Identification/40e2ad060fed1f1ca16bf5577fe44d71c4e90530/glue_data/MRPC/train.tsv
-MRPC   file 9e8f284788040f7c9ecde2e1b3c07237c756f926bd9ef8548ef5d34b56f69f17 F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/MRPC/dev.tsv
-MRPC   file aee460ceda833926b8ab2ad952d399f5cf8bc9335cff19afcac03dc449558622 F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/MRPC/test.tsv
-STS-B  file 41c4d978b6162abdcada7e49a982211954cca5459c228db478af333124b257a2 F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/STS-B/train.tsv
-STS-B  file fe7dc0632a5033562f3cadff991f6e8d9b9b6311861660e78c3c82eb7db67f59 F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/STS-B/dev.tsv
-STS-B  file 16b4223d7d44a644fbc10f1b449472cfe81e1715fb07cf44023b0aa88ce856eb F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/STS-B/test.tsv
+  # The two GitHub repositories (at pinned commits) that keep the GLUE files byte-for-byte.
+  local fb="F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data"
+  local mrpc="manasvi-26/Paraphrase-Identification/40e2ad060fed1f1ca16bf5577fe44d71c4e90530/glue_data"
+  local mnli="train.tsv,dev_matched.tsv,dev_mismatched.tsv,test_matched.tsv,test_mismatched.tsv"
+  cat <<EOF
+CoLA   file cb368ebeb9f27d7ad03720d27ddc95687a311bdb100781a2fe59a5f5b1bc0624 $fb/CoLA/train.tsv
+CoLA   file 8c013e21dc39957cac37378d87bebe225b694a0d5fe13eded66c2856628833fd $fb/CoLA/dev.tsv
+CoLA   file 3b4df85f7a9a0633574b38d181e18090ac961a24b18fb6bcd74999ddea8ad0b8 $fb/CoLA/test.tsv
+SST-2  file 48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1 $fb/SST-2/train.tsv
+SST-2  file 54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0 $fb/SST-2/dev.tsv
+SST-2  file 69a938605609b3e6663b4487918fe1565eb293734e6e520d0366d1d412fd2a13 $fb/SST-2/test.tsv
+MRPC   file 69abcedee3cf738c6ce58d772e43e1b7cdf5b4edee4aceda459c0d9f4e5599f3 $mrpc/MRPC/train.tsv
+MRPC   file 9e8f284788040f7c9ecde2e1b3c07237c756f926bd9ef8548ef5d34b56f69f17 $fb/MRPC/dev.tsv
+MRPC   file aee460ceda833926b8ab2ad952d399f5cf8bc9335cff19afcac03dc449558622 $fb/MRPC/test.tsv
+STS-B  file 41c4d978b6162abdcada7e49a982211954cca5459c228db478af333124b257a2 $fb/STS-B/train.tsv
+STS-B  file fe7dc0632a5033562f3cadff991f6e8d9b9b6311861660e78c3c82eb7db67f59 $fb/STS-B/dev.tsv
+STS-B  file 16b4223d7d44a644fbc10f1b449472cfe81e1715fb07cf44023b0aa88ce856eb $fb/STS-B/test.tsv
 QQP    zip  40e7c862c04eb26ee04b67fd900e76c45c6ba8e6d8fab4f8f1f8072a1a3fbae0 QQP-clean.zip train.tsv,dev.tsv,test.tsv
-MNLI   zip  e7c1d896d26ed6caf700110645df426cc2d8ebf02a5ab743d5a5c68ac1c83633 MNLI.zip train.tsv,dev_matched.tsv,dev_mismatched.tsv,test_matched.tsv,test_mismatched.tsv
+MNLI   zip  e7c1d896d26ed6caf700110645df426cc2d8ebf02a5ab743d5a5c68ac1c83633 MNLI.zip $mnli
 QNLI   zip  e634e78627a29adaecd4f955359b22bf5e70f2cbd93b493f2d624138a0c0e5f5 QNLIv2.zip train.tsv,dev.tsv,test.tsv
-RTE    file 41e3a9b063433392343fad9e962cf2f58b681c78d8f71592f4186f0837246c5c F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/RTE/train.tsv
-RTE    file 80230dfa1347282e7b532b06a1004a76a710087541189bf874223ddf0e3819fb F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/RTE/dev.tsv
-RTE    file 6e33f09b5c2bfd5fd5fde217070f3dd49e484e33b9752b5864cf36fc421a213f F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/RTE/test.tsv
-WNLI   file 9a88e9d54b6861cc796a088e9acf4f5f65064a9ef65ae6fa7a688b28391e5c9a F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/WNLI/train.tsv
-WNLI   file cba00490596dd14be8cf53b4f53bb744abe3a7b89f81ab210528d80225338ed5 F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/WNLI/dev.tsv
-WNLI   file ff0296817e235bf6f7a230c5f6781bd6ee228a45445f6510831fdef6f2a04766 F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/WNLI/test.tsv
+RTE    file 41e3a9b063433392343fad9e962cf2f58b681c78d8f71592f4186f0837246c5c $fb/RTE/train.tsv
+RTE    file 80230dfa1347282e7b532b06a1004a76a710087541189bf874223ddf0e3819fb $fb/RTE/dev.tsv
+RTE    file 6e33f09b5c2bfd5fd5fde217070f3dd49e484e33b9752b5864cf36fc421a213f $fb/RTE/test.tsv
+WNLI   file 9a88e9d54b6861cc796a088e9acf4f5f65064a9ef65ae6fa7a688b28391e5c9a $fb/WNLI/train.tsv
+WNLI   file cba00490596dd14be8cf53b4f53bb744abe3a7b89f81ab210528d80225338ed5 $fb/WNLI/dev.tsv
+WNLI   file ff0296817e235bf6f7a230c5f6781bd6ee228a45445f6510831fdef6f2a04766 $fb/WNLI/test.tsv
 EOF
 }
 
@@ -391,7 +395,8 @@ hub_hashes() {
       else if (name == "etag") etag = value
       else if (name == "x-repo-commit" && commit == "") commit = value
     }
-    END { print (linked == "" ? "-" : tolower(linked)), (etag == "" ? "-" : tolower(etag)), (commit == "" ? "-" : commit) }
+    function or_dash(v) { return v == "" ? "-" : v }
+    END { print or_dash(tolower(linked)), or_dash(tolower(etag)), or_dash(commit) }
   ' "$1"
 }
 
@@ -429,7 +434,10 @@ fetch_model() {
       die "$dest/$file exists but is not the pinned file (sha256 differs); move it away or pass --force"
     fi
   done <<<"$rows"
-  if [[ $missing -eq 0 && $FORCE -eq 0 ]]; then say "$model: all files present in $dest (--force fetches them again)"; return; fi
+  if [[ $missing -eq 0 && $FORCE -eq 0 ]]; then
+    say "$model: all files present in $dest (--force fetches them again)"
+    return
+  fi
   new_staging "$MODEL_DIR"
   local stage=$STAGED
   while read -r _m repo rev file pinned; do

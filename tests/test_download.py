@@ -312,7 +312,8 @@ QNLI_FILES = {"train.tsv": b"index\tquestion\tsentence\tlabel\n0\tq?\ts.\tentail
 
 def test_zip_task_unpacks_only_the_listed_tsvs(tmp_path):
     archive = make_zip({**{f"QNLI/{n}": d for n, d in QNLI_FILES.items()}, "QNLI/original/big.txt": b"skip"})
-    table = write_manifest(tmp_path, "glue_table", [f"QNLI zip {sha256(archive)} QNLIv2.zip train.tsv,dev.tsv,test.tsv"])
+    row = f"QNLI zip {sha256(archive)} QNLIv2.zip train.tsv,dev.tsv,test.tsv"
+    table = write_manifest(tmp_path, "glue_table", [row])
     with Server({"/QNLIv2.zip": Route(archive)}) as srv:
         proc = run(["--tasks", "qnli"], tmp_path, DOWNLOAD_GLUE_MANIFEST=table, GLUE_ZIP_BASE_URL=srv.url)
     assert proc.returncode == 0, proc.stderr
@@ -443,8 +444,10 @@ def test_model_only_fetches_pinned_files_verified_by_the_hub_hashes(tmp_path):
 
 
 @pytest.mark.parametrize("tamper, message", [
-    ({"etags": {"model.safetensors": sha256(b"other")}}, "roberta-large/model.safetensors: sha256 mismatch with the hub"),
-    ({"etags": {"vocab.json": git_blob_sha1(b"other")}}, "roberta-large/vocab.json: git blob sha1 mismatch with the hub"),
+    ({"etags": {"model.safetensors": sha256(b"other")}},
+     "roberta-large/model.safetensors: sha256 mismatch with the hub"),
+    ({"etags": {"vocab.json": git_blob_sha1(b"other")}},
+     "roberta-large/vocab.json: git blob sha1 mismatch with the hub"),
     ({"commit": "0" * 40}, "not the pinned revision 722cf37b1afa9454edce342e7895e588b6ff1d59"),
 ])
 def test_model_files_that_disagree_with_the_hub_are_refused(tmp_path, tamper, message):
@@ -478,9 +481,9 @@ def test_weights_must_also_match_the_sha256_recorded_in_the_script(tmp_path):
 
 def test_all_mode_fetches_data_and_models(tmp_path):
     table, routes = _two_file_table(tmp_path, b"train\n", b"dev\n")
+    pins = {name: sha256(data) if name == "model.safetensors" else "-" for name, data in LARGE_FILES.items()}
     model_table = write_manifest(tmp_path, "model_table", [
-        f"roberta-large {ROBERTA_LARGE[0]} {ROBERTA_LARGE[1]} {name} {sha256(data) if name.endswith('tensors') else '-'}"
-        for name, data in LARGE_FILES.items()])
+        f"roberta-large {ROBERTA_LARGE[0]} {ROBERTA_LARGE[1]} {name} {pin}" for name, pin in pins.items()])
     with Server({**routes, **hub_routes(*ROBERTA_LARGE, LARGE_FILES)}) as srv:
         proc = run(["all", "--tasks", "cola", "--models", "roberta-large"], tmp_path, DOWNLOAD_GLUE_MANIFEST=table,
                    DOWNLOAD_MODEL_MANIFEST=model_table, GLUE_BASE_URL=srv.url, HF_ENDPOINT=srv.url)
@@ -490,4 +493,5 @@ def test_all_mode_fetches_data_and_models(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "roberta-large: all files present" in again.stdout
     assert (tmp_path / "glue" / "CoLA" / "train.tsv").read_bytes() == b"train\n"
-    assert (tmp_path / "models" / "roberta-large" / "model.safetensors").read_bytes() == LARGE_FILES["model.safetensors"]
+    weights = tmp_path / "models" / "roberta-large" / "model.safetensors"
+    assert weights.read_bytes() == LARGE_FILES["model.safetensors"]
