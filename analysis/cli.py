@@ -1,7 +1,7 @@
 """``python -m analysis <command>``: each command computes one analysis, writes its PNG and a JSON of the numbers.
 
-Commands: sensitivity (Fig. 2), prune (Fig. 3), trajectory (Fig. 4 and 6), spiral (Fig. 5), and track (train
-with a :class:`~analysis.tracker.SensitivityTracker` attached, for train.py builds without the flag).
+Commands: sensitivity (Fig. 2), prune (Fig. 3), trajectory (Fig. 4 and 6, from the ``sensitivity.jsonl`` that
+``train.py --log_sensitivity_every N`` writes), spiral (Fig. 5).
 """
 from __future__ import annotations
 
@@ -75,11 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizers", default="adam,usadam", help="optimizer registry names, comma-separated")
     p.add_argument("--num_threads", type=int, default=1, help="torch CPU threads (tiny model: 1 is fastest)")
     p.add_argument("--out", type=Path, required=True)
-
-    p = sub.add_parser("track", help="train like train.py with a SensitivityTracker attached")
-    p.add_argument("--every", type=int, default=10, help="log every N optimizer steps")
-    p.add_argument("--log_name", default="sensitivity.jsonl", help="log file inside the run's --output_dir")
-    p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then train.py's flags")
     return parser
 
 
@@ -236,14 +231,8 @@ def cmd_spiral(args) -> dict:
     return payload
 
 
-def cmd_track(args) -> dict:
-    from analysis.track import train_with_tracker
-    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-    return train_with_tracker(train_args, args.every, args.log_name)
-
-
 COMMANDS = {"sensitivity": cmd_sensitivity, "prune": cmd_prune, "trajectory": cmd_trajectory,
-            "spiral": cmd_spiral, "track": cmd_track}
+            "spiral": cmd_spiral}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
