@@ -36,7 +36,7 @@ def cmd_run(args) -> int:
           flush=True)
     outcomes = run_sweep(spec, report=lambda line: print(line, flush=True))
     failed = [o for o in outcomes if o.status == "failed"]
-    code = cmd_report(args, spec)
+    code = cmd_report(args, spec) if len(failed) < len(outcomes) else 0
     if failed:
         print(f"sweep.py: error: {len(failed)} run(s) failed: "
               + ", ".join(f"{o.run.run_id} ({o.run_dir}/sweep.log)" for o in failed), file=sys.stderr)

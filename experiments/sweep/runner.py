@@ -1,7 +1,7 @@
 """Runs a sweep's train.py jobs, one or N at a time, and makes the sweep resumable.
 
-Each run owns one folder under ``runs_dir`` (``task/optimizer/lr…_b3…_s…``). Two marker files decide what a
-re-started sweep does with it:
+Each run owns one folder under ``runs_dir`` (``task/optimizer/lr…_beta3-…_seed…``). Two marker files decide
+what a re-started sweep does with it:
 
 - ``sweep_run.json`` (written before train.py first starts): the run's train.py flags. A folder whose flags
   differ from the spec's is an error, never silently reused, so changing the spec cannot mix old and new runs.
@@ -9,12 +9,15 @@ re-started sweep does with it:
 
 A folder with ``sweep_run.json`` but no ``sweep_done.json`` was killed: if train.py left a checkpoint
 (``latest``), the run continues with ``--resume``; otherwise the folder is emptied and the run starts again.
+While a sweep works on a run it holds ``sweep.lock`` (pid and host), so two sweeps over the same ``runs_dir``
+never run the same job twice; a lock whose process is gone is taken over.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +36,7 @@ RUN_INFO = "sweep_run.json"
 DONE = "sweep_done.json"
 LOG = "sweep.log"
 LATEST = "latest"  # mt_dnn.checkpoint's marker of the newest step checkpoint
+LOCK = "sweep.lock"  # "<pid> <host>" of the sweep running this run now
 
 
 class SweepError(RuntimeError):
@@ -43,7 +47,7 @@ class SweepError(RuntimeError):
 class Outcome:
     run: RunSpec
     run_dir: Path
-    status: str  # done (finished now), skipped (finished before), failed
+    status: str  # done (finished now), skipped (finished before), busy (another sweep runs it), failed
     seconds: float = 0.0
     returncode: int = 0
 
@@ -53,17 +57,60 @@ def run_dir(spec: SweepSpec, run: RunSpec) -> Path:
 
 
 def state(spec: SweepSpec, run: RunSpec) -> str:
-    """new, done, resume (killed after a checkpoint) or restart (killed before one); checks the flags match."""
+    """new, done, running (another live sweep holds it), resume (killed after a checkpoint) or restart (killed
+    before one); checks that the recorded flags match the spec's."""
     folder = run_dir(spec, run)
     info = folder / RUN_INFO
     if not info.is_file():
-        if folder.exists() and any(folder.iterdir()):
+        if folder.exists() and any(p.name != LOCK for p in folder.iterdir()):
             raise SweepError(f"{folder}: exists but was not started by a sweep (no {RUN_INFO}); move it away")
-        return "new"
+        return "running" if _held_elsewhere(folder) else "new"
     _check_same_flags(info, train_argv(spec, run, folder))
     if (folder / DONE).is_file():
         return "done"
+    if _held_elsewhere(folder):
+        return "running"
     return "resume" if (folder / LATEST).is_file() else "restart"
+
+
+def _lock_owner() -> str:
+    return f"{os.getpid()} {socket.gethostname()}"
+
+
+def _held_elsewhere(folder: Path) -> bool:
+    """True while another live process (of this host, or any process of another host) holds the run's lock."""
+    try:
+        owner = (folder / LOCK).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return False
+    if owner == _lock_owner():
+        return False
+    pid, _, host = owner.partition(" ")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _acquire(folder: Path) -> bool:
+    """Take the run's lock (O_EXCL create); a lock left by a dead process is taken over."""
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(folder / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _held_elsewhere(folder):
+                return False
+            (folder / LOCK).unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(_lock_owner())
+        return True
 
 
 def _check_same_flags(info: Path, argv: list[str]) -> None:
@@ -76,6 +123,16 @@ def _check_same_flags(info: Path, argv: list[str]) -> None:
                     f"{len(recorded)} vs {len(argv)} flags")
         raise SweepError(f"{info}: this run was started with other train.py flags ({diff}); "
                          "move the folder away or use another runs_dir")
+
+
+def write_run_info(spec: SweepSpec, run: RunSpec, version: Optional[dict] = None) -> Path:
+    """Create the run's folder with its record of flags (and code version), before train.py first starts."""
+    folder = run_dir(spec, run)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_write(folder / RUN_INFO) as handle:
+        json.dump({"run_id": run.run_id, "train_argv": train_argv(spec, run, folder), "code": version or {}},
+                  handle, indent=2)
+    return folder
 
 
 def _git_version() -> dict:
@@ -104,24 +161,38 @@ def _env(threads: int) -> dict:
 
 
 def execute(spec: SweepSpec, run: RunSpec, version: Optional[dict] = None) -> Outcome:
-    """Bring one run to completion (skip, resume, restart or start) and record the outcome."""
+    """Bring one run to completion (skip, resume, restart or start) and record the outcome. A run that another
+    live sweep is running is left to it ("busy")."""
     folder = run_dir(spec, run)
+    if not _acquire(folder):
+        return Outcome(run, folder, "busy")
+    try:
+        return _execute_locked(spec, run, folder, version)
+    finally:
+        (folder / LOCK).unlink(missing_ok=True)
+
+
+def _execute_locked(spec: SweepSpec, run: RunSpec, folder: Path, version: Optional[dict]) -> Outcome:
     current = state(spec, run)
     if current == "done":
         return Outcome(run, folder, "skipped")
-    if current == "restart":
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    argv = train_argv(spec, run, folder)
+    if current == "restart":  # nothing to continue from: empty the folder, keeping our lock
+        for item in folder.iterdir():
+            if item.name == LOCK:
+                continue
+            if item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item)
+            else:
+                item.unlink()
     if current != "resume":
-        with atomic_write(folder / RUN_INFO) as handle:
-            json.dump({"run_id": run.run_id, "train_argv": argv, "code": version or {}}, handle, indent=2)
+        write_run_info(spec, run, version)
+    cmd = _command(spec, run, resume=current == "resume")
     start = time.perf_counter()
     with (folder / LOG).open("a", encoding="utf-8") as log:
-        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {current}: {' '.join(_command(spec, run, False))}\n")
+        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {current}: {' '.join(cmd)}\n")
         log.flush()
-        proc = subprocess.run(_command(spec, run, current == "resume"), stdout=log, stderr=subprocess.STDOUT,
-                              env=_env(spec.threads_per_run), cwd=os.getcwd(), check=False)
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(spec.threads_per_run),
+                              cwd=os.getcwd(), check=False)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         return Outcome(run, folder, "failed", seconds, proc.returncode)
