@@ -89,6 +89,10 @@ BAD_SPECS = [  # (edit of GOOD, expected message with the line of the field)
     (("    beta3: [0.6, 0.8]", "    beta3: [0.6, 0.8]\n  adam:\n    beta3: [0.5, 0.6]"),
      "bad.yml:10: field 'optimizers.adam.beta3': optimizer 'adam' does not use SAGE"),
     (("seeds: [1, 2, 3]", "seeds: [1, 2, 3"), "bad.yml:11: not valid YAML"),
+    (("tasks: [rte, mrpc]", "tasks: [rte, mrcp]"),
+     "bad.yml:3: field 'tasks': 'mrcp' is not a task of experiments/glue/glue_task_def.yml; known: "),
+    (("learning_rates: [1.0e-4, 2.0e-4]\n", ""),
+     "bad.yml: field 'learning_rates': is required (at the top level or under optimizer 'adamax')"),
 ]
 
 

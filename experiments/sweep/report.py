@@ -69,7 +69,9 @@ def paper_table(spec: SweepSpec, best: dict, tests: dict[str, TTest]) -> str:
         rows = [best.get((t, opt.name)) for t in tasks]
         if not any(rows):
             continue
-        settings = "; ".join(sorted({_setting(r, opt.uses_sage) for r in rows if r}))
+        per_task = {t: _setting(r, opt.uses_sage) for t, r in zip(tasks, rows) if r}
+        settings = (next(iter(per_task.values())) if len(set(per_task.values())) == 1 else
+                    "; ".join(f"{PAPER_NAMES.get(t, t)} {v}" for t, v in per_task.items()))
         seeds = min(r.best.n for r in rows if r)
         cells = [f"{_metric_values(r)} ± {_num(r.best.std)}" if r else "—" for r in rows]
         lines.append(f"| {opt.name} | {settings} | {seeds} | " + " | ".join(cells) + f" | {_average(best, tasks, opt.name)} |")

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import yaml
 
+from data_utils.task_def import load_task_defs
 from module.bert_optim import OPTIMIZERS
 from mt_dnn.config import TrainConfig
 
@@ -175,8 +176,10 @@ def _optimizers(chk: _Checker, raw: dict) -> tuple[OptimizerGrid, ...]:
         unknown = sorted(set(over) - {"learning_rates", "beta3"})
         if unknown:
             raise chk.fail(path + (unknown[0],), "unknown field; an optimizer may override learning_rates, beta3")
-        lrs = chk.numbers(path + ("learning_rates",) if "learning_rates" in over else ("learning_rates",),
-                          over.get("learning_rates", raw.get("learning_rates")), low=0.0)
+        lr_path = path + ("learning_rates",) if "learning_rates" in over else ("learning_rates",)
+        if over.get("learning_rates", raw.get("learning_rates")) is None:
+            raise chk.fail(lr_path, f"is required (at the top level or under optimizer '{name}')")
+        lrs = chk.numbers(lr_path, over.get("learning_rates", raw.get("learning_rates")), low=0.0)
         uses_sage = OPTIMIZERS[str(name).lower()][1]
         b3_path = path + ("beta3",) if "beta3" in over else ("beta3",)
         b3 = chk.numbers(b3_path, over.get("beta3", raw.get("beta3", TrainConfig.beta3)), low=0.0, high=1.0)
@@ -278,13 +281,25 @@ def parse_spec(text: str, source: str = "<spec>") -> SweepSpec:
     keep = raw.get("keep_step_checkpoints", False)
     if not isinstance(keep, bool):
         raise chk.fail(("keep_step_checkpoints",), f"expected true or false, got {keep!r}")
+    train_args = _train_args(chk, raw.get("train_args"))
     return SweepSpec(
         keep_step_checkpoints=keep, name=raw["name"], source=source, runs_dir=runs_dir,
         results_dir=Path(str(raw.get("results_dir") or runs_dir / "results")),
-        tasks=chk.names(("tasks",), raw["tasks"]), optimizers=optimizers,
-        seeds=chk.numbers(("seeds",), raw["seeds"], int),
-        train_args=_train_args(chk, raw.get("train_args")), parallel=parallel, threads_per_run=threads,
-        compare=_compare(chk, raw, [o.name for o in optimizers]))
+        tasks=_tasks(chk, raw["tasks"], train_args.get("task_def", TrainConfig.task_def)), optimizers=optimizers,
+        seeds=chk.numbers(("seeds",), raw["seeds"], int), train_args=train_args, parallel=parallel,
+        threads_per_run=threads, compare=_compare(chk, raw, [o.name for o in optimizers]))
+
+
+def _tasks(chk: _Checker, value: Any, task_def: str) -> tuple[str, ...]:
+    """The task names, checked against the task-definition file when it can be read from here."""
+    names = chk.names(("tasks",), value)
+    path = Path(task_def)
+    if path.is_file():
+        known = load_task_defs(path)
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise chk.fail(("tasks",), f"{missing[0]!r} is not a task of {task_def}; known: {', '.join(known)}")
+    return names
 
 
 def load_spec(path: str | Path) -> SweepSpec:
