@@ -2,9 +2,9 @@
 # SAGE-MTDNN on GPUs from V100 (Volta, sm_70) to A100/H100 (sm_80/sm_90).
 #
 # Base: PyTorch 2.13.0 built against CUDA 12.6 -- the torch version the CPU test suite runs (Makefile) and the one
-# CUDA line of PyTorch's wheels that still compiles Volta kernels (CUDA 12.8 builds dropped sm_70 from torch 2.11,
-# CUDA 13 builds never had it). The build fails below if the kernels are missing, so a tag bump cannot silently
-# drop V100 support. Host driver: one that runs CUDA 12 (>= 525.60 through minor-version compatibility; CUDA 12.6's
+# CUDA line of PyTorch's current wheels that still compiles Volta kernels (sm_50..sm_90): the CUDA 12.8 builds no
+# longer carry sm_70 (pytorch/pytorch#157517, #172352) and CUDA 13 builds never did. The build fails below if the
+# kernels are missing, so a tag bump cannot silently drop V100 support. Host driver: one that runs CUDA 12 (>= 525.60 through minor-version compatibility; CUDA 12.6's
 # own minimum is 560.28).
 #   docker build -t sage-mtdnn .
 #   docker run --rm --gpus all sage-mtdnn          # kernels, GPUs and the precision flag for each
