@@ -2,22 +2,44 @@
 """Multi-task fine-tuning with SAGE optimizers: ``python train.py --train_datasets rte --optimizer usadamax ...``.
 
 Flags follow MT-DNN's names (``python train.py --help``); the run writes checkpoints, score files, submission
-files, a log and TensorBoard scalars under ``--output_dir``.
+files, a log and TensorBoard scalars under ``--output_dir``. Data-parallel: ``torchrun --nproc_per_node N
+train.py ...`` (DDP; add ``--fsdp`` to shard with FSDP2).
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 
+def _launch_settings(argv) -> tuple[str, float]:
+    """--device and --dist_timeout, needed before the full parse so every rank can join the group first."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--device", default="auto")
+    pre.add_argument("--dist_timeout", type=float, default=30.0)
+    known, _ = pre.parse_known_args(argv)
+    return known.device, known.dist_timeout if known.dist_timeout > 0 else 30.0
+
+
 def main(argv=None) -> int:
+    from mt_dnn import distributed as dist_utils
     from mt_dnn.config import parse_args
     from mt_dnn.trainer import Trainer
+    argv = sys.argv[1:] if argv is None else argv
+    env = None
     try:
-        cfg = parse_args(argv)
-        Trainer(cfg).fit()
+        env = dist_utils.from_environment()
+        device, timeout = _launch_settings(argv)
+        dist_utils.init_process_group(env, device, timeout)
+        with dist_utils.agree_on_errors(env):
+            cfg = parse_args(argv)
+        Trainer(cfg, env).fit()
     except (ValueError, FileNotFoundError) as exc:
-        print(f"train.py: error: {exc}", file=sys.stderr)
+        # a RankError is raised on every rank: report it from rank 0 and from the rank that saw the problem
+        if env is None or env.is_main or getattr(exc, "origin", env.rank) == env.rank:
+            print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        dist_utils.destroy_process_group()
     return 0
 
 

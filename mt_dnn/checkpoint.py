@@ -5,6 +5,7 @@ Layout of ``output_dir``: ``step-<N>/`` (for --resume; the newest named in ``lat
 """
 from __future__ import annotations
 
+import io
 import os
 import random
 import shutil
@@ -14,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from data_utils.atomic import atomic_write
 
@@ -34,6 +35,17 @@ def rng_state() -> dict:
     return state
 
 
+def rng_state_bytes() -> bytes:
+    """This process's RNG state, serialised for gathering across ranks (tensors do not travel as objects)."""
+    buffer = io.BytesIO()
+    torch.save(rng_state(), buffer)
+    return buffer.getvalue()
+
+
+def rng_state_from_bytes(blob: bytes) -> dict:
+    return torch.load(io.BytesIO(blob), weights_only=True)
+
+
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(int(x) for x in state["python"]), state["python_pos"]))
@@ -42,14 +54,20 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(folder: Path, model: torch.nn.Module, config_json: str, training_state: Optional[dict] = None,
-                    extra_files: Optional[dict[str, str]] = None) -> Path:
-    """Write a complete checkpoint folder atomically (temp folder in the same parent, then rename)."""
+def save_checkpoint(folder: Path, model: torch.nn.Module | dict[str, torch.Tensor], config_json: str,
+                    training_state: Optional[dict] = None, extra_files: Optional[dict[str, str]] = None) -> Path:
+    """Write a complete checkpoint folder atomically (temp folder in the same parent, then rename).
+
+    ``model`` is a module, or a full state dict (what FSDP gathers from its shards).
+    """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        save_model(model, str(tmp / WEIGHTS))
+        if isinstance(model, torch.nn.Module):
+            save_model(model, str(tmp / WEIGHTS))
+        else:
+            save_file({k: v.contiguous() for k, v in model.items()}, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(config_json, encoding="utf-8")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
@@ -100,6 +118,14 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not fit the model (missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]})")
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The weights file as a CPU state dict."""
+    path = Path(folder) / WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no model weights there")
+    return load_file(str(path))
 
 
 def load_training_state(folder: Path) -> dict:

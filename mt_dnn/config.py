@@ -62,6 +62,10 @@ class TrainConfig:
     num_threads: int = 0
     tensorboard: bool = True
     device: str = "auto"
+    log_sensitivity_every: int = 0
+    # distributed (torchrun)
+    fsdp: bool = False
+    dist_timeout: float = 30.0
 
     def validate(self) -> "TrainConfig":
         """Reject inconsistent settings with one line naming the flag."""
@@ -95,6 +99,12 @@ class TrainConfig:
             bad("ratio", f"must be >= 0, got {self.ratio}")
         if self.mix_opt not in (0, 1):
             bad("mix_opt", f"must be 0 (mix all tasks) or 1 (auxiliary tasks first), got {self.mix_opt}")
+        if self.log_sensitivity_every < 0:
+            bad("log_sensitivity_every", f"must be >= 0, got {self.log_sensitivity_every}")
+        if self.fsdp and self.optim_impl == "fused":
+            bad("optim_impl", "fused is not available on FSDP-sharded parameters; use auto or foreach")
+        if self.dist_timeout <= 0:
+            bad("dist_timeout", f"must be > 0 minutes, got {self.dist_timeout}")
         if self.encoder_type is not None and self.encoder_type not in pretrained_models.ENCODER_TYPES:
             bad("encoder_type", f"unknown type {self.encoder_type}; known: {sorted(pretrained_models.ENCODER_TYPES)}")
         return self
@@ -163,7 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--log_every", type=int, default=d.log_every)
     a("--num_threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     a("--no_tensorboard", dest="tensorboard", action="store_false")
-    a("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    a("--device", default="auto", help="auto, cpu, cuda, cuda:N (under torchrun: each rank's LOCAL_RANK GPU)")
+    a("--log_sensitivity_every", type=int, default=0,
+      help="every N steps, append per-block sensitivity and local variation U to sensitivity.jsonl (0: off)")
+    a("--fsdp", action="store_true",
+      help="under torchrun, shard parameters, gradients and optimizer state with FSDP2 instead of DDP")
+    a("--dist_timeout", type=float, default=d.dist_timeout, help="minutes a collective may wait before failing")
     return p
 
 

@@ -5,7 +5,7 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -30,27 +30,39 @@ def autocast_context(device: torch.device, dtype: Optional[torch.dtype]):
 
 
 @torch.no_grad()
-def predict_split(model, data: TaskData, batch_size: int, device: torch.device, pad_id: int,
-                  amp_dtype: Optional[torch.dtype] = None) -> SplitResult:
-    """Predictions and scores in the shard's order; metrics when the split has labels."""
+def predict_indices(model, data: TaskData, indices: Sequence[int], batch_size: int, device: torch.device,
+                    pad_id: int, amp_dtype: Optional[torch.dtype] = None) -> tuple[list, list]:
+    """Predictions and scores for ``indices`` of the split, in that order (batched by length)."""
     was_training = model.training
     model.eval()
     task = data.task_def.name
-    n = len(data)
-    preds: list = [None] * n
-    scores: list = [None] * n
-    for idx in eval_batches(data.lengths, batch_size):
-        batch = to_device(collate(data, idx, pad_id, with_labels=False), device)
+    indices = list(indices)
+    preds: list = [None] * len(indices)
+    scores: list = [None] * len(indices)
+    for positions in eval_batches([data.lengths[i] for i in indices], batch_size):
+        batch = to_device(collate(data, [indices[k] for k in positions], pad_id, with_labels=False), device)
         with autocast_context(device, amp_dtype):
             out = model(task, **batch)
         p, s = model.predict(task, out.float())
-        for i, pi, si in zip(idx, p.cpu().tolist(), s.cpu().tolist()):
-            preds[i], scores[i] = pi, si
+        for k, pk, sk in zip(positions, p.cpu().tolist(), s.cpu().tolist()):
+            preds[k], scores[k] = pk, sk
     model.train(was_training)
+    return preds, scores
+
+
+def split_result(data: TaskData, preds: list, scores: list) -> SplitResult:
+    """Bundle a whole split's predictions with its metrics (None when the split has no labels)."""
     metrics = None
     if data.task_def.has_labels(data.split):
         metrics = compute_metrics(data.task_def, data.labels, preds, scores)
     return SplitResult(data.name, list(data.uids), preds, scores, metrics)
+
+
+def predict_split(model, data: TaskData, batch_size: int, device: torch.device, pad_id: int,
+                  amp_dtype: Optional[torch.dtype] = None) -> SplitResult:
+    """Predictions and scores in the shard's order; metrics when the split has labels."""
+    preds, scores = predict_indices(model, data, range(len(data)), batch_size, device, pad_id, amp_dtype)
+    return split_result(data, preds, scores)
 
 
 def write_scores(result: SplitResult, output_dir: Path, epoch: int) -> Path:

@@ -7,6 +7,7 @@ scheduler and scaler states come from the checkpoint).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -26,9 +27,12 @@ from data_utils.task_def import load_task_defs, select_tasks
 from module.bert_optim import build_optimizer, build_schedule, sage_param_groups
 from module.sage_fused import triton_available
 from mt_dnn import checkpoint as ckpt
+from mt_dnn import distributed as dist_utils
 from mt_dnn.batcher import TaskData, collate, epoch_plan, load_split, shard_for_rank, to_device
 from mt_dnn.config import TrainConfig
-from mt_dnn.evaluate import autocast_context, predict_split, write_scores, write_submission
+from mt_dnn.distributed import DistEnv
+from mt_dnn.evaluate import (SplitResult, autocast_context, predict_indices, predict_split, split_result,
+                             write_scores, write_submission)
 from mt_dnn.model import MTDNNModel
 
 log = logging.getLogger("sage.train")
@@ -40,9 +44,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, env: Optional[DistEnv] = None) -> torch.device:
+    """``auto`` prefers CUDA; under torchrun each rank takes the GPU of its LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and env is not None and env.enabled:
+        return torch.device("cuda", env.local_rank)
     return torch.device(name)
 
 
@@ -67,17 +74,30 @@ def setup_logging(output_dir: Path, is_main: bool = True) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, rank: int = 0, world_size: int = 1):
-        self.cfg = cfg.validate()
-        self.rank, self.world_size = rank, world_size
-        self.is_main = rank == 0
+    """One training run. Under torchrun every rank builds its own Trainer with its :class:`DistEnv`."""
+
+    def __init__(self, cfg: TrainConfig, env: Optional[DistEnv] = None):
+        self.env = env or DistEnv()
+        self.rank, self.world_size, self.is_main = self.env.rank, self.env.world_size, self.env.is_main
+        # Input is read in phases that end with an agreement: bad input on any rank stops every rank together,
+        # instead of leaving the others blocked in the next collective (DDP's construction, a gradient reduce).
+        with dist_utils.agree_on_errors(self.env):
+            self._setup_inputs(cfg)
+        self.net = self._parallelize()  # what the training forward calls: DDP wrapper, FSDP module or model
+        if self.world_size > 1:  # identical initial weights everywhere; different dropout masks per rank
+            torch.manual_seed(self.cfg.seed + self.rank)
+        with dist_utils.agree_on_errors(self.env):
+            self._setup_optimization()
+
+    def _setup_inputs(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg = cfg.validate()
         self.output_dir = Path(cfg.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         setup_logging(self.output_dir, self.is_main)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
-        self.device = pick_device(cfg.device)
+        self.device = pick_device(cfg.device, self.env)
         self.amp_dtype = torch.float16 if cfg.fp16 else torch.bfloat16 if cfg.bf16 else None
 
         all_defs = load_task_defs(cfg.task_def)
@@ -89,7 +109,11 @@ class Trainer:
         encoder = pretrained_models.load_encoder(cfg.init_checkpoint, cfg.encoder_type)
         self.pad_id = encoder.config.pad_token_id if encoder.config.pad_token_id is not None else 0
         self.model = MTDNNModel(encoder, self.task_defs).to(self.device)
+
+    def _setup_optimization(self) -> None:
+        cfg = self.cfg
         self.optimizer = self._build_optimizer()
+        self.tracker = self._sensitivity_tracker()
         self.micro_per_epoch = len(self._plan(0))
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accumulation_step)
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
@@ -127,11 +151,34 @@ class Trainer:
                                        self.cfg.max_eval_samples))
         return sets
 
+    def _parallelize(self) -> torch.nn.Module:
+        """DDP (default) or FSDP2 ``fully_shard`` per encoder layer and at the root, when torchrun started us."""
+        if not dist_utils.active():
+            return self.model
+        if self.cfg.fsdp:
+            from torch.distributed.fsdp import fully_shard
+            for block in _encoder_blocks(self.model.encoder):
+                fully_shard(block)
+            fully_shard(self.model)
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+        # Each step trains one task's head, so the other heads have no gradient that step.
+        return DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                       else None, find_unused_parameters=True)
+
+    def _sensitivity_tracker(self):
+        if not (self.cfg.log_sensitivity_every and self.is_main):
+            return None
+        from analysis.tracker import SensitivityTracker
+        return SensitivityTracker(self.model, self.optimizer, self.output_dir / "sensitivity.jsonl",
+                                  self.cfg.log_sensitivity_every, self.cfg.beta3)
+
     def _build_optimizer(self):
         cfg = self.cfg
         groups = sage_param_groups(self.model, weight_decay=cfg.weight_decay)
+        impl = "foreach" if cfg.fsdp and dist_utils.active() and cfg.optim_impl == "auto" else cfg.optim_impl
         kwargs = dict(lr=cfg.learning_rate, beta3=cfg.beta3, eps=cfg.adam_eps,
-                      **optimizer_impl_kwargs(cfg.optim_impl, self.device))
+                      **optimizer_impl_kwargs(impl, self.device))
         if cfg.optimizer.lower() not in ("sgd", "ussgd"):
             kwargs["betas"] = cfg.betas
         if cfg.sage_formula:
@@ -151,17 +198,35 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- training
     def _forward_loss(self, task_idx: int, indices: list[int]) -> torch.Tensor:
+        """Mean loss of this rank's share of a global batch, weighted so that averaging over ranks (as DDP and
+        FSDP do with gradients) gives the mean over the whole global batch even when shares differ in size."""
         data = self.train_sets[task_idx]
-        batch = to_device(collate(data, indices, self.pad_id), self.device)
+        local = shard_for_rank(indices, self.rank, self.world_size)
+        weight = len(local) * self.world_size / len(indices)
+        if not local:  # fewer examples than ranks: still take part in the gradient all-reduce, with weight 0
+            local = indices[:1]
+        batch = to_device(collate(data, local, self.pad_id), self.device)
         labels = batch.pop("labels")
         with autocast_context(self.device, self.amp_dtype):
-            out = self.model(data.task_def.name, **batch)
-        return self.model.loss(data.task_def.name, out.float(), labels)
+            out = self.net(data.task_def.name, **batch)
+        loss = self.model.loss(data.task_def.name, out.float(), labels)
+        return loss * weight if weight != 1.0 else loss
+
+    def _gradient_sync(self, enabled: bool):
+        """Skip the gradient all-reduce on micro-batches that only accumulate."""
+        if isinstance(self.net, torch.nn.parallel.DistributedDataParallel) and not enabled:
+            return self.net.no_sync()
+        if hasattr(self.net, "set_requires_gradient_sync"):  # FSDP2
+            self.net.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
 
     def _optimizer_step(self) -> None:
-        if self.cfg.global_grad_clipping > 0:
+        if self.cfg.global_grad_clipping > 0 or self.tracker is not None:
             self.scaler.unscale_(self.optimizer)
+        if self.cfg.global_grad_clipping > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.global_grad_clipping)
+        if self.tracker is not None:
+            self.tracker.observe(self.global_step + 1)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -169,16 +234,20 @@ class Trainer:
         self.global_step += 1
 
     def _micro_batches(self, plan):
-        """This rank's slice of every remaining global batch of the epoch."""
+        """Remaining global batches of the epoch, and whether each one ends an optimizer step."""
+        accum = self.cfg.grad_accumulation_step
         for pos in range(self.position, len(plan)):
             task_idx, indices = plan[pos]
-            yield pos, task_idx, shard_for_rank(indices, self.rank, self.world_size)
+            yield pos, task_idx, indices, (pos + 1) % accum == 0 or pos + 1 == len(plan)
 
     def fit(self, stop_after_steps: Optional[int] = None) -> list[dict]:
         """Train to the end (or, for tests and preemption drills, return after ``stop_after_steps`` steps)."""
         cfg = self.cfg
         if cfg.resume:
-            self.resume()
+            with dist_utils.agree_on_errors(self.env):
+                found = self._read_resume_state()
+            if found is not None:
+                self._apply_resume_state(*found)
         log.info("training %s on %s | %d steps (%d per epoch) | optimizer %s lr %g beta3 %g | device %s%s",
                  ",".join(cfg.train_datasets), cfg.data_dir, self.total_steps, self.steps_per_epoch,
                  cfg.optimizer, cfg.learning_rate, cfg.beta3, self.device,
@@ -190,24 +259,25 @@ class Trainer:
             bar = tqdm(total=len(plan), initial=self.position, desc=f"epoch {self.epoch}", unit="batch",
                        disable=not self.is_main, mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False)
             running, count, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
-            for pos, task_idx, indices in self._micro_batches(plan):
-                loss = self._forward_loss(task_idx, indices)
-                self.scaler.scale(loss / cfg.grad_accumulation_step).backward()
+            for pos, task_idx, indices, boundary in self._micro_batches(plan):
+                with self._gradient_sync(boundary):
+                    loss = self._forward_loss(task_idx, indices)
+                    self.scaler.scale(loss / cfg.grad_accumulation_step).backward()
                 running += loss.detach()
                 count += 1
                 self.position = pos + 1
                 bar.update(1)
-                boundary = self.position % cfg.grad_accumulation_step == 0 or self.position == len(plan)
                 if not boundary:
                     continue
                 self._optimizer_step()
                 steps_this_run += 1
                 if cfg.log_every and self.global_step % cfg.log_every == 0:
-                    mean = (running / count).item()
+                    mean = dist_utils.all_reduce_mean(running / count).item()
                     self.loss_log.append((self.global_step, mean))
                     bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                     self._log_scalars({"train/loss": mean, "train/lr": self.scheduler.get_last_lr()[0],
-                                       "train/samples_per_s": count * cfg.batch_size / (time.perf_counter() - tick),
+                                       "train/samples_per_s": count * cfg.batch_size * self.world_size
+                                       / (time.perf_counter() - tick),
                                        **self.optimizer.sage_stats()})
                     running.zero_()
                     count, tick = 0, time.perf_counter()
@@ -215,29 +285,34 @@ class Trainer:
                     self.save_step_checkpoint()
                 if stop_after_steps is not None and steps_this_run >= stop_after_steps:
                     bar.close()
+                    self._close()
                     return self.history
                 if self.global_step >= self.total_steps:
                     break
             bar.close()
             self._end_epoch()
-        if self.writer:
-            self.writer.close()
+        self._close()
         return self.history
+
+    def _close(self) -> None:
+        if self.writer:
+            self.writer.flush()
+        if self.tracker is not None:
+            self.tracker.close()
+        dist_utils.barrier()
 
     def _end_epoch(self) -> None:
         record = self.evaluate(self.epoch)
         self.history.append(record)
         self.epoch += 1
         self.position = 0
-        if self.is_main:
-            self.save_step_checkpoint()
+        self.save_step_checkpoint()
 
     # ---------------------------------------------------------------------------------------------- evaluation
     def evaluate(self, epoch: int) -> dict:
         dev_results = {}
         for data in self.eval_sets:
-            result = predict_split(self.model, data, self.cfg.batch_size_eval, self.device, self.pad_id,
-                                   self.amp_dtype)
+            result = self._predict(data)
             if not self.is_main:
                 continue
             write_scores(result, self.output_dir, epoch)
@@ -254,15 +329,30 @@ class Trainer:
             log.info("epoch %d GLUE-style dev average: %.2f", epoch, record["glue_average"])
             self._log_scalars({f"dev/{d}/{m}": v for d, ms in dev_results.items() for m, v in ms.items()}
                               | {"dev/average": record["glue_average"]})
-            if self.is_main and (self.best_score is None or record["glue_average"] > self.best_score):
-                self.best_score = record["glue_average"]
-                ckpt.save_checkpoint(self.output_dir / "best", self.model, self.cfg.to_json(),
-                                     extra_files={"metrics.json": json.dumps(record, indent=2),
-                                                  ckpt.ENCODER_CONFIG: self.model.encoder.config.to_json_string()})
+        # every rank must know whether to save: FSDP gathers the full weights collectively
+        record = dist_utils.all_gather_objects(record)[0]
+        score = record.get("glue_average")
+        if score is not None and (self.best_score is None or score > self.best_score):
+            self.best_score = score
+            self._save(self.output_dir / "best", {"metrics.json": json.dumps(record, indent=2)})
         if self.is_main:
             with (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
         return record
+
+    def _predict(self, data: TaskData) -> SplitResult:
+        """Each rank predicts an equal-length slice (padded with example 0, so that FSDP ranks run the same number
+        of forwards); the slices are gathered and the metrics computed on the whole split."""
+        args = (self.cfg.batch_size_eval, self.device, self.pad_id, self.amp_dtype)
+        if not dist_utils.active():
+            return predict_split(self.model, data, *args)
+        n, per = len(data), -(-len(data) // self.world_size)
+        mine = list(range(self.rank * per, min((self.rank + 1) * per, n)))
+        preds, scores = predict_indices(self.model, data, mine + [0] * (per - len(mine)), *args)
+        if hasattr(self.model, "reshard"):  # FSDP2 keeps the root unsharded after a forward with no backward
+            self.model.reshard()
+        pieces = dist_utils.all_gather_objects((preds[:len(mine)], scores[:len(mine)]))
+        return split_result(data, [x for p, _ in pieces for x in p], [x for _, s in pieces for x in s])
 
     def _log_scalars(self, values: dict) -> None:
         if self.writer is None:
@@ -271,36 +361,91 @@ class Trainer:
             self.writer.add_scalar(key, value, self.global_step)
 
     # ---------------------------------------------------------------------------------------------- checkpoints
+    def _sharded(self) -> bool:
+        return self.cfg.fsdp and dist_utils.active()
+
+    def _model_state(self):
+        """What the weights file holds: the module itself, or under FSDP the gathered full state dict."""
+        if not self._sharded():
+            return self.model
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def _optimizer_state(self) -> dict:
+        if not self._sharded():
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        return get_optimizer_state_dict(self.model, self.optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def _save(self, folder: Path, extra_files: dict[str, str], training_state: Optional[dict] = None) -> Path:
+        """All ranks take part (FSDP gathers), rank 0 writes, everyone waits until the folder is complete."""
+        weights = self._model_state()
+        if self.is_main:
+            ckpt.save_checkpoint(folder, weights, self.cfg.to_json(), training_state,
+                                 {**extra_files, ckpt.ENCODER_CONFIG: self.model.encoder.config.to_json_string()})
+        dist_utils.barrier()
+        return folder
+
     def training_state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state(),
+        rngs = [ckpt.rng_state_from_bytes(b) for b in dist_utils.all_gather_objects(ckpt.rng_state_bytes())]
+        return {"optimizer": self._optimizer_state(), "optimizer_format": "full" if self._sharded() else "torch",
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rngs[0], "rng_ranks": rngs,
                 "progress": {"epoch": self.epoch, "position": self.position, "global_step": self.global_step,
                              "best_score": self.best_score},
                 "history": json.dumps(self.history)}
 
     def save_step_checkpoint(self) -> Path:
-        folder = ckpt.save_checkpoint(self.output_dir / f"step-{self.global_step}", self.model, self.cfg.to_json(),
-                                      self.training_state(),
-                                      {ckpt.ENCODER_CONFIG: self.model.encoder.config.to_json_string()})
-        ckpt.mark_latest(self.output_dir, folder)
-        ckpt.prune_step_checkpoints(self.output_dir, self.cfg.keep_last)
+        state = self.training_state()
+        folder = self._save(self.output_dir / f"step-{self.global_step}", {}, state if self.is_main else None)
+        if self.is_main:
+            ckpt.mark_latest(self.output_dir, folder)
+            ckpt.prune_step_checkpoints(self.output_dir, self.cfg.keep_last)
+        dist_utils.barrier()
         return folder
 
-    def resume(self) -> bool:
+    def _read_resume_state(self) -> Optional[tuple[Path, dict, dict]]:
+        """Read (and check) the newest checkpoint: local file reads only, so ranks can agree on errors."""
         folder = ckpt.latest_checkpoint(self.output_dir)
         if folder is None:
             log.info("--resume: no checkpoint in %s, starting fresh", self.output_dir)
-            return False
-        ckpt.load_weights(self.model, folder)
+            return None
         state = ckpt.load_training_state(folder)
-        self.optimizer.load_state_dict(state["optimizer"])
+        expected = "full" if self._sharded() else "torch"
+        if state.get("optimizer_format", "torch") != expected:
+            raise ValueError(f"{folder}: optimizer state was saved {'with' if expected == 'torch' else 'without'} "
+                             f"--fsdp; resume with the same setting")
+        return folder, state, ckpt.read_weights(folder) if self._sharded() else {}
+
+    def _apply_resume_state(self, folder: Path, state: dict, weights: dict) -> None:
+        if self._sharded():
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+            options = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, weights, options=options)
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=options)
+        else:
+            ckpt.load_weights(self.model, folder)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"])
+        rngs = state.get("rng_ranks") or [state["rng"]]
+        if len(rngs) != self.world_size:
+            log.warning("--resume: checkpoint has RNG streams for %d rank(s), this run has %d; dropout streams "
+                        "restart from the seed", len(rngs), self.world_size)
+            torch.manual_seed(self.cfg.seed + self.rank)
+        else:
+            ckpt.set_rng_state(rngs[self.rank])
         progress = state["progress"]
         self.epoch, self.position = progress["epoch"], progress["position"]
         self.global_step, self.best_score = progress["global_step"], progress["best_score"]
         self.history = json.loads(state["history"])
         log.info("resumed from %s: epoch %d, batch %d, step %d", folder, self.epoch, self.position,
                  self.global_step)
-        return True
+
+
+def _encoder_blocks(encoder: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated transformer layers (the largest ModuleList), the natural FSDP sharding unit."""
+    lists = [m for m in encoder.modules() if isinstance(m, torch.nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []

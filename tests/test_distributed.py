@@ -1,0 +1,168 @@
+"""Data-parallel training on CPU with gloo: 2 ranks under torchrun against 1 process with the doubled batch.
+
+The runs use a tiny random BERT without dropout, two tasks (so one head is idle each step) and dataset sizes
+that leave uneven last batches, which exercises the per-rank loss weighting. Each case launches real processes
+(``python -m torch.distributed.run``), as users do.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from conftest import ROOT, tiny_bert_config
+from test_trainer import write_shards
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available in this build")
+
+TASKS = """
+pairs:
+  task_type: Classification
+  data_format: PremiseAndOneHypothesis
+  n_class: 2
+  labels: [not, same]
+  metric_meta: [ACC, F1]
+  dropout_p: 0.0
+  split_names: [train, dev]
+score:
+  task_type: Regression
+  data_format: PremiseOnly
+  n_class: 1
+  metric_meta: [Pearson]
+  dropout_p: 0.0
+  split_names: [train, dev]
+"""
+LAUNCH_TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)) \
+        .save_pretrained(root / "tiny-bert")
+    (root / "tasks.yml").write_text(TASKS, encoding="utf-8")
+    write_shards(root / "shards", sizes=(22, 13, 0), seed=3)  # 22 = 8+8+6 and 13 = 8+5: uneven last batches
+    return root
+
+
+def _args(ws: Path, out: str, batch: int, *extra: str) -> list[str]:
+    return ["--train_datasets", "pairs,score", "--task_def", str(ws / "tasks.yml"), "--data_dir",
+            str(ws / "shards"), "--init_checkpoint", str(ws / "tiny-bert"), "--output_dir", str(ws / out),
+            "--optimizer", "usadamax", "--learning_rate", "2e-3", "--batch_size", str(batch), "--epochs", "2",
+            "--max_seq_len", "64", "--optim_impl", "foreach", "--no_tensorboard", "--device", "cpu",
+            "--seed", "11", "--log_every", "1", *extra]
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    assert proc.returncode == 0, f"{' '.join(cmd[:6])} ... failed:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def _torchrun(script: str, args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    return _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                 "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), script, *args])
+
+
+def _final_weights(out: Path) -> dict[str, torch.Tensor]:
+    latest = (out / "latest").read_text().strip()
+    return load_file(str(out / latest / "model.safetensors"))
+
+
+def _assert_close(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= atol, f"largest parameter difference {worst:.3g} > {atol}"
+
+
+@pytest.fixture(scope="module")
+def single(ws):
+    """The baseline: one process, global batch 8."""
+    _run([sys.executable, "train.py", *_args(ws, "single", 8)])
+    return ws / "single"
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_ranks_match_one_process_with_doubled_batch(ws, single, mode):
+    extra = ["--fsdp"] if mode == "fsdp" else []
+    _torchrun("train.py", _args(ws, mode, 4, *extra))
+    out = ws / mode
+    assert (out / "latest").read_text() == (single / "latest").read_text()  # same number of steps
+    _assert_close(_final_weights(out), _final_weights(single), atol=1e-6)
+    # evaluation was sharded over the ranks and gathered: same predictions, same metrics, rank 0 wrote them
+    for name in ("pairs_dev_scores_1.json", "score_dev_scores_1.json"):
+        got, want = (json.loads((d / name).read_text()) for d in (out, single))
+        assert got["uids"] == want["uids"]
+        assert got["predictions"][:5] == pytest.approx(want["predictions"][:5], abs=1e-4)
+        assert got["metrics"] == pytest.approx(want["metrics"], rel=1e-4)
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [0, 1]  # one record per epoch, not one per rank
+
+
+def test_training_moved_the_weights(ws, single):
+    """Guards the parity test against comparing two runs that did nothing: the encoder moved by far more than
+    the parity tolerance."""
+    init = AutoModel.from_pretrained(ws / "tiny-bert").state_dict()
+    final = _final_weights(single)
+    moved = max((final[f"encoder.{k}"] - v).abs().max().item() for k, v in init.items() if f"encoder.{k}" in final)
+    assert moved > 1e-4
+
+
+def test_resume_under_torchrun_is_exact(ws):
+    """A 2-rank run killed after 7 steps (newest checkpoint: step 6) and resumed ends where an uninterrupted
+    2-rank run ends, bit for bit."""
+    every = ["--save_every_steps", "3"]
+    _torchrun("train.py", _args(ws, "ddp-full", 4, *every))
+    _torchrun(str(ROOT / "tests" / "dist_stop_driver.py"), ["7", *_args(ws, "ddp-cut", 4, *every)])
+    assert (ws / "ddp-cut" / "latest").read_text().strip() == "step-6"
+    state = torch.load(ws / "ddp-cut" / "step-6" / "training_state.pt", weights_only=True)
+    assert len(state["rng_ranks"]) == 2  # each rank's RNG stream is kept
+    _torchrun("train.py", _args(ws, "ddp-cut", 4, *every, "--resume"))
+    a, b = _final_weights(ws / "ddp-full"), _final_weights(ws / "ddp-cut")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_bad_input_on_one_rank_stops_every_rank(ws):
+    """Two nodes' worth of processes started by hand; only rank 1 has a wrong --data_dir. Without error
+    agreement rank 0 would block in its first collective until the timeout."""
+    port, procs = _free_port(), []
+    for rank in (0, 1):
+        data = "shards" if rank == 0 else "no-such-shards"
+        args = _args(ws, "bad", 4) + ["--data_dir", str(ws / data), "--dist_timeout", "2"]
+        env = _env() | {"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    start = time.monotonic()
+    outs = [p.communicate(timeout=LAUNCH_TIMEOUT) for p in procs]
+    assert time.monotonic() - start < 100, "ranks did not stop promptly"
+    assert [p.returncode for p in procs] == [2, 2]
+    err0 = outs[0][1].strip().splitlines()
+    assert err0[-1].startswith("train.py: error: rank 1: ") and "no-such-shards" in err0[-1], outs[0][1][-2000:]
+    assert "train.py: error:" in outs[1][1]
+    assert not list((ws / "bad").glob("step-*")) and not (ws / "bad" / "best").exists()
