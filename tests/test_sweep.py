@@ -278,3 +278,14 @@ def test_heatmap_grid_and_png(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
     with pytest.raises(ValueError, match="no finished runs of task 'rte' with optimizer 'usadamax'"):
         heatmap.score_grid(stats.summarize(results), "rte", "usadamax")
+
+
+def test_table_names_each_tasks_setting_when_they_differ_and_omits_std_of_one_seed(tmp_path):
+    spec = _spec(tmp_path)
+    results = [r for r in _two_optimizer_results() if r.run.seed == 1]
+    results.append(_result("mrpc", "adamax", 5e-4, 0.75, 1, {"mrpc_dev": {"ACC": 90.0, "F1": 92.0}}))
+    best = stats.best_configs(stats.summarize(results))
+    table = report.paper_table(spec, best, stats.compare(best, spec.tasks, "adamax", "usadamax"))
+    assert "| adamax | RTE lr 0.0002; MRPC lr 0.0005 | 1 | 60.0 | 90.0/92.0 | 75.5 |" in table
+    assert "| usadamax | lr 0.0003, β3 0.7 | 1 | 61.0 | 81.0/88.0 | 73.0 |" in table
+    assert "(p = n/a, n = 1)" in table

@@ -73,7 +73,7 @@ def paper_table(spec: SweepSpec, best: dict, tests: dict[str, TTest]) -> str:
         settings = (next(iter(per_task.values())) if len(set(per_task.values())) == 1 else
                     "; ".join(f"{PAPER_NAMES.get(t, t)} {v}" for t, v in per_task.items()))
         seeds = min(r.best.n for r in rows if r)
-        cells = [f"{_metric_values(r)} ± {_num(r.best.std)}" if r else "—" for r in rows]
+        cells = [_cell(r) for r in rows]
         lines.append(f"| {opt.name} | {settings} | {seeds} | " + " | ".join(cells) + f" | {_average(best, tasks, opt.name)} |")
     if spec.compare and tests:
         base, cand = spec.compare
@@ -81,6 +81,13 @@ def paper_table(spec: SweepSpec, best: dict, tests: dict[str, TTest]) -> str:
         lines.append(f"| {cand} − {base} | paired t-test over seeds | | " + " | ".join(cells)
                      + f" | {_delta(tests.get('average'))} |")
     return "\n".join(lines)
+
+
+def _cell(summary: ConfigSummary | None) -> str:
+    if summary is None:
+        return "—"
+    std = summary.best.std
+    return _metric_values(summary) if math.isnan(std) else f"{_metric_values(summary)} ± {_num(std)}"
 
 
 def _average(best: dict, tasks: list[str], optimizer: str) -> str:
