@@ -262,7 +262,8 @@ def test_report_tables_and_files(tmp_path, monkeypatch):
     configs = list(csv.DictReader((tmp_path / "results" / "demo_configs.csv").open(encoding="utf-8")))
     assert [c["chosen"] for c in configs if c["task"] == "rte" and c["optimizer"] == "adamax"] == ["False", "True"]
     data = json.loads((tmp_path / "results" / "demo.json").read_text(), parse_constant=pytest.fail)
-    assert data["ttests"]["mrpc"]["t"] == "inf" and data["ttests"]["mrpc"]["p"] == 0.0 and data["ttests"]["rte"]["n"] == 3
+    assert data["ttests"]["mrpc"]["t"] == "inf" and data["ttests"]["mrpc"]["p"] == 0.0
+    assert data["ttests"]["rte"]["n"] == 3
     assert data["configs"][0]["best"]["std"] == pytest.approx(1.0)
     assert not list((tmp_path / "results").glob(".*tmp"))
 

@@ -189,7 +189,8 @@ def test_failed_run_is_reported_and_not_marked_done(ws, capsys):
                     .replace("usadamax: {beta3: [0.6, 0.8]}", "usadamax: {}"), encoding="utf-8")
     assert sweep_cli.main(["run", str(path)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("sweep.py: error: 2 run(s) failed: pairs/adamax/lr0.002_beta3-0.75_seed1 (") and "\n" not in err
+    assert err.startswith("sweep.py: error: 2 run(s) failed: pairs/adamax/lr0.002_beta3-0.75_seed1 (")
+    assert "\n" not in err
     spec = load_spec(path)
     for run in spec.runs():
         folder = runner.run_dir(spec, run)

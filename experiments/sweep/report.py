@@ -74,7 +74,8 @@ def paper_table(spec: SweepSpec, best: dict, tests: dict[str, TTest]) -> str:
                     "; ".join(f"{PAPER_NAMES.get(t, t)} {v}" for t, v in per_task.items()))
         seeds = min(r.best.n for r in rows if r)
         cells = [_cell(r) for r in rows]
-        lines.append(f"| {opt.name} | {settings} | {seeds} | " + " | ".join(cells) + f" | {_average(best, tasks, opt.name)} |")
+        lines.append(f"| {opt.name} | {settings} | {seeds} | " + " | ".join(cells)
+                     + f" | {_average(best, tasks, opt.name)} |")
     if spec.compare and tests:
         base, cand = spec.compare
         cells = [_delta(tests.get(t)) for t in tasks]
