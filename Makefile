@@ -36,5 +36,10 @@ demo: $(STAMP)
 	  --task_def experiments/demo/demo_task_def.yml --max_seq_len 128
 	$(BIN)/python experiments/demo/run_demo.py --out_dir demo_out
 
+# Linters on their own (the test suite runs them too): shell scripts and the Dockerfile.
+lint: $(STAMP)
+	$(BIN)/shellcheck --severity=style download.sh $$(find scripts experiments docker -name '*.sh')
+	$(BIN)/hadolint Dockerfile
+
 clean:
 	rm -rf $(VENV) .pytest_cache

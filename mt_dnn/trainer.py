@@ -54,9 +54,13 @@ def pick_device(name: str, env: Optional[DistEnv] = None) -> torch.device:
 
 
 def optimizer_impl_kwargs(impl: str, device: torch.device) -> dict:
-    """auto: Triton-fused on CUDA, compiled-fused on CPU (inductor), foreach on CUDA without Triton."""
+    """auto: Triton-fused on CUDA (Ampere and newer, where Triton is supported), compiled-fused on CPU
+    (inductor), foreach otherwise (V100/T4, or no Triton)."""
     if impl == "auto":
-        impl = "fused" if device.type == "cpu" or triton_available() else "foreach"
+        if device.type == "cpu":
+            impl = "fused"
+        else:
+            impl = "fused" if triton_available() and torch.cuda.get_device_capability(device) >= (8, 0) else "foreach"
     return {"forloop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[impl]
 
 
