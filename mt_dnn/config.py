@@ -101,6 +101,8 @@ class TrainConfig:
             bad("mix_opt", f"must be 0 (mix all tasks) or 1 (auxiliary tasks first), got {self.mix_opt}")
         if self.log_sensitivity_every < 0:
             bad("log_sensitivity_every", f"must be >= 0, got {self.log_sensitivity_every}")
+        if self.fsdp and self.log_sensitivity_every:
+            bad("log_sensitivity_every", "not available with --fsdp (the tracker needs whole parameter tensors)")
         if self.fsdp and self.optim_impl == "fused":
             bad("optim_impl", "fused is not available on FSDP-sharded parameters; use auto or foreach")
         if self.dist_timeout <= 0:

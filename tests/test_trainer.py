@@ -226,6 +226,10 @@ def test_cli_parses_mt_dnn_flags():
     (["--fp16", "--bf16"], "--fp16: choose one"),
     (["--batch_size", "0"], "--batch_size: must be >= 1"),
     (["--warmup_schedule", "step"], "--warmup_schedule: unknown schedule"),
+    (["--fsdp", "--optim_impl", "fused"], "--optim_impl: fused is not available on FSDP"),
+    (["--fsdp", "--log_sensitivity_every", "5"], "--log_sensitivity_every: not available with --fsdp"),
+    (["--log_sensitivity_every", "-1"], "--log_sensitivity_every: must be >= 0"),
+    (["--dist_timeout", "0"], "--dist_timeout: must be > 0"),
 ])
 def test_cli_rejects_bad_flags(args, message, capsys):
     assert train_cli.main(["--train_datasets", "rte"] + args) == 2
