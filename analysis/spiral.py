@@ -18,9 +18,9 @@ from module.bert_optim import build_optimizer
 
 @dataclass
 class SpiralConfig:
-    points_per_class: int = 300
-    turns: float = 1.75       # how many times each arm winds around the origin
-    noise: float = 0.15       # std of the Gaussian jitter, in units of the arm spacing
+    points_per_class: int = 100
+    turns: float = 2.0        # how many times each arm winds around the origin
+    noise: float = 0.3        # std of the Gaussian jitter, in units of the arm spacing
     hidden: int = 100
     depth: int = 3            # hidden layers
     steps: int = 2000
