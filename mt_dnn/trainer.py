@@ -227,15 +227,25 @@ class Trainer:
     def _optimizer_step(self) -> None:
         if self.cfg.global_grad_clipping > 0 or self.tracker is not None:
             self.scaler.unscale_(self.optimizer)
+        norm = None
         if self.cfg.global_grad_clipping > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.global_grad_clipping)
-        if self.tracker is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.global_grad_clipping)
+        if self.tracker is not None and self._finite_gradients(norm):
             self.tracker.observe(self.global_step + 1)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
+
+    def _finite_gradients(self, norm: Optional[torch.Tensor]) -> bool:
+        """fp16 steps whose gradients overflowed are skipped by the GradScaler; keep them out of the tracker."""
+        if not self.cfg.fp16:
+            return True
+        if norm is None:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        return bool(torch.isfinite(norm))
 
     def _micro_batches(self, plan):
         """Remaining global batches of the epoch, and whether each one ends an optimizer step."""
