@@ -28,37 +28,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> dict:
-    import pretrained_models
-    from data_utils.task_def import load_task_defs, select_tasks
-    from mt_dnn import checkpoint as ckpt
     from mt_dnn.batcher import load_split
-    from mt_dnn.config import load_config
     from mt_dnn.evaluate import predict_split, write_scores, write_submission
-    from mt_dnn.model import MTDNNModel
+    from mt_dnn.restore import restore
     from mt_dnn.trainer import pick_device
 
     folder = Path(args.checkpoint)
-    cfg = load_config(folder / ckpt.CONFIG)
-    task_def_path = args.task_def or cfg.task_def
-    names = list(dict.fromkeys(cfg.train_datasets + cfg.test_datasets))
-    task_defs = select_tasks(load_task_defs(task_def_path), names, source=task_def_path)
+    restored = restore(folder, args.task_def)
+    cfg, task_defs, model = restored.cfg, restored.task_defs, restored.model
     if args.task not in task_defs:
         raise ValueError(f"--task: '{args.task}' is not a task of this checkpoint ({', '.join(task_defs)})")
     td = task_defs[args.task]
     if args.split not in td.split_names:
         raise ValueError(f"--split: task {args.task} has splits {', '.join(td.split_names)}, not '{args.split}'")
-    from transformers import AutoConfig
-    saved = folder / ckpt.ENCODER_CONFIG
-    config = (AutoConfig.from_pretrained(str(saved)) if saved.is_file()
-              else pretrained_models.load_config(cfg.init_checkpoint))
-    encoder = pretrained_models.load_encoder(cfg.init_checkpoint, cfg.encoder_type, config=config)
-    model = MTDNNModel(encoder, task_defs)
-    ckpt.load_weights(model, folder)
     device = pick_device(args.device)
     model.to(device)
     data = load_split(args.data_dir or cfg.data_dir, td, args.split, args.max_seq_len or cfg.max_seq_len)
-    pad_id = config.pad_token_id if config.pad_token_id is not None else 0
-    result = predict_split(model, data, args.batch_size, device, pad_id)
+    result = predict_split(model, data, args.batch_size, device, restored.pad_id)
     out_dir = Path(args.output_dir or folder)
     scores = write_scores(result, out_dir, args.tag)
     summary = {"dataset": result.dataset, "metrics": result.metrics, "scores_file": str(scores)}

@@ -11,13 +11,13 @@ from typing import Iterator, Optional
 
 import torch
 
-import pretrained_models
-from data_utils.task_def import TaskDef, load_task_defs, select_tasks
+from data_utils.task_def import TaskDef
 from mt_dnn import checkpoint as ckpt
 from mt_dnn.batcher import TaskData, collate, eval_batches, load_split
-from mt_dnn.config import TrainConfig, load_config
+from mt_dnn.config import TrainConfig
 from mt_dnn.evaluate import predict_split
 from mt_dnn.model import MTDNNModel
+from mt_dnn.restore import restore
 
 
 @dataclass
@@ -51,21 +51,9 @@ def checkpoint_folder(path: Path) -> Path:
 
 def load_run(path: Path, device: torch.device = torch.device("cpu"), task_def: Optional[str] = None) -> LoadedRun:
     """The trained MTDNNModel of a run folder, in eval mode on ``device``."""
-    from transformers import AutoConfig
-    folder = checkpoint_folder(path)
-    cfg = load_config(folder / ckpt.CONFIG)
-    task_def_path = task_def or cfg.task_def
-    names = list(dict.fromkeys(cfg.train_datasets + cfg.test_datasets))
-    task_defs = select_tasks(load_task_defs(task_def_path), names, source=task_def_path)
-    saved = folder / ckpt.ENCODER_CONFIG
-    config = (AutoConfig.from_pretrained(str(saved)) if saved.is_file()
-              else pretrained_models.load_config(cfg.init_checkpoint))
-    encoder = pretrained_models.load_encoder(cfg.init_checkpoint, cfg.encoder_type, config=config)
-    model = MTDNNModel(encoder, task_defs)
-    ckpt.load_weights(model, folder)
-    model.to(device).eval()
-    pad_id = config.pad_token_id if config.pad_token_id is not None else 0
-    return LoadedRun(folder, cfg, model, task_defs, pad_id)
+    r = restore(checkpoint_folder(path), task_def)
+    r.model.to(device).eval()
+    return LoadedRun(r.folder, r.cfg, r.model, r.task_defs, r.pad_id)
 
 
 def labelled_batches(data: TaskData, batch_size: int, pad_id: int,

@@ -1,0 +1,43 @@
+"""Rebuild a trained MTDNNModel from a checkpoint folder, with no hub access.
+
+The architecture comes from the encoder config saved next to the weights (older checkpoints fall back to the
+run's ``--init_checkpoint``), the heads from the run's task definitions. Used by predict.py and the analyses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pretrained_models
+from data_utils.task_def import TaskDef, load_task_defs, select_tasks
+from mt_dnn import checkpoint as ckpt
+from mt_dnn.config import TrainConfig, load_config
+from mt_dnn.model import MTDNNModel
+
+
+@dataclass
+class Restored:
+    folder: Path                  # the checkpoint folder the weights came from
+    cfg: TrainConfig              # the training run's configuration
+    model: MTDNNModel             # on CPU, in training mode (as constructed)
+    task_defs: dict[str, TaskDef]
+    pad_id: int
+
+
+def restore(folder: Path, task_def: Optional[str] = None) -> Restored:
+    """The model saved in ``folder`` (a ``best/`` or ``step-N/`` folder written by train.py)."""
+    from transformers import AutoConfig
+    folder = Path(folder)
+    cfg = load_config(folder / ckpt.CONFIG)
+    task_def_path = task_def or cfg.task_def
+    names = list(dict.fromkeys(cfg.train_datasets + cfg.test_datasets))
+    task_defs = select_tasks(load_task_defs(task_def_path), names, source=task_def_path)
+    saved = folder / ckpt.ENCODER_CONFIG
+    config = (AutoConfig.from_pretrained(str(saved)) if saved.is_file()
+              else pretrained_models.load_config(cfg.init_checkpoint))
+    encoder = pretrained_models.load_encoder(cfg.init_checkpoint, cfg.encoder_type, config=config)
+    model = MTDNNModel(encoder, task_defs)
+    ckpt.load_weights(model, folder)
+    pad_id = config.pad_token_id if config.pad_token_id is not None else 0
+    return Restored(folder, cfg, model, task_defs, pad_id)
