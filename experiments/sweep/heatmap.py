@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from data_utils.atomic import atomic_write
+from experiments.sweep.report import PAPER_NAMES, metric_title
 from experiments.sweep.results import collect
 from experiments.sweep.spec import SweepSpec, fmt
 from experiments.sweep.stats import ConfigSummary, summarize
@@ -72,8 +73,11 @@ def heatmap_for_spec(spec: SweepSpec, task: str, optimizer: str, out: Path, scor
     if optimizer not in spec.optimizer_names():
         raise ValueError(f"heatmap: optimizer '{optimizer}' is not in {spec.source} "
                          f"(optimizers: {', '.join(spec.optimizer_names())})")
-    lrs, betas, values, counts = score_grid(summarize(collect(spec)), task, optimizer, score)
+    summaries = summarize(collect(spec))
+    lrs, betas, values, counts = score_grid(summaries, task, optimizer, score)
     low, high = counts[counts > 0].min(), counts.max()
     seeds = f"{high} seed{'s' if high > 1 else ''}" if low == high else f"{low}-{high} seeds"
-    title = f"{spec.name}: {task} dev score, {optimizer}\n(mean over {seeds} per cell, {score} epoch)"
+    metrics = metric_title(next(s for s in summaries if s.task == task))
+    title = (f"{spec.name}: {PAPER_NAMES.get(task, task)} dev, {optimizer}\n"
+             f"score = mean of {metrics}; {seeds} per cell, {score} epoch")
     return plot_heatmap(lrs, betas, values, counts, title, out, score)

@@ -47,7 +47,7 @@ def _metric_values(summary: ConfigSummary) -> str:
     return "/".join(_num(v) for metrics in summary.mean_metrics.values() for v in metrics.values())
 
 
-def _metric_title(summary: ConfigSummary) -> str:
+def metric_title(summary: ConfigSummary) -> str:
     names = [METRIC_NAMES.get(m, m) for metrics in summary.mean_metrics.values() for m in metrics]
     return "/".join(dict.fromkeys(names))
 
@@ -62,7 +62,7 @@ def paper_table(spec: SweepSpec, best: dict, tests: dict[str, TTest]) -> str:
     titles = []
     for t in tasks:
         some = next(best[(t, o)] for o in spec.optimizer_names() if (t, o) in best)
-        titles.append(f"{PAPER_NAMES.get(t, t)} ({_metric_title(some)})")
+        titles.append(f"{PAPER_NAMES.get(t, t)} ({metric_title(some)})")
     lines = ["| optimizer | setting (chosen on dev) | seeds | " + " | ".join(titles) + " | Avg |",
              "|---|---|---|" + "---|" * (len(tasks) + 1)]
     for opt in spec.optimizers:
