@@ -259,6 +259,7 @@ def test_report_tables_and_files(tmp_path, monkeypatch):
     rows = list(csv.DictReader((tmp_path / "results" / "demo_runs.csv").open(encoding="utf-8")))
     assert len(rows) == len(results)
     assert float(rows[1]["best_score"]) == 60.0 and float(rows[1]["last_rte_dev_ACC"]) == 59.0
+    assert list(rows[0])[-1] == "run_dir" and rows[-1]["best_mrpc_dev_F1"] == "90.0"
     configs = list(csv.DictReader((tmp_path / "results" / "demo_configs.csv").open(encoding="utf-8")))
     assert [c["chosen"] for c in configs if c["task"] == "rte" and c["optimizer"] == "adamax"] == ["False", "True"]
     data = json.loads((tmp_path / "results" / "demo.json").read_text(), parse_constant=pytest.fail)

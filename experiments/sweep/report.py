@@ -156,6 +156,8 @@ def _write_configs_csv(path: Path, summaries: list[ConfigSummary], best: dict) -
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     columns = list(dict.fromkeys(k for row in rows for k in row))
+    if "run_dir" in columns:  # after the metric columns, which differ between tasks
+        columns = [c for c in columns if c != "run_dir"] + ["run_dir"]
     with atomic_write(path) as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
