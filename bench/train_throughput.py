@@ -13,7 +13,12 @@ steps and examples per row. Rows:
 Steady state is the time between the end of warm-up step W and the end of step W+N, read from timestamps taken
 after every optimizer step (a TrainerCallback for transformers, a wrapped ``_optimizer_step`` for ours). Model
 loading, data preparation and the first W steps (which carry the one-time compile of the fused optimizer) are
-outside it; the first W steps are reported in their own column. Prints one markdown table.
+outside it and reported in their own columns. The default N is one mega-batch of transformers' length grouping
+(it sorts each mega-batch longest first, so a shorter window would hand hf-best only long batches); the table
+gives each row's mean padded length over the timed window and over a whole epoch, so the mixes can be compared,
+and the process CPU seconds per timed step (all threads; on a quiet machine about threads × the wall time per step,
+on a loaded one the wall-time columns drift while this one stays close to the work done).
+Prints one markdown table; per-row step-time spread and the load average go to stderr.
 
     python bench/train_throughput.py [--device cpu|cuda] [--steps N] [--warmup_steps N] [--batch_size N]
                                      [--model minilm-l6] [--threads N] [--only hf-defaults,hf-best,ours]
@@ -80,6 +85,7 @@ class Result:
     step_ends: list[float]          # perf_counter after each optimizer step
     start: float                    # perf_counter when the training loop started
     padded_lengths: list[int] = field(default_factory=list)  # sequence length of each batch, in step order
+    cpu_ends: list[float] = field(default_factory=list)  # process CPU time (all threads) after each step
     threads: int = 0
     epoch_length: Optional[float] = None  # mean padded length over a whole epoch (ours: from the epoch plan)
 
@@ -88,6 +94,16 @@ class Result:
 
     def samples_per_s(self, cfg: BenchConfig) -> float:
         return cfg.steps * cfg.batch_size / self.steady_seconds(cfg.warmup_steps, cfg.steps)
+
+    def cpu_per_step(self, warmup: int, steps: int) -> float:
+        """Process CPU seconds per timed step: the work done, much less sensitive than wall time to other load."""
+        return (self.cpu_ends[warmup + steps - 1] - self.cpu_ends[warmup - 1]) / steps
+
+    def mark_step(self, device_type: str) -> None:
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+        self.step_ends.append(time.perf_counter())
+        self.cpu_ends.append(time.process_time())
 
     def first_seconds(self, warmup: int) -> float:
         return self.step_ends[warmup - 1] - self.start
@@ -185,9 +201,7 @@ def hf_callback(result: Result):
             result.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            if args.device.type == "cuda":
-                torch.cuda.synchronize()
-            result.step_ends.append(time.perf_counter())
+            result.mark_step(args.device.type)
 
     return StepClock()
 
@@ -261,9 +275,7 @@ def run_ours(cfg: BenchConfig, model_path: str, shard_dir: Path, work: Path) -> 
 
     def timed_step() -> None:
         step()
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize()
-        result.step_ends.append(time.perf_counter())
+        result.mark_step(trainer.device.type)
 
     trainer._optimizer_step = timed_step
     result.start = time.perf_counter()
@@ -286,15 +298,14 @@ def table(results: list[Result], cfg: BenchConfig) -> str:
     rate = {r.row: r.samples_per_s(cfg) for r in results}
     bases = [b for b in BASELINES if b in rate]
     lines = ["| row | optimizer | padding | padded length: timed / epoch | samples/s | padded tokens/s | "
-             + " | ".join(f"× {b}" for b in bases) + f" | first step (s) | first {w} steps (s) |",
-             "|---|---|---|---:|---:|---:|" + "---:|" * len(bases) + "---:|---:|"]
+             + " | ".join(f"× {b}" for b in bases) + f" | CPU s/step | first step (s) | first {w} steps (s) |",
+             "|---|---|---|---:|---:|---:|" + "---:|" * len(bases) + "---:|---:|---:|"]
     for r in results:
         length = r.mean_length(w, n)
         ratios = " | ".join(f"{rate[r.row] / rate[b]:.2f}" for b in bases)
         lines.append(f"| {r.row} | {r.optimizer} | {r.padding} | {length:.1f} / {r.epoch_length:.1f} | "
-                     f"{rate[r.row]:.1f} | "
-                     f"{rate[r.row] * length:,.0f} | {ratios} | {r.step_ends[0] - r.start:.1f} | "
-                     f"{r.first_seconds(w):.1f} |")
+                     f"{rate[r.row]:.1f} | {rate[r.row] * length:,.0f} | {ratios} | {r.cpu_per_step(w, n):.2f} | "
+                     f"{r.step_ends[0] - r.start:.1f} | {r.first_seconds(w):.1f} |")
     return "\n".join(lines)
 
 
@@ -303,7 +314,8 @@ def step_summary(r: Result, cfg: BenchConfig) -> str:
     ends = r.step_ends[cfg.warmup_steps - 1:cfg.total_steps]
     times = sorted(b - a for a, b in zip(ends, ends[1:]))
     return (f"  {r.row}: {r.samples_per_s(cfg):.1f} samples/s; timed steps min/median/max "
-            f"{times[0]:.2f}/{times[len(times) // 2]:.2f}/{times[-1]:.2f} s; load avg {os.getloadavg()[0]:.2f}")
+            f"{times[0]:.2f}/{times[len(times) // 2]:.2f}/{times[-1]:.2f} s; "
+            f"CPU {r.cpu_per_step(cfg.warmup_steps, cfg.steps):.2f} s/step; load avg {os.getloadavg()[0]:.2f}")
 
 
 def header(cfg: BenchConfig, results: list[Result], load_before: float) -> str:
