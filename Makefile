@@ -8,7 +8,7 @@ TORCH_CPU_VERSION ?= 2.13.0
 STAMP := $(VENV)/.deps-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench bench-optim bench-prepro lint clean
+.PHONY: install test demo bench bench-optim bench-prepro bench-train lint clean
 
 install: $(STAMP)
 
@@ -21,13 +21,16 @@ $(STAMP): requirements.txt requirements-dev.txt
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: bench-optim bench-prepro
+bench: bench-optim bench-prepro bench-train
 
 bench-optim: $(STAMP)
 	$(BIN)/python bench/optim_step.py
 
 bench-prepro: $(STAMP)
 	$(BIN)/python bench/prepro.py
+
+bench-train: $(STAMP)
+	$(BIN)/python bench/train_throughput.py
 
 # The main job on the embedded default: MiniLM-L6, two demo tasks, Adamax vs Adamax-SAGE, side-by-side table.
 demo: $(STAMP)

@@ -289,10 +289,11 @@ class Trainer:
                     mean = dist_utils.all_reduce_mean(running / count).item()
                     self.loss_log.append((self.global_step, mean))
                     bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-                    self._log_scalars({"train/loss": mean, "train/lr": self.scheduler.get_last_lr()[0],
-                                       "train/samples_per_s": count * cfg.batch_size * self.world_size
-                                       / (time.perf_counter() - tick),
-                                       **self.optimizer.sage_stats()})
+                    if self.writer is not None:  # sage_stats() is a pass over the optimizer state
+                        self._log_scalars({"train/loss": mean, "train/lr": self.scheduler.get_last_lr()[0],
+                                           "train/samples_per_s": count * cfg.batch_size * self.world_size
+                                           / (time.perf_counter() - tick),
+                                           **self.optimizer.sage_stats()})
                     running.zero_()
                     count, tick = 0, time.perf_counter()
                 if cfg.save_every_steps and self.global_step % cfg.save_every_steps == 0:
