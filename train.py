@@ -13,11 +13,13 @@ import sys
 
 def _launch_settings(argv) -> tuple[str, float]:
     """--device and --dist_timeout, needed before the full parse so every rank can join the group first."""
+    from mt_dnn.config import TrainConfig
+    default_timeout = TrainConfig.dist_timeout  # a bad value is reported by the full parse, after joining
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--device", default="auto")
-    pre.add_argument("--dist_timeout", type=float, default=30.0)
+    pre.add_argument("--dist_timeout", type=float, default=default_timeout)
     known, _ = pre.parse_known_args(argv)
-    return known.device, known.dist_timeout if known.dist_timeout > 0 else 30.0
+    return known.device, known.dist_timeout if known.dist_timeout > 0 else default_timeout
 
 
 def main(argv=None) -> int:

@@ -110,10 +110,15 @@ def prune_step_checkpoints(output_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_weights(model: torch.nn.Module, folder: Path) -> None:
+def _weights_file(folder: Path) -> Path:
     path = Path(folder) / WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no model weights there")
+    return path
+
+
+def load_weights(model: torch.nn.Module, folder: Path) -> None:
+    path = _weights_file(folder)
     missing, unexpected = load_model(model, str(path), strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not fit the model (missing {sorted(missing)[:5]}, "
@@ -122,10 +127,7 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The weights file as a CPU state dict."""
-    path = Path(folder) / WEIGHTS
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no model weights there")
-    return load_file(str(path))
+    return load_file(str(_weights_file(folder)))
 
 
 def load_training_state(folder: Path) -> dict:
