@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import pretrained_models
 from data_utils.metrics import glue_average
 from data_utils.task_def import load_task_defs, select_tasks
 from module.bert_optim import build_optimizer, build_schedule, sage_param_groups
@@ -33,7 +32,7 @@ from mt_dnn.config import TrainConfig
 from mt_dnn.distributed import DistEnv
 from mt_dnn.evaluate import (SplitResult, autocast_context, predict_indices, predict_split, split_result,
                              write_scores, write_submission)
-from mt_dnn.model import MTDNNModel
+from mt_dnn.warm_start import build_model
 
 log = logging.getLogger("sage.train")
 
@@ -110,9 +109,10 @@ class Trainer:
         self.train_sets = self._load_train_sets()
         self.eval_sets = self._load_eval_sets()
 
-        encoder = pretrained_models.load_encoder(cfg.init_checkpoint, cfg.encoder_type)
-        self.pad_id = encoder.config.pad_token_id if encoder.config.pad_token_id is not None else 0
-        self.model = MTDNNModel(encoder, self.task_defs).to(self.device)
+        model = build_model(cfg.init_checkpoint, cfg.encoder_type, self.task_defs, cfg.train_datasets, log.info)
+        pad_id = model.encoder.config.pad_token_id
+        self.pad_id = pad_id if pad_id is not None else 0
+        self.model = model.to(self.device)
 
     def _setup_optimization(self) -> None:
         cfg = self.cfg

@@ -1,0 +1,226 @@
+"""Start a run from a trained model instead of a bare encoder (``--init_checkpoint``).
+
+Three kinds of ``--init_checkpoint``:
+- an encoder (registry name, HF folder or hub id): the encoder loads, every head starts fresh (as before);
+- one of our checkpoint folders (``<run>/best``, ``<run>/step-N``): the encoder (and our own pooler) load, and
+  each head of a task this run shares with that run, by task name;
+- an MT-DNN ``.pt`` file (a dict with ``state`` and ``config``), read with ``torch.load(weights_only=True)``:
+  ``bert.*`` is the encoder, and ``scoring_list.N`` is the head of the N-th task of that MT-DNN run's
+  ``--train_datasets`` (MT-DNN's order: names up to the first ``_``, first appearance wins), taken from its saved
+  ``config``; a config without ``train_datasets`` falls back to this run's ``--train_datasets`` order.
+
+Heads whose shapes differ (another ``n_class``, another task type) are an error naming the task: rename the task
+to train a fresh head. One log line says which heads loaded (and from where), which are fresh, and which the
+checkpoint had that this run does not use.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+
+import pretrained_models
+from mt_dnn import checkpoint as ckpt
+from mt_dnn.model import MTDNNModel
+
+# buffers some transformers versions saved and newer ones rebuild (never trained)
+_REBUILT_BUFFERS = ("embeddings.position_ids",)
+
+
+@dataclass
+class Source:
+    """A checkpoint's weights already in MTDNNModel's key layout (``encoder.*``, ``pooler.*``, ``heads.<task>.*``)."""
+    where: str
+    encoder_config: Any
+    weights: dict[str, torch.Tensor]
+    head_origin: dict[str, str] = field(default_factory=dict)   # task -> the checkpoint's name for its head
+    unused: list[str] = field(default_factory=list)             # other parts of the checkpoint, for the log
+    mapping: str = ""                                           # how checkpoint heads were named, for the log
+
+
+def checkpoint_kind(path: str) -> str:
+    """'run' (our checkpoint folder), 'mtdnn' (a .pt file) or 'encoder' (anything from_pretrained reads)."""
+    p = Path(path)
+    if p.is_file():
+        return "mtdnn"
+    if p.is_dir() and (p / ckpt.WEIGHTS).is_file() and (p / ckpt.CONFIG).is_file():
+        return "run"
+    if p.is_dir() and not (p / "config.json").exists() and ((p / "best").is_dir() or (p / ckpt.LATEST).is_file()):
+        raise ValueError(f"--init_checkpoint {p}: this is a run's output folder; pass {p / 'best'} or one of "
+                         "its step-N folders")
+    return "encoder"
+
+
+# ---------------------------------------------------------------------------------------------- our runs
+def run_encoder_config(folder: Path):
+    """The encoder architecture of one of our checkpoints (older ones: that of the run's own init_checkpoint)."""
+    from transformers import AutoConfig
+    from mt_dnn.config import load_config
+    saved = Path(folder) / ckpt.ENCODER_CONFIG
+    if saved.is_file():
+        return AutoConfig.from_pretrained(str(saved))
+    origin = load_config(Path(folder) / ckpt.CONFIG).init_checkpoint
+    if checkpoint_kind(origin) != "encoder":
+        raise FileNotFoundError(f"{saved}: missing, and the run started from {origin}, not from an encoder")
+    return pretrained_models.load_config(origin)
+
+
+def read_run(folder: Path) -> Source:
+    weights = ckpt.read_weights(folder)
+    tasks = sorted({k.split(".")[1] for k in weights if k.startswith("heads.")})
+    return Source(str(folder), run_encoder_config(folder), weights, {t: f"heads.{t}" for t in tasks})
+
+
+# ---------------------------------------------------------------------------------------------- MT-DNN files
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        objects = [ln for ln in lines if "Unsupported global" in ln]
+        if objects:
+            raise ValueError(f"{path}: torch.load(weights_only=True) refuses this file ({objects[0]}); re-save it "
+                             "as a dict of tensors and plain values ('state' and a plain 'config' dict)") from None
+        why = next((ln for ln in lines if ln.startswith("Unsupported")), lines[0] if lines else "")
+        raise ValueError(f"{path}: not a readable torch checkpoint ({why})") from None
+    except (RuntimeError, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable torch checkpoint ({str(exc).splitlines()[0]})") from None
+
+
+def mtdnn_encoder_config(conf: Mapping, encoder_type: Optional[int], where: str):
+    """The HF encoder config inside MT-DNN's saved options (MT-DNN merges the encoder's config into them)."""
+    from transformers import CONFIG_MAPPING
+    saved_type = conf.get("encoder_type")
+    if encoder_type is not None and saved_type is not None and saved_type != encoder_type:
+        raise ValueError(f"--encoder_type {encoder_type}: {where} was trained with encoder_type {saved_type}")
+    etype = encoder_type if encoder_type is not None else saved_type
+    model_type = conf.get("model_type")
+    if etype is not None:
+        if etype not in pretrained_models.ENCODER_TYPES:
+            raise ValueError(f"{where}: unknown encoder_type {etype}; known: {sorted(pretrained_models.ENCODER_TYPES)}")
+        model_type = model_type or pretrained_models.ENCODER_TYPES[etype][0]
+    if model_type is None:
+        raise ValueError(f"{where}: its config names no encoder_type or model_type; pass --encoder_type "
+                         "(1 BERT, 2 RoBERTa, 6 DeBERTa, 7 ELECTRA)")
+    config_class = CONFIG_MAPPING[model_type]
+    accepted = set(config_class().to_dict()) - {"model_type", "transformers_version", "architectures"}
+    config = config_class(**{k: v for k, v in conf.items() if k in accepted})
+    pretrained_models.check_encoder_type(config, etype, where="--encoder_type")
+    return config
+
+
+def mtdnn_task_order(conf: Mapping, fallback: Sequence[str]) -> tuple[list[str], str]:
+    """Task names in scoring_list order, and where that order came from (for the log)."""
+    names = conf.get("train_datasets")
+    if isinstance(names, str):
+        names = names.split(",")
+    if not names:
+        return list(dict.fromkeys(fallback)), "this run's --train_datasets (the checkpoint's config has none)"
+    return list(dict.fromkeys(str(n).strip().split("_")[0] for n in names)), "the checkpoint's train_datasets"
+
+
+def _mtdnn_head(task: str, index: int, parts: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    if set(parts) != {"weight", "bias"}:
+        raise ValueError(f"{where}: task {task}: scoring_list.{index} has parameters {sorted(parts)[:4]}, not one "
+                         "linear layer (weight, bias) — a SAN answer module? — so it cannot be loaded into this "
+                         "task's head")
+    return {f"heads.{task}.proj.{name}": t for name, t in parts.items()}
+
+
+def read_mtdnn(path: Path, encoder_type: Optional[int], used_tasks: Sequence[str],
+               fallback_order: Sequence[str]) -> Source:
+    blob = _torch_load(path)
+    if not isinstance(blob, dict) or not isinstance(blob.get("state"), dict):
+        raise ValueError(f"{path}: not an MT-DNN checkpoint (expected a dict with 'state' and 'config')")
+    conf = blob.get("config") or {}
+    if not isinstance(conf, dict):
+        raise ValueError(f"{path}: 'config' is a {type(conf).__name__}, expected MT-DNN's options dict")
+    order, order_from = mtdnn_task_order(conf, fallback_order)
+    weights: dict[str, torch.Tensor] = {}
+    heads: dict[int, dict[str, torch.Tensor]] = {}
+    unused, top_level = [], [f"'{k}'" for k in blob if k not in ("state", "config")]
+    for key, tensor in blob["state"].items():
+        if key.startswith("bert."):
+            if not key.endswith(_REBUILT_BUFFERS):
+                weights["encoder." + key[len("bert."):]] = tensor
+        elif key.startswith("scoring_list.") and key.split(".")[1].isdigit():
+            heads.setdefault(int(key.split(".")[1]), {})[key.split(".", 2)[2]] = tensor
+        else:
+            unused.append(key)
+    origin = {}
+    for index, parts in sorted(heads.items()):
+        task = order[index] if index < len(order) else None
+        if task is None or task not in used_tasks:
+            unused.append(f"scoring_list.{index}" + (f" ({task})" if task else " (no task at that position)"))
+            continue
+        weights.update(_mtdnn_head(task, index, parts, str(path)))
+        origin[task] = f"scoring_list.{index}"
+    mapping = f"scoring_list order from {order_from}: " + ", ".join(f"{i}={t}" for i, t in enumerate(order))
+    return Source(str(path), mtdnn_encoder_config(conf, encoder_type, str(path)), weights, origin,
+                  unused + top_level, mapping)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _check_shapes(own: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor], what: str,
+                  where: str) -> None:
+    if set(own) != set(theirs):
+        raise ValueError(f"{where}: {what}: the checkpoint's parameters differ from this run's (missing "
+                         f"{sorted(set(own) - set(theirs))[:3]}, extra {sorted(set(theirs) - set(own))[:3]})")
+    for key, tensor in own.items():
+        if tuple(theirs[key].shape) != tuple(tensor.shape):
+            raise ValueError(f"{where}: {what}: {key} has shape {tuple(theirs[key].shape)} in the checkpoint, "
+                             f"{tuple(tensor.shape)} here (another n_class or task type? rename the task for a fresh head)")
+
+
+def _part(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_source(model: MTDNNModel, src: Source) -> str:
+    """Copy the encoder, pooler and matching heads into ``model``; returns the log line saying what loaded."""
+    own = model.state_dict()
+    _check_shapes(_part(own, "encoder."), _part(src.weights, "encoder."), "encoder", src.where)
+    merged = dict(own)
+    merged.update(_part(src.weights, "encoder."))
+    notes = []
+    if _part(own, "pooler."):
+        if _part(src.weights, "pooler."):
+            _check_shapes(_part(own, "pooler."), _part(src.weights, "pooler."), "pooler", src.where)
+            merged.update(_part(src.weights, "pooler."))
+        else:
+            notes.append("pooler fresh")
+    loaded, fresh = [], []
+    for task in model.task_names:
+        theirs = _part(src.weights, f"heads.{task}.")
+        if not theirs:
+            fresh.append(task)
+            continue
+        origin = src.head_origin.get(task, f"heads.{task}")
+        _check_shapes(_part(own, f"heads.{task}."), theirs, f"task {task}: head {origin}", src.where)
+        merged.update(theirs)
+        loaded.append(f"{task} ({origin})")
+    model.load_state_dict(merged, strict=True)
+    unused = [f"{t} ({o})" for t, o in src.head_origin.items() if t not in model.task_names] + src.unused
+    mapping = f" ({src.mapping})" if src.mapping else ""
+    return (f"init from {src.where}{mapping}: encoder loaded{'; ' + ', '.join(notes) if notes else ''}; heads loaded: "
+            f"{', '.join(loaded) or 'none'}; fresh heads: {', '.join(fresh) or 'none'}; in the checkpoint, not "
+            f"used: {', '.join(unused) or 'nothing'}")
+
+
+def build_model(init_checkpoint: str, encoder_type: Optional[int], task_defs: Mapping,
+                train_datasets: Sequence[str], log: Callable[[str], None] = print) -> MTDNNModel:
+    """The model a run starts from: a bare encoder with fresh heads, or a trained model (see the module doc)."""
+    kind = checkpoint_kind(init_checkpoint)
+    if kind == "encoder":
+        return MTDNNModel(pretrained_models.load_encoder(init_checkpoint, encoder_type), task_defs)
+    if kind == "run":
+        src = read_run(Path(init_checkpoint))
+        pretrained_models.check_encoder_type(src.encoder_config, encoder_type)
+    else:
+        src = read_mtdnn(Path(init_checkpoint), encoder_type, list(task_defs), train_datasets)
+    model = MTDNNModel(pretrained_models.load_encoder(init_checkpoint, config=src.encoder_config), task_defs)
+    log(load_source(model, src))
+    return model
