@@ -1,0 +1,227 @@
+"""Export a trained checkpoint as a plain Hugging Face folder (used by export.py).
+
+Without a task: the encoder and its tokenizer, for ``AutoModel.from_pretrained``. With a Classification or
+Regression task: ``AutoModelForSequenceClassification`` with the task's labels. Our heads read
+``dropout -> linear`` over a tanh pooler; each HF architecture below places that pooler and linear layer where its
+own head computes exactly the same function in eval mode (dropout differs only while training). An architecture
+or head with no exact counterpart is refused with the reason, and every export is reloaded from its temp folder
+and compared with our model on a probe batch before it is renamed into place, so a folder that would give other
+logits is never written.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+import pretrained_models
+from data_utils.task_def import TaskType
+from module.heads import ClassificationHead, ScoreHead
+from mt_dnn import checkpoint as ckpt
+from mt_dnn.model import MTDNNModel
+from mt_dnn.warm_start import checkpoint_kind
+
+TOLERANCE = 1e-5
+
+
+class ExportError(ValueError):
+    """The checkpoint cannot be exported exactly; the message says why."""
+
+
+@dataclass(frozen=True)
+class ClassifierLayout:
+    """Where HF's sequence-classification model keeps our pooler's dense layer and our head's linear layer."""
+    pooler_dense: Optional[str]      # None: the encoder's own pooler, kept inside the base model (BERT)
+    out: str
+    config: tuple[tuple[str, object], ...] = ()   # settings that make HF's head apply tanh like ours
+
+
+_ROBERTA = ClassifierLayout("classifier.dense", "classifier.out_proj")
+_DEBERTA = ClassifierLayout("pooler.dense", "classifier", (("pooler_hidden_act", "tanh"),))
+LAYOUTS: dict[str, ClassifierLayout] = {
+    "bert": ClassifierLayout(None, "classifier"),
+    "roberta": _ROBERTA, "xlm-roberta": _ROBERTA,
+    "deberta": _DEBERTA, "deberta-v2": _DEBERTA,
+}
+REFUSED: dict[str, str] = {
+    "electra": "HF's ELECTRA classification head applies GELU between its two linear layers where our pooler "
+               "applies tanh, so no ElectraForSequenceClassification gives the same logits",
+}
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer
+def tokenizer_source(folder: Path, depth: int = 0) -> Optional[str]:
+    """The encoder name or folder a run's tokenizer came from, following runs that continued other runs."""
+    from mt_dnn.config import load_config
+    origin = load_config(Path(folder) / ckpt.CONFIG).init_checkpoint
+    kind = checkpoint_kind(origin)
+    if kind == "encoder":
+        return origin
+    if kind == "run" and depth < 20:
+        return tokenizer_source(Path(origin), depth + 1)
+    return None  # an MT-DNN .pt carries no tokenizer
+
+
+def load_export_tokenizer(folder: Path, tokenizer: Optional[str], vocab_size: int):
+    source = tokenizer or tokenizer_source(folder)
+    if source is None:
+        raise ExportError(f"{folder}: no tokenizer is known for this run (it started from an MT-DNN .pt "
+                          "checkpoint); pass --tokenizer NAME_OR_FOLDER")
+    tok = pretrained_models.load_tokenizer(source)
+    if len(tok) > vocab_size:
+        raise ExportError(f"--tokenizer {source}: {len(tok)} tokens, but the encoder's vocabulary has {vocab_size}")
+    return tok
+
+
+# ---------------------------------------------------------------------------------------------- classifier
+def _layout(model: MTDNNModel, task: str) -> ClassifierLayout:
+    model_type = model.encoder.config.model_type
+    if model_type in REFUSED:
+        raise ExportError(f"cannot export task {task} as {model_type}: {REFUSED[model_type]}")
+    if model_type not in LAYOUTS:
+        raise ExportError(f"cannot export task {task}: no exact sequence-classification layout is known for "
+                          f"model_type '{model_type}' (known: {', '.join(LAYOUTS)}); export the encoder alone")
+    layout = LAYOUTS[model_type]
+    if layout.pooler_dense is None and not model.uses_encoder_pooler:
+        raise ExportError(f"cannot export task {task}: this {model_type} encoder has no pooler of its own")
+    return layout
+
+
+def _check_head(model: MTDNNModel, task: str) -> None:
+    if task not in model.task_defs:
+        raise ExportError(f"--task: '{task}' is not a task of this checkpoint ({', '.join(model.task_defs)})")
+    td, head = model.task_defs[task], model.heads[task]
+    if td.task_type is TaskType.Ranking:
+        raise ExportError(f"cannot export task {task}: it is a Ranking task (one score per hypothesis, softmax "
+                          "across them), which AutoModelForSequenceClassification does not compute; export the "
+                          "encoder alone")
+    if type(head) not in (ClassificationHead, ScoreHead):
+        raise ExportError(f"cannot export task {task}: its head is a {type(head).__name__}, which has no Hugging "
+                          "Face sequence-classification equivalent")
+
+
+def _classifier_config(model: MTDNNModel, task: str, layout: ClassifierLayout):
+    td = model.task_defs[task]
+    config = model.encoder.config.__class__.from_dict(model.encoder.config.to_dict())
+    if td.is_regression:
+        config.num_labels, config.problem_type = 1, "regression"
+    else:
+        config.num_labels, config.problem_type = td.n_class, "single_label_classification"
+        config.id2label = dict(enumerate(td.labels))
+        config.label2id = {name: i for i, name in enumerate(td.labels)}
+    if hasattr(config, "classifier_dropout"):
+        config.classifier_dropout = td.dropout_p
+    for name, value in layout.config:
+        setattr(config, name, value)
+    return config
+
+
+def _prefixed(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def sequence_classifier(model: MTDNNModel, task: str):
+    """An AutoModelForSequenceClassification holding this model's encoder, pooler and ``task`` head."""
+    from transformers import AutoModelForSequenceClassification
+    _check_head(model, task)
+    layout = _layout(model, task)
+    hf = AutoModelForSequenceClassification.from_config(_classifier_config(model, task, layout))
+    encoder_state = model.encoder.state_dict()
+    pooler = model.encoder.pooler.dense if model.uses_encoder_pooler else model.pooler.dense
+    if layout.pooler_dense is not None:
+        encoder_state = {k: v for k, v in encoder_state.items() if not k.startswith("pooler.")}
+    state = {f"{hf.base_model_prefix}.{k}": v for k, v in encoder_state.items()}
+    if layout.pooler_dense is not None:
+        state.update(_prefixed(pooler, layout.pooler_dense))
+    state.update(_prefixed(model.heads[task].proj, layout.out))
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ExportError(f"cannot export task {task}: the {type(hf).__name__} layout does not match (missing "
+                          f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    return hf
+
+
+# ---------------------------------------------------------------------------------------------- self-check
+def probe_batch(config, n: int = 4, length: int = 12) -> dict[str, torch.Tensor]:
+    """Deterministic random inputs with padding and two segments, to compare two implementations on."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, config.vocab_size, (n, length), generator=g)
+    mask = torch.ones(n, length, dtype=torch.long)
+    mask[1, length // 2:] = 0
+    types = torch.zeros(n, length, dtype=torch.long)
+    if getattr(config, "type_vocab_size", 1) > 1:
+        types[:, length // 2:] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+@torch.no_grad()
+def _ours(model: MTDNNModel, task: Optional[str], batch: dict) -> torch.Tensor:
+    model.eval()
+    if task is None:
+        return model.encoder(**batch, return_dict=True).last_hidden_state
+    out = model(task, **batch)
+    return out if out.ndim == 2 else out.unsqueeze(-1)
+
+
+@torch.no_grad()
+def _theirs(folder: Path, task: Optional[str], batch: dict) -> torch.Tensor:
+    from transformers import AutoModel, AutoModelForSequenceClassification
+    auto = AutoModel if task is None else AutoModelForSequenceClassification
+    hf, info = auto.from_pretrained(str(folder), output_loading_info=True)
+    if info.get("missing_keys") or info.get("mismatched_keys"):
+        raise ExportError(f"export self-check: {auto.__name__} left weights uninitialised "
+                          f"({sorted(info.get('missing_keys') or info.get('mismatched_keys'))[:3]})")
+    out = hf.eval()(**batch, return_dict=True)
+    return out.last_hidden_state if task is None else out.logits
+
+
+def self_check(model: MTDNNModel, folder: Path, task: Optional[str]) -> float:
+    """Largest |difference| between our outputs and the reloaded export's; above TOLERANCE is an error."""
+    batch = probe_batch(model.encoder.config)
+    ours, theirs = _ours(model, task, batch), _theirs(folder, task, batch)
+    keep = batch["attention_mask"].bool() if task is None else torch.ones(len(ours), dtype=torch.bool)
+    diff = (ours[keep] - theirs[keep]).abs().max().item()
+    if diff > TOLERANCE:
+        raise ExportError(f"export self-check: the exported model's outputs differ from the checkpoint's by "
+                          f"{diff:.3g} (> {TOLERANCE}); nothing was written")
+    return diff
+
+
+# ---------------------------------------------------------------------------------------------- export
+def export(checkpoint: Path, out: Path, task: Optional[str] = None, tokenizer: Optional[str] = None,
+           overwrite: bool = False) -> dict:
+    """Write the HF folder ``out`` (temp folder beside it, checked, then renamed); returns a summary."""
+    from mt_dnn.restore import restore
+    checkpoint, out = Path(checkpoint), Path(out)
+    if out.exists() and not overwrite:
+        raise ExportError(f"--out {out}: already exists (pass --overwrite to replace it)")
+    model = restore(checkpoint).model.eval()
+    hf = model.encoder if task is None else sequence_classifier(model, task)
+    tok = load_export_tokenizer(checkpoint, tokenizer, model.encoder.config.vocab_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        hf.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        diff = self_check(model, tmp, task)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"out": str(out), "task": task, "architecture": type(hf).__name__, "max_abs_diff": diff}
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)

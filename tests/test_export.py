@@ -1,0 +1,179 @@
+"""export.py: a run as a plain Hugging Face folder.
+
+The round trip is checked from the outside: the folder is loaded with plain transformers (AutoModel,
+AutoModelForSequenceClassification, AutoTokenizer) and its outputs on the dev shard are compared with what
+predict.py wrote for the same checkpoint. RoBERTa and DeBERTa layouts are checked against our own forward;
+heads with no exact HF counterpart, and exports whose logits would differ, are refused and leave nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (AutoModel, AutoModelForSequenceClassification, AutoTokenizer, BertTokenizerFast,
+                          DebertaV2Config, ElectraConfig, RobertaConfig)
+
+import export as export_cli
+import predict as predict_cli
+from conftest import tiny_bert_config
+from data_utils.task_def import load_task_defs, select_tasks
+from mt_dnn import hf_export
+from mt_dnn.batcher import collate, load_split
+from mt_dnn.model import MTDNNModel
+from mt_dnn.trainer import Trainer
+from test_trainer import TASK_YAML, config, write_shards
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(100)] + list("abcdefghijklmnopqrstuvw")
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_bert_config()).save_pretrained(root / "tiny-bert")
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(WORDS[:128])}).save_pretrained(str(root / "tiny-bert"))
+    (root / "tasks.yml").write_text(TASK_YAML, encoding="utf-8")
+    write_shards(root / "shards")
+    Trainer(config(root, "run", epochs=1)).fit()
+    return root
+
+
+def _predicted(ws: Path, task: str, capsys) -> dict:
+    assert predict_cli.main(["--checkpoint", str(ws / "run" / "best"), "--task", task, "--split", "dev",
+                             "--output_dir", str(ws / "pred")]) == 0
+    capsys.readouterr()
+    return json.loads((ws / "pred" / f"{task}_dev_scores_predict.json").read_text())
+
+
+def _hf_logits(folder: Path, ws: Path, task: str) -> tuple[torch.Tensor, object]:
+    """Plain transformers over the dev shard, one padded batch."""
+    hf = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    td = load_task_defs(ws / "tasks.yml")[task]
+    data = load_split(str(ws / "shards"), td, "dev", 64)
+    batch = collate(data, list(range(len(data))), hf.config.pad_token_id or 0, with_labels=False)
+    with torch.no_grad():
+        return hf(**batch).logits, hf.config
+
+
+def test_classification_export_gives_predict_py_scores(ws, capsys):
+    assert export_cli.main(["--checkpoint", str(ws / "run" / "best"), "--out", str(ws / "hf-pairs"),
+                            "--task", "pairs"]) == 0
+    assert json.loads(capsys.readouterr().out)["architecture"] == "BertForSequenceClassification"
+    logits, cfg = _hf_logits(ws / "hf-pairs", ws, "pairs")
+    assert cfg.id2label == {0: "not", 1: "same"} and cfg.label2id == {"not": 0, "same": 1}
+    assert cfg.problem_type == "single_label_classification"
+    expected = _predicted(ws, "pairs", capsys)
+    torch.testing.assert_close(torch.softmax(logits, -1), torch.tensor(expected["scores"]), rtol=0, atol=1e-5)
+    assert logits.argmax(-1).tolist() == expected["predictions"]
+
+
+def test_regression_export_gives_predict_py_values(ws, capsys):
+    assert export_cli.main(["--checkpoint", str(ws / "run" / "best"), "--out", str(ws / "hf-score"),
+                            "--task", "score"]) == 0
+    logits, cfg = _hf_logits(ws / "hf-score", ws, "score")
+    assert cfg.problem_type == "regression" and cfg.num_labels == 1
+    expected = _predicted(ws, "score", capsys)
+    torch.testing.assert_close(logits[:, 0], torch.tensor(expected["scores"]), rtol=0, atol=1e-5)
+
+
+def test_encoder_export_loads_with_automodel_and_autotokenizer(ws, capsys):
+    assert export_cli.main(["--checkpoint", str(ws / "run" / "best"), "--out", str(ws / "hf-enc")]) == 0
+    from mt_dnn.restore import restore
+    ours = restore(ws / "run" / "best").model.eval()
+    hf = AutoModel.from_pretrained(str(ws / "hf-enc")).eval()
+    batch = hf_export.probe_batch(hf.config)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(**batch).pooler_output, ours.pool(**batch), rtol=0, atol=1e-6)
+    tok = AutoTokenizer.from_pretrained(str(ws / "hf-enc"))
+    assert tok("w3 W7 b")["input_ids"] == [2, 8, 12, 106, 3] and len(tok) == 128
+    assert export_cli.main(["--checkpoint", str(ws / "run" / "best"), "--out", str(ws / "hf-enc")]) == 2
+    assert "hf-enc: already exists (pass --overwrite" in capsys.readouterr().err
+    assert export_cli.main(["--checkpoint", str(ws / "run" / "best"), "--out", str(ws / "hf-enc"),
+                            "--overwrite", "--task", "pairs"]) == 0
+    assert AutoModelForSequenceClassification.from_pretrained(str(ws / "hf-enc")).config.num_labels == 2
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_ranking_and_unknown_tasks_are_refused_leaving_nothing(ws, capsys):
+    base = ["--checkpoint", str(ws / "run" / "best"), "--out", str(ws / "hf-no")]
+    assert export_cli.main(base + ["--task", "pick"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("export.py: error: cannot export task pick: it is a Ranking task") and err.count("\n") == 1
+    assert export_cli.main(base + ["--task", "nli"]) == 2
+    assert "--task: 'nli' is not a task of this checkpoint (pairs, score, pick)" in capsys.readouterr().err
+    assert not (ws / "hf-no").exists() and _leftovers(ws) == []
+
+
+def test_export_whose_logits_would_differ_is_refused(ws, monkeypatch, capsys):
+    # a layout that silently changes the encoder's activation: the reload-and-compare step must catch it
+    wrong = hf_export.ClassifierLayout(None, "classifier", (("hidden_act", "relu"),))
+    monkeypatch.setitem(hf_export.LAYOUTS, "bert", wrong)
+    assert export_cli.main(["--checkpoint", str(ws / "run" / "best"), "--out", str(ws / "hf-wrong"),
+                            "--task", "pairs"]) == 2
+    assert "export self-check: the exported model's outputs differ" in capsys.readouterr().err
+    assert not (ws / "hf-wrong").exists() and _leftovers(ws) == []
+
+
+def _copy_with_origin(ws: Path, name: str, origin: str) -> Path:
+    folder = ws / name
+    shutil.copytree(ws / "run" / "best", folder)
+    cfg = json.loads((folder / "train_config.json").read_text())
+    cfg["init_checkpoint"] = origin
+    (folder / "train_config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_tokenizer_follows_continued_runs_and_mtdnn_origin_needs_one(ws, capsys):
+    chained = _copy_with_origin(ws, "chained", str(ws / "run" / "best"))
+    assert hf_export.tokenizer_source(chained) == str(ws / "tiny-bert")
+    (ws / "mt.pt").write_bytes(b"x")
+    from_mtdnn = _copy_with_origin(ws, "from-mtdnn", str(ws / "mt.pt"))
+    assert hf_export.tokenizer_source(from_mtdnn) is None
+    assert export_cli.main(["--checkpoint", str(from_mtdnn), "--out", str(ws / "hf-mt")]) == 2
+    assert "no tokenizer is known for this run (it started from an MT-DNN .pt" in capsys.readouterr().err
+    assert export_cli.main(["--checkpoint", str(from_mtdnn), "--out", str(ws / "hf-mt"), "--tokenizer",
+                            str(ws / "tiny-bert")]) == 0
+
+
+# ---------------------------------------------------------------------------------------------- other encoders
+SMALL = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+             max_position_embeddings=80)
+
+
+def _random_model(config, ws: Path) -> MTDNNModel:
+    torch.manual_seed(1)
+    defs = select_tasks(load_task_defs(ws / "tasks.yml"), ["pairs", "score"])
+    model = MTDNNModel(AutoModel.from_config(config), defs)
+    with torch.no_grad():  # heads and pooler away from their zero-bias init, so a misplaced layer shows
+        for p in list(model.heads.parameters()) + list((model.pooler or torch.nn.Linear(1, 1)).parameters()):
+            p.normal_(0, 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("config", [RobertaConfig(**SMALL, type_vocab_size=1, pad_token_id=1),
+                                    DebertaV2Config(**SMALL, type_vocab_size=0, relative_attention=True,
+                                                    pos_att_type=["p2c", "c2p"])], ids=["roberta", "deberta-v2"])
+@pytest.mark.parametrize("task", ["pairs", "score"])
+def test_roberta_and_deberta_layouts_are_exact(config, task, ws, tmp_path):
+    model = _random_model(config, ws)
+    hf = hf_export.sequence_classifier(model, task)
+    hf.save_pretrained(str(tmp_path / "m"))
+    assert hf_export.self_check(model, tmp_path / "m", task) <= hf_export.TOLERANCE
+    batch = hf_export.probe_batch(config)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "m")).eval()
+    with torch.no_grad():
+        ours = model(task, **batch)
+        torch.testing.assert_close(reloaded(**batch).logits.reshape(ours.shape), ours, rtol=0, atol=1e-5)
+
+
+def test_electra_is_refused_with_the_reason(ws):
+    model = _random_model(ElectraConfig(**SMALL, embedding_size=32), ws)
+    with pytest.raises(hf_export.ExportError, match=r"cannot export task pairs as electra: HF's ELECTRA "
+                                                    r"classification head applies GELU"):
+        hf_export.sequence_classifier(model, "pairs")
