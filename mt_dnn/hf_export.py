@@ -10,9 +10,6 @@ logits is never written.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -20,6 +17,7 @@ from typing import Optional
 import torch
 
 import pretrained_models
+from data_utils.atomic import atomic_folder
 from data_utils.task_def import TaskType
 from module.heads import ClassificationHead, ScoreHead
 from mt_dnn import checkpoint as ckpt
@@ -203,25 +201,8 @@ def export(checkpoint: Path, out: Path, task: Optional[str] = None, tokenizer: O
     model = restore(checkpoint).model.eval()
     hf = model.encoder if task is None else sequence_classifier(model, task)
     tok = load_export_tokenizer(checkpoint, tokenizer, model.encoder.config.vocab_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_folder(out, overwrite=True) as tmp:
         hf.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
         diff = self_check(model, tmp, task)
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"out": str(out), "task": task, "architecture": type(hf).__name__, "max_abs_diff": diff}
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
