@@ -16,6 +16,7 @@ checkpoint had that this run does not use.
 from __future__ import annotations
 
 import pickle
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -75,25 +76,87 @@ def read_run(folder: Path) -> Source:
 
 
 # ---------------------------------------------------------------------------------------------- MT-DNN files
+# MT-DNN pickles its task definitions into the saved options (TaskDef, a dict subclass, plus enums and label
+# vocabularies from its own modules). weights_only refuses unknown classes, so each one the file names is mapped
+# to an inert stand-in that only records its arguments: nothing from the file runs, and the weights still load.
+_TORCH_READS = ("torch", "collections", "builtins", "copyreg", "_codecs", "numpy")
+_DICT_LIKE = ("experiments.exp_def.TaskDef",)
+
+
+class StandIn:
+    """An object the checkpoint names but this project does not import: its arguments and state, nothing else."""
+    name = "?"
+
+    def __init__(self, *args):
+        self.args = args
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<{self.name}{self.args!r}>"
+
+
+def pickle_globals(path: Path) -> list[str]:
+    """``module.name`` of each class or function a torch checkpoint's pickle refers to, read without loading it."""
+    import io
+    import pickletools
+    import zipfile
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            pickled = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            stream = io.BytesIO(archive.read(pickled[0]) if pickled else b"")
+    else:  # the legacy format: a few pickles in a row, then raw storages
+        stream = io.BytesIO(Path(path).read_bytes())
+    found, strings = [], []
+    for _ in range(4):
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                if op.name == "GLOBAL":
+                    found.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(".".join(strings[-2:]))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception:  # noqa: BLE001 - past the pickles (raw storage bytes) or not a pickle at all
+            break
+    return list(dict.fromkeys(found))
+
+
+def _stand_ins(path: Path) -> list[tuple[type, str]]:
+    out = []
+    for name in pickle_globals(path):
+        if name.split(".")[0] in _TORCH_READS:
+            continue
+        if name in _DICT_LIKE:  # pickled as new object + dict items + attributes: OrderedDict takes all three
+            out.append((OrderedDict, name))
+        else:
+            out.append((type(name.rsplit(".", 1)[-1], (StandIn,), {"name": name}), name))
+    return out
+
+
 def _torch_load(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_stand_ins(path)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        objects = [ln for ln in lines if "Unsupported global" in ln]
-        if objects:
-            raise ValueError(f"{path}: torch.load(weights_only=True) refuses this file ({objects[0]}); re-save it "
-                             "as a dict of tensors and plain values ('state' and a plain 'config' dict)") from None
-        why = next((ln for ln in lines if ln.startswith("Unsupported")), lines[0] if lines else "")
-        raise ValueError(f"{path}: not a readable torch checkpoint ({why})") from None
-    except (RuntimeError, EOFError) as exc:
+        why = next((ln for ln in lines if ln.startswith(("Unsupported", "Can only", "Trying"))),
+                   lines[0] if lines else "")
+        raise ValueError(f"{path}: not a checkpoint torch.load(weights_only=True) can read ({why})") from None
+    except (RuntimeError, EOFError, AttributeError, TypeError) as exc:
         raise ValueError(f"{path}: not a readable torch checkpoint ({str(exc).splitlines()[0]})") from None
+
+
+def _plain(value: Any) -> Any:
+    """An enum MT-DNN pickled (a StandIn holding its value) -> that value."""
+    return value.args[0] if isinstance(value, StandIn) and len(value.args) == 1 else value
 
 
 def mtdnn_encoder_config(conf: Mapping, encoder_type: Optional[int], where: str):
     """The HF encoder config inside MT-DNN's saved options (MT-DNN merges the encoder's config into them)."""
     from transformers import CONFIG_MAPPING
-    saved_type = conf.get("encoder_type")
+    saved_type = _plain(conf.get("encoder_type"))
     if encoder_type is not None and saved_type is not None and saved_type != encoder_type:
         raise ValueError(f"--encoder_type {encoder_type}: {where} was trained with encoder_type {saved_type}")
     etype = encoder_type if encoder_type is not None else saved_type
@@ -137,7 +200,8 @@ def read_mtdnn(path: Path, encoder_type: Optional[int], used_tasks: Sequence[str
         raise ValueError(f"{path}: not an MT-DNN checkpoint (expected a dict with 'state' and 'config')")
     conf = blob.get("config") or {}
     if not isinstance(conf, dict):
-        raise ValueError(f"{path}: 'config' is a {type(conf).__name__}, expected MT-DNN's options dict")
+        raise ValueError(f"{path}: 'config' is a {getattr(conf, 'name', type(conf).__name__)}, expected MT-DNN's "
+                         "options dict")
     order, order_from = mtdnn_task_order(conf, fallback_order)
     weights: dict[str, torch.Tensor] = {}
     heads: dict[int, dict[str, torch.Tensor]] = {}
@@ -172,7 +236,8 @@ def _check_shapes(own: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Te
     for key, tensor in own.items():
         if tuple(theirs[key].shape) != tuple(tensor.shape):
             raise ValueError(f"{where}: {what}: {key} has shape {tuple(theirs[key].shape)} in the checkpoint, "
-                             f"{tuple(tensor.shape)} here (another n_class or task type? rename the task for a fresh head)")
+                             f"{tuple(tensor.shape)} here (another n_class or task type? rename the task for a "
+                             "fresh head)")
 
 
 def _part(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

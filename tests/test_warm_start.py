@@ -7,6 +7,10 @@ shape mismatches and unreadable files fail with one line, and an MT-DNN layout w
 from __future__ import annotations
 
 import argparse
+import enum
+import sys
+import types
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -14,9 +18,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, BertModel
 
+import data_utils.metrics
 from conftest import tiny_bert_config
+from data_utils.task_def import DataFormat, TaskType
+from mt_dnn import warm_start
 from mt_dnn.trainer import Trainer
-from mt_dnn.warm_start import checkpoint_kind
+from mt_dnn.warm_start import StandIn, checkpoint_kind
 from test_trainer import TASK_YAML, config, write_shards
 
 OTHER_YAML = TASK_YAML.replace("n_class: 2\n  labels: [not, same]\n  metric_meta: [ACC, F1]",
@@ -72,8 +79,8 @@ def test_continue_from_a_step_checkpoint(ws):
 
 
 def test_head_shape_mismatch_names_the_task(ws):
-    with pytest.raises(ValueError, match=r"first/best: task pairs: head heads\.pairs: heads\.pairs\.proj\.weight has shape "
-                                         r"\(2, 32\) in the checkpoint, \(3, 32\) here"):
+    with pytest.raises(ValueError, match=r"first/best: task pairs: head heads\.pairs: heads\.pairs\.proj\.weight has "
+                                         r"shape \(2, 32\) in the checkpoint, \(3, 32\) here"):
         Trainer(config(ws, "mismatch", init_checkpoint=str(ws / "first" / "best"), task_def=str(ws / "other.yml"),
                        train_datasets=["pairs"], test_datasets=["pairs"]))
 
@@ -118,10 +125,46 @@ def _linear(n_out: int, seed: int) -> dict:
     return {"weight": torch.randn(n_out, 32, generator=g), "bias": torch.randn(n_out, generator=g)}
 
 
-def test_mtdnn_checkpoint_maps_bert_and_scoring_list(ws):
+def _mtdnn_task_defs(monkeypatch) -> list:
+    """MT-DNN's ``opt['task_def_list']`` as its train.py saves it: TaskDef objects (a dict subclass whose items are
+    reprs, with attributes) holding a label Vocabulary and enums, all from MT-DNN's module paths."""
+    class TaskDef(dict):
+        def __init__(self, **fields):
+            super().__init__(**{k: repr(v) for k, v in fields.items()})
+            self.__dict__.update(fields)
+
+    class Vocabulary:
+        def __init__(self, labels):
+            self.tok2ind = {label: i for i, label in enumerate(labels)}
+
+    class Metric(enum.Enum):
+        ACC = 0
+
+    for cls, module in ((TaskDef, "experiments.exp_def"), (Vocabulary, "data_utils.vocab"),
+                        (Metric, "data_utils.metrics")):
+        cls.__module__, cls.__qualname__ = module, cls.__name__
+        if module not in sys.modules:
+            monkeypatch.setitem(sys.modules, module, types.ModuleType(module))
+        monkeypatch.setattr(sys.modules[module], cls.__name__, cls, raising=False)
+    # data_utils.task_def.TaskType/DataFormat are MT-DNN's names too (ours are pickled here under them)
+    return [TaskDef(label_vocab=Vocabulary(labels) if labels else None, n_class=n, task_type=task_type,
+                    data_type=DataFormat.PremiseAndOneHypothesis, metric_meta=(Metric.ACC,),
+                    split_names=["train", "dev", "test"], enable_san=False, dropout_p=0.1, loss=None, kd_loss=None,
+                    adv_loss=None)
+            for n, labels, task_type in ((1, None, TaskType.Regression), (2, ["0", "1"], TaskType.Classification),
+                                         (3, ["a", "b", "c"], TaskType.Classification))]
+
+
+def test_mtdnn_checkpoint_maps_bert_and_scoring_list(ws, monkeypatch):
     heads = {0: _linear(1, 1), 1: _linear(2, 2), 2: _linear(3, 3)}
-    path, bert = _mtdnn_file(ws, "mtdnn.pt", {"encoder_type": 1, "train_datasets": ["score", "pairs_x", "qqp"]},
-                             heads)
+    path, bert = _mtdnn_file(ws, "mtdnn.pt", {"encoder_type": 1, "train_datasets": ["score", "pairs_x", "qqp"],
+                                              "task_def_list": _mtdnn_task_defs(monkeypatch)}, heads)
+    monkeypatch.undo()  # MT-DNN's classes are gone again: loading must not need them
+    assert "experiments.exp_def" not in sys.modules
+    task_defs = warm_start._torch_load(path)["config"]["task_def_list"]
+    assert type(task_defs[1]) is OrderedDict and task_defs[1].n_class == 2 and task_defs[1]["n_class"] == "2"
+    assert isinstance(task_defs[1].task_type, StandIn) and task_defs[1].task_type.args == (1,)
+    assert task_defs[2].label_vocab.state == {"tok2ind": {"a": 0, "b": 1, "c": 2}}
     trainer = Trainer(config(ws, "from-mtdnn", init_checkpoint=str(path), train_datasets=["pairs", "pick"],
                              test_datasets=["pairs"]))
     model = trainer.model.eval()
@@ -167,11 +210,55 @@ def test_mtdnn_head_shape_and_layout_errors(ws):
         Trainer(config(ws, "bad", init_checkpoint=str(path), train_datasets=["pairs"]))
 
 
-def test_mtdnn_file_with_python_objects_is_refused_by_weights_only(ws):
-    torch.save({"state": {}, "config": argparse.Namespace(encoder_type=1)}, ws / "pickled.pt")
-    with pytest.raises(ValueError, match=r"pickled\.pt: torch\.load\(weights_only=True\) refuses this file "
-                                         r"\(.*argparse\.Namespace"):
-        Trainer(config(ws, "bad", init_checkpoint=str(ws / "pickled.pt"), train_datasets=["pairs"]))
+def test_unreadable_mtdnn_files_fail_with_one_line(ws):
+    torch.save({"state": {}, "config": argparse.Namespace(encoder_type=1)}, ws / "namespace.pt")
+    with pytest.raises(ValueError, match=r"namespace\.pt: 'config' is a argparse\.Namespace, expected MT-DNN's "
+                                         r"options dict"):
+        Trainer(config(ws, "bad", init_checkpoint=str(ws / "namespace.pt"), train_datasets=["pairs"]))
+    torch.save([1, 2], ws / "list.pt")
+    with pytest.raises(ValueError, match=r"list\.pt: not an MT-DNN checkpoint \(expected a dict with 'state'"):
+        Trainer(config(ws, "bad", init_checkpoint=str(ws / "list.pt"), train_datasets=["pairs"]))
     (ws / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"junk\.pt: not a readable torch checkpoint"):
+    with pytest.raises(ValueError, match=r"junk\.pt: not a checkpoint torch\.load\(weights_only=True\) can read "
+                                         r"\(Unsupported operand"):
         Trainer(config(ws, "bad", init_checkpoint=str(ws / "junk.pt"), train_datasets=["pairs"]))
+
+
+class _Calls:
+    """Pickles as a call of ``func(*args)`` (what a hostile checkpoint would carry)."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def test_stand_ins_run_nothing_from_the_file(ws):
+    """A pickled call becomes an inert record of the call; os/sys calls stay blocked by torch itself."""
+    import os
+    import shutil
+    victim = ws / "victim"
+    victim.mkdir()
+    torch.save({"state": {}, "config": {"x": _Calls(shutil.rmtree, str(victim))}}, ws / "call.pt")
+    assert warm_start.pickle_globals(ws / "call.pt") == ["shutil.rmtree"]
+    loaded = warm_start._torch_load(ws / "call.pt")["config"]["x"]
+    assert isinstance(loaded, StandIn) and loaded.name == "shutil.rmtree" and loaded.args == (str(victim),)
+    assert victim.is_dir()
+    torch.save({"state": {}, "config": {"x": _Calls(os.system, "true")}}, ws / "os.pt")
+    with pytest.raises(ValueError, match=r"os\.pt: not a checkpoint .* GLOBAL posix\.system whose module posix is "
+                                         r"blocked"):
+        warm_start._torch_load(ws / "os.pt")
+
+
+def test_legacy_torch_format_with_task_defs_loads(ws, monkeypatch):
+    """MT-DNN's released checkpoints predate torch's zip format; their pickles are read the same way."""
+    blob = {"state": {"scoring_list.0.weight": torch.ones(2, 32)}, "config": {"task_def_list": _mtdnn_task_defs(
+        monkeypatch)}}
+    torch.save(blob, ws / "legacy.pt", _use_new_zipfile_serialization=False)
+    monkeypatch.undo()
+    assert {"experiments.exp_def.TaskDef", "data_utils.task_def.TaskType"} <= set(
+        warm_start.pickle_globals(ws / "legacy.pt"))
+    loaded = warm_start._torch_load(ws / "legacy.pt")
+    assert torch.equal(loaded["state"]["scoring_list.0.weight"], torch.ones(2, 32))
+    assert [d.n_class for d in loaded["config"]["task_def_list"]] == [1, 2, 3]
