@@ -4,8 +4,8 @@ Three kinds of ``--init_checkpoint``:
 - an encoder (registry name, HF folder or hub id): the encoder loads, every head starts fresh (as before);
 - one of our checkpoint folders (``<run>/best``, ``<run>/step-N``): the encoder (and our own pooler) load, and
   each head of a task this run shares with that run, by task name;
-- an MT-DNN ``.pt`` file (a dict with ``state`` and ``config``), read with ``torch.load(weights_only=True)``:
-  ``bert.*`` is the encoder, and ``scoring_list.N`` is the head of the N-th task of that MT-DNN run's
+- an MT-DNN ``.pt`` file (a dict with ``state`` and ``config``), read with ``torch.load(weights_only=True)``
+  (the classes MT-DNN pickles into its options load as inert stand-ins): ``bert.*`` is the encoder, and ``scoring_list.N`` is the head of the N-th task of that MT-DNN run's
   ``--train_datasets`` (MT-DNN's order: names up to the first ``_``, first appearance wins), taken from its saved
   ``config``; a config without ``train_datasets`` falls back to this run's ``--train_datasets`` order.
 
