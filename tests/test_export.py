@@ -177,3 +177,27 @@ def test_electra_is_refused_with_the_reason(ws):
     with pytest.raises(hf_export.ExportError, match=r"cannot export task pairs as electra: HF's ELECTRA "
                                                     r"classification head applies GELU"):
         hf_export.sequence_classifier(model, "pairs")
+
+
+def test_embedded_minilm_run_exports_with_its_registry_tokenizer(tmp_path):
+    """A run on the offline default encoder: the tokenizer comes from the registry name, and text tokenized by the
+    exported tokenizer gives plain transformers the logits our model gives."""
+    import pretrained_models
+    from mt_dnn import checkpoint as ckpt
+    from mt_dnn.config import TrainConfig
+    glue_yml = str(Path(__file__).resolve().parents[1] / "experiments" / "glue" / "glue_task_def.yml")
+    torch.manual_seed(0)
+    model = MTDNNModel(pretrained_models.load_encoder("minilm-l6"),
+                       select_tasks(load_task_defs(glue_yml), ["rte"])).eval()
+    cfg = TrainConfig(train_datasets=["rte"], task_def=glue_yml, init_checkpoint="minilm-l6")
+    ckpt.save_checkpoint(tmp_path / "run" / "best", model, cfg.to_json(),
+                         extra_files={ckpt.ENCODER_CONFIG: model.encoder.config.to_json_string()})
+    assert export_cli.main(["--checkpoint", str(tmp_path / "run" / "best"), "--out", str(tmp_path / "hf"),
+                            "--task", "rte"]) == 0
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    hf = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "hf")).eval()
+    assert hf.config.id2label == {0: "not_entailment", 1: "entailment"}
+    batch = tok(["A man is playing a guitar.", "Dogs run."], ["Someone makes music.", "Cats sleep."],
+                padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(hf(**batch).logits, model("rte", **batch), rtol=0, atol=1e-5)
