@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--task_def", default=d.task_def, help="YAML task-definition file")
     a("--data_dir", default=d.data_dir, help="folder with the tokenized {task}_{split}.jsonl shards")
     a("--init_checkpoint", default=d.init_checkpoint,
-      help="encoder: a registry name (see pretrained_models.py), a local folder or a hub name")
+      help="encoder: a registry name (see pretrained_models.py), a local folder or a hub name; or a trained "
+           "model to continue from: a best/ or step-N/ folder of a run, or an MT-DNN .pt checkpoint")
     a("--encoder_type", type=int, default=None, help="MT-DNN encoder type: 1 BERT, 2 RoBERTa, 6 DeBERTa, 7 ELECTRA")
     a("--output_dir", default=d.output_dir)
     a("--optimizer", "--optim", dest="optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
