@@ -5,7 +5,8 @@ Three kinds of ``--init_checkpoint``:
 - one of our checkpoint folders (``<run>/best``, ``<run>/step-N``): the encoder (and our own pooler) load, and
   each head of a task this run shares with that run, by task name;
 - an MT-DNN ``.pt`` file (a dict with ``state`` and ``config``), read with ``torch.load(weights_only=True)``
-  (the classes MT-DNN pickles into its options load as inert stand-ins): ``bert.*`` is the encoder, and ``scoring_list.N`` is the head of the N-th task of that MT-DNN run's
+  (the classes MT-DNN pickles into its options load as inert stand-ins): ``bert.*`` is the encoder (LayerNorm
+  ``gamma``/``beta`` renamed as pytorch-pretrained-bert wrote them), and ``scoring_list.N`` is the head of the N-th task of that MT-DNN run's
   ``--train_datasets`` (MT-DNN's order: names up to the first ``_``, first appearance wins), taken from its saved
   ``config``; a config without ``train_datasets`` falls back to this run's ``--train_datasets`` order.
 
@@ -29,6 +30,8 @@ from mt_dnn.model import MTDNNModel
 
 # buffers some transformers versions saved and newer ones rebuild (never trained)
 _REBUILT_BUFFERS = ("embeddings.position_ids",)
+# pytorch-pretrained-bert (MT-DNN's first encoder library) named LayerNorm parameters gamma and beta
+_OLD_NAMES = {".LayerNorm.gamma": ".LayerNorm.weight", ".LayerNorm.beta": ".LayerNorm.bias"}
 
 
 @dataclass
@@ -193,6 +196,13 @@ def _mtdnn_head(task: str, index: int, parts: dict[str, torch.Tensor], where: st
     return {f"heads.{task}.proj.{name}": t for name, t in parts.items()}
 
 
+def _new_name(key: str) -> str:
+    for old, new in _OLD_NAMES.items():
+        if key.endswith(old):
+            return key[:-len(old)] + new
+    return key
+
+
 def read_mtdnn(path: Path, encoder_type: Optional[int], used_tasks: Sequence[str],
                fallback_order: Sequence[str]) -> Source:
     blob = _torch_load(path)
@@ -209,7 +219,7 @@ def read_mtdnn(path: Path, encoder_type: Optional[int], used_tasks: Sequence[str
     for key, tensor in blob["state"].items():
         if key.startswith("bert."):
             if not key.endswith(_REBUILT_BUFFERS):
-                weights["encoder." + key[len("bert."):]] = tensor
+                weights["encoder." + _new_name(key[len("bert."):])] = tensor
         elif key.startswith("scoring_list.") and key.split(".")[1].isdigit():
             heads.setdefault(int(key.split(".")[1]), {})[key.split(".", 2)[2]] = tensor
         else:

@@ -107,6 +107,8 @@ def _mtdnn_file(ws: Path, name: str, with_config: dict, heads: dict[int, dict], 
     bert = BertModel(tiny_bert_config())
     state = {f"bert.{k}": v for k, v in bert.state_dict().items()}
     state["bert.embeddings.position_ids"] = torch.arange(64).unsqueeze(0)  # older transformers saved it
+    for new, old in (("weight", "gamma"), ("bias", "beta")):  # pytorch-pretrained-bert's names, one LayerNorm
+        state[f"bert.embeddings.LayerNorm.{old}"] = state.pop(f"bert.embeddings.LayerNorm.{new}")
     for index, parts in heads.items():
         state.update({f"scoring_list.{index}.{k}": v for k, v in parts.items()})
     state.update(extra_state or {})
