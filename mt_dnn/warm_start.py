@@ -5,10 +5,11 @@ Three kinds of ``--init_checkpoint``:
 - one of our checkpoint folders (``<run>/best``, ``<run>/step-N``): the encoder (and our own pooler) load, and
   each head of a task this run shares with that run, by task name;
 - an MT-DNN ``.pt`` file (a dict with ``state`` and ``config``), read with ``torch.load(weights_only=True)``
-  (the classes MT-DNN pickles into its options load as inert stand-ins): ``bert.*`` is the encoder (LayerNorm
-  ``gamma``/``beta`` renamed as pytorch-pretrained-bert wrote them), and ``scoring_list.N`` is the head of the N-th task of that MT-DNN run's
-  ``--train_datasets`` (MT-DNN's order: names up to the first ``_``, first appearance wins), taken from its saved
-  ``config``; a config without ``train_datasets`` falls back to this run's ``--train_datasets`` order.
+  (the classes MT-DNN pickles into its options load as inert stand-ins): ``bert.*`` is the encoder
+  (pytorch-pretrained-bert's LayerNorm ``gamma``/``beta`` renamed), and ``scoring_list.N`` is the head of the N-th
+  task of that MT-DNN run's ``--train_datasets`` (MT-DNN's order: names up to the first ``_``, first appearance
+  wins), taken from its saved ``config``; a config without ``train_datasets`` falls back to this run's
+  ``--train_datasets`` order.
 
 Heads whose shapes differ (another ``n_class``, another task type) are an error naming the task: rename the task
 to train a fresh head. One log line says which heads loaded (and from where), which are fresh, and which the
