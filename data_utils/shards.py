@@ -25,6 +25,14 @@ def shard_path(root_dir: Union[str, Path], model: str, task: str, split: str) ->
     return Path(root_dir) / pretrained_models.model_short_name(model) / f"{task}_{split}.jsonl"
 
 
+def find_shard(data_dir: Union[str, Path], task: str, split: str) -> Path:
+    """``{task}_{split}.jsonl``, or MT-DNN's ``{task}_{split}.json`` when only that exists (same line format;
+    the .jsonl path is returned when neither does, for the error message)."""
+    path = Path(data_dir) / f"{task}_{split}.jsonl"
+    mtdnn = path.with_suffix(".json")
+    return mtdnn if not path.is_file() and mtdnn.is_file() else path
+
+
 def _ints(values: Sequence[int]) -> str:
     return "[" + ", ".join(map(str, values)) + "]"
 

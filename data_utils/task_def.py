@@ -459,3 +459,24 @@ def select_tasks(task_defs: dict[str, TaskDef], names, source: str = "task defin
     if missing:
         raise TaskDefError(f"{source}: unknown task(s) {missing}; known: {', '.join(task_defs)}")
     return {n: task_defs[n] for n in names}
+
+
+def dataset_task(name: str) -> str:
+    """The task a ``--test_datasets`` entry belongs to: ``mnli`` and MT-DNN's ``mnli_matched`` -> ``mnli``
+    (task names contain no '_', so the first piece is the task)."""
+    return name.split("_", 1)[0]
+
+
+def dataset_splits(task_def: TaskDef, name: str) -> tuple[str, ...]:
+    """The dev and test splits a ``--test_datasets`` entry evaluates: every one of the task's for a plain task
+    name; for MT-DNN's ``{task}_{prefix}`` names, those named ``{prefix}_...`` (``mnli_matched`` ->
+    ``matched_dev``, ``matched_test``: the shards MT-DNN calls ``mnli_matched_dev``, ``mnli_matched_test``)."""
+    splits = task_def.dev_splits() + task_def.test_splits()
+    if name == task_def.name:
+        return splits
+    prefix = name[len(task_def.name) + 1:] + "_"
+    chosen = tuple(s for s in splits if s.startswith(prefix))
+    if not chosen:
+        raise TaskDefError(f"--test_datasets: '{name}' names no split of task {task_def.name}: expected split "
+                           f"names starting with '{prefix}' among {list(splits)}")
+    return chosen
