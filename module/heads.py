@@ -47,6 +47,11 @@ class ScoreHead(nn.Module):
         return self.proj(self.dropout(pooled)).squeeze(-1)
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (softmax of bf16/fp16 autocast outputs), float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 @dataclass(frozen=True)
 class SanOptions:
     """The SAN head's settings (MT-DNN's --answer_* flags)."""
@@ -98,7 +103,7 @@ class SANClassifier(nn.Module):
 
     @staticmethod
     def _weighted_sum(scores: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        weights = torch.softmax(scores.float().masked_fill(~mask, float("-inf")), dim=1).to(values.dtype)
+        weights = torch.softmax(_wide(scores).masked_fill(~mask, float("-inf")), dim=1).to(values.dtype)
         return torch.bmm(weights.unsqueeze(1), values).squeeze(1)
 
     def _keep(self, batch: int, device: torch.device) -> torch.Tensor:
@@ -121,7 +126,7 @@ class SANClassifier(nn.Module):
             read = self._weighted_sum(scores, premise, memory)
             state = self.cell(read, self.state_dropout(state))
             merged = torch.cat([read, state, (read - state).abs(), read * state], dim=-1)
-            probs.append(torch.softmax(self.proj(merged).float(), dim=-1))
+            probs.append(torch.softmax(_wide(self.proj(merged)), dim=-1))
         keep = self._keep(hidden.shape[0], hidden.device)
         averaged = (torch.stack(probs, dim=1) * keep.unsqueeze(2)).sum(1) / keep.sum(1, keepdim=True)
         return averaged.clamp_min(1e-12).log()
