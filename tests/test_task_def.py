@@ -25,6 +25,8 @@ GLUE_EXPECTED = {
     "qnli": ("PremiseAndOneHypothesis", ("not_entailment", "entailment"), ("ACC",), 0.1),
     "rte": ("PremiseAndOneHypothesis", ("not_entailment", "entailment"), ("ACC",), 0.1),
     "wnli": ("PremiseAndOneHypothesis", ("0", "1"), ("ACC",), 0.1),
+    "snli": ("PremiseAndOneHypothesis", ("contradiction", "neutral", "entailment"), ("ACC",), 0.1),
+    "scitail": ("PremiseAndOneHypothesis", ("neutral", "entails"), ("ACC",), 0.1),
 }
 
 CLS = "  task_type: Classification\n  data_format: PremiseOnly\n  metric_meta: [ACC]\n"
