@@ -613,3 +613,21 @@ def test_mtdnn_json_shards_are_read(ws, tmp_path):
                                                   "attention_mask": [1]}) + "\n")
     with pytest.raises(ShardError, match="x.jsonl:1: expected an object with keys"):
         read_shard(tmp_path / "x.jsonl")
+
+
+# ------------------------------------------------------------------------------------------ README
+def test_readme_section_shows_the_command_and_names_every_flag_and_field():
+    from data_utils.task_def import FIELDS, NO_EFFECT_FIELDS
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## Coming from MT-DNN or the SAGE repository")
+    section = readme[start:readme.index("\n## ", start + 1)]
+    command = next(line for line in AUTHORS_SCRIPT.splitlines() if line.startswith("python train.py"))
+    assert f"\n{command}\n" in section  # verbatim
+    for flag in NO_EFFECT_FLAGS:
+        assert f"`{flag}`" in section, flag
+    for name in ("grad_clipping", "log_file", "answer_opt", "update_bert_opt", "bert_dropout_p", "dropout_p",
+                 "answer_num_turn", "encoder_type", "test_datasets", "momentum"):
+        assert f"`--{name}" in section, name
+    for name in (*FIELDS, *NO_EFFECT_FIELDS):
+        assert f"`{name}`" in section, name
+    assert "### Continuing training, exporting, GLUE submission (MT-DNN recipes)" in section
