@@ -24,7 +24,7 @@ from module.bert_optim import FORMULAS, OPTIMIZERS, SCHEDULES
 IMPLEMENTATIONS = ("auto", "forloop", "foreach", "fused")
 
 
-def opt(default: Any = dataclasses.MISSING, help: str = "", *, aliases: Sequence[str] = (),
+def cli_field(default: Any = dataclasses.MISSING, help: str = "", *, aliases: Sequence[str] = (),
         factory: Any = dataclasses.MISSING, **cli: Any) -> Any:
     """A config field with its command-line help, MT-DNN aliases (``aliases``) and argparse overrides (``cli``)."""
     meta = {"help": help, "aliases": tuple(aliases), "cli": cli}
@@ -36,73 +36,74 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", *, aliases: Sequence
 @dataclass
 class TrainConfig:
     """Everything a training run depends on. Field names are MT-DNN's flag names where those exist."""
-    train_datasets: list[str] = opt(help="comma-separated task names to train on, e.g. rte,mrpc")
-    test_datasets: list[str] = opt(
+    train_datasets: list[str] = cli_field(help="comma-separated task names to train on, e.g. rte,mrpc")
+    test_datasets: list[str] = cli_field(
         factory=list, help="comma-separated datasets to evaluate after each epoch: a task (all its dev/test "
         "splits) or MT-DNN's task_prefix name such as mnli_matched (splits matched_dev, matched_test); "
         "default: the training tasks")
-    task_def: str = opt("experiments/glue/glue_task_def.yml", "YAML task-definition file")
-    data_dir: str = opt("data/canonical_data/bert-base-uncased",
+    task_def: str = cli_field("experiments/glue/glue_task_def.yml", "YAML task-definition file")
+    data_dir: str = cli_field("data/canonical_data/bert-base-uncased",
                         "folder with the tokenized {task}_{split}.jsonl (or MT-DNN's .json) shards")
-    init_checkpoint: str = opt(pretrained_models.DEFAULT_ENCODER,
+    init_checkpoint: str = cli_field(pretrained_models.DEFAULT_ENCODER,
                                "encoder: a registry name (see pretrained_models.py), a local folder or a hub name")
-    encoder_type: Optional[int] = opt(None, "MT-DNN encoder type: 1 BERT, 2 RoBERTa, 6 DeBERTa, 7 ELECTRA")
-    output_dir: str = opt("checkpoints/run")
+    encoder_type: Optional[int] = cli_field(None, "MT-DNN encoder type: 1 BERT, 2 RoBERTa, 6 DeBERTa, 7 ELECTRA")
+    output_dir: str = cli_field("checkpoints/run")
     # optimisation
-    optimizer: str = opt("usadamax", f"one of {', '.join(OPTIMIZERS)}", aliases=("--optim",))
-    learning_rate: float = opt(5e-5)
-    beta3: float = opt(0.75, "SAGE sensitivity EMA coefficient")
-    betas: tuple[float, float] = opt((0.9, 0.999))
-    adam_eps: float = opt(1e-6)
-    weight_decay: float = opt(0.01, "decay of the decay groups (reference: 0.01)")
-    momentum: float = opt(0.0, "momentum of sgd/ussgd (MT-DNN's --momentum)")
-    sage_formula: Optional[str] = opt(None, f"one of {', '.join(FORMULAS)} (default: the optimizer's own)")
-    optim_impl: str = opt("auto", choices=IMPLEMENTATIONS)
-    warmup: float = opt(0.1, "warmup ratio of the total steps")
-    warmup_schedule: str = opt("warmup_linear", f"one of {', '.join(SCHEDULES)}")
-    global_grad_clipping: float = opt(1.0, "clip the norm of all gradients together to this (0: off)")
-    grad_clipping: float = opt(0.0, "then clip each parameter's gradient to this norm on its own, as the "
+    optimizer: str = cli_field("usadamax", f"one of {', '.join(OPTIMIZERS)}", aliases=("--optim",))
+    learning_rate: float = cli_field(5e-5)
+    beta3: float = cli_field(0.75, "SAGE sensitivity EMA coefficient")
+    betas: tuple[float, float] = cli_field((0.9, 0.999))
+    adam_eps: float = cli_field(1e-6)
+    weight_decay: float = cli_field(0.01, "decay of the decay groups (reference: 0.01)")
+    momentum: float = cli_field(0.0, "momentum of sgd/ussgd (MT-DNN's --momentum)")
+    sage_formula: Optional[str] = cli_field(None, f"one of {', '.join(FORMULAS)} (default: the optimizer's own)")
+    optim_impl: str = cli_field("auto", choices=IMPLEMENTATIONS)
+    warmup: float = cli_field(0.1, "warmup ratio of the total steps")
+    warmup_schedule: str = cli_field("warmup_linear", f"one of {', '.join(SCHEDULES)} (MT-DNN's warmup_constant and "
+                                                       "warmup_linear_xdl are constant and linear)")
+    global_grad_clipping: float = cli_field(1.0, "clip the norm of all gradients together to this (0: off)")
+    grad_clipping: float = cli_field(0.0, "then clip each parameter's gradient to this norm on its own, as the "
                                     "authors' optimizers did with max_grad_norm (0: off)")
-    grad_accumulation_step: int = opt(1)
+    grad_accumulation_step: int = cli_field(1)
     # model
-    update_bert_opt: int = opt(0, "MT-DNN's switch: > 0 freezes the encoder, so only pooler and heads train")
-    bert_dropout_p: Optional[float] = opt(None, "the encoder's hidden dropout (default: its own config's)")
-    dropout_p: float = opt(0.1, "classifier dropout of tasks whose YAML entry gives no dropout_p")
-    answer_opt: int = opt(1, "1: tasks with enable_san: true get the SAN answer head; 0: linear heads only")
-    answer_num_turn: int = opt(5, "SAN: reasoning steps")
-    answer_mem_drop_p: float = opt(0.1, "SAN: probability of dropping a step's prediction while training")
-    answer_att_hidden_size: int = opt(128, "SAN: width of the hypothesis self-attention")
-    answer_dropout_p: float = opt(0.1, "SAN: dropout on the premise memory and on the state between steps")
+    update_bert_opt: int = cli_field(0, "MT-DNN's switch: > 0 freezes the encoder, so only pooler and heads train")
+    bert_dropout_p: Optional[float] = cli_field(None, "the encoder's hidden dropout (default: its own config's)")
+    dropout_p: float = cli_field(0.1, "classifier dropout of tasks whose YAML entry gives no dropout_p")
+    answer_opt: int = cli_field(1, "1: tasks with enable_san: true get the SAN answer head; 0: linear heads only")
+    answer_num_turn: int = cli_field(5, "SAN: reasoning steps")
+    answer_mem_drop_p: float = cli_field(0.1, "SAN: probability of dropping a step's prediction while training")
+    answer_att_hidden_size: int = cli_field(128, "SAN: width of the hypothesis self-attention")
+    answer_dropout_p: float = cli_field(0.1, "SAN: dropout on the premise memory and on the state between steps")
     # data
-    batch_size: int = opt(32)
-    batch_size_eval: int = opt(128)
-    max_seq_len: int = opt(512, "truncate longer shard sequences to this length")
-    epochs: int = opt(3)
-    max_steps: int = opt(0, "stop after this many optimizer steps (0: no limit)")
-    mix_opt: int = opt(0, "0: mix all tasks' batches; 1: auxiliary tasks first")
-    ratio: float = opt(0.0, "if > 0, use at most ratio × (first task's batches) batches of the auxiliary tasks "
+    batch_size: int = cli_field(32)
+    batch_size_eval: int = cli_field(128)
+    max_seq_len: int = cli_field(512, "truncate longer shard sequences to this length")
+    epochs: int = cli_field(3)
+    max_steps: int = cli_field(0, "stop after this many optimizer steps (0: no limit)")
+    mix_opt: int = cli_field(0, "0: mix all tasks' batches; 1: auxiliary tasks first")
+    ratio: float = cli_field(0.0, "if > 0, use at most ratio × (first task's batches) batches of the auxiliary tasks "
                             "each epoch")
-    max_train_samples: int = opt(0, "use only the first N examples of each training set")
-    max_eval_samples: int = opt(0, "evaluate on only the first N examples of each split")
+    max_train_samples: int = cli_field(0, "use only the first N examples of each training set")
+    max_eval_samples: int = cli_field(0, "evaluate on only the first N examples of each split")
     # precision, reproducibility, output
-    fp16: bool = opt(False, "float16 autocast with a GradScaler (V100 and newer)")
-    bf16: bool = opt(False, "bfloat16 autocast (Ampere and newer, and CPU)")
-    seed: int = opt(2018)
-    resume: bool = opt(False, "continue from the last checkpoint in --output_dir")
-    save_every_steps: int = opt(0, "also checkpoint every N optimizer steps (for --resume)")
-    keep_last: int = opt(1, "step checkpoints to keep")
-    log_every: int = opt(25, aliases=("--log_per_updates",))
-    log_file: Optional[str] = opt(None, "also write the training log to this file (it always goes to "
+    fp16: bool = cli_field(False, "float16 autocast with a GradScaler (V100 and newer)")
+    bf16: bool = cli_field(False, "bfloat16 autocast (Ampere and newer, and CPU)")
+    seed: int = cli_field(2018)
+    resume: bool = cli_field(False, "continue from the last checkpoint in --output_dir")
+    save_every_steps: int = cli_field(0, "also checkpoint every N optimizer steps (for --resume)")
+    keep_last: int = cli_field(1, "step checkpoints to keep")
+    log_every: int = cli_field(25, aliases=("--log_per_updates",))
+    log_file: Optional[str] = cli_field(None, "also write the training log to this file (it always goes to "
                                         "OUTPUT_DIR/train.log)")
-    num_threads: int = opt(0, "torch CPU threads (0: torch's default)")
-    tensorboard: bool = opt(True, "write TensorBoard scalars (--no_tensorboard: don't)")
-    device: str = opt("auto", "auto, cpu, cuda, cuda:N (under torchrun: each rank's LOCAL_RANK GPU)")
-    log_sensitivity_every: int = opt(0, "every N steps, append per-block sensitivity and local variation U to "
+    num_threads: int = cli_field(0, "torch CPU threads (0: torch's default)")
+    tensorboard: bool = cli_field(True, "write TensorBoard scalars (--no_tensorboard: don't)")
+    device: str = cli_field("auto", "auto, cpu, cuda, cuda:N (under torchrun: each rank's LOCAL_RANK GPU)")
+    log_sensitivity_every: int = cli_field(0, "every N steps, append per-block sensitivity and local variation U to "
                                         "sensitivity.jsonl (0: off)")
     # distributed (torchrun)
-    fsdp: bool = opt(False, "under torchrun, shard parameters, gradients and optimizer state with FSDP2 "
+    fsdp: bool = cli_field(False, "under torchrun, shard parameters, gradients and optimizer state with FSDP2 "
                             "instead of DDP")
-    dist_timeout: float = opt(30.0, "minutes a collective may wait before failing")
+    dist_timeout: float = cli_field(30.0, "minutes a collective may wait before failing")
 
     def validate(self) -> "TrainConfig":
         """Reject inconsistent settings with one line naming the flag."""
@@ -242,6 +243,8 @@ NO_EFFECT_FLAGS: dict[str, str] = {
 }
 LATER_FLAGS = ("--kd_loss", "--mkd_opt", "--adv_train", "--adv_opt", "--adv_norm_level", "--adv_p_norm",
                "--adv_alpha", "--adv_k", "--adv_step_size", "--adv_noise_var", "--adv_epsilon")
+#: MT-DNN's --warmup_schedule names for schedules this project has under another name (same formula)
+SCHEDULE_ALIASES = {"warmup_constant": "constant", "warmup_linear_xdl": "linear"}
 #: other spellings MT-DNN accepts for a no-effect flag
 _NO_EFFECT_SPELLINGS = {"--mkd_opt": ("--mkd-opt",)}
 _IGNORED = "_mtdnn_ignored"
@@ -320,6 +323,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
     values = vars(ns)
     ignored = values.pop(_IGNORED)
     values["betas"] = tuple(values["betas"])
+    values["warmup_schedule"] = SCHEDULE_ALIASES.get(values["warmup_schedule"], values["warmup_schedule"])
     if values["test_datasets"] is None:
         values["test_datasets"] = list(values["train_datasets"])
     cfg = TrainConfig(**values).validate()

@@ -334,6 +334,14 @@ def test_mtdnn_aliases_set_our_fields():
     assert (cfg.optimizer, cfg.log_every, cfg.tensorboard, cfg.momentum) == ("adamw", 7, True, 0.5)
     assert (cfg.update_bert_opt, cfg.bert_dropout_p, cfg.dropout_p) == (1, 0.2, 0.3)
     assert parse_args(["--train_datasets", "rte", "--no_tensorboard"]).tensorboard is False
+    # MT-DNN's schedule names for the same formulas as ours
+    from module.bert_optim import SCHEDULES
+    for theirs, ours in config_mod.SCHEDULE_ALIASES.items():
+        assert parse_args(["--train_datasets", "rte", "--warmup_schedule", theirs]).warmup_schedule == ours
+    x = [i / 20 for i in range(21)]
+    assert [SCHEDULES["constant"](v, 0.1) for v in x] == [v / 0.1 if v < 0.1 else 1.0 for v in x]
+    assert [SCHEDULES["linear"](v, 0.1) for v in x] == pytest.approx(
+        [v / 0.1 if v < 0.1 else (1 - v) / (1 - 0.1) for v in x])  # MT-DNN's warmup_linear_xdl
 
 
 @pytest.mark.parametrize("flag", sorted(NO_EFFECT_FLAGS))
