@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(*names, **kw)
     group = p.add_argument_group("MT-DNN flags with no effect here (accepted with a warning)")
     for flag, why in NO_EFFECT_FLAGS.items():
-        group.add_argument(flag, *_NO_EFFECT_SPELLINGS.get(flag, ()), nargs="?", action=_Ignored, default=argparse.SUPPRESS,
+        group.add_argument(flag, *_NO_EFFECT_SPELLINGS.get(flag, ()), nargs="?", action=_Ignored,
+                           default=argparse.SUPPRESS,
                            help=f"no effect: {why}")
     return p
 

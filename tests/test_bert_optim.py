@@ -371,7 +371,8 @@ def test_radam_is_torch_radam():
     torch.manual_seed(0)
     net_a = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1))
     net_b, start = copy.deepcopy(net_a), copy.deepcopy(net_a)
-    named = [("intermediate.dense." + n if i < 2 else "head." + n, p) for i, (n, p) in enumerate(net_a.named_parameters())]
+    named = [("intermediate.dense." + n if i < 2 else "head." + n, p)
+             for i, (n, p) in enumerate(net_a.named_parameters())]
     ours = build_optimizer("radam", sage_param_groups(named, weight_decay=0.01), lr=1e-2, beta3=0.75, eps=1e-6,
                            betas=(0.9, 0.98), foreach=False)
     decay = [p for n, p in net_b.named_parameters() if "bias" not in n]
