@@ -110,10 +110,15 @@ GLUE_TASKS: dict[str, GlueTask] = {
     "qnli": GlueTask("QNLI", _pair("index", "question", "sentence", "label")),
     "rte": GlueTask("RTE", _pair("index", "sentence1", "sentence2", "label")),
     "wnli": GlueTask("WNLI", _pair("index", "sentence1", "sentence2", "label")),
+}
+
+#: Not GLUE (download.sh does not fetch them; place the releases under --glue_dir), in the authors' task def.
+OTHER_TASKS: dict[str, GlueTask] = {
     "snli": GlueTask("SNLI", _snli("train") + _snli("dev") + _snli("test"), other_folders=("snli_1.0",)),
     "scitail": GlueTask("SciTail", (_scitail("train"), _scitail("dev"), _scitail("test")),
                         other_folders=("SciTailV1.1",)),
 }
+TASKS: dict[str, GlueTask] = {**GLUE_TASKS, **OTHER_TASKS}
 
 
 class BadRow(TsvError):
@@ -273,7 +278,7 @@ def _sources(task: GlueTask, folder: Path):
 def convert_task(name: str, td: TaskDef, glue_dir: Path, out_dir: Path, skip_bad: bool = False,
                  log: Callable[[str], None] = print) -> dict[str, int]:
     """Convert one task's files; returns rows written per split (missing files are logged and left out)."""
-    task = GLUE_TASKS[name]
+    task = TASKS[name]
     folder = next((glue_dir / f for f in (task.folder, *task.other_folders) if (glue_dir / f).is_dir()),
                   glue_dir / task.folder)
     if not folder.is_dir():
@@ -295,10 +300,10 @@ def convert_task(name: str, td: TaskDef, glue_dir: Path, out_dir: Path, skip_bad
 def convert(glue_dir: Path, out_dir: Path, task_def: Path, tasks: Optional[Sequence[str]] = None,
             skip_bad: bool = False, log: Callable[[str], None] = print) -> dict[str, dict[str, int]]:
     defs = load_task_defs(task_def)
-    names = list(tasks) if tasks else [t for t in GLUE_TASKS if t in defs]
+    names = list(tasks) if tasks else [t for t in TASKS if t in defs]
     for n in names:
-        if n not in GLUE_TASKS:
-            raise TaskDefError(f"--tasks: unknown GLUE task '{n}'; known: {', '.join(GLUE_TASKS)}")
+        if n not in TASKS:
+            raise TaskDefError(f"--tasks: unknown GLUE task '{n}'; known: {', '.join(TASKS)}")
         if n not in defs:
             raise TaskDefError(f"{task_def}: no definition for GLUE task '{n}'")
     return {n: convert_task(n, defs[n], Path(glue_dir), Path(out_dir), skip_bad, log) for n in names}
@@ -309,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--glue_dir", default="data/glue_data", help="folder with CoLA/, SST-2/, MRPC/, ...")
     p.add_argument("--out_dir", default="data/canonical_data", help="where {task}_{split}.tsv go")
     p.add_argument("--task_def", default=str(ROOT / "experiments" / "glue" / "glue_task_def.yml"))
-    p.add_argument("--tasks", nargs="+", default=None, help=f"subset of: {' '.join(GLUE_TASKS)}")
+    p.add_argument("--tasks", nargs="+", default=None, help=f"subset of: {' '.join(TASKS)}")
     p.add_argument("--skip_bad_rows", action="store_true",
                    help="skip (and report) malformed rows instead of stopping at the first one")
     return p
