@@ -398,10 +398,7 @@ def _build(where: _Where, task: str, spec: Any) -> TaskDef:
 class TaskDefs(dict):
     """Task name -> TaskDef, in file order; ``skipped`` holds the tasks MT-DNN knows but this project cannot
     train (name -> the reason), so selecting one fails with that reason instead of "unknown task"."""
-
-    def __init__(self, *args, skipped: Optional[dict[str, str]] = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.skipped = dict(skipped or {})
+    skipped: dict[str, str] = {}
 
 
 def parse_task_defs(text: str, path: str = "<string>") -> dict[str, TaskDef]:

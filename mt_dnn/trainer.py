@@ -74,7 +74,7 @@ def setup_logging(output_dir: Path, is_main: bool = True, log_file: Optional[str
         return
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     files = [output_dir / "train.log"]
-    if log_file:  # MT-DNN's --log_file: a second copy wherever the user's scripts expect it
+    if log_file and Path(log_file).resolve() != files[0].resolve():  # MT-DNN's --log_file: a second copy
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         files.append(Path(log_file))
     for handler in (logging.StreamHandler(sys.stderr), *map(logging.FileHandler, files)):
