@@ -25,7 +25,7 @@ IMPLEMENTATIONS = ("auto", "forloop", "foreach", "fused")
 
 
 def cli_field(default: Any = dataclasses.MISSING, help: str = "", *, aliases: Sequence[str] = (),
-        factory: Any = dataclasses.MISSING, **cli: Any) -> Any:
+              factory: Any = dataclasses.MISSING, **cli: Any) -> Any:
     """A config field with its command-line help, MT-DNN aliases (``aliases``) and argparse overrides (``cli``)."""
     meta = {"help": help, "aliases": tuple(aliases), "cli": cli}
     if factory is not dataclasses.MISSING:
@@ -42,10 +42,12 @@ class TrainConfig:
         "splits) or MT-DNN's task_prefix name such as mnli_matched (splits matched_dev, matched_test); "
         "default: the training tasks")
     task_def: str = cli_field("experiments/glue/glue_task_def.yml", "YAML task-definition file")
-    data_dir: str = cli_field("data/canonical_data/bert-base-uncased",
-                        "folder with the tokenized {task}_{split}.jsonl (or MT-DNN's .json) shards")
-    init_checkpoint: str = cli_field(pretrained_models.DEFAULT_ENCODER,
-                               "encoder: a registry name (see pretrained_models.py), a local folder or a hub name")
+    data_dir: str = cli_field(
+        "data/canonical_data/bert-base-uncased",
+        "folder with the tokenized {task}_{split}.jsonl (or MT-DNN's .json) shards")
+    init_checkpoint: str = cli_field(
+        pretrained_models.DEFAULT_ENCODER,
+        "encoder: a registry name (see pretrained_models.py), a local folder or a hub name")
     encoder_type: Optional[int] = cli_field(None, "MT-DNN encoder type: 1 BERT, 2 RoBERTa, 6 DeBERTa, 7 ELECTRA")
     output_dir: str = cli_field("checkpoints/run")
     # optimisation
@@ -59,21 +61,24 @@ class TrainConfig:
     sage_formula: Optional[str] = cli_field(None, f"one of {', '.join(FORMULAS)} (default: the optimizer's own)")
     optim_impl: str = cli_field("auto", choices=IMPLEMENTATIONS)
     warmup: float = cli_field(0.1, "warmup ratio of the total steps")
-    warmup_schedule: str = cli_field("warmup_linear", f"one of {', '.join(SCHEDULES)} (MT-DNN's warmup_constant and "
-                                                       "warmup_linear_xdl are constant and linear)")
+    warmup_schedule: str = cli_field(
+        "warmup_linear", f"one of {', '.join(SCHEDULES)} (MT-DNN's warmup_constant and warmup_linear_xdl are "
+        "constant and linear)")
     global_grad_clipping: float = cli_field(1.0, "clip the norm of all gradients together to this (0: off)")
-    grad_clipping: float = cli_field(0.0, "then clip each parameter's gradient to this norm on its own, as the "
-                                    "authors' optimizers did with max_grad_norm (0: off)")
+    grad_clipping: float = cli_field(
+        0.0, "then clip each parameter's gradient to this norm on its own, as the authors' optimizers did with "
+        "max_grad_norm (0: off)")
     grad_accumulation_step: int = cli_field(1)
     # model
-    update_bert_opt: int = cli_field(0, "MT-DNN's switch: > 0 freezes the encoder, so only pooler and heads train")
+    update_bert_opt: int = cli_field(
+        0, "MT-DNN's switch: > 0 freezes the encoder (with its pooler), so only the heads train")
     bert_dropout_p: Optional[float] = cli_field(None, "the encoder's hidden dropout (default: its own config's)")
     dropout_p: float = cli_field(0.1, "classifier dropout of tasks whose YAML entry gives no dropout_p")
     answer_opt: int = cli_field(1, "1: tasks with enable_san: true get the SAN answer head; 0: linear heads only")
     answer_num_turn: int = cli_field(5, "SAN: reasoning steps")
     answer_mem_drop_p: float = cli_field(0.1, "SAN: probability of dropping a step's prediction while training")
     answer_att_hidden_size: int = cli_field(128, "SAN: width of the hypothesis self-attention")
-    answer_dropout_p: float = cli_field(0.1, "SAN: dropout on the premise memory and on the state between steps")
+    answer_dropout_p: float = cli_field(0.1, "SAN: dropout on the state between steps")
     # data
     batch_size: int = cli_field(32)
     batch_size_eval: int = cli_field(128)
@@ -81,8 +86,8 @@ class TrainConfig:
     epochs: int = cli_field(3)
     max_steps: int = cli_field(0, "stop after this many optimizer steps (0: no limit)")
     mix_opt: int = cli_field(0, "0: mix all tasks' batches; 1: auxiliary tasks first")
-    ratio: float = cli_field(0.0, "if > 0, use at most ratio × (first task's batches) batches of the auxiliary tasks "
-                            "each epoch")
+    ratio: float = cli_field(
+        0.0, "if > 0, use at most ratio × (first task's batches) batches of the auxiliary tasks each epoch")
     max_train_samples: int = cli_field(0, "use only the first N examples of each training set")
     max_eval_samples: int = cli_field(0, "evaluate on only the first N examples of each split")
     # precision, reproducibility, output
@@ -93,16 +98,16 @@ class TrainConfig:
     save_every_steps: int = cli_field(0, "also checkpoint every N optimizer steps (for --resume)")
     keep_last: int = cli_field(1, "step checkpoints to keep")
     log_every: int = cli_field(25, aliases=("--log_per_updates",))
-    log_file: Optional[str] = cli_field(None, "also write the training log to this file (it always goes to "
-                                        "OUTPUT_DIR/train.log)")
+    log_file: Optional[str] = cli_field(
+        None, "also write the training log to this file (it always goes to OUTPUT_DIR/train.log)")
     num_threads: int = cli_field(0, "torch CPU threads (0: torch's default)")
     tensorboard: bool = cli_field(True, "write TensorBoard scalars (--no_tensorboard: don't)")
     device: str = cli_field("auto", "auto, cpu, cuda, cuda:N (under torchrun: each rank's LOCAL_RANK GPU)")
-    log_sensitivity_every: int = cli_field(0, "every N steps, append per-block sensitivity and local variation U to "
-                                        "sensitivity.jsonl (0: off)")
+    log_sensitivity_every: int = cli_field(
+        0, "every N steps, append per-block sensitivity and local variation U to sensitivity.jsonl (0: off)")
     # distributed (torchrun)
-    fsdp: bool = cli_field(False, "under torchrun, shard parameters, gradients and optimizer state with FSDP2 "
-                            "instead of DDP")
+    fsdp: bool = cli_field(
+        False, "under torchrun, shard parameters, gradients and optimizer state with FSDP2 instead of DDP")
     dist_timeout: float = cli_field(30.0, "minutes a collective may wait before failing")
 
     def validate(self) -> "TrainConfig":
