@@ -72,6 +72,7 @@ class TrainConfig:
     # model
     update_bert_opt: int = cli_field(
         0, "MT-DNN's switch: > 0 freezes the encoder (with its pooler), so only the heads train")
+    num_hidden_layers: int = cli_field(-1, "keep only the encoder's first N layers (-1: all)")
     bert_dropout_p: Optional[float] = cli_field(None, "the encoder's hidden dropout (default: its own config's)")
     dropout_p: float = cli_field(0.1, "classifier dropout of tasks whose YAML entry gives no dropout_p")
     answer_opt: int = cli_field(1, "1: tasks with enable_san: true get the SAN answer head; 0: linear heads only")
@@ -164,6 +165,8 @@ class TrainConfig:
         if self.answer_opt not in (0, 1):
             bad("answer_opt", f"must be 0 (linear heads) or 1 (SAN where the task def enables it), "
                               f"got {self.answer_opt}")
+        if self.num_hidden_layers == 0 or self.num_hidden_layers < -1:
+            bad("num_hidden_layers", f"must be >= 1, or -1 for all layers, got {self.num_hidden_layers}")
         for name in ("answer_num_turn", "answer_att_hidden_size"):
             if getattr(self, name) < 1:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
@@ -201,7 +204,6 @@ NO_EFFECT_FLAGS: dict[str, str] = {
     "--pooler_actf": "the encoder's own pooler is used",
     "--mtl_opt": "heads are always per task",
     "--init_ratio": "not used",
-    "--num_hidden_layers": "the encoder's config decides",
     "--bert_model_type": "use --init_checkpoint (and --encoder_type)",
     "--do_lower_case": "casing is fixed when prepro_std.py tokenizes",
     "--masked_lm_prob": "no masked-LM pretraining here",

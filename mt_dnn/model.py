@@ -150,8 +150,22 @@ def set_encoder_dropout(encoder: nn.Module, p: float) -> None:
     encoder.config.hidden_dropout_prob = p
 
 
+def keep_first_layers(encoder: nn.Module, n: int) -> None:
+    """MT-DNN's --num_hidden_layers: drop the encoder's transformer layers after the first ``n`` (the largest
+    ModuleList holds them); the config is updated so a saved checkpoint rebuilds the shorter encoder."""
+    lists = [m for m in encoder.modules() if isinstance(m, nn.ModuleList)]
+    layers = max(lists, key=len) if lists else None
+    if layers is None or n > len(layers):
+        have = 0 if layers is None else len(layers)
+        raise ValueError(f"--num_hidden_layers: the encoder has {have} layers, cannot keep {n}")
+    del layers[n:]
+    encoder.config.num_hidden_layers = n
+
+
 def build_model(encoder: nn.Module, task_defs: Mapping[str, TaskDef], cfg) -> MTDNNModel:
-    """An MTDNNModel configured by a TrainConfig's model flags (dropout, SAN, encoder freezing)."""
+    """An MTDNNModel configured by a TrainConfig's model flags (depth, dropout, SAN, encoder freezing)."""
+    if cfg.num_hidden_layers > 0:
+        keep_first_layers(encoder, cfg.num_hidden_layers)
     if cfg.bert_dropout_p is not None:
         set_encoder_dropout(encoder, cfg.bert_dropout_p)
     san = SanOptions(cfg.answer_num_turn, cfg.answer_mem_drop_p, cfg.answer_att_hidden_size,

@@ -370,6 +370,7 @@ def test_no_effect_table_is_disjoint_from_the_fields_and_names_the_later_ones(ca
     (["--dropout_p", "1.0"], "--dropout_p: must be in [0, 1)"),
     (["--bert_dropout_p", "-0.1"], "--bert_dropout_p: must be in [0, 1)"),
     (["--answer_num_turn", "0"], "--answer_num_turn: must be >= 1"),
+    (["--num_hidden_layers", "0"], "--num_hidden_layers: must be >= 1, or -1 for all layers"),
     (["--optimizer", "radamx"], "--optimizer: unknown optimizer 'radamx'"),
 ])
 def test_new_flags_are_validated(args, message, capsys):
@@ -573,6 +574,21 @@ def test_dropout_flags(ws):
     assert encoder.config.hidden_dropout_prob == 0.25
 
 
+def test_num_hidden_layers_keeps_the_first_layers_and_restores(ws):
+    from mt_dnn.restore import restore
+    full = AutoModel.from_pretrained(ws / "tiny-bert")
+    trainer = Trainer(_cfg(ws, "short", num_hidden_layers=1, answer_opt=0, max_steps=1))
+    encoder = trainer.model.encoder
+    assert len(encoder.encoder.layer) == 1 and encoder.config.num_hidden_layers == 1
+    torch.testing.assert_close(encoder.encoder.layer[0].output.dense.weight, full.encoder.layer[0].output.dense.weight)
+    trainer.fit()
+    trainer.save_step_checkpoint()
+    restored = restore(ws / "short" / "step-1")
+    assert len(restored.model.encoder.encoder.layer) == 1
+    with pytest.raises(ValueError, match="--num_hidden_layers: the encoder has 2 layers, cannot keep 3"):
+        Trainer(_cfg(ws, "short3", num_hidden_layers=3, answer_opt=0))
+
+
 def test_grad_clipping_is_per_parameter():
     g = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.zeros(s)) for s in ((3, 4), (5,), (2, 2))]
@@ -634,7 +650,7 @@ def test_readme_section_shows_the_command_and_names_every_flag_and_field():
     for flag in NO_EFFECT_FLAGS:
         assert f"`{flag}`" in section, flag
     for name in ("grad_clipping", "log_file", "answer_opt", "update_bert_opt", "bert_dropout_p", "dropout_p",
-                 "answer_num_turn", "encoder_type", "test_datasets", "momentum"):
+                 "answer_num_turn", "encoder_type", "test_datasets", "momentum", "num_hidden_layers"):
         assert f"`--{name}" in section, name
     for name in (*FIELDS, *NO_EFFECT_FIELDS):
         assert f"`{name}`" in section, name
