@@ -465,12 +465,17 @@ def dataset_task(name: str) -> str:
 
 
 def dataset_splits(task_def: TaskDef, name: str) -> tuple[str, ...]:
-    """The dev and test splits a ``--test_datasets`` entry evaluates: every one of the task's for a plain task
-    name; for MT-DNN's ``{task}_{prefix}`` names, those named ``{prefix}_...`` (``mnli_matched`` ->
-    ``matched_dev``, ``matched_test``: the shards MT-DNN calls ``mnli_matched_dev``, ``mnli_matched_test``)."""
+    """The dev and test splits a ``--test_datasets`` entry evaluates.
+
+    A plain task name: every dev and test split of the task (plus MT-DNN's ``dev`` when split_names has none;
+    the trainer skips it if its shard is absent). MT-DNN's ``{task}_{prefix}`` names: the splits named
+    ``{prefix}_...`` (``mnli_matched`` -> ``matched_dev``, ``matched_test``: the shards MT-DNN calls
+    ``mnli_matched_dev``, ``mnli_matched_test``).
+    """
     splits = task_def.dev_splits() + task_def.test_splits()
     if name == task_def.name:
-        return splits
+        # no dev split in split_names (the SAGE repo's `split_names: [test_labeled]`): MT-DNN reads {task}_dev
+        return splits if task_def.dev_splits() else ("dev",) + splits
     prefix = name[len(task_def.name) + 1:] + "_"
     chosen = tuple(s for s in splits if s.startswith(prefix))
     if not chosen:

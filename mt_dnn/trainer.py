@@ -146,8 +146,10 @@ class Trainer:
         for task in self.cfg.train_datasets:
             td = self.task_defs[task]
             splits = td.train_splits()
-            if not splits:
-                raise ValueError(f"{self.cfg.task_def}: task {task} declares no train split in split_names")
+            if not splits:  # e.g. the SAGE repo's `split_names: [test_labeled]`: MT-DNN reads {task}_train anyway
+                log.info("%s: task %s lists no train split in split_names; reading %s_train as MT-DNN does",
+                         self.cfg.task_def, task, task)
+                splits = ("train",)
             sets.append(load_split(self.cfg.data_dir, td, splits[0], self.cfg.max_seq_len,
                                    self.cfg.max_train_samples))
         return sets
@@ -160,6 +162,8 @@ class Trainer:
                 path = find_shard(self.cfg.data_dir, td.name, split)
                 if not path.is_file() and split in td.test_splits():
                     log.info("no %s shard: skipping test predictions for %s_%s", path, td.name, split)
+                    continue
+                if not path.is_file() and split not in td.split_names:  # MT-DNN's {task}_dev, when present
                     continue
                 sets.append(load_split(self.cfg.data_dir, td, split, self.cfg.max_seq_len,
                                        self.cfg.max_eval_samples))

@@ -27,45 +27,65 @@ from mt_dnn.trainer import Trainer, clip_each_parameter
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The SAGE authors' scripts/train_mnli_usadamax.sh, as in their repository (only the three path lines are
-# replaced by the tests below: DATA_DIR, BERT_PATH and MODEL_ROOT).
+# The SAGE authors' scripts/train_mnli_usadamax.sh, as in their repository (cliang1453/SAGE); the tests below
+# replace only its three path lines (model_root, bert_path, data_dir).
 AUTHORS_SCRIPT = r"""#!/bin/bash
 if [[ $# -ne 1 ]]; then
   echo "train.sh <gpu>"
   exit 1
 fi
-prefix="mt-dnn-mnli"
-BATCH_SIZE=32
-BATCH_SIZE_EVAL=256
 gpu=$1
 echo "export CUDA_VISIBLE_DEVICES=${gpu}"
 export CUDA_VISIBLE_DEVICES=${gpu}
-tstr=$(date +"%FT%H%M")
 
+modeltype="bert"
+modelname="base"
+toktype="uncased"
 train_datasets="mnli"
 test_datasets="mnli_matched,mnli_mismatched"
-MODEL_ROOT="checkpoints"
-BERT_PATH="mt_dnn_models/bert_model_base_uncased.pt"
-DATA_DIR="data/canonical_data/bert_uncased_lower"
+model_root="/root/data/mtdnn_ckpt"
+bert_path="${model_root}/${modeltype}_model_${modelname}_${toktype}.pt"
+data_dir="/root/data/mtdnn/canonical_data/${modeltype}_${modelname}_${toktype}_lower"
+seed=2018
 
-answer_opt=0
+batch_size=32
+batch_size_eval=32
+grad_acc_steps=1
+answer_opt=1
 optim="usadamax"
 grad_clipping=0
 global_grad_clipping=1
 lr="2e-4"
-beta3="0.85"
-epochs=3
 encoder_type=1
-seed=2018
+epochs=3
+beta3=0.85
 
-model_dir="${MODEL_ROOT}/${prefix}_${optim}_answer_opt${answer_opt}_gc${grad_clipping}_ggc${global_grad_clipping}_${tstr}"
+prefix="${train_datasets}_${optim}_${modeltype}_${lr}_${beta3}"
+model_dir="${model_root}/adplr/${seed}/${modelname}/${prefix}"
 log_file="${model_dir}/log.log"
-python train.py --data_dir ${DATA_DIR} --batch_size ${BATCH_SIZE} --batch_size_eval ${BATCH_SIZE_EVAL} --output_dir ${model_dir} --log_file ${log_file} --answer_opt ${answer_opt} --optimizer ${optim} --beta3 ${beta3} --train_datasets ${train_datasets} --test_datasets ${test_datasets} --grad_clipping ${grad_clipping} --global_grad_clipping ${global_grad_clipping} --learning_rate ${lr} --init_checkpoint ${BERT_PATH} --epochs ${epochs} --encoder_type ${encoder_type} --seed ${seed}
+python train.py \
+--data_dir ${data_dir} \
+--batch_size ${batch_size} \
+--batch_size_eval ${batch_size_eval} \
+--output_dir ${model_dir} \
+--log_file ${log_file} \
+--answer_opt ${answer_opt} \
+--optimizer ${optim} --beta3 ${beta3} \
+--train_datasets ${train_datasets} \
+--test_datasets ${test_datasets} \
+--grad_clipping ${grad_clipping} \
+--global_grad_clipping ${global_grad_clipping} \
+--learning_rate ${lr} \
+--init_checkpoint ${bert_path} \
+--epochs ${epochs} \
+--encoder_type ${encoder_type} \
+--seed ${seed}
 """
 
-# MT-DNN's experiments/glue/glue_task_def.yml (the SAGE repo ships the same file), as in that repository.
-MTDNN_GLUE_TASK_DEF = """cola:
+# The SAGE repository's experiments/glue/glue_task_def.yml, as in that repository.
+SAGE_GLUE_TASK_DEF = """cola:
   data_format: PremiseOnly
+  dropout_p: 0.05
   enable_san: false
   metric_meta:
   - ACC
@@ -78,7 +98,7 @@ MTDNN_GLUE_TASK_DEF = """cola:
 mnli:
   data_format: PremiseAndOneHypothesis
   dropout_p: 0.3
-  enable_san: true
+  enable_san: false
   labels:
   - contradiction
   - neutral
@@ -98,7 +118,7 @@ mnli:
   task_type: Classification
 mrpc:
   data_format: PremiseAndOneHypothesis
-  enable_san: true
+  enable_san: false
   metric_meta:
   - ACC
   - F1
@@ -106,10 +126,12 @@ mrpc:
   kd_loss: MseCriterion
   adv_loss: SymKlCriterion
   n_class: 2
+  split_names:
+  - test_labeled
   task_type: Classification
 qnli:
   data_format: PremiseAndOneHypothesis
-  enable_san: true
+  enable_san: false
   labels:
   - not_entailment
   - entailment
@@ -122,7 +144,7 @@ qnli:
   task_type: Classification
 qqp:
   data_format: PremiseAndOneHypothesis
-  enable_san: true
+  enable_san: false
   metric_meta:
   - ACC
   - F1
@@ -133,7 +155,7 @@ qqp:
   task_type: Classification
 rte:
   data_format: PremiseAndOneHypothesis
-  enable_san: true
+  enable_san: false
   labels:
   - not_entailment
   - entailment
@@ -146,7 +168,7 @@ rte:
   task_type: Classification
 scitail:
   data_format: PremiseAndOneHypothesis
-  enable_san: true
+  enable_san: false
   labels:
   - neutral
   - entails
@@ -159,7 +181,154 @@ scitail:
   task_type: Classification
 snli:
   data_format: PremiseAndOneHypothesis
-  enable_san: true
+  enable_san: false
+  labels:
+  - contradiction
+  - neutral
+  - entailment
+  metric_meta:
+  - ACC
+  loss: CeCriterion
+  kd_loss: MseCriterion
+  adv_loss: SymKlCriterion
+  n_class: 3
+  task_type: Classification
+sst:
+  data_format: PremiseOnly
+  enable_san: false
+  metric_meta:
+  - ACC
+  loss: CeCriterion
+  kd_loss: MseCriterion
+  adv_loss: SymKlCriterion
+  n_class: 2
+  split_names:
+  - test_labeled
+  task_type: Classification
+stsb:
+  data_format: PremiseAndOneHypothesis
+  enable_san: false
+  metric_meta:
+  - Pearson
+  - Spearman
+  n_class: 1
+  split_names:
+  - test_labeled
+  loss: MseCriterion
+  kd_loss: MseCriterion
+  adv_loss: MseCriterion
+  task_type: Regression
+wnli:
+  data_format: PremiseAndOneHypothesis
+  enable_san: false
+  metric_meta:
+  - ACC
+  loss: CeCriterion
+  kd_loss: MseCriterion
+  adv_loss: SymKlCriterion
+  n_class: 2
+  task_type: Classification
+"""
+
+# MT-DNN's experiments/glue/glue_task_def.yml (namisan/mt-dnn), as in that repository today (its trailing
+# spaces included).
+MTDNN_GLUE_TASK_DEF = """cola:
+  data_format: PremiseOnly
+  dropout_p: 0.05
+  enable_san: false
+  metric_meta:
+  - ACC
+  - MCC
+  loss: CeCriterion
+  kd_loss: MseCriterion
+  adv_loss: SymKlCriterion
+  n_class: 2
+  task_type: Classification
+mnli:
+  data_format: PremiseAndOneHypothesis
+  dropout_p: 0.1
+  enable_san: false 
+  labels:
+  - contradiction
+  - neutral
+  - entailment
+  metric_meta:
+  - ACC
+  loss: CeCriterion
+  kd_loss: MseCriterion
+  adv_loss: SymKlCriterion
+  n_class: 3
+  split_names:
+  - train
+  - matched_dev
+  - mismatched_dev
+  - matched_test
+  - mismatched_test
+  task_type: Classification
+mrpc:
+  data_format: PremiseAndOneHypothesis
+  enable_san: false 
+  metric_meta:
+  - ACC
+  - F1
+  loss: CeCriterion
+  kd_loss: MseCriterion
+  adv_loss: SymKlCriterion
+  n_class: 2
+  task_type: Classification
+qnli:
+  data_format: PremiseAndOneHypothesis
+  enable_san: false 
+  labels:
+  - not_entailment
+  - entailment
+  metric_meta:
+  - ACC
+  loss: CeCriterion
+  kd_loss: MseCriterion
+  adv_loss: SymKlCriterion
+  n_class: 2
+  task_type: Classification
+qqp:
+  data_format: PremiseAndOneHypothesis
+  enable_san: false 
+  metric_meta:
+  - ACC
+  - F1
+  loss: CeCriterion
+  kd_loss: MseCriterion
+  adv_loss: SymKlCriterion
+  n_class: 2
+  task_type: Classification
+rte:
+  data_format: PremiseAndOneHypothesis
+  enable_san: false
+  labels:
+  - not_entailment
+  - entailment
+  metric_meta:
+  - ACC
+  loss: CeCriterion
+  kd_loss: MseCriterion
+  adv_loss: SymKlCriterion
+  n_class: 2
+  task_type: Classification
+scitail:
+  data_format: PremiseAndOneHypothesis
+  enable_san: false
+  labels:
+  - neutral
+  - entails
+  metric_meta:
+  - ACC
+  loss: CeCriterion
+  kd_loss: MseCriterion
+  adv_loss: SymKlCriterion
+  n_class: 2
+  task_type: Classification
+snli:
+  data_format: PremiseAndOneHypothesis
+  enable_san: false
   labels:
   - contradiction
   - neutral
@@ -194,12 +363,133 @@ stsb:
   task_type: Regression
 wnli:
   data_format: PremiseAndOneHypothesis
-  enable_san: true
+  enable_san: false 
   metric_meta:
   - ACC
   loss: CeCriterion
   kd_loss: MseCriterion
   adv_loss: SymKlCriterion
+  n_class: 2
+  task_type: Classification
+"""
+
+# The same file as MT-DNN had it while its GLUE recipe used the SAN answer module (encoder_type per task,
+# enable_san: true on the pair tasks), as in that repository's history.
+MTDNN_SAN_GLUE_TASK_DEF = """cola:
+  data_format: PremiseOnly
+  encoder_type: BERT
+  dropout_p: 0.05
+  enable_san: false
+  metric_meta:
+  - ACC
+  - MCC
+  n_class: 2
+  task_type: Classification
+mnli:
+  data_format: PremiseAndOneHypothesis
+  encoder_type: BERT
+  dropout_p: 0.3
+  enable_san: true
+  labels:
+  - contradiction
+  - neutral
+  - entailment
+  metric_meta:
+  - ACC
+  n_class: 3
+  split_names:
+  - train
+  - matched_dev
+  - mismatched_dev
+  - matched_test
+  - mismatched_test
+  task_type: Classification
+mrpc:
+  data_format: PremiseAndOneHypothesis
+  encoder_type: BERT
+  enable_san: true
+  metric_meta:
+  - ACC
+  - F1
+  n_class: 2
+  task_type: Classification
+qnli:
+  data_format: PremiseAndOneHypothesis
+  encoder_type: BERT
+  enable_san: true
+  labels:
+  - not_entailment
+  - entailment
+  metric_meta:
+  - ACC
+  n_class: 2
+  task_type: Classification
+qqp:
+  data_format: PremiseAndOneHypothesis
+  encoder_type: BERT
+  enable_san: true
+  metric_meta:
+  - ACC
+  - F1
+  n_class: 2
+  task_type: Classification
+rte:
+  data_format: PremiseAndOneHypothesis
+  encoder_type: BERT
+  enable_san: true
+  labels:
+  - not_entailment
+  - entailment
+  metric_meta:
+  - ACC
+  n_class: 2
+  task_type: Classification
+scitail:
+  encoder_type: BERT
+  data_format: PremiseAndOneHypothesis
+  enable_san: true
+  labels:
+  - neutral
+  - entails
+  metric_meta:
+  - ACC
+  n_class: 2
+  task_type: Classification
+snli:
+  data_format: PremiseAndOneHypothesis
+  encoder_type: BERT
+  enable_san: true
+  labels:
+  - contradiction
+  - neutral
+  - entailment
+  metric_meta:
+  - ACC
+  n_class: 3
+  task_type: Classification
+sst:
+  data_format: PremiseOnly
+  encoder_type: BERT
+  enable_san: false
+  metric_meta:
+  - ACC
+  n_class: 2
+  task_type: Classification
+stsb:
+  data_format: PremiseAndOneHypothesis
+  encoder_type: BERT
+  enable_san: false
+  metric_meta:
+  - Pearson
+  - Spearman
+  n_class: 1
+  task_type: Regression
+wnli:
+  data_format: PremiseAndOneHypothesis
+  encoder_type: BERT
+  enable_san: true
+  metric_meta:
+  - ACC
   n_class: 2
   task_type: Classification
 """
@@ -234,16 +524,19 @@ def ws(tmp_path_factory):
     write_mtdnn_shards(root / "shards", "mnli", {"train": 40, "matched_dev": 12, "mismatched_dev": 10}, 3)
     write_mtdnn_shards(root / "shards", "rte", {"train": 48, "dev": 16, "test": 6}, 2, seed=1)
     (root / "mtdnn_glue_task_def.yml").write_text(MTDNN_GLUE_TASK_DEF, encoding="utf-8")
+    (root / "mtdnn_san_glue_task_def.yml").write_text(MTDNN_SAN_GLUE_TASK_DEF, encoding="utf-8")
     return root
 
 
 def authors_script(ws: Path) -> Path:
     """The authors' script with its three paths pointing into the test folder; nothing else changed."""
     text = AUTHORS_SCRIPT
-    for old, new in (('MODEL_ROOT="checkpoints"', f'MODEL_ROOT="{ws / "checkpoints"}"'),
-                     ('BERT_PATH="mt_dnn_models/bert_model_base_uncased.pt"', f'BERT_PATH="{ws / "tiny-bert"}"'),
-                     ('DATA_DIR="data/canonical_data/bert_uncased_lower"', f'DATA_DIR="{ws / "shards"}"')):
-        assert old in text
+    for old, new in (('model_root="/root/data/mtdnn_ckpt"', f'model_root="{ws / "ckpt"}"'),
+                     ('bert_path="${model_root}/${modeltype}_model_${modelname}_${toktype}.pt"',
+                      f'bert_path="{ws / "tiny-bert"}"'),
+                     ('data_dir="/root/data/mtdnn/canonical_data/${modeltype}_${modelname}_${toktype}_lower"',
+                      f'data_dir="{ws / "shards"}"')):
+        assert text.count(old) == 1
         text = text.replace(old, new)
     path = ws / "train_mnli_usadamax.sh"
     path.write_text(text, encoding="utf-8")
@@ -274,8 +567,8 @@ def test_authors_command_line_parses_to_what_it_means(ws, tmp_path, capsys):
     assert capsys.readouterr().err == ""  # every flag the authors pass takes effect: no "no effect" warning
     assert (cfg.train_datasets, cfg.test_datasets) == (["mnli"], ["mnli_matched", "mnli_mismatched"])
     assert (cfg.optimizer, cfg.learning_rate, cfg.beta3, cfg.epochs, cfg.seed) == ("usadamax", 2e-4, 0.85, 3, 2018)
-    assert (cfg.batch_size, cfg.batch_size_eval, cfg.encoder_type) == (32, 256, 1)
-    assert (cfg.answer_opt, cfg.grad_clipping, cfg.global_grad_clipping) == (0, 0.0, 1.0)
+    assert (cfg.batch_size, cfg.batch_size_eval, cfg.encoder_type) == (32, 32, 1)
+    assert (cfg.answer_opt, cfg.grad_clipping, cfg.global_grad_clipping) == (1, 0.0, 1.0)
     assert cfg.log_file == str(Path(cfg.output_dir) / "log.log")
     assert cfg.init_checkpoint == str(ws / "tiny-bert") and cfg.data_dir == str(ws / "shards")
 
@@ -287,16 +580,17 @@ def test_authors_command_line_trains(ws, tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "has no effect" not in proc.stderr
-    (run,) = (ws / "checkpoints").glob("mt-dnn-mnli_usadamax_answer_opt0_gc0_ggc1_*")
+    run = ws / "ckpt" / "adplr" / "2018" / "base" / "mnli_usadamax_bert_2e-4_0.85"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1, 2]
     assert set(records[-1]["dev"]) == {"mnli_matched_dev", "mnli_mismatched_dev"}
     log_text = (run / "log.log").read_text()
     assert "training mnli" in log_text and "mnli_mismatched_dev" in log_text
     assert log_text == (run / "train.log").read_text()
-    assert "SAN answer heads" not in log_text  # --answer_opt 0: linear heads, as the authors ran
+    # --answer_opt 1, but the task definition (ours, like theirs) does not enable SAN for mnli: linear heads
+    assert "SAN answer heads" not in log_text
     config = json.loads((run / "best" / "train_config.json").read_text())
-    assert config["test_datasets"] == ["mnli_matched", "mnli_mismatched"] and config["answer_opt"] == 0
+    assert config["test_datasets"] == ["mnli_matched", "mnli_mismatched"] and config["answer_opt"] == 1
 
 
 def test_mtdnn_test_dataset_names_pick_their_splits(ws):
@@ -381,25 +675,62 @@ def test_new_flags_are_validated(args, message, capsys):
 
 
 # ------------------------------------------------------------------------------------------ item 2: their YAML
+def _lines_of(text: str, key: str) -> list[int]:
+    return [i + 1 for i, line in enumerate(text.splitlines()) if line.startswith(f"  {key}:")]
+
+
 def test_mtdnn_glue_task_def_loads_as_written(ws, caplog):
     path = ws / "mtdnn_glue_task_def.yml"
     with caplog.at_level(logging.WARNING, logger="sage.task_def"):
         defs = load_task_defs(path)
     assert list(defs) == ["cola", "mnli", "mrpc", "qnli", "qqp", "rte", "scitail", "snli", "sst", "stsb", "wnli"]
-    assert [n for n, td in defs.items() if td.enable_san] == ["mnli", "mrpc", "qnli", "qqp", "rte", "scitail",
-                                                               "snli", "wnli"]
+    assert not any(td.enable_san for td in defs.values())
     assert defs["cola"].metric_meta == ("ACC", "MCC") and defs["scitail"].labels == ("neutral", "entails")
-    assert defs["mnli"].dropout_p == 0.3 and defs["mnli"].dropout_given and not defs["rte"].dropout_given
-    lines = MTDNN_GLUE_TASK_DEF.splitlines()
-    kd = [i + 1 for i, line in enumerate(lines) if line.startswith("  kd_loss:")]
-    adv = [i + 1 for i, line in enumerate(lines) if line.startswith("  adv_loss:")]
-    messages = [r.getMessage() for r in caplog.records]
+    assert defs["cola"].dropout_p == 0.05 and defs["cola"].dropout_given and not defs["rte"].dropout_given
+    kd, adv = _lines_of(MTDNN_GLUE_TASK_DEF, "kd_loss"), _lines_of(MTDNN_GLUE_TASK_DEF, "adv_loss")
     tasks = list(defs)
-    assert messages == [
+    assert [r.getMessage() for r in caplog.records] == [
         f"warning: {path}:{kd[0]}: field 'kd_loss' has no effect here (knowledge distillation is not implemented "
         f"yet); given for " + ", ".join(f"{t} (line {n})" for t, n in zip(tasks, kd)),
         f"warning: {path}:{adv[0]}: field 'adv_loss' has no effect here (SMART adversarial training is not "
         f"implemented yet); given for " + ", ".join(f"{t} (line {n})" for t, n in zip(tasks, adv))]
+    trainer = Trainer(_cfg(ws, "mtdnn_current", task_def=str(path), max_steps=2))
+    assert type(trainer.model.heads["rte"]) is ClassificationHead
+    assert trainer.fit()[-1]["dev"]["rte_dev"]["ACC"] >= 0
+
+
+def test_mtdnn_san_era_task_def_loads_as_written(ws, caplog):
+    path = ws / "mtdnn_san_glue_task_def.yml"
+    with caplog.at_level(logging.WARNING, logger="sage.task_def"):
+        defs = load_task_defs(path)
+    assert len(defs) == 11
+    assert [n for n, td in defs.items() if td.enable_san] == ["mnli", "mrpc", "qnli", "qqp", "rte", "scitail",
+                                                               "snli", "wnli"]
+    assert defs["mnli"].dropout_p == 0.3
+    lines = _lines_of(MTDNN_SAN_GLUE_TASK_DEF, "encoder_type")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"warning: {path}:{lines[0]}: field 'encoder_type' has no effect here (the encoder comes from "
+        f"--init_checkpoint (and is checked by --encoder_type)); given for "
+        + ", ".join(f"{t} (line {n})" for t, n in zip(defs, lines))]
+
+
+def test_sage_repo_task_def_loads_and_trains_as_written(ws, caplog):
+    """The SAGE repo's YAML: mrpc lists only a `test_labeled` split; as in MT-DNN, {task}_train and {task}_dev
+    are read anyway."""
+    path = ws / "sage_glue_task_def.yml"
+    path.write_text(SAGE_GLUE_TASK_DEF, encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="sage.task_def"):
+        defs = load_task_defs(path)
+    assert len(defs) == 11 and not any(td.enable_san for td in defs.values())
+    assert defs["cola"].dropout_p == 0.05 and defs["mrpc"].split_names == ("test_labeled",)
+    assert [r.getMessage().split(": field ")[1].split("'")[1] for r in caplog.records] == ["kd_loss", "adv_loss"]
+    write_mtdnn_shards(ws / "sage_shards", "mrpc", {"train": 32, "dev": 12}, 2, seed=3)
+    trainer = Trainer(_cfg(ws, "sage_mrpc", train_datasets=["mrpc"], test_datasets=["mrpc"], task_def=str(path),
+                           data_dir=str(ws / "sage_shards")))
+    history = trainer.fit()
+    assert set(history[-1]["dev"]) == {"mrpc_dev"} and set(history[-1]["dev"]["mrpc_dev"]) == {"ACC", "F1"}
+    assert "lists no train split in split_names; reading mrpc_train as MT-DNN does" in (
+        ws / "sage_mrpc" / "train.log").read_text()
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -523,7 +854,7 @@ def test_san_gets_gradients_and_learns():
 
 
 def _cfg(ws: Path, out: str, **kw) -> TrainConfig:
-    base = dict(train_datasets=["rte"], test_datasets=["rte"], task_def=str(ws / "mtdnn_glue_task_def.yml"),
+    base = dict(train_datasets=["rte"], test_datasets=["rte"], task_def=str(ws / "mtdnn_san_glue_task_def.yml"),
                 data_dir=str(ws / "shards"), init_checkpoint=str(ws / "tiny-bert"), output_dir=str(ws / out),
                 learning_rate=2e-3, batch_size=8, batch_size_eval=16, epochs=1, max_seq_len=64,
                 tensorboard=False, optim_impl="foreach", seed=5, num_threads=1)
@@ -561,7 +892,7 @@ def test_update_bert_opt_freezes_the_encoder(ws):
 
 
 def test_dropout_flags(ws):
-    defs = load_task_defs(ws / "mtdnn_glue_task_def.yml")
+    defs = load_task_defs(ws / "mtdnn_san_glue_task_def.yml")
     encoder = AutoModel.from_config(tiny_bert_config())
     cfg = _cfg(ws, "unused", train_datasets=["rte", "mnli"], bert_dropout_p=0.25, dropout_p=0.2, answer_opt=0)
     model = build_model(encoder, {n: defs[n] for n in ("rte", "mnli")}, cfg)
@@ -623,7 +954,7 @@ def test_trainer_applies_grad_clipping_before_the_step(ws, clip):
 
 # ------------------------------------------------------------------------------------------ item 3: shards
 def test_mtdnn_json_shards_are_read(ws, tmp_path):
-    defs = load_task_defs(ws / "mtdnn_glue_task_def.yml")
+    defs = load_task_defs(ws / "mtdnn_san_glue_task_def.yml")
     data = load_split(ws / "shards", defs["mnli"], "matched_dev", 64)
     assert len(data) == 12 and data.uids[0] == "0"
     # a .jsonl of the same name wins over the .json
@@ -645,8 +976,8 @@ def test_readme_section_shows_the_command_and_names_every_flag_and_field():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     start = readme.index("## Coming from MT-DNN or the SAGE repository")
     section = readme[start:readme.index("\n## ", start + 1)]
-    command = next(line for line in AUTHORS_SCRIPT.splitlines() if line.startswith("python train.py"))
-    assert f"\n{command}\n" in section  # verbatim
+    command = AUTHORS_SCRIPT[AUTHORS_SCRIPT.index("python train.py"):]
+    assert f"\n{command}```" in section  # verbatim
     for flag in NO_EFFECT_FLAGS:
         assert f"`{flag}`" in section, flag
     for name in ("grad_clipping", "log_file", "answer_opt", "update_bert_opt", "bert_dropout_p", "dropout_p",
