@@ -71,7 +71,7 @@ class TrainConfig:
     grad_accumulation_step: int = cli_field(1)
     # model
     update_bert_opt: int = cli_field(
-        0, "MT-DNN's switch: > 0 freezes the encoder (with its pooler), so only the heads train")
+        0, "MT-DNN's switch: > 0 freezes the encoder (embeddings and layers); the pooler and heads train")
     num_hidden_layers: int = cli_field(-1, "keep only the encoder's first N layers (-1: all)")
     bert_dropout_p: Optional[float] = cli_field(None, "the encoder's hidden dropout (default: its own config's)")
     dropout_p: float = cli_field(0.1, "classifier dropout of tasks whose YAML entry gives no dropout_p")

@@ -171,7 +171,10 @@ def build_model(encoder: nn.Module, task_defs: Mapping[str, TaskDef], cfg) -> MT
     san = SanOptions(cfg.answer_num_turn, cfg.answer_mem_drop_p, cfg.answer_att_hidden_size,
                      cfg.answer_dropout_p) if cfg.answer_opt == 1 else None
     model = MTDNNModel(encoder, effective_task_defs(task_defs, cfg.dropout_p, cfg.answer_opt), san)
-    if cfg.update_bert_opt > 0:  # MT-DNN: train only what sits on top of the encoder
+    if cfg.update_bert_opt > 0:  # MT-DNN: a frozen encoder; its pooler (MT-DNN's own, outside it) and heads train
+        pooler = getattr(model.encoder, "pooler", None)
+        keep = {id(p) for p in pooler.parameters()} if pooler is not None else set()
         for p in model.encoder.parameters():
-            p.requires_grad_(False)
+            if id(p) not in keep:
+                p.requires_grad_(False)
     return model

@@ -122,7 +122,7 @@ class Trainer:
         if san:
             log.info("SAN answer heads (--answer_opt 1, enable_san: true): %s", ", ".join(san))
         if cfg.update_bert_opt > 0:
-            log.info("--update_bert_opt %d: the encoder is frozen; only the heads train", cfg.update_bert_opt)
+            log.info("--update_bert_opt %d: the encoder is frozen; the pooler and heads train", cfg.update_bert_opt)
 
     def _setup_optimization(self) -> None:
         cfg = self.cfg
