@@ -696,7 +696,8 @@ def test_mtdnn_glue_task_def_loads_as_written(ws, caplog):
         f"implemented yet); given for " + ", ".join(f"{t} (line {n})" for t, n in zip(tasks, adv))]
     trainer = Trainer(_cfg(ws, "mtdnn_current", task_def=str(path), max_steps=2))
     assert type(trainer.model.heads["rte"]) is ClassificationHead
-    assert trainer.fit()[-1]["dev"]["rte_dev"]["ACC"] >= 0
+    history = trainer.fit()
+    assert [h["step"] for h in history] == [2] and set(history[-1]["dev"]) == {"rte_dev"}
 
 
 def test_mtdnn_san_era_task_def_loads_as_written(ws, caplog):
