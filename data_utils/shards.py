@@ -1,5 +1,8 @@
 """The tokenized shard format: ``{root_dir}/{model_short_name}/{task}_{split}.jsonl``.
 
+MT-DNN's shards, ``{task}_{split}.json`` with the same lines (plus keys such as ``attention_mask`` that are not
+needed here), are read too when no ``.jsonl`` of that name exists.
+
 One JSON object per line: ``uid`` (str), ``label`` (class id, or float for Regression; test splits hold the
 placeholder 0 / 0.0), ``token_id`` and ``type_id`` (lists of ints; for PremiseAndMultiHypothesis, one list per
 hypothesis). ``format_line`` writes exactly what ``json.dumps`` of that dict writes, without its per-call cost.
@@ -23,6 +26,14 @@ class ShardError(ValueError):
 
 def shard_path(root_dir: Union[str, Path], model: str, task: str, split: str) -> Path:
     return Path(root_dir) / pretrained_models.model_short_name(model) / f"{task}_{split}.jsonl"
+
+
+def find_shard(data_dir: Union[str, Path], task: str, split: str) -> Path:
+    """``{task}_{split}.jsonl``, or MT-DNN's ``{task}_{split}.json`` when only that exists (same line format;
+    the .jsonl path is returned when neither does, for the error message)."""
+    path = Path(data_dir) / f"{task}_{split}.jsonl"
+    mtdnn = path.with_suffix(".json")
+    return mtdnn if not path.is_file() and mtdnn.is_file() else path
 
 
 def _ints(values: Sequence[int]) -> str:
@@ -59,10 +70,13 @@ def format_line_zero_types(uid: str, label: Union[int, float], token_id: Sequenc
     return _line(uid, label, _ints(token_id), _zeros(len(token_id)))
 
 
-def _check_record(rec, path, ln: int) -> None:
-    if not isinstance(rec, dict) or tuple(rec) != KEYS:
+def _check_record(rec, path, ln: int, mtdnn: bool = False) -> None:
+    """``mtdnn``: an MT-DNN ``.json`` shard, whose lines may carry more keys (attention_mask, olabel, ...)."""
+    if not isinstance(rec, dict) or (tuple(rec) != KEYS and not (mtdnn and set(KEYS) <= set(rec))):
         got = list(rec) if isinstance(rec, dict) else type(rec).__name__
         raise ShardError(f"{path}:{ln}: expected an object with keys {list(KEYS)}, got {got}")
+    if mtdnn and isinstance(rec["uid"], int) and not isinstance(rec["uid"], bool):
+        rec["uid"] = str(rec["uid"])
     tok, typ = rec["token_id"], rec["type_id"]
     if not isinstance(rec["uid"], str):
         raise ShardError(f"{path}:{ln}: uid must be a string")
@@ -78,13 +92,13 @@ def _check_record(rec, path, ln: int) -> None:
 
 def read_shard(path: Union[str, Path]) -> list[dict]:
     """All records of a shard, checked line by line (keys, types, token_id/type_id shapes)."""
-    records = []
+    records, mtdnn = [], str(path).endswith(".json")
     with open(path, encoding="utf-8") as handle:
         for ln, line in enumerate(handle, start=1):
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ShardError(f"{path}:{ln}: not valid JSON ({exc.msg})") from None
-            _check_record(rec, path, ln)
-            records.append(rec)
+            _check_record(rec, path, ln, mtdnn)
+            records.append({k: rec[k] for k in KEYS} if mtdnn else rec)
     return records

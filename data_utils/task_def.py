@@ -5,6 +5,7 @@ here, once, with an error that names the YAML file (and line), the task and the 
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -47,6 +48,28 @@ _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 
 
+#: MT-DNN / SAGE-repo names that parse here but are not implemented: value -> why. A field holding one of them
+#: gets a warning naming file:line (the task is skipped for task_type/data_format, the name dropped or replaced
+#: for metric_meta/loss), instead of the typo error a name unknown to MT-DNN gets.
+MTDNN_TASK_TYPES = ("Span", "SpanYN", "SeqenceLabeling", "MaskLM", "SpanSeqenceLabeling", "SeqenceGeneration",
+                    "ClozeChoice")
+MTDNN_DATA_FORMATS = ("MRC", "Seqence", "MLM", "CLUE_CLASSIFICATION", "CLUE_SPAN", "CLUE_SEQ", "CLUE_GEN",
+                      "ClozeChoice")
+MTDNN_METRICS = ("SeqEval", "EmF1", "F1MAC", "F1MIC", "CLUEEM", "CLUEF1")
+MTDNN_LOSSES = ("SpanCeCriterion", "SeqCeCriterion", "KlCriterion", "SymKlCriterion", "NsKlCriterion",
+                "NsSymKlCriterion", "JSCriterion", "HLCriterion", "MlmCriterion", "SpanYNCeCriterion")
+MTDNN_ENCODER_TYPES = ("BERT", "ROBERTA", "XLNET", "SAN", "XLM", "DEBERTA", "ELECTRA", "T5", "T5G", "MSRT5G",
+                       "MSRT5", "MSRLONGT5G", "MSRLONGT5")
+#: MT-DNN task-definition fields with no effect here: field -> why (each use is warned about with file:line).
+NO_EFFECT_FIELDS = {
+    "kd_loss": "knowledge distillation is not implemented yet",
+    "adv_loss": "SMART adversarial training is not implemented yet",
+    "encoder_type": "the encoder comes from --init_checkpoint (and is checked by --encoder_type)",
+}
+
+log = logging.getLogger("sage.task_def")
+
+
 class TaskDefError(ValueError):
     """A task-definition file problem, as one line naming the file, the task and the field."""
 
@@ -67,6 +90,7 @@ class TaskDef:
     dropout_p: float = 0.1
     split_names: tuple[str, ...] = DEFAULT_SPLITS
     enable_san: bool = False
+    dropout_given: bool = field(default=False, compare=False)  # the YAML set dropout_p (--dropout_p fills others)
     _label_ids: dict = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -146,6 +170,8 @@ class _Where:
         self.task_lines: dict[str, int] = {}
         self.field_lines: dict[tuple[str, str], int] = {}
         self.duplicates: list[tuple[Optional[str], str, int]] = []
+        self.warnings: list[str] = []
+        self.no_effect: dict[str, list[tuple[str, Optional[int]]]] = {}  # field -> [(task, line)]
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         if isinstance(root, yaml.MappingNode):
             self._scan(root)
@@ -173,12 +199,31 @@ class _Where:
             what = f" task '{task}'" + (f", field '{field_name}'" if field_name else "") + ":"
         return TaskDefError(f"{where}:{what} {reason}")
 
+    def warn(self, reason: str, task: Optional[str] = None, field_name: Optional[str] = None) -> None:
+        self.warnings.append(str(self.error(reason, task, field_name)))
+
+    def no_effect_warnings(self) -> list[str]:
+        """One line per no-effect field, at its first use, listing every task (and line) that gives it."""
+        lines = []
+        for key, uses in self.no_effect.items():
+            tasks = ", ".join(f"{task} (line {line})" for task, line in uses)
+            lines.append(f"{self.path}:{uses[0][1]}: field '{key}' has no effect here ({NO_EFFECT_FIELDS[key]}); "
+                         f"given for {tasks}")
+        return lines
+
+
+class _Skip(Exception):
+    """A task MT-DNN knows but this project cannot train (its type or data format): left out, with a warning."""
+
 
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _enum(where: _Where, task: str, key: str, raw: Any, enum_cls: type[Enum]) -> Enum:
+def _enum(where: _Where, task: str, key: str, raw: Any, enum_cls: type[Enum], mtdnn_only=()) -> Enum:
+    if isinstance(raw, str) and raw in mtdnn_only:
+        where.warn(f"MT-DNN's {key} {raw} is not supported here; the task is left out", task, key)
+        raise _Skip(raw)
     if not isinstance(raw, str) or raw not in enum_cls.__members__:
         raise where.error(f"unknown value {raw!r}; known: {', '.join(enum_cls.__members__)}", task, key)
     return enum_cls[raw]
@@ -245,6 +290,14 @@ def _labels_and_classes(where: _Where, task: str, spec: dict, task_type: TaskTyp
 
 def _metrics(where: _Where, task: str, raw: Any, task_type: TaskType, n_class: int) -> tuple[str, ...]:
     names = _str_list(where, task, "metric_meta", raw)
+    dropped = [n for n in names if n in MTDNN_METRICS]
+    if dropped:
+        names = tuple(n for n in names if n not in MTDNN_METRICS)
+        if not names:
+            raise where.error(f"MT-DNN's metric(s) {', '.join(dropped)} are not implemented here and no other "
+                              f"metric is given; add one of {', '.join(KNOWN_METRICS)}", task, "metric_meta")
+        where.warn(f"MT-DNN's metric(s) {', '.join(dropped)} are not implemented here; left out", task,
+                   "metric_meta")
     allowed = REGRESSION_METRICS if task_type is TaskType.Regression else CLASS_METRICS
     for name in names:
         if name not in KNOWN_METRICS:
@@ -261,6 +314,9 @@ def _loss(where: _Where, task: str, raw: Any, task_type: TaskType) -> str:
     expected = LOSS_FOR_TYPE[task_type]
     if raw is None:
         return expected
+    if raw in MTDNN_LOSSES:
+        where.warn(f"MT-DNN's loss {raw} is not implemented here; {expected} is used", task, "loss")
+        return expected
     if raw not in LOSS_FOR_TYPE.values():
         raise where.error(f"unknown loss {raw!r}; known: {', '.join(LOSS_FOR_TYPE.values())}", task, "loss")
     if raw != expected:
@@ -269,6 +325,7 @@ def _loss(where: _Where, task: str, raw: Any, task_type: TaskType) -> str:
 
 
 def _dropout(where: _Where, task: str, raw: Any) -> float:
+    """0.1 when absent (the trainer then applies --dropout_p; see ``TaskDef.dropout_given``)."""
     if raw is None:
         return 0.1
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0.0 <= raw < 1.0:
@@ -290,26 +347,41 @@ def _splits(where: _Where, task: str, raw: Any) -> tuple[str, ...]:
     return names
 
 
-def _san(where: _Where, task: str, raw: Any) -> bool:
+def _san(where: _Where, task: str, raw: Any, task_type: TaskType) -> bool:
+    """True marks the task for the SAN answer head (used when --answer_opt is 1, as in MT-DNN)."""
     if raw is None or raw is False:
         return False
     if raw is True:
-        raise where.error("enable_san: true is not supported (this project has no SAN answer module yet); "
-                          "set it to false or remove it", task, "enable_san")
+        if task_type is not TaskType.Classification:
+            where.warn(f"the SAN answer head is for Classification tasks; a {task_type.name} task keeps its "
+                       "linear head", task, "enable_san")
+            return False
+        return True
     raise where.error(f"must be true or false, got {_type_name(raw)} {raw!r}", task, "enable_san")
+
+
+def _no_effect_field(where: _Where, task: str, key: str, raw: Any) -> None:
+    if key == "encoder_type" and raw not in MTDNN_ENCODER_TYPES:
+        raise where.error(f"unknown value {raw!r}; known: {', '.join(MTDNN_ENCODER_TYPES)}", task, key)
+    if key in ("kd_loss", "adv_loss") and raw not in LOSS_FOR_TYPE.values() and raw not in MTDNN_LOSSES:
+        raise where.error(f"unknown loss {raw!r}; known: {', '.join((*LOSS_FOR_TYPE.values(), *MTDNN_LOSSES))}",
+                          task, key)
+    where.no_effect.setdefault(key, []).append((task, where.field_lines.get((task, key))))
 
 
 def _build(where: _Where, task: str, spec: Any) -> TaskDef:
     if not isinstance(spec, dict):
         raise where.error(f"must be a mapping of fields, got {_type_name(spec)}", task)
     for key in spec:
-        if key not in FIELDS:
+        if key in NO_EFFECT_FIELDS:
+            _no_effect_field(where, task, key, spec[key])
+        elif key not in FIELDS:
             raise where.error(f"unknown field; known: {', '.join(FIELDS)}", task, str(key))
     for key in ("task_type", "data_format", "metric_meta"):
         if key not in spec:
             raise where.error("required field is missing", task, key)
-    task_type = _enum(where, task, "task_type", spec["task_type"], TaskType)
-    data_format = _enum(where, task, "data_format", spec["data_format"], DataFormat)
+    task_type = _enum(where, task, "task_type", spec["task_type"], TaskType, MTDNN_TASK_TYPES)
+    data_format = _enum(where, task, "data_format", spec["data_format"], DataFormat, MTDNN_DATA_FORMATS)
     if data_format not in FORMATS_FOR_TYPE[task_type]:
         ok = ", ".join(f.name for f in FORMATS_FOR_TYPE[task_type])
         raise where.error(f"{data_format.name} does not fit a {task_type.name} task; use {ok}", task, "data_format")
@@ -319,7 +391,14 @@ def _build(where: _Where, task: str, spec: Any) -> TaskDef:
                    loss=_loss(where, task, spec.get("loss"), task_type),
                    dropout_p=_dropout(where, task, spec.get("dropout_p")),
                    split_names=_splits(where, task, spec.get("split_names")),
-                   enable_san=_san(where, task, spec.get("enable_san")))
+                   enable_san=_san(where, task, spec.get("enable_san"), task_type),
+                   dropout_given=spec.get("dropout_p") is not None)
+
+
+class TaskDefs(dict):
+    """Task name -> TaskDef, in file order; ``skipped`` holds the tasks MT-DNN knows but this project cannot
+    train (name -> the reason), so selecting one fails with that reason instead of "unknown task"."""
+    skipped: dict[str, str] = {}
 
 
 def parse_task_defs(text: str, path: str = "<string>") -> dict[str, TaskDef]:
@@ -340,7 +419,17 @@ def parse_task_defs(text: str, path: str = "<string>") -> dict[str, TaskDef]:
         if task is None:
             raise TaskDefError(f"{path}:{line}: task '{name}' is defined twice")
         raise TaskDefError(f"{path}:{line}: task '{task}', field '{name}': given twice")
-    return {_check_name(where, task): _build(where, task, spec) for task, spec in data.items()}
+    defs, skipped = TaskDefs(), {}
+    for task, spec in data.items():
+        name = _check_name(where, task)
+        try:
+            defs[name] = _build(where, name, spec)
+        except _Skip:
+            skipped[name] = where.warnings[-1]
+    defs.skipped = skipped
+    for line in where.warnings + where.no_effect_warnings():
+        log.warning("warning: %s", line)
+    return defs
 
 
 def load_task_defs(path: Union[str, Path]) -> dict[str, TaskDef]:
@@ -361,6 +450,35 @@ def load_task_defs(path: Union[str, Path]) -> dict[str, TaskDef]:
 def select_tasks(task_defs: dict[str, TaskDef], names, source: str = "task definitions") -> dict[str, TaskDef]:
     """The named tasks, in the order given; an unknown name fails with the known ones."""
     missing = [n for n in names if n not in task_defs]
+    for name in missing:
+        if name in getattr(task_defs, "skipped", {}):
+            raise TaskDefError(f"task '{name}' cannot be used: {task_defs.skipped[name]}")
     if missing:
         raise TaskDefError(f"{source}: unknown task(s) {missing}; known: {', '.join(task_defs)}")
     return {n: task_defs[n] for n in names}
+
+
+def dataset_task(name: str) -> str:
+    """The task a ``--test_datasets`` entry belongs to: ``mnli`` and MT-DNN's ``mnli_matched`` -> ``mnli``
+    (task names contain no '_', so the first piece is the task)."""
+    return name.split("_", 1)[0]
+
+
+def dataset_splits(task_def: TaskDef, name: str) -> tuple[str, ...]:
+    """The dev and test splits a ``--test_datasets`` entry evaluates.
+
+    A plain task name: every dev and test split of the task (plus MT-DNN's ``dev`` when split_names has none;
+    the trainer skips it if its shard is absent). MT-DNN's ``{task}_{prefix}`` names: the splits named
+    ``{prefix}_...`` (``mnli_matched`` -> ``matched_dev``, ``matched_test``: the shards MT-DNN calls
+    ``mnli_matched_dev``, ``mnli_matched_test``).
+    """
+    splits = task_def.dev_splits() + task_def.test_splits()
+    if name == task_def.name:
+        # no dev split in split_names (the SAGE repo's `split_names: [test_labeled]`): MT-DNN reads {task}_dev
+        return splits if task_def.dev_splits() else ("dev",) + splits
+    prefix = name[len(task_def.name) + 1:] + "_"
+    chosen = tuple(s for s in splits if s.startswith(prefix))
+    if not chosen:
+        raise TaskDefError(f"--test_datasets: '{name}' names no split of task {task_def.name}: expected split "
+                           f"names starting with '{prefix}' among {list(splits)}")
+    return chosen

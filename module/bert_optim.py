@@ -21,6 +21,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from module import sage_math
+from module.plain_optim import RAdam
 from module.sage_math import FORMULAS
 
 __all__ = [
@@ -403,6 +404,7 @@ OPTIMIZERS: dict[str, tuple[type[_SageOptimizer], bool]] = {
     "adamw": (AdamWSAGE, False),
     "adam": (AdamSAGE, False),
     "sgd": (SGDSAGE, False),
+    "radam": (RAdam, False),  # torch.optim.RAdam, as in the authors' repo
 }
 
 DEFAULT_SAGE_PATTERNS = ("attention.self", "attention.output.dense", "output.dense", "intermediate.dense")

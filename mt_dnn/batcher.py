@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from data_utils.shards import read_shard
+from data_utils.shards import find_shard, read_shard
 from data_utils.task_def import DataFormat, TaskDef
 
 PAD_MULTIPLE = 8
@@ -49,7 +49,7 @@ def _truncate(ids: list[int], max_len: int) -> list[int]:
 
 def load_split(data_dir: str | Path, task_def: TaskDef, split: str, max_seq_len: int,
                limit: int = 0) -> TaskData:
-    path = Path(data_dir) / f"{task_def.name}_{split}.jsonl"
+    path = find_shard(data_dir, task_def.name, split)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: shard not found (run prepro_std.py for task '{task_def.name}', "
                                 f"split '{split}', or check --data_dir)")

@@ -1,16 +1,22 @@
-"""The training configuration: one typed dataclass, built from MT-DNN-compatible command-line flags.
+"""The training configuration: one typed dataclass, and the command line derived from it.
 
-The parser is created inside :func:`build_parser` (never at import), and the config is saved as JSON next to
-every checkpoint so a run can be resumed or inspected without the original command line.
+Each field carries its help text and its MT-DNN / SAGE-repo aliases in ``dataclasses.field(metadata=...)``, so
+names, defaults and help live in one place; :func:`build_parser` turns the fields into flags (never at import).
+MT-DNN flags this project does not implement are listed in :data:`NO_EFFECT_FLAGS`: they parse, and each one
+given prints a one-line warning. The config is saved as JSON next to every checkpoint so a run can be resumed
+or inspected without the original command line.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
+import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import pretrained_models
 from module.bert_optim import FORMULAS, OPTIMIZERS, SCHEDULES
@@ -18,54 +24,93 @@ from module.bert_optim import FORMULAS, OPTIMIZERS, SCHEDULES
 IMPLEMENTATIONS = ("auto", "forloop", "foreach", "fused")
 
 
+def cli_field(default: Any = dataclasses.MISSING, help: str = "", *, aliases: Sequence[str] = (),
+              factory: Any = dataclasses.MISSING, **cli: Any) -> Any:
+    """A config field with its command-line help, MT-DNN aliases (``aliases``) and argparse overrides (``cli``)."""
+    meta = {"help": help, "aliases": tuple(aliases), "cli": cli}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on. Field names are MT-DNN's flag names where those exist."""
-    train_datasets: list[str]
-    test_datasets: list[str] = field(default_factory=list)
-    task_def: str = "experiments/glue/glue_task_def.yml"
-    data_dir: str = "data/canonical_data/bert-base-uncased"
-    init_checkpoint: str = pretrained_models.DEFAULT_ENCODER
-    encoder_type: Optional[int] = None
-    output_dir: str = "checkpoints/run"
+    train_datasets: list[str] = cli_field(help="comma-separated task names to train on, e.g. rte,mrpc")
+    test_datasets: list[str] = cli_field(
+        factory=list, help="comma-separated datasets to evaluate after each epoch: a task (all its dev/test "
+        "splits) or MT-DNN's task_prefix name such as mnli_matched (splits matched_dev, matched_test); "
+        "default: the training tasks")
+    task_def: str = cli_field("experiments/glue/glue_task_def.yml", "YAML task-definition file")
+    data_dir: str = cli_field(
+        "data/canonical_data/bert-base-uncased",
+        "folder with the tokenized {task}_{split}.jsonl (or MT-DNN's .json) shards")
+    init_checkpoint: str = cli_field(
+        pretrained_models.DEFAULT_ENCODER,
+        "encoder: a registry name (see pretrained_models.py), a local folder or a hub name; or a trained model to "
+        "continue from: a best/ or step-N/ folder of a run, or an MT-DNN .pt checkpoint")
+    encoder_type: Optional[int] = cli_field(None, "MT-DNN encoder type: 1 BERT, 2 RoBERTa, 6 DeBERTa, 7 ELECTRA")
+    output_dir: str = cli_field("checkpoints/run")
     # optimisation
-    optimizer: str = "usadamax"
-    learning_rate: float = 5e-5
-    beta3: float = 0.75
-    betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-6
-    weight_decay: float = 0.01
-    sage_formula: Optional[str] = None
-    optim_impl: str = "auto"
-    warmup: float = 0.1
-    warmup_schedule: str = "warmup_linear"
-    global_grad_clipping: float = 1.0
-    grad_accumulation_step: int = 1
+    optimizer: str = cli_field("usadamax", f"one of {', '.join(OPTIMIZERS)}", aliases=("--optim",))
+    learning_rate: float = cli_field(5e-5)
+    beta3: float = cli_field(0.75, "SAGE sensitivity EMA coefficient")
+    betas: tuple[float, float] = cli_field((0.9, 0.999))
+    adam_eps: float = cli_field(1e-6)
+    weight_decay: float = cli_field(0.01, "decay of the decay groups (reference: 0.01)")
+    momentum: float = cli_field(0.0, "momentum of sgd/ussgd (MT-DNN's --momentum)")
+    sage_formula: Optional[str] = cli_field(None, f"one of {', '.join(FORMULAS)} (default: the optimizer's own)")
+    optim_impl: str = cli_field("auto", choices=IMPLEMENTATIONS)
+    warmup: float = cli_field(0.1, "warmup ratio of the total steps")
+    warmup_schedule: str = cli_field(
+        "warmup_linear", f"one of {', '.join(SCHEDULES)} (MT-DNN's warmup_constant and warmup_linear_xdl are "
+        "constant and linear)")
+    global_grad_clipping: float = cli_field(1.0, "clip the norm of all gradients together to this (0: off)")
+    grad_clipping: float = cli_field(
+        0.0, "then clip each parameter's gradient to this norm on its own, as the authors' optimizers did with "
+        "max_grad_norm (0: off)")
+    grad_accumulation_step: int = cli_field(1)
+    # model
+    update_bert_opt: int = cli_field(
+        0, "MT-DNN's switch: > 0 freezes the encoder (embeddings and layers); the pooler and heads train")
+    num_hidden_layers: int = cli_field(-1, "keep only the encoder's first N layers (-1: all)")
+    bert_dropout_p: Optional[float] = cli_field(None, "the encoder's hidden dropout (default: its own config's)")
+    dropout_p: float = cli_field(0.1, "classifier dropout of tasks whose YAML entry gives no dropout_p")
+    answer_opt: int = cli_field(1, "1: tasks with enable_san: true get the SAN answer head; 0: linear heads only")
+    answer_num_turn: int = cli_field(5, "SAN: reasoning steps")
+    answer_mem_drop_p: float = cli_field(0.1, "SAN: probability of dropping a step's prediction while training")
+    answer_att_hidden_size: int = cli_field(128, "SAN: width of the hypothesis self-attention")
+    answer_dropout_p: float = cli_field(0.1, "SAN: dropout on the state between steps")
     # data
-    batch_size: int = 32
-    batch_size_eval: int = 128
-    max_seq_len: int = 512
-    epochs: int = 3
-    max_steps: int = 0
-    mix_opt: int = 0
-    ratio: float = 0.0
-    max_train_samples: int = 0
-    max_eval_samples: int = 0
+    batch_size: int = cli_field(32)
+    batch_size_eval: int = cli_field(128)
+    max_seq_len: int = cli_field(512, "truncate longer shard sequences to this length")
+    epochs: int = cli_field(3)
+    max_steps: int = cli_field(0, "stop after this many optimizer steps (0: no limit)")
+    mix_opt: int = cli_field(0, "0: mix all tasks' batches; 1: auxiliary tasks first")
+    ratio: float = cli_field(
+        0.0, "if > 0, use at most ratio × (first task's batches) batches of the auxiliary tasks each epoch")
+    max_train_samples: int = cli_field(0, "use only the first N examples of each training set")
+    max_eval_samples: int = cli_field(0, "evaluate on only the first N examples of each split")
     # precision, reproducibility, output
-    fp16: bool = False
-    bf16: bool = False
-    seed: int = 2018
-    resume: bool = False
-    save_every_steps: int = 0
-    keep_last: int = 1
-    log_every: int = 25
-    num_threads: int = 0
-    tensorboard: bool = True
-    device: str = "auto"
-    log_sensitivity_every: int = 0
+    fp16: bool = cli_field(False, "float16 autocast with a GradScaler (V100 and newer)")
+    bf16: bool = cli_field(False, "bfloat16 autocast (Ampere and newer, and CPU)")
+    seed: int = cli_field(2018)
+    resume: bool = cli_field(False, "continue from the last checkpoint in --output_dir")
+    save_every_steps: int = cli_field(0, "also checkpoint every N optimizer steps (for --resume)")
+    keep_last: int = cli_field(1, "step checkpoints to keep")
+    log_every: int = cli_field(25, aliases=("--log_per_updates",))
+    log_file: Optional[str] = cli_field(
+        None, "also write the training log to this file (it always goes to OUTPUT_DIR/train.log)")
+    num_threads: int = cli_field(0, "torch CPU threads (0: torch's default)")
+    tensorboard: bool = cli_field(True, "write TensorBoard scalars (--no_tensorboard: don't)")
+    device: str = cli_field("auto", "auto, cpu, cuda, cuda:N (under torchrun: each rank's LOCAL_RANK GPU)")
+    log_sensitivity_every: int = cli_field(
+        0, "every N steps, append per-block sensitivity and local variation U to sensitivity.jsonl (0: off)")
     # distributed (torchrun)
-    fsdp: bool = False
-    dist_timeout: float = 30.0
+    fsdp: bool = cli_field(
+        False, "under torchrun, shard parameters, gradients and optimizer state with FSDP2 instead of DDP")
+    dist_timeout: float = cli_field(30.0, "minutes a collective may wait before failing")
 
     def validate(self) -> "TrainConfig":
         """Reject inconsistent settings with one line naming the flag."""
@@ -109,6 +154,23 @@ class TrainConfig:
             bad("dist_timeout", f"must be > 0 minutes, got {self.dist_timeout}")
         if self.encoder_type is not None and self.encoder_type not in pretrained_models.ENCODER_TYPES:
             bad("encoder_type", f"unknown type {self.encoder_type}; known: {sorted(pretrained_models.ENCODER_TYPES)}")
+        if self.grad_clipping < 0:
+            bad("grad_clipping", f"must be >= 0 (0: off), got {self.grad_clipping}")
+        if self.momentum < 0:
+            bad("momentum", f"must be >= 0, got {self.momentum}")
+        for name in ("dropout_p", "answer_mem_drop_p", "answer_dropout_p"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                bad(name, f"must be in [0, 1), got {getattr(self, name)}")
+        if self.bert_dropout_p is not None and not 0.0 <= self.bert_dropout_p < 1.0:
+            bad("bert_dropout_p", f"must be in [0, 1), got {self.bert_dropout_p}")
+        if self.answer_opt not in (0, 1):
+            bad("answer_opt", f"must be 0 (linear heads) or 1 (SAN where the task def enables it), "
+                              f"got {self.answer_opt}")
+        if self.num_hidden_layers == 0 or self.num_hidden_layers < -1:
+            bad("num_hidden_layers", f"must be >= 1, or -1 for all layers, got {self.num_hidden_layers}")
+        for name in ("answer_num_turn", "answer_att_hidden_size"):
+            if getattr(self, name) < 1:
+                bad(name, f"must be >= 1, got {getattr(self, name)}")
         return self
 
     def to_json(self) -> str:
@@ -126,72 +188,161 @@ class TrainConfig:
         return cls(**raw).validate()
 
 
+# ------------------------------------------------------------------------------------------ MT-DNN flags
+#: MT-DNN and SAGE-repo flags that parse but do nothing here: flag -> why / what to use instead. Each one given
+#: prints a one-line warning. ``LATER_FLAGS`` are the ones a later issue (SMART adversarial training, multi-task
+#: knowledge distillation) will implement: moving a flag from here to a TrainConfig field turns it on.
+NO_EFFECT_FLAGS: dict[str, str] = {
+    "--multi_gpu_on": "launch with torchrun for data parallelism",
+    "--mem_cum_type": "SAN option; this SAN has one memory type",
+    "--answer_att_type": "SAN option; this SAN uses bilinear attention",
+    "--answer_rnn_type": "SAN option; this SAN uses a GRU cell",
+    "--answer_sum_att_type": "SAN option; this SAN uses a linear self-attention summary",
+    "--answer_merge_opt": "SAN option; this SAN always merges [memory, state, |memory-state|, memory*state]",
+    "--answer_mem_type": "SAN option; this SAN always averages the steps' predictions",
+    "--answer_weight_norm_on": "SAN option; no weight normalisation here",
+    "--max_answer_len": "span answers (MRC) are not supported here",
+    "--dump_state_on": "nothing is dumped",
+    "--pooler_actf": "the encoder's own pooler is used",
+    "--mtl_opt": "heads are always per task",
+    "--init_ratio": "not used",
+    "--bert_model_type": "use --init_checkpoint (and --encoder_type)",
+    "--do_lower_case": "casing is fixed when prepro_std.py tokenizes",
+    "--masked_lm_prob": "no masked-LM pretraining here",
+    "--short_seq_prob": "no masked-LM pretraining here",
+    "--max_predictions_per_seq": "no masked-LM pretraining here",
+    "--bin_on": "batches are always length-bucketed",
+    "--bin_size": "batches are always length-bucketed",
+    "--bin_grow_ratio": "batches are always length-bucketed",
+    "--local_rank": "torchrun sets LOCAL_RANK",
+    "--world_size": "torchrun sets WORLD_SIZE",
+    "--master_addr": "torchrun sets MASTER_ADDR",
+    "--master_port": "torchrun sets MASTER_PORT",
+    "--backend": "NCCL on GPUs, gloo on CPU, chosen automatically",
+    "--tensorboard_logdir": "TensorBoard scalars go to OUTPUT_DIR/tensorboard",
+    "--data_sort_on": "batches are always length-bucketed",
+    "--name": "not used",
+    "--glue_format_on": "submission files are always written for test splits",
+    "--do_padding": "batches are always padded to a multiple of 8",
+    "--cuda": "use --device",
+    "--save_per_updates": "use --save_every_steps",
+    "--save_per_updates_on": "use --save_every_steps",
+    "--vb_dropout": "standard dropout is used",
+    "--dropout_w": "not used",
+    "--model_ckpt": "use --resume (continues from OUTPUT_DIR) or --init_checkpoint",
+    "--have_lr_scheduler": "the schedule is --warmup_schedule",
+    "--multi_step_lr": "the schedule is --warmup_schedule",
+    "--lr_gamma": "the schedule is --warmup_schedule",
+    "--scheduler_type": "the schedule is --warmup_schedule",
+    "--fp16_opt_level": "--fp16 uses torch autocast",
+    "--encode_mode": "not used",
+    "--debug": "not used",
+    "--transformer_cache": "models load from the local registry or folder",
+    "--tokenizer": "shards are tokenized by prepro_std.py",
+    "--dataloader_num_workers": "batches are built in the training process",
+    "--kd_loss": "knowledge distillation is not implemented yet",
+    "--mkd_opt": "multi-task knowledge distillation is not implemented yet",
+    "--adv_train": "SMART adversarial training is not implemented yet",
+    "--adv_opt": "SMART adversarial training is not implemented yet",
+    "--adv_norm_level": "SMART adversarial training is not implemented yet",
+    "--adv_p_norm": "SMART adversarial training is not implemented yet",
+    "--adv_alpha": "SMART adversarial training is not implemented yet",
+    "--adv_k": "SMART adversarial training is not implemented yet",
+    "--adv_step_size": "SMART adversarial training is not implemented yet",
+    "--adv_noise_var": "SMART adversarial training is not implemented yet",
+    "--adv_epsilon": "SMART adversarial training is not implemented yet",
+}
+LATER_FLAGS = ("--kd_loss", "--mkd_opt", "--adv_train", "--adv_opt", "--adv_norm_level", "--adv_p_norm",
+               "--adv_alpha", "--adv_k", "--adv_step_size", "--adv_noise_var", "--adv_epsilon")
+#: MT-DNN's --warmup_schedule names for schedules this project has under another name (same formula)
+SCHEDULE_ALIASES = {"warmup_constant": "constant", "warmup_linear_xdl": "linear"}
+#: other spellings MT-DNN accepts for a no-effect flag
+_NO_EFFECT_SPELLINGS = {"--mkd_opt": ("--mkd-opt",)}
+_IGNORED = "_mtdnn_ignored"
+
+
+class _Ignored(argparse.Action):
+    """Records a no-effect flag (with or without a value) for the warning."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        getattr(namespace, _IGNORED).append((option_string, values))
+
+
+# ------------------------------------------------------------------------------------------ the parser
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _argument(f: dataclasses.Field, hints: dict) -> tuple[list[str], dict]:
+    """argparse's (option strings, keyword arguments) for one config field, from its type and metadata."""
+    meta = f.metadata
+    kind = hints[f.name]
+    names = [f"--{f.name}", *meta.get("aliases", ())]
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    kw: dict = {"dest": f.name, "help": meta.get("help") or None}
+    if kind is bool:
+        kw.update(action="store_true", default=default)
+    elif kind == list[str]:
+        kw.update(type=_csv, default=default)
+    elif kind == tuple[float, float]:
+        kw.update(type=float, nargs=2, default=list(default))
+    else:
+        args = typing.get_args(kind)
+        base = next(a for a in args if a is not type(None)) if args else kind  # Optional[X] -> X
+        kw.update(type=base, default=default)
+    if default is dataclasses.MISSING:
+        kw.pop("default")
+        kw["required"] = True
+    kw.update(meta.get("cli", {}))
+    if kw.get("help") and "default" in kw and kw["default"] not in (None, False, []) and kind is not bool:
+        kw["help"] += f" (default: {kw['default']})"
+    return names, kw
+
+
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig(train_datasets=["x"])
     p = argparse.ArgumentParser(description="Multi-task fine-tuning with SAGE optimizers (MT-DNN flag names).")
-    a = p.add_argument
-    a("--train_datasets", type=_csv, required=True, help="comma-separated task names to train on, e.g. rte,mrpc")
-    a("--test_datasets", type=_csv, default=None,
-      help="comma-separated tasks to evaluate after each epoch on every dev/test split of their task def "
-           "(default: the training tasks)")
-    a("--task_def", default=d.task_def, help="YAML task-definition file")
-    a("--data_dir", default=d.data_dir, help="folder with the tokenized {task}_{split}.jsonl shards")
-    a("--init_checkpoint", default=d.init_checkpoint,
-      help="encoder: a registry name (see pretrained_models.py), a local folder or a hub name; or a trained "
-           "model to continue from: a best/ or step-N/ folder of a run, or an MT-DNN .pt checkpoint")
-    a("--encoder_type", type=int, default=None, help="MT-DNN encoder type: 1 BERT, 2 RoBERTa, 6 DeBERTa, 7 ELECTRA")
-    a("--output_dir", default=d.output_dir)
-    a("--optimizer", "--optim", dest="optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
-    a("--learning_rate", type=float, default=d.learning_rate)
-    a("--beta3", type=float, default=d.beta3, help="SAGE sensitivity EMA coefficient")
-    a("--betas", type=float, nargs=2, default=list(d.betas))
-    a("--adam_eps", type=float, default=d.adam_eps)
-    a("--weight_decay", type=float, default=d.weight_decay, help="decay of the decay groups (reference: 0.01)")
-    a("--sage_formula", default=None, help=f"one of {', '.join(FORMULAS)} (default: the optimizer's own)")
-    a("--optim_impl", default=d.optim_impl, choices=IMPLEMENTATIONS)
-    a("--warmup", type=float, default=d.warmup, help="warmup ratio of the total steps")
-    a("--warmup_schedule", default=d.warmup_schedule, help=f"one of {', '.join(SCHEDULES)}")
-    a("--global_grad_clipping", type=float, default=d.global_grad_clipping, help="0 disables clipping")
-    a("--grad_accumulation_step", type=int, default=d.grad_accumulation_step)
-    a("--batch_size", type=int, default=d.batch_size)
-    a("--batch_size_eval", type=int, default=d.batch_size_eval)
-    a("--max_seq_len", type=int, default=d.max_seq_len, help="truncate longer shard sequences to this length")
-    a("--epochs", type=int, default=d.epochs)
-    a("--max_steps", type=int, default=d.max_steps, help="stop after this many optimizer steps (0: no limit)")
-    a("--mix_opt", type=int, default=d.mix_opt, help="0: mix all tasks' batches; 1: auxiliary tasks first")
-    a("--ratio", type=float, default=d.ratio,
-      help="if > 0, use at most ratio × (first task's batches) batches of the auxiliary tasks each epoch")
-    a("--max_train_samples", type=int, default=0, help="use only the first N examples of each training set")
-    a("--max_eval_samples", type=int, default=0, help="evaluate on only the first N examples of each split")
-    a("--fp16", action="store_true", help="float16 autocast with a GradScaler (V100 and newer)")
-    a("--bf16", action="store_true", help="bfloat16 autocast (Ampere and newer, and CPU)")
-    a("--seed", type=int, default=d.seed)
-    a("--resume", action="store_true", help="continue from the last checkpoint in --output_dir")
-    a("--save_every_steps", type=int, default=0, help="also checkpoint every N optimizer steps (for --resume)")
-    a("--keep_last", type=int, default=d.keep_last, help="step checkpoints to keep")
-    a("--log_every", type=int, default=d.log_every)
-    a("--num_threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    a("--no_tensorboard", dest="tensorboard", action="store_false")
-    a("--device", default="auto", help="auto, cpu, cuda, cuda:N (under torchrun: each rank's LOCAL_RANK GPU)")
-    a("--log_sensitivity_every", type=int, default=0,
-      help="every N steps, append per-block sensitivity and local variation U to sensitivity.jsonl (0: off)")
-    a("--fsdp", action="store_true",
-      help="under torchrun, shard parameters, gradients and optimizer state with FSDP2 instead of DDP")
-    a("--dist_timeout", type=float, default=d.dist_timeout, help="minutes a collective may wait before failing")
+    p.set_defaults(**{_IGNORED: []})
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        names, kw = _argument(f, hints)
+        if f.name == "tensorboard":  # on by default: MT-DNN's --tensorboard is accepted, --no_tensorboard turns off
+            p.add_argument("--no_tensorboard", dest="tensorboard", action="store_false", help=kw["help"])
+            p.add_argument("--tensorboard", dest="tensorboard", action="store_true", help=argparse.SUPPRESS)
+            continue
+        if f.name == "test_datasets":
+            kw["default"] = None  # parse_args fills in the training tasks
+        p.add_argument(*names, **kw)
+    group = p.add_argument_group("MT-DNN flags with no effect here (accepted with a warning)")
+    for flag, why in NO_EFFECT_FLAGS.items():
+        group.add_argument(flag, *_NO_EFFECT_SPELLINGS.get(flag, ()), nargs="?", action=_Ignored,
+                           default=argparse.SUPPRESS,
+                           help=f"no effect: {why}")
     return p
+
+
+def no_effect_warnings(ignored: Sequence[tuple[str, Any]]) -> list[str]:
+    """One line per no-effect flag given."""
+    lines = []
+    for flag, value in ignored:
+        canonical = next((k for k, v in _NO_EFFECT_SPELLINGS.items() if flag in v), flag)
+        shown = flag if value is None else f"{flag} {value}"
+        lines.append(f"train.py: warning: {shown} has no effect here ({NO_EFFECT_FLAGS[canonical]})")
+    return lines
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
     ns = build_parser().parse_args(argv)
     values = vars(ns)
+    ignored = values.pop(_IGNORED)
     values["betas"] = tuple(values["betas"])
+    values["warmup_schedule"] = SCHEDULE_ALIASES.get(values["warmup_schedule"], values["warmup_schedule"])
     if values["test_datasets"] is None:
         values["test_datasets"] = list(values["train_datasets"])
-    return TrainConfig(**values).validate()
+    cfg = TrainConfig(**values).validate()
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank parses; one copy of the warnings
+        for line in no_effect_warnings(ignored):
+            print(line, file=sys.stderr)
+    return cfg
 
 
 def load_config(path: str | Path) -> TrainConfig:

@@ -6,13 +6,14 @@ heads (``pooler.dense``, ``heads.<task>.proj``) fall in the plain groups.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Optional
 
 import torch
 from torch import nn
 
 from data_utils.task_def import TaskDef, TaskType
-from module.heads import build_head
+from module.heads import SanOptions, build_head
 from module.pooler import FirstTokenPooler
 from mt_dnn.loss import build_loss
 
@@ -51,7 +52,7 @@ def predict(task_def: TaskDef, outputs: torch.Tensor) -> tuple[torch.Tensor, tor
 class MTDNNModel(nn.Module):
     """A shared Hugging Face encoder plus one head per task, in an ``nn.ModuleDict`` keyed by task name."""
 
-    def __init__(self, encoder: nn.Module, task_defs: Mapping[str, TaskDef]):
+    def __init__(self, encoder: nn.Module, task_defs: Mapping[str, TaskDef], san: Optional[SanOptions] = None):
         super().__init__()
         _check_task_names(task_defs)
         config = encoder.config
@@ -61,7 +62,8 @@ class MTDNNModel(nn.Module):
         # BERT/RoBERTa bring a pretrained pooler; DeBERTa/ELECTRA have none, so we add our own.
         self.uses_encoder_pooler = getattr(encoder, "pooler", None) is not None
         self.pooler = None if self.uses_encoder_pooler else FirstTokenPooler(hidden, init_std)
-        self.heads = nn.ModuleDict({name: build_head(td, hidden, init_std) for name, td in self.task_defs.items()})
+        self.heads = nn.ModuleDict({name: build_head(td, hidden, init_std, san)
+                                    for name, td in self.task_defs.items()})
         self.losses = {name: build_loss(td.loss) for name, td in self.task_defs.items()}
 
     @property
@@ -98,8 +100,15 @@ class MTDNNModel(nn.Module):
             if t is not None and t.shape != input_ids.shape:
                 raise ValueError(f"task {task}: {what} {tuple(t.shape)} does not match input_ids "
                                  f"{tuple(input_ids.shape)}")
+        head = self.heads[task]
+        if getattr(head, "uses_tokens", False):  # the SAN head reads every token, not the pooled [CLS]
+            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                kwargs["token_type_ids"] = token_type_ids
+            hidden = self.encoder(**kwargs, return_dict=True).last_hidden_state
+            return head(hidden, attention_mask, token_type_ids)
         if not ranking:
-            return self.heads[task](self.pool(input_ids, attention_mask, token_type_ids))
+            return head(self.pool(input_ids, attention_mask, token_type_ids))
         b, k, length = input_ids.shape
         if k != td.n_class:
             raise ValueError(f"task {task}: expects {td.n_class} hypotheses per example (n_class), got {k}")
@@ -115,3 +124,57 @@ class MTDNNModel(nn.Module):
     def predict(self, task: str, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(predictions, scores) for the task's outputs; see the module-level ``predict``."""
         return predict(self._task(task), outputs)
+
+
+# ------------------------------------------------------------------------------------------ from a config
+def effective_task_defs(task_defs: Mapping[str, TaskDef], dropout_p: float, answer_opt: int) -> dict[str, TaskDef]:
+    """The task defs as this run uses them: ``--dropout_p`` for tasks whose YAML gives none, and ``enable_san``
+    kept only under ``--answer_opt 1`` (MT-DNN's rule: SAN where both the task and the run ask for it)."""
+    out = {}
+    for name, td in task_defs.items():
+        changes = {}
+        if not td.dropout_given and td.dropout_p != dropout_p:
+            changes["dropout_p"] = dropout_p
+        if td.enable_san and answer_opt != 1:
+            changes["enable_san"] = False
+        out[name] = dataclasses.replace(td, **changes) if changes else td
+    return out
+
+
+def set_encoder_dropout(encoder: nn.Module, p: float) -> None:
+    """MT-DNN's --bert_dropout_p: the encoder's hidden dropout (embeddings and sublayer outputs); the attention
+    probabilities keep their own rate. The config is updated too, so a saved checkpoint rebuilds the same."""
+    for name, module in encoder.named_modules():
+        if isinstance(module, nn.Dropout) and not name.rsplit(".", 1)[0].endswith("self"):
+            module.p = p
+    encoder.config.hidden_dropout_prob = p
+
+
+def keep_first_layers(encoder: nn.Module, n: int) -> None:
+    """MT-DNN's --num_hidden_layers: drop the encoder's transformer layers after the first ``n`` (the largest
+    ModuleList holds them); the config is updated so a saved checkpoint rebuilds the shorter encoder."""
+    lists = [m for m in encoder.modules() if isinstance(m, nn.ModuleList)]
+    layers = max(lists, key=len) if lists else None
+    if layers is None or n > len(layers):
+        have = 0 if layers is None else len(layers)
+        raise ValueError(f"--num_hidden_layers: the encoder has {have} layers, cannot keep {n}")
+    del layers[n:]
+    encoder.config.num_hidden_layers = n
+
+
+def build_model(encoder: nn.Module, task_defs: Mapping[str, TaskDef], cfg) -> MTDNNModel:
+    """An MTDNNModel configured by a TrainConfig's model flags (depth, dropout, SAN, encoder freezing)."""
+    if cfg.num_hidden_layers > 0:
+        keep_first_layers(encoder, cfg.num_hidden_layers)
+    if cfg.bert_dropout_p is not None:
+        set_encoder_dropout(encoder, cfg.bert_dropout_p)
+    san = SanOptions(cfg.answer_num_turn, cfg.answer_mem_drop_p, cfg.answer_att_hidden_size,
+                     cfg.answer_dropout_p) if cfg.answer_opt == 1 else None
+    model = MTDNNModel(encoder, effective_task_defs(task_defs, cfg.dropout_p, cfg.answer_opt), san)
+    if cfg.update_bert_opt > 0:  # MT-DNN: a frozen encoder; its pooler (MT-DNN's own, outside it) and heads train
+        pooler = getattr(model.encoder, "pooler", None)
+        keep = {id(p) for p in pooler.parameters()} if pooler is not None else set()
+        for p in model.encoder.parameters():
+            if id(p) not in keep:
+                p.requires_grad_(False)
+    return model

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Optional
 
 import pretrained_models
-from data_utils.task_def import TaskDef, load_task_defs, select_tasks
+from data_utils.task_def import TaskDef, dataset_task, load_task_defs, select_tasks
 from mt_dnn import checkpoint as ckpt
 from mt_dnn.config import TrainConfig, load_config
-from mt_dnn.model import MTDNNModel
+from mt_dnn.model import MTDNNModel, build_model
 
 
 @dataclass
@@ -31,13 +31,13 @@ def restore(folder: Path, task_def: Optional[str] = None) -> Restored:
     folder = Path(folder)
     cfg = load_config(folder / ckpt.CONFIG)
     task_def_path = task_def or cfg.task_def
-    names = list(dict.fromkeys(cfg.train_datasets + cfg.test_datasets))
+    names = list(dict.fromkeys(cfg.train_datasets + [dataset_task(d) for d in cfg.test_datasets]))
     task_defs = select_tasks(load_task_defs(task_def_path), names, source=task_def_path)
     saved = folder / ckpt.ENCODER_CONFIG
     config = (AutoConfig.from_pretrained(str(saved)) if saved.is_file()
               else pretrained_models.load_config(cfg.init_checkpoint))
     encoder = pretrained_models.load_encoder(cfg.init_checkpoint, cfg.encoder_type, config=config)
-    model = MTDNNModel(encoder, task_defs)
+    model = build_model(encoder, task_defs, cfg)
     ckpt.load_weights(model, folder)
     pad_id = config.pad_token_id if config.pad_token_id is not None else 0
     return Restored(folder, cfg, model, task_defs, pad_id)

@@ -22,7 +22,8 @@ import torch
 from tqdm import tqdm
 
 from data_utils.metrics import glue_average
-from data_utils.task_def import load_task_defs, select_tasks
+from data_utils.shards import find_shard
+from data_utils.task_def import dataset_splits, dataset_task, load_task_defs, select_tasks
 from module.bert_optim import build_optimizer, build_schedule, sage_param_groups
 from module.sage_fused import triton_available
 from mt_dnn import checkpoint as ckpt
@@ -32,7 +33,7 @@ from mt_dnn.config import TrainConfig
 from mt_dnn.distributed import DistEnv
 from mt_dnn.evaluate import (SplitResult, autocast_context, predict_indices, predict_split, split_result,
                              write_scores, write_submission)
-from mt_dnn.warm_start import build_model
+from mt_dnn.warm_start import start_model
 
 log = logging.getLogger("sage.train")
 
@@ -63,7 +64,7 @@ def optimizer_impl_kwargs(impl: str, device: torch.device) -> dict:
     return {"forloop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[impl]
 
 
-def setup_logging(output_dir: Path, is_main: bool = True) -> None:
+def setup_logging(output_dir: Path, is_main: bool = True, log_file: Optional[str] = None) -> None:
     log.setLevel(logging.INFO)
     log.handlers.clear()
     log.propagate = False
@@ -71,7 +72,11 @@ def setup_logging(output_dir: Path, is_main: bool = True) -> None:
         log.addHandler(logging.NullHandler())
         return
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(output_dir / "train.log")):
+    files = [output_dir / "train.log"]
+    if log_file and Path(log_file).resolve() != files[0].resolve():  # MT-DNN's --log_file: a second copy
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        files.append(Path(log_file))
+    for handler in (logging.StreamHandler(sys.stderr), *map(logging.FileHandler, files)):
         handler.setFormatter(fmt)
         log.addHandler(handler)
 
@@ -96,7 +101,7 @@ class Trainer:
         self.cfg = cfg = cfg.validate()
         self.output_dir = Path(cfg.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        setup_logging(self.output_dir, self.is_main)
+        setup_logging(self.output_dir, self.is_main, cfg.log_file)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
@@ -104,15 +109,20 @@ class Trainer:
         self.amp_dtype = torch.float16 if cfg.fp16 else torch.bfloat16 if cfg.bf16 else None
 
         all_defs = load_task_defs(cfg.task_def)
-        names = list(dict.fromkeys(cfg.train_datasets + cfg.test_datasets))
+        names = list(dict.fromkeys(cfg.train_datasets + [dataset_task(d) for d in cfg.test_datasets]))
         self.task_defs = select_tasks(all_defs, names, source=cfg.task_def)
         self.train_sets = self._load_train_sets()
         self.eval_sets = self._load_eval_sets()
 
-        model = build_model(cfg.init_checkpoint, cfg.encoder_type, self.task_defs, cfg.train_datasets, log.info)
+        model = start_model(cfg, self.task_defs, log.info)
         pad_id = model.encoder.config.pad_token_id
         self.pad_id = pad_id if pad_id is not None else 0
         self.model = model.to(self.device)
+        san = [n for n, head in self.model.heads.items() if getattr(head, "uses_tokens", False)]
+        if san:
+            log.info("SAN answer heads (--answer_opt 1, enable_san: true): %s", ", ".join(san))
+        if cfg.update_bert_opt > 0:
+            log.info("--update_bert_opt %d: the encoder is frozen; the pooler and heads train", cfg.update_bert_opt)
 
     def _setup_optimization(self) -> None:
         cfg = self.cfg
@@ -136,20 +146,24 @@ class Trainer:
         for task in self.cfg.train_datasets:
             td = self.task_defs[task]
             splits = td.train_splits()
-            if not splits:
-                raise ValueError(f"{self.cfg.task_def}: task {task} declares no train split in split_names")
+            if not splits:  # e.g. the SAGE repo's `split_names: [test_labeled]`: MT-DNN reads {task}_train anyway
+                log.info("%s: task %s lists no train split in split_names; reading %s_train as MT-DNN does",
+                         self.cfg.task_def, task, task)
+                splits = ("train",)
             sets.append(load_split(self.cfg.data_dir, td, splits[0], self.cfg.max_seq_len,
                                    self.cfg.max_train_samples))
         return sets
 
     def _load_eval_sets(self) -> list[TaskData]:
         sets = []
-        for task in self.cfg.test_datasets:
-            td = self.task_defs[task]
-            for split in td.dev_splits() + td.test_splits():
-                path = Path(self.cfg.data_dir) / f"{task}_{split}.jsonl"
+        for name in self.cfg.test_datasets:
+            td = self.task_defs[dataset_task(name)]
+            for split in dataset_splits(td, name):
+                path = find_shard(self.cfg.data_dir, td.name, split)
                 if not path.is_file() and split in td.test_splits():
-                    log.info("no %s shard: skipping test predictions for %s_%s", path, task, split)
+                    log.info("no %s shard: skipping test predictions for %s_%s", path, td.name, split)
+                    continue
+                if not path.is_file() and split not in td.split_names:  # MT-DNN's {task}_dev, when present
                     continue
                 sets.append(load_split(self.cfg.data_dir, td, split, self.cfg.max_seq_len,
                                        self.cfg.max_eval_samples))
@@ -179,12 +193,15 @@ class Trainer:
 
     def _build_optimizer(self):
         cfg = self.cfg
-        groups = sage_param_groups(self.model, weight_decay=cfg.weight_decay)
+        trained = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]  # --update_bert_opt
+        groups = sage_param_groups(trained, weight_decay=cfg.weight_decay)
         impl = "foreach" if cfg.fsdp and dist_utils.active() and cfg.optim_impl == "auto" else cfg.optim_impl
         kwargs = dict(lr=cfg.learning_rate, beta3=cfg.beta3, eps=cfg.adam_eps,
                       **optimizer_impl_kwargs(impl, self.device))
         if cfg.optimizer.lower() not in ("sgd", "ussgd"):
             kwargs["betas"] = cfg.betas
+        elif cfg.momentum:
+            kwargs["momentum"] = cfg.momentum
         if cfg.sage_formula:
             kwargs["formula"] = cfg.sage_formula
         return build_optimizer(cfg.optimizer, groups, **kwargs)
@@ -225,11 +242,14 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _optimizer_step(self) -> None:
-        if self.cfg.global_grad_clipping > 0 or self.tracker is not None:
+        cfg = self.cfg
+        if cfg.global_grad_clipping > 0 or cfg.grad_clipping > 0 or self.tracker is not None:
             self.scaler.unscale_(self.optimizer)
         norm = None
-        if self.cfg.global_grad_clipping > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.global_grad_clipping)
+        if cfg.global_grad_clipping > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.global_grad_clipping)
+        if cfg.grad_clipping > 0:
+            clip_each_parameter(self.model.parameters(), cfg.grad_clipping)
         if self.tracker is not None and self._finite_gradients(norm):
             self.tracker.observe(self.global_step + 1)
         self.scaler.step(self.optimizer)
@@ -293,7 +313,7 @@ class Trainer:
                         self._log_scalars({"train/loss": mean, "train/lr": self.scheduler.get_last_lr()[0],
                                            "train/samples_per_s": count * cfg.batch_size * self.world_size
                                            / (time.perf_counter() - tick),
-                                           **self.optimizer.sage_stats()})
+                                           **_sage_stats(self.optimizer)})
                     running.zero_()
                     count, tick = 0, time.perf_counter()
                 if cfg.save_every_steps and self.global_step % cfg.save_every_steps == 0:
@@ -464,3 +484,17 @@ def _encoder_blocks(encoder: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated transformer layers (the largest ModuleList), the natural FSDP sharding unit."""
     lists = [m for m in encoder.modules() if isinstance(m, torch.nn.ModuleList)]
     return list(max(lists, key=len)) if lists else []
+
+
+def clip_each_parameter(params, max_norm: float) -> None:
+    """The authors' ``max_grad_norm``: each parameter's gradient scaled down to norm ``max_norm`` on its own
+    (after the global clip; SAGE_MATH.md, Adamax-SAGE step 1). Non-finite norms are left to the GradScaler."""
+    for p in params:
+        if p.grad is not None:
+            torch.nn.utils.clip_grad_norm_([p], max_norm)
+
+
+def _sage_stats(optimizer) -> dict:
+    """The SAGE optimizers' TensorBoard statistics; plain torch optimizers (radam) have none."""
+    stats = getattr(optimizer, "sage_stats", None)
+    return stats() if stats is not None else {}

@@ -27,7 +27,7 @@ import torch
 
 import pretrained_models
 from mt_dnn import checkpoint as ckpt
-from mt_dnn.model import MTDNNModel
+from mt_dnn.model import MTDNNModel, build_model
 
 # buffers some transformers versions saved and newer ones rebuild (never trained)
 _REBUILT_BUFFERS = ("embeddings.position_ids",)
@@ -286,17 +286,18 @@ def load_source(model: MTDNNModel, src: Source) -> str:
             f"used: {', '.join(unused) or 'nothing'}")
 
 
-def build_model(init_checkpoint: str, encoder_type: Optional[int], task_defs: Mapping,
-                train_datasets: Sequence[str], log: Callable[[str], None] = print) -> MTDNNModel:
-    """The model a run starts from: a bare encoder with fresh heads, or a trained model (see the module doc)."""
-    kind = checkpoint_kind(init_checkpoint)
+def start_model(cfg, task_defs: Mapping, log: Callable[[str], None] = print) -> MTDNNModel:
+    """The model a run starts from: a bare encoder with fresh heads, or a trained model (see the module doc),
+    shaped by the run's model flags (depth, dropout, SAN heads, encoder freezing; see ``model.build_model``)."""
+    kind = checkpoint_kind(cfg.init_checkpoint)
     if kind == "encoder":
-        return MTDNNModel(pretrained_models.load_encoder(init_checkpoint, encoder_type), task_defs)
+        return build_model(pretrained_models.load_encoder(cfg.init_checkpoint, cfg.encoder_type), task_defs, cfg)
     if kind == "run":
-        src = read_run(Path(init_checkpoint))
-        pretrained_models.check_encoder_type(src.encoder_config, encoder_type)
+        src = read_run(Path(cfg.init_checkpoint))
+        pretrained_models.check_encoder_type(src.encoder_config, cfg.encoder_type)
     else:
-        src = read_mtdnn(Path(init_checkpoint), encoder_type, list(task_defs), train_datasets)
-    model = MTDNNModel(pretrained_models.load_encoder(init_checkpoint, config=src.encoder_config), task_defs)
+        src = read_mtdnn(Path(cfg.init_checkpoint), cfg.encoder_type, list(task_defs), cfg.train_datasets)
+    encoder = pretrained_models.load_encoder(cfg.init_checkpoint, config=src.encoder_config)
+    model = build_model(encoder, task_defs, cfg)
     log(load_source(model, src))
     return model

@@ -25,7 +25,9 @@ DATA_DIR="${DATA_DIR:-$ROOT/data/canonical_data/${model_path##*/}}"
 TASK_DEF="${TASK_DEF:-$ROOT/experiments/glue/glue_task_def.yml}"
 SEED="${SEED:-2018}"
 OUTPUT_DIR="${OUTPUT_DIR:-$ROOT/checkpoints/mnli_adamax_8e-5_$SEED}"
-PYTHON="${PYTHON:-python}"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
+fi
 
 exec "$PYTHON" "$ROOT/train.py" \
   --task_def "$TASK_DEF" \

@@ -18,6 +18,7 @@ STEPS = 12
 LR = 2e-3
 ALGO = {"usadamax": "adamax", "adamax": "adamax", "usadamw": "adamw", "adamw": "adamw",
         "usadam": "adam", "adam": "adam", "ussgd": "sgd", "sgd": "sgd"}
+SAGE_FAMILY = [n for n in OPTIMIZERS if n in ALGO]  # radam is plain torch.optim.RAdam: no spec to compare with
 SCHEDULE = {"adamax": "warmup_linear", "adamw": "warmup_linear", "adam": "linear", "sgd": "linear"}
 REF_SCHEDULE = {"warmup_linear": warmup_linear, "linear": linear_decay}
 EXTRA = {"sgd": dict(momentum=0.9)}
@@ -111,7 +112,7 @@ def assert_same(a: dict, b: dict, atol: float, rtol: float = 0.0):
         torch.testing.assert_close(a[n], b[n], atol=atol, rtol=rtol, msg=lambda m: f"{n}: {m}")
 
 
-CASES = [(n, None) for n in OPTIMIZERS] + [
+CASES = [(n, None) for n in SAGE_FAMILY] + [
     ("usadamax", "paper"), ("usadamw", "paper"), ("usadam", "reference"), ("ussgd", "reference"),
 ] + [("usadamax", f"ablation{i}") for i in range(1, 6)] + [("usadam", f"ablation{i}") for i in (1, 2, 4)]
 
@@ -132,7 +133,7 @@ FUSED_CASES = [("usadamax", None), ("usadamax", "paper"), ("usadamw", None), ("a
                ("usadam", None), ("ussgd", None)]
 
 
-@pytest.mark.parametrize("name,formula", [(n, None) for n in OPTIMIZERS] + [("usadamw", "ablation2")])
+@pytest.mark.parametrize("name,formula", [(n, None) for n in SAGE_FAMILY] + [("usadamw", "ablation2")])
 def test_foreach_equals_forloop(name, formula):
     a, opt_a = run_ours(name, formula, "forloop")
     b, opt_b = run_ours(name, formula, "foreach")
@@ -224,7 +225,7 @@ def test_loss_goes_down_on_regression(name):
     named = [(("intermediate.dense." if i < 2 else "head.") + n, p)
              for i, (n, p) in enumerate(net.named_parameters())]
     lr = 0.05 if "sgd" in name else 0.02
-    opt = build_optimizer(name, sage_param_groups(named, weight_decay=0.0), lr=lr, **EXTRA.get(ALGO[name], {}))
+    opt = build_optimizer(name, sage_param_groups(named, weight_decay=0.0), lr=lr, **EXTRA.get(ALGO.get(name), {}))
     first = None
     for _ in range(150):
         opt.zero_grad()
@@ -363,3 +364,29 @@ def test_state_dict_loads_with_weights_only():
     fresh = build_optimizer("usadamw", sage_param_groups(named_params(copy.deepcopy(model))))
     fresh.load_state_dict(sd)
     assert fresh.param_groups[0]["beta3"] == 0.75
+
+
+def test_radam_is_torch_radam():
+    """--optimizer radam (the authors' repo had it): exactly torch.optim.RAdam, weight decay per param group."""
+    torch.manual_seed(0)
+    net_a = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1))
+    net_b, start = copy.deepcopy(net_a), copy.deepcopy(net_a)
+    named = [("intermediate.dense." + n if i < 2 else "head." + n, p)
+             for i, (n, p) in enumerate(net_a.named_parameters())]
+    ours = build_optimizer("radam", sage_param_groups(named, weight_decay=0.01), lr=1e-2, beta3=0.75, eps=1e-6,
+                           betas=(0.9, 0.98), foreach=False)
+    decay = [p for n, p in net_b.named_parameters() if "bias" not in n]
+    no_decay = [p for n, p in net_b.named_parameters() if "bias" in n]
+    ref = torch.optim.RAdam([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=1e-2, eps=1e-6, betas=(0.9, 0.98))
+    x, y = torch.randn(32, 6), torch.randn(32, 1)
+    for _ in range(8):
+        for net, opt in ((net_a, ours), (net_b, ref)):
+            opt.zero_grad()
+            nn.functional.mse_loss(net(x), y).backward()
+            opt.step()
+    for a, b in zip(net_a.parameters(), net_b.parameters()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert not torch.equal(net_a[0].weight, start[0].weight)  # it trained
+    with pytest.raises(ValueError, match="radam has no SAGE variant"):
+        OPTIMIZERS["radam"][0](net_a.parameters(), sage=True)

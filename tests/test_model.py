@@ -320,8 +320,13 @@ def test_model_construction_errors():
         MTDNNModel(tiny_bert(), tasks(make_task("training", "Regression")))
     with pytest.raises(ValueError, match="task x: a Classification head needs n_class >= 2, got 1"):
         build_head(make_task("x", "Classification", n_class=1), 32)
-    with pytest.raises(ValueError, match="task x: enable_san .* is not supported"):
-        build_head(make_task("x", "Classification", n_class=2, enable_san=True), 32)
+    # enable_san: the SAN head only when the run asks for it (--answer_opt 1 passes SanOptions), as in MT-DNN
+    from module.heads import ClassificationHead, SANClassifier, SanOptions
+    san_task = make_task("x", "Classification", n_class=2, enable_san=True)
+    assert type(build_head(san_task, 32)) is ClassificationHead
+    assert type(build_head(san_task, 32, san=SanOptions())) is SANClassifier
+    with pytest.raises(ValueError, match="task x: the SAN head is for Classification tasks, not Regression"):
+        build_head(make_task("x", "Regression", enable_san=True), 32, san=SanOptions())
 
 
 def test_embedded_minilm_encoder_plugs_in():

@@ -351,3 +351,28 @@ def test_settings_change_flows_into_scripts_and_docs(tree):
     assert "--learning_rate 8e-5 --beta3 0.6 " not in notes
     settings.write_text(settings.read_text().replace("mnli: 9.0e-5}", "mnli: 9e-5}"))
     assert gen.main(["--check"]) == 1
+
+
+def test_scripts_prefer_the_project_venv_python(tmp_path):
+    """With PYTHON unset, a script runs ROOT/.venv/bin/python when the project has one, else python from PATH."""
+    root = tmp_path / "project"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "train_rte_usadamax.sh", root / "scripts")
+    out = tmp_path / "argv.txt"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "MODEL", "DATA_DIR", "TASK_DEF",
+                                                             "OUTPUT_DIR", "SEED")}
+    on_path = tmp_path / "bin"
+    for exe, tag in ((root / ".venv" / "bin" / "python", "venv"), (on_path / "python", "path")):
+        exe.parent.mkdir(parents=True)
+        exe.write_text(f'#!/usr/bin/env bash\necho {tag} "$1" > "{out}"\n')
+        exe.chmod(0o755)
+    env["PATH"] = f"{on_path}{os.pathsep}{env['PATH']}"
+
+    def run() -> str:
+        proc = subprocess.run(["bash", str(root / "scripts" / "train_rte_usadamax.sh"), "0"], env=env,
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        return out.read_text().strip()
+    assert run() == f"venv {root}/train.py"
+    (root / ".venv" / "bin" / "python").unlink()
+    assert run() == f"path {root}/train.py"

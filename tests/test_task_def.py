@@ -25,6 +25,8 @@ GLUE_EXPECTED = {
     "qnli": ("PremiseAndOneHypothesis", ("not_entailment", "entailment"), ("ACC",), 0.1),
     "rte": ("PremiseAndOneHypothesis", ("not_entailment", "entailment"), ("ACC",), 0.1),
     "wnli": ("PremiseAndOneHypothesis", ("0", "1"), ("ACC",), 0.1),
+    "snli": ("PremiseAndOneHypothesis", ("contradiction", "neutral", "entailment"), ("ACC",), 0.1),
+    "scitail": ("PremiseAndOneHypothesis", ("neutral", "entails"), ("ACC",), 0.1),
 }
 
 CLS = "  task_type: Classification\n  data_format: PremiseOnly\n  metric_meta: [ACC]\n"
@@ -170,9 +172,6 @@ ERRORS = [
      "try 'my-task'"),
     ("my.task:\n" + CLS + "  n_class: 2\n",
      "f.yml:1: task 'my.task': task name must be letters, digits and '-' (starting with a letter or digit)"),
-    ("t:\n" + CLS + "  n_class: 2\n  enable_san: true\n",
-     "f.yml:6: task 't', field 'enable_san': enable_san: true is not supported (this project has no SAN answer "
-     "module yet); set it to false or remove it"),
     ("t:\n" + CLS + "  n_class: 2\n  enable_san: 0\n",
      "f.yml:6: task 't', field 'enable_san': must be true or false, got int 0"),
     ("t:\n" + CLS + "  labels: [no, yes]\n",

@@ -6,6 +6,11 @@ plain text (``csv.QUOTE_NONE`` semantics). Columns are found by header name, so 
 still converts right; only CoLA's train/dev have no header and are read by position. Files without an index
 column get their 0-based data-row number as uid. Labels are checked against the task-definition YAML.
 
+Beyond GLUE, as in MT-DNN's and the SAGE authors' task definitions: SNLI 1.0 (``SNLI/`` or ``snli_1.0/``:
+``snli_1.0_{train,dev,test}.jsonl``, or the ``.txt`` files of the same release) and SciTail
+(``SciTail/`` or ``SciTailV1.1/``: ``tsv_format/scitail_1.0_{train,dev,test}.tsv``, headerless premise, hypothesis,
+label). SNLI pairs whose gold label is ``-`` (no annotator majority) are left out, as MT-DNN does, and counted.
+
 A missing task folder or file is reported and skipped; a malformed row stops the run with ``file:line`` unless
 ``--skip_bad_rows`` (each skipped row is still reported). MNLI dev also converts from the Hugging Face Arrow
 exports in ``MNLI/hf_datasets_format/`` when the official ``dev_*.tsv`` files are absent.
@@ -13,6 +18,7 @@ exports in ``MNLI/hf_datasets_format/`` when the official ``dev_*.tsv`` files ar
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from data_utils.task_def import TaskDef, TaskDefError, load_task_defs  # noqa: E402
-from data_utils.tsv import TsvError, iter_tsv, write_tsv  # noqa: E402
+from data_utils.tsv import TsvError, iter_tsv, read_lines, write_tsv  # noqa: E402
 
 Col = Union[str, int]  # a header name, or a position in a headerless file
 
@@ -39,6 +45,8 @@ class RawFile:
     uid: Optional[Col] = None          # None: the 0-based data-row number
     header: bool = True
     n_cols: Optional[int] = None       # headerless files only
+    fmt: str = "tsv"                   # or "jsonl": one JSON object per line, columns are its keys
+    no_gold: Optional[Col] = None      # a column whose "-" marks a pair without a gold label: left out
 
 
 @dataclass(frozen=True)
@@ -51,9 +59,11 @@ class ArrowFile:
 
 @dataclass(frozen=True)
 class GlueTask:
+    """``files`` may list several sources for one split: the first that exists is converted."""
     folder: str
     files: tuple[RawFile, ...]
     arrow: tuple[ArrowFile, ...] = ()
+    other_folders: tuple[str, ...] = ()  # other names the folder goes by (a release's own archive name)
 
 
 def _pair(index: Optional[str], first: str, second: str, label: str, test_index: str = "index"):
@@ -63,6 +73,18 @@ def _pair(index: Optional[str], first: str, second: str, label: str, test_index:
 
 
 _MNLI_HF = ("entailment", "neutral", "contradiction")
+
+
+def _snli(split: str) -> tuple[RawFile, RawFile]:
+    """The release's JSON-lines file, else its tab-separated .txt (same columns, with a header)."""
+    label = None if split == "test" else "gold_label"
+    return tuple(RawFile(split, f"snli_1.0_{split}.{ext}", "sentence1", "sentence2", label, "pairID", fmt=fmt,
+                         no_gold="gold_label") for ext, fmt in (("jsonl", "jsonl"), ("txt", "tsv")))
+
+
+def _scitail(split: str) -> RawFile:
+    return RawFile(split, f"tsv_format/scitail_1.0_{split}.tsv", premise=0, hypothesis=1,
+                   label=None if split == "test" else 2, header=False, n_cols=3)
 
 GLUE_TASKS: dict[str, GlueTask] = {
     "cola": GlueTask("CoLA", (
@@ -90,14 +112,26 @@ GLUE_TASKS: dict[str, GlueTask] = {
     "wnli": GlueTask("WNLI", _pair("index", "sentence1", "sentence2", "label")),
 }
 
+#: Not GLUE (download.sh does not fetch them; place the releases under --glue_dir), in the authors' task def.
+OTHER_TASKS: dict[str, GlueTask] = {
+    "snli": GlueTask("SNLI", _snli("train") + _snli("dev") + _snli("test"), other_folders=("snli_1.0",)),
+    "scitail": GlueTask("SciTail", (_scitail("train"), _scitail("dev"), _scitail("test")),
+                        other_folders=("SciTailV1.1",)),
+}
+TASKS: dict[str, GlueTask] = {**GLUE_TASKS, **OTHER_TASKS}
+
 
 class BadRow(TsvError):
     """One malformed data row (skippable with --skip_bad_rows)."""
 
 
+NO_GOLD = object()  # a row the source marks as having no gold label (SNLI's "-"): left out and counted
+
+
 # ------------------------------------------------------------------------------------------ TSV source
 def _positions(raw: RawFile, path: Path, header: Optional[list[str]]) -> dict[str, Optional[int]]:
-    wanted = {"uid": raw.uid, "label": raw.label, "premise": raw.premise, "hypothesis": raw.hypothesis}
+    wanted = {"uid": raw.uid, "label": raw.label, "premise": raw.premise, "hypothesis": raw.hypothesis,
+              "no_gold": raw.no_gold}
     if header is None:
         return wanted
     pos = {}
@@ -120,7 +154,10 @@ def _placeholder(td: TaskDef) -> str:
     return "0.0" if td.is_regression else td.labels[0]
 
 
-def _row(td: TaskDef, path: Path, ln: int, fields: list[str], pos: dict, data_row: int) -> list[str]:
+def _row(td: TaskDef, path: Path, ln: int, fields, pos: dict, data_row: int):
+    """A canonical row from a split line (``fields`` a list) or a JSON object (``fields`` a dict)."""
+    if pos.get("no_gold") is not None and fields[pos["no_gold"]].strip() == "-":
+        return NO_GOLD
     texts = [fields[pos["premise"]]] + ([fields[pos["hypothesis"]]] if pos["hypothesis"] is not None else [])
     for role, text in zip(("premise", "hypothesis"), texts):
         if not text.strip():
@@ -157,6 +194,27 @@ def tsv_rows(td: TaskDef, path: Path, raw: RawFile) -> Iterator[Union[list[str],
             yield exc
 
 
+def jsonl_rows(td: TaskDef, path: Path, raw: RawFile) -> Iterator[Union[list[str], BadRow]]:
+    """Canonical rows of a JSON-lines file (SNLI 1.0): one object per line, the RawFile's columns are keys."""
+    pos = _positions(raw, path, None)
+    for data_row, line in enumerate(read_lines(path)):
+        ln = data_row + 1
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield BadRow(f"{path}:{ln}: not valid JSON ({exc.msg})")
+            continue
+        missing = [k for k in pos.values() if k is not None and not isinstance((obj or {}).get(k), str)] \
+            if isinstance(obj, dict) else ["an object"]
+        if missing:
+            yield BadRow(f"{path}:{ln}: expected string field(s) {missing}")
+            continue
+        try:
+            yield _row(td, path, ln, obj, pos, data_row)
+        except BadRow as exc:
+            yield exc
+
+
 # ------------------------------------------------------------------------------------------ Arrow source
 def arrow_rows(td: TaskDef, path: Path, arrow: ArrowFile) -> Iterator[Union[list[str], BadRow]]:
     """Canonical rows (or ``BadRow`` values) of a HF Arrow export (columns premise, hypothesis, label, idx)."""
@@ -182,25 +240,34 @@ def arrow_rows(td: TaskDef, path: Path, arrow: ArrowFile) -> Iterator[Union[list
 
 
 # ------------------------------------------------------------------------------------------ driver
-def _collect(rows: Iterator, skip_bad: bool, log: Callable[[str], None]) -> list[list[str]]:
-    out = []
+def _collect(rows: Iterator, skip_bad: bool, log: Callable[[str], None], where: str = "") -> list[list[str]]:
+    out, no_gold = [], 0
     for row in rows:
-        if isinstance(row, BadRow):
+        if row is NO_GOLD:
+            no_gold += 1
+        elif isinstance(row, BadRow):
             if not skip_bad:
                 raise row
             log(f"skipped: {row}")
         else:
             out.append(row)
+    if no_gold:
+        log(f"{where}: {no_gold} pairs without a gold label ('-') left out")
     return out
 
 
 def _sources(task: GlueTask, folder: Path):
     """(split, source path, row generator factory) for each split whose file exists; misses as (split, path, None)."""
     arrow_for = {a.split: a for a in task.arrow}
+    choices: dict[str, list[RawFile]] = {}
     for raw in task.files:
+        choices.setdefault(raw.split, []).append(raw)
+    for split, raws in choices.items():
+        raw = next((r for r in raws if (folder / r.name).is_file()), raws[0])
         path = folder / raw.name
         if path.is_file():
-            yield raw.split, path, lambda td, p=path, r=raw: tsv_rows(td, p, r)
+            reader = jsonl_rows if raw.fmt == "jsonl" else tsv_rows
+            yield raw.split, path, lambda td, p=path, r=raw, f=reader: f(td, p, r)
         elif raw.split in arrow_for and (folder / arrow_for[raw.split].name).is_file():
             a = arrow_for[raw.split]
             yield raw.split, folder / a.name, lambda td, p=folder / a.name, a=a: arrow_rows(td, p, a)
@@ -211,8 +278,9 @@ def _sources(task: GlueTask, folder: Path):
 def convert_task(name: str, td: TaskDef, glue_dir: Path, out_dir: Path, skip_bad: bool = False,
                  log: Callable[[str], None] = print) -> dict[str, int]:
     """Convert one task's files; returns rows written per split (missing files are logged and left out)."""
-    task = GLUE_TASKS[name]
-    folder = glue_dir / task.folder
+    task = TASKS[name]
+    folder = next((glue_dir / f for f in (task.folder, *task.other_folders) if (glue_dir / f).is_dir()),
+                  glue_dir / task.folder)
     if not folder.is_dir():
         log(f"{name}: folder {folder} not found, skipped")
         return {}
@@ -223,7 +291,7 @@ def convert_task(name: str, td: TaskDef, glue_dir: Path, out_dir: Path, skip_bad
         if make_rows is None:
             log(f"{name} {split}: {path} not found, skipped")
             continue
-        rows = _collect(make_rows(td), skip_bad, log)
+        rows = _collect(make_rows(td), skip_bad, log, f"{name} {split}")
         written[split] = write_tsv(out_dir / f"{name}_{split}.tsv", rows)
         log(f"{name} {split}: {written[split]} rows from {path} -> {out_dir / f'{name}_{split}.tsv'}")
     return written
@@ -232,10 +300,10 @@ def convert_task(name: str, td: TaskDef, glue_dir: Path, out_dir: Path, skip_bad
 def convert(glue_dir: Path, out_dir: Path, task_def: Path, tasks: Optional[Sequence[str]] = None,
             skip_bad: bool = False, log: Callable[[str], None] = print) -> dict[str, dict[str, int]]:
     defs = load_task_defs(task_def)
-    names = list(tasks) if tasks else [t for t in GLUE_TASKS if t in defs]
+    names = list(tasks) if tasks else [t for t in TASKS if t in defs]
     for n in names:
-        if n not in GLUE_TASKS:
-            raise TaskDefError(f"--tasks: unknown GLUE task '{n}'; known: {', '.join(GLUE_TASKS)}")
+        if n not in TASKS:
+            raise TaskDefError(f"--tasks: unknown GLUE task '{n}'; known: {', '.join(TASKS)}")
         if n not in defs:
             raise TaskDefError(f"{task_def}: no definition for GLUE task '{n}'")
     return {n: convert_task(n, defs[n], Path(glue_dir), Path(out_dir), skip_bad, log) for n in names}
@@ -246,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--glue_dir", default="data/glue_data", help="folder with CoLA/, SST-2/, MRPC/, ...")
     p.add_argument("--out_dir", default="data/canonical_data", help="where {task}_{split}.tsv go")
     p.add_argument("--task_def", default=str(ROOT / "experiments" / "glue" / "glue_task_def.yml"))
-    p.add_argument("--tasks", nargs="+", default=None, help=f"subset of: {' '.join(GLUE_TASKS)}")
+    p.add_argument("--tasks", nargs="+", default=None, help=f"subset of: {' '.join(TASKS)}")
     p.add_argument("--skip_bad_rows", action="store_true",
                    help="skip (and report) malformed rows instead of stopping at the first one")
     return p
