@@ -185,6 +185,34 @@ def test_qqp_and_official_mnli_layout(tmp_path):
     assert f"qqp dev: {glue / 'QQP' / 'dev.tsv'} not found, skipped" in log
 
 
+def test_glue_diagnostic_becomes_mnli_ax_test(tmp_path):
+    """AX is predicted by the MNLI model: glue_data/diagnostic/diagnostic.tsv -> mnli_ax_test (unlabelled)."""
+    glue, out = tmp_path / "glue", tmp_path / "out"
+    mnli_row = "5\tp\tq\tfiction\t(x)\t(y)\t(X)\t(Y)\tThe cat sat.\tA cat sat.\t{}"
+    write(glue / "MNLI" / "train.tsv", [MNLI_TRAIN_HEAD, mnli_row.format("neutral\tneutral")])
+    write(glue / "diagnostic" / "diagnostic.tsv",
+          ["index\tsentence1\tsentence2", "0\tThe cat sat.\tNo cat sat.", "1\tA dog ran.\tAn animal ran."])
+    log: list[str] = []
+    assert gp.convert(glue, out, TASK_DEF, tasks=["mnli"], log=log.append)["mnli"] == {"train": 1, "ax_test": 2}
+    # the placeholder label of an unlabelled split (the task's first label), uids from the index column
+    assert canonical(out / "mnli_ax_test.tsv") == [["0", "contradiction", "The cat sat.", "No cat sat."],
+                                                   ["1", "contradiction", "A dog ran.", "An animal ran."]]
+    assert f"mnli ax_test: 2 rows from {glue / 'diagnostic' / 'diagnostic.tsv'}" in " ".join(log)
+
+
+def test_task_defs_without_ax_test_still_convert_mnli(tmp_path):
+    """MT-DNN's own task definition lists no ax_test: the diagnostic file is then left alone, not an error."""
+    glue, out = tmp_path / "glue", tmp_path / "out"
+    mnli_row = "5\tp\tq\tfiction\t(x)\t(y)\t(X)\t(Y)\tThe cat sat.\tA cat sat.\t{}"
+    write(glue / "MNLI" / "train.tsv", [MNLI_TRAIN_HEAD, mnli_row.format("neutral\tneutral")])
+    write(glue / "diagnostic" / "diagnostic.tsv", ["index\tsentence1\tsentence2", "0\ta\tb"])
+    text = TASK_DEF.read_text(encoding="utf-8").replace(", ax_test]", "]")
+    assert "ax_test" not in text
+    (tmp_path / "td.yml").write_text(text, encoding="utf-8")
+    assert gp.convert(glue, out, tmp_path / "td.yml", tasks=["mnli"], log=lambda _: None) == {"mnli": {"train": 1}}
+    assert not (out / "mnli_ax_test.tsv").exists()
+
+
 def rte(tmp_path: Path, rows: list[str], end: str = "\n") -> Path:
     return write(tmp_path / "glue" / "RTE" / "train.tsv", ["index\tsentence1\tsentence2\tlabel"] + rows, end)
 

@@ -596,7 +596,9 @@ def test_authors_command_line_trains(ws, tmp_path):
 def test_mtdnn_test_dataset_names_pick_their_splits(ws):
     defs = load_task_defs(ROOT / "experiments" / "glue" / "glue_task_def.yml")
     mnli = defs["mnli"]
-    assert dataset_splits(mnli, "mnli") == ("matched_dev", "mismatched_dev", "matched_test", "mismatched_test")
+    assert dataset_splits(mnli, "mnli") == ("matched_dev", "mismatched_dev", "matched_test", "mismatched_test",
+                                            "ax_test")
+    assert dataset_splits(mnli, "mnli_ax") == ("ax_test",)  # GLUE's diagnostic set, scored by the MNLI model
     assert dataset_splits(mnli, "mnli_matched") == ("matched_dev", "matched_test")
     assert dataset_splits(mnli, "mnli_mismatched") == ("mismatched_dev", "mismatched_test")
     with pytest.raises(TaskDefError, match=r"--test_datasets: 'mnli_foo' names no split of task mnli: expected "

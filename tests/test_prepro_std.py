@@ -120,7 +120,7 @@ def test_real_glue_rows_labels_uids(glue_dir, glue_shards):
     assert {f"{t}_{s}": n for (t, s), n in counts.items()} == expected  # every shard, every row
     assert {(r.task, r.split) for r in results if r.status == "missing"} == {
         ("qqp", "train"), ("qqp", "dev"), ("qqp", "test"), ("mnli", "train"), ("mnli", "matched_test"),
-        ("mnli", "mismatched_test"), ("qnli", "train")} | {  # SNLI and SciTail are not in the GLUE copy
+        ("mnli", "mismatched_test"), ("mnli", "ax_test"), ("qnli", "train")} | {  # SNLI and SciTail are not in the GLUE copy
         (t, s) for t in ("snli", "scitail") for s in ("train", "dev", "test")}
     defs = load_task_defs(GLUE_YML)
     for (task, split), n in counts.items():

@@ -48,11 +48,11 @@ def test_glue_task_defs_real_values():
         else:
             assert (td.task_type, td.n_class, td.loss) == (TaskType.Classification, len(labels), "CeCriterion")
     mnli = defs["mnli"]
-    assert mnli.split_names == ("train", "matched_dev", "mismatched_dev", "matched_test", "mismatched_test")
+    assert mnli.split_names == ("train", "matched_dev", "mismatched_dev", "matched_test", "mismatched_test", "ax_test")
     assert mnli.train_splits() == ("train",)
     assert mnli.dev_splits() == ("matched_dev", "mismatched_dev")
-    assert mnli.test_splits() == ("matched_test", "mismatched_test")
-    assert [mnli.has_labels(s) for s in mnli.split_names] == [True, True, True, False, False]
+    assert mnli.test_splits() == ("matched_test", "mismatched_test", "ax_test")
+    assert [mnli.has_labels(s) for s in mnli.split_names] == [True, True, True, False, False, False]
     assert all(defs[t].split_names == ("train", "dev", "test") for t in GLUE_EXPECTED if t != "mnli")
 
 

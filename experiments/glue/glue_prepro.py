@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ class RawFile:
     n_cols: Optional[int] = None       # headerless files only
     fmt: str = "tsv"                   # or "jsonl": one JSON object per line, columns are its keys
     no_gold: Optional[Col] = None      # a column whose "-" marks a pair without a gold label: left out
+    extra: bool = False                # a split task defs may leave out (MNLI's ax_test): then not converted
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,9 @@ GLUE_TASKS: dict[str, GlueTask] = {
         RawFile("matched_dev", "dev_matched.tsv", "sentence1", "sentence2", "gold_label", "index"),
         RawFile("mismatched_dev", "dev_mismatched.tsv", "sentence1", "sentence2", "gold_label", "index"),
         RawFile("matched_test", "test_matched.tsv", "sentence1", "sentence2", None, "index"),
-        RawFile("mismatched_test", "test_mismatched.tsv", "sentence1", "sentence2", None, "index")),
+        RawFile("mismatched_test", "test_mismatched.tsv", "sentence1", "sentence2", None, "index"),
+        # GLUE's diagnostic set (AX) is scored with the MNLI model; it lives beside MNLI in glue_data/diagnostic/
+        RawFile("ax_test", "../diagnostic/diagnostic.tsv", "sentence1", "sentence2", None, "index", extra=True)),
         arrow=(ArrowFile("matched_dev", "hf_datasets_format/validation_matched.arrow", _MNLI_HF),
                ArrowFile("mismatched_dev", "hf_datasets_format/validation_mismatched.arrow",
                          _MNLI_HF))),
@@ -264,7 +268,7 @@ def _sources(task: GlueTask, folder: Path):
         choices.setdefault(raw.split, []).append(raw)
     for split, raws in choices.items():
         raw = next((r for r in raws if (folder / r.name).is_file()), raws[0])
-        path = folder / raw.name
+        path = Path(os.path.normpath(folder / raw.name))  # "../diagnostic/..." named without the detour
         if path.is_file():
             reader = jsonl_rows if raw.fmt == "jsonl" else tsv_rows
             yield raw.split, path, lambda td, p=path, r=raw, f=reader: f(td, p, r)
@@ -273,6 +277,15 @@ def _sources(task: GlueTask, folder: Path):
             yield raw.split, folder / a.name, lambda td, p=folder / a.name, a=a: arrow_rows(td, p, a)
         else:
             yield raw.split, path, None
+
+
+def _wanted(task: GlueTask, split: str, td: TaskDef) -> bool:
+    """Every split the converter knows must be in the task def, except the extras a task def may omit."""
+    if split in td.split_names:
+        return True
+    if any(r.extra for r in task.files if r.split == split):
+        return False
+    raise TaskDefError(f"task '{td.name}': split '{split}' is not in its split_names {list(td.split_names)}")
 
 
 def convert_task(name: str, td: TaskDef, glue_dir: Path, out_dir: Path, skip_bad: bool = False,
@@ -286,8 +299,8 @@ def convert_task(name: str, td: TaskDef, glue_dir: Path, out_dir: Path, skip_bad
         return {}
     written = {}
     for split, path, make_rows in _sources(task, folder):
-        if split not in td.split_names:
-            raise TaskDefError(f"task '{name}': split '{split}' is not in its split_names {list(td.split_names)}")
+        if not _wanted(task, split, td):
+            continue
         if make_rows is None:
             log(f"{name} {split}: {path} not found, skipped")
             continue
