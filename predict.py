@@ -7,7 +7,6 @@ test splits, the GLUE submission TSV, into ``--output_dir`` (default: the checkp
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -55,13 +54,14 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
+    from data_utils import jsonsafe
     args = build_parser().parse_args(argv)
     try:
         summary = run(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"predict.py: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
+    print(jsonsafe.dumps(summary, indent=2))
     return 0
 
 
