@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> dict:
+    from data_utils.shard_checks import encoder_limits
     from mt_dnn.batcher import load_split
     from mt_dnn.evaluate import predict_split, write_scores, write_submission
     from mt_dnn.restore import restore
@@ -42,7 +43,9 @@ def run(args) -> dict:
         raise ValueError(f"--split: task {args.task} has splits {', '.join(td.split_names)}, not '{args.split}'")
     device = pick_device(args.device)
     model.to(device)
-    data = load_split(args.data_dir or cfg.data_dir, td, args.split, args.max_seq_len or cfg.max_seq_len)
+    limits = encoder_limits(model.encoder.config, cfg.init_checkpoint)
+    data = load_split(args.data_dir or cfg.data_dir, td, args.split, args.max_seq_len or cfg.max_seq_len,
+                      encoder=limits)
     result = predict_split(model, data, args.batch_size, device, restored.pad_id)
     out_dir = Path(args.output_dir or folder)
     scores = write_scores(result, out_dir, args.tag)

@@ -61,6 +61,8 @@ class DivergenceGuard:
         """The step's total gradient norm (clip_grad_norm_ computes it anyway), after that step's losses."""
         if norm is None or not self.check_grads or not self.pending:
             return
+        if hasattr(norm, "full_tensor"):  # FSDP2: clip_grad_norm_ returns a replicated DTensor (no communication)
+            norm = norm.full_tensor()
         norm = norm.detach().float()
         self._mark(~torch.isfinite(norm), torch.zeros_like(norm), norm)
 
