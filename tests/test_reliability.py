@@ -157,6 +157,8 @@ GOOD = format_line("0", 1, [2, 11, 30, 3], [0, 0, 0, 0])
      ":2: token id 9999999 is outside 0..127 (encoder tiny-bert has a vocabulary of 128"),
     (format_line("1", 1, [2, -4, 3], [0, 0, 0]), "test", ":2: token id -4 is outside 0..127"),
     (format_line("1", 1, [2, 5, 3], [0, 2, 0]), "dev", ":2: type id 2 is outside 0..1"),
+    ('{"uid": "1", "label": 1, "token_id": [2, "x", 3], "type_id": [0, 0, 0]}', "train", ":2: token id must be integers"),
+    ('{"uid": "1", "label": 1, "token_id": [2, 5, 3], "type_id": [0, null, 0]}', "dev", ":2: type id must be integers"),
     (format_line("1", 1, [2] + [5] * 80 + [3], [0] * 82), "train",
      ":2: 82 tokens after --max_seq_len 512, but encoder tiny-bert has 64 positions; use --max_seq_len 64 or less"),
 ])
@@ -466,3 +468,16 @@ def test_fp16_on_cpu_is_refused(ws, capsys):
 def test_untrained_test_dataset_is_refused(ws, capsys):
     assert train_cli.main(cli(ws, "untrained", "--test_datasets", "pairs,score")) == 2
     assert "--test_datasets: score not in --train_datasets; its head would be untrained" in one_line_error(capsys)
+
+
+# ------------------------------------------------------------------------------------------- catalogue
+def test_catalogue_names_existing_tests():
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "reliability.md").read_text(encoding="utf-8")
+    refs = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`", text)
+    assert len(refs) > 40
+    for path, name in refs:
+        assert (root / path).is_file(), path
+        if name:
+            assert re.search(rf"^def {name}\(", (root / path).read_text(encoding="utf-8"), re.M), f"{path}::{name}"
+    assert "docs/reliability.md" in (root / "README.md").read_text(encoding="utf-8")
