@@ -22,6 +22,17 @@ def finite_or_none(value: Any) -> Any:
     return value
 
 
+def none_to_nan(value: Any) -> Any:
+    """For readers of metric records: every None (a metric written as null) back to NaN."""
+    if value is None:
+        return math.nan
+    if isinstance(value, dict):
+        return {k: none_to_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [none_to_nan(v) for v in value]
+    return value
+
+
 def dumps(value: Any, **kwargs) -> str:
     return json.dumps(finite_or_none(value), allow_nan=False, **kwargs)
 

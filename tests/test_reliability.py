@@ -481,3 +481,16 @@ def test_catalogue_names_existing_tests():
         if name:
             assert re.search(rf"^def {name}\(", (root / path).read_text(encoding="utf-8"), re.M), f"{path}::{name}"
     assert "docs/reliability.md" in (root / "README.md").read_text(encoding="utf-8")
+
+
+def test_readers_of_metrics_jsonl_take_null_as_nan(tmp_path):
+    import math
+    from experiments.sweep.results import read_metrics
+    path = tmp_path / "metrics.jsonl"
+    record = {"epoch": 0, "step": 3, "dev": {"stsb_dev": {"Pearson": float("nan"), "Spearman": 1.0}},
+              "glue_average": float("nan")}
+    path.write_text(jsonsafe.dumps(record) + "\n")
+    strict_json_loads(path.read_text())
+    (back,) = read_metrics(path)
+    assert math.isnan(back["score"]) and math.isnan(back["dev"]["stsb_dev"]["Pearson"])
+    assert back["dev"]["stsb_dev"]["Spearman"] == 1.0
