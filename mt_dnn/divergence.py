@@ -25,9 +25,15 @@ def _local(p: torch.Tensor) -> torch.Tensor:
 
 
 def weights_finite(params: Iterable[torch.Tensor]) -> torch.Tensor:
-    """A device bool: every weight finite (one reduction per tensor, no host sync)."""
-    flags = [torch.isfinite(_local(p).detach()).all() for p in params]
-    return torch.stack(flags).all() if flags else torch.tensor(True)
+    """A device bool: the norm of every weight tensor is finite (no host sync).
+
+    One multi-tensor norm is ~20x cheaper on CPU than an elementwise isfinite pass; a NaN or inf weight makes its
+    tensor's norm non-finite, and so do finite weights beyond ~1e19, which have diverged as surely.
+    """
+    tensors = [t for t in (_local(p).detach() for p in params) if t.is_floating_point() and t.numel()]
+    if not tensors:
+        return torch.tensor(True)
+    return torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(tensors)])).all()
 
 
 class DivergenceGuard:
@@ -66,13 +72,13 @@ class DivergenceGuard:
         norm = norm.detach().float()
         self._mark(~torch.isfinite(norm), torch.zeros_like(norm), norm)
 
-    def _describe(self, weights_ok: bool, step: int) -> str:
+    def _describe(self, step: int) -> str:
         last = float(self.last_finite)
         last_text = "none" if last != last else f"{last:.6g}"
         index = int(self.first_bad)
         if index < 0:
-            return (f"non-finite weights after step {step} (loss and gradients were finite); last finite loss "
-                    f"{last_text}; stopped before saving them")
+            return (f"non-finite (or overflowing) weights after step {step}, with finite losses and gradient norms; "
+                    f"last finite loss {last_text}; stopped before saving them")
         bad_step, task = self.pending[index]
         loss = float(self.bad_loss)
         what = f"loss {loss}" if loss != loss or abs(loss) == float("inf") else f"gradient norm {float(self.bad_norm)}"
@@ -89,6 +95,6 @@ class DivergenceGuard:
         if not flag.item():
             self.pending.clear()
             return
-        mine = self._describe(bool(weights_ok), step) if (self.first_bad >= 0 or not weights_ok) else None
+        mine = self._describe(step) if (self.first_bad >= 0 or not weights_ok) else None
         messages = [m for m in dist_utils.all_gather_objects(mine) if m is not None]
         raise DivergenceError(messages[0])

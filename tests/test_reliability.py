@@ -101,8 +101,15 @@ def test_guard_gradient_norm_weights_and_fp16_overflow_exception():
     fp16.check(params, 1)
     with torch.no_grad():
         params[0][1] = float("nan")
-    with pytest.raises(DivergenceError, match=r"non-finite weights after step 2"):
+    with pytest.raises(DivergenceError, match=r"non-finite \(or overflowing\) weights after step 2"):
         fp16.check(params, 2)
+    for value in (float("inf"), float("-inf"), 1e30):
+        weights = [torch.nn.Parameter(torch.ones(2, 3)), torch.nn.Parameter(torch.zeros(4))]
+        DivergenceGuard(torch.device("cpu")).check(weights, 1)
+        with torch.no_grad():
+            weights[1][3] = value
+        with pytest.raises(DivergenceError, match="weights after step 1"):
+            DivergenceGuard(torch.device("cpu")).check(weights, 1)
 
 
 def test_strict_json_writes_null_for_non_finite(tmp_path):
