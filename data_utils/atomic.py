@@ -22,8 +22,15 @@ from typing import IO, Iterator, Union
 TEMP_TAG = "sage-tmp"
 TEMP_SUFFIX = ".tmp"
 OTHER_HOST_AGE_S = 24 * 3600  # a temp written from another host (shared filesystem) counts as stale after this
+LEGACY_AGE_S = 3600  # untagged temps of earlier versions (no writer id): stale once untouched this long
 _TEMP_NAME = re.compile(rf"\.(?P<target>.+)\.{TEMP_TAG}-(?P<host>[0-9a-f]{{8}})-(?P<pid>\d+)-(?P<kind>.*)"
                         rf"{re.escape(TEMP_SUFFIX)}\Z")
+# Earlier versions named temps with tempfile's 8 random characters only; these are their exact shapes, for the
+# files this project writes (checkpoint folders, `latest`, score/submission files, shards and their stamps).
+_RANDOM8 = r"[a-z0-9_]{8}"
+_LEGACY_NAME = re.compile(rf"\.(?P<target>(step-\d+|best)\.{_RANDOM8}|(step-\d+|best)\.old|"
+                          rf"(latest|.+_scores_.+\.json|.+_submission_.+\.tsv|.+\.jsonl|.+\.jsonl\.stamp)"
+                          rf"\.{_RANDOM8}\.tmp)\Z")
 
 
 def _host() -> str:
@@ -70,6 +77,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _untouched_for(entry: Path) -> float:
+    """Seconds since anything in ``entry`` (a file, or a folder and the files in it) was last modified."""
+    try:
+        paths = [entry, *entry.iterdir()] if entry.is_dir() and not entry.is_symlink() else [entry]
+        return time.time() - max(p.lstat().st_mtime for p in paths)
+    except FileNotFoundError:
+        return 0.0
+
+
 def _stale(entry: Path, host: str, pid: int) -> bool:
     if host == _host():
         return not _pid_alive(pid)
@@ -90,11 +106,16 @@ def clean_stale_temps(folder: Union[str, Path]) -> list[str]:
     if not folder.is_dir():
         return done
     for entry in sorted(folder.iterdir()):
-        match = _TEMP_NAME.match(entry.name)
-        if match is None or not _stale(entry, match["host"], int(match["pid"])):
+        match, legacy = _TEMP_NAME.match(entry.name), _LEGACY_NAME.match(entry.name)
+        if match is not None:
+            if not _stale(entry, match["host"], int(match["pid"])):
+                continue
+            target, parked = folder / match["target"], match["kind"] == "old"
+        elif legacy is not None and _untouched_for(entry) > LEGACY_AGE_S:
+            target, parked = folder / entry.name[1:-len(".old")], entry.name.endswith(".old")
+        else:
             continue
-        target = folder / match["target"]
-        if match["kind"] == "old" and entry.is_dir() and not target.exists():
+        if parked and entry.is_dir() and not target.exists():
             os.replace(entry, target)
             done.append(f"restored {target.name} from {entry.name}")
         elif entry.is_dir() and not entry.is_symlink():

@@ -501,3 +501,26 @@ def test_readers_of_metrics_jsonl_take_null_as_nan(tmp_path):
     (back,) = read_metrics(path)
     assert math.isnan(back["score"]) and math.isnan(back["dev"]["stsb_dev"]["Pearson"])
     assert back["dev"]["stsb_dev"]["Spearman"] == 1.0
+
+
+def test_untagged_temps_of_earlier_versions_are_cleaned_once_untouched_for_an_hour(tmp_path):
+    import os
+    old = time.time() - 2 * 3600
+    names = [".step-4.k3j2x9_a", ".latest.abcd1234.tmp", ".rte_dev_scores_0.json.q1w2e3r4.tmp",
+             ".rte_train.jsonl.zzzzzzzz.tmp", ".best.old"]
+    for name in names:
+        path = tmp_path / name
+        if name.endswith(".tmp"):
+            path.write_text("half")
+        else:
+            path.mkdir()
+            (path / "model.safetensors").write_bytes(b"x")
+            os.utime(path / "model.safetensors", (old, old))
+        os.utime(path, (old, old))
+    fresh = tmp_path / ".step-6.abcdefgh"  # possibly still being written by an older version: kept
+    fresh.mkdir()
+    other = tmp_path / ".notes.abcdefgh.tmp"  # not a name this project writes: kept
+    other.write_text("x")
+    os.utime(other, (old, old))
+    clean_stale_temps(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["best", fresh.name, other.name])
