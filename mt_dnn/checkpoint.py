@@ -106,16 +106,6 @@ def mark_latest(output_dir: Path, folder: Path) -> None:
         handle.write(folder.name + "\n")
 
 
-def latest_checkpoint(output_dir: Path) -> Optional[Path]:
-    marker = Path(output_dir) / LATEST
-    if not marker.is_file():
-        return None
-    folder = Path(output_dir) / marker.read_text(encoding="utf-8").strip()
-    if not (folder / STATE).is_file():
-        raise CheckpointError(f"{marker}: names {folder.name}, which has no {STATE}")
-    return folder
-
-
 def step_checkpoints(output_dir: Path) -> list[Path]:
     """The step-N folders, newest first."""
     found = [p for p in Path(output_dir).glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
@@ -125,7 +115,7 @@ def step_checkpoints(output_dir: Path) -> list[Path]:
 def resume_candidates(output_dir: Path) -> list[Path]:
     """Where --resume may start: the folder ``latest`` names, then the other step folders, newest first."""
     marker = Path(output_dir) / LATEST
-    named = Path(output_dir) / marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
+    named = Path(output_dir) / marker.read_text("utf-8", errors="replace").strip() if marker.is_file() else None
     rest = [p for p in step_checkpoints(output_dir) if p != named]
     return ([named] if named is not None else []) + rest
 
@@ -139,7 +129,7 @@ def prune_step_checkpoints(output_dir: Path, keep: int) -> None:
 def _weights_file(folder: Path) -> Path:
     path = Path(folder) / WEIGHTS
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no model weights there")
+        raise CheckpointError(f"{path}: no model weights there")
     return path
 
 
