@@ -90,7 +90,7 @@ def _unloadable(name_or_path: str, flag: str, exc: BaseException) -> ValueError:
     looks_like_path = name_or_path.startswith(("/", "./", "../", "~")) or os.sep in name_or_path.strip("/") \
         and os.path.exists(os.path.dirname(name_or_path))
     if looks_like_path and not os.path.exists(name_or_path):
-        return ValueError(f"{flag} {name_or_path}: no such folder")
+        return ValueError(f"{flag} {name_or_path}: no such folder (registry names: {', '.join(ENCODERS)})")
     if os.path.isdir(name_or_path):
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return ValueError(f"{flag} {name_or_path}: not a model folder ({first[:120]})")

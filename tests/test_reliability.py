@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModel
 
 import predict as predict_cli
+import pretrained_models
 import train as train_cli
 from conftest import tiny_bert_config
 from data_utils import jsonsafe
@@ -462,10 +463,13 @@ def test_bad_init_checkpoint_lists_registry_and_says_hub_unreachable(ws, capsys,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     missing = ws / "no-such-model"
     assert train_cli.main(cli(ws, "bad-init", "--init_checkpoint", str(missing))) == 2
-    assert one_line_error(capsys) == f"train.py: error: --init_checkpoint {missing}: no such folder"
+    names = ", ".join(pretrained_models.ENCODERS)
+    assert "minilm-l6, bert-base-uncased" in names
+    assert one_line_error(capsys) == f"train.py: error: --init_checkpoint {missing}: no such folder (registry names: " \
+                                     f"{names})"
     assert train_cli.main(cli(ws, "bad-init", "--init_checkpoint", "bert-tiny-nonexistent")) == 2
     line = one_line_error(capsys)
-    assert "--init_checkpoint bert-tiny-nonexistent: not a registry name (minilm-l6, bert-base-uncased" in line
+    assert f"--init_checkpoint bert-tiny-nonexistent: not a registry name ({names}) nor a local folder" in line
     assert "the Hugging Face hub is unreachable from here" in line
     assert not (ws / "bad-init").exists()
 
