@@ -307,6 +307,9 @@ class Trainer:
         if self.cfg.global_grad_clipping > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.global_grad_clipping)
         self.guard.observe_grad_norm(norm)
+        every = self.cfg.log_sensitivity_every
+        if every and (self.global_step + 1) % every == 0:
+            self.check_finite()  # the tracker writes a record this step: never one of NaN statistics
         if self.tracker is not None and self._finite_gradients(norm):
             self.tracker.observe(self.global_step + 1)
         self.scaler.step(self.optimizer)

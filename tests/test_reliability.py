@@ -532,3 +532,12 @@ def test_untagged_temps_of_earlier_versions_are_cleaned_once_untouched_for_an_ho
     os.utime(other, (old, old))
     clean_stale_temps(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["best", fresh.name, other.name])
+
+
+def test_divergence_with_sensitivity_logging_writes_no_nan_record(ws, capsys):
+    out = ws / "diverge-tracked"
+    assert train_cli.main(cli(ws, "diverge-tracked", "--learning_rate", "1e6", "--max_steps", "4",
+                              "--log_sensitivity_every", "1", "--log_every", "0")) == 2
+    assert "training diverged" in one_line_error(capsys)
+    for line in (out / "sensitivity.jsonl").read_text().splitlines():
+        strict_json_loads(line)
