@@ -94,7 +94,8 @@ def test_guard_gradient_norm_weights_and_fp16_overflow_exception():
     guard = DivergenceGuard(torch.device("cpu"))
     guard.observe_loss(7, "sst", torch.tensor(0.5))
     guard.observe_grad_norm(torch.tensor(float("inf")))
-    with pytest.raises(DivergenceError, match=r"non-finite gradient norm inf at step 7, task sst; last finite loss 0\.5"):
+    with pytest.raises(DivergenceError, match=r"non-finite gradient norm inf at step 7, task sst; last finite loss 0\.5"
+                       ):
         guard.check(params, 7)
     fp16 = DivergenceGuard(torch.device("cpu"), check_grads=False)  # the GradScaler skips overflowed steps
     fp16.observe_loss(1, "sst", torch.tensor(0.5))
@@ -165,8 +166,10 @@ GOOD = format_line("0", 1, [2, 11, 30, 3], [0, 0, 0, 0])
      ":2: token id 9999999 is outside 0..127 (encoder tiny-bert has a vocabulary of 128"),
     (format_line("1", 1, [2, -4, 3], [0, 0, 0]), "test", ":2: token id -4 is outside 0..127"),
     (format_line("1", 1, [2, 5, 3], [0, 2, 0]), "dev", ":2: type id 2 is outside 0..1"),
-    ('{"uid": "1", "label": 1, "token_id": [2, "x", 3], "type_id": [0, 0, 0]}', "train", ":2: token id must be integers"),
-    ('{"uid": "1", "label": 1, "token_id": [2, 5, 3], "type_id": [0, null, 0]}', "dev", ":2: type id must be integers"),
+    ('{"uid": "1", "label": 1, "token_id": [2, "x", 3], "type_id": [0, 0, 0]}', "train",
+     ":2: token id must be integers"),
+    ('{"uid": "1", "label": 1, "token_id": [2, 5, 3], "type_id": [0, null, 0]}', "dev",
+     ":2: type id must be integers"),
     (format_line("1", 1, [2] + [5] * 80 + [3], [0] * 82), "train",
      ":2: 82 tokens after --max_seq_len 512, but encoder tiny-bert has 64 positions; use --max_seq_len 64 or less"),
 ])
