@@ -24,10 +24,11 @@ OFFSET_POSITION_TYPES = ("roberta", "xlm-roberta", "camembert", "longformer")
 
 @dataclass(frozen=True)
 class EncoderLimits:
-    """What an encoder accepts: token ids < vocab_size, type ids < type_vocab_size, at most max_positions."""
+    """What an encoder accepts: token ids < vocab_size, type ids < type_vocab_size (None: type ids are not
+    embedded, as in DeBERTa), at most max_positions (None: no absolute positions)."""
     name: str
     vocab_size: int
-    type_vocab_size: int
+    type_vocab_size: Optional[int]
     max_positions: Optional[int]
 
 
@@ -42,8 +43,8 @@ def encoder_positions(config) -> Optional[int]:
 
 
 def encoder_limits(config, name: str) -> EncoderLimits:
-    types = getattr(config, "type_vocab_size", None) or 1
-    return EncoderLimits(name, int(config.vocab_size), int(types), encoder_positions(config))
+    types = getattr(config, "type_vocab_size", None)
+    return EncoderLimits(name, int(config.vocab_size), int(types) if types else None, encoder_positions(config))
 
 
 def _first(mask: np.ndarray) -> int:
@@ -79,8 +80,8 @@ def _row_ranges(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, 
     try:  # fromiter is ~2.5x faster than np.array(list); it truncates a float id as torch.tensor(long) would
         flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(sizes.sum()))
     except (TypeError, ValueError, OverflowError):  # a string, null, list or out-of-int64 value somewhere
-        bad = next(i for i, r in enumerate(rows)
-                   if not all(isinstance(v, (int, float)) and -2**63 <= v < 2**63 for v in r))
+        bad = next((i for i, r in enumerate(rows)
+                    if not all(isinstance(v, (int, float)) and -2**63 <= v < 2**63 for v in r)), 0)
         return sizes, sizes, bad
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     return np.minimum.reduceat(flat, starts), np.maximum.reduceat(flat, starts), None
@@ -107,8 +108,9 @@ def check_encoder_fit(path: Path, token_ids: Sequence, type_ids: Sequence, lengt
     types = list(chain.from_iterable(type_ids)) if ranking else type_ids
     _check_ids(path, "token id", toks, k, limits.vocab_size,
                f"(encoder {limits.name} has a vocabulary of {limits.vocab_size}; was the shard made for it?)")
-    _check_ids(path, "type id", types, k, limits.type_vocab_size,
-               f"(encoder {limits.name} has {limits.type_vocab_size} token type(s))")
+    if limits.type_vocab_size is not None:
+        _check_ids(path, "type id", types, k, limits.type_vocab_size,
+                   f"(encoder {limits.name} has {limits.type_vocab_size} token type(s))")
     if limits.max_positions is None:
         return
     too_long = np.asarray(lengths) > limits.max_positions

@@ -544,3 +544,17 @@ def test_divergence_with_sensitivity_logging_writes_no_nan_record(ws, capsys):
     assert "training diverged" in one_line_error(capsys)
     for line in (out / "sensitivity.jsonl").read_text().splitlines():
         strict_json_loads(line)
+
+
+def test_encoder_limits_of_other_encoder_families():
+    from transformers import DebertaV2Config, RobertaConfig
+    roberta = encoder_limits(RobertaConfig(vocab_size=50265, max_position_embeddings=514, pad_token_id=1,
+                                           type_vocab_size=1), "roberta-base")
+    assert (roberta.vocab_size, roberta.type_vocab_size, roberta.max_positions) == (50265, 1, 512)
+    deberta = encoder_limits(DebertaV2Config(vocab_size=128100, type_vocab_size=0, max_position_embeddings=512),
+                             "deberta-v3-base")
+    assert deberta.type_vocab_size is None and deberta.max_positions == 512  # its type ids are not embedded
+    from data_utils.shard_checks import check_encoder_fit
+    check_encoder_fit(Path("x.jsonl"), [[1, 5, 2]], [[0, 1, 1]], [3], deberta, False, 512)
+    with pytest.raises(ShardError, match=r"x\.jsonl:1: type id 1 is outside 0\.\.0"):
+        check_encoder_fit(Path("x.jsonl"), [[0, 5, 2]], [[0, 1, 1]], [3], roberta, False, 512)
