@@ -227,3 +227,5 @@ def load_config(path: str | Path) -> TrainConfig:
         raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
     except TypeError as exc:  # a JSON object whose values have the wrong shape for the dataclass
         raise ValueError(f"{path}: not a training config ({exc})") from None
+    except ValueError as exc:  # a saved value that validate() refuses: say which file holds it
+        raise ValueError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from None
