@@ -336,6 +336,14 @@ class Trainer:
 
     def fit(self, stop_after_steps: Optional[int] = None) -> list[dict]:
         """Train to the end (or, for tests and preemption drills, return after ``stop_after_steps`` steps)."""
+        self._bar = None
+        try:
+            return self._train(stop_after_steps)
+        finally:
+            if self._bar is not None:  # an error ends the run: clear the progress bar before train.py's one line
+                self._bar.close()
+
+    def _train(self, stop_after_steps: Optional[int]) -> list[dict]:
         cfg = self.cfg
         if cfg.resume:
             with dist_utils.agree_on_errors(self.env):
@@ -350,7 +358,7 @@ class Trainer:
         steps_this_run = 0
         while self.global_step < self.total_steps:
             plan = self._plan(self.epoch)
-            bar = tqdm(total=len(plan), initial=self.position, desc=f"epoch {self.epoch}", unit="batch",
+            self._bar = bar = tqdm(total=len(plan), initial=self.position, desc=f"epoch {self.epoch}", unit="batch",
                        disable=not self.is_main, mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False)
             running, count, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
             for pos, task_idx, indices, boundary in self._micro_batches(plan):
