@@ -7,7 +7,6 @@ test splits, the GLUE submission TSV, into ``--output_dir`` (default: the checkp
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> dict:
+    from data_utils.shard_checks import encoder_limits
     from mt_dnn.batcher import load_split
     from mt_dnn.evaluate import predict_split, write_scores, write_submission
     from mt_dnn.restore import restore
@@ -43,7 +43,9 @@ def run(args) -> dict:
         raise ValueError(f"--split: task {args.task} has splits {', '.join(td.split_names)}, not '{args.split}'")
     device = pick_device(args.device)
     model.to(device)
-    data = load_split(args.data_dir or cfg.data_dir, td, args.split, args.max_seq_len or cfg.max_seq_len)
+    limits = encoder_limits(model.encoder.config, cfg.init_checkpoint)
+    data = load_split(args.data_dir or cfg.data_dir, td, args.split, args.max_seq_len or cfg.max_seq_len,
+                      encoder=limits)
     result = predict_split(model, data, args.batch_size, device, restored.pad_id)
     out_dir = Path(args.output_dir or folder)
     scores = write_scores(result, out_dir, args.tag)
@@ -55,13 +57,14 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
+    from data_utils import jsonsafe
     args = build_parser().parse_args(argv)
     try:
         summary = run(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"predict.py: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
+    print(jsonsafe.dumps(summary, indent=2))
     return 0
 
 

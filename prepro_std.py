@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import pretrained_models
-from data_utils.atomic import atomic_write
+from data_utils.atomic import atomic_write, clean_stale_temps
 from data_utils.encoding import (Chunk, EncodeSpec, build_backend, encode_chunk, encode_in_worker, init_worker,
                                  spec_from_hf)
+from data_utils.shard_checks import encoder_positions
 from data_utils.shards import shard_path
 from data_utils.task_def import DataFormat, TaskDef, TaskDefError, load_task_defs, select_tasks
 from data_utils.tsv import TsvError, check_unique_uids, decode_lines
@@ -72,6 +73,10 @@ def load_spec(cfg: PreproConfig) -> EncodeSpec:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PreproError(f"--model {cfg.model}: cannot load a fast tokenizer: {first}") from None
     minimum = tokenizer.num_special_tokens_to_add(pair=True) + 2
+    positions = _positions(cfg.model, tokenizer)
+    if positions is not None and cfg.max_seq_len > positions:
+        raise PreproError(f"--max_seq_len {cfg.max_seq_len} is longer than {cfg.model} accepts: its encoder has "
+                          f"{positions} positions; use --max_seq_len {positions} or less")
     if cfg.max_seq_len < minimum:
         raise PreproError(f"--max_seq_len {cfg.max_seq_len} is too small for {cfg.model}: "
                           f"pairs need at least {minimum} (special tokens plus one token per text)")
@@ -83,6 +88,15 @@ def load_spec(cfg: PreproConfig) -> EncodeSpec:
         raise PreproError(f"--do_lower_case: the tokenizer of {cfg.model} does not lower-case; pick an uncased "
                           "model or drop the flag")
     return spec_from_hf(tokenizer, cfg.max_seq_len)
+
+
+def _positions(model: str, tokenizer) -> Optional[int]:
+    """How many tokens the encoder embeds: its config's position embeddings, else the tokenizer's own limit."""
+    try:
+        return encoder_positions(pretrained_models.load_config(model))
+    except ValueError:  # a tokenizer-only folder: no model config next to it
+        limit = getattr(tokenizer, "model_max_length", None)
+        return int(limit) if isinstance(limit, int) and limit < 1_000_000 else None
 
 
 # ------------------------------------------------------------------------------------------ stamps
@@ -199,6 +213,9 @@ def run(cfg: PreproConfig, log=print) -> list[ShardResult]:
     if cfg.tasks:
         task_defs = select_tasks(task_defs, cfg.tasks, cfg.task_def)
     spec = load_spec(cfg)
+    for folder in sorted({shard.parent for _, _, _, shard in _jobs(cfg, task_defs)}):
+        for what in clean_stale_temps(folder):
+            log(f"{folder}: {what} (left by an interrupted run)")
     encoder = Encoder(spec, cfg.workers)
     results = []
     try:

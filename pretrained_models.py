@@ -79,9 +79,36 @@ def check_encoder_type(config, encoder_type: Optional[int], where: str = "--enco
                          f"{ENCODER_TYPES[encoder_type]}, but the checkpoint is '{config.model_type}'")
 
 
-def load_config(name_or_path: str):
+def _hub_offline() -> bool:
+    flags = (os.environ.get(k, "").strip().lower() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(f in ("1", "true", "yes", "on") for f in flags)
+
+
+def _unloadable(name_or_path: str, flag: str, exc: BaseException) -> ValueError:
+    """One line for an encoder that cannot be loaded: a missing folder, or a name that is neither registered
+    nor reachable (HF errors run to several lines; their first line is kept for anything else)."""
+    looks_like_path = name_or_path.startswith(("/", "./", "../", "~")) or os.sep in name_or_path.strip("/") \
+        and os.path.exists(os.path.dirname(name_or_path))
+    if looks_like_path and not os.path.exists(name_or_path):
+        return ValueError(f"{flag} {name_or_path}: no such folder (registry names: {', '.join(ENCODERS)})")
+    if os.path.isdir(name_or_path):
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return ValueError(f"{flag} {name_or_path}: not a model folder ({first[:120]})")
+    text = str(exc).lower()
+    unreachable = _hub_offline() or "connect" in text or "offline" in text or "network" in text
+    known = f"not a registry name ({', '.join(ENCODERS)})"
+    if unreachable:
+        return ValueError(f"{flag} {name_or_path}: {known} nor a local folder, and the Hugging Face hub is "
+                          "unreachable from here (offline)")
+    return ValueError(f"{flag} {name_or_path}: {known}, a local folder, or a model on the Hugging Face hub")
+
+
+def load_config(name_or_path: str, flag: str = "encoder"):
     from transformers import AutoConfig
-    return AutoConfig.from_pretrained(resolve(name_or_path))
+    try:
+        return AutoConfig.from_pretrained(resolve(name_or_path))
+    except (OSError, ValueError) as exc:
+        raise _unloadable(name_or_path, flag, exc) from None
 
 
 def load_tokenizer(name_or_path: str):
@@ -99,6 +126,10 @@ def load_encoder(name_or_path: str, encoder_type: Optional[int] = None, config=N
     if config is not None:
         check_encoder_type(config, encoder_type)
         return AutoModel.from_config(config)
-    cfg = load_config(name_or_path)
+    cfg = load_config(name_or_path, "--init_checkpoint")
     check_encoder_type(cfg, encoder_type)
-    return AutoModel.from_pretrained(resolve(name_or_path), config=cfg)
+    try:
+        return AutoModel.from_pretrained(resolve(name_or_path), config=cfg)
+    except OSError as exc:  # a config without weights next to it, a damaged weights file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"--init_checkpoint {name_or_path}: cannot load the encoder weights ({first[:160]})") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import reprlib
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -44,6 +45,8 @@ SPLIT_ROLES = ("train", "dev", "test")
 DEFAULT_SPLITS = ("train", "dev", "test")
 FIELDS = ("task_type", "data_format", "n_class", "labels", "metric_meta", "loss", "dropout_p", "split_names",
           "enable_san")
+MAX_EXPANDED_NODES = 100_000  # a GLUE task file has a few hundred; YAML aliases can make billions ("alias bomb")
+QUOTE_CHARS = 80
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 
@@ -72,6 +75,46 @@ log = logging.getLogger("sage.task_def")
 
 class TaskDefError(ValueError):
     """A task-definition file problem, as one line naming the file, the task and the field."""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 6, 6, 4
+_REPR.maxstring = _REPR.maxother = QUOTE_CHARS
+
+
+def _q(value: Any) -> str:
+    """A value quoted for an error line: at most ~QUOTE_CHARS characters, however large (or aliased) it is."""
+    text = _REPR.repr(value)
+    return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS - 3] + "..."
+
+
+def _check_expansion(node: yaml.Node, path: str) -> None:
+    """Refuse documents whose aliases expand to more than MAX_EXPANDED_NODES nodes (or refer to themselves).
+
+    safe_load shares aliased objects, so building them is cheap; anything that walks them (comparisons, reprs,
+    our checks) pays for the full expansion. Sizes are memoised per node, so this costs one pass over the nodes.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        sizes[id(n)] = MAX_EXPANDED_NODES + 1  # a cycle (an alias inside its own anchor) counts as unbounded
+        total = 1
+        children = n.value if isinstance(n, yaml.SequenceNode) else \
+            [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else []
+        for child in children:
+            total += size(child)
+            if total > MAX_EXPANDED_NODES:
+                raise TaskDefError(f"{path}:{n.start_mark.line + 1}: YAML aliases expand to more than "
+                                   f"{MAX_EXPANDED_NODES:,} values here (an alias bomb?); write the values out")
+        sizes[id(n)] = total
+        return total
+
+    try:
+        size(node)
+    except RecursionError:
+        raise TaskDefError(f"{path}: YAML nested too deeply") from None
 
 
 @dataclass(frozen=True)
@@ -108,14 +151,14 @@ class TaskDef:
         try:
             return self._label_ids[label]
         except KeyError:
-            raise ValueError(f"task {self.name}: label {label!r} is not one of {list(self.labels)}") from None
+            raise ValueError(f"task {self.name}: label {_q(label)} is not one of {list(self.labels)}") from None
 
     def label_name(self, class_id: int) -> str:
         """The TSV label string of a class id (for prediction files)."""
         if self.labels is None:
             raise ValueError(f"task {self.name}: a {self.task_type.name} task has no label names")
         if isinstance(class_id, bool) or not 0 <= int(class_id) < len(self.labels) or int(class_id) != class_id:
-            raise ValueError(f"task {self.name}: class id {class_id!r} is outside 0..{len(self.labels) - 1}")
+            raise ValueError(f"task {self.name}: class id {_q(class_id)} is outside 0..{len(self.labels) - 1}")
         return self.labels[int(class_id)]
 
     def parse_label(self, text: str) -> Union[int, float]:
@@ -125,9 +168,9 @@ class TaskDef:
         try:
             value = float(text)
         except ValueError:
-            raise ValueError(f"task {self.name}: regression label {text!r} is not a number") from None
+            raise ValueError(f"task {self.name}: regression label {_q(text)} is not a number") from None
         if not math.isfinite(value):
-            raise ValueError(f"task {self.name}: regression label {text!r} is not finite")
+            raise ValueError(f"task {self.name}: regression label {_q(text)} is not finite")
         return value
 
     def split_role(self, split: str) -> str:
@@ -156,7 +199,7 @@ def split_role(split: str) -> str:
     """The one role word ('train', 'dev', 'test') a split name contains; anything else is an error."""
     roles = [r for r in SPLIT_ROLES if r in split]
     if len(roles) != 1:
-        raise ValueError(f"split name {split!r} must contain exactly one of 'train', 'dev', 'test' "
+        raise ValueError(f"split name {_q(split)} must contain exactly one of 'train', 'dev', 'test' "
                          "(that is how labelled training, evaluation and unlabelled test splits are told apart)")
     return roles[0]
 
@@ -173,6 +216,8 @@ class _Where:
         self.warnings: list[str] = []
         self.no_effect: dict[str, list[tuple[str, Optional[int]]]] = {}  # field -> [(task, line)]
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None:
+            _check_expansion(root, path)
         if isinstance(root, yaml.MappingNode):
             self._scan(root)
 
@@ -196,7 +241,7 @@ class _Where:
         where = f"{self.path}:{line}" if line else self.path
         what = ""
         if task is not None:
-            what = f" task '{task}'" + (f", field '{field_name}'" if field_name else "") + ":"
+            what = f" task {_q(task)}" + (f", field {_q(field_name)}" if field_name else "") + ":"
         return TaskDefError(f"{where}:{what} {reason}")
 
     def warn(self, reason: str, task: Optional[str] = None, field_name: Optional[str] = None) -> None:
@@ -225,23 +270,23 @@ def _enum(where: _Where, task: str, key: str, raw: Any, enum_cls: type[Enum], mt
         where.warn(f"MT-DNN's {key} {raw} is not supported here; the task is left out", task, key)
         raise _Skip(raw)
     if not isinstance(raw, str) or raw not in enum_cls.__members__:
-        raise where.error(f"unknown value {raw!r}; known: {', '.join(enum_cls.__members__)}", task, key)
+        raise where.error(f"unknown value {_q(raw)}; known: {', '.join(enum_cls.__members__)}", task, key)
     return enum_cls[raw]
 
 
 def _str_list(where: _Where, task: str, key: str, raw: Any, ints_ok: bool = False) -> tuple[str, ...]:
     if not isinstance(raw, list) or not raw:
-        raise where.error(f"must be a non-empty list, got {_type_name(raw)} {raw!r}", task, key)
+        raise where.error(f"must be a non-empty list, got {_type_name(raw)} {_q(raw)}", task, key)
     out = []
     for i, item in enumerate(raw):
         if isinstance(item, bool):
-            raise where.error(f"item {i} is the boolean {item!r}: YAML reads unquoted yes/no/true/false/on/off "
+            raise where.error(f"item {i} is the boolean {_q(item)}: YAML reads unquoted yes/no/true/false/on/off "
                               "as booleans; quote it", task, key)
         if ints_ok and isinstance(item, int):
             item = str(item)
         if not isinstance(item, str) or not item.strip() or item != item.strip() or any(c in item for c in "\t\r\n"):
             raise where.error(f"item {i} must be a non-empty string without surrounding spaces, tabs or "
-                              f"newlines, got {_type_name(item)} {item!r}", task, key)
+                              f"newlines, got {_type_name(item)} {_q(item)}", task, key)
         out.append(item)
     dup = sorted({x for x in out if out.count(x) > 1})
     if dup:
@@ -251,14 +296,14 @@ def _str_list(where: _Where, task: str, key: str, raw: Any, ints_ok: bool = Fals
 
 def _int(where: _Where, task: str, key: str, raw: Any) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int):
-        raise where.error(f"must be an integer, got {_type_name(raw)} {raw!r}", task, key)
+        raise where.error(f"must be an integer, got {_type_name(raw)} {_q(raw)}", task, key)
     return raw
 
 
 def _check_name(where: _Where, task: Any) -> str:
     if not isinstance(task, str):
         line = where.task_lines.get(str(task))
-        raise TaskDefError(f"{where.path}:{line}: task name {task!r} must be a string, got {_type_name(task)}")
+        raise TaskDefError(f"{where.path}:{line}: task name {_q(task)} must be a string, got {_type_name(task)}")
     if "_" in task:
         raise where.error(f"task name must not contain '_' (shard files are named {{task}}_{{split}}); "
                           f"try '{task.replace('_', '-')}'", task)
@@ -301,7 +346,7 @@ def _metrics(where: _Where, task: str, raw: Any, task_type: TaskType, n_class: i
     allowed = REGRESSION_METRICS if task_type is TaskType.Regression else CLASS_METRICS
     for name in names:
         if name not in KNOWN_METRICS:
-            raise where.error(f"unknown metric {name!r}; known: {', '.join(KNOWN_METRICS)}", task, "metric_meta")
+            raise where.error(f"unknown metric {_q(name)}; known: {', '.join(KNOWN_METRICS)}", task, "metric_meta")
         if name not in allowed:
             raise where.error(f"metric {name} does not apply to a {task_type.name} task; use "
                               f"{', '.join(allowed)}", task, "metric_meta")
@@ -318,7 +363,7 @@ def _loss(where: _Where, task: str, raw: Any, task_type: TaskType) -> str:
         where.warn(f"MT-DNN's loss {raw} is not implemented here; {expected} is used", task, "loss")
         return expected
     if raw not in LOSS_FOR_TYPE.values():
-        raise where.error(f"unknown loss {raw!r}; known: {', '.join(LOSS_FOR_TYPE.values())}", task, "loss")
+        raise where.error(f"unknown loss {_q(raw)}; known: {', '.join(LOSS_FOR_TYPE.values())}", task, "loss")
     if raw != expected:
         raise where.error(f"loss {raw} does not fit a {task_type.name} task; use {expected}", task, "loss")
     return raw
@@ -329,7 +374,7 @@ def _dropout(where: _Where, task: str, raw: Any) -> float:
     if raw is None:
         return 0.1
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0.0 <= raw < 1.0:
-        raise where.error(f"must be a number in [0, 1), got {_type_name(raw)} {raw!r}", task, "dropout_p")
+        raise where.error(f"must be a number in [0, 1), got {_type_name(raw)} {_q(raw)}", task, "dropout_p")
     return float(raw)
 
 
@@ -339,7 +384,7 @@ def _splits(where: _Where, task: str, raw: Any) -> tuple[str, ...]:
     names = _str_list(where, task, "split_names", raw)
     for name in names:
         if not _SPLIT_NAME.match(name):
-            raise where.error(f"split name {name!r} must be letters, digits, '_' and '-'", task, "split_names")
+            raise where.error(f"split name {_q(name)} must be letters, digits, '_' and '-'", task, "split_names")
         try:
             split_role(name)
         except ValueError as exc:
@@ -357,7 +402,7 @@ def _san(where: _Where, task: str, raw: Any, task_type: TaskType) -> bool:
                        "linear head", task, "enable_san")
             return False
         return True
-    raise where.error(f"must be true or false, got {_type_name(raw)} {raw!r}", task, "enable_san")
+    raise where.error(f"must be true or false, got {_type_name(raw)} {_q(raw)}", task, "enable_san")
 
 
 def _no_effect_field(where: _Where, task: str, key: str, raw: Any) -> None:

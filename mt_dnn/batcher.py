@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
+from data_utils.shard_checks import EncoderLimits, check_encoder_fit, check_labels
 from data_utils.shards import find_shard, read_shard
 from data_utils.task_def import DataFormat, TaskDef
 
@@ -48,7 +49,9 @@ def _truncate(ids: list[int], max_len: int) -> list[int]:
 
 
 def load_split(data_dir: str | Path, task_def: TaskDef, split: str, max_seq_len: int,
-               limit: int = 0) -> TaskData:
+               limit: int = 0, encoder: Optional[EncoderLimits] = None) -> TaskData:
+    """A split in memory, its labels checked against the task and (given ``encoder``) its token ids, type ids
+    and truncated lengths against the encoder, so bad data fails here with ``file:line`` and not mid-run."""
     path = find_shard(data_dir, task_def.name, split)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: shard not found (run prepro_std.py for task '{task_def.name}', "
@@ -78,6 +81,9 @@ def load_split(data_dir: str | Path, task_def: TaskDef, split: str, max_seq_len:
         toks.append(tok)
         types.append(typ)
         lengths.append(length)
+    check_labels(path, task_def, labels)
+    if encoder is not None:
+        check_encoder_fit(path, toks, types, lengths, encoder, ranking, max_seq_len)
     return TaskData(task_def, split, uids, labels, toks, types, lengths)
 
 

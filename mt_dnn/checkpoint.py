@@ -2,10 +2,13 @@
 torch file, the config as JSON — written into a temp folder and renamed, so a kill never leaves a half checkpoint.
 
 Layout of ``output_dir``: ``step-<N>/`` (for --resume; the newest named in ``latest``), ``best/`` (best dev score).
+A file that cannot be read back (truncated, overwritten, not ours) raises :class:`CheckpointError`: one line that
+names the file, so --resume can fall back to an older step checkpoint and predict.py can say what is wrong.
 """
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import shutil
@@ -15,15 +18,26 @@ from typing import Optional
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from data_utils.atomic import atomic_write
+from data_utils.atomic import TEMP_SUFFIX, atomic_write, old_copy_name, temp_prefix
 
 WEIGHTS = "model.safetensors"
 STATE = "training_state.pt"
 CONFIG = "train_config.json"
 LATEST = "latest"
 ENCODER_CONFIG = "encoder_config.json"  # the encoder architecture, so predict.py needs no hub access
+STATE_KEYS = ("optimizer", "scheduler", "scaler", "rng", "progress", "history")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read back, as one line starting with the file's path."""
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def rng_state() -> dict:
@@ -62,7 +76,7 @@ def save_checkpoint(folder: Path, model: torch.nn.Module | dict[str, torch.Tenso
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=temp_prefix(folder.name), suffix=TEMP_SUFFIX))
     try:
         if isinstance(model, torch.nn.Module):
             save_model(model, str(tmp / WEIGHTS))
@@ -74,7 +88,7 @@ def save_checkpoint(folder: Path, model: torch.nn.Module | dict[str, torch.Tenso
         if training_state is not None:
             torch.save(training_state, tmp / STATE)
         if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
+            old = folder.with_name(old_copy_name(folder.name))
             shutil.rmtree(old, ignore_errors=True)
             os.replace(folder, old)
             os.replace(tmp, folder)
@@ -92,43 +106,106 @@ def mark_latest(output_dir: Path, folder: Path) -> None:
         handle.write(folder.name + "\n")
 
 
-def latest_checkpoint(output_dir: Path) -> Optional[Path]:
+def step_checkpoints(output_dir: Path) -> list[Path]:
+    """The step-N folders, newest first."""
+    found = [p for p in Path(output_dir).glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]), reverse=True)
+
+
+def resume_candidates(output_dir: Path) -> list[Path]:
+    """Where --resume may start: the folder ``latest`` names, then the other step folders, newest first."""
     marker = Path(output_dir) / LATEST
-    if not marker.is_file():
-        return None
-    folder = Path(output_dir) / marker.read_text(encoding="utf-8").strip()
-    if not (folder / STATE).is_file():
-        raise FileNotFoundError(f"{marker}: names {folder.name}, which has no {STATE}")
-    return folder
+    named = Path(output_dir) / marker.read_text("utf-8", errors="replace").strip() if marker.is_file() else None
+    rest = [p for p in step_checkpoints(output_dir) if p != named]
+    return ([named] if named is not None else []) + rest
 
 
 def prune_step_checkpoints(output_dir: Path, keep: int) -> None:
     """Remove all but the newest ``keep`` step-N folders."""
-    steps = sorted((p for p in Path(output_dir).glob("step-*") if p.is_dir()),
-                   key=lambda p: int(p.name.split("-", 1)[1]))
-    for old in steps[:-keep] if keep > 0 else steps:
+    for old in step_checkpoints(output_dir)[keep:] if keep > 0 else step_checkpoints(output_dir):
         shutil.rmtree(old, ignore_errors=True)
 
 
 def _weights_file(folder: Path) -> Path:
     path = Path(folder) / WEIGHTS
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no model weights there")
+        raise CheckpointError(f"{path}: no model weights there")
     return path
 
 
-def load_weights(model: torch.nn.Module, folder: Path) -> None:
+def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from the weights file's header (a truncated or foreign file fails here)."""
     path = _weights_file(folder)
-    missing, unexpected = load_model(model, str(path), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit the model (missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]})")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    except Exception as exc:  # SafetensorError, OSError: a damaged or foreign file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_reason(exc)})") from None
+
+
+def check_weights_fit(model: torch.nn.Module, folder: Path) -> None:
+    """Refuse saved tensors whose shapes differ from the model's, naming the first one (a head whose task now
+    has another number of classes is the usual cause)."""
+    path, saved = _weights_file(folder), weight_shapes(folder)
+    for key, value in model.state_dict().items():
+        if key in saved and tuple(value.shape) != saved[key]:
+            hint = ""
+            if key.startswith("heads."):
+                hint = (f"; task '{key.split('.')[1]}' has a different number of classes (n_class/labels) in the "
+                        "task definition than when this checkpoint was trained")
+            raise ValueError(f"{path}: {key} has shape {list(saved[key])} there but {list(value.shape)} in "
+                             f"this model{hint}")
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The weights file as a CPU state dict."""
-    return load_file(str(_weights_file(folder)))
+    path = _weights_file(folder)
+    weight_shapes(folder)
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_reason(exc)})") from None
+
+
+def load_weights(model: torch.nn.Module, folder: Path) -> None:
+    check_weights_fit(model, folder)
+    path = _weights_file(folder)
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except Exception as exc:  # the header was fine but the data is not
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_reason(exc)})") from None
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit the model (missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]})")
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: non-finite values in {bad[:3]}")
 
 
 def load_training_state(folder: Path) -> dict:
-    return torch.load(Path(folder) / STATE, weights_only=True, map_location="cpu")
+    path = Path(folder) / STATE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # a truncated zip, random bytes, a pickle that is not ours: all one line
+        raise CheckpointError(f"{path}: not a readable training state ({type(exc).__name__}: "
+                              f"{_reason(exc)})") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a training state written by train.py (no {', '.join(missing)})")
+    return state
+
+
+def read_config_json(folder: Path) -> dict:
+    """The run's saved config as a plain dict (compared field by field on --resume)."""
+    path = Path(folder) / CONFIG
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({_reason(exc)})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    return raw

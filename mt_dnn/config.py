@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import typing
@@ -111,6 +112,9 @@ class TrainConfig:
     fsdp: bool = cli_field(
         False, "under torchrun, shard parameters, gradients and optimizer state with FSDP2 instead of DDP")
     dist_timeout: float = cli_field(30.0, "minutes a collective may wait before failing")
+    # reliability
+    allow_config_change: bool = cli_field(
+        False, "--resume even when the checkpoint's config differs in fields that change the run (listed in the log)")
 
     def validate(self) -> "TrainConfig":
         """Reject inconsistent settings with one line naming the flag."""
@@ -119,6 +123,16 @@ class TrainConfig:
 
         if not self.train_datasets:
             bad("train_datasets", "at least one training dataset is required")
+        for name in ("train_datasets", "test_datasets"):
+            names = getattr(self, name)
+            repeated = sorted({t for t in names if names.count(t) > 1})
+            if repeated:
+                bad(name, f"task(s) {', '.join(repeated)} given more than once")
+        for f in dataclasses.fields(self):  # nan/inf pass every range check below, so refuse them first
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                bad(f.name, f"must be a finite number, got {value}")
         if self.optimizer.lower() not in OPTIMIZERS:
             bad("optimizer", f"unknown optimizer '{self.optimizer}'; known: {', '.join(OPTIMIZERS)}")
         if self.warmup_schedule not in SCHEDULES:
@@ -134,6 +148,12 @@ class TrainConfig:
             bad("epochs", "must be >= 1 (or give --max_steps)")
         if self.learning_rate < 0:
             bad("learning_rate", f"must be >= 0, got {self.learning_rate}")
+        for name in ("save_every_steps", "max_steps", "log_every", "num_threads", "max_train_samples",
+                     "max_eval_samples", "global_grad_clipping", "adam_eps", "weight_decay"):
+            if getattr(self, name) < 0:
+                bad(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.keep_last < 1:
+            bad("keep_last", f"must be >= 1 (the newest step checkpoint is what --resume reads), got {self.keep_last}")
         if not 0.0 <= self.beta3 < 1.0:
             bad("beta3", f"must be in [0, 1), got {self.beta3}")
         if not 0.0 <= self.warmup < 1.0:
@@ -346,4 +366,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    return TrainConfig.from_json(Path(path).read_text(encoding="utf-8"), source=str(path))
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        return TrainConfig.from_json(text, source=str(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no training config there (not a checkpoint folder written by train.py?)") \
+            from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except TypeError as exc:  # a JSON object whose values have the wrong shape for the dataclass
+        raise ValueError(f"{path}: not a training config ({exc})") from None
+    except ValueError as exc:  # a saved value that validate() refuses: say which file holds it
+        raise ValueError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from None

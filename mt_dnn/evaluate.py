@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
+from data_utils import jsonsafe
 from data_utils.atomic import atomic_write
 from data_utils.metrics import compute_metrics
 from mt_dnn.batcher import TaskData, collate, eval_batches, to_device
@@ -71,7 +71,7 @@ def write_scores(result: SplitResult, output_dir: Path, epoch: int) -> Path:
     payload = {"metrics": result.metrics, "predictions": result.predictions, "uids": result.uids,
                "scores": result.scores}
     with atomic_write(path) as handle:
-        json.dump(payload, handle)
+        jsonsafe.dump(payload, handle)
     return path
 
 

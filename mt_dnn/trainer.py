@@ -12,16 +12,20 @@ import json
 import logging
 import math
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from data_utils import jsonsafe
+from data_utils.atomic import clean_stale_temps
 from data_utils.metrics import glue_average
+from data_utils.shard_checks import EncoderLimits, encoder_limits
 from data_utils.shards import find_shard
 from data_utils.task_def import dataset_splits, dataset_task, load_task_defs, select_tasks
 from module.bert_optim import build_optimizer, build_schedule, sage_param_groups
@@ -31,11 +35,17 @@ from mt_dnn import distributed as dist_utils
 from mt_dnn.batcher import TaskData, collate, epoch_plan, load_split, shard_for_rank, to_device
 from mt_dnn.config import TrainConfig
 from mt_dnn.distributed import DistEnv
+from mt_dnn.divergence import DivergenceGuard
 from mt_dnn.evaluate import (SplitResult, autocast_context, predict_indices, predict_split, split_result,
                              write_scores, write_submission)
 from mt_dnn.warm_start import start_model
 
 log = logging.getLogger("sage.train")
+FP16_DEVICE_TYPES = ("cuda",)  # float16 autocast on CPU has no fast kernels: a real encoder makes no progress
+# Fields that --resume may change without --allow_config_change: where and how the run reports, not what it computes.
+RESUME_HARMLESS = frozenset({"output_dir", "num_threads", "log_every", "device", "resume", "tensorboard",
+                             "dist_timeout", "keep_last", "save_every_steps", "log_sensitivity_every",
+                             "batch_size_eval", "optim_impl", "allow_config_change"})
 
 
 def seed_everything(seed: int) -> None:
@@ -48,9 +58,34 @@ def pick_device(name: str, env: Optional[DistEnv] = None) -> torch.device:
     """``auto`` prefers CUDA; under torchrun each rank takes the GPU of its LOCAL_RANK."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and env is not None and env.enabled:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(f"--device {name}: CUDA is not available here (torch {torch.__version__}, {build}); "
+                             "use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if device.type == "cuda" and device.index is None and env is not None and env.enabled:
         return torch.device("cuda", env.local_rank)
-    return torch.device(name)
+    return device
+
+
+def create_output_dir(path: Path) -> Optional[Path]:
+    """Create ``path`` and return the topmost folder this call created (None if it existed), so a run whose
+    setup fails can remove exactly what it made."""
+    missing = [p for p in [path, *path.parents] if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".sage-write-probe"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"--output_dir {path}: cannot write there ({exc.strerror or exc})") from None
+    return missing[-1] if missing else None
 
 
 def optimizer_impl_kwargs(impl: str, device: torch.device) -> dict:
@@ -81,12 +116,29 @@ def setup_logging(output_dir: Path, is_main: bool = True, log_file: Optional[str
         log.addHandler(handler)
 
 
+def close_logging() -> None:
+    for handler in list(log.handlers):
+        handler.close()
+        log.removeHandler(handler)
+
+
 class Trainer:
     """One training run. Under torchrun every rank builds its own Trainer with its :class:`DistEnv`."""
 
     def __init__(self, cfg: TrainConfig, env: Optional[DistEnv] = None):
         self.env = env or DistEnv()
         self.rank, self.world_size, self.is_main = self.env.rank, self.env.world_size, self.env.is_main
+        self._created_dir: Optional[Path] = None
+        try:
+            self._setup(cfg)
+        except BaseException:
+            self._remove_created_dir()
+            raise
+        if self.is_main:  # only rank 0 writes into output_dir, so only it cleans; live writers' temps stay
+            for what in clean_stale_temps(self.output_dir):
+                log.info("%s: %s (left by an interrupted run)", self.output_dir, what)
+
+    def _setup(self, cfg: TrainConfig) -> None:
         # Input is read in phases that end with an agreement: bad input on any rank stops every rank together,
         # instead of leaving the others blocked in the next collective (DDP's construction, a gradient reduce).
         with dist_utils.agree_on_errors(self.env):
@@ -97,24 +149,38 @@ class Trainer:
         with dist_utils.agree_on_errors(self.env):
             self._setup_optimization()
 
+    def _remove_created_dir(self) -> None:
+        """A run that never started leaves no output folder behind (only the folders it created itself)."""
+        if self._created_dir is None:
+            return
+        if self.is_main:
+            close_logging()
+        shutil.rmtree(self._created_dir, ignore_errors=True)
+        self._created_dir = None
+
     def _setup_inputs(self, cfg: TrainConfig) -> None:
         self.cfg = cfg = cfg.validate()
         self.output_dir = Path(cfg.output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self._created_dir = create_output_dir(self.output_dir)
         setup_logging(self.output_dir, self.is_main, cfg.log_file)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
         self.device = pick_device(cfg.device, self.env)
+        if cfg.fp16 and self.device.type not in FP16_DEVICE_TYPES:
+            raise ValueError(f"--fp16: float16 autocast is for CUDA; on {self.device.type} use --bf16 or fp32 "
+                             "(no flag)")
         self.amp_dtype = torch.float16 if cfg.fp16 else torch.bfloat16 if cfg.bf16 else None
 
         all_defs = load_task_defs(cfg.task_def)
         names = list(dict.fromkeys(cfg.train_datasets + [dataset_task(d) for d in cfg.test_datasets]))
         self.task_defs = select_tasks(all_defs, names, source=cfg.task_def)
-        self.train_sets = self._load_train_sets()
-        self.eval_sets = self._load_eval_sets()
-
-        model = start_model(cfg, self.task_defs, log.info)
+        model, warm_heads = start_model(cfg, self.task_defs, log.info)
+        self._refuse_untrained_heads(warm_heads)
+        limits = encoder_limits(model.encoder.config, cfg.init_checkpoint)
+        self.train_sets = self._load_train_sets(limits)
+        self.eval_sets = self._load_eval_sets(limits)
         pad_id = model.encoder.config.pad_token_id
         self.pad_id = pad_id if pad_id is not None else 0
         self.model = model.to(self.device)
@@ -123,6 +189,15 @@ class Trainer:
             log.info("SAN answer heads (--answer_opt 1, enable_san: true): %s", ", ".join(san))
         if cfg.update_bert_opt > 0:
             log.info("--update_bert_opt %d: the encoder is frozen; the pooler and heads train", cfg.update_bert_opt)
+
+    def _refuse_untrained_heads(self, warm_heads: Sequence[str]) -> None:
+        """A --test_datasets task that is neither trained here nor loaded from --init_checkpoint would be scored
+        with a randomly initialised head."""
+        known = set(self.cfg.train_datasets) | set(warm_heads)
+        untrained = [t for t in self.cfg.test_datasets if dataset_task(t) not in known]
+        if untrained:
+            raise ValueError(f"--test_datasets: {', '.join(untrained)} not in --train_datasets; its head would be "
+                             "untrained (random), so its scores would mean nothing")
 
     def _setup_optimization(self) -> None:
         cfg = self.cfg
@@ -133,6 +208,7 @@ class Trainer:
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
         self.scheduler = build_schedule(self.optimizer, cfg.warmup_schedule, self.total_steps, cfg.warmup)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.fp16)
+        self.guard = DivergenceGuard(self.device, check_grads=not cfg.fp16)
         self.writer = self._tensorboard()
         # progress: (epoch, micro-batches of that epoch consumed), optimizer steps, best dev score
         self.epoch, self.position, self.global_step = 0, 0, 0
@@ -141,7 +217,7 @@ class Trainer:
         self.loss_log: list[tuple[int, float]] = []  # (step, mean training loss since the last log) this run
 
     # ---------------------------------------------------------------------------------------------- setup
-    def _load_train_sets(self) -> list[TaskData]:
+    def _load_train_sets(self, limits: EncoderLimits) -> list[TaskData]:
         sets = []
         for task in self.cfg.train_datasets:
             td = self.task_defs[task]
@@ -151,10 +227,10 @@ class Trainer:
                          self.cfg.task_def, task, task)
                 splits = ("train",)
             sets.append(load_split(self.cfg.data_dir, td, splits[0], self.cfg.max_seq_len,
-                                   self.cfg.max_train_samples))
+                                   self.cfg.max_train_samples, limits))
         return sets
 
-    def _load_eval_sets(self) -> list[TaskData]:
+    def _load_eval_sets(self, limits: EncoderLimits) -> list[TaskData]:
         sets = []
         for name in self.cfg.test_datasets:
             td = self.task_defs[dataset_task(name)]
@@ -166,7 +242,7 @@ class Trainer:
                 if not path.is_file() and split not in td.split_names:  # MT-DNN's {task}_dev, when present
                     continue
                 sets.append(load_split(self.cfg.data_dir, td, split, self.cfg.max_seq_len,
-                                       self.cfg.max_eval_samples))
+                                       self.cfg.max_eval_samples, limits))
         return sets
 
     def _parallelize(self) -> torch.nn.Module:
@@ -248,8 +324,12 @@ class Trainer:
         norm = None
         if cfg.global_grad_clipping > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.global_grad_clipping)
+        self.guard.observe_grad_norm(norm)
         if cfg.grad_clipping > 0:
             clip_each_parameter(self.model.parameters(), cfg.grad_clipping)
+        every = cfg.log_sensitivity_every
+        if every and (self.global_step + 1) % every == 0:
+            self.check_finite()  # the tracker writes a record this step: never one of NaN statistics
         if self.tracker is not None and self._finite_gradients(norm):
             self.tracker.observe(self.global_step + 1)
         self.scaler.step(self.optimizer)
@@ -276,6 +356,14 @@ class Trainer:
 
     def fit(self, stop_after_steps: Optional[int] = None) -> list[dict]:
         """Train to the end (or, for tests and preemption drills, return after ``stop_after_steps`` steps)."""
+        self._bar = None
+        try:
+            return self._train(stop_after_steps)
+        finally:
+            if self._bar is not None:  # an error ends the run: clear the progress bar before train.py's one line
+                self._bar.close()
+
+    def _train(self, stop_after_steps: Optional[int]) -> list[dict]:
         cfg = self.cfg
         if cfg.resume:
             with dist_utils.agree_on_errors(self.env):
@@ -290,13 +378,14 @@ class Trainer:
         steps_this_run = 0
         while self.global_step < self.total_steps:
             plan = self._plan(self.epoch)
-            bar = tqdm(total=len(plan), initial=self.position, desc=f"epoch {self.epoch}", unit="batch",
+            self._bar = bar = tqdm(total=len(plan), initial=self.position, desc=f"epoch {self.epoch}", unit="batch",
                        disable=not self.is_main, mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False)
             running, count, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
             for pos, task_idx, indices, boundary in self._micro_batches(plan):
                 with self._gradient_sync(boundary):
                     loss = self._forward_loss(task_idx, indices)
                     self.scaler.scale(loss / cfg.grad_accumulation_step).backward()
+                self.guard.observe_loss(self.global_step + 1, self.train_sets[task_idx].task_def.name, loss)
                 running += loss.detach()
                 count += 1
                 self.position = pos + 1
@@ -306,6 +395,7 @@ class Trainer:
                 self._optimizer_step()
                 steps_this_run += 1
                 if cfg.log_every and self.global_step % cfg.log_every == 0:
+                    self.check_finite()  # this step syncs anyway, for the logged loss
                     mean = dist_utils.all_reduce_mean(running / count).item()
                     self.loss_log.append((self.global_step, mean))
                     bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
@@ -319,6 +409,7 @@ class Trainer:
                 if cfg.save_every_steps and self.global_step % cfg.save_every_steps == 0:
                     self.save_step_checkpoint()
                 if stop_after_steps is not None and steps_this_run >= stop_after_steps:
+                    self.check_finite()
                     bar.close()
                     self._close()
                     return self.history
@@ -336,7 +427,12 @@ class Trainer:
             self.tracker.close()
         dist_utils.barrier()
 
+    def check_finite(self) -> None:
+        """Raise DivergenceError if a loss, gradient norm or weight went non-finite since the last check."""
+        self.guard.check(self.model.parameters(), self.global_step)
+
     def _end_epoch(self) -> None:
+        self.check_finite()  # never score (and save as best/) a model with non-finite weights
         record = self.evaluate(self.epoch)
         self.history.append(record)
         self.epoch += 1
@@ -369,10 +465,10 @@ class Trainer:
         score = record.get("glue_average")
         if score is not None and (self.best_score is None or score > self.best_score):
             self.best_score = score
-            self._save(self.output_dir / "best", {"metrics.json": json.dumps(record, indent=2)})
+            self._save(self.output_dir / "best", {"metrics.json": jsonsafe.dumps(record, indent=2)})
         if self.is_main:
             with (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(jsonsafe.dumps(record) + "\n")
         return record
 
     def _predict(self, data: TaskData) -> SplitResult:
@@ -415,6 +511,7 @@ class Trainer:
 
     def _save(self, folder: Path, extra_files: dict[str, str], training_state: Optional[dict] = None) -> Path:
         """All ranks take part (FSDP gathers), rank 0 writes, everyone waits until the folder is complete."""
+        self.check_finite()  # a checkpoint never holds non-finite weights
         weights = self._model_state()
         if self.is_main:
             ckpt.save_checkpoint(folder, weights, self.cfg.to_json(), training_state,
@@ -429,7 +526,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "rng": rngs[0], "rng_ranks": rngs,
                 "progress": {"epoch": self.epoch, "position": self.position, "global_step": self.global_step,
                              "best_score": self.best_score},
-                "history": json.dumps(self.history)}
+                "history": jsonsafe.dumps(self.history)}
 
     def save_step_checkpoint(self) -> Path:
         state = self.training_state()
@@ -441,17 +538,59 @@ class Trainer:
         return folder
 
     def _read_resume_state(self) -> Optional[tuple[Path, dict, dict]]:
-        """Read (and check) the newest checkpoint: local file reads only, so ranks can agree on errors."""
-        folder = ckpt.latest_checkpoint(self.output_dir)
-        if folder is None:
+        """Read (and check) the newest readable checkpoint: local file reads only, so ranks can agree on errors.
+
+        An unreadable one (truncated, overwritten) is reported and the previous kept step checkpoint is tried.
+        """
+        candidates = ckpt.resume_candidates(self.output_dir)
+        if not candidates:
             log.info("--resume: no checkpoint in %s, starting fresh", self.output_dir)
             return None
+        first_error = None
+        for folder in candidates:
+            try:
+                found = self._read_checkpoint(folder)
+            except ckpt.CheckpointError as exc:
+                log.warning("--resume: %s", exc)
+                first_error = first_error or exc
+                continue
+            if first_error is not None:
+                log.warning("--resume: falling back to %s, the newest intact checkpoint", folder)
+            return found
+        raise first_error
+
+    def _read_checkpoint(self, folder: Path) -> tuple[Path, dict, dict]:
+        self._check_resume_config(folder, ckpt.read_config_json(folder))
         state = ckpt.load_training_state(folder)
         expected = "full" if self._sharded() else "torch"
         if state.get("optimizer_format", "torch") != expected:
             raise ValueError(f"{folder}: optimizer state was saved {'with' if expected == 'torch' else 'without'} "
                              f"--fsdp; resume with the same setting")
-        return folder, state, ckpt.read_weights(folder) if self._sharded() else {}
+        position, epoch = state["progress"]["position"], state["progress"]["epoch"]
+        if position > self.micro_per_epoch:
+            where = f"{folder}: stopped at batch {position} of epoch {epoch}, but an epoch of this run has " \
+                    f"{self.micro_per_epoch} batches"
+            if not self.cfg.allow_config_change:
+                raise ValueError(f"{where} (did the training data change?); pass --allow_config_change to start "
+                                 "the next epoch instead")
+            log.warning("--resume: %s; starting the next epoch", where)
+        weights = ckpt.read_weights(folder) if self._sharded() else {}
+        if not self._sharded():
+            ckpt.check_weights_fit(self.model, folder)
+        return folder, state, weights
+
+    def _check_resume_config(self, folder: Path, saved: dict) -> None:
+        """Resuming under other settings silently continues a different run; list the fields that differ."""
+        current = json.loads(self.cfg.to_json())
+        defaults = json.loads(TrainConfig(train_datasets=[]).to_json())
+        changed = [f"{k} ({_short(saved.get(k, defaults[k]))} -> {_short(v)})" for k, v in current.items()
+                   if k not in RESUME_HARMLESS and saved.get(k, defaults[k]) != v]
+        if not changed:
+            return
+        if not self.cfg.allow_config_change:
+            raise ValueError(f"--resume: {folder / ckpt.CONFIG} differs in {'; '.join(changed)}; resume with the "
+                             "same flags, or pass --allow_config_change")
+        log.warning("--resume with --allow_config_change: %s", "; ".join(changed))
 
     def _apply_resume_state(self, folder: Path, state: dict, weights: dict) -> None:
         if self._sharded():
@@ -473,11 +612,16 @@ class Trainer:
         else:
             ckpt.set_rng_state(rngs[self.rank])
         progress = state["progress"]
-        self.epoch, self.position = progress["epoch"], progress["position"]
+        self.epoch, self.position = progress["epoch"], min(progress["position"], self.micro_per_epoch)
         self.global_step, self.best_score = progress["global_step"], progress["best_score"]
         self.history = json.loads(state["history"])
         log.info("resumed from %s: epoch %d, batch %d, step %d", folder, self.epoch, self.position,
                  self.global_step)
+
+
+def _short(value, limit: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _encoder_blocks(encoder: torch.nn.Module) -> list[torch.nn.Module]:

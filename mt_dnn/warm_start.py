@@ -255,8 +255,9 @@ def _part(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {k: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def load_source(model: MTDNNModel, src: Source) -> str:
-    """Copy the encoder, pooler and matching heads into ``model``; returns the log line saying what loaded."""
+def load_source(model: MTDNNModel, src: Source) -> tuple[str, list[str]]:
+    """Copy the encoder, pooler and matching heads into ``model``; returns the log line saying what loaded and
+    the tasks whose heads came from the checkpoint."""
     own = model.state_dict()
     _check_shapes(_part(own, "encoder."), _part(src.weights, "encoder."), "encoder", src.where)
     merged = dict(own)
@@ -268,7 +269,7 @@ def load_source(model: MTDNNModel, src: Source) -> str:
             merged.update(_part(src.weights, "pooler."))
         else:
             notes.append("pooler fresh")
-    loaded, fresh = [], []
+    loaded, fresh, warm = [], [], []
     for task in model.task_names:
         theirs = _part(src.weights, f"heads.{task}.")
         if not theirs:
@@ -278,20 +279,22 @@ def load_source(model: MTDNNModel, src: Source) -> str:
         _check_shapes(_part(own, f"heads.{task}."), theirs, f"task {task}: head {origin}", src.where)
         merged.update(theirs)
         loaded.append(f"{task} ({origin})")
+        warm.append(task)
     model.load_state_dict(merged, strict=True)
     unused = [f"{t} ({o})" for t, o in src.head_origin.items() if t not in model.task_names] + src.unused
     mapping = f" ({src.mapping})" if src.mapping else ""
     return (f"init from {src.where}{mapping}: encoder loaded{'; ' + ', '.join(notes) if notes else ''}; heads loaded: "
             f"{', '.join(loaded) or 'none'}; fresh heads: {', '.join(fresh) or 'none'}; in the checkpoint, not "
-            f"used: {', '.join(unused) or 'nothing'}")
+            f"used: {', '.join(unused) or 'nothing'}"), warm
 
 
-def start_model(cfg, task_defs: Mapping, log: Callable[[str], None] = print) -> MTDNNModel:
+def start_model(cfg, task_defs: Mapping, log: Callable[[str], None] = print) -> tuple[MTDNNModel, list[str]]:
     """The model a run starts from: a bare encoder with fresh heads, or a trained model (see the module doc),
-    shaped by the run's model flags (depth, dropout, SAN heads, encoder freezing; see ``model.build_model``)."""
+    shaped by the run's model flags (depth, dropout, SAN heads, encoder freezing; see ``model.build_model``).
+    Also returns the tasks whose heads were loaded (trained) rather than freshly initialised."""
     kind = checkpoint_kind(cfg.init_checkpoint)
     if kind == "encoder":
-        return build_model(pretrained_models.load_encoder(cfg.init_checkpoint, cfg.encoder_type), task_defs, cfg)
+        return build_model(pretrained_models.load_encoder(cfg.init_checkpoint, cfg.encoder_type), task_defs, cfg), []
     if kind == "run":
         src = read_run(Path(cfg.init_checkpoint))
         pretrained_models.check_encoder_type(src.encoder_config, cfg.encoder_type)
@@ -299,5 +302,6 @@ def start_model(cfg, task_defs: Mapping, log: Callable[[str], None] = print) -> 
         src = read_mtdnn(Path(cfg.init_checkpoint), cfg.encoder_type, list(task_defs), cfg.train_datasets)
     encoder = pretrained_models.load_encoder(cfg.init_checkpoint, config=src.encoder_config)
     model = build_model(encoder, task_defs, cfg)
-    log(load_source(model, src))
-    return model
+    line, warm = load_source(model, src)
+    log(line)
+    return model, warm

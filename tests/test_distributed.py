@@ -166,3 +166,16 @@ def test_bad_input_on_one_rank_stops_every_rank(ws):
     assert err0[-1].startswith("train.py: error: rank 1: ") and "no-such-shards" in err0[-1], outs[0][1][-2000:]
     assert "train.py: error:" in outs[1][1]
     assert not list((ws / "bad").glob("step-*")) and not (ws / "bad" / "best").exists()
+
+
+def test_divergence_stops_every_rank_with_one_line(ws):
+    """--learning_rate 1e6 under torchrun: every rank stops at the same check (the flag is all-reduced), the
+    message is printed once, and nothing non-finite is saved."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "train.py",
+           *_args(ws, "ddp-diverge", 4, "--learning_rate", "1e6", "--max_steps", "4", "--dist_timeout", "2")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "train.py: error:" in line]
+    assert len(errors) == 1 and "training diverged: non-finite" in errors[0], proc.stderr[-3000:]
+    assert not (ws / "ddp-diverge" / "best").exists() and not list((ws / "ddp-diverge").glob("step-*"))

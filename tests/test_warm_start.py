@@ -71,6 +71,17 @@ def test_continue_from_best_loads_encoder_and_shared_heads(ws):
     assert predict_cli.main(["--checkpoint", str(ws / "second" / "best"), "--task", "pairs"]) == 0
 
 
+def test_a_head_loaded_from_the_init_run_may_be_evaluated_without_training(ws):
+    """score was trained by the first run: evaluating it after training only pairs is meaningful, pick is not."""
+    trainer = Trainer(config(ws, "eval-warm", init_checkpoint=str(ws / "first" / "best"),
+                             train_datasets=["pairs"], test_datasets=["pairs", "score"], epochs=1))
+    assert list(dict.fromkeys(d.task_def.name for d in trainer.eval_sets)) == ["pairs", "score"]
+    with pytest.raises(ValueError, match=r"--test_datasets: pick not in --train_datasets; its head would be "
+                                         r"untrained"):
+        Trainer(config(ws, "eval-cold", init_checkpoint=str(ws / "first" / "best"),
+                       train_datasets=["pairs"], test_datasets=["pairs", "pick"], epochs=1))
+
+
 def test_continue_from_a_step_checkpoint(ws):
     step = next(p for p in (ws / "first").glob("step-*"))
     trainer = Trainer(config(ws, "from-step", init_checkpoint=str(step), train_datasets=["score"],
@@ -191,9 +202,10 @@ def test_mtdnn_checkpoint_without_task_list_uses_this_runs_order(ws):
     path, _ = _mtdnn_file(ws, "mtdnn-noorder.pt", {}, heads)
     with pytest.raises(ValueError, match=r"mtdnn-noorder\.pt: its config names no encoder_type or model_type; "
                                          r"pass --encoder_type"):
-        Trainer(config(ws, "noorder", init_checkpoint=str(path), train_datasets=["pairs", "score"]))
+        Trainer(config(ws, "noorder", init_checkpoint=str(path), train_datasets=["pairs", "score"],
+                       test_datasets=["pairs", "score"]))
     trainer = Trainer(config(ws, "noorder", init_checkpoint=str(path), train_datasets=["pairs", "score"],
-                             encoder_type=1))
+                             test_datasets=["pairs", "score"], encoder_type=1))
     assert torch.equal(trainer.model.state_dict()["heads.score.proj.weight"], heads[1]["weight"])
     assert "this run's --train_datasets" in _log(ws, "noorder")
     with pytest.raises(ValueError, match=r"--encoder_type 2: .*mtdnn\.pt was trained with encoder_type 1"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,8 @@ def train(out_dir: Path, flags: list[str], args) -> float:
 
 def last_record(out_dir: Path) -> dict:
     lines = (out_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    return json.loads(lines[-1])
+    # train.py writes a NaN metric (Pearson of constant predictions) as null; print it as nan
+    return json.loads(lines[-1], object_hook=lambda d: {k: math.nan if v is None else v for k, v in d.items()})
 
 
 def main(argv=None) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from data_utils.jsonsafe import none_to_nan
 from experiments.sweep.runner import DONE, run_dir
 from experiments.sweep.spec import RunSpec, SweepSpec
 
@@ -39,7 +40,9 @@ def read_metrics(path: Path) -> list[dict]:
             continue
         try:
             record = json.loads(line)
-            epoch, dev, score = int(record["epoch"]), record["dev"], float(record["glue_average"])
+            # train.py writes a NaN metric (Pearson of constant predictions) as null: read it back as NaN
+            dev, score = none_to_nan(record["dev"]), float(none_to_nan(record["glue_average"]))
+            epoch = int(record["epoch"])
         except (ValueError, KeyError, TypeError):
             raise ValueError(f"{path}:{number}: not an evaluation record with epoch, dev and glue_average") from None
         if not dev:
