@@ -204,7 +204,8 @@ def test_plan_installs_exactly_the_files_the_glue_converter_reads():
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    expected = {t.folder: {f.name for f in t.files} for t in module.GLUE_TASKS.values()}
+    # extras (GLUE's diagnostic set, scored as MNLI's ax_test) are placed by hand: download.sh says so
+    expected = {t.folder: {f.name for f in t.files if not f.extra} for t in module.GLUE_TASKS.values()}
     assert _plan_files() == expected
 
 
