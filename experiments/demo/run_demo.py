@@ -1,62 +1,172 @@
 #!/usr/bin/env python
-"""Run the demo: MiniLM-L6 fine-tuned multi-task (vaderpol + vaderval) with Adamax and with Adamax-SAGE,
-then print one side-by-side table of dev metrics and wall time (``make demo`` calls this after the data steps).
+"""Run the demo: MiniLM-L6 fine-tuned multi-task (vaderpol + vaderval) with Adamax and with Adamax-SAGE, each
+at every learning rate of one small grid, then print the runs and the comparisons (``make demo`` calls this
+after the data steps).
+
+Like with like: both optimizers get the same grid, and the comparison is shown both at equal learning rate and
+with each optimizer at its own best. A run's score is its last-epoch dev ``glue_average``; an optimizer's best
+learning rate is the one with the highest score (the smaller lr on a tie). The same dev set chooses the lr and
+reports it, and there is one seed: the table shows what happened on this slice, not a significance test
+(``sweep.py`` does that: seeds, paired t-tests).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNS = (  # (label, optimizer flags): Table 7-style settings, scaled to the demo
-    ("Adamax", ["--optimizer", "adamax", "--learning_rate", "1e-4"]),
-    ("Adamax-SAGE", ["--optimizer", "usadamax", "--learning_rate", "3e-4", "--beta3", "0.75"]),
+OPTIMIZERS = (  # (label, optimizer flags without the lr): Table 7-style settings, scaled to the demo
+    ("Adamax", ["--optimizer", "adamax"]),
+    ("Adamax-SAGE", ["--optimizer", "usadamax", "--beta3", "0.75"]),
 )
+LEARNING_RATES = ("1e-4", "3e-4")
+SEED = 2018
+RUN_INFO = "demo_run.json"  # wall time and load average of one run, next to train.py's metrics.jsonl
 
 
-def train(out_dir: Path, flags: list[str], args) -> float:
+@dataclass(frozen=True)
+class Run:
+    """One finished run: its last-epoch dev record and, when it was timed here, its wall time."""
+    optimizer: str
+    lr: str
+    record: dict
+    seconds: Optional[float]
+
+    @property
+    def score(self) -> float:
+        return float(self.record["glue_average"])
+
+
+def run_name(label: str, lr: str) -> str:
+    return f"{label.lower()}_lr{lr}"
+
+
+def train(out_dir: Path, flags: list[str], lr: str, args) -> float:
     cmd = [sys.executable, str(ROOT / "train.py"), "--task_def", args.task_def, "--data_dir", args.data_dir,
            "--init_checkpoint", "minilm-l6", "--train_datasets", "vaderpol,vaderval",
            "--test_datasets", "vaderpol,vaderval", "--batch_size", "32", "--epochs", str(args.epochs),
-           "--warmup", "0.1", "--global_grad_clipping", "1.0", "--max_seq_len", "128", "--seed", "2018",
-           "--output_dir", str(out_dir), *flags]
+           "--warmup", "0.1", "--global_grad_clipping", "1.0", "--max_seq_len", "128", "--seed", str(SEED),
+           "--output_dir", str(out_dir), *flags, "--learning_rate", lr]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
     return time.perf_counter() - start
 
 
+def write_json(path: Path, value: dict) -> None:
+    """Temp file + rename: an interrupted demo never leaves a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(value, handle)
+    os.replace(tmp, path)
+
+
 def last_record(out_dir: Path) -> dict:
-    lines = (out_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    # train.py writes a NaN metric (Pearson of constant predictions) as null; print it as nan
-    return json.loads(lines[-1], object_hook=lambda d: {k: math.nan if v is None else v for k, v in d.items()})
+    """The last evaluation of a run (the end of its last epoch)."""
+    path = out_dir / "metrics.jsonl"
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise SystemExit(f"run_demo.py: {path}: missing (run the demo without --report_only first)") from None
+    if not lines:
+        raise SystemExit(f"run_demo.py: {path}: no evaluation records")
+    try:
+        # train.py writes a NaN metric (Pearson of constant predictions) as null; read it back as nan
+        record = json.loads(lines[-1], object_hook=lambda d: {k: math.nan if v is None else v for k, v in d.items()})
+        float(record["glue_average"]), record["dev"]["vaderpol_dev"], record["dev"]["vaderval_dev"]
+    except (ValueError, KeyError, TypeError):
+        raise SystemExit(f"run_demo.py: {path}:{len(lines)}: not a dev record with glue_average, "
+                         "vaderpol_dev and vaderval_dev") from None
+    return record
+
+
+def read_run(out_root: Path, label: str, lr: str) -> Run:
+    folder = out_root / run_name(label, lr)
+    info = folder / RUN_INFO
+    seconds = json.loads(info.read_text(encoding="utf-8"))["seconds"] if info.is_file() else None
+    return Run(label, lr, last_record(folder), seconds)
+
+
+def best_lr(runs: list[Run], optimizer: str) -> Run:
+    """The optimizer's run with the highest score; on a tie the smaller learning rate."""
+    own = sorted((r for r in runs if r.optimizer == optimizer), key=lambda r: float(r.lr))
+    return max(own, key=lambda r: r.score)  # max keeps the first of equal scores
+
+
+def runs_table(runs: list[Run], chosen: set[tuple[str, str]]) -> list[str]:
+    lines = ["| optimizer | lr | vaderpol ACC | vaderpol F1 | vaderpol MCC | vaderval Pearson | vaderval Spearman "
+             "| average | best lr on dev | wall time |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|"]
+    for r in runs:
+        pol, val = r.record["dev"]["vaderpol_dev"], r.record["dev"]["vaderval_dev"]
+        wall = "n/a" if r.seconds is None else f"{r.seconds / 60:.1f} min"
+        mark = "yes" if (r.optimizer, r.lr) in chosen else ""
+        lines.append(f"| {r.optimizer} | {r.lr} | {pol['ACC']:.1f} | {pol['F1']:.1f} | {pol['MCC']:.1f} "
+                     f"| {val['Pearson']:.1f} | {val['Spearman']:.1f} | {r.score:.2f} | {mark} | {wall} |")
+    return lines
+
+
+def comparison_table(runs: list[Run], base: str, cand: str, lrs: tuple[str, ...]) -> list[str]:
+    """Candidate − baseline average: at each equal lr, then each at its own best lr."""
+    lines = [f"| comparison | {base} average | {cand} average | {cand} − {base} |", "|---|---:|---:|---:|"]
+    by_key = {(r.optimizer, r.lr): r for r in runs}
+    for lr in lrs:
+        b, c = by_key[(base, lr)], by_key[(cand, lr)]
+        lines.append(f"| both at lr {lr} | {b.score:.2f} | {c.score:.2f} | {c.score - b.score:+.2f} |")
+    b, c = best_lr(runs, base), best_lr(runs, cand)
+    lines.append(f"| each at its best lr on dev ({base} {b.lr}, {cand} {c.lr}) | {b.score:.2f} | {c.score:.2f} "
+                 f"| {c.score - b.score:+.2f} |")
+    return lines
+
+
+def report(out_root: Path, lrs: tuple[str, ...], epochs: int) -> str:
+    labels = [label for label, _ in OPTIMIZERS]
+    runs = [read_run(out_root, label, lr) for label in labels for lr in lrs]
+    chosen = {(best_lr(runs, label).optimizer, best_lr(runs, label).lr) for label in labels}
+    caption = (f"Dev set, one seed ({SEED}), {epochs} epochs, last-epoch scores; the same dev set picks each "
+               "optimizer's best lr and reports it. Average: the mean of each task's metrics, then of the two "
+               "tasks (glue_average).")
+    return "\n".join([caption, "", *runs_table(runs, chosen), "",
+                      *comparison_table(runs, labels[0], labels[1], lrs)])
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out_dir", default="demo_out")
     p.add_argument("--data_dir", default="data/demo/canonical/minilm-l6")
     p.add_argument("--task_def", default="experiments/demo/demo_task_def.yml")
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--learning_rates", default=",".join(LEARNING_RATES),
+                   help="comma-separated grid, the same for both optimizers (default %(default)s)")
+    p.add_argument("--report_only", action="store_true", help="print the tables from the runs in --out_dir")
     args = p.parse_args(argv)
-    rows = []
-    for label, flags in RUNS:
-        out = Path(args.out_dir) / label.lower()
-        shutil.rmtree(out, ignore_errors=True)  # a fresh run each time, not a resume
-        seconds = train(out, flags, args)
-        rows.append((label, seconds, last_record(out)))
-    print("\n| optimizer | vaderpol ACC | vaderpol F1 | vaderpol MCC | vaderval Pearson | vaderval Spearman "
-          "| average | wall time |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for label, seconds, rec in rows:
-        pol, val = rec["dev"]["vaderpol_dev"], rec["dev"]["vaderval_dev"]
-        print(f"| {label} | {pol['ACC']:.1f} | {pol['F1']:.1f} | {pol['MCC']:.1f} | {val['Pearson']:.1f} "
-              f"| {val['Spearman']:.1f} | {rec['glue_average']:.1f} | {seconds / 60:.1f} min |")
+    lrs = tuple(s.strip() for s in args.learning_rates.split(",") if s.strip())
+    for lr in lrs:
+        try:
+            if float(lr) <= 0:
+                raise ValueError
+        except ValueError:
+            p.error(f"--learning_rates: {lr!r} is not a positive number")
+    out_root = Path(args.out_dir)
+    if not args.report_only:
+        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+        for label, flags in OPTIMIZERS:
+            for lr in lrs:
+                out = out_root / run_name(label, lr)
+                shutil.rmtree(out, ignore_errors=True)  # a fresh run each time, not a resume
+                seconds = train(out, flags, lr, args)
+                write_json(out / RUN_INFO, {"seconds": seconds, "loadavg_after": list(os.getloadavg())})
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("\n" + report(out_root, lrs, args.epochs))
     return 0
 
 

@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Second phase of the paper's protocol: fresh seeds at each optimizer's setting chosen on dev.
+
+Reads a finished selection sweep's report (``<results_dir>/<name>.json``, the configurations marked chosen) and
+writes one spec per task, ``<results_dir>/<base>_final_<task>.yml``: the selection spec with that task only, each
+optimizer reduced to its chosen lr (and β3 for SAGE), and new seeds. Each spec is checked by the sweep's own
+parser before it is written; a selection that is not finished (a chosen configuration with fewer seeds than
+the spec) is an error, not a spec from half the evidence.
+
+    python experiments/sweep/final_specs.py SELECT.yml [--seeds 3,4,5,6,7] [--out_dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from data_utils.atomic import atomic_write  # noqa: E402
+from experiments.sweep.spec import SpecError, SweepSpec, load_spec, parse_spec  # noqa: E402
+
+N_FINAL_SEEDS = 5
+
+
+def chosen_settings(spec: SweepSpec, report_path: Path) -> dict[str, dict[str, tuple[float, float]]]:
+    """task -> optimizer -> (lr, β3) of the configurations the selection report marks chosen."""
+    try:
+        configs = json.loads(report_path.read_text(encoding="utf-8"))["configs"]
+    except FileNotFoundError:
+        raise ValueError(f"{report_path}: no report (python sweep.py report {spec.source})") from None
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{report_path}: not a sweep report (no 'configs')") from None
+    chosen: dict[str, dict[str, tuple[float, float]]] = {}
+    for c in configs:
+        if not c.get("chosen"):
+            continue
+        if c["best"]["n"] < len(spec.seeds):
+            raise ValueError(f"{report_path}: {c['task']}/{c['optimizer']}: the chosen configuration has "
+                             f"{c['best']['n']} of {len(spec.seeds)} seeds; finish the selection sweep first")
+        chosen.setdefault(c["task"], {})[c["optimizer"]] = (float(c["learning_rate"]), float(c["beta3"]))
+    for task in spec.tasks:
+        for opt in spec.optimizer_names():
+            if opt not in chosen.get(task, {}):
+                raise ValueError(f"{report_path}: no chosen configuration for {task}/{opt}; "
+                                 "finish the selection sweep first")
+    return chosen
+
+
+def final_base_name(name: str) -> str:
+    return name[:-len("_select")] if name.endswith("_select") else name
+
+
+def final_spec_text(spec: SweepSpec, raw: dict, task: str, chosen: dict[str, tuple[float, float]],
+                    seeds: list[int]) -> str:
+    """The YAML of one task's final spec: the selection spec's other fields unchanged."""
+    sage = {o.name: o.uses_sage for o in spec.optimizers}
+    optimizers = {}
+    for opt in spec.optimizer_names():
+        lr, beta3 = chosen[opt]
+        optimizers[opt] = {"learning_rates": [lr]} | ({"beta3": [beta3]} if sage[opt] else {})
+    out = {k: v for k, v in raw.items() if k not in ("learning_rates", "beta3")}
+    out |= {"name": f"{final_base_name(spec.name)}_final_{task}", "tasks": [task], "optimizers": optimizers,
+            "seeds": seeds}
+    head = (f"# Written by experiments/sweep/final_specs.py from {spec.source}: the settings chosen on dev with "
+            f"seeds {list(spec.seeds)}, fresh seeds.\n")
+    return head + yaml.safe_dump(out, sort_keys=False)
+
+
+def write_final_specs(select_path: Path, seeds: list[int] | None = None, out_dir: Path | None = None) -> list[Path]:
+    spec = load_spec(select_path)
+    seeds = seeds or list(range(max(spec.seeds) + 1, max(spec.seeds) + 1 + N_FINAL_SEEDS))
+    reused = sorted(set(seeds) & set(spec.seeds))
+    if reused:
+        raise ValueError(f"--seeds: {reused} already chose the settings; the final seeds must be fresh")
+    raw = yaml.safe_load(select_path.read_text(encoding="utf-8"))
+    chosen = chosen_settings(spec, spec.results_dir / f"{spec.name}.json")
+    out_dir = out_dir or spec.results_dir
+    texts = {}
+    for task in spec.tasks:
+        path = out_dir / f"{final_base_name(spec.name)}_final_{task}.yml"
+        texts[path] = final_spec_text(spec, raw, task, chosen[task], seeds)
+        parse_spec(texts[path], str(path))  # every spec checked before any is written
+    for path, text in texts.items():
+        with atomic_write(path) as handle:
+            handle.write(text)
+    return list(texts)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", help="the selection sweep's spec (its report must be written)")
+    p.add_argument("--seeds", help=f"comma-separated fresh seeds (default: the {N_FINAL_SEEDS} after the "
+                                   "selection seeds)")
+    p.add_argument("--out_dir", help="where to write the specs (default: the selection spec's results_dir)")
+    args = p.parse_args(argv)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    try:
+        paths = write_final_specs(Path(args.spec), seeds, Path(args.out_dir) if args.out_dir else None)
+    except (SpecError, ValueError) as exc:
+        print(f"final_specs.py: error: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""experiments/demo/run_demo.py without training: the tables it prints from fake metrics.jsonl files, with the
+selection (each optimizer's best lr, by last-epoch dev average) and the differences worked out by hand."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_utils.metrics import glue_average
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "demo" / "run_demo.py"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    spec = importlib.util.spec_from_file_location("run_demo", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["run_demo"] = module  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules["run_demo"]
+
+
+# (vaderpol ACC, F1, MCC), (vaderval Pearson, Spearman) at the last epoch, and the average by hand:
+# mean within each task, then of the two tasks.
+LAST = {
+    ("adamax", "1e-4"): ((76, 73, 52), (65, 66), 66.25),     # (67 + 65.5) / 2
+    ("adamax", "3e-4"): ((80, 79, 60), (68, 69), 70.75),     # (73 + 68.5) / 2
+    ("adamax-sage", "1e-4"): ((81, 80, 61), (69, 71), 72.0),  # (74 + 70) / 2
+    ("adamax-sage", "3e-4"): ((79, 79, 58), (70, 71), 71.25),  # (72 + 70.5) / 2
+}
+
+
+def record(epoch, pol, val, average):
+    dev = {"vaderpol_dev": dict(zip(("ACC", "F1", "MCC"), pol)),
+           "vaderval_dev": dict(zip(("Pearson", "Spearman"), val))}
+    return {"epoch": epoch, "step": 64 * (epoch + 1), "dev": dev, "glue_average": average}
+
+
+def write_runs(root: Path, last=LAST, seconds=90.0):
+    for (name, lr), (pol, val, average) in last.items():
+        folder = root / f"{name}_lr{lr}"
+        folder.mkdir(parents=True)
+        # epoch 0 scores higher than epoch 1 everywhere: the demo must report the last epoch, not the best one
+        lines = [record(0, (99, 99, 99), (99, 99), 99.0), record(1, pol, val, average)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+        if seconds is not None:
+            (folder / "demo_run.json").write_text(json.dumps({"seconds": seconds}), encoding="utf-8")
+
+
+def test_the_hand_averages_are_train_pys_glue_average():
+    for pol, val, average in LAST.values():
+        assert glue_average(record(1, pol, val, average)["dev"]) == pytest.approx(average)
+
+
+def test_tables_from_fake_runs(demo, tmp_path, capsys):
+    write_runs(tmp_path)
+    assert demo.main(["--out_dir", str(tmp_path), "--report_only"]) == 0
+    out = capsys.readouterr().out
+    # Adamax: 70.75 (3e-4) > 66.25 (1e-4); Adamax-SAGE: 72.0 (1e-4) > 71.25 (3e-4)
+    assert "| Adamax | 1e-4 | 76.0 | 73.0 | 52.0 | 65.0 | 66.0 | 66.25 |  | 1.5 min |" in out
+    assert "| Adamax | 3e-4 | 80.0 | 79.0 | 60.0 | 68.0 | 69.0 | 70.75 | yes | 1.5 min |" in out
+    assert "| Adamax-SAGE | 1e-4 | 81.0 | 80.0 | 61.0 | 69.0 | 71.0 | 72.00 | yes | 1.5 min |" in out
+    assert "| Adamax-SAGE | 3e-4 | 79.0 | 79.0 | 58.0 | 70.0 | 71.0 | 71.25 |  | 1.5 min |" in out
+    assert "| both at lr 1e-4 | 66.25 | 72.00 | +5.75 |" in out
+    assert "| both at lr 3e-4 | 70.75 | 71.25 | +0.50 |" in out
+    assert "| each at its best lr on dev (Adamax 3e-4, Adamax-SAGE 1e-4) | 70.75 | 72.00 | +1.25 |" in out
+    assert "one seed (2018), 2 epochs, last-epoch scores; the same dev set picks" in out
+    assert "99" not in out
+
+
+def test_a_tie_goes_to_the_smaller_lr_and_untimed_runs_say_so(demo, tmp_path, capsys):
+    last = dict(LAST)
+    last[("adamax", "1e-4")] = ((80, 79, 60), (68, 69), 70.75)  # now equal to adamax at 3e-4
+    write_runs(tmp_path, last, seconds=None)
+    # the grid given larger lr first: the tie must still go to 1e-4
+    demo.main(["--out_dir", str(tmp_path), "--report_only", "--learning_rates", "3e-4,1e-4"])
+    out = capsys.readouterr().out
+    assert "| Adamax | 1e-4 | 80.0 | 79.0 | 60.0 | 68.0 | 69.0 | 70.75 | yes | n/a |" in out
+    assert "| Adamax | 3e-4 | 80.0 | 79.0 | 60.0 | 68.0 | 69.0 | 70.75 |  | n/a |" in out
+    assert "| each at its best lr on dev (Adamax 1e-4, Adamax-SAGE 1e-4) | 70.75 | 72.00 | +1.25 |" in out
+
+
+def test_bad_runs_and_flags_stop_with_one_line(demo, tmp_path, capsys):
+    with pytest.raises(SystemExit, match=r"adamax_lr1e-4/metrics.jsonl: missing"):
+        demo.main(["--out_dir", str(tmp_path), "--report_only"])
+    write_runs(tmp_path)
+    bad = tmp_path / "adamax-sage_lr3e-4" / "metrics.jsonl"
+    bad.write_text('{"epoch": 0}\n{"epoch": 1, "dev": {}}\n', encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"adamax-sage_lr3e-4/metrics.jsonl:2: not a dev record"):
+        demo.main(["--out_dir", str(tmp_path), "--report_only"])
+    with pytest.raises(SystemExit):
+        demo.main(["--out_dir", str(tmp_path), "--report_only", "--learning_rates", "1e-4,fast"])
+    assert "--learning_rates: 'fast' is not a positive number" in capsys.readouterr().err

@@ -1,0 +1,111 @@
+"""The full-size study's specs (issue 16), checked by the sweep's own loader, and final_specs.py (fresh seeds at
+the settings a finished selection sweep chose) on a hand-written selection report. Nothing here trains."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from experiments.sweep import final_specs
+from experiments.sweep.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = {fam: ROOT / "experiments" / "sweep" / f"minilm_glue4_{fam}_select.yml" for fam in ("adamax", "adamw")}
+PAIRS = {"adamax": ("adamax", "usadamax"), "adamw": ("adamw", "usadamw")}
+
+
+@pytest.mark.parametrize("fam", sorted(SPECS))
+def test_selection_specs_follow_the_protocol(fam, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the loader checks task names against the task_def file, relative to the cwd
+    spec = load_spec(SPECS[fam])
+    base, sage = PAIRS[fam]
+    assert spec.tasks == ("rte", "mrpc", "stsb", "cola")
+    assert spec.compare == (base, sage) and spec.seeds == (1, 2)
+    args = spec.train_args
+    assert (args["epochs"], args["max_seq_len"], args["batch_size"]) == (3, 128, 32)
+    assert "max_train_samples" not in args  # full training sets
+    grids = {o.name: o for o in spec.optimizers}
+    assert set(grids) == {base, sage} and not grids[base].uses_sage and grids[sage].uses_sage
+    assert grids[sage].beta3 == (0.75, 0.9)
+    assert len(grids[base].learning_rates) >= 3 and len(grids[sage].learning_rates) >= 3
+    for b, s in zip(sorted(grids[base].learning_rates), sorted(grids[sage].learning_rates)):
+        assert 2 <= s / b <= 5  # SAGE's grid 2-5x higher, as the authors advise
+    # per task and seed: 3 base + 3 x 2 SAGE configurations
+    assert len(spec.runs()) == 4 * 2 * (3 + 3 * 2)
+
+
+def test_the_two_selection_specs_share_settings_but_no_run(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    a, w = load_spec(SPECS["adamax"]), load_spec(SPECS["adamw"])
+    assert a.runs_dir == w.runs_dir and a.train_args == w.train_args
+    assert not {r.run_id for r in a.runs()} & {r.run_id for r in w.runs()}
+
+
+CHOSEN = {  # task -> optimizer -> (lr, beta3); adamax's beta3 is the grid's dummy value
+    "rte": {"adamax": (3e-4, 0.75), "usadamax": (5e-4, 0.9)},
+    "mrpc": {"adamax": (1e-4, 0.75), "usadamax": (1e-3, 0.75)},
+    "stsb": {"adamax": (2e-4, 0.75), "usadamax": (2e-4, 0.9)},
+    "cola": {"adamax": (3e-4, 0.75), "usadamax": (5e-4, 0.75)},
+}
+
+
+def write_report(spec_path: Path, n_seeds=2, drop=None) -> None:
+    spec = load_spec(spec_path)
+    configs = []
+    for run in spec.runs():
+        if run.seed != spec.seeds[0]:
+            continue
+        chosen = CHOSEN[run.task][run.optimizer] == (run.learning_rate, run.beta3)
+        if chosen and (run.task, run.optimizer) == drop:
+            continue
+        configs.append({"task": run.task, "optimizer": run.optimizer, "learning_rate": run.learning_rate,
+                        "beta3": run.beta3, "best": {"mean": 70.0, "std": 1.0, "n": n_seeds},
+                        "chosen": chosen})
+    spec.results_dir.mkdir(parents=True, exist_ok=True)
+    (spec.results_dir / f"{spec.name}.json").write_text(json.dumps({"configs": configs}), encoding="utf-8")
+
+
+@pytest.fixture
+def select_spec(tmp_path, monkeypatch):
+    """The committed Adamax selection spec, run from a copy of the repo layout it needs (the task_def)."""
+    (tmp_path / "experiments" / "glue").mkdir(parents=True)
+    shutil.copy(ROOT / "experiments" / "glue" / "glue_task_def.yml", tmp_path / "experiments" / "glue")
+    shutil.copy(SPECS["adamax"], tmp_path / "select.yml")
+    monkeypatch.chdir(tmp_path)
+    return Path("select.yml")
+
+
+def test_final_specs_run_the_chosen_settings_with_fresh_seeds(select_spec):
+    write_report(select_spec)
+    assert final_specs.main([str(select_spec)]) == 0
+    select = load_spec(select_spec)
+    for task, chosen in CHOSEN.items():
+        path = Path("docs/results") / f"minilm_glue4_adamax_final_{task}.yml"
+        spec = load_spec(path)
+        assert spec.name == f"minilm_glue4_adamax_final_{task}" and spec.tasks == (task,)
+        assert spec.seeds == (3, 4, 5, 6, 7)
+        assert {(r.optimizer, r.learning_rate, r.beta3, r.seed) for r in spec.runs()} == {
+            (opt, lr, b3, seed) for opt, (lr, b3) in chosen.items() for seed in (3, 4, 5, 6, 7)}
+        assert len(spec.runs()) == 10
+        # everything else as in the selection spec: the same runs_dir, flags, comparison
+        assert (spec.runs_dir, spec.train_args, spec.compare, spec.parallel) == (
+            select.runs_dir, select.train_args, select.compare, select.parallel)
+
+
+def test_final_specs_refuse_an_unfinished_selection_and_reused_seeds(select_spec, capsys):
+    write_report(select_spec, n_seeds=1)
+    assert final_specs.main([str(select_spec)]) == 2
+    assert ("rte/adamax: the chosen configuration has 1 of 2 seeds; finish the selection sweep first"
+            in capsys.readouterr().err)
+    write_report(select_spec, drop=("cola", "usadamax"))
+    assert final_specs.main([str(select_spec)]) == 2
+    assert "no chosen configuration for cola/usadamax" in capsys.readouterr().err
+    write_report(select_spec)
+    assert final_specs.main([str(select_spec), "--seeds", "2,3,4,5,6"]) == 2
+    assert "--seeds: [2] already chose the settings" in capsys.readouterr().err
+    assert not list(Path("docs/results").glob("*.yml"))  # nothing written by a refused call
+    Path("docs/results/minilm_glue4_adamax_select.json").unlink()
+    assert final_specs.main([str(select_spec)]) == 2
+    assert "no report (python sweep.py report select.yml)" in capsys.readouterr().err
