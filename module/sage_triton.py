@@ -1,4 +1,4 @@
-"""Multi-tensor Triton kernel for the SAGE optimizers: one launch per (param group, dtypes, step) bucket.
+"""Multi-tensor Triton kernel for the SAGE optimizers: one launch per (device, dtype, step) bucket.
 
 Why a pointer table: BERT-base has ~200 parameter tensors, and one launch per tensor costs more than the
 update itself. Each launch instead gets a device table with one row per tensor (the addresses of θ, g, the two
@@ -22,9 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from module import sage_math
-
-__all__ = ["group_step", "fused_step", "ALGORITHMS", "BLOCK_SIZE", "NUM_WARPS", "clear_table_cache", "launch_config"]
+__all__ = ["fused_step", "ALGORITHMS", "BLOCK_SIZE", "NUM_WARPS", "clear_table_cache", "launch_config"]
 
 #: Elements and warps per program: 8 fp32 elements per thread, so full blocks compile to 128-bit accesses (checked
 #: in the sm_90 PTX). Not yet timed on a GPU: ``bench/optim_step.py --device cuda --tune`` sweeps them.
@@ -217,7 +215,7 @@ def _sage_kernel(rows, blocks,
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Kernel arguments per algorithm (registry keyed by name; scalars follow the optimizer's _scalars/_hyper)
+# Kernel arguments per algorithm (registry keyed by name; scalars/hyper as sage_math.single_* takes them)
 # ----------------------------------------------------------------------------------------------------------
 
 def _common_args(scalars: dict, hyper: dict) -> dict:
@@ -257,14 +255,6 @@ def _sgd_args(scalars: dict, hyper: dict) -> dict:
 ALGORITHMS: dict[str, Callable[[dict, dict], dict]] = {
     "adamax": _adamax_args, "adamw": _adamw_args, "adam": _adam_args, "sgd": _sgd_args,
 }
-#: the single-tensor reference of each algorithm (how group_step recognises an optimizer).
-_SINGLE_FNS: dict[Callable, str] = {
-    sage_math.single_adamax: "adamax", sage_math.single_adamw: "adamw", sage_math.single_adam: "adam",
-    sage_math.single_sgd: "sgd",
-}
-#: how many state buffers (besides Ī) each algorithm keeps, in _state_args order.
-_N_STATES = {"adamax": 2, "adamw": 2, "adam": 2, "sgd": 1}
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Device tables (cached on the tensors' addresses and sizes)
@@ -376,9 +366,9 @@ def fused_step(algorithm: str, params: list[Tensor], grads: list[Tensor], states
 
     ``states`` holds one list per state buffer of the algorithm (adamax: exp_avg, exp_inf; adamw/adam:
     exp_avg, exp_avg_sq; sgd: momentum_buffer, or no list without momentum); ``ipt_avgs`` the Ī tensors when
-    ``hyper["sage"]``. ``scalars`` and ``hyper`` are the optimizer's ``_scalars(group, step)`` and
-    ``_hyper(group)``: one step count for the whole bucket. Tensors must be contiguous and on one device;
-    parameters and states share one dtype, gradients one dtype.
+    ``hyper["sage"]``. ``scalars`` (step-dependent) and ``hyper`` are the keyword arguments of the algorithm's
+    ``sage_math.single_*`` function, for one step count shared by the whole bucket. Tensors must be contiguous
+    and on one device; parameters and states share one dtype, gradients one dtype.
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
@@ -391,63 +381,6 @@ def fused_step(algorithm: str, params: list[Tensor], grads: list[Tensor], states
     columns = [params, grads, *states, *([None] * (2 - len(states))), ipt_avgs if hyper["sage"] else None]
     _check_bucket(columns)
     _launch(algorithm, columns, scalars, hyper)
-
-
-def _columns(opt, group: dict, algorithm: str, params, grads, states) -> list[Optional[list[Tensor]]]:
-    args = list(map(opt._state_args, states))
-    columns: list[Optional[list[Tensor]]] = [params, grads, None, None, None]
-    for k in range(_N_STATES[algorithm]):
-        col = [a[k] for a in args]
-        columns[2 + k] = None if col[0] is None else col
-    if group["sage"]:
-        columns[4] = [a[-1] for a in args]
-    return columns
-
-
-def _one_bucket(columns: list[Optional[list[Tensor]]], steps: list[float]) -> bool:
-    """The usual case, checked with a few C-level passes: one step count, device and dtype pair, all contiguous."""
-    tensors = [t for col in columns if col is not None for t in col]
-    if len(set(steps)) != 1 or not all(map(Tensor.is_contiguous, tensors)):
-        return False
-    if len(set(map(Tensor.get_device, tensors))) != 1:
-        return False
-    p_dtypes = {t.dtype for col in (columns[0], *columns[2:]) if col is not None for t in col}
-    g_dtypes = {g.dtype for g in columns[1]}
-    return len(p_dtypes) == 1 and len(g_dtypes) == 1 and p_dtypes | g_dtypes <= _TRITON_DTYPES.keys()
-
-
-def _fusable(row: list[Optional[Tensor]]) -> bool:
-    p, g = row[0], row[1]
-    return p.dtype in _TRITON_DTYPES and g.dtype in _TRITON_DTYPES and g.device == p.device \
-        and all(t.is_contiguous() and t.device == p.device for t in row if t is not None) \
-        and all(t.dtype == p.dtype for t in row[2:] if t is not None)
-
-
-def group_step(opt, group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict],
-               steps: list[float]) -> None:
-    """The fused step of one param group: one launch per (device, dtypes, step) bucket, usually exactly one.
-
-    Tensors the kernel cannot take (non-contiguous, unsupported dtype) run ``opt.single_fn`` eagerly.
-    """
-    algorithm = _SINGLE_FNS.get(opt.single_fn)
-    if algorithm is None:
-        raise ValueError(f"{type(opt).__name__}: no Triton kernel for {opt.single_fn!r}")
-    if not params:
-        return
-    hyper = opt._hyper(group)
-    columns = _columns(opt, group, algorithm, params, grads, states)
-    if _one_bucket(columns, steps):
-        _launch(algorithm, columns, opt._scalars(group, steps[0]), hyper)
-        return
-    buckets: dict[tuple, list[int]] = {}
-    for i, (p, g) in enumerate(zip(params, grads)):
-        if _fusable([None if col is None else col[i] for col in columns]):
-            buckets.setdefault((p.device, p.dtype, g.dtype, steps[i]), []).append(i)
-        else:
-            opt.single_fn(p, g, *opt._state_args(states[i]), **opt._scalars(group, steps[i]), **hyper)
-    for (_, _, _, step), idx in buckets.items():
-        picked = [None if col is None else [col[i] for i in idx] for col in columns]
-        _launch(algorithm, picked, opt._scalars(group, step), hyper)
 
 
 def launch_config() -> dict:

@@ -14,8 +14,7 @@ from typing import Optional, Sequence
 
 import pretrained_models
 from module.bert_optim import FORMULAS, OPTIMIZERS, SCHEDULES
-
-IMPLEMENTATIONS = ("auto", "forloop", "foreach", "fused")
+from module.sage_functional import IMPLEMENTATIONS
 
 
 @dataclass

@@ -25,7 +25,7 @@ import pretrained_models
 from data_utils.metrics import glue_average
 from data_utils.task_def import load_task_defs, select_tasks
 from module.bert_optim import build_optimizer, build_schedule, sage_param_groups
-from module.sage_fused import triton_available
+from module.sage_functional import implementation_kwargs
 from mt_dnn import checkpoint as ckpt
 from mt_dnn import distributed as dist_utils
 from mt_dnn.batcher import TaskData, collate, epoch_plan, load_split, shard_for_rank, to_device
@@ -54,14 +54,8 @@ def pick_device(name: str, env: Optional[DistEnv] = None) -> torch.device:
 
 
 def optimizer_impl_kwargs(impl: str, device: torch.device) -> dict:
-    """auto: Triton-fused on CUDA (Ampere and newer, where Triton is supported), compiled-fused on CPU
-    (inductor), foreach otherwise (V100/T4, or no Triton)."""
-    if impl == "auto":
-        if device.type == "cpu":
-            impl = "fused"
-        else:
-            impl = "fused" if triton_available() and torch.cuda.get_device_capability(device) >= (8, 0) else "foreach"
-    return {"forloop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[impl]
+    """The optimizer's ``foreach``/``fused`` flags for ``--optim_impl`` (decided in module.sage_functional)."""
+    return implementation_kwargs(impl, device)
 
 
 def setup_logging(output_dir: Path, is_main: bool = True) -> None:

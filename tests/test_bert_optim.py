@@ -363,3 +363,53 @@ def test_state_dict_loads_with_weights_only():
     fresh = build_optimizer("usadamw", sage_param_groups(named_params(copy.deepcopy(model))))
     fresh.load_state_dict(sd)
     assert fresh.param_groups[0]["beta3"] == 0.75
+
+
+def test_schedules_follow_transformers_with_the_step_offset():
+    """Standard schedules come from transformers; AdamW's offset 1 shifts them by one step (hand-computed)."""
+    import math
+    lrs = {}
+    for name in ("cosine", "constant", "linear"):
+        opt = AdamWSAGE([nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = build_schedule(opt, name, total_steps=10, warmup=0.2)  # 2 warmup steps; count starts at 1
+        lrs[name] = []
+        for _ in range(4):
+            lrs[name].append(opt.param_groups[0]["lr"])
+            sched.step()
+    assert lrs["cosine"] == pytest.approx([0.5, 1.0, 0.5 * (1 + math.cos(math.pi / 8)),
+                                           0.5 * (1 + math.cos(math.pi * 2 / 8))])
+    assert lrs["constant"] == pytest.approx([0.5, 1.0, 1.0, 1.0])
+    assert lrs["linear"] == pytest.approx([0.5, 1.0, 7 / 8, 6 / 8])
+
+
+def test_functional_entry_is_what_the_class_runs():
+    """sage_adamw on plain tensor lists (torch's functional shape) equals AdamWSAGE.step."""
+    from module.sage_functional import sage_adamw
+    torch.manual_seed(0)
+    p_cls = [nn.Parameter(torch.randn(5, 3, dtype=torch.float64)), nn.Parameter(torch.randn(4, dtype=torch.float64))]
+    p_fn = [p.detach().clone() for p in p_cls]
+    state = [[torch.zeros_like(p) for p in p_fn] for _ in range(3)]
+    steps = [torch.tensor(0.0) for _ in p_fn]
+    opt = AdamWSAGE(p_cls, lr=1e-2, weight_decay=0.1, foreach=False)
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in p_fn]
+        for p, g in zip(p_cls, grads):
+            p.grad = g.clone()
+        opt.step()
+        sage_adamw(p_fn, grads, *state, steps, foreach=True, lr=1e-2, decay_lr=1e-2, beta1=0.9, beta2=0.999,
+                   beta3=0.75, eps=1e-6, weight_decay=0.1, formula="reference", correct_bias=True)
+    for a, b in zip(p_cls, p_fn):
+        torch.testing.assert_close(a.detach(), b, atol=1e-12, rtol=0)
+    assert [float(s) for s in steps] == [3.0, 3.0]
+
+
+def test_implementation_choice_in_one_place():
+    from module.sage_functional import implementation_kwargs
+    cpu = torch.device("cpu")
+    assert implementation_kwargs("auto", cpu) == dict(foreach=None, fused=True)
+    assert implementation_kwargs("forloop", cpu) == dict(foreach=False, fused=None)
+    assert implementation_kwargs("foreach", cpu) == dict(foreach=True, fused=None)
+    with pytest.raises(ValueError, match="unknown optimizer implementation 'fast'"):
+        implementation_kwargs("fast", cpu)
+    opt = AdamaxSAGE([nn.Parameter(torch.zeros(2))], fused=True)
+    assert opt._step_supports_amp_scaling and not AdamaxSAGE([nn.Parameter(torch.zeros(2))])._step_supports_amp_scaling

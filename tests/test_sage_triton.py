@@ -7,10 +7,12 @@ path other tests may use) is left alone.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -23,7 +25,7 @@ if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 6):
     pytest.skip(f"triton {triton.__version__} < 3.6: its interpreter leaks patches into compiled kernels",
                 allow_module_level=True)
 
-from module import bert_optim, sage_math  # noqa: E402
+from module import bert_optim, sage_functional, sage_fused, sage_math  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HYPER = dict(beta1=0.9, beta2=0.999, beta3=0.75, eps=1e-6, weight_decay=0.0, formula="paper", sage=True)
@@ -57,10 +59,12 @@ def _params(dtype, seed=0):
     return [torch.randn(s, generator=gen, dtype=dtype) for s in SIZES]
 
 
-def _fused(opt):
-    """Route ``opt``'s fused step to the interpreted kernel (sage_fused would pick torch.compile on CPU)."""
-    opt._fused = lambda group, params, grads, states, steps: st.group_step(opt, group, params, grads, states, steps)
-    return opt
+@contextlib.contextmanager
+def _interpreted_fused():
+    """Route fused steps of CPU tensors to the interpreted kernel (sage_fused would pick torch.compile on CPU)."""
+    with mock.patch.object(sage_fused, "_triton_module", lambda: st), \
+            mock.patch.object(sage_fused, "TRITON_DEVICE_TYPES", ("cuda", "cpu")):
+        yield
 
 
 def _run_pair(cls, kwargs, dtype=torch.float64, steps=4, grad_fn=None):
@@ -71,7 +75,7 @@ def _run_pair(cls, kwargs, dtype=torch.float64, steps=4, grad_fn=None):
         return [{"params": ps[:3], "sage": True, "weight_decay": 0.01},
                 {"params": ps[3:], "sage": False, "weight_decay": 0.0}]
     ref = cls(groups(ref_params), foreach=False, **kwargs)
-    fused = _fused(cls(groups(fused_params), fused=True, **kwargs))
+    fused = cls(groups(fused_params), fused=True, **kwargs)
     gen = torch.Generator().manual_seed(1)
     for step in range(steps):
         for opt in (ref, fused):  # a schedule: lr changes every step, so no scalar may be cached
@@ -81,7 +85,8 @@ def _run_pair(cls, kwargs, dtype=torch.float64, steps=4, grad_fn=None):
             g = torch.randn(rp.shape, generator=gen, dtype=dtype) if grad_fn is None else grad_fn(rp, step)
             rp.grad, fp.grad = (None, None) if g is None else (g.clone(), g.clone())  # new addresses each step
         ref.step()
-        fused.step()
+        with _interpreted_fused():
+            fused.step()
     return ref, fused, ref_params, fused_params
 
 
@@ -255,11 +260,13 @@ def test_unsupported_dtype_is_named():
         st.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
 
 
-def test_optimizer_without_kernel_is_named():
-    class Fake:
-        single_fn = staticmethod(len)
-    with pytest.raises(ValueError, match="Fake: no Triton kernel"):
-        st.group_step(Fake(), {}, [], [], [], [])
+def test_algorithm_without_kernel_is_named():
+    """The functional entry hands the kernel an algorithm by name: one without a kernel is named, not guessed."""
+    p, g, s, ipt = _bucket()
+    fake = sage_functional.Algorithm("lamb", sage_math.single_adamax, sage_math.multi_adamax)
+    with _interpreted_fused(), pytest.raises(ValueError, match="unknown algorithm 'lamb'"):
+        sage_functional._update(fake, p, g, s, ipt, [torch.tensor(0.0)], lambda step: SCALARS, HYPER,
+                                foreach=None, fused=True, grad_scale=None, found_inf=None, maximize=False)
 
 
 def test_interpreted_copy_leaves_the_real_module_compiled():
