@@ -1,7 +1,7 @@
 """Fused SAGE updates: no parameter-sized temporaries, parameters and state written in place.
 
 - CUDA: a Triton multi-tensor kernel, one launch per bucket (:mod:`module.sage_triton`), when Triton is
-  importable.
+  importable and the kernel passed its self-check in this process (else foreach, with one warning).
 - Elsewhere (CPU): the readable single-tensor math of :mod:`module.sage_math` compiled with ``torch.compile``
   (inductor fuses the whole update into one loop that writes parameters and state in place).
 
@@ -10,6 +10,7 @@ Called by :func:`module.sage_functional._update` with tensor lists and scalars, 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -61,12 +62,15 @@ def fused_update(algo: Algorithm, params: list[Tensor], grads: list[Tensor], buf
     for step, (p, g, *cols) in buckets(params, grads, buffers, ipt_avgs, steps):
         states, ipt = cols[:-1], cols[-1]
         triton = _triton_module() if p[0].device.type in TRITON_DEVICE_TYPES else None
-        if triton is not None:
-            if grad_factor != 1.0:
-                g = torch._foreach_mul(g, grad_factor)
+        if triton is None:
+            _compiled_bucket(algo, p, g, states, ipt, scalars(step), hyper, grad_factor)
+            continue
+        if grad_factor != 1.0:
+            g = torch._foreach_mul(g, grad_factor)
+        if triton_verified(triton, algo, p[0], g[0], scalars(step), hyper):
             triton.fused_step(algo.name, p, g, [c for c in states if c is not None], ipt, scalars(step), hyper)
         else:
-            _compiled_bucket(algo, p, g, states, ipt, scalars(step), hyper, grad_factor)
+            algo.multi(p, g, *states, ipt, **scalars(step), **hyper)
 
 
 def _eager_rest(algo, params, grads, buffers, ipt_avgs, steps, scalars, hyper, grad_factor, skip: set) -> None:
@@ -75,6 +79,80 @@ def _eager_rest(algo, params, grads, buffers, ipt_avgs, steps, scalars, hyper, g
             g = g * grad_factor if grad_factor != 1.0 else g
             algo.single(p, g, *row(buffers, i), None if ipt_avgs is None else ipt_avgs[i], **scalars(steps[i]),
                         **hyper)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton self-check: on first use per process, device and kernel variant, the kernel must agree with the
+# foreach math on a small probe; a compile failure or a mismatch warns once and that variant runs foreach.
+# ----------------------------------------------------------------------------------------------------------
+_VERIFIED: dict[tuple, bool] = {}
+_WARNED: set[tuple] = set()
+#: relative tolerance of the probe per parameter dtype (the kernel computes in fp32, fp64 for fp64)
+_PROBE_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+_PROBE_SIZES = (2051, 5)  # a full block, a tail, and a tensor smaller than one block
+
+
+def reset_self_checks() -> None:
+    """Forget every verdict (tests; a new process starts empty anyway)."""
+    _VERIFIED.clear()
+    _WARNED.clear()
+
+
+def triton_verified(triton, algo: Algorithm, p: Tensor, g: Tensor, scalars: dict, hyper: dict) -> bool:
+    """Whether the Triton variant for these tensors and hyperparameters passed its self-check (run once)."""
+    flavour = tuple(sorted((k, v) for k, v in hyper.items())) + (bool(scalars.get("first_step", False)),)
+    key = (str(p.device), algo.name, p.dtype, g.dtype, flavour)
+    if algo.name not in triton.ALGORITHMS:  # a programming error, not a kernel failure: say so
+        raise ValueError(f"unknown algorithm {algo.name!r}; expected one of {', '.join(triton.ALGORITHMS)}")
+    if key not in _VERIFIED:
+        problem = _self_check(triton, algo, p.device, p.dtype, g.dtype, scalars, hyper)
+        _VERIFIED[key] = problem is None
+        if problem is not None and (key[0], algo.name) not in _WARNED:
+            _WARNED.add((key[0], algo.name))
+            warnings.warn(f"fused SAGE step: the Triton kernel for {algo.name} on {p.device} failed its self-check "
+                          f"({problem}); using the foreach implementation instead", RuntimeWarning, stacklevel=4)
+    return _VERIFIED[key]
+
+
+def _probe(device, dtype, g_dtype, algo: Algorithm, hyper: dict) -> list[Optional[list[Tensor]]]:
+    """Columns θ, g, state buffers, Ī of a small random problem (positive second moments and Ī)."""
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(positive: bool = False, dt=dtype) -> list[Tensor]:
+        out = []
+        for n in _PROBE_SIZES:
+            t = torch.randn(n, generator=gen, dtype=torch.float64)
+            out.append((t.abs() + 0.1 if positive else t).to(device=device, dtype=dt))
+        return out
+
+    n_states = 1 if algo.name == "sgd" else 2
+    states = [rand(), rand(positive=True)][:n_states]
+    if algo.name == "sgd" and not hyper["momentum"]:
+        states = [None]
+    return [rand(), rand(dt=g_dtype), *states, rand(positive=True) if hyper["sage"] else None]
+
+
+def _self_check(triton, algo: Algorithm, device, dtype, g_dtype, scalars: dict, hyper: dict) -> Optional[str]:
+    """None if the kernel matches the foreach math on a probe, else what went wrong."""
+    scalars = dict(scalars, lr=0.5, **({"decay_lr": 0.5} if "decay_lr" in scalars else {}))  # visible moves
+    try:
+        columns = _probe(device, dtype, g_dtype, algo, hyper)
+        wide = [None if col is None else [t.to(torch.float64, copy=True) for t in col] for col in columns]
+        algo.multi(*wide, **scalars, **hyper)
+        p, g, *states, ipt = columns
+        triton.fused_step(algo.name, p, g, [c for c in states if c is not None], ipt, scalars, hyper)
+    except Exception as exc:  # noqa: BLE001 - any compile or launch failure means: do not use the kernel
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    rtol = _PROBE_RTOL.get(dtype, 1e-4)
+    for c, (got, want) in enumerate(zip(columns, wide)):
+        if c == 1 or got is None:
+            continue  # gradients are inputs only
+        for t, w in zip(got, want):
+            err = (t.double() - w).abs()
+            bound = rtol * (w.abs() + w.abs().max())
+            if not bool((err <= bound).all()):
+                return f"column {c} differs from foreach by up to {float(err.max()):.3g}"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import warnings
 import sys
 from pathlib import Path
 from unittest import mock
@@ -353,3 +354,69 @@ def test_cuda_kernel_matches_single_tensor_math(cls, kwargs, dtype, tol):
         for name, value in ref.state[rp].items():
             if name != "step":
                 torch.testing.assert_close(fused.state[fp][name], value, rtol=tol, atol=tol)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Self-check on first use: a kernel that fails to compile or disagrees with foreach is not used
+# ----------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_checks():
+    sage_fused.reset_self_checks()
+    yield
+    sage_fused.reset_self_checks()
+
+
+def _counting(fn, calls):
+    def wrapped(*args, **kwargs):
+        calls.append(args[0])
+        return fn(*args, **kwargs)
+    return wrapped
+
+
+def test_healthy_kernel_is_checked_once_and_used(fresh_checks):
+    calls = []
+    with mock.patch.object(st, "fused_step", _counting(st.fused_step, calls)), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no self-check warning
+        ref, fused, rps, fps = _run_pair(bert_optim.AdamWSAGE, dict(formula="reference"), steps=3)
+    _assert_same(ref, fused, rps, fps)
+    # Two kernel variants (SAGE group with decay, plain group without): one probe each, then 3 steps each.
+    assert len(sage_fused._VERIFIED) == 2 and all(sage_fused._VERIFIED.values())
+    assert len(calls) == 2 + 2 * 3
+
+
+@pytest.mark.parametrize("fault", ["compile", "mismatch"])
+def test_faulty_kernel_warns_once_and_falls_back_to_foreach(fault, fresh_checks):
+    """Inject a compile failure or a wrong result: one warning, and every step equals the for-loop math."""
+    real = st.fused_step
+
+    def faulty(algorithm, params, grads, states, ipt_avgs, scalars, hyper):
+        if fault == "compile":
+            raise RuntimeError("PTXAS error: Internal Triton PTX codegen error\nsecond line")
+        real(algorithm, params, grads, states, ipt_avgs, scalars, hyper)
+        torch._foreach_add_(params, 1e-3)  # a kernel that is subtly wrong
+
+    with mock.patch.object(st, "fused_step", faulty), pytest.warns(RuntimeWarning) as record:
+        ref, fused, rps, fps = _run_pair(bert_optim.AdamaxSAGE, dict(formula="paper"), steps=3)
+    messages = [str(w.message) for w in record if "self-check" in str(w.message)]
+    assert len(messages) == 1, messages  # two variants failed, one warning for (device, algorithm)
+    expected = "PTXAS error" if fault == "compile" else "differs from foreach"
+    assert expected in messages[0] and "adamax on cpu" in messages[0] and "foreach" in messages[0]
+    assert sage_fused._VERIFIED and not any(sage_fused._VERIFIED.values())
+    _assert_same(ref, fused, rps, fps)  # foreach equals the for-loop reference to 1e-12
+
+
+def test_probe_tolerance_catches_a_small_error_in_float32(fresh_checks):
+    """A 1e-3 relative error in float32 state is a mismatch, the kernel's own rounding is not."""
+    p = torch.zeros(3)
+    algo = sage_functional.ALGORITHMS["adamw"]
+    hyper = dict(HYPER, formula="reference", weight_decay=0.01)
+    scalars = dict(lr=1e-3, decay_lr=1e-3, step_correction=0.5, ipt_correction=2.0)
+    assert sage_fused._self_check(st, algo, p.device, torch.float32, torch.float32, scalars, hyper) is None
+
+    class Skewed:
+        @staticmethod
+        def fused_step(algorithm, params, grads, states, ipt_avgs, scalars, hyper):
+            st.fused_step(algorithm, params, grads, states, ipt_avgs, scalars, hyper)
+            torch._foreach_mul_(states[0], 1.001)
+    problem = sage_fused._self_check(Skewed, algo, p.device, torch.float32, torch.float32, scalars, hyper)
+    assert problem is not None and "column 2" in problem
