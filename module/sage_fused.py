@@ -65,11 +65,11 @@ def fused_update(algo: Algorithm, params: list[Tensor], grads: list[Tensor], buf
         if triton is None:
             _compiled_bucket(algo, p, g, states, ipt, scalars(step), hyper, grad_factor)
             continue
-        if grad_factor != 1.0:
-            g = torch._foreach_mul(g, grad_factor)
         if triton_verified(triton, algo, p[0], g[0], scalars(step), hyper):
-            triton.fused_step(algo.name, p, g, [c for c in states if c is not None], ipt, scalars(step), hyper)
+            triton.fused_step(algo.name, p, g, [c for c in states if c is not None], ipt, scalars(step), hyper,
+                              grad_factor=grad_factor)
         else:
+            g = torch._foreach_mul(g, grad_factor) if grad_factor != 1.0 else g
             algo.multi(p, g, *states, ipt, **scalars(step), **hyper)
 
 

@@ -35,7 +35,7 @@ _MAX_CACHED_TABLES = 16
 #: Float arguments of the kernel, in order (unused ones are 0 for a given algorithm).
 _SCALAR_NAMES = ("lr", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "beta3", "one_minus_beta3", "eps",
                  "eps_sq", "weight_decay", "step_size", "decay", "bias_correction1", "bias_correction2_sqrt",
-                 "ipt_correction", "momentum", "one_minus_dampening")
+                 "ipt_correction", "momentum", "one_minus_dampening", "grad_factor")
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
                   torch.bfloat16: tl.bfloat16}
@@ -104,7 +104,7 @@ def _typed(row, col: tl.constexpr, offs, DTYPE: tl.constexpr, ALIGNED: tl.conste
 def _update_block(row, offs, mask,
                   lr, beta1, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3, eps, eps_sq,
                   weight_decay, step_size, decay, bias_correction1, bias_correction2_sqrt, ipt_correction,
-                  momentum, one_minus_dampening,
+                  momentum, one_minus_dampening, grad_factor,
                   ALGO: tl.constexpr, SAGE: tl.constexpr, FORMULA: tl.constexpr, HAS_DECAY: tl.constexpr,
                   HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr,
                   P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr):
@@ -121,10 +121,11 @@ def _update_block(row, offs, mask,
     bias_correction1 = _scalar(bias_correction1, COMPUTE)
     bias_correction2_sqrt = _scalar(bias_correction2_sqrt, COMPUTE)
     one_minus_dampening = _scalar(one_minus_dampening, COMPUTE)
+    grad_factor = _scalar(grad_factor, COMPUTE)
     p_ptr = _typed(row, 0, offs, P_DTYPE, ALIGNED)
     g_ptr = _typed(row, 1, offs, G_DTYPE, ALIGNED)
     p = tl.load(p_ptr, mask=mask).to(COMPUTE)
-    g = tl.load(g_ptr, mask=mask).to(COMPUTE)
+    g = tl.load(g_ptr, mask=mask).to(COMPUTE) * grad_factor  # AMP unscale and maximize's sign, in registers
     if ALGO == "sgd":
         if HAS_DECAY:
             d = g + weight_decay * p
@@ -188,7 +189,7 @@ def _sage_kernel(rows, blocks,
                  one_minus_beta2: tl.int64, beta3: tl.int64, one_minus_beta3: tl.int64, eps: tl.int64,
                  eps_sq: tl.int64, weight_decay: tl.int64, step_size: tl.int64, decay: tl.int64,
                  bias_correction1: tl.int64, bias_correction2_sqrt: tl.int64, ipt_correction: tl.int64,
-                 momentum: tl.int64, one_minus_dampening: tl.int64,
+                 momentum: tl.int64, one_minus_dampening: tl.int64, grad_factor: tl.int64,
                  ALGO: tl.constexpr, SAGE: tl.constexpr, FORMULA: tl.constexpr, HAS_DECAY: tl.constexpr,
                  HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr,
                  P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr,
@@ -205,12 +206,13 @@ def _sage_kernel(rows, blocks,
     if start + BLOCK <= numel:
         _update_block(row, offs, None, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3,
                       eps, eps_sq, weight_decay, step_size, decay, bias_correction1, bias_correction2_sqrt,
-                      ipt_correction, momentum, one_minus_dampening, ALGO, SAGE, FORMULA, HAS_DECAY,
+                      ipt_correction, momentum, one_minus_dampening, grad_factor, ALGO, SAGE, FORMULA, HAS_DECAY,
                       HAS_MOMENTUM, NESTEROV, FIRST_STEP, P_DTYPE, G_DTYPE, COMPUTE, ALIGNED)
     else:
         _update_block(row, offs, offs < numel, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, beta3,
                       one_minus_beta3, eps, eps_sq, weight_decay, step_size, decay, bias_correction1,
-                      bias_correction2_sqrt, ipt_correction, momentum, one_minus_dampening, ALGO, SAGE, FORMULA,
+                      bias_correction2_sqrt, ipt_correction, momentum, one_minus_dampening, grad_factor, ALGO,
+                      SAGE, FORMULA,
                       HAS_DECAY, HAS_MOMENTUM, NESTEROV, FIRST_STEP, P_DTYPE, G_DTYPE, COMPUTE, ALIGNED)
 
 
@@ -221,6 +223,7 @@ def _sage_kernel(rows, blocks,
 def _common_args(scalars: dict, hyper: dict) -> dict:
     b3, eps = float(hyper["beta3"]), float(hyper["eps"])
     return dict(lr=float(scalars["lr"]), beta3=b3, one_minus_beta3=1 - b3, eps=eps, eps_sq=eps * eps,
+                grad_factor=float(scalars.get("grad_factor", 1.0)),
                 weight_decay=float(hyper["weight_decay"]), ipt_correction=float(scalars["ipt_correction"]))
 
 
@@ -361,14 +364,15 @@ def _check_bucket(columns: list[Optional[list[Tensor]]]) -> None:
 # Entry points
 # ----------------------------------------------------------------------------------------------------------
 def fused_step(algorithm: str, params: list[Tensor], grads: list[Tensor], states: list[list[Tensor]],
-               ipt_avgs: Optional[list[Tensor]], scalars: dict, hyper: dict) -> None:
+               ipt_avgs: Optional[list[Tensor]], scalars: dict, hyper: dict, grad_factor: float = 1.0) -> None:
     """Update every tensor of one bucket in place with a single launch (any device Triton runs on).
 
     ``states`` holds one list per state buffer of the algorithm (adamax: exp_avg, exp_inf; adamw/adam:
     exp_avg, exp_avg_sq; sgd: momentum_buffer, or no list without momentum); ``ipt_avgs`` the Ī tensors when
     ``hyper["sage"]``. ``scalars`` (step-dependent) and ``hyper`` are the keyword arguments of the algorithm's
     ``sage_math.single_*`` function, for one step count shared by the whole bucket. Tensors must be contiguous
-    and on one device; parameters and states share one dtype, gradients one dtype.
+    and on one device; parameters and states share one dtype, gradients one dtype. The kernel multiplies each
+    gradient by ``grad_factor`` as it loads it (AMP's 1/scale, −1 for maximize): no unscale pass.
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
@@ -380,7 +384,7 @@ def fused_step(algorithm: str, params: list[Tensor], grads: list[Tensor], states
         raise ValueError(f"at most 2 state buffers per tensor besides Ī, got {len(states)}")
     columns = [params, grads, *states, *([None] * (2 - len(states))), ipt_avgs if hyper["sage"] else None]
     _check_bucket(columns)
-    _launch(algorithm, columns, scalars, hyper)
+    _launch(algorithm, columns, dict(scalars, grad_factor=grad_factor), hyper)
 
 
 def launch_config() -> dict:

@@ -420,3 +420,28 @@ def test_probe_tolerance_catches_a_small_error_in_float32(fresh_checks):
             torch._foreach_mul_(states[0], 1.001)
     problem = sage_fused._self_check(Skewed, algo, p.device, torch.float32, torch.float32, scalars, hyper)
     assert problem is not None and "column 2" in problem
+
+
+@pytest.mark.parametrize("maximize", [False, True])
+def test_kernel_unscales_gradients_itself(maximize):
+    """AMP protocol through the kernel: scaled grads + grad_scale equal unscaled grads, with no unscale pass
+    (the kernel multiplies by 1/scale, or −1/scale with maximize, as it loads each gradient)."""
+    scale = 2.0 ** 12
+    ref_params, fused_params = _params(torch.float64), _params(torch.float64)
+    groups = lambda ps: [{"params": ps[:3], "sage": True, "weight_decay": 0.01},  # noqa: E731
+                         {"params": ps[3:], "sage": False}]
+    ref = bert_optim.AdamWSAGE(groups(ref_params), foreach=False, maximize=maximize)
+    fused = bert_optim.AdamWSAGE(groups(fused_params), fused=True, maximize=maximize)
+    gen = torch.Generator().manual_seed(3)
+    launches = []
+    with _interpreted_fused(), mock.patch.object(st, "fused_step", _counting(st.fused_step, launches)):
+        for _ in range(3):
+            for rp, fp in zip(ref_params, fused_params):
+                g = torch.randn(rp.shape, generator=gen, dtype=torch.float64)
+                rp.grad, fp.grad = g.clone(), g * scale
+            fused.grad_scale, fused.found_inf = torch.tensor(scale), torch.tensor(0.0)
+            ref.step()
+            fused.step()
+            assert torch.equal(fused_params[0].grad, ref_params[0].grad * scale)  # gradients left as they were
+    assert launches
+    _assert_same(ref, fused, ref_params, fused_params)
