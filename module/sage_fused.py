@@ -169,16 +169,38 @@ def _flat(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.view(-1)
 
 
+#: Tensors with fewer elements than this (biases, LayerNorm) are updated together through one flat copy: one
+#: compiled call for all of them costs less than a call each (BERT-base: 124 of its 199 tensors).
+SMALL_NUMEL = 1 << 16
+
+
 def _compiled_bucket(algo: Algorithm, params, grads, states: Columns, ipt_avgs, scalars: dict, hyper: dict,
                      grad_factor: float) -> None:
-    """One compiled call per tensor. Step scalars travel as 0-d float64 tensors (built once per bucket) so the
-    compiled code does not re-specialise when the learning rate changes."""
+    """One compiled call per large tensor plus one for all small ones together.
+
+    Step scalars travel as 0-d float64 tensors, built once per bucket, so the compiled code does not
+    re-specialise when the learning rate changes; sizes are dynamic, so one graph serves every tensor.
+    """
     fn = _compiled(algo.single)
-    tensor_scalars = {k: v if isinstance(v, bool) else torch.tensor(float(v), dtype=torch.float64)
-                      for k, v in scalars.items()}
-    factor = torch.tensor(grad_factor, dtype=torch.float64)
-    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-        for i, (p, g) in enumerate(zip(params, grads)):
-            if p.numel():
-                fn(_flat(p), _flat(g), *map(_flat, row(states, i)), _flat(None if ipt_avgs is None else ipt_avgs[i]),
-                   grad_factor=factor, **tensor_scalars, **hyper)
+    kwargs = {k: v if isinstance(v, bool) else torch.tensor(float(v), dtype=torch.float64) for k, v in scalars.items()}
+    kwargs.update(hyper, grad_factor=torch.tensor(grad_factor, dtype=torch.float64))
+    columns = [params, grads, *states, ipt_avgs]
+    small = [i for i, p in enumerate(params) if 0 < p.numel() < SMALL_NUMEL]
+    # Hyperparameters (betas, eps, weight decay) are fixed per group: baked into the graph as constants rather
+    # than turned into tensors on every call.
+    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT, specialize_float=True):
+        for i, p in enumerate(params):
+            if p.numel() >= max(SMALL_NUMEL, 1) or (len(small) == 1 and i in small):
+                fn(*(None if t is None else t.view(-1) for t in row(columns, i)), **kwargs)
+        if len(small) > 1:
+            _flat_call(fn, [None if col is None else [col[i] for i in small] for col in columns], kwargs)
+
+
+def _flat_call(fn, columns: Columns, kwargs: dict) -> None:
+    """``fn`` once over the concatenation of each column; results copied back (gradients are inputs only)."""
+    sizes = [t.numel() for t in columns[0]]
+    flats = [None if col is None else torch.cat([t.view(-1) for t in col]) for col in columns]
+    fn(*flats, **kwargs)
+    for c, (col, flat) in enumerate(zip(columns, flats)):
+        if col is not None and c != 1:
+            torch._foreach_copy_([t.view(-1) for t in col], list(flat.split(sizes)))
