@@ -158,49 +158,55 @@ def _self_check(triton, algo: Algorithm, device, dtype, g_dtype, scalars: dict, 
 # ----------------------------------------------------------------------------------------------------------
 # CPU (and CUDA without Triton): torch.compile of the single-tensor math
 # ----------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def _compiled(single: Callable[..., None]) -> Callable[..., None]:
-    def step(p, g, *state, grad_factor, **kwargs):
-        single(p, g * grad_factor, *state, **kwargs)
-    return torch.compile(step, dynamic=True, fullgraph=True)
-
-
-def _flat(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.view(-1)
-
-
+#: Large tensors go through a compiled function of CHUNK tensors at a time (one kernel, one parallel region per
+#: call); sizes are independent dynamic symbols, so one graph serves every chunk of any sizes.
+CHUNK = 8
 #: Tensors with fewer elements than this (biases, LayerNorm) are updated together through one flat copy: one
-#: compiled call for all of them costs less than a call each (BERT-base: 124 of its 199 tensors).
+#: call for all of them costs less than a call each (BERT-base: 124 of its 199 tensors).
 SMALL_NUMEL = 1 << 16
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(single: Callable[..., None], n: int) -> Callable[..., None]:
+    """``single`` over ``n`` tensors given as lists, compiled into one kernel."""
+    def step(params, grads, *columns, grad_factor, **kwargs):
+        for i in range(n):
+            single(params[i], grads[i] * grad_factor, *(None if col is None else col[i] for col in columns),
+                   **kwargs)
+    return torch.compile(step, dynamic=True, fullgraph=True)
 
 
 def _compiled_bucket(algo: Algorithm, params, grads, states: Columns, ipt_avgs, scalars: dict, hyper: dict,
                      grad_factor: float) -> None:
-    """One compiled call per large tensor plus one for all small ones together.
+    """Compiled calls over flat views: CHUNK large tensors at a time, the rest one by one, small ones together.
 
-    Step scalars travel as 0-d float64 tensors, built once per bucket, so the compiled code does not
-    re-specialise when the learning rate changes; sizes are dynamic, so one graph serves every tensor.
+    Step scalars travel as 0-d float64 tensors built once per bucket (the compiled code does not re-specialise
+    when the learning rate changes); hyperparameters, fixed per group, are compiled in as constants.
     """
-    fn = _compiled(algo.single)
     kwargs = {k: v if isinstance(v, bool) else torch.tensor(float(v), dtype=torch.float64) for k, v in scalars.items()}
     kwargs.update(hyper, grad_factor=torch.tensor(grad_factor, dtype=torch.float64))
-    columns = [params, grads, *states, ipt_avgs]
+    columns = [None if col is None else [t.view(-1) for t in col] for col in [params, grads, *states, ipt_avgs]]
+    large = [i for i, p in enumerate(params) if p.numel() >= max(SMALL_NUMEL, 1)]
     small = [i for i, p in enumerate(params) if 0 < p.numel() < SMALL_NUMEL]
-    # Hyperparameters (betas, eps, weight decay) are fixed per group: baked into the graph as constants rather
-    # than turned into tensors on every call.
-    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT, specialize_float=True):
-        for i, p in enumerate(params):
-            if p.numel() >= max(SMALL_NUMEL, 1) or (len(small) == 1 and i in small):
-                fn(*(None if t is None else t.view(-1) for t in row(columns, i)), **kwargs)
-        if len(small) > 1:
-            _flat_call(fn, [None if col is None else [col[i] for i in small] for col in columns], kwargs)
+    if len(small) == 1:
+        large, small = sorted(large + small), []
+    pick = lambda idx: [None if col is None else [col[i] for i in idx] for col in columns]  # noqa: E731
+    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT, specialize_float=True), \
+            torch.fx.experimental._config.patch(use_duck_shape=False):
+        for start in range(0, len(large), CHUNK):
+            idx = large[start:start + CHUNK]
+            n = CHUNK if len(idx) == CHUNK else 1
+            for first in range(0, len(idx), n):
+                _compiled(algo.single, n)(*pick(idx[first:first + n]), **kwargs)
+        if small:
+            _flat_call(_compiled(algo.single, 1), pick(small), kwargs)
 
 
 def _flat_call(fn, columns: Columns, kwargs: dict) -> None:
     """``fn`` once over the concatenation of each column; results copied back (gradients are inputs only)."""
     sizes = [t.numel() for t in columns[0]]
-    flats = [None if col is None else torch.cat([t.view(-1) for t in col]) for col in columns]
+    flats = [None if col is None else [torch.cat(col)] for col in columns]
     fn(*flats, **kwargs)
     for c, (col, flat) in enumerate(zip(columns, flats)):
         if col is not None and c != 1:
-            torch._foreach_copy_([t.view(-1) for t in col], list(flat.split(sizes)))
+            torch._foreach_copy_(col, list(flat[0].split(sizes)))
