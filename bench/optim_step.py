@@ -302,7 +302,7 @@ def tune(named, cfg: BenchConfig) -> str:
 def parse_args(argv=None) -> BenchConfig:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: cpu 3, cuda 50)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: cpu 5, cuda 50)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: cpu 3, cuda 5; fresh state pages fault in over the first CPU steps)")
     parser.add_argument("--only", default="", help="comma-separated substrings of row labels to keep")
     parser.add_argument("--tune", action="store_true", help="CUDA: sweep the Triton kernel's block size and warps")
@@ -311,7 +311,7 @@ def parse_args(argv=None) -> BenchConfig:
         parser.error("--tune needs --device cuda (it tunes the Triton kernel)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    steps = args.steps if args.steps is not None else (50 if args.device == "cuda" else 3)
+    steps = args.steps if args.steps is not None else (50 if args.device == "cuda" else 5)
     warmup = args.warmup if args.warmup is not None else (5 if args.device == "cuda" else 3)
     if steps < 1 or warmup < 1:
         parser.error(f"--steps and --warmup must be >= 1 (got {steps}, {warmup})")

@@ -3,7 +3,8 @@
 - CUDA: a Triton multi-tensor kernel, one launch per bucket (:mod:`module.sage_triton`), when Triton is
   importable and the kernel passed its self-check in this process (else foreach, with one warning).
 - Elsewhere (CPU): the readable single-tensor math of :mod:`module.sage_math` compiled with ``torch.compile``
-  (inductor fuses the whole update into one loop that writes parameters and state in place).
+  over lists of tensors (inductor fuses the update of CHUNK tensors into one kernel of in-place loops; small
+  tensors share one call through flat copies), so a BERT-base step makes ~13 compiled calls, not 199.
 
 Called by :func:`module.sage_functional._update` with tensor lists and scalars, never with an optimizer.
 """
@@ -73,9 +74,10 @@ def fused_update(algo: Algorithm, params: list[Tensor], grads: list[Tensor], buf
             algo.multi(p, g, *states, ipt, **scalars(step), **hyper)
 
 
-def _eager_rest(algo, params, grads, buffers, ipt_avgs, steps, scalars, hyper, grad_factor, skip: set) -> None:
+def _eager_rest(algo, params, grads, buffers, ipt_avgs, steps, scalars, hyper, grad_factor, fusable: set) -> None:
+    """The single-tensor math, eagerly, for the tensors not in ``fusable``."""
     for i, (p, g) in enumerate(zip(params, grads)):
-        if i not in skip:
+        if i not in fusable:
             g = g * grad_factor if grad_factor != 1.0 else g
             algo.single(p, g, *row(buffers, i), None if ipt_avgs is None else ipt_avgs[i], **scalars(steps[i]),
                         **hyper)
