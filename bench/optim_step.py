@@ -329,6 +329,8 @@ def main(argv=None) -> None:
         print(tune(named, cfg))
         return
     baseline = rows[BASELINE](named)
+    for _ in range(cfg.warmup):
+        baseline.step()
     results = [run_one(BASELINE, rows[BASELINE], named, cfg)]
     for label in keep:
         results.append(run_one(label, rows[label], named, cfg, baseline))
