@@ -4,7 +4,7 @@
   importable and the kernel passed its self-check in this process (else foreach, with one warning).
 - Elsewhere (CPU): the readable single-tensor math of :mod:`module.sage_math` compiled with ``torch.compile``
   over lists of tensors (inductor fuses the update of CHUNK tensors into one kernel of in-place loops; small
-  tensors share one call through flat copies), so a BERT-base step makes ~13 compiled calls, not 199.
+  tensors share one call through flat copies), so a BERT-base step makes ~20 compiled calls, not 199.
 
 Called by :func:`module.sage_functional._update` with tensor lists and scalars, never with an optimizer.
 """
