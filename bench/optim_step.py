@@ -1,9 +1,13 @@
 """One optimizer.step() on BERT-base-shaped parameters: SAGE implementations side by side with torch.optim.
 
-Prints one markdown table: median step time, ratio against torch's AdamW (foreach on CPU, fused on CUDA),
-extra peak memory during a step (CUDA: the caching allocator's peak; CPU: the profiler's allocation events,
-since RSS and tracemalloc do not see tensor temporaries reliably) and the first step, which carries the
+Prints one markdown table: median step time, ratio against torch's fastest AdamW (``fused=True``, on CPU and
+CUDA), extra peak memory during a step (CUDA: the caching allocator's peak; CPU: the profiler's allocation
+events, since RSS and tracemalloc do not see tensor temporaries reliably) and the first step, which carries the
 one-time compile cost of the fused paths (torch.compile on CPU, Triton on CUDA) and the state allocation.
+
+The ratio is paired: each row's steps alternate with steps of the baseline optimizer, kept alive for the whole
+run, and the row's median is divided by the baseline's median over those same alternating steps, so a load
+change on a shared machine moves both sides of the ratio alike. The host's load average is printed.
 
     python bench/optim_step.py [--device cpu|cuda] [--steps N] [--warmup N] [--only usadamw,torch]
     python bench/optim_step.py --device cuda --tune     # Triton block size / warps sweep instead
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -28,6 +33,8 @@ if str(ROOT) not in sys.path:
 from module.bert_optim import AdamaxSAGE, AdamWSAGE, sage_param_groups  # noqa: E402
 
 LR, BETAS, BETA3, EPS, WEIGHT_DECAY = 2e-5, (0.9, 0.999), 0.75, 1e-6, 0.01
+#: torch's fastest AdamW: every ratio in the table is against it, on CPU and CUDA alike
+BASELINE = ("torch AdamW", "fused")
 
 
 @dataclass
@@ -130,10 +137,9 @@ def _sage(cls, impl: str) -> Callable:
 
 def candidates(device: str) -> dict[tuple[str, str], Callable]:
     rows: dict[tuple[str, str], Callable] = {
+        BASELINE: lambda named: torch.optim.AdamW(_groups(named), lr=LR, eps=EPS, fused=True),
         ("torch AdamW", "foreach"): lambda named: torch.optim.AdamW(_groups(named), lr=LR, eps=EPS, foreach=True),
     }
-    if device == "cuda":
-        rows[("torch AdamW", "fused")] = lambda named: torch.optim.AdamW(_groups(named), lr=LR, eps=EPS, fused=True)
     rows[("torch Adamax", "foreach")] = lambda named: torch.optim.Adamax(_groups(named), lr=LR, eps=EPS,
                                                                         foreach=True)
     rows[("usadamw", "reference loop")] = lambda named: ReferenceLoop(_groups(named), "adamw")
@@ -191,29 +197,36 @@ class Result:
     median_s: float
     first_s: float
     extra_bytes: Optional[int]
+    ratio: float  # median step / the baseline's median over the alternating steps
 
 
-def run_one(label, factory, named, cfg: BenchConfig) -> Result:
+def run_one(label, factory, named, cfg: BenchConfig, baseline=None) -> Result:
+    """Time ``cfg.steps`` steps of a fresh optimizer, each followed by a step of ``baseline`` (if given)."""
     opt = factory(named)
     first = timed(opt.step, cfg.device)
     for _ in range(max(0, cfg.warmup - 1)):
         timed(opt.step, cfg.device)
-    times = [timed(opt.step, cfg.device) for _ in range(cfg.steps)]
+    times, base_times = [], []
+    for _ in range(cfg.steps):
+        times.append(timed(opt.step, cfg.device))
+        if baseline is not None:
+            base_times.append(timed(baseline.step, cfg.device))
     extra = extra_peak_bytes(opt, cfg.device)
     del opt
     if cfg.device == "cuda":
         torch.cuda.empty_cache()
-    return Result(label[0], label[1], statistics.median(times), first, extra)
+    median = statistics.median(times)
+    ratio = median / statistics.median(base_times) if base_times else 1.0
+    return Result(label[0], label[1], median, first, extra, ratio)
 
 
 def table(results: list[Result], baseline: tuple[str, str]) -> str:
-    base = next(r.median_s for r in results if (r.optimizer, r.impl) == baseline)
     lines = ["| optimizer | implementation | median step (ms) | × " + " ".join(baseline)
              + " | extra peak memory (MiB) | first step (ms) |",
              "|---|---|---:|---:|---:|---:|"]
     for r in results:
         mem = "n/a" if r.extra_bytes is None else f"{r.extra_bytes / 2 ** 20:.1f}"
-        lines.append(f"| {r.optimizer} | {r.impl} | {r.median_s * 1e3:.2f} | {r.median_s / base:.2f} | {mem} | "
+        lines.append(f"| {r.optimizer} | {r.impl} | {r.median_s * 1e3:.2f} | {r.ratio:.2f} | {mem} | "
                      f"{r.first_s * 1e3:.1f} |")
     return "\n".join(lines)
 
@@ -240,7 +253,8 @@ def header(named, cfg: BenchConfig) -> str:
     n = sum(p.numel() for _, p in named)
     parts = [f"device={cfg.device}", f"torch={torch.__version__}",
              f"params={n / 1e6:.1f}M fp32 in {len(named)} tensors",
-             f"steps={cfg.steps}", f"warmup={cfg.warmup}", f"threads={torch.get_num_threads()}"]
+             f"steps={cfg.steps}", f"warmup={cfg.warmup}", f"threads={torch.get_num_threads()}",
+             "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())]
     if cfg.device == "cuda":
         parts.append(torch.cuda.get_device_name())
         try:
@@ -288,7 +302,7 @@ def tune(named, cfg: BenchConfig) -> str:
 def parse_args(argv=None) -> BenchConfig:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: cpu 3, cuda 50)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: cpu 5, cuda 50)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: cpu 3, cuda 5; fresh state pages fault in over the first CPU steps)")
     parser.add_argument("--only", default="", help="comma-separated substrings of row labels to keep")
     parser.add_argument("--tune", action="store_true", help="CUDA: sweep the Triton kernel's block size and warps")
@@ -297,7 +311,7 @@ def parse_args(argv=None) -> BenchConfig:
         parser.error("--tune needs --device cuda (it tunes the Triton kernel)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    steps = args.steps if args.steps is not None else (50 if args.device == "cuda" else 3)
+    steps = args.steps if args.steps is not None else (50 if args.device == "cuda" else 5)
     warmup = args.warmup if args.warmup is not None else (5 if args.device == "cuda" else 3)
     if steps < 1 or warmup < 1:
         parser.error(f"--steps and --warmup must be >= 1 (got {steps}, {warmup})")
@@ -309,17 +323,21 @@ def main(argv=None) -> None:
     cfg = parse_args(argv)
     named = make_params(bert_base_shapes(), cfg.device)
     rows = candidates(cfg.device)
-    baseline = ("torch AdamW", "fused" if cfg.device == "cuda" else "foreach")
-    keep = [k for k in rows if k == baseline or not cfg.only or any(s in " ".join(k) for s in cfg.only)]
+    keep = [k for k in rows if k != BASELINE and (not cfg.only or any(s in " ".join(k) for s in cfg.only))]
     print(header(named, cfg), flush=True)
     if cfg.tune:
         print(tune(named, cfg))
         return
-    results = []
+    baseline = rows[BASELINE](named)
+    for _ in range(cfg.warmup):
+        baseline.step()
+    results = [run_one(BASELINE, rows[BASELINE], named, cfg)]
     for label in keep:
-        results.append(run_one(label, rows[label], named, cfg))
-        print(f"  {' / '.join(label)}: {results[-1].median_s * 1e3:.2f} ms", file=sys.stderr, flush=True)
-    print(table(results, baseline))
+        results.append(run_one(label, rows[label], named, cfg, baseline))
+        print(f"  {' / '.join(label)}: {results[-1].median_s * 1e3:.2f} ms, {results[-1].ratio:.2f}x", file=sys.stderr,
+              flush=True)
+    print(table(results, BASELINE))
+    print("load average at the end {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":

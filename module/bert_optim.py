@@ -1,27 +1,25 @@
 """SAGE optimizers (Adamax-, AdamW-, Adam-, SGD-SAGE), their plain bases, param groups and schedules.
 
 One optimizer object serves a whole model: each param group carries a ``sage`` flag, so the authors' "mask"
-groups (SAGE-scaled) and "common" groups (plain base update) live side by side. The update math is in
-:mod:`module.sage_math`; this module does the torch.optim bookkeeping (state, validation, implementation choice).
-
-Implementations, chosen per step like torch does:
-- for-loop (``foreach=False``): the readable reference, one tensor at a time;
-- foreach (``foreach=True``; default on CUDA): ``torch._foreach_*`` over same-device/dtype lists;
-- fused (``fused=True``): no parameter-sized temporaries — one Triton multi-tensor launch per param group on
-  CUDA (:mod:`module.sage_triton`), ``torch.compile`` of the for-loop math (one fused loop per tensor) on CPU.
+groups (SAGE-scaled) and "common" groups (plain base update) live side by side. As in ``torch.optim.Adam``, the
+classes only validate, gather each group's tensors into lists and call one functional entry per algorithm
+(:mod:`module.sage_functional`), which picks the for-loop, foreach or fused implementation.
 """
 from __future__ import annotations
 
-import math
+import functools
 from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.optimizer import _get_scalar_dtype
+from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
+                          get_linear_schedule_with_warmup)
 
-from module import sage_math
 from module.plain_optim import RAdam
+from module.sage_functional import sage_adam, sage_adamax, sage_adamw, sage_sgd
 from module.sage_math import FORMULAS
 
 __all__ = [
@@ -55,30 +53,30 @@ def _validate_group(group: dict) -> None:
         raise ValueError(f"invalid SAGE formula {group['formula']!r}: expected one of {', '.join(FORMULAS)}")
     if not isinstance(group["sage"], bool):
         raise ValueError(f"invalid sage flag {group['sage']!r}: expected True or False")
+    if group.get("foreach") and group.get("fused"):
+        raise ValueError("foreach and fused cannot both be True")
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Shared optimizer plumbing
 # ----------------------------------------------------------------------------------------------------------
 class _SageOptimizer(Optimizer):
-    """Common state handling and implementation dispatch; subclasses supply the math for one group."""
+    """State creation and gathering shared by the four optimizers; each subclass's ``step`` calls its entry."""
 
+    #: state buffers besides Ī, created zero on a parameter's first step
     buffer_names: tuple[str, ...] = ()
-    single_fn: Callable[..., None]
     default_formula = "reference"
-    #: offset added to ``last_epoch`` by :func:`build_schedule`, reproducing where the authors' optimizer
-    #: evaluated its internal schedule (0: before its step counter moves, 1: after).
+    #: offset added to the scheduler's step count by :func:`build_schedule`, reproducing where the authors'
+    #: optimizer evaluated its internal schedule (0: before its step counter moves, 1: after).
     schedule_step_offset = 0
 
-    def __init__(self, params, defaults: dict, foreach: Optional[bool], fused: Optional[bool]):
-        if foreach and fused:
-            raise ValueError("foreach and fused cannot both be True")
+    def __init__(self, params, defaults: dict):
         if defaults["formula"] is None:
             defaults["formula"] = self.default_formula
         _validate_group(defaults)
-        self._foreach_choice = foreach
-        self._fused_choice = fused
         super().__init__(params, defaults)
+        # GradScaler hands fused steps grad_scale/found_inf instead of unscaling the gradients itself.
+        self._step_supports_amp_scaling = bool(defaults["fused"])
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -90,20 +88,9 @@ class _SageOptimizer(Optimizer):
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
 
-    # -- state --------------------------------------------------------------------------------------------
-    def _state_for(self, p: Tensor, group: dict) -> dict:
-        state = self.state[p]
-        if not state:
-            state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            for name in self.buffer_names:
-                state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if group["sage"] and "exp_avg_ipt" not in state:
-            state["exp_avg_ipt"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state
-
-    def _collect(self, group: dict) -> tuple[list[Tensor], list[Tensor], list[dict]]:
-        """Parameters that have a gradient this step (None grads and frozen params are skipped)."""
-        params, grads, states = [], [], []
+    def _init_group(self, group: dict, params: list, grads: list, buffers: list[list], ipt_avgs: list,
+                    steps: list) -> None:
+        """Append the group's parameters that have a gradient (others are skipped) and their state."""
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -111,93 +98,40 @@ class _SageOptimizer(Optimizer):
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             if torch.is_complex(p):
                 raise RuntimeError(f"{type(self).__name__} does not support complex parameters")
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+                for name in self.buffer_names:
+                    state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["sage"] and "exp_avg_ipt" not in state:
+                state["exp_avg_ipt"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             params.append(p)
             grads.append(p.grad)
-            states.append(self._state_for(p, group))
-        if group["maximize"] and grads:
-            grads = torch._foreach_neg(grads)
-        return params, grads, states
+            for name, column in zip(self.buffer_names, buffers):
+                column.append(state[name])
+            if group["sage"]:
+                ipt_avgs.append(state["exp_avg_ipt"])
+            steps.append(state["step"])
 
-    # -- implementation choice -----------------------------------------------------------------------------
-    def _implementation(self, params: list[Tensor]) -> str:
-        if self._fused_choice:
-            return "fused"
-        if self._foreach_choice is None:
-            # torch's rule: multi-tensor by default when every tensor is on a GPU-like device.
-            on_accel = all(p.device.type not in ("cpu", "meta") for p in params)
-            return "foreach" if on_accel else "forloop"
-        return "foreach" if self._foreach_choice else "forloop"
-
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Any]] = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads, states = self._collect(group)
-            if not params:
-                continue
-            torch._foreach_add_([state["step"] for state in states], 1.0)
-            steps = [float(state["step"]) for state in states]
-            impl = self._implementation(params)
-            if impl == "forloop":
-                self._forloop(group, params, grads, states, steps)
-            elif impl == "foreach":
-                self._foreach(group, params, grads, states, steps)
-            else:
-                self._fused(group, params, grads, states, steps)
-        return loss
-
-    def _buffers(self, states: list[dict], name: str) -> list[Tensor]:
-        return [s[name] for s in states]
-
-    def _ipt_avgs(self, group: dict, states: list[dict]) -> Optional[list[Tensor]]:
-        return [s["exp_avg_ipt"] for s in states] if group["sage"] else None
-
-    def _forloop(self, group, params, grads, states, steps) -> None:
-        hyper = self._hyper(group)
-        for p, g, s, t in zip(params, grads, states, steps):
-            self.single_fn(p, g, *self._state_args(s), **self._scalars(group, t), **hyper)
-
-    def _state_args(self, state: dict) -> tuple:
-        """Positional state tensors of ``single_fn`` after (param, grad)."""
-        return tuple(state[name] for name in self.buffer_names) + (state.get("exp_avg_ipt"),)
-
-    def _foreach(self, group, params, grads, states, steps) -> None:
-        """Split into same-device/dtype (and same-step) buckets and run the list math on each."""
-        buckets: dict[tuple, list[int]] = {}
-        for i, p in enumerate(params):
-            buckets.setdefault((p.device, p.dtype, steps[i]), []).append(i)
-        for (_, _, step), idx in buckets.items():
-            pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
-            bucket_states = [states[i] for i in idx]
-            self._multi(group, pick(params), pick(grads), bucket_states, step)
-
-    def _fused(self, group, params, grads, states, steps) -> None:
-        from module import sage_fused
-        sage_fused.fused_group_step(self, group, params, grads, states, steps)
-
-    # -- per-algorithm hooks ---------------------------------------------------------------------------------
-    def _hyper(self, group: dict) -> dict:
-        """Step-independent keyword arguments of the update."""
-        b1, b2 = group["betas"]
-        return dict(beta1=b1, beta2=b2, **self._common(group))
-
-    def _scalars(self, group: dict, step: float) -> dict:
-        """Step-dependent scalars of the update (learning rates, bias corrections) for one tensor."""
-        raise NotImplementedError
+    def _gathered(self, group: dict, n_buffers: int) -> tuple:
+        params, grads, ipt_avgs, steps = [], [], [], []
+        buffers = [[] for _ in range(n_buffers)]
+        self._init_group(group, params, grads, buffers, ipt_avgs, steps)
+        return params, grads, buffers, (ipt_avgs if group["sage"] else None), steps
 
     def _common(self, group: dict) -> dict:
-        return dict(beta3=group["beta3"], eps=group["eps"], weight_decay=group["weight_decay"],
-                    formula=group["formula"], sage=group["sage"])
+        """Keyword arguments every functional entry takes from a group."""
+        return dict(foreach=group["foreach"], fused=group["fused"], grad_scale=getattr(self, "grad_scale", None),
+                    found_inf=getattr(self, "found_inf", None), lr=group["lr"], beta3=group["beta3"],
+                    eps=group["eps"], weight_decay=group["weight_decay"], formula=group["formula"],
+                    maximize=group["maximize"])
 
-    def _ipt_correction(self, group: dict, step: float) -> float:
-        """Bias correction of Ī: 1/(1-β3^t) where the algorithm uses Î, else 1."""
-        return 1.0 / (1.0 - group["beta3"] ** step) if self._corrects_ipt(group) else 1.0
-
-    def _corrects_ipt(self, group: dict) -> bool:
-        raise NotImplementedError
+    @staticmethod
+    def _closure_loss(closure: Optional[Callable[[], Any]]):
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
 
     # -- introspection ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -227,27 +161,23 @@ class AdamaxSAGE(_SageOptimizer):
     """
 
     buffer_names = ("exp_avg", "exp_inf")
-    single_fn = staticmethod(sage_math.single_adamax)
     schedule_step_offset = 0
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), beta3: float = 0.75,
                  eps: float = 1e-6, weight_decay: float = 0.0, *, sage: bool = True, formula: Optional[str] = None,
                  maximize: bool = False, foreach: Optional[bool] = None, fused: Optional[bool] = None):
-        defaults = dict(lr=lr, betas=tuple(betas), beta3=beta3, eps=eps, weight_decay=weight_decay, sage=sage,
-                        formula=formula, maximize=maximize)
-        super().__init__(params, defaults, foreach, fused)
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), beta3=beta3, eps=eps, weight_decay=weight_decay,
+                                      sage=sage, formula=formula, maximize=maximize, foreach=foreach, fused=fused))
 
-    def _corrects_ipt(self, group: dict) -> bool:
-        return group["formula"] != "reference"
-
-    def _scalars(self, group: dict, step: float) -> dict:
-        return dict(lr=group["lr"], ipt_correction=self._ipt_correction(group, step))
-
-    def _multi(self, group, params, grads, states, step) -> None:
-        sage_math.multi_adamax(params, grads, self._buffers(states, "exp_avg"), self._buffers(states, "exp_inf"),
-                               self._ipt_avgs(group, states), lr=group["lr"],
-                               ipt_corrections=[self._ipt_correction(group, step)] * len(params),
-                               **self._hyper(group))
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None):
+        loss = self._closure_loss(closure)
+        for group in self.param_groups:
+            params, grads, (exp_avgs, exp_infs), ipt_avgs, steps = self._gathered(group, 2)
+            beta1, beta2 = group["betas"]
+            sage_adamax(params, grads, exp_avgs, exp_infs, ipt_avgs, steps, beta1=beta1, beta2=beta2,
+                        **self._common(group))
+        return loss
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -262,7 +192,6 @@ class AdamWSAGE(_SageOptimizer):
     """
 
     buffer_names = ("exp_avg", "exp_avg_sq")
-    single_fn = staticmethod(sage_math.single_adamw)
     schedule_step_offset = 1
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), beta3: float = 0.75,
@@ -271,34 +200,20 @@ class AdamWSAGE(_SageOptimizer):
                  foreach: Optional[bool] = None, fused: Optional[bool] = None):
         if decay_lr not in ("base", "scheduled"):
             raise ValueError(f"invalid decay_lr {decay_lr!r}: expected 'base' or 'scheduled'")
-        defaults = dict(lr=lr, betas=tuple(betas), beta3=beta3, eps=eps, weight_decay=weight_decay,
-                        correct_bias=correct_bias, decay_lr=decay_lr, sage=sage, formula=formula, maximize=maximize)
-        super().__init__(params, defaults, foreach, fused)
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), beta3=beta3, eps=eps, weight_decay=weight_decay,
+                                      correct_bias=correct_bias, decay_lr=decay_lr, sage=sage, formula=formula,
+                                      maximize=maximize, foreach=foreach, fused=fused))
 
-    def _corrects_ipt(self, group: dict) -> bool:
-        return bool(group["correct_bias"])
-
-    def _step_correction(self, group: dict, step: float) -> float:
-        if not group["correct_bias"]:
-            return 1.0
-        b1, b2 = group["betas"]
-        return math.sqrt(1.0 - b2 ** step) / (1.0 - b1 ** step)
-
-    @staticmethod
-    def _decay_lr(group: dict) -> float:
-        return group.get("initial_lr", group["lr"]) if group["decay_lr"] == "base" else group["lr"]
-
-    def _scalars(self, group: dict, step: float) -> dict:
-        return dict(lr=group["lr"], decay_lr=self._decay_lr(group),
-                    step_correction=self._step_correction(group, step),
-                    ipt_correction=self._ipt_correction(group, step))
-
-    def _multi(self, group, params, grads, states, step) -> None:
-        n = len(params)
-        sage_math.multi_adamw(params, grads, self._buffers(states, "exp_avg"), self._buffers(states, "exp_avg_sq"),
-                              self._ipt_avgs(group, states), lr=group["lr"], decay_lr=self._decay_lr(group),
-                              step_corrections=[self._step_correction(group, step)] * n,
-                              ipt_corrections=[self._ipt_correction(group, step)] * n, **self._hyper(group))
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None):
+        loss = self._closure_loss(closure)
+        for group in self.param_groups:
+            params, grads, (exp_avgs, exp_avg_sqs), ipt_avgs, steps = self._gathered(group, 2)
+            beta1, beta2 = group["betas"]
+            decay_lr = group.get("initial_lr", group["lr"]) if group["decay_lr"] == "base" else group["lr"]
+            sage_adamw(params, grads, exp_avgs, exp_avg_sqs, ipt_avgs, steps, beta1=beta1, beta2=beta2,
+                       decay_lr=decay_lr, correct_bias=bool(group["correct_bias"]), **self._common(group))
+        return loss
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -312,32 +227,23 @@ class AdamSAGE(_SageOptimizer):
     """
 
     buffer_names = ("exp_avg", "exp_avg_sq")
-    single_fn = staticmethod(sage_math.single_adam)
     default_formula = "paper"
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), beta3: float = 0.75,
                  eps: float = 1e-6, weight_decay: float = 0.0, *, sage: bool = True, formula: Optional[str] = None,
                  maximize: bool = False, foreach: Optional[bool] = None, fused: Optional[bool] = None):
-        defaults = dict(lr=lr, betas=tuple(betas), beta3=beta3, eps=eps, weight_decay=weight_decay, sage=sage,
-                        formula=formula, maximize=maximize)
-        super().__init__(params, defaults, foreach, fused)
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), beta3=beta3, eps=eps, weight_decay=weight_decay,
+                                      sage=sage, formula=formula, maximize=maximize, foreach=foreach, fused=fused))
 
-    def _corrects_ipt(self, group: dict) -> bool:
-        return True
-
-    def _scalars(self, group: dict, step: float) -> dict:
-        b1, b2 = group["betas"]
-        return dict(lr=group["lr"], bias_correction1=1.0 - b1 ** step,
-                    bias_correction2_sqrt=math.sqrt(1.0 - b2 ** step),
-                    ipt_correction=self._ipt_correction(group, step))
-
-    def _multi(self, group, params, grads, states, step) -> None:
-        n, sc = len(params), self._scalars(group, step)
-        sage_math.multi_adam(params, grads, self._buffers(states, "exp_avg"), self._buffers(states, "exp_avg_sq"),
-                             self._ipt_avgs(group, states), lr=group["lr"],
-                             bias_corrections1=[sc["bias_correction1"]] * n,
-                             bias_corrections2_sqrt=[sc["bias_correction2_sqrt"]] * n,
-                             ipt_corrections=[sc["ipt_correction"]] * n, **self._hyper(group))
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None):
+        loss = self._closure_loss(closure)
+        for group in self.param_groups:
+            params, grads, (exp_avgs, exp_avg_sqs), ipt_avgs, steps = self._gathered(group, 2)
+            beta1, beta2 = group["betas"]
+            sage_adam(params, grads, exp_avgs, exp_avg_sqs, ipt_avgs, steps, beta1=beta1, beta2=beta2,
+                      **self._common(group))
+        return loss
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -349,7 +255,6 @@ class SGDSAGE(_SageOptimizer):
     Algorithm 1 uses the uncorrected EMA Ī; default formula: the paper's (U+ε)/(Ī+ε).
     """
 
-    single_fn = staticmethod(sage_math.single_sgd)
     default_formula = "paper"
 
     def __init__(self, params, lr: float = 1e-2, momentum: float = 0.0, dampening: float = 0.0,
@@ -360,34 +265,27 @@ class SGDSAGE(_SageOptimizer):
             raise ValueError(f"invalid momentum: {momentum} (must be >= 0)")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0")
-        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=nesterov, beta3=beta3, eps=eps, sage=sage, formula=formula, maximize=maximize)
-        super().__init__(params, defaults, foreach, fused)
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov, beta3=beta3, eps=eps, sage=sage, formula=formula,
+                                      maximize=maximize, foreach=foreach, fused=fused))
 
-    def _state_for(self, p: Tensor, group: dict) -> dict:
-        state = super()._state_for(p, group)
-        if group["momentum"] != 0 and "momentum_buffer" not in state:
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None):
+        loss = self._closure_loss(closure)
+        for group in self.param_groups:
+            params, grads, _, ipt_avgs, steps = self._gathered(group, 0)
+            momentum_buffers = None
+            if group["momentum"] != 0:
+                momentum_buffers = [self._momentum_buffer(p) for p in params]
+            sage_sgd(params, grads, momentum_buffers, ipt_avgs, steps, momentum=group["momentum"],
+                     dampening=group["dampening"], nesterov=group["nesterov"], **self._common(group))
+        return loss
+
+    def _momentum_buffer(self, p: Tensor) -> Tensor:
+        state = self.state[p]
+        if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state
-
-    def _corrects_ipt(self, group: dict) -> bool:
-        return False
-
-    def _state_args(self, state: dict) -> tuple:
-        return state.get("momentum_buffer"), state.get("exp_avg_ipt")
-
-    def _scalars(self, group: dict, step: float) -> dict:
-        return dict(lr=group["lr"], first_step=step == 1.0, ipt_correction=self._ipt_correction(group, step))
-
-    def _hyper(self, group: dict) -> dict:
-        return dict(momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"],
-                    **self._common(group))
-
-    def _multi(self, group, params, grads, states, step) -> None:
-        bufs = self._buffers(states, "momentum_buffer") if group["momentum"] != 0 else None
-        sage_math.multi_sgd(params, grads, bufs, self._ipt_avgs(group, states), lr=group["lr"],
-                            first_step=step == 1.0,
-                            ipt_corrections=[self._ipt_correction(group, step)] * len(params), **self._hyper(group))
+        return state["momentum_buffer"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -449,7 +347,7 @@ def build_optimizer(name: str, params, **kwargs) -> _SageOptimizer:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Schedules (torch LambdaLR multipliers of the base lr)
+# Schedules: transformers' standard ones, plus the authors' warmup_linear
 # ----------------------------------------------------------------------------------------------------------
 def warmup_linear(x: float, warmup: float = 0.002) -> float:
     """The authors' schedule (pytorch-pretrained-bert 0.6): x/warmup while x < warmup, else 1 − x.
@@ -460,54 +358,47 @@ def warmup_linear(x: float, warmup: float = 0.002) -> float:
     return x / warmup if x < warmup else 1.0 - x
 
 
-def warmup_linear_decay(x: float, warmup: float = 0.1) -> float:
-    """Linear warmup to 1, then linear decay to 0 at x = 1 (continuous; the usual BERT schedule)."""
-    if x < warmup:
-        return x / warmup
-    return max(0.0, (1.0 - x) / max(1e-12, 1.0 - warmup))
+def _warmup_linear_multiplier(step: int, *, total_steps: int, warmup: float) -> float:
+    return warmup_linear(step / total_steps, warmup)
 
 
-def warmup_constant(x: float, warmup: float = 0.1) -> float:
-    return x / warmup if x < warmup else 1.0
+def get_warmup_linear_schedule(optimizer: Optimizer, num_warmup_steps: float, num_training_steps: int,
+                               last_epoch: int = -1) -> LambdaLR:
+    """:func:`warmup_linear` as a LambdaLR, with transformers' ``get_*_schedule_with_warmup`` signature."""
+    multiplier = functools.partial(_warmup_linear_multiplier, total_steps=num_training_steps,
+                                   warmup=num_warmup_steps / num_training_steps)
+    return LambdaLR(optimizer, multiplier, last_epoch)
 
 
-def warmup_cosine(x: float, warmup: float = 0.1) -> float:
-    if x < warmup:
-        return x / warmup
-    progress = min(1.0, (x - warmup) / max(1e-12, 1.0 - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+def _constant_schedule(optimizer, num_warmup_steps, num_training_steps, last_epoch=-1) -> LambdaLR:
+    return get_constant_schedule_with_warmup(optimizer, num_warmup_steps, last_epoch)
 
 
-SCHEDULES: dict[str, Callable[[float, float], float]] = {
-    "warmup_linear": warmup_linear,
-    "linear": warmup_linear_decay,
-    "constant": warmup_constant,
-    "cosine": warmup_cosine,
+#: --warmup_schedule name -> (optimizer, num_warmup_steps, num_training_steps, last_epoch) -> LambdaLR
+SCHEDULES: dict[str, Callable[..., LambdaLR]] = {
+    "warmup_linear": get_warmup_linear_schedule,
+    "linear": get_linear_schedule_with_warmup,
+    "constant": _constant_schedule,
+    "cosine": get_cosine_schedule_with_warmup,
 }
 
 
-class ScheduleMultiplier:
-    """Picklable LambdaLR multiplier: ``SCHEDULES[name]((step + offset) / total_steps, warmup)``."""
-
-    def __init__(self, name: str, total_steps: int, warmup: float, offset: int = 0):
-        if name not in SCHEDULES:
-            raise ValueError(f"unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")
-        if total_steps <= 0:
-            raise ValueError(f"total_steps must be positive, got {total_steps}")
-        if not 0.0 <= warmup < 1.0:
-            raise ValueError(f"invalid warmup ratio {warmup} (must be in [0, 1))")
-        self.name, self.total_steps, self.warmup, self.offset = name, total_steps, warmup, offset
-
-    def __call__(self, step: int) -> float:
-        # x >= 0, so warmup = 0 never takes the (dividing) warmup branch.
-        return SCHEDULES[self.name]((step + self.offset) / self.total_steps, self.warmup)
-
-
 def build_schedule(optimizer: Optimizer, name: str, total_steps: int, warmup: float = 0.1) -> LambdaLR:
-    """A ``torch.optim.lr_scheduler.LambdaLR`` for ``name``; call ``scheduler.step()`` after each optimizer step.
+    """The LambdaLR for ``name`` with ``warmup`` as a fraction of ``total_steps``; call ``scheduler.step()``
+    after each optimizer step.
 
     The authors' optimizers evaluated their schedule at different points of their step counter (Adamax before
-    incrementing it, so its very first step has lr 0; AdamW after); ``optimizer.schedule_step_offset`` keeps that.
+    incrementing it, so its very first step has lr 0; AdamW after); ``optimizer.schedule_step_offset`` keeps
+    that by starting the scheduler's count at the offset.
     """
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"invalid warmup ratio {warmup} (must be in [0, 1))")
     offset = getattr(optimizer, "schedule_step_offset", 0)
-    return LambdaLR(optimizer, ScheduleMultiplier(name, total_steps, warmup, offset))
+    if offset:
+        for group in optimizer.param_groups:  # what LRScheduler does itself when it starts from -1
+            group.setdefault("initial_lr", group["lr"])
+    return SCHEDULES[name](optimizer, warmup * total_steps, total_steps, last_epoch=offset - 1)

@@ -1,8 +1,9 @@
 """The SAGE update math, as plain functions over tensors (no optimizer bookkeeping).
 
-Two implementations of the same formulas live here:
+Two implementations of the same formulas live here, with the same keyword arguments:
 - ``single_*``: one parameter at a time, the readable reference (and, under ``torch.compile``, the CPU fused path);
-- ``multi_*``: the same op sequence with ``torch._foreach_*`` over lists of same-device/dtype tensors.
+- ``multi_*``: the same op sequence with ``torch._foreach_*`` over lists of same-device/dtype tensors that are
+  all at the same step (so every scalar is one number for the whole list).
 
 Scalars that change every step (``lr``, bias corrections) may be Python floats or 0-d tensors, so that the
 single-tensor functions compile once and never re-specialise on the learning rate. Everything else is a float,
@@ -49,10 +50,10 @@ def single_sage_factor(ipt: Tensor, ipt_avg: Tensor, correction: Scalar, formula
     raise ValueError(f"unknown SAGE formula {formula!r}; expected one of {FORMULAS}")
 
 
-def multi_sage_factor(ipt: list[Tensor], ipt_avg: list[Tensor], corrections: list[float], formula: str,
+def multi_sage_factor(ipt: list[Tensor], ipt_avg: list[Tensor], correction: float, formula: str,
                       eps: float) -> list[Tensor]:
     """List version of :func:`single_sage_factor`; consumes the ``ipt`` buffers."""
-    ihat = torch._foreach_mul(ipt_avg, corrections)
+    ihat = torch._foreach_mul(ipt_avg, correction)
     torch._foreach_sub_(ipt, ihat)
     u = ipt
     torch._foreach_abs_(u)
@@ -116,7 +117,7 @@ def single_adamax(p: Tensor, g: Tensor, exp_avg: Tensor, exp_inf: Tensor, ipt_av
 
 
 def multi_adamax(p: list[Tensor], g: list[Tensor], exp_avg: list[Tensor], exp_inf: list[Tensor],
-                 ipt_avg: list[Tensor] | None, *, lr: float, ipt_corrections: list[float], beta1: float,
+                 ipt_avg: list[Tensor] | None, *, lr: float, ipt_correction: float, beta1: float,
                  beta2: float, beta3: float, eps: float, weight_decay: float, formula: str, sage: bool) -> None:
     torch._foreach_mul_(exp_avg, beta1)
     torch._foreach_add_(exp_avg, g, alpha=1 - beta1)
@@ -132,7 +133,7 @@ def multi_adamax(p: list[Tensor], g: list[Tensor], exp_avg: list[Tensor], exp_in
         torch._foreach_add_(update, p, alpha=weight_decay)
     if sage:
         ipt = multi_sensitivity_ema(p, g, ipt_avg, beta3)
-        torch._foreach_mul_(update, multi_sage_factor(ipt, ipt_avg, ipt_corrections, formula, eps))
+        torch._foreach_mul_(update, multi_sage_factor(ipt, ipt_avg, ipt_correction, formula, eps))
     torch._foreach_mul_(update, lr)
     torch._foreach_sub_(p, update)
 
@@ -156,8 +157,8 @@ def single_adamw(p: Tensor, g: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, ipt_
 
 
 def multi_adamw(p: list[Tensor], g: list[Tensor], exp_avg: list[Tensor], exp_avg_sq: list[Tensor],
-                ipt_avg: list[Tensor] | None, *, lr: float, decay_lr: float, step_corrections: list[float],
-                ipt_corrections: list[float], beta1: float, beta2: float, beta3: float, eps: float,
+                ipt_avg: list[Tensor] | None, *, lr: float, decay_lr: float, step_correction: float,
+                ipt_correction: float, beta1: float, beta2: float, beta3: float, eps: float,
                 weight_decay: float, formula: str, sage: bool) -> None:
     torch._foreach_mul_(exp_avg, beta1)
     torch._foreach_add_(exp_avg, g, alpha=1 - beta1)
@@ -169,8 +170,8 @@ def multi_adamw(p: list[Tensor], g: list[Tensor], exp_avg: list[Tensor], exp_avg
     del denom
     if sage:
         ipt = multi_sensitivity_ema(p, g, ipt_avg, beta3)
-        torch._foreach_mul_(update, multi_sage_factor(ipt, ipt_avg, ipt_corrections, formula, eps))
-    torch._foreach_mul_(update, [lr * c for c in step_corrections])
+        torch._foreach_mul_(update, multi_sage_factor(ipt, ipt_avg, ipt_correction, formula, eps))
+    torch._foreach_mul_(update, lr * step_correction)
     torch._foreach_sub_(p, update)
     if weight_decay != 0:
         decay = torch._foreach_mul(p, decay_lr * weight_decay)
@@ -196,8 +197,8 @@ def single_adam(p: Tensor, g: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, ipt_a
 
 
 def multi_adam(p: list[Tensor], g: list[Tensor], exp_avg: list[Tensor], exp_avg_sq: list[Tensor],
-               ipt_avg: list[Tensor] | None, *, lr: float, bias_corrections1: list[float],
-               bias_corrections2_sqrt: list[float], ipt_corrections: list[float], beta1: float, beta2: float,
+               ipt_avg: list[Tensor] | None, *, lr: float, bias_correction1: float,
+               bias_correction2_sqrt: float, ipt_correction: float, beta1: float, beta2: float,
                beta3: float, eps: float, weight_decay: float, formula: str, sage: bool) -> None:
     d = torch._foreach_add(g, p, alpha=weight_decay) if weight_decay != 0 else g
     torch._foreach_mul_(exp_avg, beta1)
@@ -205,15 +206,15 @@ def multi_adam(p: list[Tensor], g: list[Tensor], exp_avg: list[Tensor], exp_avg_
     torch._foreach_mul_(exp_avg_sq, beta2)
     torch._foreach_addcmul_(exp_avg_sq, d, d, value=1 - beta2)
     del d
-    update = torch._foreach_div(exp_avg, bias_corrections1)
+    update = torch._foreach_div(exp_avg, bias_correction1)
     denom = torch._foreach_sqrt(exp_avg_sq)
-    torch._foreach_div_(denom, bias_corrections2_sqrt)
+    torch._foreach_div_(denom, bias_correction2_sqrt)
     torch._foreach_add_(denom, eps)
     torch._foreach_div_(update, denom)
     del denom
     if sage:
         ipt = multi_sensitivity_ema(p, g, ipt_avg, beta3)
-        torch._foreach_mul_(update, multi_sage_factor(ipt, ipt_avg, ipt_corrections, formula, eps))
+        torch._foreach_mul_(update, multi_sage_factor(ipt, ipt_avg, ipt_correction, formula, eps))
     torch._foreach_mul_(update, lr)
     torch._foreach_sub_(p, update)
 
@@ -239,7 +240,7 @@ def single_sgd(p: Tensor, g: Tensor, momentum_buffer: Tensor | None, ipt_avg: Te
 
 
 def multi_sgd(p: list[Tensor], g: list[Tensor], momentum_buffers: list[Tensor] | None,
-              ipt_avg: list[Tensor] | None, *, lr: float, first_step: bool, ipt_corrections: list[float],
+              ipt_avg: list[Tensor] | None, *, lr: float, first_step: bool, ipt_correction: float,
               momentum: float, dampening: float, nesterov: bool, beta3: float, eps: float, weight_decay: float,
               formula: str, sage: bool) -> None:
     d = torch._foreach_add(g, p, alpha=weight_decay) if weight_decay != 0 else torch._foreach_mul(g, 1.0)
@@ -255,6 +256,6 @@ def multi_sgd(p: list[Tensor], g: list[Tensor], momentum_buffers: list[Tensor] |
             d = torch._foreach_mul(momentum_buffers, 1.0)
     if sage:
         ipt = multi_sensitivity_ema(p, g, ipt_avg, beta3)
-        torch._foreach_mul_(d, multi_sage_factor(ipt, ipt_avg, ipt_corrections, formula, eps))
+        torch._foreach_mul_(d, multi_sage_factor(ipt, ipt_avg, ipt_correction, formula, eps))
     torch._foreach_mul_(d, lr)
     torch._foreach_sub_(p, d)

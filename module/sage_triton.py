@@ -1,4 +1,4 @@
-"""Multi-tensor Triton kernel for the SAGE optimizers: one launch per (param group, dtypes, step) bucket.
+"""Multi-tensor Triton kernel for the SAGE optimizers: one launch per (device, dtype, step) bucket.
 
 Why a pointer table: BERT-base has ~200 parameter tensors, and one launch per tensor costs more than the
 update itself. Each launch instead gets a device table with one row per tensor (the addresses of θ, g, the two
@@ -22,9 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from module import sage_math
-
-__all__ = ["group_step", "fused_step", "ALGORITHMS", "BLOCK_SIZE", "NUM_WARPS", "clear_table_cache", "launch_config"]
+__all__ = ["fused_step", "ALGORITHMS", "BLOCK_SIZE", "NUM_WARPS", "clear_table_cache", "launch_config"]
 
 #: Elements and warps per program: 8 fp32 elements per thread, so full blocks compile to 128-bit accesses (checked
 #: in the sm_90 PTX). Not yet timed on a GPU: ``bench/optim_step.py --device cuda --tune`` sweeps them.
@@ -37,7 +35,7 @@ _MAX_CACHED_TABLES = 16
 #: Float arguments of the kernel, in order (unused ones are 0 for a given algorithm).
 _SCALAR_NAMES = ("lr", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "beta3", "one_minus_beta3", "eps",
                  "eps_sq", "weight_decay", "step_size", "decay", "bias_correction1", "bias_correction2_sqrt",
-                 "ipt_correction", "momentum", "one_minus_dampening")
+                 "ipt_correction", "momentum", "one_minus_dampening", "grad_factor")
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
                   torch.bfloat16: tl.bfloat16}
@@ -106,7 +104,7 @@ def _typed(row, col: tl.constexpr, offs, DTYPE: tl.constexpr, ALIGNED: tl.conste
 def _update_block(row, offs, mask,
                   lr, beta1, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3, eps, eps_sq,
                   weight_decay, step_size, decay, bias_correction1, bias_correction2_sqrt, ipt_correction,
-                  momentum, one_minus_dampening,
+                  momentum, one_minus_dampening, grad_factor,
                   ALGO: tl.constexpr, SAGE: tl.constexpr, FORMULA: tl.constexpr, HAS_DECAY: tl.constexpr,
                   HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr,
                   P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr):
@@ -123,10 +121,11 @@ def _update_block(row, offs, mask,
     bias_correction1 = _scalar(bias_correction1, COMPUTE)
     bias_correction2_sqrt = _scalar(bias_correction2_sqrt, COMPUTE)
     one_minus_dampening = _scalar(one_minus_dampening, COMPUTE)
+    grad_factor = _scalar(grad_factor, COMPUTE)
     p_ptr = _typed(row, 0, offs, P_DTYPE, ALIGNED)
     g_ptr = _typed(row, 1, offs, G_DTYPE, ALIGNED)
     p = tl.load(p_ptr, mask=mask).to(COMPUTE)
-    g = tl.load(g_ptr, mask=mask).to(COMPUTE)
+    g = tl.load(g_ptr, mask=mask).to(COMPUTE) * grad_factor  # AMP unscale and maximize's sign, in registers
     if ALGO == "sgd":
         if HAS_DECAY:
             d = g + weight_decay * p
@@ -190,7 +189,7 @@ def _sage_kernel(rows, blocks,
                  one_minus_beta2: tl.int64, beta3: tl.int64, one_minus_beta3: tl.int64, eps: tl.int64,
                  eps_sq: tl.int64, weight_decay: tl.int64, step_size: tl.int64, decay: tl.int64,
                  bias_correction1: tl.int64, bias_correction2_sqrt: tl.int64, ipt_correction: tl.int64,
-                 momentum: tl.int64, one_minus_dampening: tl.int64,
+                 momentum: tl.int64, one_minus_dampening: tl.int64, grad_factor: tl.int64,
                  ALGO: tl.constexpr, SAGE: tl.constexpr, FORMULA: tl.constexpr, HAS_DECAY: tl.constexpr,
                  HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr,
                  P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr,
@@ -207,22 +206,24 @@ def _sage_kernel(rows, blocks,
     if start + BLOCK <= numel:
         _update_block(row, offs, None, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3,
                       eps, eps_sq, weight_decay, step_size, decay, bias_correction1, bias_correction2_sqrt,
-                      ipt_correction, momentum, one_minus_dampening, ALGO, SAGE, FORMULA, HAS_DECAY,
+                      ipt_correction, momentum, one_minus_dampening, grad_factor, ALGO, SAGE, FORMULA, HAS_DECAY,
                       HAS_MOMENTUM, NESTEROV, FIRST_STEP, P_DTYPE, G_DTYPE, COMPUTE, ALIGNED)
     else:
         _update_block(row, offs, offs < numel, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, beta3,
                       one_minus_beta3, eps, eps_sq, weight_decay, step_size, decay, bias_correction1,
-                      bias_correction2_sqrt, ipt_correction, momentum, one_minus_dampening, ALGO, SAGE, FORMULA,
+                      bias_correction2_sqrt, ipt_correction, momentum, one_minus_dampening, grad_factor, ALGO,
+                      SAGE, FORMULA,
                       HAS_DECAY, HAS_MOMENTUM, NESTEROV, FIRST_STEP, P_DTYPE, G_DTYPE, COMPUTE, ALIGNED)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Kernel arguments per algorithm (registry keyed by name; scalars follow the optimizer's _scalars/_hyper)
+# Kernel arguments per algorithm (registry keyed by name; scalars/hyper as sage_math.single_* takes them)
 # ----------------------------------------------------------------------------------------------------------
 
 def _common_args(scalars: dict, hyper: dict) -> dict:
     b3, eps = float(hyper["beta3"]), float(hyper["eps"])
     return dict(lr=float(scalars["lr"]), beta3=b3, one_minus_beta3=1 - b3, eps=eps, eps_sq=eps * eps,
+                grad_factor=float(scalars.get("grad_factor", 1.0)),
                 weight_decay=float(hyper["weight_decay"]), ipt_correction=float(scalars["ipt_correction"]))
 
 
@@ -257,14 +258,6 @@ def _sgd_args(scalars: dict, hyper: dict) -> dict:
 ALGORITHMS: dict[str, Callable[[dict, dict], dict]] = {
     "adamax": _adamax_args, "adamw": _adamw_args, "adam": _adam_args, "sgd": _sgd_args,
 }
-#: the single-tensor reference of each algorithm (how group_step recognises an optimizer).
-_SINGLE_FNS: dict[Callable, str] = {
-    sage_math.single_adamax: "adamax", sage_math.single_adamw: "adamw", sage_math.single_adam: "adam",
-    sage_math.single_sgd: "sgd",
-}
-#: how many state buffers (besides Ī) each algorithm keeps, in _state_args order.
-_N_STATES = {"adamax": 2, "adamw": 2, "adam": 2, "sgd": 1}
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Device tables (cached on the tensors' addresses and sizes)
@@ -371,14 +364,15 @@ def _check_bucket(columns: list[Optional[list[Tensor]]]) -> None:
 # Entry points
 # ----------------------------------------------------------------------------------------------------------
 def fused_step(algorithm: str, params: list[Tensor], grads: list[Tensor], states: list[list[Tensor]],
-               ipt_avgs: Optional[list[Tensor]], scalars: dict, hyper: dict) -> None:
+               ipt_avgs: Optional[list[Tensor]], scalars: dict, hyper: dict, grad_factor: float = 1.0) -> None:
     """Update every tensor of one bucket in place with a single launch (any device Triton runs on).
 
     ``states`` holds one list per state buffer of the algorithm (adamax: exp_avg, exp_inf; adamw/adam:
     exp_avg, exp_avg_sq; sgd: momentum_buffer, or no list without momentum); ``ipt_avgs`` the Ī tensors when
-    ``hyper["sage"]``. ``scalars`` and ``hyper`` are the optimizer's ``_scalars(group, step)`` and
-    ``_hyper(group)``: one step count for the whole bucket. Tensors must be contiguous and on one device;
-    parameters and states share one dtype, gradients one dtype.
+    ``hyper["sage"]``. ``scalars`` (step-dependent) and ``hyper`` are the keyword arguments of the algorithm's
+    ``sage_math.single_*`` function, for one step count shared by the whole bucket. Tensors must be contiguous
+    and on one device; parameters and states share one dtype, gradients one dtype. The kernel multiplies each
+    gradient by ``grad_factor`` as it loads it (AMP's 1/scale, −1 for maximize): no unscale pass.
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
@@ -390,64 +384,7 @@ def fused_step(algorithm: str, params: list[Tensor], grads: list[Tensor], states
         raise ValueError(f"at most 2 state buffers per tensor besides Ī, got {len(states)}")
     columns = [params, grads, *states, *([None] * (2 - len(states))), ipt_avgs if hyper["sage"] else None]
     _check_bucket(columns)
-    _launch(algorithm, columns, scalars, hyper)
-
-
-def _columns(opt, group: dict, algorithm: str, params, grads, states) -> list[Optional[list[Tensor]]]:
-    args = list(map(opt._state_args, states))
-    columns: list[Optional[list[Tensor]]] = [params, grads, None, None, None]
-    for k in range(_N_STATES[algorithm]):
-        col = [a[k] for a in args]
-        columns[2 + k] = None if col[0] is None else col
-    if group["sage"]:
-        columns[4] = [a[-1] for a in args]
-    return columns
-
-
-def _one_bucket(columns: list[Optional[list[Tensor]]], steps: list[float]) -> bool:
-    """The usual case, checked with a few C-level passes: one step count, device and dtype pair, all contiguous."""
-    tensors = [t for col in columns if col is not None for t in col]
-    if len(set(steps)) != 1 or not all(map(Tensor.is_contiguous, tensors)):
-        return False
-    if len(set(map(Tensor.get_device, tensors))) != 1:
-        return False
-    p_dtypes = {t.dtype for col in (columns[0], *columns[2:]) if col is not None for t in col}
-    g_dtypes = {g.dtype for g in columns[1]}
-    return len(p_dtypes) == 1 and len(g_dtypes) == 1 and p_dtypes | g_dtypes <= _TRITON_DTYPES.keys()
-
-
-def _fusable(row: list[Optional[Tensor]]) -> bool:
-    p, g = row[0], row[1]
-    return p.dtype in _TRITON_DTYPES and g.dtype in _TRITON_DTYPES and g.device == p.device \
-        and all(t.is_contiguous() and t.device == p.device for t in row if t is not None) \
-        and all(t.dtype == p.dtype for t in row[2:] if t is not None)
-
-
-def group_step(opt, group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict],
-               steps: list[float]) -> None:
-    """The fused step of one param group: one launch per (device, dtypes, step) bucket, usually exactly one.
-
-    Tensors the kernel cannot take (non-contiguous, unsupported dtype) run ``opt.single_fn`` eagerly.
-    """
-    algorithm = _SINGLE_FNS.get(opt.single_fn)
-    if algorithm is None:
-        raise ValueError(f"{type(opt).__name__}: no Triton kernel for {opt.single_fn!r}")
-    if not params:
-        return
-    hyper = opt._hyper(group)
-    columns = _columns(opt, group, algorithm, params, grads, states)
-    if _one_bucket(columns, steps):
-        _launch(algorithm, columns, opt._scalars(group, steps[0]), hyper)
-        return
-    buckets: dict[tuple, list[int]] = {}
-    for i, (p, g) in enumerate(zip(params, grads)):
-        if _fusable([None if col is None else col[i] for col in columns]):
-            buckets.setdefault((p.device, p.dtype, g.dtype, steps[i]), []).append(i)
-        else:
-            opt.single_fn(p, g, *opt._state_args(states[i]), **opt._scalars(group, steps[i]), **hyper)
-    for (_, _, _, step), idx in buckets.items():
-        picked = [None if col is None else [col[i] for i in idx] for col in columns]
-        _launch(algorithm, picked, opt._scalars(group, step), hyper)
+    _launch(algorithm, columns, dict(scalars, grad_factor=grad_factor), hyper)
 
 
 def launch_config() -> dict:

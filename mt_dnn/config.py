@@ -21,8 +21,7 @@ from typing import Any, Optional, Sequence
 
 import pretrained_models
 from module.bert_optim import FORMULAS, OPTIMIZERS, SCHEDULES
-
-IMPLEMENTATIONS = ("auto", "forloop", "foreach", "fused")
+from module.sage_functional import IMPLEMENTATIONS
 
 
 def cli_field(default: Any = dataclasses.MISSING, help: str = "", *, aliases: Sequence[str] = (),

@@ -29,7 +29,7 @@ from data_utils.shard_checks import EncoderLimits, encoder_limits
 from data_utils.shards import find_shard
 from data_utils.task_def import dataset_splits, dataset_task, load_task_defs, select_tasks
 from module.bert_optim import build_optimizer, build_schedule, sage_param_groups
-from module.sage_fused import triton_available
+from module.sage_functional import implementation_kwargs
 from mt_dnn import checkpoint as ckpt
 from mt_dnn import distributed as dist_utils
 from mt_dnn.batcher import TaskData, collate, epoch_plan, load_split, shard_for_rank, to_device
@@ -89,14 +89,8 @@ def create_output_dir(path: Path) -> Optional[Path]:
 
 
 def optimizer_impl_kwargs(impl: str, device: torch.device) -> dict:
-    """auto: Triton-fused on CUDA (Ampere and newer, where Triton is supported), compiled-fused on CPU
-    (inductor), foreach otherwise (V100/T4, or no Triton)."""
-    if impl == "auto":
-        if device.type == "cpu":
-            impl = "fused"
-        else:
-            impl = "fused" if triton_available() and torch.cuda.get_device_capability(device) >= (8, 0) else "foreach"
-    return {"forloop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[impl]
+    """The optimizer's ``foreach``/``fused`` flags for ``--optim_impl`` (decided in module.sage_functional)."""
+    return implementation_kwargs(impl, device)
 
 
 def setup_logging(output_dir: Path, is_main: bool = True, log_file: Optional[str] = None) -> None:

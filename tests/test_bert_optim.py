@@ -390,3 +390,170 @@ def test_radam_is_torch_radam():
     assert not torch.equal(net_a[0].weight, start[0].weight)  # it trained
     with pytest.raises(ValueError, match="radam has no SAGE variant"):
         OPTIMIZERS["radam"][0](net_a.parameters(), sage=True)
+
+
+def test_schedules_follow_transformers_with_the_step_offset():
+    """Standard schedules come from transformers; AdamW's offset 1 shifts them by one step (hand-computed)."""
+    import math
+    lrs = {}
+    for name in ("cosine", "constant", "linear"):
+        opt = AdamWSAGE([nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = build_schedule(opt, name, total_steps=10, warmup=0.2)  # 2 warmup steps; count starts at 1
+        lrs[name] = []
+        for _ in range(4):
+            lrs[name].append(opt.param_groups[0]["lr"])
+            sched.step()
+    assert lrs["cosine"] == pytest.approx([0.5, 1.0, 0.5 * (1 + math.cos(math.pi / 8)),
+                                           0.5 * (1 + math.cos(math.pi * 2 / 8))])
+    assert lrs["constant"] == pytest.approx([0.5, 1.0, 1.0, 1.0])
+    assert lrs["linear"] == pytest.approx([0.5, 1.0, 7 / 8, 6 / 8])
+
+
+def test_functional_entry_is_what_the_class_runs():
+    """sage_adamw on plain tensor lists (torch's functional shape) equals AdamWSAGE.step."""
+    from module.sage_functional import sage_adamw
+    torch.manual_seed(0)
+    p_cls = [nn.Parameter(torch.randn(5, 3, dtype=torch.float64)), nn.Parameter(torch.randn(4, dtype=torch.float64))]
+    p_fn = [p.detach().clone() for p in p_cls]
+    state = [[torch.zeros_like(p) for p in p_fn] for _ in range(3)]
+    steps = [torch.tensor(0.0) for _ in p_fn]
+    opt = AdamWSAGE(p_cls, lr=1e-2, weight_decay=0.1, foreach=False)
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in p_fn]
+        for p, g in zip(p_cls, grads):
+            p.grad = g.clone()
+        opt.step()
+        sage_adamw(p_fn, grads, *state, steps, foreach=True, lr=1e-2, decay_lr=1e-2, beta1=0.9, beta2=0.999,
+                   beta3=0.75, eps=1e-6, weight_decay=0.1, formula="reference", correct_bias=True)
+    for a, b in zip(p_cls, p_fn):
+        torch.testing.assert_close(a.detach(), b, atol=1e-12, rtol=0)
+    assert [float(s) for s in steps] == [3.0, 3.0]
+
+
+def test_implementation_choice_in_one_place():
+    from module.sage_functional import implementation_kwargs
+    cpu = torch.device("cpu")
+    assert implementation_kwargs("auto", cpu) == dict(foreach=None, fused=True)
+    assert implementation_kwargs("forloop", cpu) == dict(foreach=False, fused=None)
+    assert implementation_kwargs("foreach", cpu) == dict(foreach=True, fused=None)
+    with pytest.raises(ValueError, match="unknown optimizer implementation 'fast'"):
+        implementation_kwargs("fast", cpu)
+    opt = AdamaxSAGE([nn.Parameter(torch.zeros(2))], fused=True)
+    assert opt._step_supports_amp_scaling and not AdamaxSAGE([nn.Parameter(torch.zeros(2))])._step_supports_amp_scaling
+
+
+# ----------------------------------------------------------------------------------------------------------
+# AMP: torch's fused-optimizer protocol (GradScaler sets grad_scale / found_inf on the optimizer)
+# ----------------------------------------------------------------------------------------------------------
+AMP_CASES = [("usadamw", "forloop"), ("usadamw", "foreach"), ("usadamw", "fused"), ("usadamax", "fused"),
+             ("ussgd", "foreach"), ("usadam", "forloop")]
+
+
+def _impl_kwargs(impl):
+    return dict(foreach=impl == "foreach", fused=(impl == "fused") or None)
+
+
+def _state_snapshot(opt):
+    return {id(p): {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
+
+
+@pytest.mark.parametrize("name,impl", AMP_CASES)
+def test_amp_grad_scale_equals_unscale_then_step(name, impl):
+    """Scaled gradients + grad_scale give the unscaled run: parameters and every state tensor (Ī included,
+    so the sensitivity saw the unscaled gradient)."""
+    scale = 2.0 ** 14
+    runs = []
+    for protocol in (True, False):
+        model = TinyBert()
+        opt = build_optimizer(name, sage_param_groups(named_params(model)), lr=LR, **_impl_kwargs(impl),
+                              **EXTRA.get(ALGO[name], {}))
+        for step in range(3):
+            opt.zero_grad()
+            model.loss(step).backward()
+            if protocol:
+                for p in model.parameters():
+                    if p.grad is not None:
+                        p.grad.mul_(scale)
+                opt.grad_scale, opt.found_inf = torch.tensor(scale), torch.tensor(0.0)
+            opt.step()
+        runs.append((model, opt))
+    (a, opt_a), (b, opt_b) = runs
+    assert_same(params_of(a), params_of(b), atol=1e-12)
+    for sa, sb in zip(opt_a.state.values(), opt_b.state.values()):
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            torch.testing.assert_close(sa[key], sb[key], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("impl", ["forloop", "foreach", "fused"])
+def test_amp_skipped_step_leaves_all_state_untouched(impl):
+    model = TinyBert()
+    opt = build_optimizer("usadamw", sage_param_groups(named_params(model)), lr=LR, **_impl_kwargs(impl))
+    for step in range(2):
+        opt.zero_grad()
+        model.loss(step).backward()
+        opt.step()
+    before, state_before = params_of(model), _state_snapshot(opt)
+    opt.zero_grad()
+    model.loss(2).backward()
+    opt.grad_scale, opt.found_inf = torch.tensor(8.0), torch.tensor(1.0)
+    opt.step()
+    assert_same(params_of(model), before, atol=0.0)
+    after = _state_snapshot(opt)
+    assert after.keys() == state_before.keys()
+    for pid, s in state_before.items():
+        for key, value in s.items():
+            assert torch.equal(after[pid][key], value), key  # steps included
+
+
+def test_grad_scaler_drives_the_fused_step_without_unscaling():
+    """Real GradScaler with fp16 autocast: the fused optimizer gets grad_scale/found_inf (no unscale pass) and
+    matches the for-loop optimizer that GradScaler unscales first; an inf gradient skips both alike."""
+    results = []
+    for impl in ("fused", "forloop"):
+        torch.manual_seed(0)
+        model = AutoModel.from_config(tiny_bert_config())
+        opt = build_optimizer("usadamax", sage_param_groups(model), lr=1e-3, **_impl_kwargs(impl))
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+        ids = torch.randint(1, 128, (4, 12), generator=torch.Generator().manual_seed(1))
+        seen = []
+        opt.step = _recording(opt.step, opt, seen)
+        for i in range(4):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = model(input_ids=ids).last_hidden_state.float().pow(2).mean()
+            scaler.scale(loss).backward()
+            if i == 2:
+                model.encoder.layer[0].output.dense.weight.grad[0, 0] = float("inf")
+            scaler.step(opt)
+            scaler.update()
+        results.append((model, opt, scaler, seen))
+    (fused, opt_f, scaler_f, seen_f), (loop, opt_l, scaler_l, seen_l) = results
+    assert seen_f == [True, True, True, True] and seen_l == [False, False, False]  # the inf step never called it
+    assert scaler_f.get_scale() == scaler_l.get_scale() == 2.0 ** 9
+    for (n, p), q in zip(fused.named_parameters(), loop.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=lambda m: f"{n}: {m}")
+    assert all(float(s["step"]) == 3 for s in opt_f.state.values())
+
+
+def _recording(step, opt, seen):
+    def wrapped(*args, **kwargs):
+        seen.append(hasattr(opt, "grad_scale"))
+        return step(*args, **kwargs)
+    return wrapped
+
+
+@pytest.mark.parametrize("small_numel", [0, 2000])
+def test_fused_per_tensor_and_flat_paths_equal_forloop(small_numel, monkeypatch):
+    """CPU fused: large tensors get a compiled call each, small ones share one flat call; both paths (and
+    the mix of them, with the zero-size parameter) match the for-loop."""
+    from module import sage_fused
+    monkeypatch.setattr(sage_fused, "SMALL_NUMEL", small_numel)
+    a, opt_a = run_ours("usadamw", None, "forloop")
+    b, opt_b = run_ours("usadamw", None, "fused")
+    sizes = [p.numel() for p in opt_b.state]
+    assert any(n >= small_numel for n in sizes) and (small_numel == 0 or any(0 < n < small_numel for n in sizes))
+    assert_same(params_of(a), params_of(b), atol=1e-12)
+    for sa, sb in zip(opt_a.state.values(), opt_b.state.values()):
+        for key in sa:
+            torch.testing.assert_close(sa[key], sb[key], atol=1e-12, rtol=0)

@@ -631,12 +631,16 @@ def test_mtdnn_aliases_set_our_fields():
     assert (cfg.update_bert_opt, cfg.bert_dropout_p, cfg.dropout_p) == (1, 0.2, 0.3)
     assert parse_args(["--train_datasets", "rte", "--no_tensorboard"]).tensorboard is False
     # MT-DNN's schedule names for the same formulas as ours
-    from module.bert_optim import SCHEDULES
+    from module.bert_optim import build_schedule
     for theirs, ours in config_mod.SCHEDULE_ALIASES.items():
         assert parse_args(["--train_datasets", "rte", "--warmup_schedule", theirs]).warmup_schedule == ours
     x = [i / 20 for i in range(21)]
-    assert [SCHEDULES["constant"](v, 0.1) for v in x] == [v / 0.1 if v < 0.1 else 1.0 for v in x]
-    assert [SCHEDULES["linear"](v, 0.1) for v in x] == pytest.approx(
+
+    def multipliers(name):  # the lr multiplier at progress x = step / 20 with 10% warmup
+        sched = build_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), name, 20, 0.1)
+        return [sched.lr_lambdas[0](step) for step in range(21)]
+    assert multipliers("constant") == pytest.approx([v / 0.1 if v < 0.1 else 1.0 for v in x])
+    assert multipliers("linear") == pytest.approx(
         [v / 0.1 if v < 0.1 else (1 - v) / (1 - 0.1) for v in x])  # MT-DNN's warmup_linear_xdl
 
 

@@ -7,10 +7,13 @@ path other tests may use) is left alone.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import warnings
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -23,7 +26,7 @@ if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 6):
     pytest.skip(f"triton {triton.__version__} < 3.6: its interpreter leaks patches into compiled kernels",
                 allow_module_level=True)
 
-from module import bert_optim, sage_math  # noqa: E402
+from module import bert_optim, sage_functional, sage_fused, sage_math  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HYPER = dict(beta1=0.9, beta2=0.999, beta3=0.75, eps=1e-6, weight_decay=0.0, formula="paper", sage=True)
@@ -57,10 +60,12 @@ def _params(dtype, seed=0):
     return [torch.randn(s, generator=gen, dtype=dtype) for s in SIZES]
 
 
-def _fused(opt):
-    """Route ``opt``'s fused step to the interpreted kernel (sage_fused would pick torch.compile on CPU)."""
-    opt._fused = lambda group, params, grads, states, steps: st.group_step(opt, group, params, grads, states, steps)
-    return opt
+@contextlib.contextmanager
+def _interpreted_fused():
+    """Route fused steps of CPU tensors to the interpreted kernel (sage_fused would pick torch.compile on CPU)."""
+    with mock.patch.object(sage_fused, "_triton_module", lambda: st), \
+            mock.patch.object(sage_fused, "TRITON_DEVICE_TYPES", ("cuda", "cpu")):
+        yield
 
 
 def _run_pair(cls, kwargs, dtype=torch.float64, steps=4, grad_fn=None):
@@ -71,7 +76,7 @@ def _run_pair(cls, kwargs, dtype=torch.float64, steps=4, grad_fn=None):
         return [{"params": ps[:3], "sage": True, "weight_decay": 0.01},
                 {"params": ps[3:], "sage": False, "weight_decay": 0.0}]
     ref = cls(groups(ref_params), foreach=False, **kwargs)
-    fused = _fused(cls(groups(fused_params), fused=True, **kwargs))
+    fused = cls(groups(fused_params), fused=True, **kwargs)
     gen = torch.Generator().manual_seed(1)
     for step in range(steps):
         for opt in (ref, fused):  # a schedule: lr changes every step, so no scalar may be cached
@@ -81,7 +86,8 @@ def _run_pair(cls, kwargs, dtype=torch.float64, steps=4, grad_fn=None):
             g = torch.randn(rp.shape, generator=gen, dtype=dtype) if grad_fn is None else grad_fn(rp, step)
             rp.grad, fp.grad = (None, None) if g is None else (g.clone(), g.clone())  # new addresses each step
         ref.step()
-        fused.step()
+        with _interpreted_fused():
+            fused.step()
     return ref, fused, ref_params, fused_params
 
 
@@ -255,11 +261,13 @@ def test_unsupported_dtype_is_named():
         st.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
 
 
-def test_optimizer_without_kernel_is_named():
-    class Fake:
-        single_fn = staticmethod(len)
-    with pytest.raises(ValueError, match="Fake: no Triton kernel"):
-        st.group_step(Fake(), {}, [], [], [], [])
+def test_algorithm_without_kernel_is_named():
+    """The functional entry hands the kernel an algorithm by name: one without a kernel is named, not guessed."""
+    p, g, s, ipt = _bucket()
+    fake = sage_functional.Algorithm("lamb", sage_math.single_adamax, sage_math.multi_adamax)
+    with _interpreted_fused(), pytest.raises(ValueError, match="unknown algorithm 'lamb'"):
+        sage_functional._update(fake, p, g, s, ipt, [torch.tensor(0.0)], lambda step: SCALARS, HYPER,
+                                foreach=None, fused=True, grad_scale=None, found_inf=None, maximize=False)
 
 
 def test_interpreted_copy_leaves_the_real_module_compiled():
@@ -346,3 +354,94 @@ def test_cuda_kernel_matches_single_tensor_math(cls, kwargs, dtype, tol):
         for name, value in ref.state[rp].items():
             if name != "step":
                 torch.testing.assert_close(fused.state[fp][name], value, rtol=tol, atol=tol)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Self-check on first use: a kernel that fails to compile or disagrees with foreach is not used
+# ----------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_checks():
+    sage_fused.reset_self_checks()
+    yield
+    sage_fused.reset_self_checks()
+
+
+def _counting(fn, calls):
+    def wrapped(*args, **kwargs):
+        calls.append(args[0])
+        return fn(*args, **kwargs)
+    return wrapped
+
+
+def test_healthy_kernel_is_checked_once_and_used(fresh_checks):
+    calls = []
+    with mock.patch.object(st, "fused_step", _counting(st.fused_step, calls)), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no self-check warning
+        ref, fused, rps, fps = _run_pair(bert_optim.AdamWSAGE, dict(formula="reference"), steps=3)
+    _assert_same(ref, fused, rps, fps)
+    # Two kernel variants (SAGE group with decay, plain group without): one probe each, then 3 steps each.
+    assert len(sage_fused._VERIFIED) == 2 and all(sage_fused._VERIFIED.values())
+    assert len(calls) == 2 + 2 * 3
+
+
+@pytest.mark.parametrize("fault", ["compile", "mismatch"])
+def test_faulty_kernel_warns_once_and_falls_back_to_foreach(fault, fresh_checks):
+    """Inject a compile failure or a wrong result: one warning, and every step equals the for-loop math."""
+    real = st.fused_step
+
+    def faulty(algorithm, params, grads, states, ipt_avgs, scalars, hyper):
+        if fault == "compile":
+            raise RuntimeError("PTXAS error: Internal Triton PTX codegen error\nsecond line")
+        real(algorithm, params, grads, states, ipt_avgs, scalars, hyper)
+        torch._foreach_add_(params, 1e-3)  # a kernel that is subtly wrong
+
+    with mock.patch.object(st, "fused_step", faulty), pytest.warns(RuntimeWarning) as record:
+        ref, fused, rps, fps = _run_pair(bert_optim.AdamaxSAGE, dict(formula="paper"), steps=3)
+    messages = [str(w.message) for w in record if "self-check" in str(w.message)]
+    assert len(messages) == 1, messages  # two variants failed, one warning for (device, algorithm)
+    expected = "PTXAS error" if fault == "compile" else "differs from foreach"
+    assert expected in messages[0] and "adamax on cpu" in messages[0] and "foreach" in messages[0]
+    assert sage_fused._VERIFIED and not any(sage_fused._VERIFIED.values())
+    _assert_same(ref, fused, rps, fps)  # foreach equals the for-loop reference to 1e-12
+
+
+def test_probe_tolerance_catches_a_small_error_in_float32(fresh_checks):
+    """A 1e-3 relative error in float32 state is a mismatch, the kernel's own rounding is not."""
+    p = torch.zeros(3)
+    algo = sage_functional.ALGORITHMS["adamw"]
+    hyper = dict(HYPER, formula="reference", weight_decay=0.01)
+    scalars = dict(lr=1e-3, decay_lr=1e-3, step_correction=0.5, ipt_correction=2.0)
+    assert sage_fused._self_check(st, algo, p.device, torch.float32, torch.float32, scalars, hyper) is None
+
+    class Skewed:
+        @staticmethod
+        def fused_step(algorithm, params, grads, states, ipt_avgs, scalars, hyper):
+            st.fused_step(algorithm, params, grads, states, ipt_avgs, scalars, hyper)
+            torch._foreach_mul_(states[0], 1.001)
+    problem = sage_fused._self_check(Skewed, algo, p.device, torch.float32, torch.float32, scalars, hyper)
+    assert problem is not None and "column 2" in problem
+
+
+@pytest.mark.parametrize("maximize", [False, True])
+def test_kernel_unscales_gradients_itself(maximize):
+    """AMP protocol through the kernel: scaled grads + grad_scale equal unscaled grads, with no unscale pass
+    (the kernel multiplies by 1/scale, or −1/scale with maximize, as it loads each gradient)."""
+    scale = 2.0 ** 12
+    ref_params, fused_params = _params(torch.float64), _params(torch.float64)
+    groups = lambda ps: [{"params": ps[:3], "sage": True, "weight_decay": 0.01},  # noqa: E731
+                         {"params": ps[3:], "sage": False}]
+    ref = bert_optim.AdamWSAGE(groups(ref_params), foreach=False, maximize=maximize)
+    fused = bert_optim.AdamWSAGE(groups(fused_params), fused=True, maximize=maximize)
+    gen = torch.Generator().manual_seed(3)
+    launches = []
+    with _interpreted_fused(), mock.patch.object(st, "fused_step", _counting(st.fused_step, launches)):
+        for _ in range(3):
+            for rp, fp in zip(ref_params, fused_params):
+                g = torch.randn(rp.shape, generator=gen, dtype=torch.float64)
+                rp.grad, fp.grad = g.clone(), g * scale
+            fused.grad_scale, fused.found_inf = torch.tensor(scale), torch.tensor(0.0)
+            ref.step()
+            fused.step()
+            assert torch.equal(fused_params[0].grad, ref_params[0].grad * scale)  # gradients left as they were
+    assert launches
+    _assert_same(ref, fused, ref_params, fused_params)
