@@ -185,7 +185,7 @@ def test_smart_term_is_added_to_the_task_loss(ws):
     with_term = first_loss("first-smart", adv_train=True, adv_alpha=2.0)
     half = first_loss("first-half", adv_train=True, adv_alpha=1.0)
     assert with_term.item() > base.item()
-    assert (with_term - base).item() == pytest.approx(2 * (half - base).item(), rel=1e-4)
+    assert (with_term - base).item() == pytest.approx(2 * (half - base).item(), abs=1e-6)  # float32 sums
 
 
 @pytest.mark.parametrize("flag", ["fp16", "bf16"])
