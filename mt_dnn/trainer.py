@@ -249,10 +249,11 @@ class Trainer:
         labels, soft = batch.pop("labels"), batch.pop("soft_labels", None)
         with autocast_context(self.device, self.amp_dtype):
             out = self.net(data.task_def.name, **batch)
-        loss = self.model.loss(data.task_def.name, out.float(), labels)
-        if self.objectives:
+        out = out.float()
+        loss = self.model.loss(data.task_def.name, out, labels)
+        if self.objectives:  # keys name (epoch, batch, task, example): the same on every rank
             keys = [((self.epoch * 1_000_003 + self.position) * 1_009 + task_idx) * 10_000_019 + i for i in local]
-            step = self._micro_batch(data.task_def, batch, out.float(), labels, soft, keys)
+            step = self._micro_batch(data.task_def, batch, out, labels, soft, keys)
             for term in self.objectives:
                 loss = term(step, loss)
         return loss * weight if weight != 1.0 else loss
