@@ -203,7 +203,7 @@ def test_smart_with_mixed_precision_accumulation_and_sage(ws, flag):
 def test_resume_with_smart_is_exact(ws):
     """Dropout on, so the private RNG stream of SMART's forwards must come back from the checkpoint too."""
     kw = dict(save_every_steps=3, adv_train=True, adv_k=2, train_datasets=["pairs", "score"],
-              test_datasets=["pairs"])
+              test_datasets=["pairs"], epochs=1)  # 18 steps
     full = Trainer(config(ws, "smart-full", **kw))
     full.fit()
     cut = Trainer(config(ws, "smart-cut", **kw))
