@@ -366,3 +366,16 @@ def test_prepare_distillation_data_averages_the_teachers(ws, tmp_path, capsys):
     assert distill.main(["--runs", str(ws / "nope"), "--tasks", "pairs", "--data_dir", str(ws / "shards"),
                          "--output_dir", str(tmp_path / "x")]) == 2
     assert "nope: neither a checkpoint folder" in capsys.readouterr().err
+
+
+def test_task_def_names_are_the_registries_and_mtdnn_names_fall_back_with_a_warning(caplog):
+    from data_utils.task_def import ADV_LOSSES, KD_LOSSES
+    assert {n for names in ADV_LOSSES.values() for n in names} == set(obj.DIVERGENCES)
+    assert {n for names in KD_LOSSES.values() for n in names} == set(obj.KD_CRITERIA)
+    text = TASK_YAML.replace("  metric_meta: [ACC]\n", "  metric_meta: [ACC]\n  adv_loss: NsSymKlCriterion\n")
+    import logging
+    with caplog.at_level(logging.WARNING, logger="sage.task_def"):
+        defs = parse_task_defs(text)
+    assert defs["pick"].adv_loss == "SymKlCriterion"
+    assert any("field 'adv_loss': MT-DNN's NsSymKlCriterion is not available as adv_loss here; SymKlCriterion is "
+               "used" in r.getMessage() for r in caplog.records)
