@@ -189,8 +189,8 @@ class Smart(Objective):
     Every micro-batch runs the same adv_k + 1 extra forwards and adv_k gradient computations whatever the data
     (a non-finite ascent gradient counts as zero rather than skipping work), so DDP ranks stay in step. The
     ascent climbs the *sum* of the per-example divergences, so each example's step does not depend on how many
-    examples share its rank; the gradient is taken through the GradScaler's scale (it cancels in the
-    rescaling) so fp16 does not flush it to zero. Padding positions are never perturbed. The final forward
+    examples share its rank; the gradient is taken through the GradScaler's scale and divided by it
+    afterwards, so fp16 does not flush it to zero. Padding positions are never perturbed. The final forward
     keeps the embedding table's gradient; δ itself is a constant there.
     """
     name = "smart"
@@ -209,8 +209,9 @@ class Smart(Objective):
         for _ in range(cfg.adv_k):
             delta.requires_grad_(True)
             value = divergence(mb.forward(embeds + delta), target) * rows
-            (grad,) = torch.autograd.grad(mb.scale(value), delta)
-            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+            factor = mb.scale(torch.ones((), device=value.device))  # the GradScaler's scale (1 without fp16)
+            (grad,) = torch.autograd.grad(value * factor, delta)
+            grad = torch.nan_to_num(grad / factor, nan=0.0, posinf=0.0, neginf=0.0)
             delta = rescale(delta.detach() + cfg.adv_step_size * grad, cfg.adv_p_norm, cfg.adv_norm_level,
                             cfg.adv_epsilon) * keep
         return delta.detach()

@@ -379,3 +379,22 @@ def test_task_def_names_are_the_registries_and_mtdnn_names_fall_back_with_a_warn
     assert defs["pick"].adv_loss == "SymKlCriterion"
     assert any("field 'adv_loss': MT-DNN's NsSymKlCriterion is not available as adv_loss here; SymKlCriterion is "
                "used" in r.getMessage() for r in caplog.records)
+
+
+def test_the_grad_scalers_scale_does_not_change_the_perturbation():
+    """fp16 takes the ascent gradient through the GradScaler's scale (no underflow) and divides it out."""
+    model, td = _tiny_model(TASK_YAML, "pairs")
+    model = model.float()
+    ids = torch.tensor([[2, 11, 40, 50, 3, 0], [2, 10, 41, 3, 0, 0]])
+    mask = (ids != 0).long()
+    inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    with torch.no_grad():
+        clean, embeds = model("pairs", **inputs), model.embed(ids)
+    forward = lambda e: model("pairs", **inputs, inputs_embeds=e)  # noqa: E731
+    deltas = []
+    for scale in (1.0, 65536.0):
+        mb = obj.MicroBatch(td, clean, None, None, mask, [1, 2], forward, lambda: embeds,
+                            lambda v, s=scale: v * s)
+        deltas.append(obj.Smart(_smart_cfg(), torch.device("cpu")).perturbation(
+            mb, embeds, clean, obj.DIVERGENCES["SymKlCriterion"]))
+    torch.testing.assert_close(deltas[0], deltas[1], rtol=1e-6, atol=1e-7)
