@@ -360,9 +360,15 @@ def test_prepare_distillation_data_averages_the_teachers(ws, tmp_path, capsys):
         torch.testing.assert_close(torch.tensor([r["soft_label"] for r in rows]), want, rtol=1e-5, atol=1e-6)
         assert not torch.allclose(per_teacher[0], per_teacher[1])
         assert (out / f"{task}_dev.jsonl").read_text() == (ws / "shards" / f"{task}_dev.jsonl").read_text()
-    student = Trainer(config(ws, "student", epochs=1, data_dir=str(out), train_datasets=["pairs", "score"],
-                             test_datasets=["pairs", "score"], mkd_opt=1))
-    assert student.fit()[-1]["dev"]["pairs_dev"]
+    import train as train_cli  # the student trains end to end through train.py, MT-DNN's spelling of the flag
+    assert train_cli.main(["--train_datasets", "pairs,score", "--task_def", str(ws / "tasks.yml"), "--data_dir",
+                           str(out), "--init_checkpoint", str(ws / "tiny-bert"), "--output_dir",
+                           str(ws / "student"), "--epochs", "1", "--batch_size", "8", "--max_seq_len", "64",
+                           "--optim_impl", "foreach", "--no_tensorboard", "--device", "cpu", "--mkd-opt", "1",
+                           "--kd_loss", "MseCriterion"]) == 0
+    log = (ws / "student" / "train.log").read_text()
+    assert "--mkd_opt: distilling from soft targets on pairs, score" in log
+    assert json.loads((ws / "student" / "metrics.jsonl").read_text().splitlines()[-1])["dev"]["pairs_dev"]
     assert distill.main(["--runs", str(ws / "nope"), "--tasks", "pairs", "--data_dir", str(ws / "shards"),
                          "--output_dir", str(tmp_path / "x")]) == 2
     assert "nope: neither a checkpoint folder" in capsys.readouterr().err
