@@ -6,6 +6,8 @@ needed here), are read too when no ``.jsonl`` of that name exists.
 One JSON object per line: ``uid`` (str), ``label`` (class id, or float for Regression; test splits hold the
 placeholder 0 / 0.0), ``token_id`` and ``type_id`` (lists of ints; for PremiseAndMultiHypothesis, one list per
 hypothesis). ``format_line`` writes exactly what ``json.dumps`` of that dict writes, without its per-call cost.
+A training shard written by prepare_distillation_data.py has a fifth key, ``soft_label``: the teachers' class
+probabilities (a list of n_class floats) or, for Regression, their predicted value.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Sequence, Union
 import pretrained_models
 
 KEYS = ("uid", "label", "token_id", "type_id")
+SOFT_LABEL = "soft_label"
 
 
 class ShardError(ValueError):
@@ -72,7 +75,9 @@ def format_line_zero_types(uid: str, label: Union[int, float], token_id: Sequenc
 
 def _check_record(rec, path, ln: int, mtdnn: bool = False) -> None:
     """``mtdnn``: an MT-DNN ``.json`` shard, whose lines may carry more keys (attention_mask, olabel, ...)."""
-    if not isinstance(rec, dict) or (tuple(rec) != KEYS and not (mtdnn and set(KEYS) <= set(rec))):
+    if isinstance(rec, dict) and tuple(rec) == (*KEYS, SOFT_LABEL):
+        _check_soft_label(rec[SOFT_LABEL], path, ln)
+    elif not isinstance(rec, dict) or (tuple(rec) != KEYS and not (mtdnn and set(KEYS) <= set(rec))):
         got = list(rec) if isinstance(rec, dict) else type(rec).__name__
         raise ShardError(f"{path}:{ln}: expected an object with keys {list(KEYS)}, got {got}")
     if mtdnn and isinstance(rec["uid"], int) and not isinstance(rec["uid"], bool):
@@ -90,6 +95,15 @@ def _check_record(rec, path, ln: int, mtdnn: bool = False) -> None:
         raise ShardError(f"{path}:{ln}: token_id and type_id differ in shape")
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_soft_label(soft, path, ln: int) -> None:
+    if not (_number(soft) or (isinstance(soft, list) and soft and all(map(_number, soft)))):
+        raise ShardError(f"{path}:{ln}: soft_label must be a number or a non-empty list of numbers")
+
+
 def read_shard(path: Union[str, Path]) -> list[dict]:
     """All records of a shard, checked line by line (keys, types, token_id/type_id shapes)."""
     records, mtdnn = [], str(path).endswith(".json")
@@ -100,5 +114,5 @@ def read_shard(path: Union[str, Path]) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise ShardError(f"{path}:{ln}: not valid JSON ({exc.msg})") from None
             _check_record(rec, path, ln, mtdnn)
-            records.append({k: rec[k] for k in KEYS} if mtdnn else rec)
+            records.append({k: rec[k] for k in (*KEYS, SOFT_LABEL) if k in rec} if mtdnn else rec)
     return records

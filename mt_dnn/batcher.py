@@ -30,6 +30,7 @@ class TaskData:
     token_ids: list
     type_ids: list
     lengths: list[int]
+    soft_labels: Optional[list] = None  # teachers' soft targets (prepare_distillation_data.py), when the shard has them
 
     @property
     def name(self) -> str:
@@ -63,6 +64,9 @@ def load_split(data_dir: str | Path, task_def: TaskDef, split: str, max_seq_len:
         raise ValueError(f"{path}: shard is empty")
     ranking = task_def.data_format is DataFormat.PremiseAndMultiHypothesis
     uids, labels, toks, types, lengths = [], [], [], [], []
+    soft = [rec.get("soft_label") for rec in records]
+    if any(s is not None for s in soft):
+        _check_soft_labels(path, task_def, soft)
     for ln, rec in enumerate(records, start=1):
         tok, typ = rec["token_id"], rec["type_id"]
         if ranking:
@@ -84,7 +88,19 @@ def load_split(data_dir: str | Path, task_def: TaskDef, split: str, max_seq_len:
     check_labels(path, task_def, labels)
     if encoder is not None:
         check_encoder_fit(path, toks, types, lengths, encoder, ranking, max_seq_len)
-    return TaskData(task_def, split, uids, labels, toks, types, lengths)
+    return TaskData(task_def, split, uids, labels, toks, types, lengths,
+                    soft if any(s is not None for s in soft) else None)
+
+
+def _check_soft_labels(path: Path, task_def: TaskDef, soft: list) -> None:
+    """Every line or none has a soft_label, of the task's shape: n_class probabilities, or one value."""
+    regression = task_def.is_regression
+    for ln, value in enumerate(soft, start=1):
+        if value is None:
+            raise ValueError(f"{path}:{ln}: no soft_label, while other lines have one")
+        if regression != (not isinstance(value, list)) or (not regression and len(value) != task_def.n_class):
+            want = "one number" if regression else f"a list of {task_def.n_class} probabilities"
+            raise ValueError(f"{path}:{ln}: soft_label of task {task_def.name} must be {want}")
 
 
 # ------------------------------------------------------------------------------------------------ planning
@@ -140,8 +156,10 @@ def _padded_length(max_len: int) -> int:
     return -(-max_len // PAD_MULTIPLE) * PAD_MULTIPLE
 
 
-def collate(data: TaskData, indices: list[int], pad_id: int, with_labels: bool = True) -> dict:
-    """Tensors for ``indices``: input_ids/attention_mask/token_type_ids of (B, L) or (B, K, L), labels (B,)."""
+def collate(data: TaskData, indices: list[int], pad_id: int, with_labels: bool = True,
+            with_soft_labels: bool = False) -> dict:
+    """Tensors for ``indices``: input_ids/attention_mask/token_type_ids of (B, L) or (B, K, L), labels (B,), and
+    (``with_soft_labels``, when the shard has them) soft_labels (B, n_class) or (B,)."""
     seqs = [data.token_ids[i] for i in indices]
     types = [data.type_ids[i] for i in indices]
     if data.ranking:
@@ -162,6 +180,8 @@ def collate(data: TaskData, indices: list[int], pad_id: int, with_labels: bool =
     if with_labels:
         dtype = torch.float32 if data.task_def.is_regression else torch.long
         batch["labels"] = torch.tensor([data.labels[i] for i in indices], dtype=dtype)
+        if with_soft_labels and data.soft_labels is not None:
+            batch["soft_labels"] = torch.tensor([data.soft_labels[i] for i in indices], dtype=torch.float32)
     return batch
 
 

@@ -92,6 +92,27 @@ class TrainConfig:
         0.0, "if > 0, use at most ratio × (first task's batches) batches of the auxiliary tasks each epoch")
     max_train_samples: int = cli_field(0, "use only the first N examples of each training set")
     max_eval_samples: int = cli_field(0, "evaluate on only the first N examples of each split")
+    # extra objectives (mt_dnn/objectives.py); MT-DNN's names and defaults
+    adv_train: bool = cli_field(
+        False, "SMART: add adv_alpha × the divergence (task field adv_loss) between the outputs on clean and on "
+        "adversarially perturbed word embeddings")
+    adv_opt: int = cli_field(0, "MT-DNN's SMART variant switch; this project has one variant, so it is recorded "
+                                "and changes nothing")
+    adv_norm_level: int = cli_field(0, "SMART: rescale the perturbation per token (0) or per sequence (1)")
+    adv_p_norm: str = cli_field("inf", "SMART: the norm the perturbation is rescaled to unit size in",
+                                choices=("inf", "l2", "l1"))
+    adv_alpha: float = cli_field(1.0, "SMART: weight of the adversarial divergence")
+    adv_k: int = cli_field(1, "SMART: ascent steps per micro-batch")
+    adv_step_size: float = cli_field(1e-5, "SMART: ascent step size")
+    adv_noise_var: float = cli_field(1e-5, "SMART: scale (standard deviation) of the initial Gaussian noise")
+    adv_epsilon: float = cli_field(1e-6, "SMART: added to the norm when rescaling (keeps a zero step finite)")
+    mkd_opt: int = cli_field(
+        0, "> 0: multi-task knowledge distillation on the training shards' soft_label (written by "
+        "prepare_distillation_data.py)", aliases=("--mkd-opt",))
+    kd_loss: Optional[str] = cli_field(
+        None, "distillation loss of tasks whose task definition gives no kd_loss: KlCriterion or MseCriterion "
+        "(default: KlCriterion, and MseCriterion for Regression)")
+    kd_alpha: float = cli_field(0.5, "weight of the distillation loss; the hard-label loss gets 1 - kd_alpha")
     # precision, reproducibility, output
     fp16: bool = cli_field(False, "float16 autocast with a GradScaler (V100 and newer)")
     bf16: bool = cli_field(False, "bfloat16 autocast (Ampere and newer, and CPU)")
@@ -190,7 +211,27 @@ class TrainConfig:
         for name in ("answer_num_turn", "answer_att_hidden_size"):
             if getattr(self, name) < 1:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
+        self._validate_objectives(bad)
         return self
+
+    def _validate_objectives(self, bad) -> None:
+        if self.adv_norm_level not in (0, 1):
+            bad("adv_norm_level", f"must be 0 (per token) or 1 (per sequence), got {self.adv_norm_level}")
+        if self.adv_p_norm not in ("inf", "l2", "l1"):
+            bad("adv_p_norm", f"must be inf, l2 or l1, got {self.adv_p_norm!r}")
+        if self.adv_k < 1:
+            bad("adv_k", f"must be >= 1, got {self.adv_k}")
+        for name in ("adv_alpha", "adv_step_size", "adv_noise_var", "adv_epsilon"):
+            if getattr(self, name) < 0:
+                bad(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.adv_train and self.fsdp:
+            bad("adv_train", "not available with --fsdp (use DDP: the default under torchrun)")
+        if self.mkd_opt < 0:
+            bad("mkd_opt", f"must be >= 0 (0: off), got {self.mkd_opt}")
+        if self.kd_loss is not None and self.kd_loss not in ("KlCriterion", "MseCriterion"):
+            bad("kd_loss", f"unknown loss {self.kd_loss!r}; known: KlCriterion, MseCriterion")
+        if not 0.0 <= self.kd_alpha <= 1.0:
+            bad("kd_alpha", f"must be in [0, 1], got {self.kd_alpha}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -209,8 +250,7 @@ class TrainConfig:
 
 # ------------------------------------------------------------------------------------------ MT-DNN flags
 #: MT-DNN and SAGE-repo flags that parse but do nothing here: flag -> why / what to use instead. Each one given
-#: prints a one-line warning. ``LATER_FLAGS`` are the ones a later issue (SMART adversarial training, multi-task
-#: knowledge distillation) will implement: moving a flag from here to a TrainConfig field turns it on.
+#: prints a one-line warning. Moving a flag from here to a TrainConfig field turns it on.
 NO_EFFECT_FLAGS: dict[str, str] = {
     "--multi_gpu_on": "launch with torchrun for data parallelism",
     "--mem_cum_type": "SAN option; this SAN has one memory type",
@@ -259,24 +299,11 @@ NO_EFFECT_FLAGS: dict[str, str] = {
     "--transformer_cache": "models load from the local registry or folder",
     "--tokenizer": "shards are tokenized by prepro_std.py",
     "--dataloader_num_workers": "batches are built in the training process",
-    "--kd_loss": "knowledge distillation is not implemented yet",
-    "--mkd_opt": "multi-task knowledge distillation is not implemented yet",
-    "--adv_train": "SMART adversarial training is not implemented yet",
-    "--adv_opt": "SMART adversarial training is not implemented yet",
-    "--adv_norm_level": "SMART adversarial training is not implemented yet",
-    "--adv_p_norm": "SMART adversarial training is not implemented yet",
-    "--adv_alpha": "SMART adversarial training is not implemented yet",
-    "--adv_k": "SMART adversarial training is not implemented yet",
-    "--adv_step_size": "SMART adversarial training is not implemented yet",
-    "--adv_noise_var": "SMART adversarial training is not implemented yet",
-    "--adv_epsilon": "SMART adversarial training is not implemented yet",
 }
-LATER_FLAGS = ("--kd_loss", "--mkd_opt", "--adv_train", "--adv_opt", "--adv_norm_level", "--adv_p_norm",
-               "--adv_alpha", "--adv_k", "--adv_step_size", "--adv_noise_var", "--adv_epsilon")
 #: MT-DNN's --warmup_schedule names for schedules this project has under another name (same formula)
 SCHEDULE_ALIASES = {"warmup_constant": "constant", "warmup_linear_xdl": "linear"}
 #: other spellings MT-DNN accepts for a no-effect flag
-_NO_EFFECT_SPELLINGS = {"--mkd_opt": ("--mkd-opt",)}
+_NO_EFFECT_SPELLINGS: dict[str, tuple[str, ...]] = {}
 _IGNORED = "_mtdnn_ignored"
 
 

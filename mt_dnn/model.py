@@ -76,20 +76,38 @@ class MTDNNModel(nn.Module):
         except KeyError:
             raise ValueError(f"unknown task '{task}'; this model has: {', '.join(self.task_defs)}") from None
 
-    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-             token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(N, L) token ids -> (N, H) pooled [CLS] representation."""
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (..., L) -> the encoder's word embeddings (..., L, H): what SMART perturbs and passes back
+        as ``inputs_embeds`` (positions and token types are still added inside the encoder)."""
+        return self.encoder.get_input_embeddings()(input_ids)
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, inputs_embeds):
+        """The encoder on token ids, or on given word embeddings (same shapes, ids unused) when perturbed."""
+        kwargs = {"attention_mask": attention_mask}
+        if inputs_embeds is None:
+            kwargs["input_ids"] = input_ids
+        else:
+            kwargs["inputs_embeds"] = inputs_embeds
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        out = self.encoder(**kwargs, return_dict=True)
+        return self.encoder(**kwargs, return_dict=True)
+
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             token_type_ids: Optional[torch.Tensor] = None,
+             inputs_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N, L) token ids (or (N, L, H) word embeddings) -> (N, H) pooled [CLS] representation."""
+        out = self._encode(input_ids, attention_mask, token_type_ids, inputs_embeds)
         if self.uses_encoder_pooler:
             return out.pooler_output
         return self.pooler(out.last_hidden_state)
 
     def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Classification: (B, n_class) logits; Regression: (B,) floats; Ranking: (B, K) scores from (B, K, L)."""
+                token_type_ids: Optional[torch.Tensor] = None,
+                inputs_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Classification: (B, n_class) logits; Regression: (B,) floats; Ranking: (B, K) scores from (B, K, L).
+
+        ``inputs_embeds`` (input_ids' shape + (H,)), when given, replaces the word embeddings of ``input_ids``
+        (SMART's perturbed inputs); ``input_ids`` still fixes the shapes."""
         td = self._task(task)
         ranking = td.task_type is TaskType.Ranking
         want = 3 if ranking else 2
@@ -100,20 +118,21 @@ class MTDNNModel(nn.Module):
             if t is not None and t.shape != input_ids.shape:
                 raise ValueError(f"task {task}: {what} {tuple(t.shape)} does not match input_ids "
                                  f"{tuple(input_ids.shape)}")
+        if inputs_embeds is not None and inputs_embeds.shape[:-1] != input_ids.shape:
+            raise ValueError(f"task {task}: inputs_embeds {tuple(inputs_embeds.shape)} does not match input_ids "
+                             f"{tuple(input_ids.shape)}")
         head = self.heads[task]
         if getattr(head, "uses_tokens", False):  # the SAN head reads every token, not the pooled [CLS]
-            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if token_type_ids is not None:
-                kwargs["token_type_ids"] = token_type_ids
-            hidden = self.encoder(**kwargs, return_dict=True).last_hidden_state
+            hidden = self._encode(input_ids, attention_mask, token_type_ids, inputs_embeds).last_hidden_state
             return head(hidden, attention_mask, token_type_ids)
         if not ranking:
-            return head(self.pool(input_ids, attention_mask, token_type_ids))
+            return head(self.pool(input_ids, attention_mask, token_type_ids, inputs_embeds))
         b, k, length = input_ids.shape
         if k != td.n_class:
             raise ValueError(f"task {task}: expects {td.n_class} hypotheses per example (n_class), got {k}")
         flat = [None if t is None else t.reshape(b * k, length) for t in (input_ids, attention_mask, token_type_ids)]
-        pooled = self.pool(*flat)
+        embeds = None if inputs_embeds is None else inputs_embeds.reshape(b * k, length, -1)
+        pooled = self.pool(*flat, embeds)
         return self.heads[task](pooled.view(b, k, -1))
 
     def loss(self, task: str, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

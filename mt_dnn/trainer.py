@@ -32,6 +32,7 @@ from module.bert_optim import build_optimizer, build_schedule, sage_param_groups
 from module.sage_functional import implementation_kwargs
 from mt_dnn import checkpoint as ckpt
 from mt_dnn import distributed as dist_utils
+from mt_dnn import objectives as objectives_mod
 from mt_dnn.batcher import TaskData, collate, epoch_plan, load_split, shard_for_rank, to_device
 from mt_dnn.config import TrainConfig
 from mt_dnn.distributed import DistEnv
@@ -203,6 +204,7 @@ class Trainer:
         self.scheduler = build_schedule(self.optimizer, cfg.warmup_schedule, self.total_steps, cfg.warmup)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.fp16)
         self.guard = DivergenceGuard(self.device, check_grads=not cfg.fp16)
+        self.objectives = self._objectives()
         self.writer = self._tensorboard()
         # progress: (epoch, micro-batches of that epoch consumed), optimizer steps, best dev score
         self.epoch, self.position, self.global_step = 0, 0, 0
@@ -276,6 +278,23 @@ class Trainer:
             kwargs["formula"] = cfg.sage_formula
         return build_optimizer(cfg.optimizer, groups, **kwargs)
 
+    def _objectives(self) -> list:
+        """The extra objective terms this run enables (SMART, distillation); see mt_dnn/objectives.py."""
+        cfg = self.cfg
+        objectives_mod.check_task_fits(cfg, self.task_defs)
+        if cfg.mkd_opt > 0:
+            with_soft = [d.task_def.name for d in self.train_sets if d.soft_labels is not None]
+            if not with_soft:
+                raise ValueError(f"--mkd_opt: no training shard in {cfg.data_dir} has soft_label "
+                                 "(write them with prepare_distillation_data.py)")
+            log.info("--mkd_opt: distilling from soft targets on %s", ", ".join(with_soft))
+        terms = objectives_mod.build_objectives(cfg, self.device, self.rank)
+        if cfg.adv_train:
+            log.info("--adv_train: SMART with adv_alpha %g, adv_k %d, step %g, noise %g, %s norm per %s",
+                     cfg.adv_alpha, cfg.adv_k, cfg.adv_step_size, cfg.adv_noise_var, cfg.adv_p_norm,
+                     "token" if cfg.adv_norm_level == 0 else "sequence")
+        return terms
+
     def _tensorboard(self):
         if not (self.cfg.tensorboard and self.is_main):
             return None
@@ -296,12 +315,28 @@ class Trainer:
         weight = len(local) * self.world_size / len(indices)
         if not local:  # fewer examples than ranks: still take part in the gradient all-reduce, with weight 0
             local = indices[:1]
-        batch = to_device(collate(data, local, self.pad_id), self.device)
-        labels = batch.pop("labels")
+        batch = to_device(collate(data, local, self.pad_id, with_soft_labels=self.cfg.mkd_opt > 0), self.device)
+        labels, soft = batch.pop("labels"), batch.pop("soft_labels", None)
         with autocast_context(self.device, self.amp_dtype):
             out = self.net(data.task_def.name, **batch)
-        loss = self.model.loss(data.task_def.name, out.float(), labels)
+        out = out.float()
+        loss = self.model.loss(data.task_def.name, out, labels)
+        if self.objectives:  # keys name (epoch, batch, task, example): the same on every rank
+            keys = [((self.epoch * 1_000_003 + self.position) * 1_009 + task_idx) * 10_000_019 + i for i in local]
+            step = self._micro_batch(data.task_def, batch, out, labels, soft, keys)
+            for term in self.objectives:
+                loss = term(step, loss)
         return loss * weight if weight != 1.0 else loss
+
+    def _micro_batch(self, task_def, batch: dict, out: torch.Tensor, labels, soft,
+                     keys: list[int]) -> objectives_mod.MicroBatch:
+        """What the objective terms see. Their extra forwards call the model itself, not the DDP wrapper: one
+        wrapper forward per backward; the gradients they add still reach the parameters' reduction hooks."""
+        def forward(embeds: torch.Tensor) -> torch.Tensor:
+            with autocast_context(self.device, self.amp_dtype):
+                return self.model(task_def.name, **batch, inputs_embeds=embeds).float()
+        return objectives_mod.MicroBatch(task_def, out, labels, soft, batch["attention_mask"], keys, forward,
+                                         lambda: self.model.embed(batch["input_ids"]), self.scaler.scale)
 
     def _gradient_sync(self, enabled: bool):
         """Skip the gradient all-reduce on micro-batches that only accumulate."""
@@ -515,7 +550,11 @@ class Trainer:
 
     def training_state(self) -> dict:
         rngs = [ckpt.rng_state_from_bytes(b) for b in dist_utils.all_gather_objects(ckpt.rng_state_bytes())]
-        return {"optimizer": self._optimizer_state(), "optimizer_format": "full" if self._sharded() else "torch",
+        extra = {}
+        if self.objectives:  # their private RNG streams, per rank
+            blobs = dist_utils.all_gather_objects(objectives_mod.states_to_bytes(self.objectives))
+            extra["objective_ranks"] = [objectives_mod.states_from_bytes(b) for b in blobs]
+        return {**extra,"optimizer": self._optimizer_state(), "optimizer_format": "full" if self._sharded() else "torch",
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rngs[0], "rng_ranks": rngs,
                 "progress": {"epoch": self.epoch, "position": self.position, "global_step": self.global_step,
@@ -605,6 +644,9 @@ class Trainer:
             torch.manual_seed(self.cfg.seed + self.rank)
         else:
             ckpt.set_rng_state(rngs[self.rank])
+        objective_states = state.get("objective_ranks") or []
+        if len(objective_states) == self.world_size:
+            objectives_mod.load_states(self.objectives, objective_states[self.rank])
         progress = state["progress"]
         self.epoch, self.position = progress["epoch"], min(progress["position"], self.micro_per_epoch)
         self.global_step, self.best_score = progress["global_step"], progress["best_score"]

@@ -132,6 +132,21 @@ def test_training_moved_the_weights(ws, single):
     assert moved > 1e-4
 
 
+SMART = ["--adv_train", "--adv_k", "2", "--adv_p_norm", "l2", "--adv_noise_var", "1e-2"]
+
+
+def test_two_ranks_match_one_process_with_smart(ws, single):
+    """SMART on: each example's noise is keyed by the example and the step, and its ascent step does not depend
+    on how many examples share its rank, so 2 ranks (3 + 2 extra forwards each, no skipped work) still match
+    1 process with the doubled batch."""
+    _run([sys.executable, "train.py", *_args(ws, "single-smart", 8, *SMART)])
+    _torchrun("train.py", _args(ws, "ddp-smart", 4, *SMART))
+    one, two = _final_weights(ws / "single-smart"), _final_weights(ws / "ddp-smart")
+    _assert_close(two, one, atol=1e-5)
+    plain = _final_weights(single)
+    assert max((one[k] - plain[k]).abs().max().item() for k in one) > 1e-4  # SMART changed the training
+
+
 def test_resume_under_torchrun_is_exact(ws):
     """A 2-rank run killed after 7 steps (newest checkpoint: step 6) and resumed ends where an uninterrupted
     2-rank run ends, bit for bit."""

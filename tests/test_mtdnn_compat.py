@@ -655,13 +655,14 @@ def test_each_unimplemented_mtdnn_flag_warns_once(flag, capsys):
         f"train.py: warning: {flag} has no effect here ({NO_EFFECT_FLAGS[flag]})"]
 
 
-def test_no_effect_table_is_disjoint_from_the_fields_and_names_the_later_ones(capsys):
+def test_no_effect_table_is_disjoint_from_the_fields_and_smart_and_kd_flags_take_effect(capsys):
     fields = {f"--{f.name}" for f in dataclasses.fields(TrainConfig)}
     assert not fields & set(NO_EFFECT_FLAGS)
-    assert set(config_mod.LATER_FLAGS) <= set(NO_EFFECT_FLAGS)
-    assert {f for f in NO_EFFECT_FLAGS if f.startswith("--adv_")} <= set(config_mod.LATER_FLAGS)
-    parse_args(["--train_datasets", "rte", "--mkd-opt", "1"])  # MT-DNN spells this one with a hyphen
-    assert "--mkd-opt 1 has no effect here" in capsys.readouterr().err
+    smart_kd = {"--adv_train", "--adv_opt", "--adv_norm_level", "--adv_p_norm", "--adv_alpha", "--adv_k",
+                "--adv_step_size", "--adv_noise_var", "--adv_epsilon", "--mkd_opt", "--kd_loss"}
+    assert smart_kd <= fields
+    assert parse_args(["--train_datasets", "rte", "--mkd-opt", "1"]).mkd_opt == 1  # MT-DNN's hyphenated spelling
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("args,message", [
@@ -693,13 +694,10 @@ def test_mtdnn_glue_task_def_loads_as_written(ws, caplog):
     assert not any(td.enable_san for td in defs.values())
     assert defs["cola"].metric_meta == ("ACC", "MCC") and defs["scitail"].labels == ("neutral", "entails")
     assert defs["cola"].dropout_p == 0.05 and defs["cola"].dropout_given and not defs["rte"].dropout_given
-    kd, adv = _lines_of(MTDNN_GLUE_TASK_DEF, "kd_loss"), _lines_of(MTDNN_GLUE_TASK_DEF, "adv_loss")
-    tasks = list(defs)
-    assert [r.getMessage() for r in caplog.records] == [
-        f"warning: {path}:{kd[0]}: field 'kd_loss' has no effect here (knowledge distillation is not implemented "
-        f"yet); given for " + ", ".join(f"{t} (line {n})" for t, n in zip(tasks, kd)),
-        f"warning: {path}:{adv[0]}: field 'adv_loss' has no effect here (SMART adversarial training is not "
-        f"implemented yet); given for " + ", ".join(f"{t} (line {n})" for t, n in zip(tasks, adv))]
+    assert [r.getMessage() for r in caplog.records] == []  # kd_loss and adv_loss take effect (SMART, --mkd_opt)
+    assert {(td.kd_loss, td.adv_loss) for n, td in defs.items() if n != "stsb"} == {("MseCriterion",
+                                                                                   "SymKlCriterion")}
+    assert (defs["stsb"].kd_loss, defs["stsb"].adv_loss) == ("MseCriterion", "MseCriterion")
     trainer = Trainer(_cfg(ws, "mtdnn_current", task_def=str(path), max_steps=2))
     assert type(trainer.model.heads["rte"]) is ClassificationHead
     history = trainer.fit()
@@ -730,7 +728,8 @@ def test_sage_repo_task_def_loads_and_trains_as_written(ws, caplog):
         defs = load_task_defs(path)
     assert len(defs) == 11 and not any(td.enable_san for td in defs.values())
     assert defs["cola"].dropout_p == 0.05 and defs["mrpc"].split_names == ("test_labeled",)
-    assert [r.getMessage().split(": field ")[1].split("'")[1] for r in caplog.records] == ["kd_loss", "adv_loss"]
+    assert [r.getMessage() for r in caplog.records] == []  # kd_loss and adv_loss take effect (SMART, --mkd_opt)
+    assert (defs["mrpc"].kd_loss, defs["mrpc"].adv_loss) == ("MseCriterion", "SymKlCriterion")
     write_mtdnn_shards(ws / "sage_shards", "mrpc", {"train": 32, "dev": 12}, 2, seed=3)
     trainer = Trainer(_cfg(ws, "sage_mrpc", train_datasets=["mrpc"], test_datasets=["mrpc"], task_def=str(path),
                            data_dir=str(ws / "sage_shards")))

@@ -194,6 +194,15 @@ def test_every_script_parses_with_the_real_train_config(fake):
         assert (cfg.seed, cfg.init_checkpoint, cfg.global_grad_clipping) == (2018, "bert-base-uncased", 1.0)
 
 
+def test_scripts_enable_smart_and_distillation(fake):
+    """SMART and knowledge distillation are switched on by passing MT-DNN's flags through a script."""
+    config = pytest.importorskip("mt_dnn.config", reason="mt_dnn/config.py not in this checkout yet")
+    proc, lines = fake("train_rte_usadamax.sh", "0", "--adv_train", "--adv_alpha", "0.5", "--mkd_opt", "1")
+    assert proc.returncode == 0, proc.stderr
+    cfg = config.parse_args(lines[2:])
+    assert (cfg.optimizer, cfg.adv_train, cfg.adv_alpha, cfg.mkd_opt) == ("usadamax", True, 0.5, 1)
+
+
 def test_overrides_and_pass_through(fake, tmp_path):
     proc, lines = fake("train_mnli_adamax.sh", "0,1", "--epochs", "1", "--note", "two words",
                        cwd=tmp_path, MODEL="/models/my-bert/", TASK_DEF="td.yml", SEED="7")

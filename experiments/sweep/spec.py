@@ -24,7 +24,7 @@ GRID_FIELDS = ("train_datasets", "test_datasets", "optimizer", "learning_rate", 
 TOP_FIELDS = ("name", "runs_dir", "results_dir", "tasks", "optimizers", "learning_rates", "beta3", "seeds",
               "train_args", "parallel", "threads_per_run", "compare", "keep_step_checkpoints")
 #: store_true flags of train.py (written as a bare flag when true) and store_false ones (flag when false).
-STORE_TRUE = ("fp16", "bf16", "fsdp")
+STORE_TRUE = ("fp16", "bf16", "fsdp", "adv_train")
 STORE_FALSE = {"tensorboard": "--no_tensorboard"}
 
 

@@ -1,0 +1,286 @@
+"""Extra training objectives on top of each task's loss: SMART adversarial regularization (``--adv_train``) and
+multi-task knowledge distillation (``--mkd_opt``).
+
+Each objective is a small term in :data:`OBJECTIVES`. The trainer builds the enabled ones once and passes every
+micro-batch's :class:`MicroBatch` (its inputs, the clean outputs of the training forward, labels, soft targets)
+through them in order; each maps the loss so far to the new total. With none enabled the training step is the
+plain one, untouched.
+
+The divergences (``adv_loss``) and distillation losses (``kd_loss``) are keyed by the task-definition names of
+MT-DNN (data_utils.task_def.ADV_LOSSES / KD_LOSSES list which fit which task type).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from data_utils.task_def import ADV_LOSSES, KD_LOSSES, TaskDef
+
+
+# ------------------------------------------------------------------------------------------ divergences
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (a bf16/fp16 forward's outputs), float64 kept (the finite-difference tests)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def _log_probs(outputs: torch.Tensor) -> torch.Tensor:
+    return F.log_softmax(_full(outputs), dim=-1)
+
+
+def kl_criterion(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(target) || softmax(outputs)), mean over the batch: how far the outputs' class distribution
+    strays from the target's (SMART's perturbed vs clean)."""
+    log_p, log_q = _log_probs(outputs), _log_probs(target)
+    return (log_q.exp() * (log_q - log_p)).sum(-1).mean()
+
+
+def sym_kl_criterion(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL(q || p) + KL(p || q) of the two softmax distributions, mean over the batch (SMART's classification
+    regularizer)."""
+    log_p, log_q = _log_probs(outputs), _log_probs(target)
+    return ((log_q.exp() - log_p.exp()) * (log_q - log_p)).sum(-1).mean()
+
+
+def js_criterion(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence: the mean KL of both distributions to their average, mean over the batch."""
+    p, q = _log_probs(outputs).exp(), _log_probs(target).exp()
+    log_m = ((p + q) / 2).log()
+    return 0.5 * (torch.xlogy(p, p) + torch.xlogy(q, q) - (p + q) * log_m).sum(-1).mean()
+
+
+def mse_criterion(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the raw outputs (regression values)."""
+    return F.mse_loss(_full(outputs), _full(target))
+
+
+DIVERGENCES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "SymKlCriterion": sym_kl_criterion,
+    "KlCriterion": kl_criterion,
+    "JSCriterion": js_criterion,
+    "MseCriterion": mse_criterion,
+}
+
+
+def kd_kl(outputs: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) with the teacher's probabilities ``soft``: cross-entropy against soft targets less
+    their entropy, so a one-hot teacher gives exactly the hard-label cross-entropy."""
+    return (torch.xlogy(soft, soft) - soft * _log_probs(outputs)).sum(-1).mean()
+
+
+def kd_mse(outputs: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """Squared error to the teacher: of the class probabilities (Classification, Ranking), or of the value
+    (Regression, where ``outputs`` and ``soft`` are (B,))."""
+    pred = _full(outputs) if outputs.ndim == 1 else _log_probs(outputs).exp()
+    return F.mse_loss(pred, soft.to(pred.dtype))
+
+
+KD_CRITERIA: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "KlCriterion": kd_kl,
+    "MseCriterion": kd_mse,
+}
+
+
+def adv_loss_name(td: TaskDef) -> str:
+    return td.adv_loss or ADV_LOSSES[td.task_type][0]
+
+
+def kd_loss_name(td: TaskDef, default: Optional[str] = None) -> str:
+    return td.kd_loss or default or KD_LOSSES[td.task_type][0]
+
+
+# ------------------------------------------------------------------------------------------ a micro-batch
+@dataclass
+class MicroBatch:
+    """What an objective sees of one micro-batch. ``outputs`` are the clean float32 outputs of the training
+    forward (with their graph); ``forward`` runs the model on given word embeddings under the run's autocast,
+    ``embed`` returns the word embeddings of the batch (with gradient to the embedding table)."""
+    task_def: TaskDef
+    outputs: torch.Tensor
+    labels: torch.Tensor
+    soft_labels: Optional[torch.Tensor]
+    attention_mask: torch.Tensor  # (B, L) or (B, K, L), right-padded
+    row_keys: list[int]           # per example: a number naming (example, global batch), the same on every rank
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    embed: Callable[[], torch.Tensor]
+    scale: Callable[[torch.Tensor], torch.Tensor]  # the GradScaler's scaling (identity without --fp16)
+
+
+class RngStream:
+    """A private RNG stream (CPU, and the device's CUDA stream) for the dropout of an objective's extra forwards:
+    the run's main stream, hence every dropout mask of the plain forward, stays as it would be without the
+    objective. Its state goes into step checkpoints, so a resumed run continues it exactly."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=self.devices):
+            torch.manual_seed(seed)
+            self.state = self._get()
+
+    def _get(self) -> dict[str, torch.Tensor]:
+        state = {"cpu": torch.get_rng_state()}
+        if self.devices:
+            state["cuda"] = torch.cuda.get_rng_state(self.devices[0])
+        return state
+
+    @contextlib.contextmanager
+    def active(self):
+        with torch.random.fork_rng(devices=self.devices):
+            torch.set_rng_state(self.state["cpu"])
+            if self.devices:
+                torch.cuda.set_rng_state(self.state["cuda"], self.devices[0])
+            yield
+            self.state = self._get()
+
+
+# ------------------------------------------------------------------------------------------ the objectives
+class Objective:
+    """A term of the training objective: ``__call__`` maps (micro-batch, loss so far) to the new loss."""
+    name = ""
+
+    def __call__(self, mb: MicroBatch, loss: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+def keyed_noise(embeds: torch.Tensor, mask: torch.Tensor, row_keys: list[int], seed: int) -> torch.Tensor:
+    """Standard Gaussian noise of ``embeds``' shape, zero at padding, each sequence's values drawn from a
+    generator seeded by (seed, its row key): the noise an example gets does not depend on which rank holds it,
+    on the batch's padded length, or on anything drawn before, so 2 ranks match 1 process and resume is exact."""
+    length, hidden = embeds.shape[-2], embeds.shape[-1]
+    flat_mask = mask.reshape(-1, length)
+    per_row = flat_mask.shape[0] // len(row_keys)  # Ranking: K sequences per example
+    noise = torch.zeros(flat_mask.shape[0], length, hidden)
+    for row, n in enumerate(flat_mask.sum(-1).tolist()):
+        key = row_keys[row // per_row] * per_row + row % per_row
+        gen = torch.Generator().manual_seed((seed * 0x9E3779B1 + key) % (2 ** 63))
+        noise[row, :int(n)] = torch.randn(int(n), hidden, generator=gen)
+    return noise.view(embeds.shape).to(device=embeds.device, dtype=embeds.dtype)
+
+
+def rescale(delta: torch.Tensor, p_norm: str, level: int, eps: float) -> torch.Tensor:
+    """``delta`` scaled to unit ``p_norm`` per token (level 0: over the hidden size) or per sequence (level 1:
+    over tokens and hidden size); ``eps`` keeps a zero direction finite. This is how SMART's ascent is bounded
+    here, as in MT-DNN (whose ``--adv_epsilon`` plays the same role)."""
+    dims = (-1,) if level == 0 else (-2, -1)
+    if p_norm == "inf":
+        size = delta.abs().amax(dim=dims, keepdim=True)
+    elif p_norm == "l2":
+        size = torch.linalg.vector_norm(delta, ord=2, dim=dims, keepdim=True)
+    else:  # l1
+        size = delta.abs().sum(dim=dims, keepdim=True)
+    return delta / (size + eps)
+
+
+class Smart(Objective):
+    """SMART (Jiang et al., ACL 2020): loss + adv_alpha × D(f(x + δ), f(x)), where δ starts as Gaussian noise
+    on the word embeddings and takes ``adv_k`` normalised ascent steps on D against the (fixed) clean outputs.
+
+    Every micro-batch runs the same adv_k + 1 extra forwards and adv_k gradient computations whatever the data
+    (a non-finite ascent gradient counts as zero rather than skipping work), so DDP ranks stay in step. The
+    ascent climbs the *sum* of the per-example divergences, so each example's step does not depend on how many
+    examples share its rank; the gradient is taken through the GradScaler's scale and divided by it
+    afterwards, so fp16 does not flush it to zero. Padding positions are never perturbed. The final forward
+    keeps the embedding table's gradient; δ itself is a constant there.
+    """
+    name = "smart"
+
+    def __init__(self, cfg, device: torch.device, rank: int = 0):
+        self.cfg = cfg
+        self.rng = RngStream(int(cfg.seed) * 1_000_003 + 104_729 * (rank + 1), device)
+
+    def perturbation(self, mb: MicroBatch, embeds: torch.Tensor, target: torch.Tensor,
+                     divergence: Callable) -> torch.Tensor:
+        """δ after adv_k ascent steps from Gaussian noise of scale adv_noise_var (no graph kept)."""
+        cfg = self.cfg
+        keep = mb.attention_mask.unsqueeze(-1).to(embeds.dtype)
+        delta = keyed_noise(embeds, mb.attention_mask, mb.row_keys, int(cfg.seed)) * cfg.adv_noise_var
+        rows = target.shape[0]
+        for _ in range(cfg.adv_k):
+            delta.requires_grad_(True)
+            value = divergence(mb.forward(embeds + delta), target) * rows
+            factor = mb.scale(torch.ones((), device=value.device))  # the GradScaler's scale (1 without fp16)
+            (grad,) = torch.autograd.grad(value * factor, delta)
+            grad = torch.nan_to_num(grad / factor, nan=0.0, posinf=0.0, neginf=0.0)
+            delta = rescale(delta.detach() + cfg.adv_step_size * grad, cfg.adv_p_norm, cfg.adv_norm_level,
+                            cfg.adv_epsilon) * keep
+        return delta.detach()
+
+    def __call__(self, mb: MicroBatch, loss: torch.Tensor) -> torch.Tensor:
+        divergence = DIVERGENCES[adv_loss_name(mb.task_def)]
+        with self.rng.active():
+            embeds = mb.embed()
+            delta = self.perturbation(mb, embeds.detach(), mb.outputs.detach(), divergence)
+            adversarial = mb.forward(embeds + delta)
+        return loss + self.cfg.adv_alpha * divergence(adversarial, mb.outputs)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.rng.state)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.rng.state = dict(state)
+
+
+class Distillation(Objective):
+    """Multi-task knowledge distillation: on tasks whose training shard carries teachers' ``soft_label``, the
+    loss becomes (1 - kd_alpha) × hard-label loss + kd_alpha × kd_loss(outputs, soft targets)."""
+    name = "mkd"
+
+    def __init__(self, cfg, device: torch.device, rank: int = 0):
+        self.cfg = cfg
+
+    def __call__(self, mb: MicroBatch, loss: torch.Tensor) -> torch.Tensor:
+        if mb.soft_labels is None:
+            return loss
+        kd = KD_CRITERIA[kd_loss_name(mb.task_def, self.cfg.kd_loss)](mb.outputs, mb.soft_labels)
+        return (1.0 - self.cfg.kd_alpha) * loss + self.cfg.kd_alpha * kd
+
+
+#: name -> (whether the config enables it, constructor); applied in this order (distillation first, so SMART's
+#: term is added to the mixed task loss).
+OBJECTIVES: dict[str, tuple[Callable, Callable]] = {
+    "mkd": (lambda cfg: cfg.mkd_opt > 0, Distillation),
+    "smart": (lambda cfg: cfg.adv_train, Smart),
+}
+
+
+def build_objectives(cfg, device: torch.device, rank: int = 0) -> list[Objective]:
+    return [make(cfg, device, rank) for enabled, make in OBJECTIVES.values() if enabled(cfg)]
+
+
+def check_task_fits(cfg, task_defs: dict[str, TaskDef]) -> None:
+    """``--kd_loss`` must fit every task that uses it (YAML kd_loss wins where given)."""
+    if not (cfg.mkd_opt > 0 and cfg.kd_loss):
+        return
+    for td in task_defs.values():
+        if td.kd_loss is None and cfg.kd_loss not in KD_LOSSES[td.task_type]:
+            raise ValueError(f"--kd_loss: {cfg.kd_loss} does not fit {td.task_type.name} task '{td.name}'; use "
+                             f"{', '.join(KD_LOSSES[td.task_type])} (or give kd_loss in its task definition)")
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def states_to_bytes(objectives: list[Objective]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({o.name: o.state_dict() for o in objectives}, buffer)
+    return buffer.getvalue()
+
+
+def states_from_bytes(blob: bytes) -> dict:
+    return torch.load(io.BytesIO(blob), weights_only=True)
+
+
+def load_states(objectives: list[Objective], states: dict) -> None:
+    for o in objectives:
+        if o.name in states:
+            o.load_state_dict(states[o.name])
+
