@@ -1,0 +1,372 @@
+"""Span extraction (SQuAD v1.1 / v2.0) and sequence labeling (CoNLL-2003 NER): converters, decoding, metrics
+computed by hand, bad input, and prepro_std.py -> train.py -> predict.py with MiniLM-L6 next to a GLUE task."""
+from __future__ import annotations
+
+import collections
+import json
+import math
+import re
+import string
+from pathlib import Path
+
+import pytest
+import torch
+
+import predict as predict_cli
+import prepro_std
+import train as train_cli
+from data_utils.conll import ConllError, entity_scores, read_conll
+from data_utils.shards import read_shard
+from data_utils.squad import best_span, normalize_answer, squad_scores, token_f1, window_starts
+from data_utils.task_def import SpanOptions, TaskType, parse_task_defs
+from mt_dnn.batcher import collate, load_split
+from mt_dnn.evaluate import split_result
+from mt_dnn.model import span_candidates
+
+TASKS = """
+qa:
+  task_type: Span
+  data_format: MRC
+  n_class: 2
+  metric_meta: [EmF1]
+  loss: SpanCeCriterion
+  split_names: [train, dev]
+  doc_stride: 16
+  max_query_len: 12
+  max_answer_len: 10
+  n_best_size: 5
+  unanswerable: true
+qa1:
+  task_type: Span
+  data_format: MRC
+  metric_meta: [EmF1]
+  split_names: [train, dev]
+ner:
+  task_type: SeqenceLabeling
+  data_format: Seqence
+  labels: [O, B-PER, I-PER, B-LOC, I-LOC, B-ORG, I-ORG, X]
+  metric_meta: [SeqEval]
+  loss: SeqCeCriterion
+  split_names: [train, dev, test]
+cls:
+  task_type: Classification
+  data_format: PremiseOnly
+  labels: [neg, pos]
+  metric_meta: [ACC]
+  split_names: [train, dev]
+"""
+
+NORMANS = ("The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in "
+           "France. They were descended from Norse raiders and pirates from Denmark, Iceland and Norway who, under "
+           "their leader Rollo, agreed to swear fealty to King Charles III of West Francia. Through generations of "
+           "assimilation and mixing with the native Frankish and Roman-Gaulish populations, their descendants "
+           "would gradually merge with the Carolingian-based cultures of West Francia.")
+SHORT = "Unaffable Germanyxyz visited Paris in May."
+MAX_LEN = 64
+
+
+def _answer(context: str, text: str, nth: int = 0) -> dict:
+    start = -1
+    for _ in range(nth + 1):
+        start = context.index(text, start + 1)
+    return {"text": text, "answer_start": start}
+
+
+def squad_file(path: Path, v2: bool = True, dev: bool = False) -> Path:
+    qas = [{"id": "q-country", "question": "In what country is Normandy located?",
+            "answers": [_answer(NORMANS, "France")] + ([_answer(NORMANS, "France.")] if dev else [])},
+           {"id": "q-leader", "question": "Who was the Norse leader?", "answers": [_answer(NORMANS, "Rollo")]},
+           {"id": "q-king", "question": "Which king did they swear fealty to?",
+            "answers": [_answer(NORMANS, "King Charles III")]}]
+    if v2:
+        qas.append({"id": "q-none", "question": "Who gave their name to Denmark?", "answers": [],
+                    "is_impossible": True, "plausible_answers": [_answer(NORMANS, "Normans")]})
+    short = [{"id": "q-visitor", "question": "Who visited Paris?", "answers": [_answer(SHORT, "Unaffable Germanyxyz")]}]
+    data = {"version": "v2.0" if v2 else "1.1", "data": [
+        {"title": "Normans", "paragraphs": [{"context": NORMANS, "qas": qas}]},
+        {"title": "Visit", "paragraphs": [{"context": SHORT, "qas": short}]}]}
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+CONLL = """-DOCSTART- -X- -X- O
+
+Unaffable NNP B-NP B-PER
+Germanyxyz NNP I-NP I-PER
+visited VBD B-VP O
+Paris NNP B-NP B-LOC
+. . O O
+
+EU NNP B-NP B-ORG
+rejects VBZ B-VP O
+German JJ B-NP O
+lamb NN I-NP O
+. . O O
+"""
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("span")
+    data = root / "canonical"
+    data.mkdir()
+    (root / "tasks.yml").write_text(TASKS, encoding="utf-8")
+    squad_file(data / "qa_train.json")
+    squad_file(data / "qa_dev.json", dev=True)
+    squad_file(data / "qa1_train.json", v2=False)
+    squad_file(data / "qa1_dev.json", v2=False, dev=True)
+    for split in ("train", "dev"):
+        (data / f"ner_{split}.conll").write_text(CONLL, encoding="utf-8")
+    (data / "ner_test.conll").write_text("EU\nrejects\n\nParis\n", encoding="utf-8")
+    rows = ["a good film", "a bad film", "great fun", "dull and slow"] * 3
+    for split in ("train", "dev"):
+        (data / f"cls_{split}.tsv").write_text(
+            "".join(f"{i}\t{'pos' if i % 2 == 0 else 'neg'}\t{t}\n" for i, t in enumerate(rows)), encoding="utf-8")
+    assert prepro_std.main(["--model", "minilm-l6", "--root_dir", str(data), "--task_def", str(root / "tasks.yml"),
+                            "--max_seq_len", str(MAX_LEN), "--workers", "1"]) == 0
+    return root
+
+
+def _shards(ws: Path) -> Path:
+    return ws / "canonical" / "minilm-l6"
+
+
+def _tokenizer():
+    import pretrained_models
+    return pretrained_models.load_tokenizer("minilm-l6")
+
+
+# ------------------------------------------------------------------------------------------ SQuAD converter
+def test_long_context_is_covered_by_strided_windows_that_hold_the_answer(ws):
+    rows = [r for r in read_shard(_shards(ws) / "qa_train.jsonl") if r["qid"] == "q-country"]
+    tok = _tokenizer()
+    n_ctx = len(tok(NORMANS, add_special_tokens=False)["input_ids"])
+    n_q = len(tok("In what country is Normandy located?", add_special_tokens=False)["input_ids"])
+    room = MAX_LEN - 3 - n_q  # [CLS] q [SEP] c [SEP]
+    assert len(rows) == 1 + math.ceil((n_ctx - room) / 16) and len(rows) >= 3
+    assert [r["uid"] for r in rows] == [f"q-country#{k}" for k in range(len(rows))]
+    firsts = []
+    for r in rows:
+        assert len(r["token_id"]) <= MAX_LEN and len(r["offsets"]) == len(r["token_id"])
+        ctx_positions = [i for i, o in enumerate(r["offsets"]) if o is not None]
+        assert r["token_id"][0] == tok.cls_token_id and r["token_id"][-1] == tok.sep_token_id
+        assert set(r["type_id"][i] for i in ctx_positions) == {1}
+        firsts.append(r["offsets"][ctx_positions[0]][0])
+        if r["label"] == 1:  # the answer's tokens, read back through the offsets, are the answer
+            assert NORMANS[r["offsets"][r["start"]][0]:r["offsets"][r["end"]][1]] == "France"
+        else:
+            assert r["start"] == r["end"] == 0
+    all_ctx = tok(NORMANS, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    assert firsts == [all_ctx[16 * k][0] for k in range(len(rows))]  # windows start doc_stride tokens apart
+    assert sum(r["label"] for r in rows) >= 1
+    assert window_starts(10, 4, 3) == [0, 3, 6] and window_starts(10, 4, 9) == [0, 4, 8]  # never skip a token
+
+
+def test_unanswerable_windows_point_at_the_first_token_and_sub_token_answers_are_whole(ws):
+    rows = read_shard(_shards(ws) / "qa_train.jsonl")
+    none = [r for r in rows if r["qid"] == "q-none"]
+    assert none and all(r["label"] == 0 and r["start"] == r["end"] == 0 and r["impossible"] for r in none)
+    (visit,) = [r for r in rows if r["qid"] == "q-visitor"]
+    assert visit["end"] - visit["start"] + 1 == 6  # una ##ffa ##ble germany ##xy ##z
+    assert SHORT[visit["offsets"][visit["start"]][0]:visit["offsets"][visit["end"]][1]] == "Unaffable Germanyxyz"
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda q: q["answers"][0].update(answer_start=len(NORMANS) - 2),
+     "qa_train.json: question id q-country: answer 0 ('France' at 480) ends at character 486, outside the "
+     "context (482 characters)"),
+    (lambda q: q["answers"][0].update(answer_start=4),
+     "qa_train.json: question id q-country: answer 0: answer_start 4 does not match the text: the context there "
+     "reads 'Norman', the answer is 'France'"),
+    (lambda q: q.update(answers=[]), "qa_train.json: question id q-country: no answers (an answerable question needs at least one)"),
+])
+def test_bad_squad_input_names_file_and_question_and_writes_nothing(tmp_path, ws, capsys, mutate, message):
+    assert len(NORMANS) == 482
+    data = json.loads(squad_file(tmp_path / "qa_train.json").read_text())
+    mutate(data["data"][0]["paragraphs"][0]["qas"][0])
+    (tmp_path / "qa_train.json").write_text(json.dumps(data))
+    code = prepro_std.main(["--model", "minilm-l6", "--root_dir", str(tmp_path), "--task_def", str(ws / "tasks.yml"),
+                            "--tasks", "qa", "--max_seq_len", str(MAX_LEN)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.strip().endswith("/" + message), err
+    assert len(err.strip().splitlines()) == 1 and not list((tmp_path / "minilm-l6").glob("*.jsonl"))
+
+
+def test_unanswerable_question_in_a_v1_task_is_an_error(tmp_path, ws, capsys):
+    squad_file(tmp_path / "qa1_train.json", v2=True)
+    assert prepro_std.main(["--model", "minilm-l6", "--root_dir", str(tmp_path), "--task_def",
+                            str(ws / "tasks.yml"), "--tasks", "qa1", "--max_seq_len", str(MAX_LEN)]) == 1
+    assert "qa1_train.json: question id q-none: is_impossible (SQuAD v2.0) but the task has no " \
+           "'unanswerable: true'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ SQuAD decoding/scores
+def test_official_normalisation_and_scores_by_hand():
+    assert normalize_answer("  The Eiffel-Tower, an  icon! ") == "eiffeltower icon"
+    golds = {"a": ["the Eiffel Tower", "Eiffel Tower"], "b": ["Paris, France"], "c": [], "d": []}
+    preds = {"a": "Eiffel tower!", "b": "France", "c": "", "d": "Paris"}
+    # a: EM 1, F1 1; b: EM 0, F1 = 2*(1*0.5)/(1.5) = 2/3; c: EM 1, F1 1; d: EM 0, F1 0
+    out = squad_scores(golds, preds, unanswerable=True)
+    assert out == pytest.approx({"EM": 50.0, "F1": 100 * (1 + 2 / 3 + 1) / 4, "HasAns_EM": 50.0,
+                                 "HasAns_F1": 100 * (1 + 2 / 3) / 2, "NoAns_EM": 50.0, "NoAns_F1": 50.0})
+    assert squad_scores({"a": ["x y z"]}, {"a": "x y w"}, unanswerable=False) == pytest.approx(
+        {"EM": 0.0, "F1": 100 * 2 / 3})
+    assert token_f1("a the", "") == 1.0  # both normalise to nothing
+
+
+def _window(context, offsets, starts, start_logits, ends, end_logits, null):
+    return {"context": context, "offsets": offsets, "starts": starts, "start_logits": start_logits,
+            "ends": ends, "end_logits": end_logits, "null": null}
+
+
+def test_n_best_decoding_skips_invalid_spans_and_applies_the_null_threshold():
+    ctx = "alpha beta gamma delta"
+    offs = [None, None, [0, 5], [6, 10], [11, 16], [17, 22], None]  # [CLS] q [SEP]-ish layout
+    w1 = _window(ctx, offs, [1, 5, 2], [9.0, 4.0, 3.0], [2, 3, 5], [8.0, 2.0, 1.0], null=5.0)
+    # (1, *) is a question token; (5, 2) and (5, 3) end before they start; (2, 5) is 4 tokens long
+    opts = SpanOptions(max_answer_len=3)
+    assert best_span([w1], opts) == ("alpha", pytest.approx(5.0 - 11.0))  # (2, 2): 3 + 8
+    assert best_span([w1], SpanOptions(max_answer_len=4))[0] == "alpha"   # (2, 5) = 4 < 11
+    w2 = _window(ctx, offs, [4], [7.0], [5], [6.5], null=20.0)  # "gamma delta": 13.5, the best span
+    text, diff = best_span([w1, w2], opts)
+    assert text == "gamma delta" and diff == pytest.approx(5.0 - 13.5)  # null is the smallest over windows
+    v2 = SpanOptions(max_answer_len=3, unanswerable=True, null_score_diff_threshold=-9.0)
+    assert best_span([w1, w2], v2) == ("", pytest.approx(-8.5))  # -8.5 > -9: no answer
+    v2 = SpanOptions(max_answer_len=3, unanswerable=True, null_score_diff_threshold=-8.0)
+    assert best_span([w1, w2], v2)[0] == "gamma delta"
+
+
+def test_model_outputs_decode_to_answers_through_the_split(ws):
+    """Logits put by hand on the answer tokens of every window that holds one give EM = F1 = 100."""
+    td = parse_task_defs(TASKS)["qa"]
+    data = load_split(_shards(ws), td, "dev", MAX_LEN)
+    batch = collate(data, list(range(len(data))), 0)
+    logits = torch.zeros(len(data), batch["input_ids"].shape[1], 2)
+    for row, (s, e) in enumerate(batch["labels"].tolist()):
+        logits[row, s, 0] += 10
+        logits[row, e, 1] += 10
+    preds, scores = span_candidates(logits, td.span.n_best_size)
+    assert preds.shape == (len(data), 2, 5) and scores.shape == (len(data), 2, 6)
+    result = split_result(data, preds.tolist(), scores.tolist())
+    assert result.uids == ["q-country", "q-leader", "q-king", "q-none", "q-visitor"]
+    assert result.predictions == ["France", "Rollo", "King Charles III", "", "Unaffable Germanyxyz"]
+    assert result.metrics == pytest.approx({"EM": 100.0, "F1": 100.0, "HasAns_EM": 100.0, "HasAns_F1": 100.0,
+                                            "NoAns_EM": 100.0, "NoAns_F1": 100.0})
+    assert json.loads(result.official[1]) == dict(zip(result.uids, result.predictions))
+
+
+# ------------------------------------------------------------------------------------------ CoNLL
+def test_conll_tags_sit_on_first_sub_tokens(ws):
+    td = parse_task_defs(TASKS)["ner"]
+    assert td.task_type is TaskType.SequenceLabeling
+    data = load_split(_shards(ws), td, "train", MAX_LEN)
+    assert data.uids == ["3", "9"]
+    tok = _tokenizer()
+    pieces = tok.convert_ids_to_tokens(data.token_ids[0])
+    assert pieces == ["[CLS]", "una", "##ffa", "##ble", "germany", "##xy", "##z", "visited", "paris", ".", "[SEP]"]
+    labels = collate(data, [0, 1], 0)["labels"]
+    b_per, i_per, b_loc = (td.labels.index(t) for t in ("B-PER", "I-PER", "B-LOC"))
+    assert labels[0, :11].tolist() == [-1, b_per, -1, -1, i_per, -1, -1, 0, b_loc, 0, -1]
+    assert (labels[0, 11:] == -1).all()
+
+
+def test_entity_scores_by_hand_and_predictions_as_columns(ws):
+    golds = [["B-PER", "I-PER", "O", "B-LOC", "O"], ["B-ORG", "O", "O", "O", "O"]]
+    preds = [["B-PER", "O", "O", "B-LOC", "O"], ["B-ORG", "O", "B-MISC", "O", "O"]]
+    # gold entities: PER(0-1), LOC(3), ORG(0); predicted: PER(0), LOC(3), ORG(0), MISC(2); correct: LOC, ORG
+    assert entity_scores(golds, preds) == pytest.approx({"EntityP": 50.0, "EntityR": 100 * 2 / 3,
+                                                         "EntityF1": 100 * 2 * 0.5 * (2 / 3) / (0.5 + 2 / 3)})
+    td = parse_task_defs(TASKS)["ner"]
+    data = load_split(_shards(ws), td, "dev", MAX_LEN)
+    tag = {t: i for i, t in enumerate(td.labels)}
+    length = max(len(t) for t in data.token_ids)
+    out = [[0] * length for _ in range(2)]
+    for pos, t in zip(data.extras[0]["word_start"], ["B-PER", "X", "O", "B-LOC", "O"]):  # X counts as O
+        out[0][pos] = tag[t]
+    result = split_result(data, out, [[0.5] * length] * 2)
+    # gold PER, LOC, ORG; predicted PER (one word: wrong span), LOC: P = 1/2, R = 1/3, F1 = 0.4
+    assert result.metrics == pytest.approx({"EntityP": 50.0, "EntityR": 100 / 3, "EntityF1": 40.0})
+    assert result.official[1].splitlines()[:6] == ["Unaffable B-PER B-PER", "Germanyxyz I-PER O", "visited O O",
+                                                   "Paris B-LOC B-LOC", ". O O", ""]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("EU B-ORG\nrejects\n", "f.conll:2: expected 'word ... tag' columns, got 'rejects'"),
+    ("EU NNP B-ORG\nrejects O\n", "f.conll:2: 2 columns, but the file's first word line has 3"),
+    ("EU B-ORG\nrejects B-FOO\n", "f.conll:2: tag 'B-FOO' is not one of the task's labels"),
+])
+def test_malformed_conll_line_names_file_and_line(tmp_path, text, message):
+    path = tmp_path / "f.conll"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConllError) as info:
+        read_conll(path, True, ("O", "B-ORG"))
+    assert str(info.value).startswith(f"{path.parent}/{message}")
+
+
+# ------------------------------------------------------------------------------------------ end to end
+def _independent_em_f1(gold_lists: dict, predictions: dict) -> tuple[float, float]:
+    """The official script's rules, written out again for the check."""
+    def norm(s):
+        s = "".join(c for c in s.lower() if c not in set(string.punctuation))
+        return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
+
+    def f1(p, g):
+        p, g = norm(p).split(), norm(g).split()
+        if not p or not g:
+            return float(p == g)
+        same = sum((collections.Counter(p) & collections.Counter(g)).values())
+        return 0.0 if same == 0 else 2 * same / (len(p) + len(g))
+    em = [max(float(norm(predictions[q]) == norm(g)) for g in (gs or [""])) for q, gs in gold_lists.items()]
+    f = [max(f1(predictions[q], g) for g in (gs or [""])) for q, gs in gold_lists.items()]
+    return 100 * sum(em) / len(em), 100 * sum(f) / len(f)
+
+
+def test_squad_and_conll_train_next_to_a_glue_task_and_predict(ws):
+    out = ws / "run"
+    assert train_cli.main(["--train_datasets", "qa,ner,cls", "--test_datasets", "qa,ner,cls", "--task_def",
+                           str(ws / "tasks.yml"), "--data_dir", str(_shards(ws)), "--init_checkpoint", "minilm-l6",
+                           "--output_dir", str(out), "--optimizer", "usadamax", "--batch_size", "4", "--epochs", "1",
+                           "--max_seq_len", str(MAX_LEN), "--device", "cpu", "--no_tensorboard",
+                           "--optim_impl", "foreach", "--learning_rate", "1e-4"]) == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert set(record["dev"]) == {"qa_dev", "ner_dev", "cls_dev"}
+    assert (out / "ner_test_submission_0.conll").is_file()
+    dev = json.loads((ws / "canonical" / "qa_dev.json").read_text())
+    golds = {qa["id"]: [a["text"] for a in qa["answers"]] for art in dev["data"] for p in art["paragraphs"]
+             for qa in p["qas"]}
+    for task, split in (("qa", "dev"), ("ner", "dev"), ("ner", "test")):
+        assert predict_cli.main(["--checkpoint", str(out / "best"), "--task", task, "--split", split,
+                                 "--output_dir", str(ws / "pred"), "--device", "cpu"]) == 0
+    answers = json.loads((ws / "pred" / "qa_dev_predictions_predict.json").read_text())
+    assert set(answers) == set(golds)
+    em, f1 = _independent_em_f1(golds, answers)
+    metrics = json.loads((ws / "pred" / "qa_dev_scores_predict.json").read_text())["metrics"]
+    assert metrics["EM"] == pytest.approx(em) and metrics["F1"] == pytest.approx(f1)
+    assert metrics == pytest.approx(record["dev"]["qa_dev"])  # the checkpoint predicts what training measured
+    columns = (ws / "pred" / "ner_dev_predictions_predict.conll").read_text().split("\n\n")
+    gold_seqs = [[ln.split()[1] for ln in block.splitlines()] for block in columns if block.strip()]
+    pred_seqs = [[ln.split()[2] for ln in block.splitlines()] for block in columns if block.strip()]
+    assert gold_seqs == [["B-PER", "I-PER", "O", "B-LOC", "O"], ["B-ORG", "O", "O", "O", "O"]]
+    ner = json.loads((ws / "pred" / "ner_dev_scores_predict.json").read_text())["metrics"]
+    assert ner["EntityF1"] == pytest.approx(_independent_entity_f1(gold_seqs, pred_seqs))
+    test_cols = (ws / "pred" / "ner_test_submission_predict.conll").read_text().splitlines()
+    assert [ln.split()[0] for ln in test_cols if ln] == ["EU", "rejects", "Paris"]
+
+
+def _independent_entity_f1(golds, preds) -> float:
+    """IOB2 chunks (type, first, last) per sentence, an entity counting when type and both ends agree."""
+    def chunks(seq):
+        out, cur = set(), None
+        for i, t in enumerate(seq + ["O"]):
+            if cur and not (t.startswith("I-") and t[2:] == cur[0]):
+                out.add((cur[0], cur[1], i - 1))
+                cur = None
+            if t.startswith("B-") or (t.startswith("I-") and cur is None):
+                cur = (t[2:], i)
+        return out
+    g = {(k,) + c for k, s in enumerate(golds) for c in chunks(s)}
+    p = {(k,) + c for k, s in enumerate(preds) for c in chunks(s)}
+    if not g or not p or not g & p:
+        return 0.0
+    prec, rec = len(g & p) / len(p), len(g & p) / len(g)
+    return 100 * 2 * prec * rec / (prec + rec)
