@@ -433,3 +433,45 @@ def test_bad_span_and_ner_definitions(text, message):
     with pytest.raises(TaskDefError) as info:
         parse_task_defs(text, "f.yml")
     assert str(info.value).startswith(message), str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ exact resume
+@pytest.fixture(scope="module")
+def tiny(ws) -> Path:
+    """A tiny random BERT with MiniLM-L6's vocabulary size, so the MiniLM-tokenized shards fit it."""
+    from transformers import AutoModel
+
+    from conftest import tiny_bert_config
+    torch.manual_seed(0)
+    path = ws / "tiny-bert"
+    AutoModel.from_config(tiny_bert_config(vocab_size=30522)).save_pretrained(path)
+    return path
+
+
+def _trainer_cfg(ws: Path, tiny: Path, out: str, **kw):
+    from mt_dnn.config import TrainConfig
+    base = dict(train_datasets=["qa", "ner", "cls"], test_datasets=["qa", "ner", "cls"],
+                task_def=str(ws / "tasks.yml"), data_dir=str(_shards(ws)), init_checkpoint=str(tiny),
+                output_dir=str(ws / out), optimizer="usadamax", learning_rate=2e-3, batch_size=4, epochs=2,
+                max_seq_len=MAX_LEN, log_every=1, tensorboard=False, optim_impl="foreach", seed=5,
+                save_every_steps=4, num_threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_span_and_ner_resume_exactly(ws, tiny):
+    from mt_dnn.trainer import Trainer
+    full = Trainer(_trainer_cfg(ws, tiny, "resume-full"))
+    full.fit()
+    cut = Trainer(_trainer_cfg(ws, tiny, "resume-cut"))
+    cut.fit(stop_after_steps=10)  # newest checkpoint: step 8, so steps 9-10 are redone
+    resumed = Trainer(_trainer_cfg(ws, tiny, "resume-cut", resume=True))
+    resumed.fit()
+    assert resumed.global_step == full.global_step == 18
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.history[-1]["dev"] == full.history[-1]["dev"]
+    assert set(full.history[-1]["dev"]["qa_dev"]) == {"EM", "F1", "HasAns_EM", "HasAns_F1", "NoAns_EM", "NoAns_F1"}
+    assert (ws / "resume-cut" / "qa_dev_predictions_1.json").read_text() == \
+        (ws / "resume-full" / "qa_dev_predictions_1.json").read_text()
