@@ -131,6 +131,8 @@ class TaskDef:
     def __post_init__(self):
         ids = {lab: i for i, lab in enumerate(self.labels)} if self.labels is not None else {}
         object.__setattr__(self, "_label_ids", ids)
+        if self.task_type is TaskType.Span and self.span is None:  # built in code rather than from YAML
+            object.__setattr__(self, "span", SpanOptions())
 
     @property
     def is_regression(self) -> bool:

@@ -321,7 +321,7 @@ def _independent_em_f1(gold_lists: dict, predictions: dict) -> tuple[float, floa
     return 100 * sum(em) / len(em), 100 * sum(f) / len(f)
 
 
-def test_squad_and_conll_train_next_to_a_glue_task_and_predict(ws):
+def test_squad_and_conll_train_next_to_a_glue_task_and_predict(ws, capsys):
     out = ws / "run"
     assert train_cli.main(["--train_datasets", "qa,ner,cls", "--test_datasets", "qa,ner,cls", "--task_def",
                            str(ws / "tasks.yml"), "--data_dir", str(_shards(ws)), "--init_checkpoint", "minilm-l6",
@@ -339,6 +339,9 @@ def test_squad_and_conll_train_next_to_a_glue_task_and_predict(ws):
     for task, split in (("qa", "dev"), ("ner", "dev")):
         assert predict_cli.main(["--checkpoint", str(out / "best"), "--task", task, "--split", split,
                                  "--output_dir", str(ws / "pred"), "--device", "cpu"]) == 0
+    summaries = json.loads("[" + capsys.readouterr().out.replace("}\n{", "},\n{") + "]")
+    assert [Path(s["predictions_file"]).name for s in summaries] == ["qa_dev_predictions_predict.json",
+                                                                     "ner_dev_predictions_predict.conll"]
     answers = json.loads((ws / "pred" / "qa_dev_predictions_predict.json").read_text())
     assert set(answers) == set(golds)
     em, f1 = _independent_em_f1(golds, answers)
@@ -521,3 +524,33 @@ def test_two_ranks_match_one_process_and_gather_span_and_tag_outputs(ws):
         assert a["metrics"] == pytest.approx(b["metrics"]), name
     assert (one / "qa_dev_predictions_0.json").read_text() == (two / "qa_dev_predictions_0.json").read_text()
     assert (two / "ner_test_submission_0.conll").is_file()
+
+
+# ------------------------------------------------------------------------------------------ heads and losses
+def test_per_token_heads_and_losses_by_hand():
+    from transformers import AutoModel
+
+    from conftest import tiny_bert_config
+    from mt_dnn.loss import SeqCeCriterion, SpanCeCriterion
+    from mt_dnn.model import MTDNNModel
+    torch.manual_seed(0)
+    defs = parse_task_defs(TASKS)
+    model = MTDNNModel(AutoModel.from_config(tiny_bert_config()), {k: defs[k] for k in ("qa", "ner")}).eval()
+    ids = torch.randint(5, 100, (2, 8))
+    mask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3])
+    span = model("qa", ids, mask)
+    tags = model("ner", ids, mask)
+    assert span.shape == (2, 8, 2) and tags.shape == (2, 8, 8)
+    assert (span[1, 5:] == -1e4).all() and (span[1, :5] > -100).all()  # padding can never be an answer
+    logits = torch.randn(2, 8, 2)
+    labels = torch.tensor([[3, 4], [0, 0]])
+    by_hand = sum(-torch.log_softmax(logits[b, :, k], 0)[labels[b, k]] for b in range(2) for k in range(2)) / 4
+    assert SpanCeCriterion()(logits, labels) == pytest.approx(by_hand.item(), rel=1e-6)
+    tag_logits = torch.randn(2, 8, 8)
+    tag_labels = torch.full((2, 8), -1)
+    tag_labels[0, 1], tag_labels[0, 4], tag_labels[1, 2] = 3, 4, 0
+    picked = [(0, 1, 3), (0, 4, 4), (1, 2, 0)]
+    by_hand = sum(-torch.log_softmax(tag_logits[b, t], 0)[c] for b, t, c in picked) / 3
+    assert SeqCeCriterion()(tag_logits, tag_labels) == pytest.approx(by_hand.item(), rel=1e-6)
+    with pytest.raises(ValueError, match=r"SpanCeCriterion: expects integer labels of shape \(2, 2\)"):
+        SpanCeCriterion()(logits, torch.tensor([3, 4]))
