@@ -6,7 +6,8 @@ needed here), are read too when no ``.jsonl`` of that name exists.
 One JSON object per line: ``uid`` (str), ``label`` (class id, or float for Regression; test splits hold the
 placeholder 0 / 0.0), ``token_id`` and ``type_id`` (lists of ints; for PremiseAndMultiHypothesis, one list per
 hypothesis). Span and SequenceLabeling rows carry more fields after these (``EXTRA_KEYS``; see
-data_utils/squad.py and data_utils/conll.py). ``format_line`` writes exactly what ``json.dumps`` of that dict writes, without its per-call cost.
+data_utils/squad.py and data_utils/conll.py). ``format_line`` writes exactly what ``json.dumps`` of that dict
+writes, without its per-call cost.
 """
 from __future__ import annotations
 

@@ -178,7 +178,8 @@ def test_unanswerable_windows_point_at_the_first_token_and_sub_token_answers_are
     (lambda q: q["answers"][0].update(answer_start=4),
      "qa_train.json: question id q-country: answer 0: answer_start 4 does not match the text: the context there "
      "reads 'Norman', the answer is 'France'"),
-    (lambda q: q.update(answers=[]), "qa_train.json: question id q-country: no answers (an answerable question needs at least one)"),
+    (lambda q: q.update(answers=[]),
+     "qa_train.json: question id q-country: no answers (an answerable question needs at least one)"),
 ])
 def test_bad_squad_input_names_file_and_question_and_writes_nothing(tmp_path, ws, capsys, mutate, message):
     assert len(NORMANS) == 482
@@ -554,3 +555,28 @@ def test_per_token_heads_and_losses_by_hand():
     assert SeqCeCriterion()(tag_logits, tag_labels) == pytest.approx(by_hand.item(), rel=1e-6)
     with pytest.raises(ValueError, match=r"SpanCeCriterion: expects integer labels of shape \(2, 2\)"):
         SpanCeCriterion()(logits, torch.tensor([3, 4]))
+
+
+# ------------------------------------------------------------------------------------------ shard rows
+@pytest.mark.parametrize("extra,message", [
+    ({"qid": "q", "start": 5, "end": 0}, "x.jsonl:1: start must be a token position in 0..2, got 5"),
+    ({"offsets": [None]}, "x.jsonl:1: offsets must be a list with one entry per token (3)"),
+    ({"words": ["a"], "tags": [0], "word_start": [3]}, "x.jsonl:1: word_start must hold token positions in 0..2"),
+    ({"words": ["a", "b"], "tags": [0], "word_start": [1, 2]}, "x.jsonl:1: words, tags and word_start must be lists"),
+    ({"colour": 1}, "x.jsonl:1: expected an object with keys ['uid', 'label', 'token_id', 'type_id'] (then "
+                    "optionally"),
+])
+def test_extra_shard_fields_are_checked(tmp_path, extra, message):
+    from data_utils.shards import ShardError
+    row = {"uid": "1", "label": 0, "token_id": [101, 7, 102], "type_id": [0, 0, 0], **extra}
+    (tmp_path / "x.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(ShardError) as info:
+        read_shard(tmp_path / "x.jsonl")
+    assert str(info.value).startswith(f"{tmp_path}/{message}")
+
+
+def test_token_level_rows_longer_than_max_seq_len_are_refused(ws):
+    td = parse_task_defs(TASKS)["ner"]
+    with pytest.raises(ValueError, match=r"ner_train.jsonl:1: 11 tokens, more than --max_seq_len 8; "
+                                         r"SequenceLabeling rows cannot be cut after prepro_std.py"):
+        load_split(_shards(ws), td, "train", 8)
