@@ -214,7 +214,7 @@ def token_level_lines(path: Path, td: TaskDef, split: str, spec: EncodeSpec) -> 
         tok.no_truncation()  # windows are cut here, from the whole context
         questions = read_squad(path, labelled, td.span.unanswerable)
         return encode_squad(tok, PairLayout.probe(tok, spec.type_ids), questions, td.span, spec.max_seq_len,
-                            str(path))
+                            str(path), for_eval=td.split_role(split) != "train")
     tok.enable_truncation(max_length=spec.max_seq_len, strategy="longest_first", direction="right")
     sentences = read_conll(path, labelled, td.labels)
     return encode_conll(tok, sentences, {t: i for i, t in enumerate(td.labels)}, spec.type_ids)

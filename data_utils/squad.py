@@ -7,9 +7,11 @@ tokens apart. Character offsets come from the fast tokenizer's offset mapping, s
 original context text.
 
 Shard rows keep the four base keys (``label`` is 1 when the window holds the answer, else 0) and add: ``qid``,
-``start``/``end`` (token positions of the answer in the window; 0/0, the first token, when it is not there),
-``offsets`` (``[char_start, char_end]`` per token, null outside the context), ``context``, ``answers`` (gold
-texts) and ``impossible``.
+``start``/``end`` (token positions of the answer in the window; 0/0, the first token, when it is not there) and
+``impossible``; rows of evaluation splits (dev, test) also hold what decoding needs: ``offsets``
+(``[char_start, char_end]`` per token, null outside the context), ``context`` and ``answers`` (gold texts).
+Training rows leave those out: on SQuAD's 88k training windows the offsets alone would be tens of millions of
+Python objects once loaded.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from typing import Optional, Sequence
 
 from data_utils.task_def import SpanOptions
 
-SPAN_KEYS = ("qid", "start", "end", "offsets", "context", "answers", "impossible")
+SPAN_KEYS = ("qid", "start", "end", "impossible")     # every row
+DECODE_KEYS = ("offsets", "context", "answers")         # rows of evaluation splits
 
 
 class SquadError(ValueError):
@@ -144,8 +147,8 @@ def answer_tokens(offsets: Sequence[tuple[int, int]], start: int, end: int) -> O
 
 
 def encode_squad(tok, layout: PairLayout, questions: Sequence[Question], options: SpanOptions, max_seq_len: int,
-                 path: str) -> list[str]:
-    """Shard lines (newline-terminated) for every window of every question."""
+                 path: str, for_eval: bool = True) -> list[str]:
+    """Shard lines (newline-terminated) for every window of every question; ``for_eval`` adds DECODE_KEYS."""
     lines = []
     specials = len(layout.prefix) + len(layout.middle) + len(layout.suffix)
     for q in questions:
@@ -172,8 +175,9 @@ def encode_squad(tok, layout: PairLayout, questions: Sequence[Question], options
             inside = span is not None and piece.start <= span[0] and span[1] < piece.stop
             start, end = (len(head) + span[0] - w0, len(head) + span[1] - w0) if inside else (0, 0)
             row = {"uid": f"{q.qid}#{k}", "label": int(inside), "token_id": ids, "type_id": tt, "qid": q.qid,
-                   "start": start, "end": end, "offsets": offsets, "context": q.context,
-                   "answers": [a for a, _ in q.answers], "impossible": q.impossible}
+                   "start": start, "end": end, "impossible": q.impossible}
+            if for_eval:
+                row.update(offsets=offsets, context=q.context, answers=[a for a, _ in q.answers])
             lines.append(json.dumps(row) + "\n")
     return lines
 

@@ -79,7 +79,10 @@ def _split_metrics(data: TaskData, golds, predictions) -> Optional[dict[str, flo
 def decode_span(data: TaskData, preds: list, scores: list) -> SplitResult:
     """Windows -> one answer per question (uids: question ids in first-seen order; scores: null score minus
     best span score), EM/F1 against the gold texts, and SQuAD's predictions JSON {question id: answer}."""
-    from data_utils.squad import best_span
+    from data_utils.squad import DECODE_KEYS, best_span
+    if data.extras and any(k not in data.extras[0] for k in DECODE_KEYS):
+        raise ValueError(f"{data.name}: the shard has no {', '.join(DECODE_KEYS)} (training shards leave them out); "
+                         "predict a dev or test split")
     windows: dict[str, list] = {}
     for row, (pos, val) in enumerate(zip(preds, scores)):
         extra = data.extras[row]

@@ -138,7 +138,13 @@ def _tokenizer():
 
 # ------------------------------------------------------------------------------------------ SQuAD converter
 def test_long_context_is_covered_by_strided_windows_that_hold_the_answer(ws):
-    rows = [r for r in read_shard(_shards(ws) / "qa_train.jsonl") if r["qid"] == "q-country"]
+    rows = [r for r in read_shard(_shards(ws) / "qa_dev.jsonl") if r["qid"] == "q-country"]
+    train = [r for r in read_shard(_shards(ws) / "qa_train.jsonl") if r["qid"] == "q-country"]
+    # training rows carry only what the loss needs; the windows are the same
+    assert all(list(r) == ["uid", "label", "token_id", "type_id", "qid", "start", "end", "impossible"] for r in train)
+    assert [(r["token_id"], r["start"], r["end"]) for r in train] == [(r["token_id"], r["start"], r["end"])
+                                                                       for r in rows]
+    assert rows[0]["answers"] == ["France", "France."]
     tok = _tokenizer()
     n_ctx = len(tok(NORMANS, add_special_tokens=False)["input_ids"])
     n_q = len(tok("In what country is Normandy located?", add_special_tokens=False)["input_ids"])
@@ -163,7 +169,7 @@ def test_long_context_is_covered_by_strided_windows_that_hold_the_answer(ws):
 
 
 def test_unanswerable_windows_point_at_the_first_token_and_sub_token_answers_are_whole(ws):
-    rows = read_shard(_shards(ws) / "qa_train.jsonl")
+    rows = read_shard(_shards(ws) / "qa_dev.jsonl")
     none = [r for r in rows if r["qid"] == "q-none"]
     assert none and all(r["label"] == 0 and r["start"] == r["end"] == 0 and r["impossible"] for r in none)
     (visit,) = [r for r in rows if r["qid"] == "q-visitor"]
@@ -240,6 +246,9 @@ def test_n_best_decoding_skips_invalid_spans_and_applies_the_null_threshold():
 def test_model_outputs_decode_to_answers_through_the_split(ws):
     """Logits put by hand on the answer tokens of every window that holds one give EM = F1 = 100."""
     td = parse_task_defs(TASKS)["qa"]
+    train = load_split(_shards(ws), td, "train", MAX_LEN)
+    with pytest.raises(ValueError, match="qa_train: the shard has no offsets, context, answers"):
+        split_result(train, [[[0], [0]]] * len(train), [[[0.0, 0.0], [0.0, 0.0]]] * len(train))
     data = load_split(_shards(ws), td, "dev", MAX_LEN)
     batch = collate(data, list(range(len(data))), 0)
     logits = torch.zeros(len(data), batch["input_ids"].shape[1], 2)
