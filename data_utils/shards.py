@@ -76,11 +76,13 @@ def format_line_zero_types(uid: str, label: Union[int, float], token_id: Sequenc
 
 def _check_record(rec, path, ln: int, mtdnn: bool = False) -> None:
     """``mtdnn``: an MT-DNN ``.json`` shard, whose lines may carry more keys (attention_mask, olabel, ...)."""
-    extra_ok = isinstance(rec, dict) and tuple(rec)[:len(KEYS)] == KEYS and set(rec) - set(KEYS) <= set(EXTRA_KEYS)
-    if not isinstance(rec, dict) or (not extra_ok and not (mtdnn and set(KEYS) <= set(rec))):
+    base_ok = isinstance(rec, dict) and tuple(rec)[:len(KEYS)] == KEYS
+    if not isinstance(rec, dict) or (not base_ok and not (mtdnn and set(KEYS) <= set(rec))):
         got = list(rec) if isinstance(rec, dict) else type(rec).__name__
-        raise ShardError(f"{path}:{ln}: expected an object with keys {list(KEYS)} (then optionally "
-                         f"{list(EXTRA_KEYS)}), got {got}")
+        raise ShardError(f"{path}:{ln}: expected an object with keys {list(KEYS)}, got {got}")
+    unknown = [k for k in rec if k not in KEYS and k not in EXTRA_KEYS]
+    if unknown and not mtdnn:
+        raise ShardError(f"{path}:{ln}: unknown field(s) {unknown} after {list(KEYS)}; known: {list(EXTRA_KEYS)}")
     if mtdnn and isinstance(rec["uid"], int) and not isinstance(rec["uid"], bool):
         rec["uid"] = str(rec["uid"])
     tok, typ = rec["token_id"], rec["type_id"]
