@@ -82,7 +82,8 @@ def _check_record(rec, path, ln: int, mtdnn: bool = False) -> None:
         raise ShardError(f"{path}:{ln}: expected an object with keys {list(KEYS)}, got {got}")
     unknown = [k for k in rec if k not in KEYS and k not in EXTRA_KEYS]
     if unknown and not mtdnn:
-        raise ShardError(f"{path}:{ln}: unknown field(s) {unknown} after {list(KEYS)}; known: {list(EXTRA_KEYS)}")
+        raise ShardError(f"{path}:{ln}: expected an object with keys {list(KEYS)}, then only fields among "
+                         f"{list(EXTRA_KEYS)}; got unknown {unknown}")
     if mtdnn and isinstance(rec["uid"], int) and not isinstance(rec["uid"], bool):
         rec["uid"] = str(rec["uid"])
     tok, typ = rec["token_id"], rec["type_id"]

@@ -572,7 +572,9 @@ def test_per_token_heads_and_losses_by_hand():
     ({"offsets": [None]}, "x.jsonl:1: offsets must be a list with one entry per token (3)"),
     ({"words": ["a"], "tags": [0], "word_start": [3]}, "x.jsonl:1: word_start must hold token positions in 0..2"),
     ({"words": ["a", "b"], "tags": [0], "word_start": [1, 2]}, "x.jsonl:1: words, tags and word_start must be lists"),
-    ({"colour": 1}, "x.jsonl:1: unknown field(s) ['colour'] after ['uid', 'label', 'token_id', 'type_id']"),
+    ({"colour": 1}, "x.jsonl:1: expected an object with keys ['uid', 'label', 'token_id', 'type_id'], then only "
+                    "fields among ['qid', 'start', 'end', 'offsets', 'context', 'answers', 'impossible', 'words', "
+                    "'tags', 'word_start']; got unknown ['colour']"),
 ])
 def test_extra_shard_fields_are_checked(tmp_path, extra, message):
     from data_utils.shards import ShardError
