@@ -39,7 +39,9 @@ WHAT IS FETCHED AND HOW IT IS VERIFIED
   QNLI, QQP, MNLI: the original GLUE archives QNLIv2.zip, QQP-clean.zip and MNLI.zip from
     dl.fbaipublicfiles.com; the sha256 of each archive is recorded in this script, and only the task's
     TSVs are unpacked (MNLI: train, dev_matched/mismatched, test_matched/mismatched).
-  Not covered: the GLUE diagnostic set (AX).
+  Not covered: the GLUE diagnostic set (AX); SQuAD v1.1/v2.0 and CoNLL-2003 (no SQuAD hash could be
+    verified here, CoNLL-2003 has no stable public source; README: "Span extraction (SQuAD) and
+    sequence labeling (NER)" says how to use files you have).
   Encoders (bert-base-uncased, roberta-base, roberta-large): config, tokenizer files and
     model.safetensors from the Hugging Face hub at a pinned commit. Each file is checked against the
     hash the hub publishes for that commit (sha256 for large files, the git blob sha1 for small text

@@ -2,7 +2,9 @@
 """Predict with a trained checkpoint: ``python predict.py --checkpoint OUT/best --task rte --split dev``.
 
 Writes ``{task}_{split}_scores_{tag}.json`` (metrics when the split has labels, predictions, uids, scores) and, for
-test splits, the GLUE submission TSV, into ``--output_dir`` (default: the checkpoint folder).
+test splits, the GLUE submission TSV, into ``--output_dir`` (default: the checkpoint folder). Span tasks also write
+``{task}_{split}_predictions_{tag}.json`` (SQuAD's format), SequenceLabeling tasks ``..._predictions_{tag}.conll``
+(columns); their test "submission" is that same format.
 """
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ def run(args) -> dict:
     out_dir = Path(args.output_dir or folder)
     scores = write_scores(result, out_dir, args.tag)
     summary = {"dataset": result.dataset, "metrics": result.metrics, "scores_file": str(scores)}
+    if result.official is not None:
+        summary["predictions_file"] = str(out_dir / f"{result.dataset}_predictions_{args.tag}{result.official[0]}")
     if result.metrics is None:
         sub = write_submission(result, td, out_dir / f"{result.dataset}_submission_{args.tag}.tsv")
         summary["submission_file"] = str(sub)

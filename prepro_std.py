@@ -2,6 +2,10 @@
 
     {root_dir}/{task}_{split}.tsv  ->  {root_dir}/{model_short_name}/{task}_{split}.jsonl
 
+Span tasks (data_format MRC) read SQuAD's official JSON, ``{task}_{split}.json``, and SequenceLabeling tasks
+(data_format Seqence) CoNLL-2003 column files, ``{task}_{split}.conll``: see data_utils/squad.py and
+data_utils/conll.py; they are encoded in this process with the tokenizer's offsets and word ids.
+
 The main process reads each TSV and hands chunks of ~2,048 lines to ``--workers`` processes, which validate
 the rows, tokenize them in one batch call of the Rust fast tokenizer and format the JSON lines; the main process
 checks uid uniqueness and writes the chunks in order to a temp file that is renamed when complete. Splits under
@@ -28,9 +32,11 @@ import pretrained_models
 from data_utils.atomic import atomic_write, clean_stale_temps
 from data_utils.encoding import (Chunk, EncodeSpec, build_backend, encode_chunk, encode_in_worker, init_worker,
                                  spec_from_hf)
+from data_utils.conll import ConllError, encode_conll, read_conll
 from data_utils.shard_checks import encoder_positions
 from data_utils.shards import shard_path
-from data_utils.task_def import DataFormat, TaskDef, TaskDefError, load_task_defs, select_tasks
+from data_utils.squad import PairLayout, SquadError, encode_squad, read_squad
+from data_utils.task_def import DataFormat, TaskDef, TaskDefError, TaskType, load_task_defs, select_tasks
 from data_utils.tsv import TsvError, check_unique_uids, decode_lines
 
 ROOT = Path(__file__).resolve().parent
@@ -111,6 +117,8 @@ def _fingerprint(data: bytes, td: TaskDef, split: str, spec: EncodeSpec) -> str:
                 data_format=td.data_format.name, n_class=td.n_class, labels=td.labels, labelled=td.has_labels(split),
                 max_seq_len=spec.max_seq_len, type_ids=spec.type_ids,
                 tokenizer=hashlib.sha256(spec.tokenizer_json.encode("utf-8")).hexdigest())
+    if td.span is not None:  # windowing settings shape Span shards
+        meta["span"] = [td.span.doc_stride, td.span.max_query_len, td.span.unanswerable]
     h.update(json.dumps(meta, sort_keys=True).encode("utf-8"))
     return h.hexdigest()
 
@@ -198,11 +206,32 @@ def write_shard(tsv: Path, lines: list[str], td: TaskDef, split: str, shard: Pat
 
 
 # ------------------------------------------------------------------------------------------ driver
+#: The input file of each data format that is not a canonical TSV.
+INPUT_SUFFIX = {DataFormat.MRC: ".json", DataFormat.Seqence: ".conll"}
+
+
 def _jobs(cfg: PreproConfig, task_defs: dict[str, TaskDef]):
     for td in task_defs.values():
+        suffix = INPUT_SUFFIX.get(td.data_format, ".tsv")
         for split in td.split_names:
-            yield td, split, Path(cfg.root_dir) / f"{td.name}_{split}.tsv", \
+            yield td, split, Path(cfg.root_dir) / f"{td.name}_{split}{suffix}", \
                 shard_path(cfg.root_dir, cfg.model, td.name, split)
+
+
+def token_level_lines(path: Path, td: TaskDef, split: str, spec: EncodeSpec) -> list[str]:
+    """Shard lines of a SQuAD JSON (Span) or CoNLL column file (SequenceLabeling), encoded in this process."""
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_str(spec.tokenizer_json)
+    tok.no_padding()
+    labelled = td.has_labels(split)
+    if td.task_type is TaskType.Span:
+        tok.no_truncation()  # windows are cut here, from the whole context
+        questions = read_squad(path, labelled, td.span.unanswerable)
+        return encode_squad(tok, PairLayout.probe(tok, spec.type_ids), questions, td.span, spec.max_seq_len,
+                            str(path), for_eval=td.split_role(split) != "train")
+    tok.enable_truncation(max_length=spec.max_seq_len, strategy="longest_first", direction="right")
+    sentences = read_conll(path, labelled, td.labels)
+    return encode_conll(tok, sentences, {t: i for i, t in enumerate(td.labels)}, spec.type_ids)
 
 
 def run(cfg: PreproConfig, log=print) -> list[ShardResult]:
@@ -239,7 +268,13 @@ def _one(td: TaskDef, split: str, tsv: Path, shard: Path, spec: EncodeSpec, enco
     fingerprint = _fingerprint(data, td, split, spec)
     if not force and _up_to_date(shard, fingerprint):
         return ShardResult(td.name, split, "up to date", shard)
-    rows = write_shard(tsv, decode_lines(data, tsv), td, split, shard, encoder)
+    if td.token_level:
+        lines = token_level_lines(tsv, td, split, spec)
+        with atomic_write(shard) as handle:
+            handle.writelines(lines)
+        rows = len(lines)
+    else:
+        rows = write_shard(tsv, decode_lines(data, tsv), td, split, shard, encoder)
     _write_stamp(shard, fingerprint, rows)
     return ShardResult(td.name, split, "written", shard, rows, time.perf_counter() - start)
 
@@ -257,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=PreproConfig.model,
                    help="HF hub name, local folder, or a pretrained_models.py registry name")
-    p.add_argument("--root_dir", default=PreproConfig.root_dir, help="folder of the canonical TSVs")
+    p.add_argument("--root_dir", default=PreproConfig.root_dir,
+                   help="folder of the canonical TSVs (SQuAD JSON: {task}_{split}.json, CoNLL: {task}_{split}.conll)")
     p.add_argument("--task_def", default=PreproConfig.task_def, help="task-definition YAML")
     p.add_argument("--tasks", nargs="+", default=None, help="only these tasks (default: all in --task_def)")
     p.add_argument("--max_seq_len", type=int, default=PreproConfig.max_seq_len)
@@ -274,7 +310,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = PreproConfig(**{**vars(args), "tasks": tuple(args.tasks) if args.tasks else None})
     try:
         run(cfg)
-    except (PreproError, TaskDefError, TsvError) as exc:
+    except (PreproError, TaskDefError, TsvError, SquadError, ConllError) as exc:
         print(f"prepro_std.py: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -58,6 +58,25 @@ METRICS: dict[str, MetricFn] = {
 }
 
 
+def _em_f1(golds, predictions, task_def) -> dict[str, float]:
+    from data_utils.squad import squad_scores
+    return squad_scores(golds, predictions, task_def.span.unanswerable)
+
+
+def _seqeval(golds, predictions, task_def) -> dict[str, float]:
+    from data_utils.conll import entity_scores
+    return entity_scores(golds, predictions)
+
+
+#: Metrics of a whole decoded split, for Span and SequenceLabeling tasks: YAML name -> f(golds, predictions,
+#: task_def) -> {key: value ×100}. EmF1: golds {question id: [answer texts]}, predictions {question id: text};
+#: SeqEval: golds and predictions are lists of tag sequences.
+SPLIT_METRICS: dict[str, Callable] = {
+    "EmF1": _em_f1,
+    "SeqEval": _seqeval,
+}
+
+
 def get_metric(name: str) -> MetricFn:
     """The metric function for a YAML name; unknown names fail with the list of known ones."""
     try:

@@ -5,9 +5,10 @@ needed here), are read too when no ``.jsonl`` of that name exists.
 
 One JSON object per line: ``uid`` (str), ``label`` (class id, or float for Regression; test splits hold the
 placeholder 0 / 0.0), ``token_id`` and ``type_id`` (lists of ints; for PremiseAndMultiHypothesis, one list per
-hypothesis). ``format_line`` writes exactly what ``json.dumps`` of that dict writes, without its per-call cost.
-A training shard written by prepare_distillation_data.py has a fifth key, ``soft_label``: the teachers' class
-probabilities (a list of n_class floats) or, for Regression, their predicted value.
+hypothesis). Span and SequenceLabeling rows carry more fields after these (``EXTRA_KEYS``; see
+data_utils/squad.py and data_utils/conll.py). A training shard written by prepare_distillation_data.py has one
+more, ``soft_label``: the teachers' class probabilities (a list of n_class floats) or, for Regression, their
+predicted value. ``format_line`` writes exactly what ``json.dumps`` of that dict writes, without its per-call cost.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import pretrained_models
 
 KEYS = ("uid", "label", "token_id", "type_id")
 SOFT_LABEL = "soft_label"
+#: Fields after the base keys in Span rows (data_utils.squad) and SequenceLabeling rows (data_utils.conll).
+EXTRA_KEYS = ("qid", "start", "end", "offsets", "context", "answers", "impossible", "words", "tags", "word_start")
 
 
 class ShardError(ValueError):
@@ -75,11 +78,16 @@ def format_line_zero_types(uid: str, label: Union[int, float], token_id: Sequenc
 
 def _check_record(rec, path, ln: int, mtdnn: bool = False) -> None:
     """``mtdnn``: an MT-DNN ``.json`` shard, whose lines may carry more keys (attention_mask, olabel, ...)."""
-    if isinstance(rec, dict) and tuple(rec) == (*KEYS, SOFT_LABEL):
-        _check_soft_label(rec[SOFT_LABEL], path, ln)
-    elif not isinstance(rec, dict) or (tuple(rec) != KEYS and not (mtdnn and set(KEYS) <= set(rec))):
+    base_ok = isinstance(rec, dict) and tuple(rec)[:len(KEYS)] == KEYS
+    if not isinstance(rec, dict) or (not base_ok and not (mtdnn and set(KEYS) <= set(rec))):
         got = list(rec) if isinstance(rec, dict) else type(rec).__name__
         raise ShardError(f"{path}:{ln}: expected an object with keys {list(KEYS)}, got {got}")
+    unknown = [k for k in rec if k not in KEYS and k not in EXTRA_KEYS and k != SOFT_LABEL]
+    if unknown and not mtdnn:
+        raise ShardError(f"{path}:{ln}: expected an object with keys {list(KEYS)}, then only fields among "
+                         f"{[*EXTRA_KEYS, SOFT_LABEL]}; got unknown {unknown}")
+    if SOFT_LABEL in rec:
+        _check_soft_label(rec[SOFT_LABEL], path, ln)
     if mtdnn and isinstance(rec["uid"], int) and not isinstance(rec["uid"], bool):
         rec["uid"] = str(rec["uid"])
     tok, typ = rec["token_id"], rec["type_id"]
@@ -93,6 +101,24 @@ def _check_record(rec, path, ln: int, mtdnn: bool = False) -> None:
     types = typ if rows is tok else [typ]
     if len(rows) != len(types) or any(len(a) != len(b) for a, b in zip(rows, types)):
         raise ShardError(f"{path}:{ln}: token_id and type_id differ in shape")
+    _check_extras(rec, path, ln)
+
+
+def _check_extras(rec: dict, path, ln: int) -> None:
+    """Token positions and per-token lists of Span / SequenceLabeling rows must fit the row."""
+    n = len(rec["token_id"])
+    if "offsets" in rec and (not isinstance(rec["offsets"], list) or len(rec["offsets"]) != n):
+        raise ShardError(f"{path}:{ln}: offsets must be a list with one entry per token ({n})")
+    for key in ("start", "end"):
+        if key in rec and (not isinstance(rec[key], int) or isinstance(rec[key], bool) or not 0 <= rec[key] < n):
+            raise ShardError(f"{path}:{ln}: {key} must be a token position in 0..{n - 1}, got {rec[key]!r}")
+    if "words" in rec:
+        words, tags, starts = rec["words"], rec.get("tags"), rec.get("word_start")
+        if not isinstance(words, list) or not isinstance(tags, list) or not isinstance(starts, list) \
+                or len(starts) != len(words) or len(tags) not in (0, len(words)):
+            raise ShardError(f"{path}:{ln}: words, tags and word_start must be lists with one entry per word")
+        if any(not isinstance(p, int) or not -1 <= p < n for p in starts):
+            raise ShardError(f"{path}:{ln}: word_start must hold token positions in 0..{n - 1} (or -1)")
 
 
 def _number(x) -> bool:

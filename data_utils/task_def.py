@@ -21,30 +21,48 @@ class TaskType(Enum):
     Classification = 1
     Regression = 2
     Ranking = 3
+    Span = 4              # extractive QA (SQuAD v1.1 / v2.0): a start and an end token per window
+    SequenceLabeling = 5  # one tag per word (CoNLL-2003 NER)
+    SeqenceLabeling = 5   # MT-DNN's spelling: an alias of SequenceLabeling
 
 
 class DataFormat(Enum):
     PremiseOnly = 1
     PremiseAndOneHypothesis = 2
     PremiseAndMultiHypothesis = 3
+    MRC = 4       # SQuAD's official JSON ({task}_{split}.json)
+    Seqence = 5   # CoNLL-2003 column files ({task}_{split}.conll); MT-DNN's spelling
+    Sequence = 5  # the correct spelling, an alias
 
 
 # Kept here (not imported) so loading a task file needs no torch/sklearn; tests check them against the
 # registries in data_utils.metrics and mt_dnn.loss.
 CLASS_METRICS = ("ACC", "F1", "MCC", "AUC")
 REGRESSION_METRICS = ("Pearson", "Spearman")
-KNOWN_METRICS = CLASS_METRICS + REGRESSION_METRICS
+SPAN_METRICS = ("EmF1",)      # SQuAD's exact match and F1 (v2.0: also HasAns_* / NoAns_*)
+SEQUENCE_METRICS = ("SeqEval",)  # entity-level precision / recall / F1
+KNOWN_METRICS = CLASS_METRICS + REGRESSION_METRICS + SPAN_METRICS + SEQUENCE_METRICS
+METRICS_FOR_TYPE = {TaskType.Classification: CLASS_METRICS, TaskType.Regression: REGRESSION_METRICS,
+                    TaskType.Ranking: CLASS_METRICS, TaskType.Span: SPAN_METRICS,
+                    TaskType.SequenceLabeling: SEQUENCE_METRICS}
 LOSS_FOR_TYPE = {TaskType.Classification: "CeCriterion", TaskType.Regression: "MseCriterion",
-                 TaskType.Ranking: "RankCeCriterion"}
+                 TaskType.Ranking: "RankCeCriterion", TaskType.Span: "SpanCeCriterion",
+                 TaskType.SequenceLabeling: "SeqCeCriterion"}
 FORMATS_FOR_TYPE = {
     TaskType.Classification: (DataFormat.PremiseOnly, DataFormat.PremiseAndOneHypothesis),
     TaskType.Regression: (DataFormat.PremiseOnly, DataFormat.PremiseAndOneHypothesis),
     TaskType.Ranking: (DataFormat.PremiseAndMultiHypothesis,),
+    TaskType.Span: (DataFormat.MRC,),
+    TaskType.SequenceLabeling: (DataFormat.Seqence,),
 }
+#: Task types whose examples are not canonical TSV rows: each has its own reader in prepro_std.py.
+TOKEN_LEVEL_TYPES = (TaskType.Span, TaskType.SequenceLabeling)
 SPLIT_ROLES = ("train", "dev", "test")
 DEFAULT_SPLITS = ("train", "dev", "test")
+SPAN_FIELDS = ("doc_stride", "max_query_len", "max_answer_len", "n_best_size", "unanswerable",
+               "null_score_diff_threshold")
 FIELDS = ("task_type", "data_format", "n_class", "labels", "metric_meta", "loss", "dropout_p", "split_names",
-          "enable_san", "adv_loss", "kd_loss")
+          "enable_san", "adv_loss", "kd_loss") + SPAN_FIELDS
 MAX_EXPANDED_NODES = 100_000  # a GLUE task file has a few hundred; YAML aliases can make billions ("alias bomb")
 QUOTE_CHARS = 80
 #: SMART's divergence between clean and perturbed outputs (``adv_loss``) and the distillation loss on soft
@@ -62,12 +80,12 @@ _SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 #: MT-DNN / SAGE-repo names that parse here but are not implemented: value -> why. A field holding one of them
 #: gets a warning naming file:line (the task is skipped for task_type/data_format, the name dropped or replaced
 #: for metric_meta/loss), instead of the typo error a name unknown to MT-DNN gets.
-MTDNN_TASK_TYPES = ("Span", "SpanYN", "SeqenceLabeling", "MaskLM", "SpanSeqenceLabeling", "SeqenceGeneration",
+MTDNN_TASK_TYPES = ("SpanYN", "MaskLM", "SpanSeqenceLabeling", "SeqenceGeneration",
                     "ClozeChoice")
-MTDNN_DATA_FORMATS = ("MRC", "Seqence", "MLM", "CLUE_CLASSIFICATION", "CLUE_SPAN", "CLUE_SEQ", "CLUE_GEN",
+MTDNN_DATA_FORMATS = ("MLM", "CLUE_CLASSIFICATION", "CLUE_SPAN", "CLUE_SEQ", "CLUE_GEN",
                       "ClozeChoice")
-MTDNN_METRICS = ("SeqEval", "EmF1", "F1MAC", "F1MIC", "CLUEEM", "CLUEF1")
-MTDNN_LOSSES = ("SpanCeCriterion", "SeqCeCriterion", "KlCriterion", "SymKlCriterion", "NsKlCriterion",
+MTDNN_METRICS = ("F1MAC", "F1MIC", "CLUEEM", "CLUEF1")
+MTDNN_LOSSES = ("KlCriterion", "SymKlCriterion", "NsKlCriterion",
                 "NsSymKlCriterion", "JSCriterion", "HLCriterion", "MlmCriterion", "SpanYNCeCriterion")
 MTDNN_ENCODER_TYPES = ("BERT", "ROBERTA", "XLNET", "SAN", "XLM", "DEBERTA", "ELECTRA", "T5", "T5G", "MSRT5G",
                        "MSRT5", "MSRLONGT5G", "MSRLONGT5")
@@ -124,6 +142,22 @@ def _check_expansion(node: yaml.Node, path: str) -> None:
 
 
 @dataclass(frozen=True)
+class SpanOptions:
+    """A Span task's windowing and decoding settings (YAML fields of the same names; BERT's SQuAD defaults).
+
+    ``doc_stride`` is the step between the first context tokens of consecutive windows; ``unanswerable`` marks
+    a SQuAD v2.0 task: its questions may have no answer, and "" is predicted when the best null score beats the
+    best span score by more than ``null_score_diff_threshold``.
+    """
+    doc_stride: int = 128
+    max_query_len: int = 64
+    max_answer_len: int = 30
+    n_best_size: int = 20
+    unanswerable: bool = False
+    null_score_diff_threshold: float = 0.0
+
+
+@dataclass(frozen=True)
 class TaskDef:
     """One task. ``labels[i]`` is the TSV label string of class id ``i`` (Ranking: of hypothesis ``i``).
 
@@ -141,12 +175,15 @@ class TaskDef:
     enable_san: bool = False
     adv_loss: Optional[str] = None  # SMART divergence (None: the task type's default, see ADV_LOSSES)
     kd_loss: Optional[str] = None   # distillation loss on soft targets (None: the default, see KD_LOSSES)
+    span: Optional[SpanOptions] = None  # Span tasks only
     dropout_given: bool = field(default=False, compare=False)  # the YAML set dropout_p (--dropout_p fills others)
     _label_ids: dict = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         ids = {lab: i for i, lab in enumerate(self.labels)} if self.labels is not None else {}
         object.__setattr__(self, "_label_ids", ids)
+        if self.task_type is TaskType.Span and self.span is None:  # built in code rather than from YAML
+            object.__setattr__(self, "span", SpanOptions())
 
     @property
     def is_regression(self) -> bool:
@@ -201,6 +238,11 @@ class TaskDef:
 
     def placeholder_label(self) -> Union[int, float]:
         return 0.0 if self.is_regression else 0
+
+    @property
+    def token_level(self) -> bool:
+        """Span and SequenceLabeling: outputs per token, examples read from their own file formats."""
+        return self.task_type in TOKEN_LEVEL_TYPES
 
 
 def split_role(split: str) -> str:
@@ -329,12 +371,22 @@ def _labels_and_classes(where: _Where, task: str, spec: dict, task_type: TaskTyp
         if n_class != 1:
             raise where.error(f"a Regression task has n_class 1, got {n_class}", task, "n_class")
         return 1, None
+    if task_type is TaskType.Span:  # the shard label says whether the window holds the answer (0/1)
+        if raw_labels is not None:
+            raise where.error("a Span task has no labels; remove the field", task, "labels")
+        n_class = 2 if raw_n is None else _int(where, task, "n_class", raw_n)
+        if n_class != 2:
+            raise where.error(f"a Span task has n_class 2 (start and end), got {n_class}", task, "n_class")
+        return 2, None
     labels = _str_list(where, task, "labels", raw_labels, ints_ok=True) if raw_labels is not None else None
+    if task_type is TaskType.SequenceLabeling and labels is None:
+        raise where.error("a SequenceLabeling task needs its tags as labels (e.g. [O, B-PER, I-PER, ...])",
+                          task, "labels")
     if raw_n is None and labels is None:
         raise where.error(f"a {task_type.name} task needs n_class or labels", task, "n_class")
     n_class = len(labels) if raw_n is None else _int(where, task, "n_class", raw_n)
     if n_class < 2:
-        what = "classes" if task_type is TaskType.Classification else "hypotheses per example"
+        what = "hypotheses per example" if task_type is TaskType.Ranking else "classes"
         raise where.error(f"a {task_type.name} task needs at least 2 {what}, got n_class {n_class}", task, "n_class")
     if labels is not None and len(labels) != n_class:
         raise where.error(f"n_class is {n_class} but labels has {len(labels)} items {list(labels)}", task, "n_class")
@@ -348,10 +400,11 @@ def _metrics(where: _Where, task: str, raw: Any, task_type: TaskType, n_class: i
         names = tuple(n for n in names if n not in MTDNN_METRICS)
         if not names:
             raise where.error(f"MT-DNN's metric(s) {', '.join(dropped)} are not implemented here and no other "
-                              f"metric is given; add one of {', '.join(KNOWN_METRICS)}", task, "metric_meta")
+                              f"metric is given; add one of {', '.join(METRICS_FOR_TYPE[task_type])}", task,
+                              "metric_meta")
         where.warn(f"MT-DNN's metric(s) {', '.join(dropped)} are not implemented here; left out", task,
                    "metric_meta")
-    allowed = REGRESSION_METRICS if task_type is TaskType.Regression else CLASS_METRICS
+    allowed = METRICS_FOR_TYPE[task_type]
     for name in names:
         if name not in KNOWN_METRICS:
             raise where.error(f"unknown metric {_q(name)}; known: {', '.join(KNOWN_METRICS)}", task, "metric_meta")
@@ -416,9 +469,11 @@ def _san(where: _Where, task: str, raw: Any, task_type: TaskType) -> bool:
 def _objective_loss(where: _Where, task: str, key: str, raw: Any, task_type: TaskType) -> Optional[str]:
     """``adv_loss`` / ``kd_loss``: a name from ADV_LOSSES / KD_LOSSES that fits the task type (None when absent:
     the run's default applies). MT-DNN's other criterion names get the default with a warning, as ``loss``."""
-    allowed = (ADV_LOSSES if key == "adv_loss" else KD_LOSSES)[task_type]
     if raw is None:
         return None
+    allowed = (ADV_LOSSES if key == "adv_loss" else KD_LOSSES).get(task_type, ())
+    if not allowed:
+        raise where.error(f"{key} does not apply to a {task_type.name} task", task, key)
     known = sorted({n for names in (ADV_LOSSES if key == "adv_loss" else KD_LOSSES).values() for n in names})
     if raw in allowed:
         return raw
@@ -428,6 +483,28 @@ def _objective_loss(where: _Where, task: str, key: str, raw: Any, task_type: Tas
         where.warn(f"MT-DNN's {raw} is not available as {key} here; {allowed[0]} is used", task, key)
         return allowed[0]
     raise where.error(f"unknown loss {raw!r}; known: {', '.join(known)}", task, key)
+
+
+def _span_options(where: _Where, task: str, spec: dict, task_type: TaskType) -> Optional[SpanOptions]:
+    given = [key for key in SPAN_FIELDS if key in spec]
+    if task_type is not TaskType.Span:
+        if given:
+            raise where.error(f"only Span tasks have this field, not {task_type.name}", task, given[0])
+        return None
+    values = {}
+    for key in given:
+        raw = spec[key]
+        if key == "unanswerable":
+            if not isinstance(raw, bool):
+                raise where.error(f"must be true or false, got {_type_name(raw)} {raw!r}", task, key)
+        elif key == "null_score_diff_threshold":
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+                raise where.error(f"must be a finite number, got {_type_name(raw)} {raw!r}", task, key)
+            raw = float(raw)
+        elif _int(where, task, key, raw) < 1:
+            raise where.error(f"must be at least 1, got {raw}", task, key)
+        values[key] = raw
+    return SpanOptions(**values)
 
 
 def _no_effect_field(where: _Where, task: str, key: str, raw: Any) -> None:
@@ -461,6 +538,7 @@ def _build(where: _Where, task: str, spec: Any) -> TaskDef:
                    enable_san=_san(where, task, spec.get("enable_san"), task_type),
                    adv_loss=_objective_loss(where, task, "adv_loss", spec.get("adv_loss"), task_type),
                    kd_loss=_objective_loss(where, task, "kd_loss", spec.get("kd_loss"), task_type),
+                   span=_span_options(where, task, spec, task_type),
                    dropout_given=spec.get("dropout_p") is not None)
 
 

@@ -1,5 +1,6 @@
 """Task heads: dropout with the task's ``dropout_p``, then one linear layer over the pooled representation; or,
-for Classification tasks with ``enable_san: true`` (and ``--answer_opt 1``), MT-DNN's stochastic answer network.
+for Classification tasks with ``enable_san: true`` (and ``--answer_opt 1``), MT-DNN's stochastic answer network;
+Span and SequenceLabeling heads score every token instead.
 
 A registry keyed by ``TaskType`` builds the right head, so a new task needs only its YAML entry. Layer names
 (``dropout``, ``proj``, ``summary``, ``attend``, ``cell``) stay out of the SAGE name patterns: heads are trained
@@ -132,6 +133,35 @@ class SANClassifier(nn.Module):
         return averaged.clamp_min(1e-12).log()
 
 
+class SpanHead(nn.Module):
+    """(B, L, H) token states -> (B, L, 2) start and end logits; padding gets a large negative logit."""
+
+    per_token = True  # MTDNNModel passes (hidden states, attention_mask), not a pooled vector
+
+    def __init__(self, hidden_size: int, dropout_p: float, init_std: float = 0.02):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout_p)
+        self.proj = _init_linear(nn.Linear(hidden_size, 2), init_std)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        logits = _wide(self.proj(self.dropout(hidden)))
+        return logits.masked_fill(~attention_mask.bool().unsqueeze(-1), -1e4)
+
+
+class TaggingHead(nn.Module):
+    """(B, L, H) token states -> (B, L, n_class) tag logits (only first sub-tokens are trained and read)."""
+
+    per_token = True
+
+    def __init__(self, hidden_size: int, n_class: int, dropout_p: float, init_std: float = 0.02):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout_p)
+        self.proj = _init_linear(nn.Linear(hidden_size, n_class), init_std)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.dropout(hidden))
+
+
 def _classification(task_def: TaskDef, hidden_size: int, init_std: float) -> nn.Module:
     if task_def.n_class < 2:
         raise ValueError(f"task {task_def.name}: a Classification head needs n_class >= 2, got {task_def.n_class}")
@@ -142,12 +172,22 @@ def _score(task_def: TaskDef, hidden_size: int, init_std: float) -> nn.Module:
     return ScoreHead(hidden_size, task_def.dropout_p, init_std)
 
 
+def _span(task_def: TaskDef, hidden_size: int, init_std: float) -> nn.Module:
+    return SpanHead(hidden_size, task_def.dropout_p, init_std)
+
+
+def _tagging(task_def: TaskDef, hidden_size: int, init_std: float) -> nn.Module:
+    return TaggingHead(hidden_size, task_def.n_class, task_def.dropout_p, init_std)
+
+
 HeadBuilder = Callable[[TaskDef, int, float], nn.Module]
 
 HEADS: dict[TaskType, HeadBuilder] = {
     TaskType.Classification: _classification,
     TaskType.Regression: _score,
     TaskType.Ranking: _score,
+    TaskType.Span: _span,
+    TaskType.SequenceLabeling: _tagging,
 }
 
 

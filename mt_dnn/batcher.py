@@ -14,7 +14,7 @@ import torch
 
 from data_utils.shard_checks import EncoderLimits, check_encoder_fit, check_labels
 from data_utils.shards import find_shard, read_shard
-from data_utils.task_def import DataFormat, TaskDef
+from data_utils.task_def import DataFormat, TaskDef, TaskType
 
 PAD_MULTIPLE = 8
 BUCKET_BATCHES = 50  # examples are length-sorted within windows of this many batches
@@ -31,6 +31,7 @@ class TaskData:
     type_ids: list
     lengths: list[int]
     soft_labels: Optional[list] = None  # teachers' soft targets (prepare_distillation_data.py), when the shard has them
+    extras: list[dict] = None  # per row, the shard's fields beyond the four base keys (Span, SequenceLabeling)
 
     @property
     def name(self) -> str:
@@ -63,12 +64,15 @@ def load_split(data_dir: str | Path, task_def: TaskDef, split: str, max_seq_len:
     if not records:
         raise ValueError(f"{path}: shard is empty")
     ranking = task_def.data_format is DataFormat.PremiseAndMultiHypothesis
-    uids, labels, toks, types, lengths = [], [], [], [], []
+    uids, labels, toks, types, lengths, extras = [], [], [], [], [], []
     soft = [rec.get("soft_label") for rec in records]
     if any(s is not None for s in soft):
         _check_soft_labels(path, task_def, soft)
     for ln, rec in enumerate(records, start=1):
         tok, typ = rec["token_id"], rec["type_id"]
+        if task_def.token_level:
+            _check_token_level(path, ln, task_def, rec, max_seq_len)
+            extras.append({k: v for k, v in rec.items() if k not in ("uid", "label", "token_id", "type_id")})
         if ranking:
             if not isinstance(tok[0], list) or len(tok) != task_def.n_class:
                 raise ValueError(f"{path}:{ln}: task {task_def.name} expects {task_def.n_class} hypotheses")
@@ -85,11 +89,12 @@ def load_split(data_dir: str | Path, task_def: TaskDef, split: str, max_seq_len:
         toks.append(tok)
         types.append(typ)
         lengths.append(length)
-    check_labels(path, task_def, labels)
+    if not task_def.token_level:  # Span / SequenceLabeling rows are checked by _check_token_level
+        check_labels(path, task_def, labels)
     if encoder is not None:
         check_encoder_fit(path, toks, types, lengths, encoder, ranking, max_seq_len)
     return TaskData(task_def, split, uids, labels, toks, types, lengths,
-                    soft if any(s is not None for s in soft) else None)
+                    soft if any(s is not None for s in soft) else None, extras if task_def.token_level else None)
 
 
 def _check_soft_labels(path: Path, task_def: TaskDef, soft: list) -> None:
@@ -101,6 +106,19 @@ def _check_soft_labels(path: Path, task_def: TaskDef, soft: list) -> None:
         if regression != (not isinstance(value, list)) or (not regression and len(value) != task_def.n_class):
             want = "one number" if regression else f"a list of {task_def.n_class} probabilities"
             raise ValueError(f"{path}:{ln}: soft_label of task {task_def.name} must be {want}")
+def _check_token_level(path, ln: int, task_def: TaskDef, rec: dict, max_seq_len: int) -> None:
+    """Token positions in these rows point into the row as prepro_std.py built it: it cannot be cut here."""
+    from data_utils.conll import SEQUENCE_KEYS
+    from data_utils.squad import SPAN_KEYS
+    keys = SPAN_KEYS if task_def.task_type is TaskType.Span else SEQUENCE_KEYS
+    missing = [k for k in keys if k not in rec]
+    if missing:
+        raise ValueError(f"{path}:{ln}: a {task_def.task_type.name} row needs the fields {list(keys)}; missing "
+                         f"{missing} (rebuild the shard with prepro_std.py)")
+    if len(rec["token_id"]) > max_seq_len:
+        raise ValueError(f"{path}:{ln}: {len(rec['token_id'])} tokens, more than --max_seq_len {max_seq_len}; "
+                         f"{task_def.task_type.name} rows cannot be cut after prepro_std.py: rebuild the shards "
+                         "with prepro_std.py --max_seq_len (windows/sentences are made to fit there)")
 
 
 # ------------------------------------------------------------------------------------------------ planning
@@ -178,11 +196,35 @@ def collate(data: TaskData, indices: list[int], pad_id: int, with_labels: bool =
         ids, tt, mask = (x.view(len(indices), k, length) for x in (ids, tt, mask))
     batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
     if with_labels:
-        dtype = torch.float32 if data.task_def.is_regression else torch.long
-        batch["labels"] = torch.tensor([data.labels[i] for i in indices], dtype=dtype)
+        batch["labels"] = LABELS.get(data.task_def.task_type, _row_labels)(data, indices, length)
         if with_soft_labels and data.soft_labels is not None:
             batch["soft_labels"] = torch.tensor([data.soft_labels[i] for i in indices], dtype=torch.float32)
     return batch
+
+
+def _row_labels(data: TaskData, indices: list[int], length: int) -> torch.Tensor:
+    """(B,) class ids, or floats for Regression."""
+    dtype = torch.float32 if data.task_def.is_regression else torch.long
+    return torch.tensor([data.labels[i] for i in indices], dtype=dtype)
+
+
+def _span_labels(data: TaskData, indices: list[int], length: int) -> torch.Tensor:
+    """(B, 2) start and end token positions (0, 0 when the window does not hold the answer)."""
+    return torch.tensor([[data.extras[i]["start"], data.extras[i]["end"]] for i in indices], dtype=torch.long)
+
+
+def _tag_labels(data: TaskData, indices: list[int], length: int) -> torch.Tensor:
+    """(B, L) tag ids on each word's first sub-token, -1 (ignored by the loss) everywhere else."""
+    out = torch.full((len(indices), length), -1, dtype=torch.long)
+    for row, i in enumerate(indices):
+        for pos, tag in zip(data.extras[i]["word_start"], data.extras[i]["tags"]):
+            if pos >= 0:
+                out[row, pos] = tag
+    return out
+
+
+#: How each task type's labels are batched (the default: one label per row).
+LABELS = {TaskType.Span: _span_labels, TaskType.SequenceLabeling: _tag_labels}
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

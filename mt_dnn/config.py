@@ -260,7 +260,7 @@ NO_EFFECT_FLAGS: dict[str, str] = {
     "--answer_merge_opt": "SAN option; this SAN always merges [memory, state, |memory-state|, memory*state]",
     "--answer_mem_type": "SAN option; this SAN always averages the steps' predictions",
     "--answer_weight_norm_on": "SAN option; no weight normalisation here",
-    "--max_answer_len": "span answers (MRC) are not supported here",
+    "--max_answer_len": "Span tasks take max_answer_len from their task definition (YAML field)",
     "--dump_state_on": "nothing is dumped",
     "--pooler_actf": "the encoder's own pooler is used",
     "--mtl_opt": "heads are always per task",

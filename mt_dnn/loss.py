@@ -47,10 +47,38 @@ class RankCeCriterion(nn.Module):
         return F.cross_entropy(scores.float(), labels)
 
 
+class SpanCeCriterion(nn.Module):
+    """Mean of the start and end cross-entropies over a window's tokens: logits (B, L, 2), labels (B, 2) holding
+    the start and end token positions."""
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if logits.ndim != 3 or logits.shape[-1] != 2:
+            raise ValueError(f"SpanCeCriterion: expects logits of shape (B, L, 2), got {tuple(logits.shape)}")
+        if labels.shape != (logits.shape[0], 2) or labels.is_floating_point():
+            raise ValueError(f"SpanCeCriterion: expects integer labels of shape ({logits.shape[0]}, 2), got "
+                             f"{tuple(labels.shape)} {labels.dtype}")
+        logits = logits.float()
+        return (F.cross_entropy(logits[..., 0], labels[:, 0]) + F.cross_entropy(logits[..., 1], labels[:, 1])) / 2
+
+
+class SeqCeCriterion(nn.Module):
+    """Cross-entropy over tag logits (B, L, C) at the tokens whose label (B, L) is not -1 (first sub-tokens)."""
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if logits.ndim != 3 or labels.shape != logits.shape[:2] or labels.is_floating_point():
+            raise ValueError(f"SeqCeCriterion: expects logits (B, L, C) and integer labels (B, L), got "
+                             f"{tuple(logits.shape)} and {tuple(labels.shape)} {labels.dtype}")
+        if not bool((labels != -1).any()):  # a batch with no tagged token (all words cut off): no signal
+            return logits.float().sum() * 0.0
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-1)
+
+
 LOSSES: dict[str, type[nn.Module]] = {
     "CeCriterion": CeCriterion,
     "MseCriterion": MseCriterion,
     "RankCeCriterion": RankCeCriterion,
+    "SpanCeCriterion": SpanCeCriterion,
+    "SeqCeCriterion": SeqCeCriterion,
 }
 
 

@@ -46,7 +46,24 @@ def predict(task_def: TaskDef, outputs: torch.Tensor) -> tuple[torch.Tensor, tor
     if task_def.task_type in (TaskType.Classification, TaskType.Ranking):
         probs = torch.softmax(outputs.float(), dim=-1)
         return probs.argmax(dim=-1), probs
+    if task_def.task_type is TaskType.Span:
+        return span_candidates(outputs.float(), task_def.span.n_best_size)
+    if task_def.task_type is TaskType.SequenceLabeling:
+        probs = torch.softmax(outputs.float(), dim=-1)
+        best = probs.max(dim=-1)
+        return best.indices, best.values
     raise ValueError(f"task {task_def.name}: cannot predict for task type {task_def.task_type!r}")
+
+
+def span_candidates(logits: torch.Tensor, n_best: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L, 2) start/end logits -> the n best start and end positions (B, 2, n) and scores (B, 2, n + 1):
+    ``scores[:, :, 0]`` is the first token's start/end logit (the null answer), the rest the n best logits.
+
+    Only these per window reach the decoder (data_utils.squad.best_span), not the (B, L, 2) logits, so a
+    distributed evaluation gathers little.
+    """
+    top = logits.transpose(1, 2).topk(min(n_best, logits.shape[1]), dim=-1)
+    return top.indices, torch.cat([logits.transpose(1, 2)[..., :1], top.values], dim=-1)
 
 
 class MTDNNModel(nn.Module):
@@ -104,7 +121,8 @@ class MTDNNModel(nn.Module):
     def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: Optional[torch.Tensor] = None,
                 inputs_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Classification: (B, n_class) logits; Regression: (B,) floats; Ranking: (B, K) scores from (B, K, L).
+        """Classification: (B, n_class) logits; Regression: (B,) floats; Ranking: (B, K) scores from (B, K, L);
+        Span: (B, L, 2) start/end logits; SequenceLabeling: (B, L, n_class) tag logits.
 
         ``inputs_embeds`` (input_ids' shape + (H,)), when given, replaces the word embeddings of ``input_ids``
         (SMART's perturbed inputs); ``input_ids`` still fixes the shapes."""
@@ -122,6 +140,9 @@ class MTDNNModel(nn.Module):
             raise ValueError(f"task {task}: inputs_embeds {tuple(inputs_embeds.shape)} does not match input_ids "
                              f"{tuple(input_ids.shape)}")
         head = self.heads[task]
+        if getattr(head, "per_token", False):  # Span / SequenceLabeling: one output per token
+            hidden = self._encode(input_ids, attention_mask, token_type_ids, inputs_embeds).last_hidden_state
+            return head(hidden, attention_mask)
         if getattr(head, "uses_tokens", False):  # the SAN head reads every token, not the pooled [CLS]
             hidden = self._encode(input_ids, attention_mask, token_type_ids, inputs_embeds).last_hidden_state
             return head(hidden, attention_mask, token_type_ids)

@@ -259,7 +259,13 @@ def build_objectives(cfg, device: torch.device, rank: int = 0) -> list[Objective
 
 
 def check_task_fits(cfg, task_defs: dict[str, TaskDef]) -> None:
-    """``--kd_loss`` must fit every task that uses it (YAML kd_loss wins where given)."""
+    """SMART and distillation need a task type they have a divergence for; ``--kd_loss`` must fit every task
+    that uses it (YAML kd_loss wins where given)."""
+    for flag, on, losses in (("--adv_train", cfg.adv_train, ADV_LOSSES), ("--mkd_opt", cfg.mkd_opt > 0, KD_LOSSES)):
+        for td in task_defs.values():
+            if on and td.task_type not in losses:
+                raise ValueError(f"{flag}: task '{td.name}' is a {td.task_type.name} task; SMART and distillation "
+                                 f"are for {', '.join(t.name for t in losses)} tasks")
     if not (cfg.mkd_opt > 0 and cfg.kd_loss):
         return
     for td in task_defs.values():

@@ -233,7 +233,7 @@ def test_model_loss_uses_the_task_yaml_loss():
     model = MTDNNModel(tiny_bert(), THREE_TASKS)
     assert {t: type(model.losses[t]).__name__ for t in THREE_TASKS} == {
         "cls": "CeCriterion", "reg": "MseCriterion", "rank": "RankCeCriterion"}
-    assert set(LOSSES) == {"CeCriterion", "MseCriterion", "RankCeCriterion"}
+    assert set(LOSSES) == {"CeCriterion", "MseCriterion", "RankCeCriterion", "SpanCeCriterion", "SeqCeCriterion"}
 
 
 def test_loss_bad_inputs():

@@ -752,7 +752,7 @@ def test_mtdnn_fields_keep_the_typo_guard(extra, message):
 
 
 def test_mtdnn_names_we_do_not_implement_warn_with_file_and_line(caplog):
-    text = ("squad:\n  task_type: Span\n  data_format: MRC\n  metric_meta: [EmF1]\n  n_class: 2\n"
+    text = ("squad:\n  task_type: SpanYN\n  data_format: MRC\n  metric_meta: [EmF1]\n  n_class: 2\n"
             "t:\n  task_type: Classification\n  data_format: PremiseOnly\n  metric_meta: [ACC, F1MAC]\n"
             "  n_class: 2\n  loss: SymKlCriterion\n  encoder_type: ROBERTA\n"
             "r:\n  task_type: Regression\n  data_format: PremiseOnly\n  metric_meta: [Pearson]\n  enable_san: true\n")
@@ -761,7 +761,7 @@ def test_mtdnn_names_we_do_not_implement_warn_with_file_and_line(caplog):
     assert list(defs) == ["t", "r"]
     assert defs["t"].metric_meta == ("ACC",) and defs["t"].loss == "CeCriterion" and not defs["r"].enable_san
     assert [r.getMessage() for r in caplog.records] == [
-        "warning: f.yml:2: task 'squad', field 'task_type': MT-DNN's task_type Span is not supported here; the "
+        "warning: f.yml:2: task 'squad', field 'task_type': MT-DNN's task_type SpanYN is not supported here; the "
         "task is left out",
         "warning: f.yml:9: task 't', field 'metric_meta': MT-DNN's metric(s) F1MAC are not implemented here; left out",
         "warning: f.yml:11: task 't', field 'loss': MT-DNN's loss SymKlCriterion is not implemented here; "
@@ -772,7 +772,7 @@ def test_mtdnn_names_we_do_not_implement_warn_with_file_and_line(caplog):
         "(and is checked by --encoder_type)); given for t (line 12)"]
     from data_utils.task_def import select_tasks
     with pytest.raises(TaskDefError, match=r"task 'squad' cannot be used: f.yml:2: task 'squad', field "
-                                           r"'task_type': MT-DNN's task_type Span is not supported here"):
+                                           r"'task_type': MT-DNN's task_type SpanYN is not supported here"):
         select_tasks(defs, ["squad"])
 
 

@@ -106,9 +106,9 @@ def test_defaults():
 
 
 def test_name_lists_match_the_registries():
-    from data_utils.metrics import METRICS
+    from data_utils.metrics import METRICS, SPLIT_METRICS
     from mt_dnn.loss import LOSSES
-    assert set(KNOWN_METRICS) == set(METRICS)
+    assert set(KNOWN_METRICS) == set(METRICS) | set(SPLIT_METRICS)
     assert set(LOSS_FOR_TYPE.values()) == set(LOSSES)
 
 
@@ -148,16 +148,18 @@ def test_split_role():
 ERRORS = [
     ("t:\n" + CLS + "  labels: [a, b]\n  colour: red\n",
      "f.yml:6: task 't', field 'colour': unknown field; known: task_type, data_format, n_class, labels, "
-     "metric_meta, loss, dropout_p, split_names, enable_san, adv_loss, kd_loss"),
+     "metric_meta, loss, dropout_p, split_names, enable_san, adv_loss, kd_loss, doc_stride, max_query_len, max_answer_len, n_best_size, "
+     "unanswerable, null_score_diff_threshold"),
     ("t:\n" + CLS + "  n_class: two\n",
      "f.yml:5: task 't', field 'n_class': must be an integer, got str 'two'"),
     ("t:\n" + CLS + "  n_class: true\n",
      "f.yml:5: task 't', field 'n_class': must be an integer, got bool True"),
     ("t:\n  task_type: Classifier\n  data_format: PremiseOnly\n  metric_meta: [ACC]\n",
-     "f.yml:2: task 't', field 'task_type': unknown value 'Classifier'; known: Classification, Regression, Ranking"),
+     "f.yml:2: task 't', field 'task_type': unknown value 'Classifier'; known: Classification, Regression, Ranking, "
+     "Span, SequenceLabeling, SeqenceLabeling"),
     ("t:\n  task_type: Classification\n  data_format: Premise\n  metric_meta: [ACC]\n",
      "f.yml:3: task 't', field 'data_format': unknown value 'Premise'; known: PremiseOnly, "
-     "PremiseAndOneHypothesis, PremiseAndMultiHypothesis"),
+     "PremiseAndOneHypothesis, PremiseAndMultiHypothesis, MRC, Seqence, Sequence"),
     ("t:\n  task_type: Classification\n  data_format: PremiseAndMultiHypothesis\n  metric_meta: [ACC]\n",
      "f.yml:3: task 't', field 'data_format': PremiseAndMultiHypothesis does not fit a Classification task; "
      "use PremiseOnly, PremiseAndOneHypothesis"),
@@ -186,7 +188,7 @@ ERRORS = [
      "f.yml:5: task 't', field 'labels': must be a non-empty list, got str 'a'"),
     ("t:\n  task_type: Classification\n  data_format: PremiseOnly\n  metric_meta: [Accuracy]\n  n_class: 2\n",
      "f.yml:4: task 't', field 'metric_meta': unknown metric 'Accuracy'; known: ACC, F1, MCC, AUC, Pearson, "
-     "Spearman"),
+     "Spearman, EmF1, SeqEval"),
     ("t:\n  task_type: Regression\n  data_format: PremiseOnly\n  metric_meta: [ACC]\n",
      "f.yml:4: task 't', field 'metric_meta': metric ACC does not apply to a Regression task; use Pearson, "
      "Spearman"),
@@ -194,7 +196,7 @@ ERRORS = [
      "f.yml:4: task 't', field 'metric_meta': F1 (of class 1) needs a 2-class Classification task"),
     ("t:\n" + CLS + "  n_class: 2\n  loss: CrossEntropy\n",
      "f.yml:6: task 't', field 'loss': unknown loss 'CrossEntropy'; known: CeCriterion, MseCriterion, "
-     "RankCeCriterion"),
+     "RankCeCriterion, SpanCeCriterion, SeqCeCriterion"),
     ("t:\n" + CLS + "  n_class: 2\n  loss: MseCriterion\n",
      "f.yml:6: task 't', field 'loss': loss MseCriterion does not fit a Classification task; use CeCriterion"),
     ("t:\n" + CLS + "  n_class: 2\n  dropout_p: 1.0\n",
