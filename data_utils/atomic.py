@@ -43,7 +43,7 @@ def temp_prefix(target_name: str) -> str:
 
 
 def old_copy_name(target_name: str) -> str:
-    """Where save_checkpoint parks the previous complete folder during a replace (recovered if a kill hits)."""
+    """Where atomic_folder parks the previous complete folder during a replace (recovered if a kill hits)."""
     return f"{temp_prefix(target_name)}old{TEMP_SUFFIX}"
 
 

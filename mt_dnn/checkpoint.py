@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from data_utils.atomic import TEMP_SUFFIX, atomic_write, old_copy_name, temp_prefix
+from data_utils.atomic import atomic_folder, atomic_write
 
 WEIGHTS = "model.safetensors"
 STATE = "training_state.pt"
@@ -75,9 +73,7 @@ def save_checkpoint(folder: Path, model: torch.nn.Module | dict[str, torch.Tenso
     ``model`` is a module, or a full state dict (what FSDP gathers from its shards).
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=temp_prefix(folder.name), suffix=TEMP_SUFFIX))
-    try:
+    with atomic_folder(folder, overwrite=True) as tmp:
         if isinstance(model, torch.nn.Module):
             save_model(model, str(tmp / WEIGHTS))
         else:
@@ -87,17 +83,6 @@ def save_checkpoint(folder: Path, model: torch.nn.Module | dict[str, torch.Tenso
             (tmp / name).write_text(text, encoding="utf-8")
         if training_state is not None:
             torch.save(training_state, tmp / STATE)
-        if folder.exists():
-            old = folder.with_name(old_copy_name(folder.name))
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
