@@ -1,4 +1,5 @@
-# Entry points: `make test`, `make demo`, `make bench`. Everything installs into .venv.
+# Entry points: `make test` (the full suite, what CI runs), `make test-fast` (unit tests only), `make demo`,
+# `make bench`. Everything installs into .venv.
 # GPU users: create .venv and install a CUDA torch into it first (README, "Installing on a GPU machine");
 # the install step below keeps whatever torch .venv already has.
 PYTHON ?= python3
@@ -8,7 +9,7 @@ TORCH_CPU_VERSION ?= 2.13.0
 STAMP := $(VENV)/.deps-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench bench-optim bench-prepro bench-train lint clean
+.PHONY: install test test-fast demo bench bench-optim bench-prepro bench-train lint clean
 
 install: $(STAMP)
 
@@ -20,6 +21,12 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Leaves out the tests marked (pytest.ini) as starting processes, training end to end, compiling kernels or
+# running Triton's interpreter: under 2 minutes on a 2-core CPU.
+FAST_MARKERS := not (subprocess or training or compile or interpreter)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 bench: bench-optim bench-prepro bench-train
 

@@ -143,6 +143,7 @@ def test_foreach_equals_forloop(name, formula):
             torch.testing.assert_close(sa[key], sb[key], atol=1e-12, rtol=0)
 
 
+@pytest.mark.compile
 @pytest.mark.parametrize("name,formula", FUSED_CASES)
 def test_fused_equals_forloop(name, formula):
     a, _ = run_ours(name, formula, "forloop")
@@ -445,8 +446,9 @@ def test_implementation_choice_in_one_place():
 # ----------------------------------------------------------------------------------------------------------
 # AMP: torch's fused-optimizer protocol (GradScaler sets grad_scale / found_inf on the optimizer)
 # ----------------------------------------------------------------------------------------------------------
-AMP_CASES = [("usadamw", "forloop"), ("usadamw", "foreach"), ("usadamw", "fused"), ("usadamax", "fused"),
-             ("ussgd", "foreach"), ("usadam", "forloop")]
+AMP_CASES = [(name, impl) if impl != "fused" else pytest.param(name, impl, marks=pytest.mark.compile)
+             for name, impl in [("usadamw", "forloop"), ("usadamw", "foreach"), ("usadamw", "fused"),
+                                ("usadamax", "fused"), ("ussgd", "foreach"), ("usadam", "forloop")]]
 
 
 def _impl_kwargs(impl):
@@ -506,6 +508,7 @@ def test_amp_skipped_step_leaves_all_state_untouched(impl):
             assert torch.equal(after[pid][key], value), key  # steps included
 
 
+@pytest.mark.compile
 def test_grad_scaler_drives_the_fused_step_without_unscaling():
     """Real GradScaler with fp16 autocast: the fused optimizer gets grad_scale/found_inf (no unscale pass) and
     matches the for-loop optimizer that GradScaler unscales first; an inf gradient skips both alike."""
@@ -543,6 +546,7 @@ def _recording(step, opt, seen):
     return wrapped
 
 
+@pytest.mark.compile
 @pytest.mark.parametrize("small_numel", [0, 2000])
 def test_fused_per_tensor_and_flat_paths_equal_forloop(small_numel, monkeypatch):
     """CPU fused: large tensors get a compiled call each, small ones share one flat call; both paths (and

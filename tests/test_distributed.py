@@ -22,8 +22,9 @@ from transformers import AutoModel
 from conftest import ROOT, tiny_bert_config
 from test_trainer import write_shards
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available in this build")
+pytestmark = [pytest.mark.subprocess,
+              pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available in this build")]
 
 TASKS = """
 pairs:

@@ -12,6 +12,8 @@ import prepro_std
 from mt_dnn.config import TrainConfig
 from mt_dnn.trainer import Trainer
 
+pytestmark = [pytest.mark.training]
+
 ROOT = Path(__file__).resolve().parents[1]
 TASK_DEF = ROOT / "experiments" / "glue" / "glue_task_def.yml"
 

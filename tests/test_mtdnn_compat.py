@@ -573,6 +573,7 @@ def test_authors_command_line_parses_to_what_it_means(ws, tmp_path, capsys):
     assert cfg.init_checkpoint == str(ws / "tiny-bert") and cfg.data_dir == str(ws / "shards")
 
 
+@pytest.mark.training
 def test_authors_command_line_trains(ws, tmp_path):
     """The script itself, run by bash with the real train.py: MNLI matched/mismatched dev results and the log."""
     env = _python_on_path(tmp_path / "bin", f"{sys.executable}")

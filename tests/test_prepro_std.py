@@ -176,6 +176,7 @@ def test_rerun_skips_up_to_date_shards_and_rebuilds_on_change(glue_shards, tmp_p
     assert ps.run(dataclasses.replace(cfg, max_seq_len=32), **QUIET)[1].status == "written"
 
 
+@pytest.mark.subprocess
 def test_workers_2_cli_same_bytes_as_workers_1(glue_shards, tmp_path):
     """Script mode with a process pool (SST-2 train is above POOL_MIN_ROWS; MRPC dev stays in-process)."""
     root, _ = glue_shards

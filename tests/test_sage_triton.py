@@ -28,6 +28,8 @@ if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 6):
 
 from module import bert_optim, sage_functional, sage_fused, sage_math  # noqa: E402
 
+pytestmark = [pytest.mark.interpreter]
+
 ROOT = Path(__file__).resolve().parents[1]
 HYPER = dict(beta1=0.9, beta2=0.999, beta3=0.75, eps=1e-6, weight_decay=0.0, formula="paper", sage=True)
 SCALARS = dict(lr=1e-3, ipt_correction=1.0)

@@ -331,6 +331,7 @@ def _independent_em_f1(gold_lists: dict, predictions: dict) -> tuple[float, floa
     return 100 * sum(em) / len(em), 100 * sum(f) / len(f)
 
 
+@pytest.mark.training
 def test_squad_and_conll_train_next_to_a_glue_task_and_predict(ws, capsys):
     out = ws / "run"
     assert train_cli.main(["--train_datasets", "qa,ner,cls", "--test_datasets", "qa,ner,cls", "--task_def",
@@ -491,6 +492,7 @@ def test_span_and_ner_resume_exactly(ws, tiny):
 
 
 # ------------------------------------------------------------------------------------------ DDP (gloo)
+@pytest.mark.subprocess
 def test_two_ranks_match_one_process_and_gather_span_and_tag_outputs(ws):
     """qa and cls train on 2 gloo ranks (batch 2 each) and in 1 process (batch 4): same weights, and the
     sharded, gathered evaluation of qa and ner (evaluated only: both load its head from the same short ner run)

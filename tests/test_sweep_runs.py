@@ -22,6 +22,8 @@ from experiments.sweep.spec import RunSpec, load_spec, train_argv
 from mt_dnn.config import parse_args
 from mt_dnn.trainer import Trainer
 
+pytestmark = [pytest.mark.subprocess]
+
 TASK_YAML = """
 pairs:
   task_type: Classification
