@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fetch GLUE into data/glue_data/<TASK>/ and, on request, encoder checkpoints into data/pretrained/<model>/.
+# Fetch GLUE into data/glue_data/<TASK>/ (SQuAD too when named in --tasks) and, on request, encoder checkpoints into
+# data/pretrained/<model>/.
 # Every file is checked against a sha256 before it is moved into place; `./download.sh --help` says what is covered.
 # Written for bash 3.2+ (macOS) with curl; Python is needed only to unpack the QNLI/QQP/MNLI zips.
 set -euo pipefail
@@ -12,18 +13,20 @@ usage() {
 Usage: ./download.sh [MODE] [OPTIONS]
 
 Downloads the GLUE data into DATA_DIR/<TASK>/ (the layout of download_glue_data.py, which
-experiments/glue/prepro.sh reads) and, on request, encoder checkpoints into MODEL_DIR/<model>/.
+experiments/glue/prepro.sh reads), SQuAD v1.1/v2.0 when named in --tasks, and, on request, encoder
+checkpoints into MODEL_DIR/<model>/.
 Each file is fetched into a staging folder, verified, then moved into place: a failed or interrupted
 run leaves no partial file behind. Files already present and verified are not fetched again.
 
 MODE
-  data_only    GLUE data only (the default)
+  data_only    data only (the default)
   model_only   encoder checkpoints only
-  all          GLUE data and encoder checkpoints
+  all          data and encoder checkpoints
 
 OPTIONS
-  --tasks LIST      comma-separated GLUE tasks (default: all nine)
-                    CoLA, SST-2 (sst), MRPC, STS-B (stsb), QQP, MNLI, QNLI, RTE, WNLI; case-insensitive
+  --tasks LIST      comma-separated data sets (default: the nine GLUE tasks, not SQuAD)
+                    CoLA, SST-2 (sst), MRPC, STS-B (stsb), QQP, MNLI, QNLI, RTE, WNLI,
+                    SQuAD-v1.1 (squad), SQuAD-v2.0 (squad_v2, squadv2); case-insensitive
   --models LIST     comma-separated encoders (default: all three)
                     bert-base-uncased, roberta-base, roberta-large
   --data_dir DIR    where the <TASK>/ folders go (default: $GLUE_DIR, else data/glue_data)
@@ -39,9 +42,13 @@ WHAT IS FETCHED AND HOW IT IS VERIFIED
   QNLI, QQP, MNLI: the original GLUE archives QNLIv2.zip, QQP-clean.zip and MNLI.zip from
     dl.fbaipublicfiles.com; the sha256 of each archive is recorded in this script, and only the task's
     TSVs are unpacked (MNLI: train, dev_matched/mismatched, test_matched/mismatched).
-  Not covered: the GLUE diagnostic set (AX); SQuAD v1.1/v2.0 and CoNLL-2003 (no SQuAD hash could be
-    verified here, CoNLL-2003 has no stable public source; README: "Span extraction (SQuAD) and
-    sequence labeling (NER)" says how to use files you have).
+  SQuAD-v1.1, SQuAD-v2.0 (only when named in --tasks): the official JSON files train-v1.1.json,
+    dev-v1.1.json, train-v2.0.json and dev-v2.0.json from rajpurkar.github.io/SQuAD-explorer/dataset,
+    saved under their own names in DATA_DIR/SQuAD-v1.1/ and DATA_DIR/SQuAD-v2.0/; the sha256 of every
+    file is recorded in this script (as independent public records of the official files give it).
+  Not covered: the GLUE diagnostic set (AX), and CoNLL-2003: it has no stable public source (the
+    Reuters corpus it is built on is licensed), so bring your own files. README: "Span extraction
+    (SQuAD) and sequence labeling (NER)" says where the SQuAD downloads and CoNLL files go.
   Encoders (bert-base-uncased, roberta-base, roberta-large): config, tokenizer files and
     model.safetensors from the Hugging Face hub at a pinned commit. Each file is checked against the
     hash the hub publishes for that commit (sha256 for large files, the git blob sha1 for small text
@@ -56,11 +63,13 @@ NETWORK
 ENVIRONMENT
   GLUE_BASE_URL          base for the pinned GitHub files (default https://raw.githubusercontent.com)
   GLUE_ZIP_BASE_URL      base for the GLUE zips (default https://dl.fbaipublicfiles.com/glue/data)
+  SQUAD_BASE_URL         base for the SQuAD files
+                         (default https://rajpurkar.github.io/SQuAD-explorer/dataset)
   HF_ENDPOINT            Hugging Face hub or mirror (default https://huggingface.co)
   DOWNLOAD_RETRIES       retries per request (default 5)
   DOWNLOAD_RETRY_DELAY   seconds, multiplied by the attempt number (default 3)
-  DOWNLOAD_GLUE_MANIFEST, DOWNLOAD_MODEL_MANIFEST
-                         a file replacing the built-in table (same columns; for mirrors and tests)
+  DOWNLOAD_GLUE_MANIFEST, DOWNLOAD_SQUAD_MANIFEST, DOWNLOAD_MODEL_MANIFEST
+                         a file replacing that built-in table (same columns; for mirrors and tests)
   GLUE_DIR               default for --data_dir
   PYTHON                 interpreter that unpacks zips (default .venv/bin/python, else python3)
 
@@ -107,6 +116,23 @@ WNLI   file ff0296817e235bf6f7a230c5f6781bd6ee228a45445f6510831fdef6f2a04766 $fb
 EOF
 }
 
+# Columns: TASK file SHA256 PATH, as the GLUE table's file rows; PATH is under SQUAD_BASE_URL. Hashes and sizes: the
+# official files as recorded by several independent public sources (ParlAI, the Hugging Face datasets' checksums).
+squad_manifest() {
+  if [[ -n "${DOWNLOAD_SQUAD_MANIFEST:-}" ]]; then
+    cat -- "$DOWNLOAD_SQUAD_MANIFEST"
+    return
+  fi
+  cat <<'EOF'
+# 30,288,272 and 4,854,279 bytes
+SQuAD-v1.1 file 3527663986b8295af4f7fcdff1ba1ff3f72d07d61a20f487cb238a6ef92fd955 train-v1.1.json
+SQuAD-v1.1 file 95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9 dev-v1.1.json
+# 42,123,633 and 4,370,528 bytes
+SQuAD-v2.0 file 68dcfbb971bd3e96d5b46c7177b16c1a4e7d4bdef19fb204502738552dede002 train-v2.0.json
+SQuAD-v2.0 file 80a5225e94905956a6446d296ca1093975c4d3b3260f1d6c8f68bc2ab77182d8 dev-v2.0.json
+EOF
+}
+
 # Columns: MODEL REPO REVISION FILE SHA256 ("-": rely on the hash the hub publishes for the pinned revision).
 model_manifest() {
   if [[ -n "${DOWNLOAD_MODEL_MANIFEST:-}" ]]; then
@@ -135,7 +161,8 @@ roberta-large $rlarge model.safetensors -
 EOF
 }
 
-ALL_TASKS="CoLA SST-2 MRPC STS-B QQP MNLI QNLI RTE WNLI"
+ALL_TASKS="CoLA SST-2 MRPC STS-B QQP MNLI QNLI RTE WNLI"   # the default selection
+SQUAD_TASKS="SQuAD-v1.1 SQuAD-v2.0"                       # fetched only when named in --tasks
 ALL_MODELS="bert-base-uncased roberta-base roberta-large"
 
 # ------------------------------------------------------------------------------------------------ messages
@@ -231,7 +258,7 @@ fetch() {
     if [[ $attempt -gt $RETRIES ]]; then
       if [[ $code == 000 ]]; then
         die "cannot reach $host after $attempt attempts (offline? behind a proxy? curl: $(tail -n 1 -- "$err"));" \
-          "set HTTPS_PROXY, or GLUE_BASE_URL / GLUE_ZIP_BASE_URL / HF_ENDPOINT for a mirror"
+          "set HTTPS_PROXY, or GLUE_BASE_URL / GLUE_ZIP_BASE_URL / SQUAD_BASE_URL / HF_ENDPOINT for a mirror"
       fi
       die "$url: HTTP $code after $attempt attempts"
     fi
@@ -246,8 +273,8 @@ verify_sha256() {
   [[ $got == "$2" ]] || die "$3: sha256 mismatch (expected $2, got $got) for $4; nothing was written"
 }
 
-# ----------------------------------------------------------------------------------------------- GLUE
-# canonical_task NAME: the GLUE folder name, or empty when unknown.
+# ---------------------------------------------------------------------------------------- GLUE and SQuAD
+# canonical_task NAME: the data set's folder name, or empty when unknown.
 canonical_task() {
   case "$(printf '%s' "$1" | tr '[:upper:]' '[:lower:]')" in
     cola) echo CoLA ;;
@@ -259,6 +286,8 @@ canonical_task() {
     qnli) echo QNLI ;;
     rte) echo RTE ;;
     wnli) echo WNLI ;;
+    squad | squad1 | squadv1 | squad_v1 | squad-v1 | squad1.1 | squadv1.1 | squad_v1.1 | squad-v1.1) echo SQuAD-v1.1 ;;
+    squad2 | squadv2 | squad_v2 | squad-v2 | squad2.0 | squadv2.0 | squad_v2.0 | squad-v2.0) echo SQuAD-v2.0 ;;
     *) echo "" ;;
   esac
 }
@@ -271,31 +300,50 @@ model_row_ok() {
   [[ $# -eq 5 ]] && { [[ $5 == - ]] || is_hex "$5" 64; }
 }
 
-# manifest_rows WHICH KEY: the rows of a table whose first column is KEY; checks each row's shape.
+squad_row_ok() { [[ $# -eq 4 && $2 == file ]] && is_hex "$3" 64; }
+
+is_squad_task() { [[ " $SQUAD_TASKS " == *" $1 "* ]]; }
+
+# data_table TASK: which table holds the task's rows (glue or squad).
+data_table() { if is_squad_task "$1"; then echo squad; else echo glue; fi; }
+
+# manifest_rows WHICH KEY: the rows of a table (glue, squad, model) whose first column is KEY; checks each row's shape.
 manifest_rows() {
-  local which=$1 key=$2 source line n=0 fields
-  if [[ $which == glue ]]; then source=${DOWNLOAD_GLUE_MANIFEST:-built-in GLUE table}
-  else source=${DOWNLOAD_MODEL_MANIFEST:-built-in model table}; fi
+  local which=$1 key=$2 source expected line n=0 fields
+  case $which in
+    glue) source=${DOWNLOAD_GLUE_MANIFEST:-built-in GLUE table}
+      expected="'TASK file SHA256 PATH' or 'TASK zip SHA256 PATH MEMBERS'" ;;
+    squad) source=${DOWNLOAD_SQUAD_MANIFEST:-built-in SQuAD table}; expected="'TASK file SHA256 PATH'" ;;
+    *) source=${DOWNLOAD_MODEL_MANIFEST:-built-in model table}; expected="'MODEL REPO REVISION FILE SHA256|-'" ;;
+  esac
   while IFS= read -r line || [[ -n $line ]]; do
     n=$((n + 1))
     [[ -z ${line//[[:space:]]/} || $line =~ ^[[:space:]]*# ]] && continue
     read -r -a fields <<<"$line"
-    if [[ $which == glue ]] && ! glue_row_ok "${fields[@]}"; then
-      echo "$PROG: error: $source line $n: expected 'TASK file SHA256 PATH' or 'TASK zip SHA256 PATH MEMBERS'" >&2
-      exit 2
-    elif [[ $which == model ]] && ! model_row_ok "${fields[@]}"; then
-      echo "$PROG: error: $source line $n: expected 'MODEL REPO REVISION FILE SHA256|-'" >&2
+    if ! "${which}_row_ok" "${fields[@]}"; then
+      echo "$PROG: error: $source line $n: expected $expected" >&2
       exit 2
     fi
     if [[ ${fields[0]} == "$key" ]]; then echo "$line"; fi
-  done < <(if [[ $which == glue ]]; then glue_manifest; else model_manifest; fi)
+  done < <("${which}_manifest")
 }
 
-glue_url() { if [[ $1 == zip ]]; then echo "${GLUE_ZIP_BASE_URL%/}/$2"; else echo "${GLUE_BASE_URL%/}/$2"; fi; }
+# data_url TASK KIND PATH: where a table row's file lives.
+data_url() {
+  if is_squad_task "$1"; then echo "${SQUAD_BASE_URL%/}/$3"
+  elif [[ $2 == zip ]]; then echo "${GLUE_ZIP_BASE_URL%/}/$3"
+  else echo "${GLUE_BASE_URL%/}/$3"; fi
+}
 
-fetch_glue_task() {
-  local task=$1 rows kinds _t _k sha path members
-  rows=$(manifest_rows glue "$task")
+fetch_data_task() {
+  local task=$1 table rows kinds _t _k sha path members
+  table=$(data_table "$task")
+  rows=$(manifest_rows "$table" "$task")
+  if [[ $table == squad ]]; then
+    [[ -n $rows ]] || die "$task: no source in the SQuAD table"
+    fetch_data_files "$task" "$rows"
+    return
+  fi
   [[ -n $rows ]] || die "$task: no source in the GLUE table"
   kinds=$(echo "$rows" | awk '{print $2}' | sort -u)
   if [[ $kinds == zip ]]; then
@@ -303,14 +351,15 @@ fetch_glue_task() {
     read -r _t _k sha path members <<<"$rows"
     fetch_glue_zip "$task" "$sha" "$path" "$members"
   elif [[ $kinds == file ]]; then
-    fetch_glue_files "$task" "$rows"
+    fetch_data_files "$task" "$rows"
   else
     die "$task: the GLUE table mixes file and zip rows"
   fi
 }
 
-fetch_glue_files() {
-  local task=$1 rows=$2 dest="$DATA_DIR/$1" todo=() _t kind sha path name line
+# fetch_data_files TASK ROWS: the task's single files (GLUE TSVs, SQuAD JSON), all verified before any is moved in.
+fetch_data_files() {
+  local task=$1 rows=$2 dest="$DATA_DIR/$1" todo=() _t kind sha path name line url
   while read -r _t kind sha path; do
     name=${path##*/}
     if [[ -f $dest/$name && $FORCE -eq 0 ]]; then
@@ -325,8 +374,10 @@ fetch_glue_files() {
   for line in "${todo[@]}"; do
     read -r sha path <<<"$line"
     name=${path##*/}
-    fetch "$(glue_url file "$path")" "$stage/$name" "$stage/$name.headers"
-    verify_sha256 "$stage/$name" "$sha" "$task/$name" "$(glue_url file "$path")"
+    url=$(data_url "$task" file "$path")
+    if is_squad_task "$task"; then say "$task: fetching $url"; fi   # tens of MB: say what is going on
+    fetch "$url" "$stage/$name" "$stage/$name.headers"
+    verify_sha256 "$stage/$name" "$sha" "$task/$name" "$url"
   done
   make_dir "$dest"
   for line in "${todo[@]}"; do
@@ -347,7 +398,7 @@ fetch_glue_zip() {
   need_python
   new_staging "$DATA_DIR"
   local stage=$STAGED zip="$STAGED/${path##*/}" url
-  url=$(glue_url zip "$path")
+  url=$(data_url "$task" zip "$path")
   say "$task: fetching $url"
   fetch "$url" "$zip" "$zip.headers"
   verify_sha256 "$zip" "$sha" "${path##*/}" "$url"
@@ -459,12 +510,12 @@ list_plan() {
   local task model rows _k kind sha path members repo rev file pinned
   if [[ $WANT_DATA -eq 1 ]]; then
     for task in $TASKS; do
-      rows=$(manifest_rows glue "$task")
+      rows=$(manifest_rows "$(data_table "$task")" "$task")
       while read -r _k kind sha path members; do
         if [[ $kind == zip ]]; then
-          echo "$task/{$members}  zip sha256 $sha  $(glue_url zip "$path")"
+          echo "$task/{$members}  zip sha256 $sha  $(data_url "$task" zip "$path")"
         else
-          echo "$task/${path##*/}  sha256 $sha  $(glue_url file "$path")"
+          echo "$task/${path##*/}  sha256 $sha  $(data_url "$task" file "$path")"
         fi
       done <<<"$rows"
     done
@@ -540,9 +591,10 @@ parse_args() {
   RETRY_DELAY=${DOWNLOAD_RETRY_DELAY:-3}
   GLUE_BASE_URL=${GLUE_BASE_URL:-https://raw.githubusercontent.com}
   GLUE_ZIP_BASE_URL=${GLUE_ZIP_BASE_URL:-https://dl.fbaipublicfiles.com/glue/data}
+  SQUAD_BASE_URL=${SQUAD_BASE_URL:-https://rajpurkar.github.io/SQuAD-explorer/dataset}
   HF_ENDPOINT=${HF_ENDPOINT:-https://huggingface.co}
   local manifest
-  for manifest in "${DOWNLOAD_GLUE_MANIFEST:-}" "${DOWNLOAD_MODEL_MANIFEST:-}"; do
+  for manifest in "${DOWNLOAD_GLUE_MANIFEST:-}" "${DOWNLOAD_SQUAD_MANIFEST:-}" "${DOWNLOAD_MODEL_MANIFEST:-}"; do
     [[ -z $manifest || -f $manifest ]] || usage_error "manifest file $manifest not found"
   done
 }
@@ -556,7 +608,7 @@ select_names() {
     [[ -n $name ]] || continue
     if [[ $kind == task ]]; then
       canon=$(canonical_task "$name")
-      [[ -n $canon ]] || usage_error "unknown task '$name' in --tasks; known: $ALL_TASKS"
+      [[ -n $canon ]] || usage_error "unknown task '$name' in --tasks; known: $ALL_TASKS $SQUAD_TASKS"
     else
       canon=$name
       [[ " $ALL_MODELS " == *" $name "* ]] || usage_error "unknown model '$name' in --models; known: $ALL_MODELS"
@@ -577,7 +629,7 @@ main() {
   pick_hash_tools
   local task model
   if [[ $WANT_DATA -eq 1 ]]; then
-    for task in $TASKS; do fetch_glue_task "$task"; done
+    for task in $TASKS; do fetch_data_task "$task"; done
   fi
   if [[ $WANT_MODELS -eq 1 ]]; then
     for model in $MODELS; do fetch_model "$model"; done

@@ -1,15 +1,18 @@
 """download.sh against a local HTTP server: files land verified, bad bytes and dead servers leave nothing behind.
 
 Every network step of download.sh takes its base URL from the environment (GLUE_BASE_URL, GLUE_ZIP_BASE_URL,
-HF_ENDPOINT), so a threaded http.server in the test plays raw.githubusercontent.com, dl.fbaipublicfiles.com and
-the Hugging Face hub (including the hub's hash headers and its redirect of weights to a CDN).
+SQUAD_BASE_URL, HF_ENDPOINT), so a threaded http.server in the test plays raw.githubusercontent.com,
+dl.fbaipublicfiles.com, rajpurkar.github.io and the Hugging Face hub (including the hub's hash headers and its
+redirect of weights to a CDN).
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import io
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,6 +35,14 @@ FILE_TASKS = ["CoLA", "SST-2", "MRPC", "STS-B", "RTE", "WNLI"]
 ZIP_TASKS = {"QNLI": "QNLIv2.zip", "QQP": "QQP-clean.zip", "MNLI": "MNLI.zip"}
 ROBERTA_LARGE = ("FacebookAI/roberta-large", "722cf37b1afa9454edce342e7895e588b6ff1d59")
 BERT_BASE = ("google-bert/bert-base-uncased", "86b5e0934494bd15c9632b12f734a8a67f723594")
+SQUAD_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset"
+#: The official SQuAD files and their sha256, as independent public records (ParlAI, Hugging Face datasets) give them.
+SQUAD_OFFICIAL = {
+    "SQuAD-v1.1/train-v1.1.json": "3527663986b8295af4f7fcdff1ba1ff3f72d07d61a20f487cb238a6ef92fd955",
+    "SQuAD-v1.1/dev-v1.1.json": "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9",
+    "SQuAD-v2.0/train-v2.0.json": "68dcfbb971bd3e96d5b46c7177b16c1a4e7d4bdef19fb204502738552dede002",
+    "SQuAD-v2.0/dev-v2.0.json": "80a5225e94905956a6446d296ca1093975c4d3b3260f1d6c8f68bc2ab77182d8",
+}
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="download.sh needs curl")
 
@@ -171,6 +182,7 @@ def test_help_names_modes_sources_and_overrides():
     ([], {"DOWNLOAD_RETRIES": "many"}, "DOWNLOAD_RETRIES must be a whole number"),
     ([], {"DOWNLOAD_RETRY_DELAY": "-1"}, "DOWNLOAD_RETRY_DELAY must be a whole number"),
     ([], {"DOWNLOAD_GLUE_MANIFEST": "/nonexistent/table"}, "manifest file /nonexistent/table not found"),
+    ([], {"DOWNLOAD_SQUAD_MANIFEST": "/nonexistent/squad"}, "manifest file /nonexistent/squad not found"),
 ])
 def test_bad_usage_is_one_line_exit_2_and_touches_nothing(tmp_path, args, env, message):
     proc = run(args, tmp_path, GLUE_BASE_URL=dead_url(), **env)
@@ -340,6 +352,148 @@ def test_zip_missing_a_member_writes_nothing(tmp_path):
     assert proc.returncode == 1
     assert "QNLIv2.zip has no QNLI/dev.tsv; nothing was written" in one_error_line(proc)
     assert files_under(tmp_path / "glue") == []
+
+
+# ---------------------------------------------------------------------------------------------- SQuAD
+def test_help_says_squad_is_fetched_and_conll_is_not():
+    out = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60).stdout
+    for needle in ("SQuAD-v1.1 (squad), SQuAD-v2.0 (squad_v2, squadv2)", "only when named in --tasks",
+                   "train-v1.1.json", "dev-v2.0.json", "rajpurkar.github.io/SQuAD-explorer/dataset", "SQUAD_BASE_URL",
+                   "DOWNLOAD_SQUAD_MANIFEST", "CoNLL-2003: it has no stable public source", "bring your own files"):
+        assert needle in out, needle
+    assert "no SQuAD hash" not in out
+
+
+@pytest.mark.parametrize("tasks", ["squad,squad_v2", "SQuAD-v1.1,SQUADV2", "squad_v2,squad-v1.1,squad"])
+def test_squad_list_pins_the_four_official_files(tasks):
+    listed = {tuple(line.split("  ")) for line in list_plan("--tasks", tasks)}
+    assert listed == {(target, f"sha256 {sha}", f"{SQUAD_URL}/{target.split('/')[1]}")
+                      for target, sha in SQUAD_OFFICIAL.items()}
+
+
+@pytest.mark.parametrize("mode", ["data_only", "all"])
+def test_default_selection_is_the_nine_glue_tasks_without_squad(mode):
+    lines = list_plan(mode)
+    assert not [line for line in lines if "SQuAD" in line or "rajpurkar" in line]
+    data = {line.split("/")[0] for line in lines if line.split("/")[0] not in
+            ("bert-base-uncased", "roberta-base", "roberta-large")}
+    assert data == set(FILE_TASKS) | set(ZIP_TASKS)
+
+
+def squad_json(version: str, qid: str) -> bytes:
+    """A small file in the official shape (the converter's checks pass on it)."""
+    context = "The Normans gave their name to Normandy, a region in France."
+    answer = {"text": "France", "answer_start": context.index("France")}
+    qas = [{"id": qid, "question": "Where is Normandy?", "answers": [answer]}]
+    if version == "v2.0":
+        qas.append({"id": f"{qid}-none", "question": "Who named Denmark?", "answers": [], "is_impossible": True})
+    data = {"version": version, "data": [{"title": "Normans", "paragraphs": [{"context": context, "qas": qas}]}]}
+    return json.dumps(data).encode()
+
+
+SQUAD_FILES = {"SQuAD-v1.1/train-v1.1.json": squad_json("1.1", "t1"),
+               "SQuAD-v1.1/dev-v1.1.json": squad_json("1.1", "d1"),
+               "SQuAD-v2.0/train-v2.0.json": squad_json("v2.0", "t2"),
+               "SQuAD-v2.0/dev-v2.0.json": squad_json("v2.0", "d2")}
+
+
+def _squad_mirror(tmp_path: Path, pins: Optional[dict[str, str]] = None):
+    """A SQuAD table for SQUAD_FILES (or the given pins) and the mirror's routes under /dataset/."""
+    pins = pins or {}
+    table = write_manifest(tmp_path, "squad_table", [
+        f"{target.split('/')[0]} file {pins.get(target, sha256(data))} {target.split('/')[1]}"
+        for target, data in SQUAD_FILES.items()])
+    return table, {f"/dataset/{target.split('/')[1]}": Route(data) for target, data in SQUAD_FILES.items()}
+
+
+def test_builtin_squad_table_rejects_bytes_that_are_not_the_pinned_file(tmp_path):
+    _, routes = _squad_mirror(tmp_path)
+    with Server(routes) as srv:
+        proc = run(["--tasks", "squad"], tmp_path, SQUAD_BASE_URL=f"{srv.url}/dataset")
+    assert proc.returncode == 1
+    line = one_error_line(proc)
+    assert line == (f"download.sh: error: SQuAD-v1.1/train-v1.1.json: sha256 mismatch (expected "
+                    f"{SQUAD_OFFICIAL['SQuAD-v1.1/train-v1.1.json']}, got "
+                    f"{sha256(SQUAD_FILES['SQuAD-v1.1/train-v1.1.json'])}) for {srv.url}/dataset/train-v1.1.json; "
+                    "nothing was written")
+    assert files_under(tmp_path / "glue") == []
+
+
+def test_squad_mismatch_after_a_verified_file_leaves_nothing(tmp_path):
+    table, routes = _squad_mirror(tmp_path, {"SQuAD-v2.0/dev-v2.0.json": sha256(b"the real dev-v2.0.json")})
+    with Server(routes) as srv:
+        proc = run(["--tasks", "squad_v2"], tmp_path, DOWNLOAD_SQUAD_MANIFEST=table,
+                   SQUAD_BASE_URL=f"{srv.url}/dataset")
+        assert srv.hits == {"/dataset/train-v2.0.json": 1, "/dataset/dev-v2.0.json": 1}
+    assert proc.returncode == 1
+    assert "SQuAD-v2.0/dev-v2.0.json: sha256 mismatch" in one_error_line(proc)
+    assert files_under(tmp_path / "glue") == []
+
+
+def test_malformed_squad_table_row_names_file_and_line(tmp_path):
+    table = write_manifest(tmp_path, "squad_table", [f"SQuAD-v1.1 zip {'a' * 64} squad.zip train-v1.1.json"])
+    proc = run(["--tasks", "squad"], tmp_path, DOWNLOAD_SQUAD_MANIFEST=table)
+    assert proc.returncode == 2
+    assert f"{table} line 2: expected 'TASK file SHA256 PATH'" in one_error_line(proc)
+    assert not (tmp_path / "glue").exists()
+
+
+def test_squad_files_land_verified_rerun_skips_and_force_replaces(tmp_path):
+    table, routes = _squad_mirror(tmp_path)
+    with Server(routes) as srv:
+        proc = run(["--tasks", "squad,squad_v2"], tmp_path, DOWNLOAD_SQUAD_MANIFEST=table,
+                   SQUAD_BASE_URL=f"{srv.url}/dataset/")
+        assert proc.returncode == 0, proc.stderr
+        assert "SQuAD-v1.1: 2 file(s) verified (sha256)" in proc.stdout
+        assert f"SQuAD-v2.0: fetching {srv.url}/dataset/train-v2.0.json" in proc.stdout
+        assert files_under(tmp_path / "glue") == sorted(["SQuAD-v1.1", "SQuAD-v2.0", *SQUAD_FILES])
+        for target, data in SQUAD_FILES.items():
+            assert (tmp_path / "glue" / target).read_bytes() == data, target
+        hits = dict(srv.hits)
+        again = run(["--tasks", "squadv2,squad"], tmp_path, DOWNLOAD_SQUAD_MANIFEST=table, SQUAD_BASE_URL=dead_url())
+        assert again.returncode == 0, again.stderr
+        assert "SQuAD-v1.1: up to date" in again.stdout and "SQuAD-v2.0: up to date" in again.stdout
+        edited = tmp_path / "glue" / "SQuAD-v1.1" / "dev-v1.1.json"
+        edited.write_bytes(b"{}")
+        refused = run(["--tasks", "squad"], tmp_path, DOWNLOAD_SQUAD_MANIFEST=table,
+                      SQUAD_BASE_URL=srv.url + "/dataset")
+        assert refused.returncode == 1
+        assert f"{edited} exists but is not the pinned file" in one_error_line(refused)
+        assert edited.read_bytes() == b"{}" and srv.hits == hits
+        forced = run(["--tasks", "squad", "--force"], tmp_path, DOWNLOAD_SQUAD_MANIFEST=table,
+                     SQUAD_BASE_URL=srv.url + "/dataset")
+        assert forced.returncode == 0, forced.stderr
+    assert edited.read_bytes() == SQUAD_FILES["SQuAD-v1.1/dev-v1.1.json"]
+
+
+def test_readme_links_the_downloaded_squad_files_where_prepro_reads_them(tmp_path):
+    """The README's span section: download.sh --tasks squad,squad_v2, its `ln -s` lines, then prepro_std.py."""
+    import prepro_std
+    from data_utils.shards import shard_path
+
+    section = (ROOT / "README.md").read_text().split("## Span extraction (SQuAD)")[1].split("\n## ")[0]
+    assert "./download.sh --tasks squad,squad_v2" in section
+    links = re.findall(r"^ln -s (\.\./glue_data/SQuAD\S+) +(data/canonical_data/\S+)", section, re.M)
+    assert len(links) == 4, section
+    table, routes = _squad_mirror(tmp_path)
+    with Server(routes) as srv:
+        proc = run(["--tasks", "squad,squad_v2"], tmp_path, DOWNLOAD_SQUAD_MANIFEST=table,
+                   SQUAD_BASE_URL=f"{srv.url}/dataset")
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "data" / "canonical_data").mkdir(parents=True)
+    (tmp_path / "data" / "glue_data").symlink_to(tmp_path / "glue")   # the default --data_dir, relative to data/
+    for target, link in links:
+        (tmp_path / link).symlink_to(target)
+    root = tmp_path / "data" / "canonical_data"
+    task_def = ROOT / "experiments" / "squad" / "squad_task_def.yml"
+    assert prepro_std.main(["--model", "minilm-l6", "--root_dir", str(root), "--task_def", str(task_def),
+                            "--max_seq_len", "384"]) == 0
+    for task in ("squad", "squadv2"):
+        for split in ("train", "dev"):
+            shard = shard_path(str(root), "minilm-l6", task, split).read_text().splitlines()
+            linked = json.loads((root / f"{task}_{split}.json").read_text())
+            assert sorted(json.loads(row)["qid"] for row in shard) == sorted(
+                qa["id"] for qa in linked["data"][0]["paragraphs"][0]["qas"]), (task, split)
 
 
 # ------------------------------------------------------------------------------------------- the network
