@@ -25,7 +25,8 @@ BUCKET_BATCHES = 50  # examples are length-sorted within windows of this many ba
 
 @dataclass
 class TaskData:
-    """One tokenized split held in memory, with each example's (max) sequence length."""
+    """One tokenized split, with each example's (max) sequence length. ``token_ids``/``type_ids``/``uids`` are
+    lists, or read-only views over the shard's memory-mapped cache that index and compare like those lists."""
     task_def: TaskDef
     split: str
     uids: list[str]
@@ -215,9 +216,8 @@ def _cached_split(path: Path, shard, task_def: TaskDef, split: str, max_seq_len:
         check_encoder_ranges(path, _truncated_ranges(shard, "tok", n_seq, seq_len, max_seq_len),
                              _truncated_ranges(shard, "typ", n_seq, seq_len, max_seq_len), lengths, encoder,
                              task_def.n_class if ranking else 1, max_seq_len)
-    return TaskData(task_def, split, CachedStrings(shard, n), labels,
-                    CachedRows(shard, "tok", n, max_seq_len, ranking), CachedRows(shard, "typ", n, max_seq_len, ranking),
-                    lengths)
+    rows = [CachedRows(shard, column, n, max_seq_len, ranking) for column in ("tok", "typ")]
+    return TaskData(task_def, split, CachedStrings(shard, n), labels, rows[0], rows[1], lengths)
 
 
 def _check_soft_labels(path: Path, task_def: TaskDef, soft: list) -> None:
