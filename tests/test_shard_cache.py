@@ -286,3 +286,23 @@ def test_bad_line_builds_no_cache(tmp_path):
     with pytest.raises(ShardError, match=r"pairs_train\.jsonl:2: not valid JSON"):
         load_split(tmp_path, DEFS["pairs"], "train", 64)
     assert [p.name for p in (tmp_path / shard_cache.CACHE_DIR).iterdir()] == ["pairs_train.jsonl.lock"]
+
+
+# ------------------------------------------------------------------------------------------------ training
+def test_training_with_and_without_the_cache_is_identical(tmp_path):
+    from transformers import AutoModel
+
+    from mt_dnn.trainer import Trainer
+    from test_trainer import config
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_bert_config()).save_pretrained(tmp_path / "tiny-bert")
+    (tmp_path / "tasks.yml").write_text(TASK_YAML, encoding="utf-8")
+    write_shards(tmp_path / "shards")
+    runs = {}
+    for cache in (False, True):
+        trainer = Trainer(config(tmp_path, f"run-{cache}", epochs=1, max_steps=8, max_seq_len=16, shard_cache=cache))
+        assert isinstance(trainer.train_sets[0].token_ids, CachedRows) == cache
+        history = trainer.fit()
+        runs[cache] = (trainer.loss_log, history[-1]["dev"], trainer.model.state_dict())
+    assert runs[False][:2] == runs[True][:2]
+    assert all(torch.equal(v, runs[True][2][k]) for k, v in runs[False][2].items())
