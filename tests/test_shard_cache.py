@@ -306,3 +306,11 @@ def test_training_with_and_without_the_cache_is_identical(tmp_path):
         runs[cache] = (trainer.loss_log, history[-1]["dev"], trainer.model.state_dict())
     assert runs[False][:2] == runs[True][:2]
     assert all(torch.equal(v, runs[True][2][k]) for k, v in runs[False][2].items())
+
+
+def test_cache_is_on_by_default_and_the_flag_turns_it_off():
+    from mt_dnn.config import TrainConfig, parse_args
+    assert TrainConfig(train_datasets=["rte"]).shard_cache is True
+    assert parse_args(["--train_datasets", "rte"]).shard_cache is True
+    assert parse_args(["--train_datasets", "rte", "--no_shard_cache"]).shard_cache is False
+    assert parse_args(["--train_datasets", "rte", "--shard_cache"]).shard_cache is True
