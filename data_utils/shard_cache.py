@@ -318,8 +318,8 @@ def write_cache(target: Path, key: dict, arrays: Optional[dict], uncacheable: st
 
 def load(shard: Union[str, Path]) -> Optional[CachedShard]:
     """The shard's mapped cache, built first when missing, stale or damaged; None when the shard must be read
-    into memory instead (it holds what the cache cannot, or its folder takes no cache). Bad lines raise the
-    same ``file:line`` ShardError as ``read_shard``."""
+    into memory instead (it holds what the cache cannot, its folder takes no cache, or the write failed). Bad
+    lines raise the same ``file:line`` ShardError as ``read_shard``."""
     shard = Path(shard)
     target = cache_path(shard)
     key = shard_key(shard)
@@ -338,7 +338,12 @@ def load(shard: Union[str, Path]) -> Optional[CachedShard]:
             if found is None:
                 for what in clean_stale_temps(target.parent):
                     log.info("%s: %s (left by an interrupted cache build)", target.parent, what)
-                found = _build(shard, target, key)
+                try:
+                    found = _build(shard, target, key)
+                except OSError as exc:  # a full or failing disk: the run goes on without the cache
+                    log.warning("%s: could not write the shard cache (%s); reading the shard into memory", target,
+                                exc)
+                    return None
     return None if found.header.get("uncacheable") else found
 
 

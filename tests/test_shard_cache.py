@@ -250,7 +250,7 @@ def test_two_processes_build_once_and_read_the_same_data(shards, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ failures
-def test_failed_build_leaves_nothing_half_written(shards, monkeypatch):
+def test_failed_build_leaves_nothing_half_written(shards, monkeypatch, caplog):
     calls = {"n": 0}
     real = np.ascontiguousarray
 
@@ -260,9 +260,9 @@ def test_failed_build_leaves_nothing_half_written(shards, monkeypatch):
             raise OSError(28, "No space left on device")
         return real(a, *args, **kw)
     monkeypatch.setattr(shard_cache.np, "ascontiguousarray", failing)
-    with pytest.raises(OSError, match="No space left"):
-        load_split(shards, DEFS["pairs"], "train", 64)
-    assert calls["n"] == 3
+    data = load_split(shards, DEFS["pairs"], "train", 64)  # the run goes on, from memory
+    assert calls["n"] == 3 and isinstance(data.token_ids, list)
+    assert "could not write the shard cache ([Errno 28] No space left on device)" in caplog.text
     monkeypatch.undo()
     folder = shards / shard_cache.CACHE_DIR
     assert sorted(p.name for p in folder.iterdir()) == ["pairs_train.jsonl.lock"]  # no cache, no temp
