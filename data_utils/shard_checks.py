@@ -91,11 +91,25 @@ def _check_ids(path: Path, what: str, rows: Sequence, per_example: int, limit: i
     low, high, bad = _row_ranges(rows)
     if bad is not None:
         raise ShardError(f"{path}:{bad // per_example + 1}: {what} must be integers")
+    _check_range(path, what, low, high, per_example, limit, hint)
+
+
+def _check_range(path: Path, what: str, low: np.ndarray, high: np.ndarray, per_example: int, limit: int,
+                 hint: str) -> None:
+    low, high = np.asarray(low, dtype=np.int64), np.asarray(high, dtype=np.int64)
     out = (low < 0) | (high >= limit)
     if out.any():
         row = _first(out)
         value = int(low[row]) if low[row] < 0 else int(high[row])
         raise ShardError(f"{path}:{row // per_example + 1}: {what} {value} is outside 0..{limit - 1} {hint}")
+
+
+def _vocab_hint(limits: EncoderLimits) -> str:
+    return f"(encoder {limits.name} has a vocabulary of {limits.vocab_size}; was the shard made for it?)"
+
+
+def _types_hint(limits: EncoderLimits) -> str:
+    return f"(encoder {limits.name} has {limits.type_vocab_size} token type(s))"
 
 
 def check_encoder_fit(path: Path, token_ids: Sequence, type_ids: Sequence, lengths: Sequence[int],
@@ -106,11 +120,23 @@ def check_encoder_fit(path: Path, token_ids: Sequence, type_ids: Sequence, lengt
     k = len(token_ids[0]) if ranking else 1
     toks = list(chain.from_iterable(token_ids)) if ranking else token_ids
     types = list(chain.from_iterable(type_ids)) if ranking else type_ids
-    _check_ids(path, "token id", toks, k, limits.vocab_size,
-               f"(encoder {limits.name} has a vocabulary of {limits.vocab_size}; was the shard made for it?)")
+    _check_ids(path, "token id", toks, k, limits.vocab_size, _vocab_hint(limits))
     if limits.type_vocab_size is not None:
-        _check_ids(path, "type id", types, k, limits.type_vocab_size,
-                   f"(encoder {limits.name} has {limits.type_vocab_size} token type(s))")
+        _check_ids(path, "type id", types, k, limits.type_vocab_size, _types_hint(limits))
+    _check_lengths(path, lengths, limits, max_seq_len)
+
+
+def check_encoder_ranges(path: Path, tok_range: tuple, type_range: tuple, lengths: Sequence[int],
+                         limits: EncoderLimits, per_example: int, max_seq_len: int) -> None:
+    """``check_encoder_fit`` from each (truncated) sequence's smallest and largest token and type id, as the
+    memory-mapped shard cache keeps them, with the same messages."""
+    _check_range(path, "token id", *tok_range, per_example, limits.vocab_size, _vocab_hint(limits))
+    if limits.type_vocab_size is not None:
+        _check_range(path, "type id", *type_range, per_example, limits.type_vocab_size, _types_hint(limits))
+    _check_lengths(path, lengths, limits, max_seq_len)
+
+
+def _check_lengths(path: Path, lengths: Sequence[int], limits: EncoderLimits, max_seq_len: int) -> None:
     if limits.max_positions is None:
         return
     too_long = np.asarray(lengths) > limits.max_positions

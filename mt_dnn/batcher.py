@@ -6,13 +6,16 @@ Distributed runs cut every global batch into per-rank slices, so all ranks train
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Union
 
+import numpy as np
 import torch
 
-from data_utils.shard_checks import EncoderLimits, check_encoder_fit, check_labels
+from data_utils import shard_cache
+from data_utils.shard_checks import EncoderLimits, check_encoder_fit, check_encoder_ranges, check_labels
 from data_utils.shards import find_shard, read_shard
 from data_utils.task_def import DataFormat, TaskDef, TaskType
 
@@ -22,7 +25,8 @@ BUCKET_BATCHES = 50  # examples are length-sorted within windows of this many ba
 
 @dataclass
 class TaskData:
-    """One tokenized split held in memory, with each example's (max) sequence length."""
+    """One tokenized split, with each example's (max) sequence length. ``token_ids``/``type_ids``/``uids`` are
+    lists, or read-only views over the shard's memory-mapped cache that index and compare like those lists."""
     task_def: TaskDef
     split: str
     uids: list[str]
@@ -51,13 +55,22 @@ def _truncate(ids: list[int], max_len: int) -> list[int]:
 
 
 def load_split(data_dir: str | Path, task_def: TaskDef, split: str, max_seq_len: int,
-               limit: int = 0, encoder: Optional[EncoderLimits] = None) -> TaskData:
-    """A split in memory, its labels checked against the task and (given ``encoder``) its token ids, type ids
-    and truncated lengths against the encoder, so bad data fails here with ``file:line`` and not mid-run."""
+               limit: int = 0, encoder: Optional[EncoderLimits] = None, cache: bool = True) -> TaskData:
+    """A split, its labels checked against the task and (given ``encoder``) its token ids, type ids and
+    truncated lengths against the encoder, so bad data fails here with ``file:line`` and not mid-run.
+
+    With ``cache``, row tasks (Classification, Regression, Ranking) are served from the shard's memory-mapped
+    cache (data_utils/shard_cache.py), built on first use: ``token_ids``/``type_ids``/``uids`` are then read-only
+    sequence views that return each row as today's lists would hold it. Span/SequenceLabeling tasks, shards with
+    soft labels (distillation) and shards the cache cannot hold exactly keep the in-memory path below."""
     path = find_shard(data_dir, task_def.name, split)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: shard not found (run prepro_std.py for task '{task_def.name}', "
                                 f"split '{split}', or check --data_dir)")
+    if cache and not task_def.token_level:
+        shard = shard_cache.load(path)
+        if shard is not None:
+            return _cached_split(path, shard, task_def, split, max_seq_len, limit, encoder)
     records = read_shard(path)
     if limit:
         records = records[:limit]
@@ -95,6 +108,116 @@ def load_split(data_dir: str | Path, task_def: TaskDef, split: str, max_seq_len:
         check_encoder_fit(path, toks, types, lengths, encoder, ranking, max_seq_len)
     return TaskData(task_def, split, uids, labels, toks, types, lengths,
                     soft if any(s is not None for s in soft) else None, extras if task_def.token_level else None)
+
+
+# ------------------------------------------------------------------------------------------------ cached rows
+class _View(Sequence):
+    """A read-only sequence over a mapped cache; equal to any sequence with the same items (as a list is)."""
+
+    def __init__(self, n: int):
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: Union[int, slice]):
+        if isinstance(i, slice):
+            return [self._item(j) for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(f"row {i} of {self._n}")
+        return self._item(int(i))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and not isinstance(other, str) and len(other) == self._n \
+            and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._n} rows)"
+
+
+class CachedRows(_View):
+    """Row i's token (or type) ids as a list, cut to ``max_len`` as ``_truncate`` cuts; for Ranking rows, one
+    list per hypothesis."""
+
+    def __init__(self, shard, column: str, n: int, max_len: int, ranking: bool):
+        super().__init__(n)
+        self._shard, self._column, self._max_len, self._ranking = shard, column, max_len, ranking
+
+    def _seq(self, flat: np.ndarray, off: np.ndarray, s: int) -> list[int]:
+        a, b = int(off[s]), int(off[s + 1])
+        if b - a <= self._max_len:
+            return flat[a:b].tolist()
+        return flat[a:a + self._max_len - 1].tolist() + [int(flat[b - 1])]
+
+    def _item(self, i: int):
+        flat, off = getattr(self._shard, self._column), self._shard.seq_off
+        if not self._ranking:
+            return self._seq(flat, off, i)
+        row_seq = self._shard.row_seq
+        return [self._seq(flat, off, s) for s in range(int(row_seq[i]), int(row_seq[i + 1]))]
+
+
+class CachedStrings(_View):
+    """Row i's uid, decoded from the cache's UTF-8 buffer."""
+
+    def __init__(self, shard, n: int):
+        super().__init__(n)
+        self._shard = shard
+
+    def _item(self, i: int) -> str:
+        off = self._shard.uid_off
+        return self._shard.uid_bytes[int(off[i]):int(off[i + 1])].tobytes().decode("utf-8")
+
+
+def _truncated_ranges(shard, column: str, n_seq: int, seq_len: np.ndarray, max_len: int):
+    """Per sequence (smallest, largest) id after ``_truncate``: kept from the cache, recomputed for the few
+    sequences longer than ``max_len`` (their cut-off tail no longer counts, as in the in-memory path)."""
+    low = np.asarray(getattr(shard, f"{column}_lo")[:n_seq], dtype=np.int64)
+    high = np.asarray(getattr(shard, f"{column}_hi")[:n_seq], dtype=np.int64)
+    long_rows = np.flatnonzero(seq_len > max_len)
+    if long_rows.size:
+        low, high = low.copy(), high.copy()
+        flat, off = getattr(shard, column), shard.seq_off
+        for s in long_rows.tolist():
+            a, b = int(off[s]), int(off[s + 1])
+            kept = np.append(flat[a:a + max_len - 1], flat[b - 1]).astype(np.int64)
+            low[s], high[s] = kept.min(), kept.max()
+    return low, high
+
+
+def _cached_split(path: Path, shard, task_def: TaskDef, split: str, max_seq_len: int, limit: int,
+                  encoder: Optional[EncoderLimits]) -> TaskData:
+    """The in-memory path's TaskData and checks (same order, same messages), from the mapped cache."""
+    n = min(limit, shard.rows) if limit else shard.rows
+    if not n:
+        raise ValueError(f"{path}: shard is empty")
+    ranking = task_def.data_format is DataFormat.PremiseAndMultiHypothesis
+    nested = np.asarray(shard.nested[:n]) != 0
+    n_seq_per_row = np.diff(np.asarray(shard.row_seq[:n + 1]))
+    if ranking:
+        bad = ~nested | (n_seq_per_row != task_def.n_class)
+        if bad.any():
+            raise ValueError(f"{path}:{int(np.flatnonzero(bad)[0]) + 1}: task {task_def.name} expects "
+                             f"{task_def.n_class} hypotheses")
+    elif nested.any():
+        raise ValueError(f"{path}:{int(np.flatnonzero(nested)[0]) + 1}: task {task_def.name} expects one "
+                         "sequence, got several")
+    n_seq = int(shard.row_seq[n])
+    seq_len = np.diff(np.asarray(shard.seq_off[:n_seq + 1]))
+    kept = np.minimum(seq_len, max_seq_len)
+    lengths = (kept.reshape(n, task_def.n_class).max(axis=1) if ranking else kept).tolist()
+    labels = shard.labels[:n].tolist()
+    check_labels(path, task_def, labels)
+    if encoder is not None:
+        check_encoder_ranges(path, _truncated_ranges(shard, "tok", n_seq, seq_len, max_seq_len),
+                             _truncated_ranges(shard, "typ", n_seq, seq_len, max_seq_len), lengths, encoder,
+                             task_def.n_class if ranking else 1, max_seq_len)
+    rows = [CachedRows(shard, column, n, max_seq_len, ranking) for column in ("tok", "typ")]
+    return TaskData(task_def, split, CachedStrings(shard, n), labels, rows[0], rows[1], lengths)
 
 
 def _check_soft_labels(path: Path, task_def: TaskDef, soft: list) -> None:

@@ -90,6 +90,10 @@ class TrainConfig:
     mix_opt: int = cli_field(0, "0: mix all tasks' batches; 1: auxiliary tasks first")
     ratio: float = cli_field(
         0.0, "if > 0, use at most ratio × (first task's batches) batches of the auxiliary tasks each epoch")
+    shard_cache: bool = cli_field(
+        True, "serve Classification/Regression/Ranking shards from a memory-mapped cache built next to them "
+        "(.shard_cache/) on first use and shared by the ranks of a node (--no_shard_cache: read each shard into "
+        "memory)")
     max_train_samples: int = cli_field(0, "use only the first N examples of each training set")
     max_eval_samples: int = cli_field(0, "evaluate on only the first N examples of each split")
     # extra objectives (mt_dnn/objectives.py); MT-DNN's names and defaults
@@ -351,9 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         names, kw = _argument(f, hints)
-        if f.name == "tensorboard":  # on by default: MT-DNN's --tensorboard is accepted, --no_tensorboard turns off
-            p.add_argument("--no_tensorboard", dest="tensorboard", action="store_false", help=kw["help"])
-            p.add_argument("--tensorboard", dest="tensorboard", action="store_true", help=argparse.SUPPRESS)
+        if f.default is True:  # switches on by default (--tensorboard, --shard_cache): --no_X turns one off
+            p.add_argument(f"--no_{f.name}", dest=f.name, action="store_false", help=kw["help"])
+            p.add_argument(f"--{f.name}", dest=f.name, action="store_true", help=argparse.SUPPRESS)
             continue
         if f.name == "test_datasets":
             kw["default"] = None  # parse_args fills in the training tasks

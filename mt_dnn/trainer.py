@@ -46,7 +46,8 @@ FP16_DEVICE_TYPES = ("cuda",)  # float16 autocast on CPU has no fast kernels: a 
 # Fields that --resume may change without --allow_config_change: where and how the run reports, not what it computes.
 RESUME_HARMLESS = frozenset({"output_dir", "num_threads", "log_every", "device", "resume", "tensorboard",
                              "dist_timeout", "keep_last", "save_every_steps", "log_sensitivity_every",
-                             "batch_size_eval", "optim_impl", "allow_config_change"})
+                             "batch_size_eval", "optim_impl", "allow_config_change",
+                             "shard_cache"})
 
 
 def seed_everything(seed: int) -> None:
@@ -223,7 +224,7 @@ class Trainer:
                          self.cfg.task_def, task, task)
                 splits = ("train",)
             sets.append(load_split(self.cfg.data_dir, td, splits[0], self.cfg.max_seq_len,
-                                   self.cfg.max_train_samples, limits))
+                                   self.cfg.max_train_samples, limits, cache=self.cfg.shard_cache))
         return sets
 
     def _load_eval_sets(self, limits: EncoderLimits) -> list[TaskData]:
@@ -238,7 +239,7 @@ class Trainer:
                 if not path.is_file() and split not in td.split_names:  # MT-DNN's {task}_dev, when present
                     continue
                 sets.append(load_split(self.cfg.data_dir, td, split, self.cfg.max_seq_len,
-                                       self.cfg.max_eval_samples, limits))
+                                       self.cfg.max_eval_samples, limits, cache=self.cfg.shard_cache))
         return sets
 
     def _parallelize(self) -> torch.nn.Module:
