@@ -322,12 +322,14 @@ class Trainer:
         return epoch_plan(self.train_sets, global_batch, cfg.seed, epoch, cfg.mix_opt, cfg.ratio)
 
     # ---------------------------------------------------------------------------------------------- training
-    def _forward_loss(self, task_idx: int, indices: list[int], batch: dict) -> torch.Tensor:
-        """Mean loss of this rank's share of a global batch (``batch``, collated by the input pipeline), weighted
-        so that averaging over ranks (as DDP and FSDP do with gradients) gives the mean over the whole global
-        batch even when shares differ in size (pipeline.rank_share)."""
+    def _forward_loss(self, task_idx: int, indices: list[int], batch: Optional[dict] = None) -> torch.Tensor:
+        """Mean loss of this rank's share of a global batch (``batch``: its tensors from the input pipeline, or
+        collated here when not given), weighted so that averaging over ranks (as DDP and FSDP do with gradients)
+        gives the mean over the whole global batch even when shares differ in size (pipeline.rank_share)."""
         data = self.train_sets[task_idx]
         local, weight = rank_share(indices, self.rank, self.world_size)
+        if batch is None:
+            batch = self.micro_batch_set.__getitems__([(task_idx, i) for i in local])
         batch = to_device(batch, self.device)
         labels, soft = batch.pop("labels"), batch.pop("soft_labels", None)
         with autocast_context(self.device, self.amp_dtype):
