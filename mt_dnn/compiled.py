@@ -27,6 +27,16 @@ def allow_recompiles(bound: int) -> None:
     config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, bound)
 
 
+def stable_grads(params) -> None:
+    """Give each parameter a zero ``.grad`` before a CUDA-graphed backward, so gradients are added into buffers
+    of our own: a ``.grad`` that *is* a graph output is overwritten by the next replay, which breaks gradient
+    accumulation and SMART's extra backward passes. Only the parameters this step trains get one (the other
+    tasks' heads keep None, so the optimizer leaves them alone)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

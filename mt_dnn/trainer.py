@@ -34,7 +34,7 @@ from mt_dnn import checkpoint as ckpt
 from mt_dnn import distributed as dist_utils
 from mt_dnn import objectives as objectives_mod
 from mt_dnn.batcher import TaskData, epoch_plan, load_split, to_device
-from mt_dnn.compiled import CompiledForward
+from mt_dnn.compiled import CompiledForward, stable_grads
 from mt_dnn.config import TrainConfig
 from mt_dnn.distributed import DistEnv
 from mt_dnn.divergence import DivergenceGuard
@@ -143,6 +143,7 @@ class Trainer:
             self._setup_inputs(cfg)
         self.net = self._parallelize()  # what the training forward calls: DDP wrapper, FSDP module or model
         self.train_forward = self._compile() if self.cfg.compile else self.net
+        self._params_by_task: dict[str, list] = {}
         if self.world_size > 1:  # identical initial weights everywhere; different dropout masks per rank
             torch.manual_seed(self.cfg.seed + self.rank)
         with dist_utils.agree_on_errors(self.env):
@@ -332,6 +333,8 @@ class Trainer:
             batch = self.micro_batch_set.__getitems__([(task_idx, i) for i in local])
         batch = to_device(batch, self.device)
         labels, soft = batch.pop("labels"), batch.pop("soft_labels", None)
+        if self.shapes is not None and self.train_forward.cuda_graphs and self.train_forward.active:
+            stable_grads(self._trained_params(data.task_def.name))
         with autocast_context(self.device, self.amp_dtype):
             out = self.train_forward(data.task_def.name, **batch)
         if self.shapes is not None:  # --compile: drop the rows that only filled the static shape
@@ -345,6 +348,18 @@ class Trainer:
             for term in self.objectives:
                 loss = term(step, loss)
         return loss * weight if weight != 1.0 else loss
+
+    def _trained_params(self, task: str) -> list[torch.nn.Parameter]:
+        """The parameters a micro-batch of ``task`` gives gradients: all but the other tasks' heads (and the
+        pooler, for heads that read every token)."""
+        if task not in self._params_by_task:
+            others = {id(p) for name, head in self.model.heads.items() if name != task for p in head.parameters()}
+            head = self.model.heads[task]
+            if getattr(head, "per_token", False) or getattr(head, "uses_tokens", False):
+                for pooler in (getattr(self.model.encoder, "pooler", None), self.model.pooler):
+                    others |= {id(p) for p in pooler.parameters()} if pooler is not None else set()
+            self._params_by_task[task] = [p for p in self.model.parameters() if p.requires_grad and id(p) not in others]
+        return self._params_by_task[task]
 
     def _micro_batch(self, task_def, batch: dict, out: torch.Tensor, labels, soft,
                      keys: list[int]) -> objectives_mod.MicroBatch:
