@@ -49,7 +49,8 @@ FP16_DEVICE_TYPES = ("cuda",)  # float16 autocast on CPU has no fast kernels: a 
 # Fields that --resume may change without --allow_config_change: where and how the run reports, not what it computes.
 RESUME_HARMLESS = frozenset({"output_dir", "num_threads", "log_every", "device", "resume", "tensorboard",
                              "dist_timeout", "keep_last", "save_every_steps", "log_sensitivity_every",
-                             "batch_size_eval", "optim_impl", "allow_config_change", "num_workers"})
+                             "batch_size_eval", "optim_impl", "allow_config_change", "num_workers",
+                             "compile"})
 
 
 def seed_everything(seed: int) -> None:
