@@ -8,7 +8,7 @@ TORCH_CPU_VERSION ?= 2.13.0
 STAMP := $(VENV)/.deps-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench bench-optim bench-prepro bench-train lint clean
+.PHONY: install test test-fast demo bench bench-optim bench-prepro bench-train lint clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Without the torch.compile tests (minutes of compiling on a small CPU).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not compile" $(PYTEST_ARGS)
 
 bench: bench-optim bench-prepro bench-train
 
