@@ -7,8 +7,17 @@ steps and examples per row. Rows:
 - ``hf-best``: transformers.Trainer with dynamic padding (DataCollatorWithPadding, multiple of 8) and length
   grouping (``train_sampling_strategy="group_by_length"``, transformers 5's name for ``group_by_length=True``).
 - ``ours``: mt_dnn.trainer.Trainer with ``--optimizer usadamax``, ``optim_impl="auto"`` (CPU: the
-  torch.compile-fused update; CUDA: Triton) and no evaluation (``test_datasets=[]``, stopped by
-  ``fit(stop_after_steps=...)`` before the epoch ends).
+  torch.compile-fused update; CUDA: Triton), eager forward, and no evaluation (``test_datasets=[]``, stopped by
+  ``fit(stop_after_steps=...)`` before the epoch ends). On CUDA its input pipeline runs in 2 worker processes
+  (``--num_workers`` auto) with pinned memory.
+- ``ours-compile``: the same with ``--compile`` (static length buckets of 32 and a fixed batch; CUDA graphs on
+  CUDA). Every bucket the epoch uses is compiled (and, on CUDA, graph-recorded) before the clock starts, by a
+  few forward/backward passes without optimizer steps; that time is in the "first step" column. Default row on
+  CUDA; on CPU (minutes of compiling) ask for it with ``--only``.
+
+On CUDA every row's step end is a ``torch.cuda.synchronize()``; hf-best and both ours rows run under bf16
+autocast (``--no-bf16`` for fp32), hf-defaults stays fp32 as run_glue runs it; both HF rows use fused AdamW
+(``adamw_torch_fused``).
 
 Steady state is the time between the end of warm-up step W and the end of step W+N, read from timestamps taken
 after every optimizer step (a TrainerCallback for transformers, a wrapped ``_optimizer_step`` for ours). Model
@@ -21,8 +30,11 @@ on a loaded one the wall-time columns drift while this one stays close to the wo
 Prints one markdown table; per-row step-time spread and the load average go to stderr.
 
     python bench/train_throughput.py [--device cpu|cuda] [--steps N] [--warmup_steps N] [--batch_size N]
-                                     [--model minilm-l6] [--threads N] [--only hf-defaults,hf-best,ours]
-                                     [--bf16] [--random_bert_base]
+                                     [--model minilm-l6] [--threads N]
+                                     [--only hf-defaults,hf-best,ours,ours-compile] [--bf16|--no-bf16]
+                                     [--random_bert_base]
+
+    python bench/train_throughput.py --device cuda --random_bert_base   # BERT-base shapes on a GPU
 """
 from __future__ import annotations
 
@@ -53,7 +65,9 @@ from mt_dnn.batcher import PAD_MULTIPLE, epoch_plan  # noqa: E402
 
 TASK = "mrpc"
 TASK_DEF = ROOT / "experiments" / "glue" / "glue_task_def.yml"
-ROWS = ("hf-defaults", "hf-best", "ours")
+ROWS = ("hf-defaults", "hf-best", "ours", "ours-compile")
+DEFAULT_ROWS = {"cpu": ("hf-defaults", "hf-best", "ours"), "cuda": ROWS}
+WARM_CALLS = 3  # forward/backward calls per length bucket before timing (CUDA graph trees record on a later call)
 BASELINES = ("hf-defaults", "hf-best")
 LEARNING_RATE = 5e-5  # transformers' default and TrainConfig's: the schedules differ, the step cost does not
 
@@ -215,11 +229,13 @@ def run_hf(cfg: BenchConfig, model_path: str, tsv: Path, work: Path, best: bool)
     collator = LengthRecorder(DataCollatorWithPadding(tokenizer, pad_to_multiple_of=PAD_MULTIPLE) if best
                               else default_data_collator)
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
+    cuda = cfg.device == "cuda"
     args = TrainingArguments(
         output_dir=str(work / ("hf-best" if best else "hf-defaults")), per_device_train_batch_size=cfg.batch_size,
         max_steps=cfg.total_steps, learning_rate=LEARNING_RATE, report_to=[], save_strategy="no",
-        use_cpu=cfg.device == "cpu", disable_tqdm=True, seed=42,
-        train_sampling_strategy="group_by_length" if best else "random", bf16=cfg.bf16 and best)
+        use_cpu=not cuda, disable_tqdm=True, seed=42, optim="adamw_torch_fused",
+        train_sampling_strategy="group_by_length" if best else "random", bf16=cfg.bf16 and best,
+        dataloader_num_workers=2 if cuda and best else 0, dataloader_pin_memory=cuda)
     result = Result("hf-best" if best else "hf-defaults", f"AdamW ({args.optim.value})",
                     "dynamic ×8, length-grouped" if best else f"max_length {cfg.max_seq_len}", [], 0.0)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
@@ -246,31 +262,35 @@ def _padded(length: int) -> int:
 # This project's Trainer row
 # ----------------------------------------------------------------------------------------------------------
 def planned_lengths(trainer) -> list[int]:
-    """Padded length of every batch of epoch 0, in training order (the batcher pads to ×PAD_MULTIPLE)."""
+    """Padded length of every batch of epoch 0, in training order (the batcher pads to ×PAD_MULTIPLE; --compile
+    to its length buckets)."""
     cfg = trainer.cfg
     plan = epoch_plan(trainer.train_sets, cfg.batch_size, cfg.seed, 0, cfg.mix_opt, cfg.ratio)
-    lengths = []
-    for task_idx, indices in plan:
-        lengths.append(_padded(max(trainer.train_sets[task_idx].lengths[i] for i in indices)))
-    return lengths
+    pad = trainer.shapes.length_for if trainer.shapes is not None else _padded
+    return [pad(max(trainer.train_sets[task_idx].lengths[i] for i in indices)) for task_idx, indices in plan]
 
 
-def run_ours(cfg: BenchConfig, model_path: str, shard_dir: Path, work: Path) -> Result:
+def run_ours(cfg: BenchConfig, model_path: str, shard_dir: Path, work: Path, compile_model: bool = False) -> Result:
     import logging
     from mt_dnn.config import TrainConfig
     from mt_dnn.trainer import Trainer
     set_threads(cfg)
+    row = "ours-compile" if compile_model else "ours"
     train_cfg = TrainConfig(train_datasets=[TASK], test_datasets=[], task_def=str(TASK_DEF), data_dir=str(shard_dir),
-                            init_checkpoint=model_path, output_dir=str(work / "ours"), optimizer="usadamax",
+                            init_checkpoint=model_path, output_dir=str(work / row), optimizer="usadamax",
                             learning_rate=LEARNING_RATE, batch_size=cfg.batch_size, optim_impl="auto",
                             max_seq_len=cfg.max_seq_len, max_steps=cfg.total_steps, tensorboard=False,
-                            num_threads=cfg.threads, device=cfg.device, bf16=cfg.bf16)
+                            num_threads=cfg.threads, device=cfg.device, bf16=cfg.bf16, compile=compile_model)
     trainer = Trainer(train_cfg)
     logging.getLogger("sage.train").setLevel(logging.WARNING)
     impl = f"{type(trainer.optimizer).__name__} ({_impl_name(trainer)})"
+    padding = "dynamic ×8, length-bucketed"
+    if compile_model:
+        from mt_dnn.compiled import compile_mode
+        impl += f" + compile ({compile_mode(trainer.device) or 'default'})"
+        padding = f"buckets {'/'.join(map(str, trainer.shapes.lengths))}, {trainer.shapes.rows} rows"
     epoch = planned_lengths(trainer)
-    result = Result("ours", impl, "dynamic ×8, length-bucketed", [], 0.0, epoch[:cfg.total_steps],
-                    epoch_length=sum(epoch) / len(epoch))
+    result = Result(row, impl, padding, [], 0.0, epoch[:cfg.total_steps], epoch_length=sum(epoch) / len(epoch))
     step = trainer._optimizer_step
 
     def timed_step() -> None:
@@ -279,9 +299,29 @@ def run_ours(cfg: BenchConfig, model_path: str, shard_dir: Path, work: Path) -> 
 
     trainer._optimizer_step = timed_step
     result.start = time.perf_counter()
+    if compile_model:
+        warm_buckets(trainer)
+        if not trainer.train_forward.active:
+            raise SystemExit("train_throughput.py: error: --compile fell back to eager (see the warning above)")
     trainer.fit(stop_after_steps=cfg.total_steps)
     result.threads = torch.get_num_threads()
     return result
+
+
+def warm_buckets(trainer) -> None:
+    """Compile (and on CUDA record) every length bucket epoch 0 uses, before the timed steps: a few forward and
+    backward passes on a real batch of each bucket, gradients dropped, no optimizer step."""
+    shapes, first = trainer.shapes, {}
+    for task_idx, indices in trainer._plan(0):
+        longest = max(trainer.train_sets[task_idx].lengths[i] for i in indices)
+        first.setdefault((task_idx, shapes.length_for(longest)), (task_idx, indices))
+    trainer.model.train()
+    for task_idx, indices in first.values():
+        for _ in range(WARM_CALLS):
+            trainer._forward_loss(task_idx, indices).backward()
+            trainer.optimizer.zero_grad(set_to_none=True)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def _impl_name(trainer) -> str:
@@ -347,8 +387,10 @@ def parse_args(argv=None) -> BenchConfig:
     a("--model", default=pretrained_models.DEFAULT_ENCODER, help="registry name or local folder")
     a("--threads", type=int, default=torch.get_num_threads(), help="torch threads for every row")
     a("--glue_dir", type=Path, default=ROOT.parent / "shared" / "glue", help="folder holding MRPC/train.tsv")
-    a("--only", default=",".join(ROWS), help=f"comma-separated rows, of {', '.join(ROWS)}")
-    a("--bf16", action="store_true", help="bf16 autocast for hf-best and ours (hf-defaults stays fp32)")
+    a("--only", default=None, help=f"comma-separated rows, of {', '.join(ROWS)} (default: "
+      f"{', '.join(DEFAULT_ROWS['cpu'])} on cpu, all on cuda)")
+    a("--bf16", action=argparse.BooleanOptionalAction, default=None,
+      help="bf16 autocast for hf-best and the ours rows; hf-defaults stays fp32 (default: on for cuda, off for cpu)")
     a("--random_bert_base", action="store_true",
       help="randomly initialised BERT-base (BertConfig()) on both sides instead of --model's weights")
     args = parser.parse_args(argv)
@@ -359,6 +401,10 @@ def parse_args(argv=None) -> BenchConfig:
                         ("--batch_size", args.batch_size), ("--threads", args.threads)):
         if value < 1:
             parser.error(f"{flag} must be >= 1, got {value}")
+    if args.only is None:
+        args.only = ",".join(DEFAULT_ROWS[args.device])
+    if args.bf16 is None:
+        args.bf16 = args.device == "cuda"
     only = tuple(s.strip() for s in args.only.split(",") if s.strip())
     unknown = [s for s in only if s not in ROWS]
     if unknown or not only:
@@ -386,7 +432,8 @@ def main(argv=None) -> None:
         check_window(tsv, cfg)
         runners = {"hf-defaults": lambda: run_hf(cfg, model_path, tsv, work, best=False),
                    "hf-best": lambda: run_hf(cfg, model_path, tsv, work, best=True),
-                   "ours": lambda: run_ours(cfg, model_path, shard_dir, work)}
+                   "ours": lambda: run_ours(cfg, model_path, shard_dir, work),
+                   "ours-compile": lambda: run_ours(cfg, model_path, shard_dir, work, compile_model=True)}
         results = []
         for row in cfg.only:
             with contextlib.redirect_stdout(sys.stderr):

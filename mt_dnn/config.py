@@ -96,6 +96,10 @@ class TrainConfig:
         "memory)")
     max_train_samples: int = cli_field(0, "use only the first N examples of each training set")
     max_eval_samples: int = cli_field(0, "evaluate on only the first N examples of each split")
+    num_workers: Optional[int] = cli_field(
+        None, "processes that build training micro-batches ahead of the training thread (default: 2 on CUDA, "
+        "0 on CPU; 0 builds them on the training thread); the batches, hence the run, are the same for any N",
+        aliases=("--dataloader_num_workers",))
     # extra objectives (mt_dnn/objectives.py); MT-DNN's names and defaults
     adv_train: bool = cli_field(
         False, "SMART: add adv_alpha × the divergence (task field adv_loss) between the outputs on clean and on "
@@ -120,6 +124,10 @@ class TrainConfig:
     # precision, reproducibility, output
     fp16: bool = cli_field(False, "float16 autocast with a GradScaler (V100 and newer)")
     bf16: bool = cli_field(False, "bfloat16 autocast (Ampere and newer, and CPU)")
+    compile: bool = cli_field(
+        False, "torch.compile the training forward (encoder + heads; CUDA graphs on GPU), with batches padded to "
+        "length buckets of 32 and a fixed batch size so each task compiles once per bucket; falls back to eager "
+        "with a warning if compiling fails")
     seed: int = cli_field(2018)
     resume: bool = cli_field(False, "continue from the last checkpoint in --output_dir")
     save_every_steps: int = cli_field(0, "also checkpoint every N optimizer steps (for --resume)")
@@ -194,6 +202,10 @@ class TrainConfig:
             bad("log_sensitivity_every", "not available with --fsdp (the tracker needs whole parameter tensors)")
         if self.fsdp and self.optim_impl == "fused":
             bad("optim_impl", "fused is not available on FSDP-sharded parameters; use auto or foreach")
+        if self.num_workers is not None and self.num_workers < 0:
+            bad("num_workers", f"must be >= 0, got {self.num_workers}")
+        if self.compile and self.fsdp:
+            bad("compile", "not available with --fsdp (use DDP: the default under torchrun)")
         if self.dist_timeout <= 0:
             bad("dist_timeout", f"must be > 0 minutes, got {self.dist_timeout}")
         if self.encoder_type is not None and self.encoder_type not in pretrained_models.ENCODER_TYPES:
@@ -302,7 +314,6 @@ NO_EFFECT_FLAGS: dict[str, str] = {
     "--debug": "not used",
     "--transformer_cache": "models load from the local registry or folder",
     "--tokenizer": "shards are tokenized by prepro_std.py",
-    "--dataloader_num_workers": "batches are built in the training process",
 }
 #: MT-DNN's --warmup_schedule names for schedules this project has under another name (same formula)
 SCHEDULE_ALIASES = {"warmup_constant": "constant", "warmup_linear_xdl": "linear"}

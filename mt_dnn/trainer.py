@@ -33,12 +33,15 @@ from module.sage_functional import implementation_kwargs
 from mt_dnn import checkpoint as ckpt
 from mt_dnn import distributed as dist_utils
 from mt_dnn import objectives as objectives_mod
-from mt_dnn.batcher import TaskData, collate, epoch_plan, load_split, shard_for_rank, to_device
+from mt_dnn.batcher import TaskData, epoch_plan, load_split, to_device
+from mt_dnn.compiled import CompiledForward, stable_grads
 from mt_dnn.config import TrainConfig
 from mt_dnn.distributed import DistEnv
 from mt_dnn.divergence import DivergenceGuard
 from mt_dnn.evaluate import (SplitResult, autocast_context, predict_indices, predict_split, split_result,
                              write_scores, write_submission)
+from mt_dnn.pipeline import MicroBatches, PlanSampler, micro_batch_stream, rank_share
+from mt_dnn.static_shapes import StaticShapes, real_rows
 from mt_dnn.warm_start import start_model
 
 log = logging.getLogger("sage.train")
@@ -46,8 +49,8 @@ FP16_DEVICE_TYPES = ("cuda",)  # float16 autocast on CPU has no fast kernels: a 
 # Fields that --resume may change without --allow_config_change: where and how the run reports, not what it computes.
 RESUME_HARMLESS = frozenset({"output_dir", "num_threads", "log_every", "device", "resume", "tensorboard",
                              "dist_timeout", "keep_last", "save_every_steps", "log_sensitivity_every",
-                             "batch_size_eval", "optim_impl", "allow_config_change",
-                             "shard_cache"})
+                             "batch_size_eval", "optim_impl", "allow_config_change", "num_workers",
+                             "compile", "shard_cache"})
 
 
 def seed_everything(seed: int) -> None:
@@ -140,6 +143,8 @@ class Trainer:
         with dist_utils.agree_on_errors(self.env):
             self._setup_inputs(cfg)
         self.net = self._parallelize()  # what the training forward calls: DDP wrapper, FSDP module or model
+        self.train_forward = self._compile() if self.cfg.compile else self.net
+        self._params_by_task: dict[str, list] = {}
         if self.world_size > 1:  # identical initial weights everywhere; different dropout masks per rank
             torch.manual_seed(self.cfg.seed + self.rank)
         with dist_utils.agree_on_errors(self.env):
@@ -179,6 +184,11 @@ class Trainer:
         self.eval_sets = self._load_eval_sets(limits)
         pad_id = model.encoder.config.pad_token_id
         self.pad_id = pad_id if pad_id is not None else 0
+        self.num_workers = cfg.num_workers if cfg.num_workers is not None else 2 if self.device.type == "cuda" else 0
+        # --compile: static shapes, so that compiles stay bounded (mt_dnn/static_shapes.py)
+        self.shapes = StaticShapes.for_run(min(cfg.max_seq_len, limits.max_positions or cfg.max_seq_len),
+                                           cfg.batch_size, self.pad_id) if cfg.compile else None
+        self.micro_batch_set = MicroBatches(self.train_sets, self.pad_id, cfg.mkd_opt > 0, self.shapes)
         self.model = model.to(self.device)
         san = [n for n, head in self.model.heads.items() if getattr(head, "uses_tokens", False)]
         if san:
@@ -257,6 +267,12 @@ class Trainer:
         return DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
                                        else None, find_unused_parameters=True)
 
+    def _compile(self) -> CompiledForward:
+        bound = len(self.shapes.lengths) * len(self.train_sets)
+        log.info("--compile: batches of %d rows padded to lengths %s: at most %d compiled graphs", self.shapes.rows,
+                 "/".join(map(str, self.shapes.lengths)), bound)
+        return CompiledForward(self.net, self.device, bound)
+
     def _sensitivity_tracker(self):
         if not (self.cfg.log_sensitivity_every and self.is_main):
             return None
@@ -308,18 +324,23 @@ class Trainer:
         return epoch_plan(self.train_sets, global_batch, cfg.seed, epoch, cfg.mix_opt, cfg.ratio)
 
     # ---------------------------------------------------------------------------------------------- training
-    def _forward_loss(self, task_idx: int, indices: list[int]) -> torch.Tensor:
-        """Mean loss of this rank's share of a global batch, weighted so that averaging over ranks (as DDP and
-        FSDP do with gradients) gives the mean over the whole global batch even when shares differ in size."""
+    def _forward_loss(self, task_idx: int, indices: list[int], batch: Optional[dict] = None) -> torch.Tensor:
+        """Mean loss of this rank's share of a global batch (``batch``: its tensors from the input pipeline, or
+        collated here when not given), weighted so that averaging over ranks (as DDP and FSDP do with gradients)
+        gives the mean over the whole global batch even when shares differ in size (pipeline.rank_share)."""
         data = self.train_sets[task_idx]
-        local = shard_for_rank(indices, self.rank, self.world_size)
-        weight = len(local) * self.world_size / len(indices)
-        if not local:  # fewer examples than ranks: still take part in the gradient all-reduce, with weight 0
-            local = indices[:1]
-        batch = to_device(collate(data, local, self.pad_id, with_soft_labels=self.cfg.mkd_opt > 0), self.device)
+        local, weight = rank_share(indices, self.rank, self.world_size)
+        if batch is None:
+            batch = self.micro_batch_set.__getitems__([(task_idx, i) for i in local])
+        batch = to_device(batch, self.device)
         labels, soft = batch.pop("labels"), batch.pop("soft_labels", None)
+        if self.shapes is not None and self.train_forward.cuda_graphs and self.train_forward.active:
+            stable_grads(self._trained_params(data.task_def.name))
         with autocast_context(self.device, self.amp_dtype):
-            out = self.net(data.task_def.name, **batch)
+            out = self.train_forward(data.task_def.name, **batch)
+        if self.shapes is not None:  # --compile: drop the rows that only filled the static shape
+            out = real_rows(labels, out)
+            batch = {k: v[: labels.shape[0]] for k, v in batch.items()}
         out = out.float()
         loss = self.model.loss(data.task_def.name, out, labels)
         if self.objectives:  # keys name (epoch, batch, task, example): the same on every rank
@@ -328,6 +349,18 @@ class Trainer:
             for term in self.objectives:
                 loss = term(step, loss)
         return loss * weight if weight != 1.0 else loss
+
+    def _trained_params(self, task: str) -> list[torch.nn.Parameter]:
+        """The parameters a micro-batch of ``task`` gives gradients: all but the other tasks' heads (and the
+        pooler, for heads that read every token)."""
+        if task not in self._params_by_task:
+            others = {id(p) for name, head in self.model.heads.items() if name != task for p in head.parameters()}
+            head = self.model.heads[task]
+            if getattr(head, "per_token", False) or getattr(head, "uses_tokens", False):
+                for pooler in (getattr(self.model.encoder, "pooler", None), self.model.pooler):
+                    others |= {id(p) for p in pooler.parameters()} if pooler is not None else set()
+            self._params_by_task[task] = [p for p in self.model.parameters() if p.requires_grad and id(p) not in others]
+        return self._params_by_task[task]
 
     def _micro_batch(self, task_def, batch: dict, out: torch.Tensor, labels, soft,
                      keys: list[int]) -> objectives_mod.MicroBatch:
@@ -352,8 +385,9 @@ class Trainer:
         if cfg.global_grad_clipping > 0 or cfg.grad_clipping > 0 or self.tracker is not None:
             self.scaler.unscale_(self.optimizer)
         norm = None
-        if cfg.global_grad_clipping > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.global_grad_clipping)
+        if cfg.global_grad_clipping > 0:  # one multi-tensor norm and scale (FSDP: DTensor shards, torch's choice)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.global_grad_clipping,
+                                                  foreach=None if self._sharded() else True)
         self.guard.observe_grad_norm(norm)
         if cfg.grad_clipping > 0:
             clip_each_parameter(self.model.parameters(), cfg.grad_clipping)
@@ -405,50 +439,66 @@ class Trainer:
                  cfg.optimizer, cfg.learning_rate, cfg.beta3, self.device,
                  f" {self.amp_dtype}".replace("torch.", "") if self.amp_dtype else "")
         self.model.train()
-        steps_this_run = 0
+        self._steps_this_run = 0
         while self.global_step < self.total_steps:
             plan = self._plan(self.epoch)
             self._bar = bar = tqdm(total=len(plan), initial=self.position, desc=f"epoch {self.epoch}", unit="batch",
                        disable=not self.is_main, mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False)
-            running, count, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
-            for pos, task_idx, indices, boundary in self._micro_batches(plan):
-                with self._gradient_sync(boundary):
-                    loss = self._forward_loss(task_idx, indices)
-                    self.scaler.scale(loss / cfg.grad_accumulation_step).backward()
-                self.guard.observe_loss(self.global_step + 1, self.train_sets[task_idx].task_def.name, loss)
-                running += loss.detach()
-                count += 1
-                self.position = pos + 1
-                bar.update(1)
-                if not boundary:
-                    continue
-                self._optimizer_step()
-                steps_this_run += 1
-                if cfg.log_every and self.global_step % cfg.log_every == 0:
-                    self.check_finite()  # this step syncs anyway, for the logged loss
-                    mean = dist_utils.all_reduce_mean(running / count).item()
-                    self.loss_log.append((self.global_step, mean))
-                    bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-                    if self.writer is not None:  # sage_stats() is a pass over the optimizer state
-                        self._log_scalars({"train/loss": mean, "train/lr": self.scheduler.get_last_lr()[0],
-                                           "train/samples_per_s": count * cfg.batch_size * self.world_size
-                                           / (time.perf_counter() - tick),
-                                           **_sage_stats(self.optimizer)})
-                    running.zero_()
-                    count, tick = 0, time.perf_counter()
-                if cfg.save_every_steps and self.global_step % cfg.save_every_steps == 0:
-                    self.save_step_checkpoint()
-                if stop_after_steps is not None and steps_this_run >= stop_after_steps:
-                    self.check_finite()
-                    bar.close()
-                    self._close()
-                    return self.history
-                if self.global_step >= self.total_steps:
-                    break
+            with contextlib.closing(self._batch_stream(plan)) as batches:  # closing stops the loader's workers
+                stopped = self._train_epoch(plan, batches, bar, stop_after_steps)
+            if stopped:
+                self._close()
+                return self.history
             bar.close()
             self._end_epoch()
         self._close()
         return self.history
+
+    def _batch_stream(self, plan):
+        """The epoch's remaining micro-batches from the input pipeline (mt_dnn/pipeline.py)."""
+        sampler = PlanSampler(plan, self.position, self.rank, self.world_size)
+        return micro_batch_stream(self.micro_batch_set, sampler, self.num_workers,
+                                  pin_memory=self.device.type == "cuda")
+
+    def _train_epoch(self, plan, batches, bar, stop_after_steps: Optional[int]) -> bool:
+        """The rest of one epoch; True when ``stop_after_steps`` ends the run here. The loss stays on the device
+        between log steps: nothing here waits for the GPU except logging, checkpoints and evaluation."""
+        cfg = self.cfg
+        running, count, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
+        for (pos, task_idx, indices, boundary), batch in zip(self._micro_batches(plan), batches):
+            with self._gradient_sync(boundary):
+                loss = self._forward_loss(task_idx, indices, batch)
+                self.scaler.scale(loss / cfg.grad_accumulation_step).backward()
+            self.guard.observe_loss(self.global_step + 1, self.train_sets[task_idx].task_def.name, loss)
+            running += loss.detach()
+            count += 1
+            self.position = pos + 1
+            bar.update(1)
+            if not boundary:
+                continue
+            self._optimizer_step()
+            self._steps_this_run += 1
+            if cfg.log_every and self.global_step % cfg.log_every == 0:
+                self.check_finite()  # this step syncs anyway, for the logged loss
+                mean = dist_utils.all_reduce_mean(running / count).item()
+                self.loss_log.append((self.global_step, mean))
+                bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                if self.writer is not None:  # sage_stats() is a pass over the optimizer state
+                    self._log_scalars({"train/loss": mean, "train/lr": self.scheduler.get_last_lr()[0],
+                                       "train/samples_per_s": count * cfg.batch_size * self.world_size
+                                       / (time.perf_counter() - tick),
+                                       **_sage_stats(self.optimizer)})
+                running.zero_()
+                count, tick = 0, time.perf_counter()
+            if cfg.save_every_steps and self.global_step % cfg.save_every_steps == 0:
+                self.save_step_checkpoint()
+            if stop_after_steps is not None and self._steps_this_run >= stop_after_steps:
+                self.check_finite()
+                bar.close()
+                return True
+            if self.global_step >= self.total_steps:
+                break
+        return False
 
     def _close(self) -> None:
         if self.writer:
@@ -669,10 +719,27 @@ def _encoder_blocks(encoder: torch.nn.Module) -> list[torch.nn.Module]:
 
 def clip_each_parameter(params, max_norm: float) -> None:
     """The authors' ``max_grad_norm``: each parameter's gradient scaled down to norm ``max_norm`` on its own
-    (after the global clip; SAGE_MATH.md, Adamax-SAGE step 1). Non-finite norms are left to the GradScaler."""
-    for p in params:
-        if p.grad is not None:
+    (after the global clip; SAGE_MATH.md, Adamax-SAGE step 1). Non-finite norms are left to the GradScaler.
+
+    Same coefficient as ``clip_grad_norm_([p], max_norm)`` per parameter, max_norm / (norm + 1e-6) capped at 1,
+    computed with multi-tensor kernels instead of a few small launches per parameter."""
+    params = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in params]
+    if any(type(g) is not torch.Tensor for g in grads):  # FSDP2 DTensor shards: each norm needs a collective
+        for p in params:
             torch.nn.utils.clip_grad_norm_([p], max_norm)
+        return
+    for group in _by_device_and_dtype(grads):
+        norms = torch.stack(torch._foreach_norm(group)).float()
+        coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(group, [c.to(g.dtype) for c, g in zip(coef.unbind(), group)])
+
+
+def _by_device_and_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    groups: dict = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    return list(groups.values())
 
 
 def _sage_stats(optimizer) -> dict:

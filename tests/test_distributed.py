@@ -148,6 +148,22 @@ def test_two_ranks_match_one_process_with_smart(ws, single):
     assert max((one[k] - plain[k]).abs().max().item() for k in one) > 1e-4  # SMART changed the training
 
 
+def test_two_ranks_with_loader_workers_match_one_process(ws, single):
+    """Micro-batches built by a worker process on each rank (--num_workers 1): the same parity as in-process."""
+    _torchrun("train.py", _args(ws, "ddp-workers", 4, "--num_workers", "1"))
+    _assert_close(_final_weights(ws / "ddp-workers"), _final_weights(single), atol=1e-6)
+
+
+@pytest.mark.compile
+def test_two_ranks_compiled_match_one_eager_process(ws, single):
+    """--compile under torchrun (DDP, gloo): each rank pads its share (uneven here: 3+3 and 2+3 of the last
+    batches) to the static shape; the result stays within compile tolerance of the eager single process."""
+    _torchrun("train.py", _args(ws, "ddp-compile", 4, "--compile"))
+    log = (ws / "ddp-compile" / "train.log").read_text()
+    assert "--compile: batches of 4 rows padded to lengths 32/64" in log and "compiling the model failed" not in log
+    _assert_close(_final_weights(ws / "ddp-compile"), _final_weights(single), atol=1e-4)
+
+
 def test_resume_under_torchrun_is_exact(ws):
     """A 2-rank run killed after 7 steps (newest checkpoint: step 6) and resumed ends where an uninterrupted
     2-rank run ends, bit for bit."""

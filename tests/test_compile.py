@@ -1,0 +1,155 @@
+"""--compile (mt_dnn/compiled.py, mt_dnn/static_shapes.py): static shapes, parity of the compiled forward with
+eager over several steps and length buckets, a bounded number of compiles, and the eager fallback."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from conftest import tiny_bert_config
+from data_utils.task_def import load_task_defs
+from mt_dnn.batcher import collate, load_split
+from mt_dnn.static_shapes import StaticShapes, pad_batch, real_rows
+from mt_dnn.trainer import Trainer
+from test_trainer import TASK_YAML, config, write_shards
+
+NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+@pytest.fixture(scope="module")
+def cws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compile")
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_bert_config(**NO_DROPOUT)).save_pretrained(root / "tiny-bert")
+    (root / "tasks.yml").write_text(TASK_YAML, encoding="utf-8")
+    write_shards(root / "shards")
+    return root
+
+
+def test_bucket_lengths():
+    shapes = StaticShapes.for_run(100, 8, 0)
+    assert shapes.lengths == (32, 64, 96, 100)
+    assert [shapes.length_for(n) for n in (1, 32, 33, 97, 100)] == [32, 32, 64, 100, 100]
+    assert StaticShapes.for_run(64, 8, 0).lengths == (32, 64)
+    with pytest.raises(ValueError, match="--compile: a sequence of 101 tokens is longer than the longest bucket 100"):
+        shapes.length_for(101)
+
+
+def test_padding_rows_copy_the_first_row_and_keep_labels(cws):
+    defs = load_task_defs(cws / "tasks.yml")
+    for task, k in (("pairs", None), ("pick", 3)):
+        data = load_split(cws / "shards", defs[task], "train", 64)
+        batch = collate(data, [0, 1, 2], pad_id=0)
+        padded = pad_batch(batch, StaticShapes.for_run(64, 8, 0), defs[task])
+        ids, mask = padded["input_ids"], padded["attention_mask"]
+        length = batch["input_ids"].shape[-1]
+        assert ids.shape == ((8,) if k is None else (8, k)) + (32 if length <= 32 else 64,)
+        assert torch.equal(ids[:3, ..., :length], batch["input_ids"])
+        assert torch.equal(mask[:3].sum(), batch["attention_mask"].sum())  # nothing real lost, no new tokens
+        assert all(torch.equal(ids[r], ids[0]) and torch.equal(mask[r], mask[0]) for r in range(3, 8))
+        assert torch.equal(padded["labels"], batch["labels"])
+        out = torch.arange(8.0)
+        assert torch.equal(real_rows(padded["labels"], out), torch.arange(3.0))
+
+
+def _log_warnings(trainer) -> list[str]:
+    return [line for line in (trainer.output_dir / "train.log").read_text().splitlines() if "WARNING" in line]
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(cws, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("backend exploded\nsecond line of a long traceback")
+    monkeypatch.setattr(torch, "compile", broken)
+    trainer = Trainer(config(cws, "fallback-build", train_datasets=["pairs"], test_datasets=[], compile=True,
+                             epochs=1))
+    trainer.fit(stop_after_steps=3)
+    assert not trainer.train_forward.active and trainer.global_step == 3
+    warnings = _log_warnings(trainer)
+    assert len(warnings) == 1 and "--compile: compiling the model failed (RuntimeError: backend exploded)" \
+        in warnings[0] and "training continues eagerly" in warnings[0]
+
+
+def test_first_call_failure_falls_back_and_redoes_the_batch_eagerly(cws, monkeypatch):
+    calls = []
+
+    def compiled_that_fails(module, **kwargs):
+        def run(*args, **kw):
+            calls.append(kwargs)
+            raise RuntimeError("inductor: no C++ compiler")
+        return run
+    monkeypatch.setattr(torch, "compile", compiled_that_fails)
+    # 92 examples: one micro-batch of 4 rows, padded to 8 under --compile
+    common = dict(train_datasets=["pairs"], test_datasets=[], epochs=1, dropout_p=0.0, log_every=1,
+                  max_train_samples=92)
+    failed = Trainer(config(cws, "fallback-call", compile=True, **common))
+    failed.fit()
+    assert len(calls) == 1 and calls[0] == {"mode": None, "dynamic": False}  # CPU: default mode, static shapes
+    assert len(_log_warnings(failed)) == 1 and "RuntimeError: inductor: no C++ compiler" in _log_warnings(failed)[0]
+    eager = Trainer(config(cws, "fallback-eager", **common))
+    eager.fit()
+    # same steps, same losses: the failed call's batch was trained on (eagerly), padding rows carry no weight
+    assert [s for s, _ in failed.loss_log] == [s for s, _ in eager.loss_log] == list(range(1, 13))
+    assert [v for _, v in failed.loss_log] == pytest.approx([v for _, v in eager.loss_log], rel=1e-5)
+
+
+@pytest.mark.compile
+def test_compiled_matches_eager_over_steps_and_buckets_with_bounded_compiles(cws):
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    # 92 examples at batch 8: eleven full micro-batches and one of 4 (padded with 4 weightless rows)
+    common = dict(train_datasets=["pairs"], test_datasets=[], epochs=1, dropout_p=0.0, max_train_samples=92)
+    eager = Trainer(config(cws, "parity-eager", **common))
+    compiled = Trainer(config(cws, "parity-compiled", compile=True, **common))
+    assert compiled.train_forward.active and compiled.shapes.lengths == (32, 64)
+    plan = eager._plan(0)
+    assert plan == compiled._plan(0) and sorted(len(i) for _, i in plan)[0] == 4
+    seen = set()
+    for task_idx, indices in plan:
+        keys = [(task_idx, i) for i in indices]
+        results = []
+        for trainer in (eager, compiled):
+            trainer.model.train()
+            batch = trainer.micro_batch_set.__getitems__(keys)
+            if trainer is compiled:
+                assert batch["input_ids"].shape[0] == 8
+                seen.add(batch["input_ids"].shape[1])
+            loss = trainer._forward_loss(task_idx, indices, batch)
+            loss.backward()
+            grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+            results.append((loss.detach(), grads))
+            trainer._optimizer_step()
+        (loss_e, grads_e), (loss_c, grads_c) = results
+        torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-6)
+        assert grads_c.keys() == grads_e.keys() and len(grads_e) > 30
+        for name in grads_e:
+            torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-3, atol=1e-5, msg=name)
+    assert seen == {32, 64}  # both length buckets were compiled and compared
+    assert counters["stats"]["unique_graphs"] <= len(compiled.shapes.lengths) * len(compiled.train_sets)
+    assert counters["graph_break"] == {} or sum(counters["graph_break"].values()) == 0
+    assert compiled.train_forward.active  # no silent fallback
+    for a, b in zip(eager.model.parameters(), compiled.model.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
+
+
+def test_cuda_graph_mode_gives_trained_parameters_stable_grads_only(cws, monkeypatch):
+    """Under CUDA graphs a .grad must not be a graph output (the next replay overwrites it); the trainer gives the
+    parameters a step trains zero .grad buffers first. Checked on CPU with an identity 'compile': the other
+    tasks' heads keep no gradient (so the optimizer skips them) and the step equals the eager step."""
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: module)
+    common = dict(train_datasets=["pairs", "score"], test_datasets=[], epochs=1, dropout_p=0.0)
+    graphed = Trainer(config(cws, "graphs", compile=True, **common))
+    graphed.train_forward.cuda_graphs = True
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: None)
+    eager = Trainer(config(cws, "graphs-eager", **common))
+    task_idx, indices = eager._plan(0)[0]
+    for trainer in (eager, graphed):
+        trainer.model.train()
+        trainer._forward_loss(task_idx, indices).backward()
+    task = eager.train_sets[task_idx].task_def.name
+    other = next(n for n in eager.model.heads if n != task)
+    assert all(p.grad is None for p in graphed.model.heads[other].parameters())
+    for (name, a), b in zip(eager.model.named_parameters(), graphed.model.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7)
