@@ -47,7 +47,7 @@ def run(args) -> dict:
     model.to(device)
     limits = encoder_limits(model.encoder.config, cfg.init_checkpoint)
     data = load_split(args.data_dir or cfg.data_dir, td, args.split, args.max_seq_len or cfg.max_seq_len,
-                      encoder=limits)
+                      encoder=limits, cache=cfg.shard_cache)
     result = predict_split(model, data, args.batch_size, device, restored.pad_id)
     out_dir = Path(args.output_dir or folder)
     scores = write_scores(result, out_dir, args.tag)

@@ -51,7 +51,7 @@ def teacher_scores(teachers, task: str, data_dir: Path, split: str, max_seq_len:
         if task not in restored.task_defs:
             raise ValueError(f"--runs: {restored.folder} was not trained on task '{task}' "
                              f"(it has {', '.join(restored.task_defs)})")
-        data = load_split(data_dir, restored.task_defs[task], split, max_seq_len)
+        data = load_split(data_dir, restored.task_defs[task], split, max_seq_len, cache=restored.cfg.shard_cache)
         records = records or read_shard(find_shard(data_dir, task, split))
         restored.model.to(device)
         scores = predict_split(restored.model, data, batch_size, device, restored.pad_id).scores

@@ -37,7 +37,8 @@ class LoadedRun:
         return self.task_defs[name]
 
     def split(self, task: TaskDef, split: str, limit: int = 0, data_dir: Optional[str] = None) -> TaskData:
-        return load_split(data_dir or self.cfg.data_dir, task, split, self.cfg.max_seq_len, limit)
+        return load_split(data_dir or self.cfg.data_dir, task, split, self.cfg.max_seq_len, limit,
+                          cache=self.cfg.shard_cache)
 
 
 def checkpoint_folder(path: Path) -> Path:

@@ -314,3 +314,21 @@ def test_cache_is_on_by_default_and_the_flag_turns_it_off():
     assert parse_args(["--train_datasets", "rte"]).shard_cache is True
     assert parse_args(["--train_datasets", "rte", "--no_shard_cache"]).shard_cache is False
     assert parse_args(["--train_datasets", "rte", "--shard_cache"]).shard_cache is True
+
+
+def test_predict_follows_the_runs_shard_cache_setting(tmp_path, capsys):
+    """predict.py reads shards the way the run did: a --no_shard_cache run leaves no cache behind it."""
+    from transformers import AutoModel
+
+    import predict as predict_cli
+    from mt_dnn.trainer import Trainer
+    from test_trainer import config
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_bert_config()).save_pretrained(tmp_path / "tiny-bert")
+    (tmp_path / "tasks.yml").write_text(TASK_YAML, encoding="utf-8")
+    write_shards(tmp_path / "shards")
+    Trainer(config(tmp_path, "run", epochs=1, max_steps=2, max_seq_len=16, shard_cache=False)).fit()
+    assert not (tmp_path / "shards" / ".shard_cache").exists()
+    assert predict_cli.main(["--checkpoint", str(tmp_path / "run" / "best"), "--task", "pairs", "--split", "dev",
+                             "--output_dir", str(tmp_path / "pred"), "--device", "cpu"]) == 0
+    assert not (tmp_path / "shards" / ".shard_cache").exists()
