@@ -31,6 +31,7 @@ def _sets(ws):
     return [load_split(ws / "shards", defs[t], "train", 64) for t in ("pairs", "score", "pick")]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("rank,world", [(0, 1), (1, 2)])
 def test_workers_build_the_plans_batches_from_the_start_position(workspace, rank, world):
     sets = _sets(workspace)
@@ -53,6 +54,7 @@ def test_rank_share_weights_and_empty_shares():
     assert rank_share([4], 1, 2) == ([4], 2.0)
 
 
+@pytest.mark.subprocess
 def test_closing_the_stream_stops_its_workers(workspace):
     sets = _sets(workspace)
     stream = micro_batch_stream(MicroBatches(sets, 0, False), PlanSampler(epoch_plan(sets, 8, 0, 0), 0, 0, 1), 2,
@@ -69,6 +71,7 @@ def _weights(trainer):
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
+@pytest.mark.subprocess
 def test_workers_train_bit_identically_and_resume_exactly(workspace):
     inline = Trainer(config(workspace, "w0", num_workers=0, save_every_steps=4))
     inline.fit()

@@ -233,6 +233,7 @@ def _load_after_barrier(folder: str, barrier, queue, marker: str) -> None:
     queue.put(contents(data))
 
 
+@pytest.mark.subprocess
 def test_two_processes_build_once_and_read_the_same_data(shards, tmp_path):
     ctx = multiprocessing.get_context("spawn")
     barrier, queue = ctx.Barrier(2), ctx.Queue()
