@@ -68,9 +68,10 @@ class SeqCeCriterion(nn.Module):
         if logits.ndim != 3 or labels.shape != logits.shape[:2] or labels.is_floating_point():
             raise ValueError(f"SeqCeCriterion: expects logits (B, L, C) and integer labels (B, L), got "
                              f"{tuple(logits.shape)} and {tuple(labels.shape)} {labels.dtype}")
-        if not bool((labels != -1).any()):  # a batch with no tagged token (all words cut off): no signal
-            return logits.float().sum() * 0.0
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-1)
+        # sum / count instead of the mean: no host sync to test for a batch with no tagged token (all words cut
+        # off), which gives 0 / 1 = 0 here instead of the mean's 0 / 0
+        total = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-1, reduction="sum")
+        return total / (labels != -1).sum().clamp_min(1)
 
 
 LOSSES: dict[str, type[nn.Module]] = {

@@ -567,6 +567,10 @@ def test_per_token_heads_and_losses_by_hand():
     picked = [(0, 1, 3), (0, 4, 4), (1, 2, 0)]
     by_hand = sum(-torch.log_softmax(tag_logits[b, t], 0)[c] for b, t, c in picked) / 3
     assert SeqCeCriterion()(tag_logits, tag_labels) == pytest.approx(by_hand.item(), rel=1e-6)
+    untagged = tag_logits.clone().requires_grad_()  # no tagged token at all: loss 0, zero gradient, no NaN
+    loss = SeqCeCriterion()(untagged, torch.full((2, 8), -1))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(untagged.grad, torch.zeros_like(untagged))
     with pytest.raises(ValueError, match=r"SpanCeCriterion: expects integer labels of shape \(2, 2\)"):
         SpanCeCriterion()(logits, torch.tensor([3, 4]))
 
