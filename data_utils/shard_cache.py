@@ -38,7 +38,7 @@ from typing import Optional, Union
 import numpy as np
 
 from data_utils.atomic import atomic_write, clean_stale_temps
-from data_utils.shards import EXTRA_KEYS, KEYS, SOFT_LABEL, ShardError, _check_record
+from data_utils.shards import EXTRA_KEYS, KEYS, SOFT_LABEL, ShardError, is_mtdnn_shard, iter_shard
 
 log = logging.getLogger(__name__)
 
@@ -252,21 +252,15 @@ class _Columns:
 def parse_shard(path: Path) -> _Columns:
     """Every line read and checked as ``read_shard`` does (same ``file:line`` errors), into compact columns;
     Uncacheable when a line holds something the columns cannot."""
-    cols, mtdnn = _Columns(), str(path).endswith(".json")
-    with open(path, encoding="utf-8") as handle:
-        for ln, line in enumerate(handle, start=1):
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ShardError(f"{path}:{ln}: not valid JSON ({exc.msg})") from None
-            _check_record(rec, path, ln, mtdnn)
-            if SOFT_LABEL in rec:
-                raise Uncacheable("soft labels (distillation)")
-            if not mtdnn and any(k in EXTRA_KEYS for k in rec):
-                raise Uncacheable("Span/SequenceLabeling fields")
-            cols.add(rec if not mtdnn else {k: rec[k] for k in KEYS})
-            if ln % CHUNK_ROWS == 0:
-                cols.flush()
+    cols, mtdnn = _Columns(), is_mtdnn_shard(path)
+    for ln, rec in iter_shard(path):
+        if SOFT_LABEL in rec:
+            raise Uncacheable("soft labels (distillation)")
+        if not mtdnn and any(k in EXTRA_KEYS for k in rec):
+            raise Uncacheable("Span/SequenceLabeling fields")
+        cols.add(rec if not mtdnn else {k: rec[k] for k in KEYS})
+        if ln % CHUNK_ROWS == 0:
+            cols.flush()
     return cols
 
 

@@ -16,7 +16,7 @@ import functools
 import json
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Iterator, Sequence, Union
 
 import pretrained_models
 
@@ -130,9 +130,14 @@ def _check_soft_label(soft, path, ln: int) -> None:
         raise ShardError(f"{path}:{ln}: soft_label must be a number or a non-empty list of numbers")
 
 
-def read_shard(path: Union[str, Path]) -> list[dict]:
-    """All records of a shard, checked line by line (keys, types, token_id/type_id shapes)."""
-    records, mtdnn = [], str(path).endswith(".json")
+def is_mtdnn_shard(path: Union[str, Path]) -> bool:
+    """MT-DNN's ``.json`` shards: their lines may carry more keys than ours."""
+    return str(path).endswith(".json")
+
+
+def iter_shard(path: Union[str, Path]) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for every line of a shard, each checked (keys, types, token_id/type_id shapes)."""
+    mtdnn = is_mtdnn_shard(path)
     with open(path, encoding="utf-8") as handle:
         for ln, line in enumerate(handle, start=1):
             try:
@@ -140,5 +145,11 @@ def read_shard(path: Union[str, Path]) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise ShardError(f"{path}:{ln}: not valid JSON ({exc.msg})") from None
             _check_record(rec, path, ln, mtdnn)
-            records.append({k: rec[k] for k in (*KEYS, SOFT_LABEL) if k in rec} if mtdnn else rec)
-    return records
+            yield ln, rec
+
+
+def read_shard(path: Union[str, Path]) -> list[dict]:
+    """All records of a shard, checked line by line; MT-DNN's extra keys dropped."""
+    if not is_mtdnn_shard(path):
+        return [rec for _, rec in iter_shard(path)]
+    return [{k: rec[k] for k in (*KEYS, SOFT_LABEL) if k in rec} for _, rec in iter_shard(path)]
