@@ -362,22 +362,21 @@ def _check_name(where: _Where, task: Any) -> str:
     return task
 
 
+#: Task types without labels, whose n_class is fixed: (n_class, how an error states it). Span: the shard label
+#: says whether the window holds the answer (0/1), the head has a start and an end logit.
+FIXED_N_CLASS = {TaskType.Regression: (1, "1"), TaskType.Span: (2, "2 (start and end)")}
+
+
 def _labels_and_classes(where: _Where, task: str, spec: dict, task_type: TaskType):
     raw_n, raw_labels = spec.get("n_class"), spec.get("labels")
-    if task_type is TaskType.Regression:
+    if task_type in FIXED_N_CLASS:
+        fixed, what = FIXED_N_CLASS[task_type]
         if raw_labels is not None:
-            raise where.error("a Regression task has no labels; remove the field", task, "labels")
-        n_class = 1 if raw_n is None else _int(where, task, "n_class", raw_n)
-        if n_class != 1:
-            raise where.error(f"a Regression task has n_class 1, got {n_class}", task, "n_class")
-        return 1, None
-    if task_type is TaskType.Span:  # the shard label says whether the window holds the answer (0/1)
-        if raw_labels is not None:
-            raise where.error("a Span task has no labels; remove the field", task, "labels")
-        n_class = 2 if raw_n is None else _int(where, task, "n_class", raw_n)
-        if n_class != 2:
-            raise where.error(f"a Span task has n_class 2 (start and end), got {n_class}", task, "n_class")
-        return 2, None
+            raise where.error(f"a {task_type.name} task has no labels; remove the field", task, "labels")
+        n_class = fixed if raw_n is None else _int(where, task, "n_class", raw_n)
+        if n_class != fixed:
+            raise where.error(f"a {task_type.name} task has n_class {what}, got {n_class}", task, "n_class")
+        return fixed, None
     labels = _str_list(where, task, "labels", raw_labels, ints_ok=True) if raw_labels is not None else None
     if task_type is TaskType.SequenceLabeling and labels is None:
         raise where.error("a SequenceLabeling task needs its tags as labels (e.g. [O, B-PER, I-PER, ...])",
