@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Grid sweeps of train.py with seeds, and the statistics that SAGE's claims rest on.
 
-    python sweep.py run SPEC.yml [--parallel N] [--threads_per_run N]   # run (or resume) the grid, then report
-    python sweep.py status SPEC.yml                                      # what is done, resumable, still to run
+    python sweep.py run SPEC.yml [--parallel N] [--threads_per_run N] [--tasks T,..]  # run (or resume), report
+    python sweep.py status SPEC.yml [--tasks T,..]                       # what is done, resumable, still to run
     python sweep.py report SPEC.yml [--results_dir DIR]                  # tables (markdown, CSV, JSON)
     python sweep.py heatmap SPEC.yml --task T --optimizer O [--out F.png] [--score best|last]
 
@@ -29,12 +29,27 @@ def _spec(args):
     return dataclasses.replace(spec, **overrides)
 
 
+def _tasks(args, spec) -> list[str] | None:
+    """The --tasks filter: a subset of the spec's tasks (None: all), so a long sweep can finish task by task."""
+    if not getattr(args, "tasks", None):
+        return None
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in spec.tasks]
+    if unknown or not tasks:
+        raise ValueError(f"--tasks: {', '.join(unknown) or repr(args.tasks)} is not a task of {spec.source} "
+                         f"({', '.join(spec.tasks)})")
+    return tasks
+
+
 def cmd_run(args) -> int:
     from experiments.sweep.runner import run_sweep
     spec = _spec(args)
-    print(f"sweep {spec.name}: {len(spec.runs())} runs, {spec.parallel} at a time, under {spec.runs_dir}",
+    tasks = _tasks(args, spec)
+    runs = [r for r in spec.runs() if tasks is None or r.task in tasks]
+    only = f" (tasks {', '.join(tasks)} of {len(spec.runs())})" if tasks else ""
+    print(f"sweep {spec.name}: {len(runs)} runs{only}, {spec.parallel} at a time, under {spec.runs_dir}",
           flush=True)
-    outcomes = run_sweep(spec, report=lambda line: print(line, flush=True))
+    outcomes = run_sweep(spec, report=lambda line: print(line, flush=True), tasks=tasks)
     failed = [o for o in outcomes if o.status == "failed"]
     code = cmd_report(args, spec) if len(failed) < len(outcomes) else 0
     if failed:
@@ -47,8 +62,9 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from experiments.sweep.runner import run_dir, state
     spec = _spec(args)
+    tasks = _tasks(args, spec)
     counts: dict[str, int] = {}
-    for run in spec.runs():
+    for run in (r for r in spec.runs() if tasks is None or r.task in tasks):
         current = state(spec, run)
         counts[current] = counts.get(current, 0) + 1
         print(f"{current:8s} {run.run_id}  {run_dir(spec, run)}")
@@ -84,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     status = sub.add_parser("status", help="list every run and its state")
     status.set_defaults(func=cmd_status)
+    for command in (run, status):
+        command.add_argument("--tasks", help="comma-separated: only these tasks' runs (the report still covers "
+                                             "every finished run of the spec)")
     report = sub.add_parser("report", help="tables from the finished runs: markdown, CSV, JSON")
     report.add_argument("--results_dir", help="where the report goes (overrides the spec)")
     report.set_defaults(func=cmd_report)

@@ -291,3 +291,21 @@ def test_table_names_each_tasks_setting_when_they_differ_and_omits_std_of_one_se
     assert "| adamax | RTE lr 0.0002; MRPC lr 0.0005 | 1 | 60.0 | 90.0/92.0 | 75.5 |" in table
     assert "| usadamax | lr 0.0003, β3 0.7 | 1 | 61.0 | 81.0/88.0 | 72.8 |" in table
     assert "(p = n/a, n = 1)" in table  # Avg above: (61 + (81 + 88) / 2) / 2 = 72.75
+
+
+def test_run_and_status_tasks_filter_only_those_tasks_runs(tmp_path, monkeypatch, capsys):
+    from experiments.sweep import runner
+    path = tmp_path / "good.yml"
+    path.write_text(GOOD.replace("/tmp/nowhere/runs", str(tmp_path / "runs")), encoding="utf-8")
+    ran = []
+    monkeypatch.setattr(runner, "execute", lambda spec, run, version=None: ran.append(run) or
+                        runner.Outcome(run, runner.run_dir(spec, run), "failed", 0.0, 1))
+    assert sweep_cli.main(["run", str(path), "--tasks", "mrpc"]) == 1  # every (fake) run failed: no report
+    out = capsys.readouterr().out
+    assert "12 runs (tasks mrpc of 24)" in out
+    assert len(ran) == 12 and {r.task for r in ran} == {"mrpc"}
+    assert sweep_cli.main(["status", str(path), "--tasks", "mrpc"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "12 new" and all("mrpc/" in line for line in lines[:-1])
+    assert sweep_cli.main(["run", str(path), "--tasks", "rte,sst"]) == 2
+    assert capsys.readouterr().err.strip() == (f"sweep.py: error: --tasks: sst is not a task of {path} (rte, mrpc)")

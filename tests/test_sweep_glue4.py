@@ -109,3 +109,18 @@ def test_final_specs_refuse_an_unfinished_selection_and_reused_seeds(select_spec
     Path("docs/results/minilm_glue4_adamax_select.json").unlink()
     assert final_specs.main([str(select_spec)]) == 2
     assert "no report (python sweep.py report select.yml)" in capsys.readouterr().err
+
+
+def test_final_specs_for_the_finished_tasks_only(select_spec, capsys):
+    write_report(select_spec, drop=("cola", "usadamax"))  # cola's selection unfinished, rte's done
+    assert final_specs.main([str(select_spec), "--tasks", "rte"]) == 0
+    assert sorted(p.name for p in Path("docs/results").glob("*.yml")) == ["minilm_glue4_adamax_final_rte.yml"]
+    spec = load_spec(Path("docs/results/minilm_glue4_adamax_final_rte.yml"))
+    assert {(r.optimizer, r.learning_rate, r.beta3) for r in spec.runs()} == {
+        (opt, lr, b3) for opt, (lr, b3) in CHOSEN["rte"].items()}
+    capsys.readouterr()
+    assert final_specs.main([str(select_spec), "--tasks", "rte,cola"]) == 2
+    assert "no chosen configuration for cola/usadamax" in capsys.readouterr().err
+    assert final_specs.main([str(select_spec), "--tasks", "sst"]) == 2
+    assert capsys.readouterr().err.strip() == ("final_specs.py: error: --tasks: sst is not a task of select.yml "
+                                               "(rte, mrpc, stsb, cola)")

@@ -7,7 +7,10 @@ optimizer reduced to its chosen lr (and β3 for SAGE), and new seeds. Each spec 
 parser before it is written; a selection that is not finished (a chosen configuration with fewer seeds than
 the spec) is an error, not a spec from half the evidence.
 
-    python experiments/sweep/final_specs.py SELECT.yml [--seeds 3,4,5,6,7] [--out_dir DIR]
+    python experiments/sweep/final_specs.py SELECT.yml [--seeds 3,4,5,6,7] [--out_dir DIR] [--tasks rte,..]
+
+``--tasks`` writes the specs of those tasks only, once their selection is finished (the selection sweep run
+with ``sweep.py run --tasks``), so a study of several days can be finished and committed task by task.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
 import yaml
 
@@ -28,8 +32,11 @@ from experiments.sweep.spec import SpecError, SweepSpec, load_spec, parse_spec  
 N_FINAL_SEEDS = 5
 
 
-def chosen_settings(spec: SweepSpec, report_path: Path) -> dict[str, dict[str, tuple[float, float]]]:
-    """task -> optimizer -> (lr, β3) of the configurations the selection report marks chosen."""
+def chosen_settings(spec: SweepSpec, report_path: Path,
+                    tasks: Optional[Sequence[str]] = None) -> dict[str, dict[str, tuple[float, float]]]:
+    """task -> optimizer -> (lr, β3) of the configurations the selection report marks chosen (``tasks``
+    only, if given)."""
+    tasks = list(spec.tasks if tasks is None else tasks)
     try:
         configs = json.loads(report_path.read_text(encoding="utf-8"))["configs"]
     except FileNotFoundError:
@@ -38,13 +45,13 @@ def chosen_settings(spec: SweepSpec, report_path: Path) -> dict[str, dict[str, t
         raise ValueError(f"{report_path}: not a sweep report (no 'configs')") from None
     chosen: dict[str, dict[str, tuple[float, float]]] = {}
     for c in configs:
-        if not c.get("chosen"):
+        if not c.get("chosen") or c["task"] not in tasks:
             continue
         if c["best"]["n"] < len(spec.seeds):
             raise ValueError(f"{report_path}: {c['task']}/{c['optimizer']}: the chosen configuration has "
                              f"{c['best']['n']} of {len(spec.seeds)} seeds; finish the selection sweep first")
         chosen.setdefault(c["task"], {})[c["optimizer"]] = (float(c["learning_rate"]), float(c["beta3"]))
-    for task in spec.tasks:
+    for task in tasks:
         for opt in spec.optimizer_names():
             if opt not in chosen.get(task, {}):
                 raise ValueError(f"{report_path}: no chosen configuration for {task}/{opt}; "
@@ -72,17 +79,22 @@ def final_spec_text(spec: SweepSpec, raw: dict, task: str, chosen: dict[str, tup
     return head + yaml.safe_dump(out, sort_keys=False)
 
 
-def write_final_specs(select_path: Path, seeds: list[int] | None = None, out_dir: Path | None = None) -> list[Path]:
+def write_final_specs(select_path: Path, seeds: list[int] | None = None, out_dir: Path | None = None,
+                      tasks: Optional[Sequence[str]] = None) -> list[Path]:
     spec = load_spec(select_path)
+    unknown = [t for t in tasks or () if t not in spec.tasks]
+    if unknown:
+        raise ValueError(f"--tasks: {', '.join(unknown)} is not a task of {select_path} ({', '.join(spec.tasks)})")
+    tasks = list(tasks or spec.tasks)
     seeds = seeds or list(range(max(spec.seeds) + 1, max(spec.seeds) + 1 + N_FINAL_SEEDS))
     reused = sorted(set(seeds) & set(spec.seeds))
     if reused:
         raise ValueError(f"--seeds: {reused} already chose the settings; the final seeds must be fresh")
     raw = yaml.safe_load(select_path.read_text(encoding="utf-8"))
-    chosen = chosen_settings(spec, spec.results_dir / f"{spec.name}.json")
+    chosen = chosen_settings(spec, spec.results_dir / f"{spec.name}.json", tasks)
     out_dir = out_dir or spec.results_dir
     texts = {}
-    for task in spec.tasks:
+    for task in tasks:
         path = out_dir / f"{final_base_name(spec.name)}_final_{task}.yml"
         texts[path] = final_spec_text(spec, raw, task, chosen[task], seeds)
         parse_spec(texts[path], str(path))  # every spec checked before any is written
@@ -98,13 +110,15 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", help=f"comma-separated fresh seeds (default: the {N_FINAL_SEEDS} after the "
                                    "selection seeds)")
     p.add_argument("--out_dir", help="where to write the specs (default: the selection spec's results_dir)")
+    p.add_argument("--tasks", help="comma-separated: only these tasks' specs (their selection must be finished)")
     args = p.parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     except ValueError:
         p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     try:
-        paths = write_final_specs(Path(args.spec), seeds, Path(args.out_dir) if args.out_dir else None)
+        paths = write_final_specs(Path(args.spec), seeds, Path(args.out_dir) if args.out_dir else None, tasks)
     except (SpecError, ValueError) as exc:
         print(f"final_specs.py: error: {exc}", file=sys.stderr)
         return 2

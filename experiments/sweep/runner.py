@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from data_utils.atomic import atomic_write
 from experiments.sweep.spec import RunSpec, SweepSpec, train_argv
@@ -206,9 +206,11 @@ def _execute_locked(spec: SweepSpec, run: RunSpec, folder: Path, version: Option
     return Outcome(run, folder, "done", seconds)
 
 
-def run_sweep(spec: SweepSpec, report: Callable[[str], None] = print) -> list[Outcome]:
-    """Every run of the spec, ``spec.parallel`` at a time; finished runs are skipped, failed ones reported."""
-    runs = spec.runs()
+def run_sweep(spec: SweepSpec, report: Callable[[str], None] = print,
+              tasks: Optional[Sequence[str]] = None) -> list[Outcome]:
+    """Every run of the spec (of ``tasks`` only, if given), ``spec.parallel`` at a time; finished runs are
+    skipped, failed ones reported."""
+    runs = [r for r in spec.runs() if tasks is None or r.task in tasks]
     for run in runs:  # every folder is checked before anything starts
         state(spec, run)
     version = _git_version()
