@@ -224,6 +224,22 @@ def test_best_config_and_comparison_by_hand():
     assert tests["average"].p == pytest.approx(1 - t / math.sqrt(2 + t * t))
 
 
+def test_last_epoch_comparison_by_hand():
+    best = stats.best_configs(stats.summarize(_two_optimizer_results()))
+    tests = stats.compare(best, ["rte", "mrpc"], "adamax", "usadamax", epoch="last")
+    # RTE last epoch: adamax (2e-4) ends 1 point under its best, usadamax at its best -> differences 2, 4, 2.5
+    d_rte = [2.0, 4.0, 2.5]
+    assert tests["rte"].mean_diff == pytest.approx(sum(d_rte) / 3)
+    assert tests["rte"].p == pytest.approx(stats.paired_ttest([0, 0, 0], d_rte).p)
+    assert tests["mrpc"].mean_diff == pytest.approx(1.0)  # last = best on MRPC
+    d = [(x + 1.0) / 2 for x in d_rte]  # per seed: the mean of the two tasks' differences
+    assert tests["average"].mean_diff == pytest.approx(sum(d) / 3)
+    assert tests["average"].t == pytest.approx(stats.paired_ttest([0, 0, 0], d).t)
+    assert best[("rte", "adamax")].by_seed("last") == {1: 59.0, 2: 61.0, 3: 60.0}
+    with pytest.raises(ValueError, match="epoch: expected 'best' or 'last', got 'first'"):
+        stats.compare(best, ["rte"], "adamax", "usadamax", epoch="first")
+
+
 # ---------------------------------------------------------------- results, report, heatmap
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -46,6 +46,21 @@ class ConfigSummary:
     metrics_by_seed: dict[int, Metrics]  # the best epoch's metrics of each seed
     mean_metrics: Metrics  # their mean over seeds
     mean_best_epoch: float
+    last_by_seed: dict[int, float] = field(default_factory=dict)  # last-epoch dev score of each seed
+    last_metrics_by_seed: dict[int, Metrics] = field(default_factory=dict)  # the last epoch's metrics
+
+    def by_seed(self, epoch: str = "best") -> dict[int, float]:
+        """Each seed's dev score at its best epoch (``"best"``) or at the last one (``"last"``)."""
+        return _pick(epoch, self.best_by_seed, self.last_by_seed)
+
+    def metrics(self, epoch: str = "best") -> dict[int, Metrics]:
+        return _pick(epoch, self.metrics_by_seed, self.last_metrics_by_seed)
+
+
+def _pick(epoch: str, best, last):
+    if epoch not in ("best", "last"):
+        raise ValueError(f"epoch: expected 'best' or 'last', got {epoch!r}")
+    return best if epoch == "best" else last
 
 
 def mean_std(values: Iterable[float]) -> MeanStd:
@@ -88,7 +103,9 @@ def summarize(results: Iterable[RunResult]) -> list[ConfigSummary]:
             last=mean_std(r.last_score for r in runs), best_by_seed={r.run.seed: r.best_score for r in runs},
             metrics_by_seed={r.run.seed: r.best_metrics for r in runs},
             mean_metrics=_mean_metrics(r.best_metrics for r in runs),
-            mean_best_epoch=float(np.mean([r.best_epoch for r in runs]))))
+            mean_best_epoch=float(np.mean([r.best_epoch for r in runs])),
+            last_by_seed={r.run.seed: r.last_score for r in runs},
+            last_metrics_by_seed={r.run.seed: r.last_metrics for r in runs}))
     return out
 
 
@@ -104,15 +121,17 @@ def best_configs(summaries: Iterable[ConfigSummary]) -> dict[tuple[str, str], Co
 
 
 def seed_averages(best: dict[tuple[str, str], ConfigSummary], tasks: Sequence[str], optimizer: str,
-                  seeds: Sequence[int]) -> list[float]:
-    """Per seed, the GLUE-style average over tasks of the optimizer's best configurations (paper A.1.3)."""
-    return [glue_average({ds: m for t in tasks for ds, m in best[(t, optimizer)].metrics_by_seed[s].items()})
+                  seeds: Sequence[int], epoch: str = "best") -> list[float]:
+    """Per seed, the GLUE-style average over tasks of the optimizer's best configurations (paper A.1.3), from
+    each run's best epoch or from its last one."""
+    return [glue_average({ds: m for t in tasks for ds, m in best[(t, optimizer)].metrics(epoch)[s].items()})
             for s in seeds]
 
 
 def compare(best: dict[tuple[str, str], ConfigSummary], tasks: Sequence[str], baseline: str,
-            candidate: str) -> dict[str, TTest]:
-    """Paired t-tests of candidate vs baseline (best configurations), per task and on the average over tasks.
+            candidate: str, epoch: str = "best") -> dict[str, TTest]:
+    """Paired t-tests of candidate vs baseline (best configurations), per task and on the average over tasks,
+    of the best-epoch (default) or last-epoch dev scores.
 
     Pairs are the seeds both sides finished; the average uses the seeds finished on every task.
     """
@@ -122,11 +141,12 @@ def compare(best: dict[tuple[str, str], ConfigSummary], tasks: Sequence[str], ba
         a, b = best.get((task, baseline)), best.get((task, candidate))
         if a is None or b is None:
             continue
-        seeds = sorted(set(a.best_by_seed) & set(b.best_by_seed))
-        tests[task] = paired_ttest([a.best_by_seed[s] for s in seeds], [b.best_by_seed[s] for s in seeds])
+        sa, sb = a.by_seed(epoch), b.by_seed(epoch)
+        seeds = sorted(set(sa) & set(sb))
+        tests[task] = paired_ttest([sa[s] for s in seeds], [sb[s] for s in seeds])
         common_all = set(seeds) if common_all is None else common_all & set(seeds)
     if len(tests) == len(tasks) and len(tasks) > 1 and common_all:
         seeds = sorted(common_all)
-        tests["average"] = paired_ttest(seed_averages(best, tasks, baseline, seeds),
-                                        seed_averages(best, tasks, candidate, seeds))
+        tests["average"] = paired_ttest(seed_averages(best, tasks, baseline, seeds, epoch),
+                                        seed_averages(best, tasks, candidate, seeds, epoch))
     return tests
