@@ -31,7 +31,8 @@ def _fractions(text: str) -> list[float]:
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", action="append", required=True, type=Path,
                    help="a run folder (its best/ is used) or a checkpoint folder; repeat to compare runs")
-    p.add_argument("--label", action="append", default=None, help="legend label per --run (default: optimizer)")
+    p.add_argument("--label", action="append", default=None,
+                   help="legend label per --run (default: optimizer); prune: runs sharing a label are averaged")
     p.add_argument("--task", default=None, help="task to measure (default: the run's first training task)")
     p.add_argument("--data_dir", default=None, help="shard folder (default: the run's --data_dir)")
     p.add_argument("--sens_split", default="train", help="split the sensitivity is measured on")
@@ -157,24 +158,37 @@ def cmd_sensitivity(args) -> dict:
 
 
 def cmd_prune(args) -> dict:
+    """Runs that share a label are seeds of one curve: their mean is drawn, with a ±1 std band."""
+    import numpy as np
     from analysis.plots import pruning_figure, save_figure
     from analysis.pruning import pruning_curve
     from analysis.runs import dev_score
     from analysis.sensitivity import select_params
     runs, labels = _loaded_runs(args)
-    curves, metric_names = {}, None
+    per_run: dict[str, list[list[tuple[float, float]]]] = {}
+    metric_names = None
     for run, label in zip(runs, labels):
         task = run.task(args.task)
         sens = _measure(run, args, task)
         data = run.split(task, args.split, 0, args.data_dir)
         metric_names = task.metric_meta[0] if len(task.metric_meta) == 1 else f"mean of {', '.join(task.metric_meta)}"
-        curves[label] = pruning_curve(select_params(run.model), sens, args.fractions,
-                                      lambda: dev_score(run.model, data, run.pad_id, 64)[0])
+        per_run.setdefault(label, []).append(pruning_curve(select_params(run.model), sens, args.fractions,
+                                                           lambda: dev_score(run.model, data, run.pad_id, 64)[0]))
+    curves, bands = {}, {}
+    for label, group in per_run.items():
+        scores = np.array([[s for _, s in curve] for curve in group])
+        curves[label] = list(zip(args.fractions, scores.mean(axis=0).tolist()))
+        if len(group) > 1:
+            bands[label] = (scores.std(axis=0, ddof=1).tolist(), len(group))
     task_name = runs[0].task(args.task).name
     title = args.title or f"One-shot pruning of the lowest-sensitivity weights ({task_name}, no retraining)"
-    save_figure(pruning_figure(curves, metric_names, title), args.out)
+    save_figure(pruning_figure(curves, metric_names, title, bands), args.out)
     payload = {"figure": str(args.out), "task": task_name, "split": args.split, "metric": metric_names,
-               "curves": {lab: [{"pruned": f, "kept": round(1 - f, 6), "score": s} for f, s in c]
+               "runs": {lab: [str(r.folder) for r, l in zip(runs, labels) if l == lab] for lab in per_run},
+               "curves": {lab: [{"pruned": f, "kept": round(1 - f, 6), "score": s}
+                                | ({"std": bands[lab][0][i], "scores": [c[i][1] for c in per_run[lab]]}
+                                   if lab in bands else {})
+                                for i, (f, s) in enumerate(c)]
                           for lab, c in curves.items()}}
     _write_json(args.out.with_suffix(".json"), payload)
     return payload

@@ -8,7 +8,7 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -95,12 +95,22 @@ def _log_floor(samples: Mapping[str, Mapping[int, np.ndarray]]) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ Fig. 3
-def pruning_figure(curves: Mapping[str, Sequence[tuple[float, float]]], metric: str, title: str) -> Figure:
+def pruning_figure(curves: Mapping[str, Sequence[tuple[float, float]]], metric: str, title: str,
+                   bands: Optional[Mapping[str, tuple[Sequence[float], int]]] = None) -> Figure:
+    """One line per label; a label in ``bands`` (std per point, number of runs) is a mean with a ±1 std band."""
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.subplots()
+    bands = bands or {}
     for r, (label, curve) in enumerate(curves.items()):
         kept = [100.0 * (1.0 - f) for f, _ in curve]
-        ax.plot(kept, [s for _, s in curve], marker="o", color=RUN_COLORS[r], linestyle=RUN_STYLES[r], label=label)
+        mean = [s for _, s in curve]
+        text = label
+        if label in bands:
+            std, n = bands[label]
+            ax.fill_between(kept, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                            color=RUN_COLORS[r], alpha=0.15, linewidth=0)
+            text = f"{label} (mean of {n} runs ± 1 std)"
+        ax.plot(kept, mean, marker="o", color=RUN_COLORS[r], linestyle=RUN_STYLES[r], label=text)
     ax.invert_xaxis()
     ax.set_xlabel("weights kept (% of eligible encoder weights; embeddings never pruned)")
     ax.set_ylabel(f"dev {metric} (%)")

@@ -117,6 +117,26 @@ def test_prune_command_scores_the_unpruned_model_like_training_did(runs, tmp_pat
     assert no_leftovers(tmp_path)
 
 
+def test_prune_command_averages_runs_that_share_a_label(runs, tmp_path):
+    single = tmp_path / "single.png"
+    both = tmp_path / "both.png"
+    fractions = ["--fractions", "0,0.5"]
+    assert main(["prune", "--run", str(runs / "usadamax"), "--run", str(runs / "adamax"), *fractions,
+                 "--out", str(single)]) == 0
+    assert main(["prune", "--run", str(runs / "usadamax"), "--run", str(runs / "adamax"), "--label", "seeds",
+                 "--label", "seeds", *fractions, "--out", str(both)]) == 0
+    assert_png(both)
+    one = json.loads(single.with_suffix(".json").read_text())["curves"]
+    two = json.loads(both.with_suffix(".json").read_text())
+    assert list(two["curves"]) == ["seeds"] and len(two["runs"]["seeds"]) == 2
+    for i, point in enumerate(two["curves"]["seeds"]):
+        a, b = one["Adamax-SAGE"][i]["score"], one["Adamax"][i]["score"]
+        assert point["scores"] == pytest.approx([a, b])
+        assert point["score"] == pytest.approx((a + b) / 2)
+        assert point["std"] == pytest.approx(abs(a - b) / 2 ** 0.5)  # sample std of two values
+    assert "std" not in one["Adamax"][0]  # a label with one run is drawn as it is
+
+
 def test_trajectory_command(runs, tmp_path):
     out_u, out_b = tmp_path / "fig4.png", tmp_path / "fig6.png"
     assert main(["trajectory", "--log", str(runs / "usadamax" / "sensitivity.jsonl"), "--log",
