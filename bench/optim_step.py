@@ -126,6 +126,34 @@ class ReferenceLoop:
 # ----------------------------------------------------------------------------------------------------------
 # Candidates (registry: row label -> factory of an object with .step())
 # ----------------------------------------------------------------------------------------------------------
+def _touch(p, g, exp_avg, exp_avg_sq, ipt_avg, **_):
+    """The fused usadamw step's reads and writes, one add each instead of the update's arithmetic."""
+    exp_avg.add_(g)
+    exp_avg_sq.add_(g)
+    if ipt_avg is not None:
+        ipt_avg.add_(p)
+    p.add_(g)
+
+
+class TrafficFloor:
+    """A fused usadamw optimizer whose compiled per-tensor math is swapped for :func:`_touch` during its step:
+    the same tensors, chunks, flat small-tensor call and scalars, so it moves the same bytes through the same
+    path with almost no arithmetic. Fused usadamw − this row = the update's arithmetic; this row − torch fused
+    AdamW = SAGE's extra bytes plus the path's overhead."""
+
+    def __init__(self, groups: list[dict]):
+        self.opt = AdamWSAGE(groups, lr=LR, betas=BETAS, beta3=BETA3, eps=EPS, fused=True)
+
+    def step(self) -> None:
+        from module import sage_functional
+        real = sage_functional.ALGORITHMS["adamw"]
+        sage_functional.ALGORITHMS["adamw"] = real._replace(single=_touch)
+        try:
+            self.opt.step()
+        finally:
+            sage_functional.ALGORITHMS["adamw"] = real
+
+
 def _groups(named):
     return sage_param_groups(named, weight_decay=WEIGHT_DECAY)
 
@@ -147,6 +175,8 @@ def candidates(device: str) -> dict[tuple[str, str], Callable]:
     for name, cls in (("usadamw", AdamWSAGE), ("usadamax", AdamaxSAGE)):
         for impl in ("for-loop", "foreach", "fused"):
             rows[(name, impl)] = _sage(cls, impl)
+    if device == "cpu":
+        rows[("usadamw's bytes, no arithmetic", "compiled")] = lambda named: TrafficFloor(_groups(named))
     return rows
 
 
