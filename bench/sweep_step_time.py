@@ -13,6 +13,7 @@ wall time grows with the machine's load. The window's cost per unit of padded le
 
     python bench/sweep_step_time.py [--tasks rte,mrpc,stsb,cola] [--time_tasks rte] [--steps 8]
                                     [--optimizers adamax,usadamax] [--warmup_steps 3] [--threads 1]
+                                    [--precisions fp32,bf16]
 """
 from __future__ import annotations
 
@@ -47,14 +48,15 @@ def padded_lengths(trainer, epoch: int = 0) -> list[int]:
             for t, idx in plan]
 
 
-def make_trainer(task: str, optimizer: str, shards: Path, work: Path, max_steps: int, threads: int, evaluate: bool):
+def make_trainer(task: str, optimizer: str, shards: Path, work: Path, max_steps: int, threads: int, evaluate: bool,
+                 bf16: bool = False):
     from mt_dnn.config import TrainConfig
     from mt_dnn.trainer import Trainer
     cfg = TrainConfig(train_datasets=[task], test_datasets=[task] if evaluate else [], task_def=str(TASK_DEF),
                       data_dir=str(shards), init_checkpoint=MODEL, output_dir=str(work / f"{task}_{optimizer}"),
                       optimizer=optimizer, learning_rate=1e-4, batch_size=32, max_seq_len=128,
                       optim_impl="foreach", max_steps=max_steps, tensorboard=False, num_threads=threads,
-                      warmup=0.1)
+                      warmup=0.1, bf16=bf16)
     return Trainer(cfg)
 
 
@@ -90,6 +92,8 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", default="rte,mrpc,stsb,cola", help="tasks whose epochs are measured (lengths)")
     p.add_argument("--time_tasks", default="rte", help="tasks whose steps and dev evaluation are timed")
     p.add_argument("--optimizers", default="adamax,usadamax", help="baseline first")
+    p.add_argument("--precisions", default="fp32", help="fp32 and/or bf16 (autocast), comma-separated; the "
+                                                        "first precision's base optimizer is every row's base")
     p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per row")
     p.add_argument("--warmup_steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
@@ -97,6 +101,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     tasks, timed_tasks = args.tasks.split(","), args.time_tasks.split(",")
     optimizers = args.optimizers.split(",")
+    precisions = args.precisions.split(",")
+    if not set(precisions) <= {"fp32", "bf16"}:
+        p.error(f"--precisions: expected fp32 and/or bf16, got {args.precisions!r}")
     torch.set_num_threads(args.threads)
     logging.getLogger("sage.train").setLevel(logging.WARNING)
     print(f"load average before: {load()}  (torch threads {args.threads}, {os.cpu_count()} CPUs)", flush=True)
@@ -120,16 +127,18 @@ def main(argv=None) -> int:
             print(shape_rows[-1], flush=True)
         for task in timed_tasks:
             base = None
-            for optimizer in optimizers:
+            for precision, optimizer in ((pr, o) for pr in precisions for o in optimizers):
                 evaluate = optimizer == optimizers[0]
-                trainer = make_trainer(task, optimizer, shards, work, total, args.threads, evaluate)
+                trainer = make_trainer(task, optimizer, shards, work, total, args.threads, evaluate,
+                                       bf16=precision == "bf16")
                 lengths = padded_lengths(trainer)
                 wall, cpu = time_steps(trainer, total)
                 seconds, cpu = wall[args.warmup_steps:], cpu[args.warmup_steps:]
                 window = lengths[args.warmup_steps:total]
                 median = statistics.median(seconds)
                 base = base or sum(cpu)
-                step_rows.append(f"| {task} | {optimizer} | {median:.2f} | {min(seconds):.2f}–{max(seconds):.2f} | "
+                step_rows.append(f"| {task} | {optimizer} | {precision} | {median:.2f} | "
+                                 f"{min(seconds):.2f}–{max(seconds):.2f} | "
                                  f"{sum(cpu) / len(cpu):.2f} | {sum(cpu) / base:.2f} | "
                                  f"{sum(window) / len(window):.0f} | {1e3 * sum(seconds) / sum(window):.2f} | "
                                  f"{1e3 * sum(cpu) / sum(window):.2f} |")
@@ -138,19 +147,19 @@ def main(argv=None) -> int:
                     start, cpu_start = time.perf_counter(), time.process_time()
                     trainer.evaluate(0)
                     took, cpu_took = time.perf_counter() - start, time.process_time() - cpu_start
-                    eval_rows.append(f"| {task} | {took:.1f} | {cpu_took:.1f} | "
+                    eval_rows.append(f"| {task} | {precision} | {took:.1f} | {cpu_took:.1f} | "
                                      f"{1e3 * cpu_took / dev_tokens(trainer):.3f} |")
                     print(eval_rows[-1], flush=True)
     print(f"\nload average after: {load()}\n")
     print("| task | train examples | steps/epoch (batch 32) | mean padded length | Σ padded length of the batches "
           "| dev examples | Σ padded length of the dev examples |\n|---|---:|---:|---:|---:|---:|---:|")
     print("\n".join(shape_rows))
-    print(f"\n| task | optimizer | wall s/step (median of {args.steps}) | min–max "
+    print(f"\n| task | optimizer | precision | wall s/step (median of {args.steps}) | min–max "
           "| CPU s/step (mean) | CPU × base | mean padded length | wall ms per unit of batch padded length "
-          "| CPU ms per unit |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| CPU ms per unit |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(step_rows))
-    print("\n| task | one dev evaluation: wall s | CPU s | CPU ms per unit of example padded length |"
-          "\n|---|---:|---:|---:|")
+    print("\n| task | precision | one dev evaluation: wall s | CPU s | CPU ms per unit of example padded length |"
+          "\n|---|---|---:|---:|---:|")
     print("\n".join(eval_rows))
     return 0
 
