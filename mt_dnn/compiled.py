@@ -44,7 +44,8 @@ def _one_line(exc: BaseException) -> str:
 
 class CompiledForward:
     """Calls the compiled module; on the first failure logs one warning line and runs ``module`` eagerly from
-    then on (the failed call is redone eagerly, so no micro-batch is lost)."""
+    then on (the failed call is redone eagerly, so no micro-batch is lost). The trainer calls :meth:`fall_back`
+    when the compiled backward fails at its first call, and redoes that micro-batch eagerly."""
 
     def __init__(self, module: torch.nn.Module, device: torch.device, bound: int):
         self.module = module
@@ -54,10 +55,11 @@ class CompiledForward:
             allow_recompiles(bound)
             self.compiled = torch.compile(module, mode=compile_mode(device), dynamic=False)
         except Exception as exc:  # e.g. a Python or platform torch.compile does not support
-            self._fall_back(exc)
+            self.fall_back(exc)
 
-    def _fall_back(self, exc: BaseException) -> None:
-        log.warning("--compile: compiling the model failed (%s); training continues eagerly", _one_line(exc))
+    def fall_back(self, exc: BaseException, what: str = "the model") -> None:
+        """Log one warning line and call the module eagerly from now on."""
+        log.warning("--compile: compiling %s failed (%s); training continues eagerly", what, _one_line(exc))
         self.compiled = None
 
     @property
@@ -71,5 +73,5 @@ class CompiledForward:
                     torch.compiler.cudagraph_mark_step_begin()
                 return self.compiled(*args, **kwargs)
             except Exception as exc:
-                self._fall_back(exc)
+                self.fall_back(exc)
         return self.module(*args, **kwargs)

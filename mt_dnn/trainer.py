@@ -324,6 +324,23 @@ class Trainer:
         return epoch_plan(self.train_sets, global_batch, cfg.seed, epoch, cfg.mix_opt, cfg.ratio)
 
     # ---------------------------------------------------------------------------------------------- training
+    def _forward_backward(self, task_idx: int, indices: list[int], batch: Optional[dict]) -> torch.Tensor:
+        """Forward and backward of one micro-batch. Under --compile the backward graph is compiled at its first
+        call: if that fails, the micro-batch is redone eagerly (a failed compile has added no gradient)."""
+        scale = self.scaler.scale
+        loss = self._forward_loss(task_idx, indices, None if batch is None else dict(batch))
+        try:
+            scale(loss / self.cfg.grad_accumulation_step).backward()
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            if not self.cfg.compile or not self.train_forward.active:
+                raise
+            self.train_forward.fall_back(exc, "the backward pass")
+            loss = self._forward_loss(task_idx, indices, None if batch is None else dict(batch))
+            scale(loss / self.cfg.grad_accumulation_step).backward()
+        return loss
+
     def _forward_loss(self, task_idx: int, indices: list[int], batch: Optional[dict] = None) -> torch.Tensor:
         """Mean loss of this rank's share of a global batch (``batch``: its tensors from the input pipeline, or
         collated here when not given), weighted so that averaging over ranks (as DDP and FSDP do with gradients)
@@ -467,8 +484,7 @@ class Trainer:
         running, count, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
         for (pos, task_idx, indices, boundary), batch in zip(self._micro_batches(plan), batches):
             with self._gradient_sync(boundary):
-                loss = self._forward_loss(task_idx, indices, batch)
-                self.scaler.scale(loss / cfg.grad_accumulation_step).backward()
+                loss = self._forward_backward(task_idx, indices, batch)
             self.guard.observe_loss(self.global_step + 1, self.train_sets[task_idx].task_def.name, loss)
             running += loss.detach()
             count += 1

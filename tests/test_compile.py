@@ -92,6 +92,51 @@ def test_first_call_failure_falls_back_and_redoes_the_batch_eagerly(cws, monkeyp
     assert [v for _, v in failed.loss_log] == pytest.approx([v for _, v in eager.loss_log], rel=1e-5)
 
 
+class _BackwardFails(torch.autograd.Function):
+    """Identity whose backward raises, as a compiled graph whose backward fails to compile."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("inductor: backward graph failed to lower\ndetails")
+
+
+def test_backward_compile_failure_falls_back_and_redoes_the_batch_eagerly(cws, monkeypatch):
+    calls = []
+
+    def compiled_backward_fails(module, **kwargs):
+        def run(*args, **kw):
+            calls.append(1)
+            return _BackwardFails.apply(module(*args, **kw))
+        return run
+    monkeypatch.setattr(torch, "compile", compiled_backward_fails)
+    common = dict(train_datasets=["pairs"], test_datasets=[], epochs=1, dropout_p=0.0, log_every=1,
+                  max_train_samples=92, grad_accumulation_step=2)
+    failed = Trainer(config(cws, "fallback-backward", compile=True, **common))
+    failed.fit()
+    assert len(calls) == 1 and not failed.train_forward.active
+    warnings = _log_warnings(failed)
+    assert len(warnings) == 1 and ("--compile: compiling the backward pass failed (RuntimeError: inductor: "
+                                   "backward graph failed to lower); training continues eagerly") in warnings[0]
+    eager = Trainer(config(cws, "fallback-backward-eager", **common))
+    eager.fit()
+    # the failed micro-batch (the first of an accumulated step) was trained on once, eagerly: same weights
+    assert [s for s, _ in failed.loss_log] == [s for s, _ in eager.loss_log] == list(range(1, 7))
+    assert [v for _, v in failed.loss_log] == pytest.approx([v for _, v in eager.loss_log], rel=1e-5)
+    for (name, a), b in zip(failed.model.named_parameters(), eager.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_errors_of_an_eager_backward_are_not_swallowed(cws, monkeypatch):
+    trainer = Trainer(config(cws, "backward-error", train_datasets=["pairs"], test_datasets=[], epochs=1))
+    monkeypatch.setattr(trainer.model, "loss", lambda task, out, labels: _BackwardFails.apply(out.sum()))
+    with pytest.raises(RuntimeError, match="inductor: backward graph failed to lower"):
+        trainer.fit(stop_after_steps=1)  # no --compile: the trainer does not retry a backward it did not compile
+
+
 @pytest.mark.compile
 def test_compiled_matches_eager_over_steps_and_buckets_with_bounded_compiles(cws):
     from torch._dynamo.utils import counters
