@@ -124,3 +124,24 @@ def test_final_specs_for_the_finished_tasks_only(select_spec, capsys):
     assert final_specs.main([str(select_spec), "--tasks", "sst"]) == 2
     assert capsys.readouterr().err.strip() == ("final_specs.py: error: --tasks: sst is not a task of select.yml "
                                                "(rte, mrpc, stsb, cola)")
+
+
+def test_study_driver_runs_selection_then_final_per_task_and_pair(tmp_path):
+    """run_glue4_study.sh with a stand-in Python that records its arguments: the order of the study's steps."""
+    import os
+    import subprocess
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n', encoding="utf-8")
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(fake), TASKS="rte cola", PAIRS="adamax adamw", PARALLEL="3")
+    subprocess.run(["bash", str(ROOT / "experiments" / "sweep" / "run_glue4_study.sh")], env=env, check=True)
+    calls = log.read_text(encoding="utf-8").splitlines()
+    expected = []
+    for task in ("rte", "cola"):
+        for fam in ("adamax", "adamw"):
+            select = f"experiments/sweep/minilm_glue4_{fam}_select.yml"
+            expected += [f"sweep.py run {select} --tasks {task} --parallel 3",
+                         f"experiments/sweep/final_specs.py {select} --tasks {task}",
+                         f"sweep.py run docs/results/minilm_glue4_{fam}_final_{task}.yml --parallel 3"]
+    assert calls == expected + ["experiments/sweep/study.py"]
