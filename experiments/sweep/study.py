@@ -151,18 +151,18 @@ def results_table(pair: PairStudy) -> str:
 def pair_markdown(pair: PairStudy) -> str:
     head = f"### {pair.baseline} vs {pair.candidate} ({pair.name})"
     if not pair.finished:
-        return "\n\n".join([head, "No task finished yet. " + _pending(pair)])
+        return "\n\n".join([head, f"No task finished yet. Pending: {_pending(pair)}."])
     parts = [head, "Settings chosen on dev with the selection seeds:", settings_table(pair),
              "Final runs (fresh seeds): dev metrics, mean over seeds ± std of the task score; "
              "difference = mean paired difference of the task scores, two-sided paired t-test over seeds.",
              results_table(pair)]
     if pair.pending:
-        parts.append(_pending(pair) + " The average over tasks waits for every task.")
+        parts.append(f"Pending: {_pending(pair)}. The average over tasks waits for every task.")
     return "\n\n".join(parts)
 
 
 def _pending(pair: PairStudy) -> str:
-    return "Pending: " + "; ".join(f"{PAPER_NAMES.get(t, t)} ({why})" for t, why in pair.pending.items()) + "."
+    return "; ".join(f"{PAPER_NAMES.get(t, t)} ({why})" for t, why in pair.pending.items())
 
 
 def markdown(pairs: Sequence[PairStudy], name: str) -> str:
@@ -237,8 +237,8 @@ def to_json(pairs: Sequence[PairStudy]) -> dict:
 def write_study(select_paths: Sequence[Path], name: str, out_dir: Path) -> list[Path]:
     pairs = [load_pair(Path(p)) for p in select_paths]
     if not any(p.finished for p in pairs):
-        raise ValueError("no task has all its final runs finished yet "
-                         + " ".join(_pending(p) for p in pairs))
+        raise ValueError("no task has all its final runs finished yet ("
+                         + "; ".join(f"{p.name}: {_pending(p)}" for p in pairs) + ")")
     paths = [out_dir / f"{name}.md", out_dir / f"{name}.json", out_dir / f"{name}.png"]
     with atomic_write(paths[0]) as handle:
         handle.write(markdown(pairs, name))
