@@ -209,6 +209,7 @@ def plot(pairs: Sequence[PairStudy], out: Path) -> Path:
                 ax.errorbar(i + offset, np.mean(d), yerr=_ci95(d), fmt="o", color=color, capsize=4, zorder=3,
                             label=f"{epoch} epoch: mean ± 95% CI" if i == 0 else None)
         ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlim(-0.6, len(keys) - 0.4)
         ax.set_xticks(range(len(keys)), [PAPER_NAMES.get(k, "Avg" if k == "average" else k) for k in keys])
         ax.set_ylabel(f"{pair.candidate} − {pair.baseline} (dev points)")
         ax.set_title(f"{pair.candidate} − {pair.baseline}, per seed", fontsize=10)
