@@ -29,26 +29,13 @@ def _spec(args):
     return dataclasses.replace(spec, **overrides)
 
 
-def _tasks(args, spec) -> list[str] | None:
-    """The --tasks filter: a subset of the spec's tasks (None: all), so a long sweep can finish task by task."""
-    if not getattr(args, "tasks", None):
-        return None
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in spec.tasks]
-    if unknown or not tasks:
-        raise ValueError(f"--tasks: {', '.join(unknown) or repr(args.tasks)} is not a task of {spec.source} "
-                         f"({', '.join(spec.tasks)})")
-    return tasks
-
-
 def cmd_run(args) -> int:
     from experiments.sweep.runner import run_sweep
     spec = _spec(args)
-    tasks = _tasks(args, spec)
-    runs = [r for r in spec.runs() if tasks is None or r.task in tasks]
+    tasks = spec.task_subset(args.tasks)
     only = f" (tasks {', '.join(tasks)} of {len(spec.runs())})" if tasks else ""
-    print(f"sweep {spec.name}: {len(runs)} runs{only}, {spec.parallel} at a time, under {spec.runs_dir}",
-          flush=True)
+    print(f"sweep {spec.name}: {len(spec.runs(tasks))} runs{only}, {spec.parallel} at a time, under "
+          f"{spec.runs_dir}", flush=True)
     outcomes = run_sweep(spec, report=lambda line: print(line, flush=True), tasks=tasks)
     failed = [o for o in outcomes if o.status == "failed"]
     code = cmd_report(args, spec) if len(failed) < len(outcomes) else 0
@@ -62,9 +49,8 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from experiments.sweep.runner import run_dir, state
     spec = _spec(args)
-    tasks = _tasks(args, spec)
     counts: dict[str, int] = {}
-    for run in (r for r in spec.runs() if tasks is None or r.task in tasks):
+    for run in spec.runs(spec.task_subset(args.tasks)):
         current = state(spec, run)
         counts[current] = counts.get(current, 0) + 1
         print(f"{current:8s} {run.run_id}  {run_dir(spec, run)}")

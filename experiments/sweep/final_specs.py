@@ -80,12 +80,10 @@ def final_spec_text(spec: SweepSpec, raw: dict, task: str, chosen: dict[str, tup
 
 
 def write_final_specs(select_path: Path, seeds: list[int] | None = None, out_dir: Path | None = None,
-                      tasks: Optional[Sequence[str]] = None) -> list[Path]:
+                      tasks: Optional[str] = None) -> list[Path]:
+    """``tasks``: a --tasks value (comma-separated), None for every task of the selection spec."""
     spec = load_spec(select_path)
-    unknown = [t for t in tasks or () if t not in spec.tasks]
-    if unknown:
-        raise ValueError(f"--tasks: {', '.join(unknown)} is not a task of {select_path} ({', '.join(spec.tasks)})")
-    tasks = list(tasks or spec.tasks)
+    tasks = spec.task_subset(tasks) or list(spec.tasks)
     seeds = seeds or list(range(max(spec.seeds) + 1, max(spec.seeds) + 1 + N_FINAL_SEEDS))
     reused = sorted(set(seeds) & set(spec.seeds))
     if reused:
@@ -112,13 +110,13 @@ def main(argv=None) -> int:
     p.add_argument("--out_dir", help="where to write the specs (default: the selection spec's results_dir)")
     p.add_argument("--tasks", help="comma-separated: only these tasks' specs (their selection must be finished)")
     args = p.parse_args(argv)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     except ValueError:
         p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     try:
-        paths = write_final_specs(Path(args.spec), seeds, Path(args.out_dir) if args.out_dir else None, tasks)
+        paths = write_final_specs(Path(args.spec), seeds, Path(args.out_dir) if args.out_dir else None,
+                                  args.tasks)
     except (SpecError, ValueError) as exc:
         print(f"final_specs.py: error: {exc}", file=sys.stderr)
         return 2

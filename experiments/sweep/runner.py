@@ -210,7 +210,7 @@ def run_sweep(spec: SweepSpec, report: Callable[[str], None] = print,
               tasks: Optional[Sequence[str]] = None) -> list[Outcome]:
     """Every run of the spec (of ``tasks`` only, if given), ``spec.parallel`` at a time; finished runs are
     skipped, failed ones reported."""
-    runs = [r for r in spec.runs() if tasks is None or r.task in tasks]
+    runs = spec.runs(tasks)
     for run in runs:  # every folder is checked before anything starts
         state(spec, run)
     version = _git_version()

@@ -10,7 +10,7 @@ import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 
@@ -81,11 +81,25 @@ class SweepSpec:
     compare: Optional[tuple[str, str]] = None
     keep_step_checkpoints: bool = False  # a finished run needs only best/; step-N/ exist for --resume
 
-    def runs(self) -> list[RunSpec]:
-        """Every run of the grid, seed by seed, so a sweep stopped early has whole seeds of every configuration."""
+    def runs(self, tasks: Optional[Sequence[str]] = None) -> list[RunSpec]:
+        """Every run of the grid (of ``tasks`` only, if given), seed by seed, so a sweep stopped early has whole
+        seeds of every configuration."""
         return [RunSpec(task, opt.name, lr, b3, seed)
                 for seed, task, opt in itertools.product(self.seeds, self.tasks, self.optimizers)
+                if tasks is None or task in tasks
                 for lr, b3 in itertools.product(opt.learning_rates, opt.beta3)]
+
+    def task_subset(self, text: Optional[str]) -> Optional[list[str]]:
+        """A ``--tasks`` value (comma-separated names of this spec's tasks) as a list; None or empty: None (all).
+        Lets a sweep of several days be finished, and its final specs written, task by task."""
+        if not text:
+            return None
+        tasks = [t.strip() for t in text.split(",") if t.strip()]
+        unknown = [t for t in tasks if t not in self.tasks]
+        if unknown or not tasks:
+            raise ValueError(f"--tasks: {', '.join(unknown) or repr(text)} is not a task of {self.source} "
+                             f"({', '.join(self.tasks)})")
+        return tasks
 
     def optimizer_names(self) -> list[str]:
         return [o.name for o in self.optimizers]

@@ -86,7 +86,8 @@ def paired_ttest(baseline: Sequence[float], candidate: Sequence[float]) -> TTest
     return TTest(n, diff, float(result.statistic), float(result.pvalue))
 
 
-def _mean_metrics(per_seed: Iterable[Metrics]) -> Metrics:
+def mean_metrics(per_seed: Iterable[Metrics]) -> Metrics:
+    """Each dev split's metrics averaged over seeds."""
     per_seed = list(per_seed)
     return {ds: {m: float(np.mean([s[ds][m] for s in per_seed])) for m in per_seed[0][ds]} for ds in per_seed[0]}
 
@@ -102,7 +103,7 @@ def summarize(results: Iterable[RunResult]) -> list[ConfigSummary]:
             task, optimizer, lr, beta3, best=mean_std(r.best_score for r in runs),
             last=mean_std(r.last_score for r in runs), best_by_seed={r.run.seed: r.best_score for r in runs},
             metrics_by_seed={r.run.seed: r.best_metrics for r in runs},
-            mean_metrics=_mean_metrics(r.best_metrics for r in runs),
+            mean_metrics=mean_metrics(r.best_metrics for r in runs),
             mean_best_epoch=float(np.mean([r.best_epoch for r in runs])),
             last_by_seed={r.run.seed: r.last_score for r in runs},
             last_metrics_by_seed={r.run.seed: r.last_metrics for r in runs}))

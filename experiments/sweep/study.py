@@ -30,12 +30,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from data_utils.atomic import atomic_write  # noqa: E402
-from data_utils.metrics import glue_average  # noqa: E402
 from experiments.sweep.final_specs import final_base_name  # noqa: E402
 from experiments.sweep.report import PAPER_NAMES, _delta, _no_nan, _num, metric_title  # noqa: E402
 from experiments.sweep.results import collect  # noqa: E402
 from experiments.sweep.spec import SpecError, fmt, load_spec  # noqa: E402
-from experiments.sweep.stats import ConfigSummary, TTest, compare, mean_std, seed_averages, summarize  # noqa: E402
+from experiments.sweep.stats import (ConfigSummary, TTest, compare, mean_metrics, mean_std,  # noqa: E402
+                                     seed_averages, summarize)
 
 SELECT_SPECS = (ROOT / "experiments" / "sweep" / "minilm_glue4_adamax_select.yml",
                 ROOT / "experiments" / "sweep" / "minilm_glue4_adamw_select.yml")
@@ -90,23 +90,16 @@ def load_pair(select_path: Path) -> PairStudy:
                 raise ValueError(f"{path}: more than one setting of {summary.optimizer}; a final spec has one")
             pair.final[key] = summary
         pair.finished.append(task)
-    for epoch in EPOCHS:
-        tests = compare(pair.final, pair.finished, base, cand, epoch)
-        if not pair.complete:
-            tests.pop("average", None)
-        pair.tests[epoch] = tests
+    # over all the spec's tasks: unfinished ones are skipped, and the average waits for every task
+    pair.tests = {epoch: compare(pair.final, pair.tasks, base, cand, epoch) for epoch in EPOCHS}
     return pair
 
 
 # ---------------------------------------------------------------------------------------------- tables
-def _mean_metrics(summary: ConfigSummary, epoch: str) -> list[float]:
-    per_seed = list(summary.metrics(epoch).values())
-    return [float(np.mean([s[ds][m] for s in per_seed])) for ds in per_seed[0] for m in per_seed[0][ds]]
-
-
 def _cell(summary: ConfigSummary, epoch: str) -> str:
     stat = summary.best if epoch == "best" else summary.last
-    values = "/".join(_num(v) for v in _mean_metrics(summary, epoch))
+    means = mean_metrics(summary.metrics(epoch).values())
+    values = "/".join(_num(v) for metrics in means.values() for v in metrics.values())
     return values if math.isnan(stat.std) else f"{values} ± {_num(stat.std)}"
 
 
