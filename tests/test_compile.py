@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModel
 
-from conftest import tiny_bert_config
 from data_utils.task_def import load_task_defs
 from mt_dnn.batcher import collate, load_split
 from mt_dnn.static_shapes import StaticShapes, pad_batch, real_rows
 from mt_dnn.trainer import Trainer
-from test_trainer import TASK_YAML, config, write_shards
+from test_trainer import config, make_workspace
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 @pytest.fixture(scope="module")
 def cws(tmp_path_factory):
-    root = tmp_path_factory.mktemp("compile")
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_bert_config(**NO_DROPOUT)).save_pretrained(root / "tiny-bert")
-    (root / "tasks.yml").write_text(TASK_YAML, encoding="utf-8")
-    write_shards(root / "shards")
-    return root
+    return make_workspace(tmp_path_factory, "compile", **NO_DROPOUT)
 
 
 def test_bucket_lengths():

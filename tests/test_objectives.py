@@ -21,19 +21,14 @@ from mt_dnn import objectives as obj
 from mt_dnn.config import TrainConfig, parse_args
 from mt_dnn.model import MTDNNModel
 from mt_dnn.trainer import Trainer
-from test_trainer import TASK_YAML, config, write_shards
+from test_trainer import TASK_YAML, config, make_workspace
 
 LN = math.log
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    root = tmp_path_factory.mktemp("objectives")
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_bert_config()).save_pretrained(root / "tiny-bert")
-    (root / "tasks.yml").write_text(TASK_YAML, encoding="utf-8")
-    write_shards(root / "shards")
-    return root
+    return make_workspace(tmp_path_factory, "objectives")
 
 
 # ------------------------------------------------------------------------------------------ by hand

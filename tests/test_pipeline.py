@@ -7,23 +7,17 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from conftest import tiny_bert_config
 from mt_dnn.batcher import collate, epoch_plan, load_split, shard_for_rank
 from mt_dnn.config import parse_args
 from mt_dnn.pipeline import MicroBatches, PlanSampler, micro_batch_stream, rank_share
 from mt_dnn.trainer import Trainer, clip_each_parameter
-from test_trainer import TASK_YAML, config, write_shards
+from test_trainer import config, make_workspace
 from data_utils.task_def import load_task_defs
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_bert_config()).save_pretrained(root / "tiny-bert")
-    (root / "tasks.yml").write_text(TASK_YAML, encoding="utf-8")
-    write_shards(root / "shards")
-    return root
+    return make_workspace(tmp_path_factory, "pipeline")
 
 
 def _sets(ws):

@@ -56,13 +56,16 @@ CHOSEN = {  # task -> optimizer -> (lr, beta3); adamax's beta3 is the grid's dum
 }
 
 
-def write_report(spec_path: Path, n_seeds=2, drop=None) -> None:
+def write_report(spec_path: Path, n_seeds=2, drop=None, chosen_settings=None) -> None:
+    """A selection report with ``n_seeds`` per configuration that marks ``chosen_settings`` (default CHOSEN)
+    chosen, leaving out the chosen configuration of ``drop`` (task, optimizer)."""
     spec = load_spec(spec_path)
+    chosen_settings = chosen_settings or CHOSEN
     configs = []
     for run in spec.runs():
         if run.seed != spec.seeds[0]:
             continue
-        chosen = CHOSEN[run.task][run.optimizer] == (run.learning_rate, run.beta3)
+        chosen = chosen_settings[run.task][run.optimizer] == (run.learning_rate, run.beta3)
         if chosen and (run.task, run.optimizer) == drop:
             continue
         configs.append({"task": run.task, "optimizer": run.optimizer, "learning_rate": run.learning_rate,

@@ -12,7 +12,7 @@ import pytest
 from experiments.sweep import final_specs, runner, study
 from experiments.sweep.spec import load_spec
 from experiments.sweep.stats import paired_ttest
-from test_sweep_glue4 import CHOSEN, ROOT, SPECS
+from test_sweep_glue4 import CHOSEN, ROOT, SPECS, write_report
 
 METRICS = {"rte": ("rte_dev", ["ACC"]), "mrpc": ("mrpc_dev", ["ACC", "F1"]),
            "stsb": ("stsb_dev", ["Pearson", "Spearman"]), "cola": ("cola_dev", ["MCC"])}
@@ -49,17 +49,6 @@ def finish(spec_path: Path, skip: int = 0) -> None:
 CHOSEN_W = {task: {"adamw": (1e-4, 0.75), "usadamw": (2.5e-4, 0.9)} for task in ("rte", "mrpc", "stsb", "cola")}
 
 
-def write_selection_report(spec_path: Path, chosen: dict) -> None:
-    """A finished selection report (2 seeds per configuration) that marks ``chosen`` settings."""
-    spec = load_spec(spec_path)
-    configs = [{"task": r.task, "optimizer": r.optimizer, "learning_rate": r.learning_rate, "beta3": r.beta3,
-                "best": {"mean": 70.0, "std": 1.0, "n": 2},
-                "chosen": chosen[r.task][r.optimizer] == (r.learning_rate, r.beta3)}
-               for r in spec.runs() if r.seed == spec.seeds[0]]
-    spec.results_dir.mkdir(parents=True, exist_ok=True)
-    (spec.results_dir / f"{spec.name}.json").write_text(json.dumps({"configs": configs}), encoding="utf-8")
-
-
 @pytest.fixture
 def layout(tmp_path, monkeypatch):
     """Both committed selection specs, finished selection reports, and the final specs final_specs.py writes."""
@@ -70,7 +59,7 @@ def layout(tmp_path, monkeypatch):
     for fam, chosen in (("adamax", CHOSEN), ("adamw", CHOSEN_W)):
         path = Path(f"{fam}_select.yml")
         shutil.copy(SPECS[fam], path)
-        write_selection_report(path, chosen)
+        write_report(path, chosen_settings=chosen)
         assert final_specs.main([str(path)]) == 0
         paths.append(path)
     return paths

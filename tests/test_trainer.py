@@ -73,14 +73,20 @@ def write_shards(folder: Path, sizes=(96, 48, 32), seed=0) -> None:
             (folder / f"{task}_{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trainer")
+def make_workspace(tmp_path_factory, name: str, **model_config) -> Path:
+    """A folder with a tiny random BERT (seed 0; ``model_config`` overrides its config), the task
+    definitions of TASK_YAML and their shards: what the trainer-level tests train on."""
+    root = tmp_path_factory.mktemp(name)
     torch.manual_seed(0)
-    AutoModel.from_config(tiny_bert_config()).save_pretrained(root / "tiny-bert")
+    AutoModel.from_config(tiny_bert_config(**model_config)).save_pretrained(root / "tiny-bert")
     (root / "tasks.yml").write_text(TASK_YAML, encoding="utf-8")
     write_shards(root / "shards")
     return root
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return make_workspace(tmp_path_factory, "trainer")
 
 
 def config(ws: Path, out: str, **kw) -> TrainConfig:
