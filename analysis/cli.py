@@ -166,6 +166,7 @@ def cmd_prune(args) -> dict:
     from analysis.sensitivity import select_params
     runs, labels = _loaded_runs(args)
     per_run: dict[str, list[list[tuple[float, float]]]] = {}
+    folders: dict[str, list[str]] = {}
     metric_names = None
     for run, label in zip(runs, labels):
         task = run.task(args.task)
@@ -174,6 +175,7 @@ def cmd_prune(args) -> dict:
         metric_names = task.metric_meta[0] if len(task.metric_meta) == 1 else f"mean of {', '.join(task.metric_meta)}"
         per_run.setdefault(label, []).append(pruning_curve(select_params(run.model), sens, args.fractions,
                                                            lambda: dev_score(run.model, data, run.pad_id, 64)[0]))
+        folders.setdefault(label, []).append(str(run.folder))
     curves, bands = {}, {}
     for label, group in per_run.items():
         scores = np.array([[s for _, s in curve] for curve in group])
@@ -184,7 +186,7 @@ def cmd_prune(args) -> dict:
     title = args.title or f"One-shot pruning of the lowest-sensitivity weights ({task_name}, no retraining)"
     save_figure(pruning_figure(curves, metric_names, title, bands), args.out)
     payload = {"figure": str(args.out), "task": task_name, "split": args.split, "metric": metric_names,
-               "runs": {lab: [str(r.folder) for r, l in zip(runs, labels) if l == lab] for lab in per_run},
+               "runs": folders,
                "curves": {lab: [{"pruned": f, "kept": round(1 - f, 6), "score": s}
                                 | ({"std": bands[lab][0][i], "scores": [c[i][1] for c in per_run[lab]]}
                                    if lab in bands else {})
