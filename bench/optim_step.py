@@ -149,9 +149,29 @@ class TrafficFloor:
         real = sage_functional.ALGORITHMS["adamw"]
         sage_functional.ALGORITHMS["adamw"] = real._replace(single=_touch)
         try:
-            self.opt.step()
+            with_compiled_path(self.opt.step)
         finally:
             sage_functional.ALGORITHMS["adamw"] = real
+
+
+def with_compiled_path(step: Callable[[], object]) -> None:
+    """One step with CPU buckets sent to the torch.compile path instead of the C kernel."""
+    from module import sage_fused
+    saved, sage_fused.CPU_KERNEL = sage_fused.CPU_KERNEL, False
+    try:
+        step()
+    finally:
+        sage_fused.CPU_KERNEL = saved
+
+
+class CompiledPath:
+    """A fused SAGE optimizer whose CPU steps take the torch.compile path (the C kernel's predecessor)."""
+
+    def __init__(self, opt):
+        self.opt = opt
+
+    def step(self) -> None:
+        with_compiled_path(self.opt.step)
 
 
 def _groups(named):
@@ -176,7 +196,9 @@ def candidates(device: str) -> dict[tuple[str, str], Callable]:
         for impl in ("for-loop", "foreach", "fused"):
             rows[(name, impl)] = _sage(cls, impl)
     if device == "cpu":
-        rows[("usadamw's bytes, no arithmetic", "compiled")] = lambda named: TrafficFloor(_groups(named))
+        for name, cls in (("usadamw", AdamWSAGE), ("usadamax", AdamaxSAGE)):
+            rows[(name, "fused, torch.compile")] = lambda named, cls=cls: CompiledPath(_sage(cls, "fused")(named))
+        rows[("usadamw's bytes, no arithmetic", "torch.compile")] = lambda named: TrafficFloor(_groups(named))
     return rows
 
 

@@ -2,9 +2,11 @@
 
 - CUDA: a Triton multi-tensor kernel, one launch per bucket (:mod:`module.sage_triton`), when Triton is
   importable and the kernel passed its self-check in this process (else foreach, with one warning).
-- Elsewhere (CPU): the readable single-tensor math of :mod:`module.sage_math` compiled with ``torch.compile``
-  over lists of tensors (inductor fuses the update of CHUNK tensors into one kernel of in-place loops; small
-  tensors share one call through flat copies), so a BERT-base step makes ~20 compiled calls, not 199.
+- CPU, float32/float64: a C kernel, one call per bucket (:mod:`module.sage_cpu`), when it builds and passed its
+  self-check (else the ``torch.compile`` path below, with one warning).
+- Elsewhere (CPU bfloat16/float16, CUDA without Triton): the readable single-tensor math of
+  :mod:`module.sage_math` compiled with ``torch.compile`` over lists of tensors (inductor fuses the update of
+  CHUNK tensors into one kernel of in-place loops; small tensors share one call through flat copies).
 
 Called by :func:`module.sage_functional._update` with tensor lists and scalars, never with an optimizer.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from types import ModuleType
 from typing import Callable, Optional
 
 import torch
@@ -42,6 +45,21 @@ def _triton_module():
 
 #: Device types whose tensors go to the Triton kernel (tests add "cpu" for the interpreter).
 TRITON_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
+#: Whether CPU float32/float64 buckets go to the C kernel (tests turn it off to reach the torch.compile path).
+CPU_KERNEL = True
+
+
+def _backend(p: Tensor, g: Tensor) -> tuple[Optional[ModuleType], str]:
+    """The hand-written kernel for a bucket (None: none applies) and what runs if it is absent or fails its
+    self-check: ``"foreach"`` after Triton, ``"compiled"`` (torch.compile) otherwise."""
+    if p.device.type in TRITON_DEVICE_TYPES:
+        triton = _triton_module()
+        return (triton, "foreach") if triton is not None else (None, "compiled")
+    if CPU_KERNEL:
+        from module import sage_cpu
+        if sage_cpu.supports(p, g):
+            return sage_cpu, "compiled"
+    return None, "compiled"
 
 
 def fused_update(algo: Algorithm, params: list[Tensor], grads: list[Tensor], buffers: Columns,
@@ -62,13 +80,12 @@ def fused_update(algo: Algorithm, params: list[Tensor], grads: list[Tensor], buf
             return
     for step, (p, g, *cols) in buckets(params, grads, buffers, ipt_avgs, steps):
         states, ipt = cols[:-1], cols[-1]
-        triton = _triton_module() if p[0].device.type in TRITON_DEVICE_TYPES else None
-        if triton is None:
-            _compiled_bucket(algo, p, g, states, ipt, scalars(step), hyper, grad_factor)
-            continue
-        if triton_verified(triton, algo, p[0], g[0], scalars(step), hyper):
-            triton.fused_step(algo.name, p, g, [c for c in states if c is not None], ipt, scalars(step), hyper,
+        kernel, fallback = _backend(p[0], g[0])
+        if kernel is not None and kernel_verified(kernel, algo, p[0], g[0], scalars(step), hyper, fallback):
+            kernel.fused_step(algo.name, p, g, [c for c in states if c is not None], ipt, scalars(step), hyper,
                               grad_factor=grad_factor)
+        elif fallback == "compiled":
+            _compiled_bucket(algo, p, g, states, ipt, scalars(step), hyper, grad_factor)
         else:
             g = torch._foreach_mul(g, grad_factor) if grad_factor != 1.0 else g
             algo.multi(p, g, *states, ipt, **scalars(step), **hyper)
@@ -84,8 +101,9 @@ def _eager_rest(algo, params, grads, buffers, ipt_avgs, steps, scalars, hyper, g
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Triton self-check: on first use per process, device and kernel variant, the kernel must agree with the
-# foreach math on a small probe; a compile failure or a mismatch warns once and that variant runs foreach.
+# Kernel self-check: on first use per process, device and kernel variant, a hand-written kernel (Triton, C)
+# must agree with the foreach math on a small probe; a build failure or a mismatch warns once and that variant
+# runs the fallback (foreach after Triton, torch.compile after C).
 # ----------------------------------------------------------------------------------------------------------
 _VERIFIED: dict[tuple, bool] = {}
 _WARNED: set[tuple] = set()
@@ -100,19 +118,24 @@ def reset_self_checks() -> None:
     _WARNED.clear()
 
 
-def triton_verified(triton, algo: Algorithm, p: Tensor, g: Tensor, scalars: dict, hyper: dict) -> bool:
-    """Whether the Triton variant for these tensors and hyperparameters passed its self-check (run once)."""
+_FALLBACK_NAMES = {"foreach": "the foreach implementation", "compiled": "the torch.compile implementation"}
+
+
+def kernel_verified(kernel, algo: Algorithm, p: Tensor, g: Tensor, scalars: dict, hyper: dict,
+                    fallback: str = "foreach") -> bool:
+    """Whether the kernel variant for these tensors and hyperparameters passed its self-check (run once)."""
     flavour = tuple(sorted((k, v) for k, v in hyper.items())) + (bool(scalars.get("first_step", False)),)
-    key = (str(p.device), algo.name, p.dtype, g.dtype, flavour)
-    if algo.name not in triton.ALGORITHMS:  # a programming error, not a kernel failure: say so
-        raise ValueError(f"unknown algorithm {algo.name!r}; expected one of {', '.join(triton.ALGORITHMS)}")
+    name = getattr(kernel, "KERNEL", "Triton kernel")
+    key = (name, str(p.device), algo.name, p.dtype, g.dtype, flavour)
+    if algo.name not in kernel.ALGORITHMS:  # a programming error, not a kernel failure: say so
+        raise ValueError(f"unknown algorithm {algo.name!r}; expected one of {', '.join(kernel.ALGORITHMS)}")
     if key not in _VERIFIED:
-        problem = _self_check(triton, algo, p.device, p.dtype, g.dtype, scalars, hyper)
+        problem = _self_check(kernel, algo, p.device, p.dtype, g.dtype, scalars, hyper)
         _VERIFIED[key] = problem is None
-        if problem is not None and (key[0], algo.name) not in _WARNED:
-            _WARNED.add((key[0], algo.name))
-            warnings.warn(f"fused SAGE step: the Triton kernel for {algo.name} on {p.device} failed its self-check "
-                          f"({problem}); using the foreach implementation instead", RuntimeWarning, stacklevel=4)
+        if problem is not None and key[:3] not in _WARNED:
+            _WARNED.add(key[:3])
+            warnings.warn(f"fused SAGE step: the {name} for {algo.name} on {p.device} failed its self-check "
+                          f"({problem}); using {_FALLBACK_NAMES[fallback]} instead", RuntimeWarning, stacklevel=4)
     return _VERIFIED[key]
 
 
@@ -134,7 +157,7 @@ def _probe(device, dtype, g_dtype, algo: Algorithm, hyper: dict) -> list[Optiona
     return [rand(), rand(dt=g_dtype), *states, rand(positive=True) if hyper["sage"] else None]
 
 
-def _self_check(triton, algo: Algorithm, device, dtype, g_dtype, scalars: dict, hyper: dict) -> Optional[str]:
+def _self_check(kernel, algo: Algorithm, device, dtype, g_dtype, scalars: dict, hyper: dict) -> Optional[str]:
     """None if the kernel matches the foreach math on a probe, else what went wrong."""
     scalars = dict(scalars, lr=0.5, **({"decay_lr": 0.5} if "decay_lr" in scalars else {}))  # visible moves
     try:
@@ -142,7 +165,7 @@ def _self_check(triton, algo: Algorithm, device, dtype, g_dtype, scalars: dict, 
         wide = [None if col is None else [t.to(torch.float64, copy=True) for t in col] for col in columns]
         algo.multi(*wide, **scalars, **hyper)
         p, g, *states, ipt = columns
-        triton.fused_step(algo.name, p, g, [c for c in states if c is not None], ipt, scalars, hyper)
+        kernel.fused_step(algo.name, p, g, [c for c in states if c is not None], ipt, scalars, hyper)
     except Exception as exc:  # noqa: BLE001 - any compile or launch failure means: do not use the kernel
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     rtol = _PROBE_RTOL.get(dtype, 1e-4)
@@ -158,7 +181,7 @@ def _self_check(triton, algo: Algorithm, device, dtype, g_dtype, scalars: dict, 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# CPU (and CUDA without Triton): torch.compile of the single-tensor math
+# CPU bfloat16/float16 (and CUDA without Triton): torch.compile of the single-tensor math
 # ----------------------------------------------------------------------------------------------------------
 #: Large tensors go through a compiled function of CHUNK tensors at a time (one kernel, one parallel region per
 #: call); sizes are independent dynamic symbols, so one graph serves every chunk of any sizes.

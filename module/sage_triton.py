@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["fused_step", "ALGORITHMS", "BLOCK_SIZE", "NUM_WARPS", "clear_table_cache", "launch_config"]
+from module.sage_kernel_args import (ALGORITHMS, SCALAR_NAMES, bucket_columns, check_bucket, is_momentum,
+                                      kernel_floats)
+
+KERNEL = "Triton kernel"
+__all__ = ["fused_step", "ALGORITHMS", "KERNEL", "BLOCK_SIZE", "NUM_WARPS", "clear_table_cache", "launch_config"]
 
 #: Elements and warps per program: 8 fp32 elements per thread, so full blocks compile to 128-bit accesses (checked
 #: in the sm_90 PTX). Not yet timed on a GPU: ``bench/optim_step.py --device cuda --tune`` sweeps them.
@@ -31,11 +35,6 @@ NUM_WARPS = 8
 #: Columns of a tensor row in the pointer table: θ, g, state0, state1, Ī, numel.
 _ROW = 6
 _MAX_CACHED_TABLES = 16
-
-#: Float arguments of the kernel, in order (unused ones are 0 for a given algorithm).
-_SCALAR_NAMES = ("lr", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "beta3", "one_minus_beta3", "eps",
-                 "eps_sq", "weight_decay", "step_size", "decay", "bias_correction1", "bias_correction2_sqrt",
-                 "ipt_correction", "momentum", "one_minus_dampening", "grad_factor")
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
                   torch.bfloat16: tl.bfloat16}
@@ -183,7 +182,7 @@ def _update_block(row, offs, mask,
     tl.store(p_ptr, p.to(P_DTYPE), mask=mask)
 
 
-@triton.jit(do_not_specialize=_SCALAR_NAMES)
+@triton.jit(do_not_specialize=SCALAR_NAMES)
 def _sage_kernel(rows, blocks,
                  lr: tl.int64, beta1: tl.int64, one_minus_beta1: tl.int64, beta2: tl.int64,
                  one_minus_beta2: tl.int64, beta3: tl.int64, one_minus_beta3: tl.int64, eps: tl.int64,
@@ -217,49 +216,6 @@ def _sage_kernel(rows, blocks,
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Kernel arguments per algorithm (registry keyed by name; scalars/hyper as sage_math.single_* takes them)
-# ----------------------------------------------------------------------------------------------------------
-
-def _common_args(scalars: dict, hyper: dict) -> dict:
-    b3, eps = float(hyper["beta3"]), float(hyper["eps"])
-    return dict(lr=float(scalars["lr"]), beta3=b3, one_minus_beta3=1 - b3, eps=eps, eps_sq=eps * eps,
-                grad_factor=float(scalars.get("grad_factor", 1.0)),
-                weight_decay=float(hyper["weight_decay"]), ipt_correction=float(scalars["ipt_correction"]))
-
-
-def _moment_args(hyper: dict) -> dict:
-    b1, b2 = float(hyper["beta1"]), float(hyper["beta2"])
-    return dict(beta1=b1, one_minus_beta1=1 - b1, beta2=b2, one_minus_beta2=1 - b2)
-
-
-def _adamax_args(scalars: dict, hyper: dict) -> dict:
-    return dict(_common_args(scalars, hyper), **_moment_args(hyper))
-
-
-def _adamw_args(scalars: dict, hyper: dict) -> dict:
-    # Products of Python floats, as single_adamw forms them before touching the tensor.
-    return dict(_common_args(scalars, hyper), **_moment_args(hyper),
-                step_size=float(scalars["lr"]) * float(scalars["step_correction"]),
-                decay=float(scalars["decay_lr"]) * float(hyper["weight_decay"]))
-
-
-def _adam_args(scalars: dict, hyper: dict) -> dict:
-    return dict(_common_args(scalars, hyper), **_moment_args(hyper),
-                bias_correction1=float(scalars["bias_correction1"]),
-                bias_correction2_sqrt=float(scalars["bias_correction2_sqrt"]))
-
-
-def _sgd_args(scalars: dict, hyper: dict) -> dict:
-    return dict(_common_args(scalars, hyper), momentum=float(hyper["momentum"]),
-                one_minus_dampening=1 - float(hyper["dampening"]))
-
-
-#: algorithm name -> builder of the kernel's float arguments from (step scalars, hyperparameters).
-ALGORITHMS: dict[str, Callable[[dict, dict], dict]] = {
-    "adamax": _adamax_args, "adamw": _adamw_args, "adam": _adam_args, "sgd": _sgd_args,
-}
-
-# ----------------------------------------------------------------------------------------------------------
 # Device tables (cached on the tensors' addresses and sizes)
 # ----------------------------------------------------------------------------------------------------------
 class _Table(NamedTuple):
@@ -270,7 +226,6 @@ class _Table(NamedTuple):
 
 
 _TABLES: "OrderedDict[tuple, _Table]" = OrderedDict()
-_COLUMN_NAMES = ("parameter", "gradient", "state 0", "state 1", "exp_avg_ipt")
 
 
 def clear_table_cache() -> None:
@@ -318,10 +273,8 @@ def _kernel_args(algorithm: str, columns: list[Optional[list[Tensor]]], scalars:
                  table: _Table) -> tuple[tuple, dict]:
     """Positional and keyword arguments of _sage_kernel for one bucket."""
     params, grads = columns[0], columns[1]
-    floats = dict.fromkeys(_SCALAR_NAMES, 0.0)
-    floats.update(ALGORITHMS[algorithm](scalars, hyper))
-    momentum = algorithm == "sgd" and float(hyper["momentum"]) != 0
-    args = (table.rows, table.blocks, *(_bits(floats[name]) for name in _SCALAR_NAMES))
+    momentum = is_momentum(algorithm, hyper)
+    args = (table.rows, table.blocks, *map(_bits, kernel_floats(algorithm, scalars, hyper)))
     kwargs = dict(
         ALGO=algorithm, SAGE=columns[4] is not None, FORMULA=str(hyper["formula"]),
         HAS_DECAY=float(hyper["weight_decay"]) != 0, HAS_MOMENTUM=momentum,
@@ -341,25 +294,6 @@ def _launch(algorithm: str, columns: list[Optional[list[Tensor]]], scalars: dict
     _sage_kernel[(table.n_blocks,)](*args, **kwargs)
 
 
-def _check_bucket(columns: list[Optional[list[Tensor]]]) -> None:
-    """A one-line error naming the first tensor the kernel cannot take."""
-    p0, g0 = columns[0][0], columns[1][0]
-    if p0.dtype not in _TRITON_DTYPES or g0.dtype not in _TRITON_DTYPES:
-        raise ValueError(f"fused SAGE step supports {', '.join(map(str, _TRITON_DTYPES))}; "
-                         f"got parameters {p0.dtype}, gradients {g0.dtype}")
-    for name, col in zip(_COLUMN_NAMES, columns):
-        if col is None:
-            continue
-        if len(col) != len(columns[0]):
-            raise ValueError(f"fused SAGE step: {len(col)} {name} tensors for {len(columns[0])} parameters")
-        dtype = g0.dtype if name == "gradient" else p0.dtype
-        for i, (t, p) in enumerate(zip(col, columns[0])):
-            if t.dtype != dtype or t.device != p0.device or not t.is_contiguous() or t.numel() != p.numel():
-                raise ValueError(f"fused SAGE step: {name} {i} must be a contiguous {dtype} tensor on "
-                                 f"{p0.device} with the parameter's size; got {t.dtype} {tuple(t.shape)} "
-                                 f"on {t.device} (contiguous={t.is_contiguous()})")
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Entry points
 # ----------------------------------------------------------------------------------------------------------
@@ -374,16 +308,10 @@ def fused_step(algorithm: str, params: list[Tensor], grads: list[Tensor], states
     and on one device; parameters and states share one dtype, gradients one dtype. The kernel multiplies each
     gradient by ``grad_factor`` as it loads it (AMP's 1/scale, −1 for maximize): no unscale pass.
     """
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+    columns = bucket_columns(algorithm, params, grads, states, ipt_avgs, hyper)
     if not params:
         return
-    if hyper["sage"] and ipt_avgs is None:
-        raise ValueError("sage=True needs the sensitivity EMA tensors (ipt_avgs)")
-    if len(states) > 2:
-        raise ValueError(f"at most 2 state buffers per tensor besides Ī, got {len(states)}")
-    columns = [params, grads, *states, *([None] * (2 - len(states))), ipt_avgs if hyper["sage"] else None]
-    _check_bucket(columns)
+    check_bucket(columns, _TRITON_DTYPES)
     _launch(algorithm, columns, dict(scalars, grad_factor=grad_factor), hyper)
 
 

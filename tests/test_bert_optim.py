@@ -144,8 +144,12 @@ def test_foreach_equals_forloop(name, formula):
 
 
 @pytest.mark.compile
+@pytest.mark.parametrize("cpu_kernel", [True, False], ids=["C-kernel", "torch.compile"])
 @pytest.mark.parametrize("name,formula", FUSED_CASES)
-def test_fused_equals_forloop(name, formula):
+def test_fused_equals_forloop(name, formula, cpu_kernel, monkeypatch):
+    """Both CPU fused paths: the C kernel (float32/float64) and torch.compile (bfloat16/float16, fallback)."""
+    from module import sage_fused
+    monkeypatch.setattr(sage_fused, "CPU_KERNEL", cpu_kernel)
     a, _ = run_ours(name, formula, "forloop")
     b, _ = run_ours(name, formula, "fused")
     assert_same(params_of(a), params_of(b), atol=1e-12)
@@ -549,10 +553,11 @@ def _recording(step, opt, seen):
 @pytest.mark.compile
 @pytest.mark.parametrize("small_numel", [0, 2000])
 def test_fused_per_tensor_and_flat_paths_equal_forloop(small_numel, monkeypatch):
-    """CPU fused: large tensors get a compiled call each, small ones share one flat call; both paths (and
-    the mix of them, with the zero-size parameter) match the for-loop."""
+    """CPU fused, torch.compile path: large tensors get a compiled call each, small ones share one flat call;
+    both paths (and the mix of them, with the zero-size parameter) match the for-loop."""
     from module import sage_fused
     monkeypatch.setattr(sage_fused, "SMALL_NUMEL", small_numel)
+    monkeypatch.setattr(sage_fused, "CPU_KERNEL", False)
     a, opt_a = run_ours("usadamw", None, "forloop")
     b, opt_b = run_ours("usadamw", None, "fused")
     sizes = [p.numel() for p in opt_b.state]
