@@ -7,8 +7,8 @@ the implementation, as torch does:
 - single-tensor (``foreach=False``; torch's default on CPU): :mod:`module.sage_math`'s ``single_*``, the readable
   reference;
 - multi-tensor (``foreach=True``; torch's default on CUDA): ``sage_math.multi_*`` over same-device/dtype lists;
-- fused (``fused=True``): :mod:`module.sage_fused` (a Triton multi-tensor kernel on CUDA, ``torch.compile``
-  elsewhere), with no parameter-sized temporaries.
+- fused (``fused=True``): :mod:`module.sage_fused` (a Triton multi-tensor kernel on CUDA, a C kernel on CPU,
+  ``torch.compile`` for what neither takes), with no parameter-sized temporaries.
 
 AMP: ``grad_scale``/``found_inf`` follow torch's fused-optimizer protocol (``GradScaler`` sets them on the
 optimizer): gradients are unscaled inside the update, so the sensitivity sees the unscaled gradient, and a step
@@ -192,7 +192,7 @@ IMPLEMENTATIONS = ("auto", "forloop", "foreach", "fused")
 def implementation_kwargs(impl: str, device: torch.device) -> dict:
     """``foreach``/``fused`` flags for a configured implementation.
 
-    auto: fused on CPU (torch.compile) and on CUDA where the Triton kernel runs (Ampere and newer, Triton
+    auto: fused on CPU (the C kernel) and on CUDA where the Triton kernel runs (Ampere and newer, Triton
     importable); foreach otherwise (V100/T4, or no Triton).
     """
     if impl not in IMPLEMENTATIONS:
