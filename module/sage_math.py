@@ -1,7 +1,8 @@
 """The SAGE update math, as plain functions over tensors (no optimizer bookkeeping).
 
 Two implementations of the same formulas live here, with the same keyword arguments:
-- ``single_*``: one parameter at a time, the readable reference (and, under ``torch.compile``, the CPU fused path);
+- ``single_*``: one parameter at a time, the readable reference (and, under ``torch.compile``, the fused path
+  for half precision on CPU);
 - ``multi_*``: the same op sequence with ``torch._foreach_*`` over lists of same-device/dtype tensors that are
   all at the same step (so every scalar is one number for the whole list).
 
