@@ -18,10 +18,13 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=/home/sage/.cache/huggingface
 
-# curl and CA certificates for download.sh; the distribution's current security updates, hence no version pins.
+# curl and CA certificates for download.sh; a C compiler and libc headers, which Triton (the fused GPU optimizer
+# step, --compile), torch.compile's CPU backend and the fused CPU step's C kernel build with at run time (runtime
+# images did not always ship one: pytorch/pytorch#116696). The distribution's current security updates, hence no
+# version pins.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates curl gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
 # A non-root user with a fixed UID (so files written to mounted folders belong to the usual first host user);
