@@ -33,10 +33,12 @@ def test_selection_specs_follow_the_protocol(fam, monkeypatch):
     for b, s in zip(sorted(grids[base].learning_rates), sorted(grids[sage].learning_rates)):
         assert 2 <= s / b <= 5  # SAGE's grid 2-5x higher than the base grid's first values, as the authors advise
     # the base grid reaches past the top lr of the first grid, which RTE's Adamax selection chose (its edge):
-    # Adamax 1e-4..1e-3 (5 values: 5e-4 was chosen next, so 1e-3 was added too), AdamW 5e-5..3e-4 (4 values)
-    n_base = {"adamax": 5, "adamw": 4}[fam]
+    # Adamax 1e-4..1e-3 (5 values: 5e-4 was chosen next, so 1e-3 was added too), AdamW 2e-5..3e-4 (5 values:
+    # RTE's AdamW selection chose 5e-5, the bottom, so 2e-5 was added)
+    n_base = {"adamax": 5, "adamw": 5}[fam]
     assert len(grids[base].learning_rates) == n_base
     assert max(grids[base].learning_rates) == {"adamax": 1e-3, "adamw": 3e-4}[fam]
+    assert min(grids[base].learning_rates) == {"adamax": 1e-4, "adamw": 2e-5}[fam]
     # per task and seed: the base grid + 3 x 2 SAGE configurations
     assert len(spec.runs()) == 4 * 2 * (n_base + 3 * 2)
 
