@@ -34,9 +34,11 @@ __all__ = ["fused_step", "supports", "ALGORITHMS", "KERNEL", "SOURCE", "cache_di
 
 KERNEL = "C kernel"
 SOURCE = Path(__file__).with_name("sage_cpu.c")
-#: -march=native: the library is built for this CPU (its flags are part of the cache key).
-FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fno-trapping-math",
-         "-fopenmp", "-std=gnu11", "-shared", "-fPIC")
+#: -march=native: the library is built for this CPU (its flags are part of the cache key); on x86, full-width
+#: AVX-512 where the CPU has it (gcc otherwise prefers 256-bit vectors), as torch's own vectorised kernels use.
+FLAGS = ("-O3", "-march=native", *(("-mprefer-vector-width=512",) if platform.machine().lower() in
+                                   ("x86_64", "amd64") else ()),
+         "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-std=gnu11", "-shared", "-fPIC")
 #: parameter dtype -> (C type, |x|, sqrt); gradients must have the parameters' dtype
 DTYPES = {torch.float32: ("float", "fabsf", "sqrtf"), torch.float64: ("double", "fabs", "sqrt")}
 _ALGO_CODES = {"adamax": 0, "adamw": 1, "adam": 2, "sgd": 3}
