@@ -7,6 +7,7 @@ on-disk build cache, and the fallback to torch.compile with one warning when the
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from types import SimpleNamespace
 from unittest import mock
@@ -15,9 +16,9 @@ import pytest
 import torch
 
 from module import bert_optim, sage_cpu, sage_fused, sage_math
+from sage_kernel_cases import (CASES, HYPER, SCALARS, assert_inside, assert_nan_propagated, assert_same, bucket,
+                               carve, case_id, counting, nan_first_grad, run_pair, run_scaled_pair)
 
-HYPER = dict(beta1=0.9, beta2=0.999, beta3=0.75, eps=1e-6, weight_decay=0.0, formula="paper", sage=True)
-SCALARS = dict(lr=1e-3, ipt_correction=1.0)
 #: odd sizes, a zero-size tensor, and enough elements in all (> MIN_PARALLEL) for two threads to split them
 SIZES = [(3, 5), (0,), (7,), (2049,), (33, 65), (40001,)]
 
@@ -29,76 +30,32 @@ def fresh_checks():
     sage_fused.reset_self_checks()
 
 
-def _params(dtype, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=gen, dtype=dtype) for s in SIZES]
-
-
-def _counting(fn, calls):
-    def wrapped(*args, **kwargs):
-        calls.append(args[0])
-        return fn(*args, **kwargs)
-    return wrapped
+@contextlib.contextmanager
+def _c_kernel(calls: list, threads: int = 2):
+    """Fused steps on ``threads`` threads, each C kernel call recorded in ``calls``."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with mock.patch.object(sage_cpu, "fused_step", counting(sage_cpu.fused_step, calls)):
+            yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _run_pair(cls, kwargs, dtype=torch.float64, steps=4, grad_fn=None, threads=2):
     """Same model, same grads: the for-loop path vs fused=True (the C kernel); also returns the kernel calls."""
-    ref_params, fused_params = _params(dtype), _params(dtype)
-
-    def groups(ps):  # SAGE on (with decay) and off (without), as sage_param_groups builds them
-        return [{"params": ps[:3], "sage": True, "weight_decay": 0.01},
-                {"params": ps[3:], "sage": False, "weight_decay": 0.0}]
-    ref = cls(groups(ref_params), foreach=False, **kwargs)
-    fused = cls(groups(fused_params), fused=True, **kwargs)
-    gen = torch.Generator().manual_seed(1)
-    calls, saved_threads = [], torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with mock.patch.object(sage_cpu, "fused_step", _counting(sage_cpu.fused_step, calls)):
-            for step in range(steps):
-                for opt in (ref, fused):  # a schedule: lr changes every step, so no scalar may be cached
-                    for group in opt.param_groups:
-                        group["lr"] = kwargs.get("lr", 1e-2) * (1.0 - 0.2 * step)
-                for rp, fp in zip(ref_params, fused_params):
-                    g = torch.randn(rp.shape, generator=gen, dtype=dtype) if grad_fn is None else grad_fn(rp, step)
-                    rp.grad, fp.grad = (None, None) if g is None else (g.clone(), g.clone())
-                ref.step()
-                fused.step()
-    finally:
-        torch.set_num_threads(saved_threads)
-    return ref, fused, ref_params, fused_params, calls
+    calls = []
+    pair = run_pair(cls, kwargs, SIZES, lambda: _c_kernel(calls, threads), dtype=dtype, steps=steps,
+                    grad_fn=grad_fn)
+    return (*pair, calls)
 
 
 def _kernel_matches(ref, fused, ref_params, fused_params, calls):
     assert calls, "the C kernel was not used"
-    _assert_same(ref, fused, ref_params, fused_params)
+    assert_same(ref, fused, ref_params, fused_params)
 
 
-def _assert_same(ref, fused, ref_params, fused_params, tol=1e-12):
-    for i, (rp, fp) in enumerate(zip(ref_params, fused_params)):
-        torch.testing.assert_close(fp, rp, rtol=tol, atol=tol, msg=lambda m: f"param {i}: {m}")
-        for name, value in ref.state[rp].items():
-            if name != "step":
-                torch.testing.assert_close(fused.state[fp][name], value, rtol=tol, atol=tol,
-                                           msg=lambda m: f"param {i} state {name}: {m}")
-    assert all(rp.abs().sum() > 0 for rp in ref_params if rp.numel())  # the comparison saw real values
-
-
-CASES = [
-    (bert_optim.AdamaxSAGE, dict(formula="reference")),
-    (bert_optim.AdamaxSAGE, dict(formula="paper")),
-    (bert_optim.AdamWSAGE, dict(formula="reference")),
-    (bert_optim.AdamWSAGE, dict(formula="reference", correct_bias=False, decay_lr="scheduled")),
-    (bert_optim.AdamSAGE, dict(formula="paper")),
-    (bert_optim.AdamSAGE, dict(formula="ablation2")),
-    (bert_optim.SGDSAGE, dict(formula="paper")),
-    (bert_optim.SGDSAGE, dict(formula="paper", momentum=0.9, dampening=0.1)),
-    (bert_optim.SGDSAGE, dict(formula="ablation4", momentum=0.9, nesterov=True)),
-]
-
-
-@pytest.mark.parametrize("cls,kwargs", CASES, ids=lambda x: x.__name__ if isinstance(x, type) else
-                         "-".join(f"{k}={v}" for k, v in x.items()))
+@pytest.mark.parametrize("cls,kwargs", CASES, ids=case_id)
 def test_matches_single_tensor_math_float64(cls, kwargs):
     _kernel_matches(*_run_pair(cls, kwargs))
 
@@ -132,30 +89,14 @@ def test_result_does_not_depend_on_the_thread_count():
 
 def test_adamax_propagates_nan_like_torch_maximum():
     """torch.maximum propagates NaN into exp_inf; a C max that dropped it would hide a bad gradient."""
-    def grad_fn(p, step):
-        g = torch.ones_like(p)
-        if p.numel():
-            g.view(-1)[0] = float("nan")
-        return g
-    ref, fused, rps, fps, calls = _run_pair(bert_optim.AdamaxSAGE, {}, steps=1, grad_fn=grad_fn)
+    *pair, calls = _run_pair(bert_optim.AdamaxSAGE, {}, steps=1, grad_fn=nan_first_grad)
     assert calls
-    for rp, fp in zip(rps, fps):
-        torch.testing.assert_close(fused.state[fp]["exp_inf"], ref.state[rp]["exp_inf"], equal_nan=True)
-        assert fused.state[fp]["exp_inf"].isnan().sum() == min(1, rp.numel())
+    assert_nan_propagated(*pair)
 
 
 def _carve(sizes, seed, sentinel):
     """Views into one buffer, each followed by sentinel elements (odd sizes, odd offsets)."""
-    starts, pos = [], 1
-    for n in sizes:
-        starts.append(pos)
-        pos += n + 3
-    buffer = torch.full((pos,), sentinel, dtype=torch.float64)
-    gen = torch.Generator().manual_seed(seed)
-    views = [buffer[a:a + n] for a, n in zip(starts, sizes)]
-    for v in views:
-        v.copy_(torch.rand(v.shape, generator=gen, dtype=torch.float64) + 0.5)
-    return views, buffer
+    return carve(sizes, seed, sentinel, lambda pos, n: pos + n + 3, first=1)
 
 
 def test_writes_stay_inside_each_tensor():
@@ -174,13 +115,7 @@ def test_writes_stay_inside_each_tensor():
         torch.set_num_threads(saved)
     for i in range(len(sizes)):
         sage_math.single_adamw(*(e[i] for e in expected), **scalars, **hyper)
-    for (views, buffer), exp in zip(carved, expected):
-        for v, e in zip(views, exp):
-            torch.testing.assert_close(v, e, rtol=1e-12, atol=1e-12)
-        outside = torch.ones_like(buffer, dtype=torch.bool)
-        for v in views:
-            outside[v.storage_offset():v.storage_offset() + v.numel()] = False
-        assert (buffer[outside] == sentinel).all()
+    assert_inside(carved, expected, sentinel)
     assert not torch.equal(carved[0][0][-1], _carve(sizes, 0, sentinel)[0][-1])  # θ did move
 
 
@@ -188,24 +123,8 @@ def test_writes_stay_inside_each_tensor():
 def test_kernel_unscales_gradients_itself(maximize):
     """AMP protocol: scaled grads + grad_scale equal unscaled grads, with no unscale pass (the kernel
     multiplies by 1/scale, or −1/scale with maximize, as it loads each gradient)."""
-    scale = 2.0 ** 12
-    ref_params, fused_params = _params(torch.float64), _params(torch.float64)
-    groups = lambda ps: [{"params": ps[:3], "sage": True, "weight_decay": 0.01},  # noqa: E731
-                         {"params": ps[3:], "sage": False}]
-    ref = bert_optim.AdamWSAGE(groups(ref_params), foreach=False, maximize=maximize)
-    fused = bert_optim.AdamWSAGE(groups(fused_params), fused=True, maximize=maximize)
-    gen = torch.Generator().manual_seed(3)
     calls = []
-    with mock.patch.object(sage_cpu, "fused_step", _counting(sage_cpu.fused_step, calls)):
-        for _ in range(3):
-            for rp, fp in zip(ref_params, fused_params):
-                g = torch.randn(rp.shape, generator=gen, dtype=torch.float64)
-                rp.grad, fp.grad = g.clone(), g * scale
-            fused.grad_scale, fused.found_inf = torch.tensor(scale), torch.tensor(0.0)
-            ref.step()
-            fused.step()
-            assert torch.equal(fused_params[0].grad, ref_params[0].grad * scale)  # gradients left as they were
-    _kernel_matches(ref, fused, ref_params, fused_params, calls)
+    _kernel_matches(*run_scaled_pair(maximize, SIZES, lambda: _c_kernel(calls)), calls)
 
 
 def test_one_call_per_bucket_and_one_self_check_per_variant():
@@ -220,29 +139,24 @@ def test_one_call_per_bucket_and_one_self_check_per_variant():
 # ----------------------------------------------------------------------------------------------------------
 # What the kernel refuses
 # ----------------------------------------------------------------------------------------------------------
-def _bucket(dtype=torch.float64):
-    p = [torch.zeros(4, dtype=dtype)]
-    return p, [torch.zeros_like(p[0])], [[torch.zeros_like(p[0])], [torch.zeros_like(p[0])]], [torch.zeros_like(p[0])]
-
-
 def test_unknown_algorithm_is_named():
-    p, g, s, ipt = _bucket()
+    p, g, s, ipt = bucket()
     with pytest.raises(ValueError, match="unknown algorithm 'lamb'"):
         sage_cpu.fused_step("lamb", p, g, s, ipt, SCALARS, HYPER)
 
 
 def test_sage_without_ipt_buffers_is_rejected():
-    p, g, s, _ = _bucket()
+    p, g, s, _ = bucket()
     with pytest.raises(ValueError, match="sage=True needs the sensitivity EMA"):
         sage_cpu.fused_step("adamax", p, g, s, None, SCALARS, HYPER)
 
 
 def test_state_of_wrong_dtype_or_layout_is_named():
-    p, g, s, ipt = _bucket()
+    p, g, s, ipt = bucket()
     s[1][0] = s[1][0].float()
     with pytest.raises(ValueError, match="state 1 0 must be a contiguous torch.float64 tensor"):
         sage_cpu.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
-    p, g, s, ipt = _bucket()
+    p, g, s, ipt = bucket()
     ipt[0] = torch.zeros(8, dtype=torch.float64)[::2]
     with pytest.raises(ValueError, match=r"exp_avg_ipt 0 must be .*\(contiguous=False\)"):
         sage_cpu.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
@@ -250,7 +164,7 @@ def test_state_of_wrong_dtype_or_layout_is_named():
 
 def test_half_precision_goes_to_the_compiled_path():
     """bfloat16/float16 (and mixed gradient dtypes) are not the C kernel's: it refuses them, dispatch skips it."""
-    p, g, s, ipt = _bucket(torch.bfloat16)
+    p, g, s, ipt = bucket(torch.bfloat16)
     with pytest.raises(ValueError, match="supports torch.float32, torch.float64; got parameters torch.bfloat16"):
         sage_cpu.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
     assert not sage_cpu.supports(p[0], g[0])
@@ -271,7 +185,7 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def _one_adamax_step():
-    p, g, s, ipt = _bucket()
+    p, g, s, ipt = bucket()
     g[0].fill_(1.0)
     sage_cpu.fused_step("adamax", p, g, s, ipt, SCALARS, dict(HYPER, formula="reference"))
     return s[0][0]  # exp_avg = (1 − β1)·g
@@ -312,4 +226,4 @@ def test_unbuildable_kernel_warns_once_and_falls_back_to_torch_compile(private_c
     assert "C kernel for adamax on cpu" in messages[0] and "/bin/false failed" in messages[0]
     assert "torch.compile implementation" in messages[0]
     assert compiled and sage_fused._VERIFIED and not any(sage_fused._VERIFIED.values())
-    _assert_same(ref, fused, rps, fps)
+    assert_same(ref, fused, rps, fps)

@@ -27,12 +27,13 @@ if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 6):
                 allow_module_level=True)
 
 from module import bert_optim, sage_functional, sage_fused, sage_math  # noqa: E402
+from sage_kernel_cases import (CASES, HYPER, SCALARS, assert_inside, assert_nan_propagated, assert_same,  # noqa: E402
+                               bucket, carve, case_id, counting, groups, nan_first_grad, run_pair,
+                               run_scaled_pair)
 
 pytestmark = [pytest.mark.interpreter]
 
 ROOT = Path(__file__).resolve().parents[1]
-HYPER = dict(beta1=0.9, beta2=0.999, beta3=0.75, eps=1e-6, weight_decay=0.0, formula="paper", sage=True)
-SCALARS = dict(lr=1e-3, ipt_correction=1.0)
 SIZES = [(3, 5), (0,), (7,), (2049,), (33, 65)]  # odd sizes, a zero-size tensor, one block + 1 element
 
 
@@ -57,11 +58,6 @@ _ENV_BEFORE = os.environ.get("TRITON_INTERPRET")
 st = _load_copy(interpret=True)
 
 
-def _params(dtype, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=gen, dtype=dtype) for s in SIZES]
-
-
 @contextlib.contextmanager
 def _interpreted_fused():
     """Route fused steps of CPU tensors to the interpreted kernel (sage_fused would pick torch.compile on CPU)."""
@@ -72,59 +68,18 @@ def _interpreted_fused():
 
 def _run_pair(cls, kwargs, dtype=torch.float64, steps=4, grad_fn=None):
     """Same model, same grads: the for-loop path (sage_math.single_*) vs the Triton path; returns both."""
-    ref_params, fused_params = _params(dtype), _params(dtype)
-    # Two groups in one optimizer: SAGE on (with decay) and off (without), as sage_param_groups builds them.
-    def groups(ps):
-        return [{"params": ps[:3], "sage": True, "weight_decay": 0.01},
-                {"params": ps[3:], "sage": False, "weight_decay": 0.0}]
-    ref = cls(groups(ref_params), foreach=False, **kwargs)
-    fused = cls(groups(fused_params), fused=True, **kwargs)
-    gen = torch.Generator().manual_seed(1)
-    for step in range(steps):
-        for opt in (ref, fused):  # a schedule: lr changes every step, so no scalar may be cached
-            for group in opt.param_groups:
-                group["lr"] = kwargs.get("lr", 1e-2) * (1.0 - 0.2 * step)
-        for rp, fp in zip(ref_params, fused_params):
-            g = torch.randn(rp.shape, generator=gen, dtype=dtype) if grad_fn is None else grad_fn(rp, step)
-            rp.grad, fp.grad = (None, None) if g is None else (g.clone(), g.clone())  # new addresses each step
-        ref.step()
-        with _interpreted_fused():
-            fused.step()
-    return ref, fused, ref_params, fused_params
+    return run_pair(cls, kwargs, SIZES, _interpreted_fused, dtype=dtype, steps=steps, grad_fn=grad_fn)
 
 
-def _assert_same(ref, fused, ref_params, fused_params, tol=1e-12):
-    for i, (rp, fp) in enumerate(zip(ref_params, fused_params)):
-        torch.testing.assert_close(fp, rp, rtol=tol, atol=tol, msg=lambda m: f"param {i}: {m}")
-        for name, value in ref.state[rp].items():
-            if name != "step":
-                torch.testing.assert_close(fused.state[fp][name], value, rtol=tol, atol=tol,
-                                           msg=lambda m: f"param {i} state {name}: {m}")
-    assert all(rp.abs().sum() > 0 for rp in ref_params if rp.numel())  # the comparison saw real values
 
-
-CASES = [
-    (bert_optim.AdamaxSAGE, dict(formula="reference")),
-    (bert_optim.AdamaxSAGE, dict(formula="paper")),
-    (bert_optim.AdamWSAGE, dict(formula="reference")),
-    (bert_optim.AdamWSAGE, dict(formula="reference", correct_bias=False, decay_lr="scheduled")),
-    (bert_optim.AdamSAGE, dict(formula="paper")),
-    (bert_optim.AdamSAGE, dict(formula="ablation2")),
-    (bert_optim.SGDSAGE, dict(formula="paper")),
-    (bert_optim.SGDSAGE, dict(formula="paper", momentum=0.9, dampening=0.1)),
-    (bert_optim.SGDSAGE, dict(formula="ablation4", momentum=0.9, nesterov=True)),
-]
-
-
-@pytest.mark.parametrize("cls,kwargs", CASES, ids=lambda x: x.__name__ if isinstance(x, type) else
-                         "-".join(f"{k}={v}" for k, v in x.items()))
+@pytest.mark.parametrize("cls,kwargs", CASES, ids=case_id)
 def test_matches_single_tensor_math_float64(cls, kwargs):
-    _assert_same(*_run_pair(cls, kwargs))
+    assert_same(*_run_pair(cls, kwargs))
 
 
 @pytest.mark.parametrize("formula", ["paper", "ablation1", "ablation3", "ablation5"])
 def test_every_formula(formula):
-    _assert_same(*_run_pair(bert_optim.AdamWSAGE, dict(formula=formula), steps=2))
+    assert_same(*_run_pair(bert_optim.AdamWSAGE, dict(formula=formula), steps=2))
 
 
 def test_maximize_and_noncontiguous_grads_fall_back_correctly():
@@ -134,7 +89,7 @@ def test_maximize_and_noncontiguous_grads_fall_back_correctly():
         return g.t() if p.dim() == 2 else g
     ref, fused, rps, fps = _run_pair(bert_optim.AdamaxSAGE, dict(maximize=True), steps=3, grad_fn=grad_fn)
     assert not rps[0].grad.is_contiguous()
-    _assert_same(ref, fused, rps, fps)
+    assert_same(ref, fused, rps, fps)
 
 
 def test_tensors_at_different_steps_get_their_own_bias_corrections():
@@ -145,7 +100,7 @@ def test_tensors_at_different_steps_get_their_own_bias_corrections():
         return torch.randn(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(step + 10))
     ref, fused, rps, fps = _run_pair(bert_optim.AdamWSAGE, dict(formula="paper"), steps=3, grad_fn=grad_fn)
     assert float(fused.state[fps[0]]["step"]) == 2 and float(fused.state[fps[2]]["step"]) == 3
-    _assert_same(ref, fused, rps, fps)
+    assert_same(ref, fused, rps, fps)
 
 
 def test_float32_close_to_float64_math():
@@ -157,29 +112,12 @@ def test_float32_close_to_float64_math():
 
 def test_adamax_propagates_nan_like_torch_maximum():
     """torch.maximum propagates NaN into exp_inf; a kernel max that dropped it would hide a bad gradient."""
-    def grad_fn(p, step):
-        g = torch.ones_like(p)
-        if p.numel():
-            g.view(-1)[0] = float("nan")
-        return g
-    ref, fused, rps, fps = _run_pair(bert_optim.AdamaxSAGE, {}, steps=1, grad_fn=grad_fn)
-    for rp, fp in zip(rps, fps):
-        torch.testing.assert_close(fused.state[fp]["exp_inf"], ref.state[rp]["exp_inf"], equal_nan=True)
-        assert fused.state[fp]["exp_inf"].isnan().sum() == min(1, rp.numel())
+    assert_nan_propagated(*_run_pair(bert_optim.AdamaxSAGE, {}, steps=1, grad_fn=nan_first_grad))
 
 
 def _carve(sizes, seed, sentinel):
     """Tensors that are 16-byte-aligned views into one buffer, each followed by sentinel elements."""
-    starts, pos = [], 0
-    for n in sizes:
-        starts.append(pos)
-        pos = -(-(pos + n + 1) // 4) * 4
-    buffer = torch.full((pos,), sentinel, dtype=torch.float64)
-    gen = torch.Generator().manual_seed(seed)
-    views = [buffer[a:a + n] for a, n in zip(starts, sizes)]
-    for v in views:
-        v.copy_(torch.rand(v.shape, generator=gen, dtype=torch.float64) + 0.5)
-    return views, buffer
+    return carve(sizes, seed, sentinel, lambda pos, n: -(-(pos + n + 1) // 4) * 4)
 
 
 def test_writes_stay_inside_each_tensor():
@@ -193,13 +131,7 @@ def test_writes_stay_inside_each_tensor():
     st.fused_step("adamw", carved[0][0], carved[1][0], [carved[2][0], carved[3][0]], carved[4][0], scalars, hyper)
     for i in range(len(sizes)):
         sage_math.single_adamw(*(e[i] for e in expected), **scalars, **hyper)
-    for (views, buffer), exp in zip(carved, expected):
-        for v, e in zip(views, exp):
-            torch.testing.assert_close(v, e, rtol=1e-12, atol=1e-12)
-        outside = torch.ones_like(buffer, dtype=torch.bool)
-        for v in views:
-            outside[v.storage_offset():v.storage_offset() + v.numel()] = False
-        assert (buffer[outside] == sentinel).all()
+    assert_inside(carved, expected, sentinel)
     assert not torch.equal(carved[0][0][0], _carve(sizes, 0, sentinel)[0][0])  # θ did move
 
 
@@ -233,39 +165,34 @@ def test_table_cache_is_bounded():
     assert len(st._TABLES) == st._MAX_CACHED_TABLES
 
 
-def _bucket(dtype=torch.float64):
-    p = [torch.zeros(4, dtype=dtype)]
-    return p, [torch.zeros_like(p[0])], [[torch.zeros_like(p[0])], [torch.zeros_like(p[0])]], [torch.zeros_like(p[0])]
-
-
 def test_unknown_algorithm_is_named():
-    p, g, s, ipt = _bucket()
+    p, g, s, ipt = bucket()
     with pytest.raises(ValueError, match="unknown algorithm 'lamb'"):
         st.fused_step("lamb", p, g, s, ipt, SCALARS, HYPER)
 
 
 def test_sage_without_ipt_buffers_is_rejected():
-    p, g, s, _ = _bucket()
+    p, g, s, _ = bucket()
     with pytest.raises(ValueError, match="sage=True needs the sensitivity EMA"):
         st.fused_step("adamax", p, g, s, None, SCALARS, HYPER)
 
 
 def test_state_of_wrong_dtype_is_named():
-    p, g, s, ipt = _bucket()
+    p, g, s, ipt = bucket()
     s[1][0] = s[1][0].float()
     with pytest.raises(ValueError, match="state 1 0 must be a contiguous torch.float64 tensor"):
         st.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
 
 
 def test_unsupported_dtype_is_named():
-    p, g, s, ipt = _bucket(torch.int32)
+    p, g, s, ipt = bucket(torch.int32)
     with pytest.raises(ValueError, match="supports .* got parameters torch.int32"):
         st.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
 
 
 def test_algorithm_without_kernel_is_named():
     """The functional entry hands the kernel an algorithm by name: one without a kernel is named, not guessed."""
-    p, g, s, ipt = _bucket()
+    p, g, s, ipt = bucket()
     fake = sage_functional.Algorithm("lamb", sage_math.single_adamax, sage_math.multi_adamax)
     with _interpreted_fused(), pytest.raises(ValueError, match="unknown algorithm 'lamb'"):
         sage_functional._update(fake, p, g, s, ipt, [torch.tensor(0.0)], lambda step: SCALARS, HYPER,
@@ -331,8 +258,7 @@ def test_compiled_kernel_builds_for_h100_with_vector_loads_and_no_recompiles():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernel)")
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-@pytest.mark.parametrize("cls,kwargs", CASES[::2], ids=lambda x: x.__name__ if isinstance(x, type) else
-                         "-".join(f"{k}={v}" for k, v in x.items()))
+@pytest.mark.parametrize("cls,kwargs", CASES[::2], ids=case_id)
 def test_cuda_kernel_matches_single_tensor_math(cls, kwargs, dtype, tol):
     """The compiled kernel through the real dispatch (fused=True on CUDA goes to module.sage_triton)."""
     from module import sage_fused
@@ -341,8 +267,6 @@ def test_cuda_kernel_matches_single_tensor_math(cls, kwargs, dtype, tol):
     cpu = [torch.randn(s, generator=gen, dtype=dtype) for s in SIZES]
     ref_params = [p.clone().cuda() for p in cpu]
     fused_params = [p.clone().cuda() for p in cpu]
-    groups = lambda ps: [{"params": ps[:3], "sage": True, "weight_decay": 0.01},  # noqa: E731
-                         {"params": ps[3:], "sage": False, "weight_decay": 0.0}]
     ref = cls(groups(ref_params), foreach=False, **kwargs)
     fused = cls(groups(fused_params), fused=True, **kwargs)
     for _ in range(4):
@@ -368,19 +292,12 @@ def fresh_checks():
     sage_fused.reset_self_checks()
 
 
-def _counting(fn, calls):
-    def wrapped(*args, **kwargs):
-        calls.append(args[0])
-        return fn(*args, **kwargs)
-    return wrapped
-
-
 def test_healthy_kernel_is_checked_once_and_used(fresh_checks):
     calls = []
-    with mock.patch.object(st, "fused_step", _counting(st.fused_step, calls)), warnings.catch_warnings():
+    with mock.patch.object(st, "fused_step", counting(st.fused_step, calls)), warnings.catch_warnings():
         warnings.simplefilter("error")  # no self-check warning
         ref, fused, rps, fps = _run_pair(bert_optim.AdamWSAGE, dict(formula="reference"), steps=3)
-    _assert_same(ref, fused, rps, fps)
+    assert_same(ref, fused, rps, fps)
     # Two kernel variants (SAGE group with decay, plain group without): one probe each, then 3 steps each.
     assert len(sage_fused._VERIFIED) == 2 and all(sage_fused._VERIFIED.values())
     assert len(calls) == 2 + 2 * 3
@@ -404,7 +321,7 @@ def test_faulty_kernel_warns_once_and_falls_back_to_foreach(fault, fresh_checks)
     expected = "PTXAS error" if fault == "compile" else "differs from foreach"
     assert expected in messages[0] and "adamax on cpu" in messages[0] and "foreach" in messages[0]
     assert sage_fused._VERIFIED and not any(sage_fused._VERIFIED.values())
-    _assert_same(ref, fused, rps, fps)  # foreach equals the for-loop reference to 1e-12
+    assert_same(ref, fused, rps, fps)  # foreach equals the for-loop reference to 1e-12
 
 
 def test_probe_tolerance_catches_a_small_error_in_float32(fresh_checks):
@@ -428,22 +345,12 @@ def test_probe_tolerance_catches_a_small_error_in_float32(fresh_checks):
 def test_kernel_unscales_gradients_itself(maximize):
     """AMP protocol through the kernel: scaled grads + grad_scale equal unscaled grads, with no unscale pass
     (the kernel multiplies by 1/scale, or −1/scale with maximize, as it loads each gradient)."""
-    scale = 2.0 ** 12
-    ref_params, fused_params = _params(torch.float64), _params(torch.float64)
-    groups = lambda ps: [{"params": ps[:3], "sage": True, "weight_decay": 0.01},  # noqa: E731
-                         {"params": ps[3:], "sage": False}]
-    ref = bert_optim.AdamWSAGE(groups(ref_params), foreach=False, maximize=maximize)
-    fused = bert_optim.AdamWSAGE(groups(fused_params), fused=True, maximize=maximize)
-    gen = torch.Generator().manual_seed(3)
     launches = []
-    with _interpreted_fused(), mock.patch.object(st, "fused_step", _counting(st.fused_step, launches)):
-        for _ in range(3):
-            for rp, fp in zip(ref_params, fused_params):
-                g = torch.randn(rp.shape, generator=gen, dtype=torch.float64)
-                rp.grad, fp.grad = g.clone(), g * scale
-            fused.grad_scale, fused.found_inf = torch.tensor(scale), torch.tensor(0.0)
-            ref.step()
-            fused.step()
-            assert torch.equal(fused_params[0].grad, ref_params[0].grad * scale)  # gradients left as they were
+
+    @contextlib.contextmanager
+    def counted_kernel():
+        with _interpreted_fused(), mock.patch.object(st, "fused_step", counting(st.fused_step, launches)):
+            yield
+    result = run_scaled_pair(maximize, SIZES, counted_kernel)
     assert launches
-    _assert_same(ref, fused, ref_params, fused_params)
+    assert_same(*result)
