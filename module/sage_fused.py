@@ -79,16 +79,16 @@ def fused_update(algo: Algorithm, params: list[Tensor], grads: list[Tensor], buf
         if not params:
             return
     for step, (p, g, *cols) in buckets(params, grads, buffers, ipt_avgs, steps):
-        states, ipt = cols[:-1], cols[-1]
+        states, ipt, step_scalars = cols[:-1], cols[-1], scalars(step)
         kernel, fallback = _backend(p[0], g[0])
-        if kernel is not None and kernel_verified(kernel, algo, p[0], g[0], scalars(step), hyper, fallback):
-            kernel.fused_step(algo.name, p, g, [c for c in states if c is not None], ipt, scalars(step), hyper,
+        if kernel is not None and kernel_verified(kernel, algo, p[0], g[0], step_scalars, hyper, fallback):
+            kernel.fused_step(algo.name, p, g, [c for c in states if c is not None], ipt, step_scalars, hyper,
                               grad_factor=grad_factor)
         elif fallback == "compiled":
-            _compiled_bucket(algo, p, g, states, ipt, scalars(step), hyper, grad_factor)
+            _compiled_bucket(algo, p, g, states, ipt, step_scalars, hyper, grad_factor)
         else:
             g = torch._foreach_mul(g, grad_factor) if grad_factor != 1.0 else g
-            algo.multi(p, g, *states, ipt, **scalars(step), **hyper)
+            algo.multi(p, g, *states, ipt, **step_scalars, **hyper)
 
 
 def _eager_rest(algo, params, grads, buffers, ipt_avgs, steps, scalars, hyper, grad_factor, fusable: set) -> None:
@@ -125,7 +125,7 @@ def kernel_verified(kernel, algo: Algorithm, p: Tensor, g: Tensor, scalars: dict
                     fallback: str = "foreach") -> bool:
     """Whether the kernel variant for these tensors and hyperparameters passed its self-check (run once)."""
     flavour = tuple(sorted((k, v) for k, v in hyper.items())) + (bool(scalars.get("first_step", False)),)
-    name = getattr(kernel, "KERNEL", "Triton kernel")
+    name = kernel.KERNEL
     key = (name, str(p.device), algo.name, p.dtype, g.dtype, flavour)
     if algo.name not in kernel.ALGORITHMS:  # a programming error, not a kernel failure: say so
         raise ValueError(f"unknown algorithm {algo.name!r}; expected one of {', '.join(kernel.ALGORITHMS)}")
