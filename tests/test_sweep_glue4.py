@@ -54,10 +54,10 @@ def test_the_two_selection_specs_share_settings_but_no_run(monkeypatch):
     assert not {r.run_id for r in a.runs()} & {r.run_id for r in w.runs()}
 
 
-CHOSEN = {  # task -> optimizer -> (lr, beta3); adamax's beta3 is the grid's dummy value
+CHOSEN = {  # task -> optimizer -> (lr, beta3); adamax's beta3 is the grid's dummy value; no lr at a grid edge
     "rte": {"adamax": (3e-4, 0.75), "usadamax": (5e-4, 0.9)},
-    "mrpc": {"adamax": (1e-4, 0.75), "usadamax": (1e-3, 0.75)},
-    "stsb": {"adamax": (2e-4, 0.75), "usadamax": (2e-4, 0.9)},
+    "mrpc": {"adamax": (5e-4, 0.75), "usadamax": (1e-3, 0.75)},
+    "stsb": {"adamax": (2e-4, 0.75), "usadamax": (5e-4, 0.9)},
     "cola": {"adamax": (3e-4, 0.75), "usadamax": (5e-4, 0.75)},
 }
 
@@ -138,6 +138,50 @@ def test_final_specs_for_the_finished_tasks_only(select_spec, capsys):
     assert final_specs.main([str(select_spec), "--tasks", "sst"]) == 2
     assert capsys.readouterr().err.strip() == ("final_specs.py: error: --tasks: sst is not a task of select.yml "
                                                "(rte, mrpc, stsb, cola)")
+
+
+def test_final_specs_refuse_a_chosen_lr_at_the_edge_of_its_grid(select_spec, capsys):
+    """The edge rule: Adamax's grid is 1e-4..1e-3, Adamax-SAGE's 2e-4..2e-3; a choice at either end stops."""
+    edged = {task: dict(settings) for task, settings in CHOSEN.items()}
+    edged["stsb"]["adamax"] = (1e-3, 0.75)  # top
+    edged["cola"]["usadamax"] = (2e-4, 0.9)  # bottom
+    write_report(select_spec, chosen_settings=edged)
+    assert final_specs.main([str(select_spec)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "final_specs.py: error: select.yml: stsb/adamax chose lr 0.001, the top of its grid "
+        "(0.0001, 0.0002, 0.0003, 0.0005, 0.001); cola/usadamax chose lr 0.0002, the bottom of its grid "
+        "(0.0002, 0.0005, 0.001, 0.002): widen the grid past it and run the new cells (or --allow_edge)")
+    assert not list(Path("docs/results").glob("*.yml"))  # nothing written
+    # the tasks whose choices are inside their grids go ahead on their own
+    assert final_specs.main([str(select_spec), "--tasks", "rte,mrpc"]) == 0
+    assert final_specs.main([str(select_spec), "--tasks", "stsb"]) == 2
+    assert "stsb/adamax chose lr 0.001, the top" in capsys.readouterr().err
+    assert final_specs.main([str(select_spec), "--allow_edge"]) == 0
+    spec = load_spec(Path("docs/results/minilm_glue4_adamax_final_stsb.yml"))
+    assert {(r.optimizer, r.learning_rate) for r in spec.runs()} == {("adamax", 1e-3), ("usadamax", 5e-4)}
+
+
+def test_edge_rule_on_grids_of_one_two_and_three_values():
+    from experiments.sweep.spec import parse_spec
+    spec = parse_spec("name: e\nruns_dir: r\ntasks: [rte]\nseeds: [1]\ntrain_args: {task_def: " +
+                      str(ROOT / "experiments/glue/glue_task_def.yml") + "}\noptimizers:\n"
+                      "  adamax: {learning_rates: [1.0e-4]}\n  adamw: {learning_rates: [1.0e-4, 2.0e-4]}\n"
+                      "  usadamax: {learning_rates: [1.0e-4, 2.0e-4, 3.0e-4], beta3: [0.9]}\n")
+    edges = final_specs.edge_choices(spec, {"rte": {"adamax": (1e-4, 0.75), "adamw": (2e-4, 0.75),
+                                                    "usadamax": (2e-4, 0.9)}})
+    assert edges == ["rte/adamw chose lr 0.0002, the top of its grid (0.0001, 0.0002)"]  # one lr: fixed on purpose
+
+
+def test_the_committed_study_chose_inside_its_grids(monkeypatch):
+    """The finished tasks of the committed selection reports (docs/results) passed the edge rule."""
+    monkeypatch.chdir(ROOT)
+    for fam in SPECS:
+        spec = load_spec(SPECS[fam])
+        report = ROOT / "docs" / "results" / f"{spec.name}.json"
+        done = [t for t in spec.tasks if (ROOT / "docs" / "results" / f"minilm_glue4_{fam}_final_{t}.yml").exists()]
+        assert "rte" in done and "mrpc" in done
+        chosen = final_specs.chosen_settings(spec, report, done)
+        assert final_specs.edge_choices(spec, chosen) == []
 
 
 def test_study_driver_runs_selection_then_final_per_task_and_pair(tmp_path):

@@ -7,7 +7,14 @@ optimizer reduced to its chosen lr (and β3 for SAGE), and new seeds. Each spec 
 parser before it is written; a selection that is not finished (a chosen configuration with fewer seeds than
 the spec) is an error, not a spec from half the evidence.
 
+A chosen learning rate at the top or bottom of its optimizer's grid is an error too: the best value may lie past
+the edge, and a base optimizer tuned only to its grid's edge is under-tuned, which flatters SAGE. The message
+names each task, optimizer and lr; widen the grid in the selection spec, run the new cells (``sweep.py run``
+skips the finished ones), and call this again. ``--allow_edge`` writes the specs anyway, for a grid that cannot
+sensibly go further.
+
     python experiments/sweep/final_specs.py SELECT.yml [--seeds 3,4,5,6,7] [--out_dir DIR] [--tasks rte,..]
+                                            [--allow_edge]
 
 ``--tasks`` writes the specs of those tasks only, once their selection is finished (the selection sweep run
 with ``sweep.py run --tasks``), so a study of several days can be finished and committed task by task.
@@ -27,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from data_utils.atomic import atomic_write  # noqa: E402
-from experiments.sweep.spec import SpecError, SweepSpec, load_spec, parse_spec  # noqa: E402
+from experiments.sweep.spec import SpecError, SweepSpec, fmt, load_spec, parse_spec  # noqa: E402
 
 N_FINAL_SEEDS = 5
 
@@ -59,6 +66,22 @@ def chosen_settings(spec: SweepSpec, report_path: Path,
     return chosen
 
 
+def edge_choices(spec: SweepSpec, chosen: dict[str, dict[str, tuple[float, float]]]) -> list[str]:
+    """One line per chosen lr at the top or bottom of its optimizer's grid (a grid of one lr has no edge to
+    widen: it was fixed on purpose)."""
+    grids = {o.name: sorted(o.learning_rates) for o in spec.optimizers}
+    found = []
+    for task, settings in chosen.items():
+        for opt, (lr, _) in settings.items():
+            grid = grids[opt]
+            if len(grid) < 2 or grid[0] < lr < grid[-1]:
+                continue
+            side = "top" if lr == grid[-1] else "bottom"
+            found.append(f"{task}/{opt} chose lr {fmt(lr)}, the {side} of its grid "
+                         f"({', '.join(fmt(v) for v in grid)})")
+    return found
+
+
 def final_base_name(name: str) -> str:
     return name[:-len("_select")] if name.endswith("_select") else name
 
@@ -80,8 +103,9 @@ def final_spec_text(spec: SweepSpec, raw: dict, task: str, chosen: dict[str, tup
 
 
 def write_final_specs(select_path: Path, seeds: list[int] | None = None, out_dir: Path | None = None,
-                      tasks: Optional[str] = None) -> list[Path]:
-    """``tasks``: a --tasks value (comma-separated), None for every task of the selection spec."""
+                      tasks: Optional[str] = None, allow_edge: bool = False) -> list[Path]:
+    """``tasks``: a --tasks value (comma-separated), None for every task of the selection spec; ``allow_edge``:
+    write the specs even where a chosen lr is at its grid's edge."""
     spec = load_spec(select_path)
     tasks = spec.task_subset(tasks) or list(spec.tasks)
     seeds = seeds or list(range(max(spec.seeds) + 1, max(spec.seeds) + 1 + N_FINAL_SEEDS))
@@ -90,6 +114,10 @@ def write_final_specs(select_path: Path, seeds: list[int] | None = None, out_dir
         raise ValueError(f"--seeds: {reused} already chose the settings; the final seeds must be fresh")
     raw = yaml.safe_load(select_path.read_text(encoding="utf-8"))
     chosen = chosen_settings(spec, spec.results_dir / f"{spec.name}.json", tasks)
+    edges = [] if allow_edge else edge_choices(spec, chosen)
+    if edges:
+        raise ValueError(f"{spec.source}: {'; '.join(edges)}: widen the grid past it and run the new cells "
+                         "(or --allow_edge)")
     out_dir = out_dir or spec.results_dir
     texts = {}
     for task in tasks:
@@ -109,6 +137,8 @@ def main(argv=None) -> int:
                                    "selection seeds)")
     p.add_argument("--out_dir", help="where to write the specs (default: the selection spec's results_dir)")
     p.add_argument("--tasks", help="comma-separated: only these tasks' specs (their selection must be finished)")
+    p.add_argument("--allow_edge", action="store_true",
+                   help="write the specs even where a chosen lr is the top or bottom of its grid")
     args = p.parse_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
@@ -116,7 +146,7 @@ def main(argv=None) -> int:
         p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     try:
         paths = write_final_specs(Path(args.spec), seeds, Path(args.out_dir) if args.out_dir else None,
-                                  args.tasks)
+                                  args.tasks, args.allow_edge)
     except (SpecError, ValueError) as exc:
         print(f"final_specs.py: error: {exc}", file=sys.stderr)
         return 2
