@@ -86,6 +86,11 @@ def final_base_name(name: str) -> str:
     return name[:-len("_select")] if name.endswith("_select") else name
 
 
+def final_spec_name(select_name: str, task: str) -> str:
+    """The name (and file stem) of one task's final spec, from its selection spec's name."""
+    return f"{final_base_name(select_name)}_final_{task}"
+
+
 def final_spec_text(spec: SweepSpec, raw: dict, task: str, chosen: dict[str, tuple[float, float]],
                     seeds: list[int]) -> str:
     """The YAML of one task's final spec: the selection spec's other fields unchanged."""
@@ -95,7 +100,7 @@ def final_spec_text(spec: SweepSpec, raw: dict, task: str, chosen: dict[str, tup
         lr, beta3 = chosen[opt]
         optimizers[opt] = {"learning_rates": [lr]} | ({"beta3": [beta3]} if sage[opt] else {})
     out = {k: v for k, v in raw.items() if k not in ("learning_rates", "beta3")}
-    out |= {"name": f"{final_base_name(spec.name)}_final_{task}", "tasks": [task], "optimizers": optimizers,
+    out |= {"name": final_spec_name(spec.name, task), "tasks": [task], "optimizers": optimizers,
             "seeds": seeds}
     head = (f"# Written by experiments/sweep/final_specs.py from {spec.source}: the settings chosen on dev with "
             f"seeds {list(spec.seeds)}, fresh seeds.\n")
@@ -121,7 +126,7 @@ def write_final_specs(select_path: Path, seeds: list[int] | None = None, out_dir
     out_dir = out_dir or spec.results_dir
     texts = {}
     for task in tasks:
-        path = out_dir / f"{final_base_name(spec.name)}_final_{task}.yml"
+        path = out_dir / f"{final_spec_name(spec.name, task)}.yml"
         texts[path] = final_spec_text(spec, raw, task, chosen[task], seeds)
         parse_spec(texts[path], str(path))  # every spec checked before any is written
     for path, text in texts.items():

@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from data_utils.atomic import atomic_write  # noqa: E402
-from experiments.sweep.final_specs import final_base_name  # noqa: E402
+from experiments.sweep.final_specs import final_base_name, final_spec_name  # noqa: E402
 from experiments.sweep.report import PAPER_NAMES, _delta, _no_nan, _num, metric_title  # noqa: E402
 from experiments.sweep.results import collect  # noqa: E402
 from experiments.sweep.spec import SpecError, fmt, load_spec  # noqa: E402
@@ -75,7 +75,7 @@ def load_pair(select_path: Path) -> PairStudy:
     pair = PairStudy(final_base_name(spec.name), base, cand, tuple(spec.tasks),
                      {o.name: o.uses_sage for o in spec.optimizers})
     for task in spec.tasks:
-        path = spec.results_dir / f"{pair.name}_final_{task}.yml"
+        path = spec.results_dir / f"{final_spec_name(spec.name, task)}.yml"
         if not path.is_file():
             pair.pending[task] = f"no final spec yet ({path.name})"
             continue
