@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Grid sweeps of train.py with seeds, and the statistics that SAGE's claims rest on.
 
-    python sweep.py run SPEC.yml [--parallel N] [--threads_per_run N] [--tasks T,..]  # run (or resume), report
+    python sweep.py run SPEC.yml [--parallel N] [--threads_per_run N] [--tasks T,..] [--skip_recorded]  # run, report
     python sweep.py status SPEC.yml [--tasks T,..]                       # what is done, resumable, still to run
     python sweep.py report SPEC.yml [--results_dir DIR]                  # tables (markdown, CSV, JSON)
     python sweep.py heatmap SPEC.yml --task T --optimizer O [--out F.png] [--score best|last]
@@ -36,7 +36,8 @@ def cmd_run(args) -> int:
     only = f" (tasks {', '.join(tasks)} of {len(spec.runs())})" if tasks else ""
     print(f"sweep {spec.name}: {len(spec.runs(tasks))} runs{only}, {spec.parallel} at a time, under "
           f"{spec.runs_dir}", flush=True)
-    outcomes = run_sweep(spec, report=lambda line: print(line, flush=True), tasks=tasks)
+    outcomes = run_sweep(spec, report=lambda line: print(line, flush=True), tasks=tasks,
+                         recorded=_recorded(spec) if args.skip_recorded else ())
     failed = [o for o in outcomes if o.status == "failed"]
     code = cmd_report(args, spec) if len(failed) < len(outcomes) else 0
     if failed:
@@ -46,12 +47,24 @@ def cmd_run(args) -> int:
     return code
 
 
+def _recorded(spec) -> set[str]:
+    """Runs whose results the committed runs CSV holds (the report reads them back when their folders are gone)."""
+    from experiments.sweep.results import ledger_path, read_ledger
+    recorded = set(read_ledger(spec))
+    if recorded:
+        print(f"{len(recorded)} finished runs are recorded in {ledger_path(spec)}; `run --skip_recorded` does not "
+              "train one whose folder is gone again", flush=True)
+    return recorded
+
+
 def cmd_status(args) -> int:
     from experiments.sweep.runner import run_dir, state
     spec = _spec(args)
+    recorded = _recorded(spec)
     counts: dict[str, int] = {}
     for run in spec.runs(spec.task_subset(args.tasks)):
         current = state(spec, run)
+        current = "recorded" if current == "new" and run.run_id in recorded else current
         counts[current] = counts.get(current, 0) + 1
         print(f"{current:8s} {run.run_id}  {run_dir(spec, run)}")
     print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
@@ -83,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--parallel", type=int, help="runs at a time (overrides the spec)")
     run.add_argument("--threads_per_run", type=int, help="torch CPU threads per run (overrides the spec)")
     run.add_argument("--results_dir", help="where the report goes (overrides the spec)")
+    run.add_argument("--skip_recorded", action="store_true",
+                     help="do not train again a run whose folder is gone but whose results the committed "
+                          "<name>_runs.csv holds (to continue a sweep on a fresh clone)")
     run.set_defaults(func=cmd_run)
     status = sub.add_parser("status", help="list every run and its state")
     status.set_defaults(func=cmd_status)

@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Collection, Optional, Sequence
 
 from data_utils.atomic import atomic_write
 from experiments.sweep.spec import RunSpec, SweepSpec, train_argv
@@ -47,7 +47,8 @@ class SweepError(RuntimeError):
 class Outcome:
     run: RunSpec
     run_dir: Path
-    status: str  # done (finished now), skipped (finished before), busy (another sweep runs it), failed
+    status: str  # done (finished now), skipped (finished before), recorded (in the runs CSV, no folder), busy
+    # (another sweep runs it), failed
     seconds: float = 0.0
     returncode: int = 0
 
@@ -207,21 +208,25 @@ def _execute_locked(spec: SweepSpec, run: RunSpec, folder: Path, version: Option
 
 
 def run_sweep(spec: SweepSpec, report: Callable[[str], None] = print,
-              tasks: Optional[Sequence[str]] = None) -> list[Outcome]:
+              tasks: Optional[Sequence[str]] = None, recorded: Collection[str] = ()) -> list[Outcome]:
     """Every run of the spec (of ``tasks`` only, if given), ``spec.parallel`` at a time; finished runs are
-    skipped, failed ones reported."""
+    skipped, failed ones reported. A run in ``recorded`` (run_ids whose results the committed runs CSV holds)
+    that has no folder is skipped too ("recorded")."""
     runs = spec.runs(tasks)
-    for run in runs:  # every folder is checked before anything starts
-        state(spec, run)
+    # every folder is checked before anything starts
+    kept = {run.run_id for run in runs if state(spec, run) == "new" and run.run_id in recorded}
     version = _git_version()
     lock, finished = threading.Lock(), [0]
 
     def one(run: RunSpec) -> Outcome:
-        outcome = execute(spec, run, version)
+        if run.run_id in kept:
+            outcome = Outcome(run, run_dir(spec, run), "recorded")
+        else:
+            outcome = execute(spec, run, version)
         with lock:
             finished[0] += 1
             extra = f" (exit {outcome.returncode}, see {outcome.run_dir / LOG})" if outcome.status == "failed" else ""
-            took = f" in {outcome.seconds:.0f} s" if outcome.status != "skipped" else ""
+            took = f" in {outcome.seconds:.0f} s" if outcome.status in ("done", "failed") else ""
             report(f"[{finished[0]}/{len(runs)}] {outcome.status} {run.run_id}{took}{extra}")
         return outcome
 
