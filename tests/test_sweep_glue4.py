@@ -193,13 +193,17 @@ def test_study_driver_runs_selection_then_final_per_task_and_pair(tmp_path):
     fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n', encoding="utf-8")
     fake.chmod(0o755)
     env = dict(os.environ, PYTHON=str(fake), TASKS="rte cola", PAIRS="adamax adamw", PARALLEL="3")
-    subprocess.run(["bash", str(ROOT / "experiments" / "sweep" / "run_glue4_study.sh")], env=env, check=True)
-    calls = log.read_text(encoding="utf-8").splitlines()
-    expected = []
-    for task in ("rte", "cola"):
-        for fam in ("adamax", "adamw"):
-            select = f"experiments/sweep/minilm_glue4_{fam}_select.yml"
-            expected += [f"sweep.py run {select} --tasks {task} --parallel 3",
-                         f"experiments/sweep/final_specs.py {select} --tasks {task}",
-                         f"sweep.py run docs/results/minilm_glue4_{fam}_final_{task}.yml --parallel 3"]
-    assert calls == expected + ["experiments/sweep/study.py"]
+    for skip, flag in ((None, " --skip_recorded"), ("0", "")):  # by default, recorded runs are not trained again
+        log.unlink(missing_ok=True)
+        env.pop("SKIP_RECORDED", None)
+        env.update({"SKIP_RECORDED": skip} if skip else {})
+        subprocess.run(["bash", str(ROOT / "experiments" / "sweep" / "run_glue4_study.sh")], env=env, check=True)
+        calls = log.read_text(encoding="utf-8").splitlines()
+        expected = []
+        for task in ("rte", "cola"):
+            for fam in ("adamax", "adamw"):
+                select = f"experiments/sweep/minilm_glue4_{fam}_select.yml"
+                expected += [f"sweep.py run {select} --tasks {task} --parallel 3{flag}",
+                             f"experiments/sweep/final_specs.py {select} --tasks {task}",
+                             f"sweep.py run docs/results/minilm_glue4_{fam}_final_{task}.yml --parallel 3{flag}"]
+        assert calls == expected + ["experiments/sweep/study.py"]
