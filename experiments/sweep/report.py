@@ -125,9 +125,9 @@ def markdown(spec: SweepSpec, results: list[RunResult], summaries, best, tests) 
     total, kept = len(spec.runs()), sum(r.recorded for r in results)
     from_csv = f" ({kept} read back from {spec.name}_runs.csv: their run folders are gone)" if kept else ""
     head = (f"## {spec.name}: dev results, mean over seeds\n\n"
-            f"{len(results)} of {total} runs finished{from_csv}. Score of a run = the mean of its task's dev metrics at its "
-            "best epoch (×100); each optimizer's setting is the one with the best mean on dev, as in the paper's "
-            "Table 2. Cells: mean metrics over seeds ± std of the task score; Avg: the GLUE-style average "
+            f"{len(results)} of {total} runs finished{from_csv}. Score of a run = the mean of its task's dev "
+            "metrics at its best epoch (×100); each optimizer's setting is the one with the best mean on dev, as in "
+            "the paper's Table 2. Cells: mean metrics over seeds ± std of the task score; Avg: the GLUE-style average "
             "(metrics within a task, then tasks) ± its std over seeds. Last row: mean paired difference and the "
             "two-sided paired t-test over seeds.")
     return "\n\n".join([head, paper_table(spec, best, tests), "### Every configuration",

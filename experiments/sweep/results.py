@@ -90,7 +90,7 @@ _SCALARS = {"best_epoch", "best_score", "last_score"}
 
 
 def _row_metrics(row: dict, prefix: str, where: str) -> Metrics:
-    """``best_rte_dev_ACC`` -> {"rte_dev": {"ACC": …}}; dev sets are named ``<task>_<split>dev``."""
+    """``best_rte_dev_ACC`` -> {"rte_dev": {"ACC": …}}: a dev set's name ends in ``dev`` (``mnli_matched_dev``)."""
     metrics: Metrics = {}
     for column, value in row.items():
         if not column.startswith(prefix + "_") or column in _SCALARS or value in ("", None):

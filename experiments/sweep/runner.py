@@ -47,8 +47,9 @@ class SweepError(RuntimeError):
 class Outcome:
     run: RunSpec
     run_dir: Path
-    status: str  # done (finished now), skipped (finished before), recorded (in the runs CSV, no folder), busy
-    # (another sweep runs it), failed
+    # done (finished now), skipped (finished before), recorded (no folder, in the committed runs CSV),
+    # busy (another sweep runs it), failed
+    status: str
     seconds: float = 0.0
     returncode: int = 0
 
