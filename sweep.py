@@ -63,8 +63,7 @@ def cmd_status(args) -> int:
     recorded = _recorded(spec)
     counts: dict[str, int] = {}
     for run in spec.runs(spec.task_subset(args.tasks)):
-        current = state(spec, run)
-        current = "recorded" if current == "new" and run.run_id in recorded else current
+        current = state(spec, run, recorded)
         counts[current] = counts.get(current, 0) + 1
         print(f"{current:8s} {run.run_id}  {run_dir(spec, run)}")
     print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from data_utils.atomic import atomic_write
 from data_utils.metrics import glue_average
-from experiments.sweep.results import RunResult, collect
+from experiments.sweep.results import RunResult, collect, ledger_path
 from experiments.sweep.spec import SweepSpec, fmt
 from experiments.sweep.stats import ConfigSummary, TTest, best_configs, compare, mean_std, seed_averages, summarize
 
@@ -123,7 +123,7 @@ def config_table(spec: SweepSpec, summaries: list[ConfigSummary], best: dict) ->
 
 def markdown(spec: SweepSpec, results: list[RunResult], summaries, best, tests) -> str:
     total, kept = len(spec.runs()), sum(r.recorded for r in results)
-    from_csv = f" ({kept} read back from {spec.name}_runs.csv: their run folders are gone)" if kept else ""
+    from_csv = f" ({kept} read back from {ledger_path(spec).name}: their run folders are gone)" if kept else ""
     head = (f"## {spec.name}: dev results, mean over seeds\n\n"
             f"{len(results)} of {total} runs finished{from_csv}. Score of a run = the mean of its task's dev "
             "metrics at its best epoch (×100); each optimizer's setting is the one with the best mean on dev, as in "
@@ -197,7 +197,7 @@ def write_report(spec: SweepSpec) -> Report:
     tests = compare(best, spec.tasks, *spec.compare) if spec.compare else {}
     text = markdown(spec, results, summaries, best, tests)
     out = spec.results_dir
-    paths = [out / f"{spec.name}.md", out / f"{spec.name}_runs.csv", out / f"{spec.name}_configs.csv",
+    paths = [out / f"{spec.name}.md", ledger_path(spec), out / f"{spec.name}_configs.csv",
              out / f"{spec.name}.json"]
     with atomic_write(paths[0]) as handle:
         handle.write(text)

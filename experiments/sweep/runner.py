@@ -58,15 +58,18 @@ def run_dir(spec: SweepSpec, run: RunSpec) -> Path:
     return spec.runs_dir / run.run_id
 
 
-def state(spec: SweepSpec, run: RunSpec) -> str:
-    """new, done, running (another live sweep holds it), resume (killed after a checkpoint) or restart (killed
-    before one); checks that the recorded flags match the spec's."""
+def state(spec: SweepSpec, run: RunSpec, recorded: Collection[str] = ()) -> str:
+    """new, done, running (another live sweep holds it), resume (killed after a checkpoint), restart (killed
+    before one) or, for a run without a folder whose run_id is in ``recorded`` (the committed runs CSV holds
+    its results), recorded; checks that the recorded flags match the spec's."""
     folder = run_dir(spec, run)
     info = folder / RUN_INFO
     if not info.is_file():
         if folder.exists() and any(p.name != LOCK for p in folder.iterdir()):
             raise SweepError(f"{folder}: exists but was not started by a sweep (no {RUN_INFO}); move it away")
-        return "running" if _held_elsewhere(folder) else "new"
+        if _held_elsewhere(folder):
+            return "running"
+        return "recorded" if run.run_id in recorded else "new"
     _check_same_flags(info, train_argv(spec, run, folder))
     if (folder / DONE).is_file():
         return "done"
@@ -215,7 +218,7 @@ def run_sweep(spec: SweepSpec, report: Callable[[str], None] = print,
     that has no folder is skipped too ("recorded")."""
     runs = spec.runs(tasks)
     # every folder is checked before anything starts
-    kept = {run.run_id for run in runs if state(spec, run) == "new" and run.run_id in recorded}
+    kept = {run.run_id for run in runs if state(spec, run, recorded) == "recorded"}
     version = _git_version()
     lock, finished = threading.Lock(), [0]
 
