@@ -1,12 +1,14 @@
 """A sweep's committed runs CSV read back (experiments/sweep/results.py): after the run folders are deleted the
 report is rebuilt from it (every number and file alike, the markdown saying so), a finished folder wins over its
-row, `sweep.py run --skip_recorded` does not train a recorded run again and `status` lists it, and every bad row
-is a one-line error naming the file and line."""
+row, `sweep.py run --skip_recorded` does not train a recorded run again and `status` lists it, a row recorded
+with other train.py flags than the spec's is refused, and every bad row is a one-line error naming the file and
+line."""
 from __future__ import annotations
 
 import csv
 import json
 import math
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 import sweep as sweep_cli
 from experiments.sweep import report, runner
 from experiments.sweep.results import collect, ledger_path, read_ledger
-from experiments.sweep.spec import load_spec
+from experiments.sweep.spec import load_spec, train_argv
 from test_sweep import GOOD
 
 DEV = {"rte": ("rte_dev", ("ACC",)), "mrpc": ("mrpc_dev", ("ACC", "F1"))}
@@ -81,6 +83,42 @@ def test_report_is_rebuilt_from_the_csv_after_the_folders_are_deleted(finished):
     assert rebuilt == files
 
 
+def test_each_row_records_the_fingerprint_of_the_flags_its_run_was_started_with(finished):
+    _, spec, done = finished
+    rows = {row["run_id"]: row for row in csv.DictReader(ledger_path(spec).open(encoding="utf-8"))}
+    assert list(next(iter(rows.values())))[-2:] == ["flags", "run_dir"]
+    for run in done:
+        argv = json.loads((runner.run_dir(spec, run) / runner.RUN_INFO).read_text(encoding="utf-8"))["train_argv"]
+        assert argv == train_argv(spec, run, runner.run_dir(spec, run))
+        assert rows[run.run_id]["flags"] == runner.flags_digest(argv)
+        assert len(rows[run.run_id]["flags"]) == 16
+    assert len({row["flags"] for row in rows.values()}) == 16  # the grid's values are flags too
+    other = train_argv(spec, done[0], runner.run_dir(spec, done[0]))
+    other[other.index("--epochs") + 1] = "3"
+    assert runner.flags_digest(other) != rows[done[0].run_id]["flags"]
+
+
+def test_a_row_recorded_with_other_flags_is_refused_and_one_without_any_is_taken(finished, capsys):
+    path, spec, done = finished
+    shutil.rmtree(spec.runs_dir)
+    path.write_text(path.read_text().replace("epochs: 2", "epochs: 3"), encoding="utf-8")  # same runs_dir
+    changed = load_spec(path)
+    message = (f"{ledger_path(spec)}:2: run {done[0].run_id} was recorded with other train.py flags than the spec "
+               "gives it now; delete the row or use another runs_dir")
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        collect(changed)
+    for command in ("report", "status"):
+        assert sweep_cli.main([command, str(path)]) == 2
+        assert capsys.readouterr().err.strip() == f"sweep.py: error: {message}"
+    rows = list(csv.DictReader(ledger_path(spec).open(encoding="utf-8")))
+    for row in rows:
+        row["flags"] = ""  # as written before fingerprints were kept: taken as it is, and written back empty
+    _write_rows(spec, rows)
+    assert len(collect(changed)) == 16
+    report.write_report(changed)
+    assert {row["flags"] for row in csv.DictReader(ledger_path(spec).open(encoding="utf-8"))} == {""}
+
+
 def test_a_finished_folder_wins_over_its_row_and_an_unfinished_one_does_not(finished):
     _, spec, done = finished
     rerun, killed = done[0], done[1]
@@ -106,10 +144,13 @@ def test_rows_outside_the_spec_or_its_runs_dir_are_ignored_and_no_csv_records_no
 
 
 def _edit_row(spec, line: int, column: str, value: str) -> None:
-    path = ledger_path(spec)
-    rows = list(csv.DictReader(path.open(encoding="utf-8")))
+    rows = list(csv.DictReader(ledger_path(spec).open(encoding="utf-8")))
     rows[line - 2][column] = value
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    _write_rows(spec, rows)
+
+
+def _write_rows(spec, rows: list[dict]) -> None:
+    with ledger_path(spec).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)

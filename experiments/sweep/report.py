@@ -143,7 +143,7 @@ def _write_runs_csv(path: Path, results: list[RunResult]) -> None:
              "learning_rate": r.run.learning_rate, "beta3": r.run.beta3, "seed": r.run.seed, "epochs": r.epochs,
              "best_epoch": r.best_epoch, "best_score": r.best_score, "last_score": r.last_score,
              "seconds": r.seconds, **_flat("best", r.best_metrics), **_flat("last", r.last_metrics),
-             "run_dir": str(r.run_dir)} for r in results]
+             "flags": r.flags, "run_dir": str(r.run_dir)} for r in results]
     _write_csv(path, rows)
 
 
@@ -157,8 +157,8 @@ def _write_configs_csv(path: Path, summaries: list[ConfigSummary], best: dict) -
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    if "run_dir" in columns:  # after the metric columns, which differ between tasks
-        columns = [c for c in columns if c != "run_dir"] + ["run_dir"]
+    last = [c for c in ("flags", "run_dir") if c in columns]  # after the metric columns, which differ by task
+    columns = [c for c in columns if c not in last] + last
     with atomic_write(path) as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
         writer.writeheader()

@@ -3,7 +3,10 @@
 A run's folder holds checkpoints and is never committed; the report's ``<name>_runs.csv`` (one row per finished
 run, every number at full precision) is. A run whose folder is gone is read from that CSV instead, so the report,
 the final specs and the study can be rebuilt after ``runs/`` is deleted or on a fresh clone (and ``sweep.py run
---skip_recorded`` can continue a sweep there without re-running it). A finished folder wins over its row.
+--skip_recorded`` can continue a sweep there without re-running it). A finished folder wins over its row. Each
+row carries a fingerprint of the run's train.py flags (``flags``): a row whose flags are not the ones the spec
+gives the run now is an error, as a folder's are (rows written before fingerprints were recorded have none and
+are taken as they are).
 
 The score of an epoch is train.py's own ``glue_average`` of that evaluation (for a single-task run: the mean of
 the task's metrics, e.g. MRPC (Acc + F1) / 2). The best epoch is the one with the highest score, the earliest on
@@ -19,8 +22,8 @@ from pathlib import Path
 from typing import Optional
 
 from data_utils.jsonsafe import none_to_nan
-from experiments.sweep.runner import DONE, run_dir
-from experiments.sweep.spec import RunSpec, SweepSpec
+from experiments.sweep.runner import DONE, flags_digest, folder_flags, run_dir
+from experiments.sweep.spec import RunSpec, SweepSpec, train_argv
 
 Metrics = dict[str, dict[str, float]]  # dev dataset -> metric -> value (×100), as in metrics.jsonl
 
@@ -37,6 +40,7 @@ class RunResult:
     last_metrics: Metrics
     seconds: Optional[float]
     recorded: bool = False  # read back from the runs CSV: the run's folder is gone
+    flags: str = ""  # flags_digest of the run's train.py flags; empty if unknown (a row from before they were kept)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -78,7 +82,7 @@ def read_run(spec: SweepSpec, run: RunSpec) -> Optional[RunResult]:
     except (ValueError, KeyError, TypeError):
         seconds = None
     return RunResult(run, folder, len(records), best["epoch"], best["score"], best["dev"], last["score"],
-                     last["dev"], seconds)
+                     last["dev"], seconds, flags=folder_flags(folder))
 
 
 def ledger_path(spec: SweepSpec) -> Path:
@@ -109,12 +113,16 @@ def _number(value: str, column: str, where: str) -> float:
         raise ValueError(f"{where}: {column} {value!r} is not a number") from None
 
 
-def _row_result(run: RunSpec, row: dict, where: str) -> RunResult:
+def _row_result(spec: SweepSpec, run: RunSpec, row: dict, where: str) -> RunResult:
     recorded = (row.get("task"), row.get("optimizer"), _number(row.get("learning_rate"), "learning_rate", where),
                 _number(row.get("beta3"), "beta3", where), _number(row.get("seed"), "seed", where))
     if recorded != (run.task, run.optimizer, run.learning_rate, run.beta3, run.seed):
         raise ValueError(f"{where}: run {run.run_id} is recorded with other settings {recorded}; "
                          "delete the row or fix the spec")
+    flags = row.get("flags") or ""
+    if flags and flags != flags_digest(train_argv(spec, run, run_dir(spec, run))):
+        raise ValueError(f"{where}: run {run.run_id} was recorded with other train.py flags than the spec gives "
+                         "it now; delete the row or use another runs_dir")
     number = lambda column: _number(row.get(column), column, where)
     seconds = row.get("seconds")
     best_metrics = _row_metrics(row, "best", where)
@@ -122,13 +130,14 @@ def _row_result(run: RunSpec, row: dict, where: str) -> RunResult:
         raise ValueError(f"{where}: run {run.run_id} has no best_<dev set>_<metric> values")
     return RunResult(run, Path(row.get("run_dir") or ""), int(number("epochs")), int(number("best_epoch")),
                      number("best_score"), best_metrics, number("last_score"), _row_metrics(row, "last", where),
-                     number("seconds") if seconds not in ("", None) else None, recorded=True)
+                     number("seconds") if seconds not in ("", None) else None, recorded=True, flags=flags)
 
 
 def read_ledger(spec: SweepSpec) -> dict[str, RunResult]:
     """The spec's runs recorded in its committed runs CSV, by run_id. Rows of runs no longer in the spec, or
-    recorded under another runs_dir (another sweep of the same name), are ignored; changed train_args need a new
-    runs_dir anyway (the runner refuses to mix flags in one folder). Empty when the CSV does not exist yet."""
+    recorded under another runs_dir (another sweep of the same name), are ignored; a row recorded with other
+    train.py flags is an error (changed train_args need a new runs_dir, as for folders). Empty when the CSV does
+    not exist yet."""
     path = ledger_path(spec)
     if not path.is_file():
         return {}
@@ -138,7 +147,7 @@ def read_ledger(spec: SweepSpec) -> dict[str, RunResult]:
         for line, row in enumerate(csv.DictReader(handle), 2):
             run = runs.get(row.get("run_id"))
             if run is not None and row.get("run_dir") == str(run_dir(spec, run)):
-                recorded[run.run_id] = _row_result(run, row, f"{path}:{line}")
+                recorded[run.run_id] = _row_result(spec, run, row, f"{path}:{line}")
     return recorded
 
 

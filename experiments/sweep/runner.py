@@ -14,6 +14,7 @@ never run the same job twice; a lock whose process is gone is taken over.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -128,6 +129,20 @@ def _check_same_flags(info: Path, argv: list[str]) -> None:
                     f"{len(recorded)} vs {len(argv)} flags")
         raise SweepError(f"{info}: this run was started with other train.py flags ({diff}); "
                          "move the folder away or use another runs_dir")
+
+
+def flags_digest(argv: Sequence[str]) -> str:
+    """A short fingerprint of a run's train.py flags. The runs CSV records it, so a row read back after its
+    folder is gone counts only while the spec would still run it with the same flags."""
+    return hashlib.sha256(json.dumps(list(argv)).encode("utf-8")).hexdigest()[:16]
+
+
+def folder_flags(folder: Path) -> str:
+    """The fingerprint of the flags a run folder was started with; empty if its record is unreadable."""
+    try:
+        return flags_digest(json.loads((folder / RUN_INFO).read_text(encoding="utf-8"))["train_argv"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def write_run_info(spec: SweepSpec, run: RunSpec, version: Optional[dict] = None) -> Path:
