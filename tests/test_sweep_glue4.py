@@ -39,10 +39,12 @@ def test_selection_specs_follow_the_protocol(fam, monkeypatch):
     assert len(grids[base].learning_rates) == n_base
     assert max(grids[base].learning_rates) == {"adamax": 1e-3, "adamw": 3e-4}[fam]
     assert min(grids[base].learning_rates) == {"adamax": 1e-4, "adamw": 2e-5}[fam]
-    # SAGE's grid: 3 values, and Adamax-SAGE's 2e-3 added when MRPC's selection chose 1e-3, the top of its grid
-    n_sage = {"adamax": 4, "adamw": 3}[fam]
+    # SAGE's grid: 3 values, and Adamax-SAGE's 2e-3 added when MRPC's selection chose 1e-3, the top of its grid;
+    # AdamW-SAGE's 5e-5 when CoLA's selection chose 1e-4, the bottom of its grid
+    n_sage = {"adamax": 4, "adamw": 4}[fam]
     assert len(grids[sage].learning_rates) == n_sage
     assert max(grids[sage].learning_rates) == {"adamax": 2e-3, "adamw": 5e-4}[fam]
+    assert min(grids[sage].learning_rates) == {"adamax": 2e-4, "adamw": 5e-5}[fam]
     # per task and seed: the base grid + n_sage x 2 SAGE configurations
     assert len(spec.runs()) == 4 * 2 * (n_base + n_sage * 2)
 
