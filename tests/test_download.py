@@ -548,8 +548,11 @@ def test_interrupt_mid_download_leaves_nothing(tmp_path):
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     with Server(routes) as srv:
         env.update(DOWNLOAD_GLUE_MANIFEST=table, GLUE_BASE_URL=srv.url, NO_PROXY="*", DOWNLOAD_RETRIES="0")
+        # SIGINT back to its default in the child: a shell that starts pytest with `&` hands it on ignored, and bash
+        # cannot trap a signal ignored on entry, so the script would never see the user's Ctrl-C this test sends
         proc = subprocess.Popen(["bash", str(SCRIPT), "--tasks", "cola", "--data_dir", str(tmp_path / "glue")],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 20
         while srv.hits.get("/mirror/CoLA/dev.tsv", 0) == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
