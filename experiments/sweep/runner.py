@@ -119,9 +119,14 @@ def _acquire(folder: Path) -> bool:
         return True
 
 
+def _recorded_argv(info: Path) -> list[str]:
+    """The train.py flags a run folder's ``sweep_run.json`` holds (as ``write_run_info`` wrote them)."""
+    return json.loads(info.read_text(encoding="utf-8"))["train_argv"]
+
+
 def _check_same_flags(info: Path, argv: list[str]) -> None:
     try:
-        recorded = json.loads(info.read_text(encoding="utf-8"))["train_argv"]
+        recorded = _recorded_argv(info)
     except (ValueError, KeyError, TypeError):
         raise SweepError(f"{info}: unreadable run record; delete the folder to re-run it") from None
     if recorded != argv:
@@ -140,7 +145,7 @@ def flags_digest(argv: Sequence[str]) -> str:
 def folder_flags(folder: Path) -> str:
     """The fingerprint of the flags a run folder was started with; empty if its record is unreadable."""
     try:
-        return flags_digest(json.loads((folder / RUN_INFO).read_text(encoding="utf-8"))["train_argv"])
+        return flags_digest(_recorded_argv(folder / RUN_INFO))
     except (OSError, ValueError, KeyError, TypeError):
         return ""
 
