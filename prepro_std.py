@@ -288,6 +288,13 @@ def _describe(r: ShardResult) -> str:
     return f"{r.task}_{r.split}: {r.rows} rows -> {r.path} ({r.seconds:.2f}s, {rate:,.0f} rows/s)"
 
 
+def task_names(words: Optional[Sequence[str]]) -> Optional[tuple[str, ...]]:
+    """``--tasks rte mrpc`` and ``--tasks rte,mrpc`` name the same tasks: download.sh and sweep.py take commas, so
+    a user's muscle memory should not meet an "unknown task 'rte,mrpc'" here."""
+    names = tuple(n.strip() for word in words or () for n in word.split(",") if n.strip())
+    return names or None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=PreproConfig.model,
@@ -295,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root_dir", default=PreproConfig.root_dir,
                    help="folder of the canonical TSVs (SQuAD JSON: {task}_{split}.json, CoNLL: {task}_{split}.conll)")
     p.add_argument("--task_def", default=PreproConfig.task_def, help="task-definition YAML")
-    p.add_argument("--tasks", nargs="+", default=None, help="only these tasks (default: all in --task_def)")
+    p.add_argument("--tasks", nargs="+", default=None,
+                   help="only these tasks, space- or comma-separated as in download.sh and sweep.py "
+                        "(default: all in --task_def)")
     p.add_argument("--max_seq_len", type=int, default=PreproConfig.max_seq_len)
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="tokenizer processes (default: min(2, CPUs))")
@@ -307,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = PreproConfig(**{**vars(args), "tasks": tuple(args.tasks) if args.tasks else None})
+    cfg = PreproConfig(**{**vars(args), "tasks": task_names(args.tasks)})
     try:
         run(cfg)
     except (PreproError, TaskDefError, TsvError, SquadError, ConllError) as exc:

@@ -356,6 +356,21 @@ def test_missing_files_and_flag_errors(mine, capsys):
     assert main("--do_lower_case", "--tasks", "reg") == 0  # MiniLM's tokenizer lower-cases
 
 
+def test_tasks_take_spaces_or_commas(mine, capsys):
+    root, _, main = mine
+    write(root / "cls_train.tsv", GOOD_CLS)
+    write(root / "reg_train.tsv", ["r\t2.5\tFine."])
+    assert ps.task_names(["cls,reg"]) == ps.task_names(["cls", "reg"]) == ps.task_names(["cls,", " reg"]) == (
+        "cls", "reg")
+    assert ps.task_names(None) is None and ps.task_names([","]) is None
+    assert main("--tasks", "reg,cls") == 0
+    assert shard_path(root, MODEL, "cls", "train").exists() and shard_path(root, MODEL, "reg", "train").exists()
+    assert not shard_path(root, MODEL, "rank", "train").exists()
+    capsys.readouterr()
+    assert main("--tasks", "reg,nope") == 1
+    assert capsys.readouterr().err.startswith(f"prepro_std.py: error: {root / 'tasks.yml'}: unknown task(s) ['nope']")
+
+
 # ------------------------------------------------------------------------------------------ shard format
 @pytest.mark.parametrize("uid,label,tok_ids,type_ids", [
     ("0", 1, [101, 2, 102], [0, 0, 0]),
