@@ -7,9 +7,11 @@ CSV that no longer matches its report fails here. Nothing trains."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import sweep
@@ -79,3 +81,89 @@ def test_the_combined_study_comes_back_from_the_runs_csvs(clone, capsys):
         got = (clone / f"minilm_glue4_study{suffix}").read_text(encoding="utf-8")
         assert got == (COMMITTED / f"minilm_glue4_study{suffix}").read_text(encoding="utf-8"), suffix
     assert (clone / "minilm_glue4_study.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ------------------------------------------------------------------------ the README's numbers are the study's
+TASK_TITLES = {"rte": "RTE", "mrpc": "MRPC", "stsb": "STS-B", "cola": "CoLA"}
+NAMES = {"adamax": "Adamax", "usadamax": "Adamax-SAGE", "adamw": "AdamW", "usadamw": "AdamW-SAGE"}
+MEAN_STD = re.compile(r"(-?\d+\.\d) ± (\d+\.\d)")
+DELTA = re.compile(r"([+−-]\d+\.\d) \(p = (\d\.\d+)\)")
+
+
+def readme_tables() -> dict[str, dict[str, list[str]]]:
+    """The study section's tables: the header's first cell -> {a row's first cell: the row's cells}."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Does SAGE help? The full-size study", 1)[1].split("\n## ", 1)[0]
+    tables: dict[str, dict[str, list[str]]] = {}
+    header = None
+    for line in section.splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells[0]
+            tables[header] = {}
+        elif not set(cells[0]) <= set("-"):
+            tables[header][cells[0]] = cells
+    return tables
+
+
+def table_for(tables: dict, title: str) -> dict[str, list[str]]:
+    found = [rows for header, rows in tables.items() if header.startswith(title)]
+    assert len(found) == 1, f"README: no single study table headed '{title} …'"
+    return found[0]
+
+
+def check_mean_std(cell: str, values: list[float], where: str) -> None:
+    match = MEAN_STD.search(cell)
+    assert match, f"{where}: no 'mean ± std' in {cell!r}"
+    mean, std = float(match.group(1)), float(match.group(2))
+    arr = np.asarray(values)
+    assert abs(mean - arr.mean()) < 0.051 and abs(std - arr.std(ddof=1)) < 0.051, f"{where}: {cell!r}"
+
+
+def check_delta(cell: str, test: dict, where: str) -> None:
+    match = DELTA.search(cell)
+    assert match, f"{where}: no '±d (p = …)' in {cell!r}"
+    delta, p = float(match.group(1).replace("−", "-")), float(match.group(2))
+    assert abs(delta - test["mean_diff"]) < 0.051, f"{where}: {cell!r} but the study has {test['mean_diff']:.3f}"
+    assert abs(p - test["p"]) < 0.006 if len(match.group(2)) > 3 else abs(p - test["p"]) < 0.051, where
+
+
+def test_the_readme_reports_the_committed_study():
+    """Every finished task's table rows (setting, best- and last-epoch mean ± std, SAGE − base with its p) and each
+    finished pair's four-task average in the README are the committed study.json's, to the digit shown."""
+    tables = readme_tables()
+    saved = json.loads((COMMITTED / "minilm_glue4_study.json").read_text(encoding="utf-8"))
+    checked = 0
+    for pair in saved["pairs"]:
+        final = {(f["task"], f["optimizer"]): f for f in pair["final"]}
+        base, cand = NAMES[pair["baseline"]], NAMES[pair["candidate"]]
+        for task in pair["finished"]:
+            rows = table_for(tables, TASK_TITLES[task])
+            for opt in (pair["baseline"], pair["candidate"]):
+                row, f = rows[NAMES[opt]], final[(task, opt)]
+                lr = float(re.search(r"lr ([\d.e-]+)", row[1]).group(1))
+                assert lr == pytest.approx(f["learning_rate"]), f"README {TASK_TITLES[task]} {NAMES[opt]}: {row[1]}"
+                if opt.startswith("us"):
+                    assert f"β3 {f['beta3']:g}" in row[1], f"README {TASK_TITLES[task]} {NAMES[opt]}: {row[1]}"
+                for col, epoch in ((2, "best"), (3, "last")):
+                    check_mean_std(row[col], list(f[f"{epoch}_by_seed"].values()),
+                                   f"README {TASK_TITLES[task]} {NAMES[opt]} {epoch}")
+            for col, epoch in ((2, "best"), (3, "last")):
+                check_delta(rows[f"SAGE − {base}"][col], pair["ttests"][epoch][task],
+                            f"README {TASK_TITLES[task]} SAGE − {base} {epoch}")
+            checked += 1
+        if "average" in pair["ttests"]["best"]:
+            rows = table_for(tables, "four-task average")
+            for col, epoch in ((1, "best"), (2, "last")):
+                for opt, name in ((pair["baseline"], base), (pair["candidate"], cand)):
+                    per_task = [final[(t, opt)][f"{epoch}_by_seed"] for t in pair["tasks"]]
+                    seeds = sorted(set.intersection(*(set(s) for s in per_task)))
+                    check_mean_std(rows[name][col], [np.mean([s[k] for s in per_task]) for k in seeds],
+                                   f"README four-task average {name} {epoch}")
+                delta_row = [cells for first, cells in rows.items() if first.startswith(f"SAGE − {base}")]
+                assert len(delta_row) == 1, f"README four-task average: no 'SAGE − {base}' row"
+                check_delta(delta_row[0][col], pair["ttests"][epoch]["average"], f"README average {base} {epoch}")
+    assert checked >= 7
