@@ -15,18 +15,21 @@ import numpy as np
 import pytest
 
 import sweep
+from analysis.cli import OPTIMIZER_LABELS as NAMES
 from experiments.sweep import final_specs, study
+from experiments.sweep.report import PAPER_NAMES as TASK_TITLES
 from experiments.sweep.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "docs" / "results"
-SELECT = {fam: Path("experiments") / "sweep" / f"minilm_glue4_{fam}_select.yml" for fam in ("adamax", "adamw")}
+# study.py's own pair of selection specs (what `python experiments/sweep/study.py` reads), relative for the clone
+SELECT = tuple(p.relative_to(ROOT) for p in study.SELECT_SPECS)
 
 
 @pytest.fixture
 def clone(tmp_path, monkeypatch):
     """The study's specs, task definitions and committed results in a fresh folder; no runs/."""
-    for rel in (Path("experiments") / "glue" / "glue_task_def.yml", *SELECT.values()):
+    for rel in (Path("experiments") / "glue" / "glue_task_def.yml", *SELECT):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, tmp_path / rel)
     results = tmp_path / "docs" / "results"
@@ -39,32 +42,32 @@ def clone(tmp_path, monkeypatch):
     return results
 
 
-def final_spec_paths(fam: str) -> list[Path]:
-    spec = load_spec(ROOT / SELECT[fam])
-    return [COMMITTED / f"{final_specs.final_spec_name(spec.name, t)}.yml" for t in spec.tasks
-            if (COMMITTED / f"{final_specs.final_spec_name(spec.name, t)}.yml").exists()]
+def final_spec_paths(select: Path) -> list[Path]:
+    spec = load_spec(ROOT / select)
+    paths = (COMMITTED / f"{final_specs.final_spec_name(spec.name, t)}.yml" for t in spec.tasks)
+    return [p for p in paths if p.exists()]
 
 
 def test_the_study_has_committed_results_to_check():
-    assert len(final_spec_paths("adamax")) == len(final_spec_paths("adamw")) == 4
+    assert [len(final_spec_paths(select)) for select in SELECT] == [4, 4]
     saved = json.loads((COMMITTED / "minilm_glue4_study.json").read_text(encoding="utf-8"))
     assert [(p["finished"], p["pending"]) for p in saved["pairs"]] == [(["rte", "mrpc", "stsb", "cola"], {})] * 2
 
 
-@pytest.mark.parametrize("fam", sorted(SELECT))
-def test_final_specs_are_what_the_selection_chose(clone, fam):
-    committed = final_spec_paths(fam)
+@pytest.mark.parametrize("select", SELECT, ids=lambda p: p.stem)
+def test_final_specs_are_what_the_selection_chose(clone, select):
+    committed = final_spec_paths(select)
     for path in committed:
         (clone / path.name).unlink()
     tasks = ",".join(load_spec(p).tasks[0] for p in committed)
-    assert final_specs.main([str(SELECT[fam]), "--tasks", tasks]) == 0
+    assert final_specs.main([str(select), "--tasks", tasks]) == 0
     for path in committed:
         assert (clone / path.name).read_text(encoding="utf-8") == path.read_text(encoding="utf-8"), path.name
 
 
-@pytest.mark.parametrize("fam", sorted(SELECT))
-def test_every_report_comes_back_from_its_runs_csv(clone, fam, capsys):
-    specs = [SELECT[fam], *(Path("docs") / "results" / p.name for p in final_spec_paths(fam))]
+@pytest.mark.parametrize("select", SELECT, ids=lambda p: p.stem)
+def test_every_report_comes_back_from_its_runs_csv(clone, select, capsys):
+    specs = [select, *(Path("docs") / "results" / p.name for p in final_spec_paths(select))]
     for spec in specs:
         name = load_spec(spec).name
         (clone / f"{name}.json").unlink()
@@ -77,7 +80,7 @@ def test_every_report_comes_back_from_its_runs_csv(clone, fam, capsys):
 def test_the_combined_study_comes_back_from_the_runs_csvs(clone, capsys):
     for suffix in (".json", ".md", ".png"):
         (clone / f"minilm_glue4_study{suffix}").unlink(missing_ok=True)
-    assert study.main(["--select", str(SELECT["adamax"]), "--select", str(SELECT["adamw"])]) == 0
+    assert study.main([arg for select in SELECT for arg in ("--select", str(select))]) == 0
     for suffix in (".json", ".md"):
         got = (clone / f"minilm_glue4_study{suffix}").read_text(encoding="utf-8")
         assert got == (COMMITTED / f"minilm_glue4_study{suffix}").read_text(encoding="utf-8"), suffix
@@ -85,8 +88,6 @@ def test_the_combined_study_comes_back_from_the_runs_csvs(clone, capsys):
 
 
 # ------------------------------------------------------------------------ the README's numbers are the study's
-TASK_TITLES = {"rte": "RTE", "mrpc": "MRPC", "stsb": "STS-B", "cola": "CoLA"}
-NAMES = {"adamax": "Adamax", "usadamax": "Adamax-SAGE", "adamw": "AdamW", "usadamw": "AdamW-SAGE"}
 MEAN_STD = re.compile(r"(-?\d+\.\d) ± (\d+\.\d)")
 DELTA = re.compile(r"([+−-]\d+\.\d) \(p = (\d\.\d+)\)")
 
