@@ -310,13 +310,14 @@ def write_cache(target: Path, key: dict, arrays: Optional[dict], uncacheable: st
         handle.write(MAGIC + struct.pack("<Q", len(raw)) + raw)
 
 
-def load(shard: Union[str, Path]) -> Optional[CachedShard]:
+def load(shard: Union[str, Path], key: Optional[dict] = None) -> Optional[CachedShard]:
     """The shard's mapped cache, built first when missing, stale or damaged; None when the shard must be read
     into memory instead (it holds what the cache cannot, its folder takes no cache, or the write failed). Bad
-    lines raise the same ``file:line`` ShardError as ``read_shard``."""
+    lines raise the same ``file:line`` ShardError as ``read_shard``. ``key``: the shard's ``shard_key`` when the
+    caller computed it already (it also records it), so the file is hashed once."""
     shard = Path(shard)
     target = cache_path(shard)
-    key = shard_key(shard)
+    key = key if key is not None else shard_key(shard)
     found = open_cache(target, key)
     if found is None:
         try:

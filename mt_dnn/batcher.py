@@ -14,7 +14,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from data_utils import shard_cache
+from data_utils import shard_cache, shard_fingerprint
 from data_utils.shard_checks import EncoderLimits, check_encoder_fit, check_encoder_ranges, check_labels
 from data_utils.shards import find_shard, read_shard
 from data_utils.task_def import DataFormat, TaskDef, TaskType
@@ -36,6 +36,7 @@ class TaskData:
     lengths: list[int]
     soft_labels: Optional[list] = None  # teachers' soft targets (prepare_distillation_data.py), when the shard has them
     extras: list[dict] = None  # per row, the shard's fields beyond the four base keys (Span, SequenceLabeling)
+    fingerprint: Optional[dict] = None  # the shard file's size and CRC-32 (data_utils/shard_fingerprint.py)
 
     @property
     def name(self) -> str:
@@ -62,15 +63,24 @@ def load_split(data_dir: str | Path, task_def: TaskDef, split: str, max_seq_len:
     With ``cache``, row tasks (Classification, Regression, Ranking) are served from the shard's memory-mapped
     cache (data_utils/shard_cache.py), built on first use: ``token_ids``/``type_ids``/``uids`` are then read-only
     sequence views that return each row as today's lists would hold it. Span/SequenceLabeling tasks, shards with
-    soft labels (distillation) and shards the cache cannot hold exactly keep the in-memory path below."""
+    soft labels (distillation) and shards the cache cannot hold exactly keep the in-memory path below.
+
+    ``fingerprint`` is the whole file's (not only the first ``limit`` rows'): the cache's key, computed once."""
     path = find_shard(data_dir, task_def.name, split)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: shard not found (run prepro_std.py for task '{task_def.name}', "
                                 f"split '{split}', or check --data_dir)")
-    if cache and not task_def.token_level:
-        shard = shard_cache.load(path)
-        if shard is not None:
-            return _cached_split(path, shard, task_def, split, max_seq_len, limit, encoder)
+    key = shard_cache.shard_key(path)  # the cache's key and the run's record of what it read: one pass
+    shard = shard_cache.load(path, key) if cache and not task_def.token_level else None
+    data = (_cached_split(path, shard, task_def, split, max_seq_len, limit, encoder) if shard is not None
+            else _read_split(path, task_def, split, max_seq_len, limit, encoder))
+    data.fingerprint = shard_fingerprint.from_key(path, key)
+    return data
+
+
+def _read_split(path: Path, task_def: TaskDef, split: str, max_seq_len: int, limit: int,
+                encoder: Optional[EncoderLimits]) -> TaskData:
+    """The split read into memory, every row checked."""
     records = read_shard(path)
     if limit:
         records = records[:limit]

@@ -1,7 +1,14 @@
 """Rebuild a trained MTDNNModel from a checkpoint folder, with no hub access.
 
 The architecture comes from the encoder config saved next to the weights (older checkpoints fall back to the
-run's ``--init_checkpoint``), the heads from the run's task definitions. Used by predict.py and the analyses.
+run's ``--init_checkpoint``), the heads from the run's task definitions. Used by predict.py, export.py,
+prepare_distillation_data.py and the analyses.
+
+A task definition that disagrees with the one the model was trained with (``task_labels.json``: labels reordered
+or renamed, another n_class or task type) is refused, never followed: shards hold class ids that were numbered by
+some version of the YAML, so the project cannot tell whether the user means the trained names or the new ones,
+and either guess writes wrong label names (a flipped GLUE submission, a wrong ``id2label``) or wrong metrics.
+A class-count change is caught first by the weights' shapes (the same line as for checkpoints without the file).
 """
 from __future__ import annotations
 
@@ -12,8 +19,12 @@ from typing import Optional
 import pretrained_models
 from data_utils.task_def import TaskDef, dataset_task, load_task_defs, select_tasks
 from mt_dnn import checkpoint as ckpt
+from mt_dnn import task_labels
 from mt_dnn.config import TrainConfig, load_config
 from mt_dnn.model import MTDNNModel, build_model
+
+
+RESTORE_HINT = "the model's outputs follow the trained definition: put it back in the YAML"
 
 
 @dataclass
@@ -39,5 +50,7 @@ def restore(folder: Path, task_def: Optional[str] = None) -> Restored:
     encoder = pretrained_models.load_encoder(cfg.init_checkpoint, cfg.encoder_type, config=config)
     model = build_model(encoder, task_defs, cfg)
     ckpt.load_weights(model, folder)
+    task_labels.check(task_labels.read(folder) or {}, task_defs, str(folder / task_labels.FILE), task_defs,
+                      source=str(task_def_path), hint=RESTORE_HINT)
     pad_id = config.pad_token_id if config.pad_token_id is not None else 0
     return Restored(folder, cfg, model, task_defs, pad_id)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data_utils import jsonsafe
+from data_utils import jsonsafe, shard_fingerprint
 from data_utils.atomic import clean_stale_temps
 from data_utils.metrics import glue_average
 from data_utils.shard_checks import EncoderLimits, encoder_limits
@@ -33,6 +33,7 @@ from module.sage_functional import implementation_kwargs
 from mt_dnn import checkpoint as ckpt
 from mt_dnn import distributed as dist_utils
 from mt_dnn import objectives as objectives_mod
+from mt_dnn import task_labels
 from mt_dnn.batcher import TaskData, epoch_plan, load_split, to_device
 from mt_dnn.compiled import CompiledForward, stable_grads
 from mt_dnn.config import TrainConfig
@@ -611,7 +612,8 @@ class Trainer:
         weights = self._model_state()
         if self.is_main:
             ckpt.save_checkpoint(folder, weights, self.cfg.to_json(), training_state,
-                                 {**extra_files, ckpt.ENCODER_CONFIG: self.model.encoder.config.to_json_string()})
+                                 {**extra_files, ckpt.ENCODER_CONFIG: self.model.encoder.config.to_json_string(),
+                                  task_labels.FILE: task_labels.dumps(self.task_defs)})
         dist_utils.barrier()
         return folder
 
@@ -626,7 +628,12 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "rng": rngs[0], "rng_ranks": rngs,
                 "progress": {"epoch": self.epoch, "position": self.position, "global_step": self.global_step,
                              "best_score": self.best_score},
-                "history": jsonsafe.dumps(self.history)}
+                "history": jsonsafe.dumps(self.history), "shards": self._shard_fingerprints()}
+
+    def _shard_fingerprints(self) -> dict:
+        """Every shard this run reads: training data (the gradients) and the dev/test shards it evaluates (the
+        history, the best/ choice and the per-epoch files compare epochs, so they must score the same data)."""
+        return {d.name: d.fingerprint for d in self.train_sets + self.eval_sets if d.fingerprint is not None}
 
     def save_step_checkpoint(self) -> Path:
         state = self.training_state()
@@ -662,6 +669,7 @@ class Trainer:
     def _read_checkpoint(self, folder: Path) -> tuple[Path, dict, dict]:
         self._check_resume_config(folder, ckpt.read_config_json(folder))
         state = ckpt.load_training_state(folder)
+        self._check_resume_inputs(folder, state)
         expected = "full" if self._sharded() else "torch"
         if state.get("optimizer_format", "torch") != expected:
             raise ValueError(f"{folder}: optimizer state was saved {'with' if expected == 'torch' else 'without'} "
@@ -691,6 +699,20 @@ class Trainer:
             raise ValueError(f"--resume: {folder / ckpt.CONFIG} differs in {'; '.join(changed)}; resume with the "
                              "same flags, or pass --allow_config_change")
         log.warning("--resume with --allow_config_change: %s", "; ".join(changed))
+
+    def _check_resume_inputs(self, folder: Path, state: dict) -> None:
+        """Task labels or shards changed since the checkpoint also continue a different run (checkpoints written
+        before they were recorded resume as before)."""
+        problems = ((task_labels.difference(task_labels.read(folder) or {}, self.task_defs,
+                                            str(folder / task_labels.FILE), self.task_defs, self.cfg.task_def),
+                     "the same task definition"),
+                    (shard_fingerprint.difference(folder / ckpt.STATE, state.get("shards"),
+                                                  self._shard_fingerprints()), "the same data"))
+        for problem, same in problems:
+            if problem is not None and not self.cfg.allow_config_change:
+                raise ValueError(f"--resume: {problem}; resume with {same}, or pass --allow_config_change")
+            if problem is not None:
+                log.warning("--resume with --allow_config_change: %s", problem)
 
     def _apply_resume_state(self, folder: Path, state: dict, weights: dict) -> None:
         if self._sharded():

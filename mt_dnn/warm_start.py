@@ -12,7 +12,10 @@ Three kinds of ``--init_checkpoint``:
   ``--train_datasets`` order.
 
 Heads whose shapes differ (another ``n_class``, another task type) are an error naming the task: rename the task
-to train a fresh head. One log line says which heads loaded (and from where), which are fresh, and which the
+to train a fresh head. So is a loaded head whose task this run defines otherwise than the run that trained it
+(``task_labels.json`` of our checkpoints: labels reordered or renamed, another task type): the head's outputs
+keep the trained meaning, so continuing it under other labels would train and name them crosswise; the YAML is
+refused rather than followed. Heads that are not loaded (fresh ones) are not compared. One log line says which heads loaded (and from where), which are fresh, and which the
 checkpoint had that this run does not use.
 """
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 
 import pretrained_models
 from mt_dnn import checkpoint as ckpt
+from mt_dnn import task_labels
 from mt_dnn.model import MTDNNModel, build_model
 
 # buffers some transformers versions saved and newer ones rebuild (never trained)
@@ -44,6 +48,8 @@ class Source:
     head_origin: dict[str, str] = field(default_factory=dict)   # task -> the checkpoint's name for its head
     unused: list[str] = field(default_factory=list)             # other parts of the checkpoint, for the log
     mapping: str = ""                                           # how checkpoint heads were named, for the log
+    labels: dict[str, dict] = field(default_factory=dict)       # task -> trained signature (mt_dnn/task_labels.py)
+    labels_where: str = ""                                      # the file those came from, for the error line
 
 
 def checkpoint_kind(path: str) -> str:
@@ -76,7 +82,8 @@ def run_encoder_config(folder: Path):
 def read_run(folder: Path) -> Source:
     weights = ckpt.read_weights(folder)
     tasks = sorted({k.split(".")[1] for k in weights if k.startswith("heads.")})
-    return Source(str(folder), run_encoder_config(folder), weights, {t: f"heads.{t}" for t in tasks})
+    return Source(str(folder), run_encoder_config(folder), weights, {t: f"heads.{t}" for t in tasks},
+                  labels=task_labels.read(folder) or {}, labels_where=str(Path(folder) / task_labels.FILE))
 
 
 # ---------------------------------------------------------------------------------------------- MT-DNN files
@@ -255,9 +262,10 @@ def _part(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {k: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def load_source(model: MTDNNModel, src: Source) -> tuple[str, list[str]]:
+def load_source(model: MTDNNModel, src: Source, task_def_file: str = "this run's task definition"
+                ) -> tuple[str, list[str]]:
     """Copy the encoder, pooler and matching heads into ``model``; returns the log line saying what loaded and
-    the tasks whose heads came from the checkpoint."""
+    the tasks whose heads came from the checkpoint. ``task_def_file`` names the YAML in errors."""
     own = model.state_dict()
     _check_shapes(_part(own, "encoder."), _part(src.weights, "encoder."), "encoder", src.where)
     merged = dict(own)
@@ -280,6 +288,9 @@ def load_source(model: MTDNNModel, src: Source) -> tuple[str, list[str]]:
         merged.update(theirs)
         loaded.append(f"{task} ({origin})")
         warm.append(task)
+    task_labels.check(src.labels, model.task_defs, src.labels_where or src.where, warm, source=task_def_file,
+                      hint="the loaded head's outputs follow the trained definition: put it back in the YAML, or "
+                           "rename the task to train a fresh head")
     model.load_state_dict(merged, strict=True)
     unused = [f"{t} ({o})" for t, o in src.head_origin.items() if t not in model.task_names] + src.unused
     mapping = f" ({src.mapping})" if src.mapping else ""
@@ -302,6 +313,6 @@ def start_model(cfg, task_defs: Mapping, log: Callable[[str], None] = print) -> 
         src = read_mtdnn(Path(cfg.init_checkpoint), cfg.encoder_type, list(task_defs), cfg.train_datasets)
     encoder = pretrained_models.load_encoder(cfg.init_checkpoint, config=src.encoder_config)
     model = build_model(encoder, task_defs, cfg)
-    line, warm = load_source(model, src)
+    line, warm = load_source(model, src, cfg.task_def)
     log(line)
     return model, warm
