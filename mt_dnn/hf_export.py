@@ -104,6 +104,8 @@ def _check_head(model: MTDNNModel, task: str) -> None:
 
 
 def _classifier_config(model: MTDNNModel, task: str, layout: ClassifierLayout):
+    """The HF config; id2label/label2id are the trained order, since restore() refuses a task definition that
+    differs from the checkpoint's task_labels.json (an export is of the trained model, so it is never relabelled)."""
     td = model.task_defs[task]
     config = model.encoder.config.__class__.from_dict(model.encoder.config.to_dict())
     if td.is_regression:
