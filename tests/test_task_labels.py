@@ -215,6 +215,20 @@ def test_resume_refuses_an_edited_yaml_unless_allowed(ws, run_yaml):
     assert task_labels.read(ws / "resume" / "step-3")["pairs"]["labels"] == ["same", "not"]  # what it now means
 
 
+def test_resume_falls_back_past_a_damaged_label_file(ws, run_yaml):
+    def run(**kw) -> Trainer:
+        return Trainer(config(ws, "resume-damaged", task_def=str(run_yaml), train_datasets=["pairs"],
+                              test_datasets=["pairs"], save_every_steps=1, keep_last=2, **kw))
+    run().fit(stop_after_steps=2)
+    bad = ws / "resume-damaged" / "step-2" / task_labels.FILE
+    bad.write_text("{not json")
+    resumed = run(resume=True)
+    resumed.fit(stop_after_steps=1)
+    log = (ws / "resume-damaged" / "train.log").read_text()
+    assert f"--resume: {bad}: not valid JSON" in log
+    assert f"falling back to {ws / 'resume-damaged' / 'step-1'}" in log and resumed.global_step == 2
+
+
 # ---------------------------------------------------------------------------------------------- unchanged
 def _files_of_epoch_0(folder: Path, tag: str) -> tuple[dict, str]:
     scores = json.loads((folder / f"pairs_dev_scores_{tag}.json").read_text())
