@@ -5,6 +5,8 @@ Without ``--task``: the encoder and its tokenizer (``AutoModel.from_pretrained(h
 (a Classification or Regression task): ``AutoModelForSequenceClassification.from_pretrained(hf_model)`` with the
 task's labels as id2label/label2id and its problem_type. The export is reloaded and compared with the checkpoint
 before it is moved into place; a head with no exact Hugging Face counterpart is refused with the reason.
+id2label is the order the head was trained with: a run whose YAML was since edited to other labels (order, names)
+or another task type is refused (the checkpoint's ``task_labels.json`` records the trained ones).
 """
 from __future__ import annotations
 

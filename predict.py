@@ -5,6 +5,10 @@ Writes ``{task}_{split}_scores_{tag}.json`` (metrics when the split has labels, 
 test splits, the GLUE submission TSV, into ``--output_dir`` (default: the checkpoint folder). Span tasks also write
 ``{task}_{split}_predictions_{tag}.json`` (SQuAD's format), SequenceLabeling tasks ``..._predictions_{tag}.conll``
 (columns); their test "submission" is that same format.
+
+The task definitions must agree with those the model was trained with (the checkpoint's ``task_labels.json``):
+a YAML whose labels were reordered or renamed, or whose task type changed, is refused rather than followed, since
+predictions are class ids named through the YAML and the shards' class ids were numbered by some version of it.
 """
 from __future__ import annotations
 

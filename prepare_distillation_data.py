@@ -7,6 +7,8 @@ For each task, every teacher (a run folder with best/, or a checkpoint folder) p
 average of their class probabilities (Classification, Ranking) or values (Regression) becomes each row's extra
 ``soft_label`` in ``OUT/{task}_{split}.jsonl``. The task's other shards are copied unchanged, so OUT is a complete
 ``--data_dir`` for the student. Files are written to a temp name and renamed: a failure leaves no half shard.
+A teacher whose run's YAML now defines a task otherwise than it was trained (labels, their order, the task type)
+is refused, as by predict.py (mt_dnn/restore.py).
 """
 from __future__ import annotations
 
