@@ -8,6 +8,7 @@ classes only validate, gather each group's tensors into lists and call one funct
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -24,7 +25,8 @@ from module.sage_math import FORMULAS
 
 __all__ = [
     "AdamaxSAGE", "AdamWSAGE", "AdamSAGE", "SGDSAGE", "OPTIMIZERS", "build_optimizer", "sage_param_groups",
-    "DEFAULT_SAGE_PATTERNS", "DEFAULT_NO_DECAY", "warmup_linear", "SCHEDULES", "build_schedule", "FORMULAS",
+    "DEFAULT_SAGE_PATTERNS", "DEFAULT_NO_DECAY", "warmup_linear", "warmup_cosine", "SCHEDULES", "build_schedule",
+    "FORMULAS",
 ]
 
 
@@ -347,7 +349,7 @@ def build_optimizer(name: str, params, **kwargs) -> _SageOptimizer:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Schedules: transformers' standard ones, plus the authors' warmup_linear
+# Schedules: transformers' standard ones, plus pytorch-pretrained-bert 0.6's, which the authors' optimizers used
 # ----------------------------------------------------------------------------------------------------------
 def warmup_linear(x: float, warmup: float = 0.002) -> float:
     """The authors' schedule (pytorch-pretrained-bert 0.6): x/warmup while x < warmup, else 1 − x.
@@ -358,25 +360,49 @@ def warmup_linear(x: float, warmup: float = 0.002) -> float:
     return x / warmup if x < warmup else 1.0 - x
 
 
-def _warmup_linear_multiplier(step: int, *, total_steps: int, warmup: float) -> float:
-    return warmup_linear(step / total_steps, warmup)
+def warmup_cosine(x: float, warmup: float = 0.002) -> float:
+    """pytorch-pretrained-bert 0.6's cosine: x/warmup while x < warmup, else 0.5·(1 + cos(π·x)).
+
+    The cosine runs over the whole progress x = step/total, warmup included (transformers' ``cosine`` starts it
+    after the warmup), so at x = warmup the multiplier jumps from ~1 down to 0.5·(1 + cos(π·warmup)) (0.9755 for
+    warmup 0.1) and reaches 0 at x = 1. That version evaluates the cosine with ``torch.cos`` on a Python float,
+    which raises a TypeError at the first step past warmup in the SAGE repository's optimizers (their step count
+    is an int); the formula it states is what ``--warmup_schedule warmup_cosine`` trains here.
+    """
+    return x / warmup if x < warmup else 0.5 * (1.0 + math.cos(math.pi * x))
 
 
-def get_warmup_linear_schedule(optimizer: Optimizer, num_warmup_steps: float, num_training_steps: int,
-                               last_epoch: int = -1) -> LambdaLR:
-    """:func:`warmup_linear` as a LambdaLR, with transformers' ``get_*_schedule_with_warmup`` signature."""
-    multiplier = functools.partial(_warmup_linear_multiplier, total_steps=num_training_steps,
-                                   warmup=num_warmup_steps / num_training_steps)
-    return LambdaLR(optimizer, multiplier, last_epoch)
+def _progress_multiplier(step: int, *, formula: Callable[[float, float], float], total_steps: int,
+                         warmup: float) -> float:
+    return formula(step / total_steps, warmup)
+
+
+def _progress_schedule(formula: Callable[[float, float], float]) -> Callable[..., LambdaLR]:
+    """A LambdaLR factory with transformers' ``get_*_schedule_with_warmup`` signature for a 0.6-style schedule
+    ``formula(x, warmup)`` of the training progress x = step/total."""
+    def build(optimizer: Optimizer, num_warmup_steps: float, num_training_steps: int,
+              last_epoch: int = -1) -> LambdaLR:
+        multiplier = functools.partial(_progress_multiplier, formula=formula, total_steps=num_training_steps,
+                                       warmup=num_warmup_steps / num_training_steps)
+        return LambdaLR(optimizer, multiplier, last_epoch)
+    build.__doc__ = f":func:`{formula.__name__}` as a LambdaLR."
+    return build
+
+
+get_warmup_linear_schedule = _progress_schedule(warmup_linear)
+get_warmup_cosine_schedule = _progress_schedule(warmup_cosine)
 
 
 def _constant_schedule(optimizer, num_warmup_steps, num_training_steps, last_epoch=-1) -> LambdaLR:
+    """transformers' constant-with-warmup: step/W while step < W, else 1 (W = warmup·total). That is 0.6's
+    ``warmup_constant`` (x/warmup while x < warmup, else 1) at every step, so both names select it."""
     return get_constant_schedule_with_warmup(optimizer, num_warmup_steps, last_epoch)
 
 
 #: --warmup_schedule name -> (optimizer, num_warmup_steps, num_training_steps, last_epoch) -> LambdaLR
 SCHEDULES: dict[str, Callable[..., LambdaLR]] = {
     "warmup_linear": get_warmup_linear_schedule,
+    "warmup_cosine": get_warmup_cosine_schedule,
     "linear": get_linear_schedule_with_warmup,
     "constant": _constant_schedule,
     "cosine": get_cosine_schedule_with_warmup,

@@ -288,6 +288,49 @@ def test_schedule_offsets_and_warmup_linear_discontinuity():
     assert lin.get_last_lr() == pytest.approx([1.0])
 
 
+
+def _lrs(optimizer, name: str, total: int, warmup: float, steps: int) -> list[float]:
+    sched = build_schedule(optimizer, name, total_steps=total, warmup=warmup)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        sched.step()
+    return lrs
+
+
+def test_warmup_cosine_is_the_0_6_formula_with_its_jump_at_the_warmup():
+    """pytorch-pretrained-bert 0.6: x/warmup while x < warmup, else 0.5(1 + cos(pi x)) over the whole progress.
+    With 10 steps and warmup 0.2 the cosines are of multiples of pi/10: cos(pi/5) = (1 + sqrt5)/4,
+    cos(2pi/5) = (sqrt5 - 1)/4, cos(3pi/10) = sqrt((5 - sqrt5)/8), cos(pi/10) = sqrt((5 + sqrt5)/8)."""
+    r5 = 5 ** 0.5
+    c36, c72, c54, c18 = (1 + r5) / 4, (r5 - 1) / 4, ((5 - r5) / 8) ** 0.5, ((5 + r5) / 8) ** 0.5
+    by_hand = [0.0, 0.5,                        # x = 0, 0.1: warmup, x/0.2
+               (1 + c36) / 2,                   # x = 0.2: 0.9045, down from ~1 just before (the jump)
+               (1 + c54) / 2, (1 + c72) / 2,    # x = 0.3, 0.4
+               0.5,                             # x = 0.5: cos(pi/2) = 0
+               (1 - c72) / 2, (1 - c54) / 2, (1 - c36) / 2, (1 - c18) / 2,
+               0.0]                             # x = 1
+    adamax = AdamaxSAGE([nn.Parameter(torch.zeros(1))], lr=1.0)  # evaluated before its step count moves
+    assert _lrs(adamax, "warmup_cosine", 10, 0.2, 11) == pytest.approx(by_hand, abs=1e-12)
+    adamw = AdamWSAGE([nn.Parameter(torch.zeros(1))], lr=1.0)  # after: one step ahead
+    assert _lrs(adamw, "warmup_cosine", 10, 0.2, 10) == pytest.approx(by_hand[1:], abs=1e-12)
+    from module.bert_optim import warmup_cosine
+    assert warmup_cosine(0.0999999, 0.1) == pytest.approx(0.999999) and warmup_cosine(0.1, 0.1) == pytest.approx(
+        (1 + ((5 + r5) / 8) ** 0.5) / 2)  # the jump at x = warmup: ~1 -> 0.5(1 + cos(pi/10)) = 0.9755
+    assert warmup_cosine(0.5, 0.0) == pytest.approx(0.5)  # no warmup: the cosine from step 0
+
+
+@pytest.mark.parametrize("total,warmup", [(10, 0.2), (25, 0.1), (7, 0.1), (5, 0.0), (3, 0.3)])
+def test_constant_is_the_0_6_warmup_constant_at_every_step(total, warmup):
+    """The 0.6 name warmup_constant selects transformers' constant schedule: the same value at every step,
+    including a warmup shorter than one step (7 x 0.1) and none at all."""
+    def warmup_constant(x, w):  # pytorch-pretrained-bert 0.6, written out
+        return x / w if x < w else 1.0
+    sgd = SGDSAGE([nn.Parameter(torch.zeros(1))], lr=1.0)
+    expected = [warmup_constant(step / total, warmup) for step in range(total + 1)]
+    assert _lrs(sgd, "constant", total, warmup, total + 1) == pytest.approx(expected, abs=1e-12)
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(lr=-1.0), "invalid learning rate"),
     (dict(eps=-1e-6), "invalid eps"),
