@@ -11,13 +11,21 @@ from typing import Callable, Optional
 
 DEFAULT_ENCODER = "minilm-l6"
 
-# MT-DNN's EncoderModelType values -> HF `model_type` strings accepted for them.
+# MT-DNN's EncoderModelType values -> HF `model_type` strings accepted for them. MT-DNN's 2 (RobertaModel) loads an
+# XLM-R checkpoint as the same network, so 2 accepts it too; 5 (XLMRobertaModel) names XLM-R itself.
 ENCODER_TYPES: dict[int, tuple[str, ...]] = {
     1: ("bert",),
     2: ("roberta", "xlm-roberta"),
+    5: ("xlm-roberta",),
     6: ("deberta", "deberta-v2"),
     7: ("electra",),
 }
+ENCODER_TYPE_NAMES = {1: "BERT", 2: "RoBERTa", 5: "XLM-R", 6: "DeBERTa", 7: "ELECTRA"}
+
+
+def encoder_types_text() -> str:
+    """``1 BERT, 2 RoBERTa, 5 XLM-R, ...`` for messages."""
+    return ", ".join(f"{k} {ENCODER_TYPE_NAMES[k]}" for k in ENCODER_TYPES)
 
 
 def _embedded_minilm() -> str:

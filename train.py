@@ -11,15 +11,18 @@ import argparse
 import sys
 
 
-def _launch_settings(argv) -> tuple[str, float]:
-    """--device and --dist_timeout, needed before the full parse so every rank can join the group first."""
+def _launch_settings(argv) -> tuple[str, float, str | None]:
+    """--device, --dist_timeout and the legacy launcher's --local_rank, needed before the full parse so every
+    rank can join the group (on its own GPU) first."""
     from mt_dnn.config import TrainConfig
     default_timeout = TrainConfig.dist_timeout  # a bad value is reported by the full parse, after joining
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--device", default="auto")
     pre.add_argument("--dist_timeout", type=float, default=default_timeout)
+    pre.add_argument("--local_rank", "--local-rank", dest="local_rank", nargs="?", default=None)
     known, _ = pre.parse_known_args(argv)
-    return known.device, known.dist_timeout if known.dist_timeout > 0 else default_timeout
+    timeout = known.dist_timeout if known.dist_timeout > 0 else default_timeout
+    return known.device, timeout, known.local_rank
 
 
 def main(argv=None) -> int:
@@ -29,8 +32,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     env = None
     try:
-        env = dist_utils.from_environment()
-        device, timeout = _launch_settings(argv)
+        device, timeout, local_rank = _launch_settings(argv)
+        env = dist_utils.from_environment(local_rank)
         dist_utils.init_process_group(env, device, timeout)
         with dist_utils.agree_on_errors(env):
             cfg = parse_args(argv)

@@ -2,8 +2,8 @@
 
 Each field carries its help text and its MT-DNN / SAGE-repo aliases in ``dataclasses.field(metadata=...)``, so
 names, defaults and help live in one place; :func:`build_parser` turns the fields into flags (never at import).
-MT-DNN flags this project does not implement are listed in :data:`NO_EFFECT_FLAGS`: they parse, and each one
-given prints a one-line warning. The config is saved as JSON next to every checkpoint so a run can be resumed
+MT-DNN's and the SAGE repository's flags without a field here parse too: :mod:`mt_dnn.upstream_flags` says for
+each one what its values get (a one-line notice where they change nothing, a one-line refusal otherwise). The config is saved as JSON next to every checkpoint so a run can be resumed
 or inspected without the original command line.
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Any, Optional, Sequence
 import pretrained_models
 from module.bert_optim import FORMULAS, OPTIMIZERS, SCHEDULES
 from module.sage_functional import IMPLEMENTATIONS
+from mt_dnn import upstream_flags
+from mt_dnn.upstream_flags import NO_EFFECT_FLAGS, VALUE_FLAGS  # noqa: F401 (the table, re-exported)
 
 
 def cli_field(default: Any = dataclasses.MISSING, help: str = "", *, aliases: Sequence[str] = (),
@@ -49,7 +51,8 @@ class TrainConfig:
         pretrained_models.DEFAULT_ENCODER,
         "encoder: a registry name (see pretrained_models.py), a local folder or a hub name; or a trained model to "
         "continue from: a best/ or step-N/ folder of a run, or an MT-DNN .pt checkpoint")
-    encoder_type: Optional[int] = cli_field(None, "MT-DNN encoder type: 1 BERT, 2 RoBERTa, 6 DeBERTa, 7 ELECTRA")
+    encoder_type: Optional[int] = cli_field(
+        None, f"MT-DNN encoder type, checked against the encoder: {pretrained_models.encoder_types_text()}")
     output_dir: str = cli_field("checkpoints/run")
     # optimisation
     optimizer: str = cli_field("usadamax", f"one of {', '.join(OPTIMIZERS)}", aliases=("--optim",))
@@ -63,8 +66,8 @@ class TrainConfig:
     optim_impl: str = cli_field("auto", choices=IMPLEMENTATIONS)
     warmup: float = cli_field(0.1, "warmup ratio of the total steps")
     warmup_schedule: str = cli_field(
-        "warmup_linear", f"one of {', '.join(SCHEDULES)} (MT-DNN's warmup_constant and warmup_linear_xdl are "
-        "constant and linear)")
+        "warmup_linear", f"one of {', '.join(SCHEDULES)} (the SAGE repository's warmup_constant and "
+        "warmup_linear_xdl are constant and linear; MT-DNN's --scheduler_type 0/1/2 sets linear/cosine/constant)")
     global_grad_clipping: float = cli_field(1.0, "clip the norm of all gradients together to this (0: off)")
     grad_clipping: float = cli_field(
         0.0, "then clip each parameter's gradient to this norm on its own, as the authors' optimizers did with "
@@ -265,68 +268,17 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------ MT-DNN flags
-#: MT-DNN and SAGE-repo flags that parse but do nothing here: flag -> why / what to use instead. Each one given
-#: prints a one-line warning. Moving a flag from here to a TrainConfig field turns it on.
-NO_EFFECT_FLAGS: dict[str, str] = {
-    "--multi_gpu_on": "launch with torchrun for data parallelism",
-    "--mem_cum_type": "SAN option; this SAN has one memory type",
-    "--answer_att_type": "SAN option; this SAN uses bilinear attention",
-    "--answer_rnn_type": "SAN option; this SAN uses a GRU cell",
-    "--answer_sum_att_type": "SAN option; this SAN uses a linear self-attention summary",
-    "--answer_merge_opt": "SAN option; this SAN always merges [memory, state, |memory-state|, memory*state]",
-    "--answer_mem_type": "SAN option; this SAN always averages the steps' predictions",
-    "--answer_weight_norm_on": "SAN option; no weight normalisation here",
-    "--max_answer_len": "Span tasks take max_answer_len from their task definition (YAML field)",
-    "--dump_state_on": "nothing is dumped",
-    "--pooler_actf": "the encoder's own pooler is used",
-    "--mtl_opt": "heads are always per task",
-    "--init_ratio": "not used",
-    "--bert_model_type": "use --init_checkpoint (and --encoder_type)",
-    "--do_lower_case": "casing is fixed when prepro_std.py tokenizes",
-    "--masked_lm_prob": "no masked-LM pretraining here",
-    "--short_seq_prob": "no masked-LM pretraining here",
-    "--max_predictions_per_seq": "no masked-LM pretraining here",
-    "--bin_on": "batches are always length-bucketed",
-    "--bin_size": "batches are always length-bucketed",
-    "--bin_grow_ratio": "batches are always length-bucketed",
-    "--local_rank": "torchrun sets LOCAL_RANK",
-    "--world_size": "torchrun sets WORLD_SIZE",
-    "--master_addr": "torchrun sets MASTER_ADDR",
-    "--master_port": "torchrun sets MASTER_PORT",
-    "--backend": "NCCL on GPUs, gloo on CPU, chosen automatically",
-    "--tensorboard_logdir": "TensorBoard scalars go to OUTPUT_DIR/tensorboard",
-    "--data_sort_on": "batches are always length-bucketed",
-    "--name": "not used",
-    "--glue_format_on": "submission files are always written for test splits",
-    "--do_padding": "batches are always padded to a multiple of 8",
-    "--cuda": "use --device",
-    "--save_per_updates": "use --save_every_steps",
-    "--save_per_updates_on": "use --save_every_steps",
-    "--vb_dropout": "standard dropout is used",
-    "--dropout_w": "not used",
-    "--model_ckpt": "use --resume (continues from OUTPUT_DIR) or --init_checkpoint",
-    "--have_lr_scheduler": "the schedule is --warmup_schedule",
-    "--multi_step_lr": "the schedule is --warmup_schedule",
-    "--lr_gamma": "the schedule is --warmup_schedule",
-    "--scheduler_type": "the schedule is --warmup_schedule",
-    "--fp16_opt_level": "--fp16 uses torch autocast",
-    "--encode_mode": "not used",
-    "--debug": "not used",
-    "--transformer_cache": "models load from the local registry or folder",
-    "--tokenizer": "shards are tokenized by prepro_std.py",
-}
-#: MT-DNN's --warmup_schedule names for schedules this project has under another name (same formula)
+#: MT-DNN's and the SAGE repository's --warmup_schedule names for schedules this project has under another name
+#: (same formula at every step: see module.bert_optim)
 SCHEDULE_ALIASES = {"warmup_constant": "constant", "warmup_linear_xdl": "linear"}
-#: other spellings MT-DNN accepts for a no-effect flag
-_NO_EFFECT_SPELLINGS: dict[str, tuple[str, ...]] = {}
-_IGNORED = "_mtdnn_ignored"
+_UPSTREAM = "_upstream_flags_given"
 
 
-class _Ignored(argparse.Action):
-    """Records a no-effect flag (with or without a value) for the warning."""
+class _Upstream(argparse.Action):
+    """Records an upstream flag without a TrainConfig field (with or without a value) for the judging."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        getattr(namespace, _IGNORED).append((option_string, values))
+        getattr(namespace, _UPSTREAM).append((option_string, values))
 
 
 # ------------------------------------------------------------------------------------------ the parser
@@ -362,7 +314,7 @@ def _argument(f: dataclasses.Field, hints: dict) -> tuple[list[str], dict]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Multi-task fine-tuning with SAGE optimizers (MT-DNN flag names).")
-    p.set_defaults(**{_IGNORED: []})
+    p.set_defaults(**{_UPSTREAM: []})
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         names, kw = _argument(f, hints)
@@ -370,38 +322,31 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(f"--no_{f.name}", dest=f.name, action="store_false", help=kw["help"])
             p.add_argument(f"--{f.name}", dest=f.name, action="store_true", help=argparse.SUPPRESS)
             continue
-        if f.name == "test_datasets":
-            kw["default"] = None  # parse_args fills in the training tasks
+        if f.name in ("test_datasets", "warmup_schedule"):
+            kw["default"] = None  # parse_args fills in the training tasks, and tells a given schedule from none
         p.add_argument(*names, **kw)
-    group = p.add_argument_group("MT-DNN flags with no effect here (accepted with a warning)")
-    for flag, why in NO_EFFECT_FLAGS.items():
-        group.add_argument(flag, *_NO_EFFECT_SPELLINGS.get(flag, ()), nargs="?", action=_Ignored,
-                           default=argparse.SUPPRESS,
-                           help=f"no effect: {why}")
+    group = p.add_argument_group("MT-DNN and SAGE-repository flags without a field here (mt_dnn/upstream_flags.py)")
+    for flag, decision in upstream_flags.all_flags().items():
+        group.add_argument(flag, *upstream_flags.SPELLINGS.get(flag, ()), nargs="?", action=_Upstream,
+                           default=argparse.SUPPRESS, help=decision.replace("%", "%%"))
     return p
-
-
-def no_effect_warnings(ignored: Sequence[tuple[str, Any]]) -> list[str]:
-    """One line per no-effect flag given."""
-    lines = []
-    for flag, value in ignored:
-        canonical = next((k for k, v in _NO_EFFECT_SPELLINGS.items() if flag in v), flag)
-        shown = flag if value is None else f"{flag} {value}"
-        lines.append(f"train.py: warning: {shown} has no effect here ({NO_EFFECT_FLAGS[canonical]})")
-    return lines
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
     ns = build_parser().parse_args(argv)
     values = vars(ns)
-    ignored = values.pop(_IGNORED)
+    given = values.pop(_UPSTREAM)
     values["betas"] = tuple(values["betas"])
-    values["warmup_schedule"] = SCHEDULE_ALIASES.get(values["warmup_schedule"], values["warmup_schedule"])
+    typed = values["warmup_schedule"]  # None unless given: --scheduler_type may set it, and must agree with it
+    values["warmup_schedule"] = SCHEDULE_ALIASES.get(typed, typed)
     if values["test_datasets"] is None:
         values["test_datasets"] = list(values["train_datasets"])
+    settings = dict(values, **({"--warmup_schedule": typed} if typed is not None else {}))
+    notices = upstream_flags.judge(given, settings)
+    values["warmup_schedule"] = settings["warmup_schedule"] or TrainConfig.warmup_schedule
     cfg = TrainConfig(**values).validate()
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank parses; one copy of the warnings
-        for line in no_effect_warnings(ignored):
+        for line in notices:
             print(line, file=sys.stderr)
     return cfg
 

@@ -1,7 +1,8 @@
 """Data-parallel plumbing for ``torchrun``: the process group, error agreement, gathers, and model wrapping.
 
-We never launch processes ourselves: ``torchrun`` (single node, several nodes via its rendezvous) sets RANK,
-WORLD_SIZE and LOCAL_RANK, and :func:`from_environment` reads them. Every rank runs the same :class:`Trainer`;
+The project never launches processes itself: ``torchrun`` (single node, several nodes via its rendezvous) sets
+RANK, WORLD_SIZE and LOCAL_RANK, and :func:`from_environment` reads them (the legacy ``torch.distributed.launch``'s
+``--local_rank`` too). Every rank runs the same :class:`Trainer`;
 the helpers here are no-ops in a single process, so the trainer has one code path.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -52,13 +53,41 @@ def _int_env(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}: expected an integer, got {raw!r}") from None
 
 
-def from_environment() -> DistEnv:
-    """The torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK), or a single process."""
+def from_environment(local_rank_flag: Optional[str] = None) -> DistEnv:
+    """The launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK), or a single process.
+
+    ``local_rank_flag`` is ``--local_rank``/``--local-rank`` as given (None: not given). The legacy
+    ``torch.distributed.launch`` passes it and, in some versions, sets no LOCAL_RANK; then it places this process
+    on GPU N, as MT-DNN's train.py did. Where LOCAL_RANK is set the two must agree, and a multi-process job whose
+    local rank is known from neither is refused: every process would otherwise land on GPU 0.
+    """
     world = _int_env("WORLD_SIZE", 1)
-    rank, local = _int_env("RANK", 0), _int_env("LOCAL_RANK", 0)
+    rank, env_local = _int_env("RANK", 0), _int_env("LOCAL_RANK", -1)
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"environment: RANK={rank} WORLD_SIZE={world} is not a valid placement")
-    return DistEnv(rank=rank, world_size=world, local_rank=local)
+    flag = _local_rank(local_rank_flag)
+    if flag is not None and flag >= 0:
+        if "LOCAL_RANK" in os.environ and env_local != flag:
+            raise ValueError(f"--local_rank {flag}: the launcher set LOCAL_RANK={env_local}; give one placement")
+        return DistEnv(rank=rank, world_size=world, local_rank=flag)
+    if flag == -1 and world > 1:
+        raise ValueError(f"--local_rank -1 asks for one process, but the launcher set WORLD_SIZE={world}")
+    if world > 1 and "LOCAL_RANK" not in os.environ:
+        raise ValueError(f"environment: WORLD_SIZE={world} but no LOCAL_RANK, so this process's GPU is unknown: "
+                         "launch with torchrun, or pass --local_rank")
+    return DistEnv(rank=rank, world_size=world, local_rank=max(env_local, 0))
+
+
+def _local_rank(text: Optional[str]) -> Optional[int]:
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if value < -1:
+        raise ValueError(f"--local_rank {text}: expected a GPU index (0, 1, ...) or -1 (one process)")
+    return value
 
 
 def init_process_group(env: DistEnv, device: str = "auto", timeout_minutes: float = 30.0) -> None:

@@ -61,7 +61,8 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(name: str, env: Optional[DistEnv] = None) -> torch.device:
-    """``auto`` prefers CUDA; under torchrun each rank takes the GPU of its LOCAL_RANK."""
+    """``auto`` prefers CUDA; under torchrun each rank takes the GPU of its LOCAL_RANK (one process given
+    ``--local_rank N`` takes GPU N, as MT-DNN's train.py did)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -75,7 +76,10 @@ def pick_device(name: str, env: Optional[DistEnv] = None) -> torch.device:
                              "use --device cpu or auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    if device.type == "cuda" and device.index is None and env is not None and env.enabled:
+    if device.type == "cuda" and device.index is None and env is not None and (env.enabled or env.local_rank):
+        if env.local_rank >= torch.cuda.device_count():
+            raise ValueError(f"local rank {env.local_rank} (LOCAL_RANK or --local_rank): only "
+                             f"{torch.cuda.device_count()} CUDA device(s) visible")
         return torch.device("cuda", env.local_rank)
     return device
 

@@ -178,7 +178,7 @@ def mtdnn_encoder_config(conf: Mapping, encoder_type: Optional[int], where: str)
         model_type = model_type or pretrained_models.ENCODER_TYPES[etype][0]
     if model_type is None:
         raise ValueError(f"{where}: its config names no encoder_type or model_type; pass --encoder_type "
-                         "(1 BERT, 2 RoBERTa, 6 DeBERTa, 7 ELECTRA)")
+                         f"({pretrained_models.encoder_types_text()})")
     config_class = CONFIG_MAPPING[model_type]
     accepted = set(config_class().to_dict()) - {"model_type", "transformers_version", "architectures"}
     config = config_class(**{k: v for k, v in conf.items() if k in accepted})

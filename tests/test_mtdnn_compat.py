@@ -682,6 +682,264 @@ def test_new_flags_are_validated(args, message, capsys):
     assert message in err and len(err.splitlines()) == 1
 
 
+
+# ------------------------------------------------------------------------------------------ upstream flags: meant or refused
+def _refused(args: list[str], capsys, tmp_path) -> str:
+    """train.py's one stderr line for a refused flag; exit 2 and no output folder."""
+    import train as train_cli
+    out = tmp_path / "never"
+    assert train_cli.main(["--train_datasets", "rte", "--output_dir", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and not out.exists()
+    return err[0]
+
+
+@pytest.mark.parametrize("value,schedule", [("0", "linear"), ("1", "cosine"), ("2", "constant"), ("3", "linear")])
+def test_mtdnn_scheduler_type_sets_the_schedule_it_means(value, schedule, capsys):
+    """MT-DNN's 0/1/2 build transformers' linear/cosine/constant; its 3 builds a polynomial schedule and then
+    overwrites it with the linear one. The effective schedule is the config's warmup_schedule."""
+    cfg = parse_args(["--train_datasets", "rte", "--scheduler_type", value])
+    assert cfg.warmup_schedule == schedule and json.loads(cfg.to_json())["warmup_schedule"] == schedule
+    assert capsys.readouterr().err == ""  # it takes effect: no notice
+    agreeing = {"linear": "warmup_linear_xdl", "cosine": "cosine", "constant": "warmup_constant"}[schedule]
+    both = parse_args(["--train_datasets", "rte", "--warmup_schedule", agreeing, "--scheduler_type", value])
+    assert both == cfg
+
+
+def test_scheduler_type_1_trains_transformers_cosine(ws):
+    """The run's own scheduler: 20 steps (40 rows / batch 2), warmup 0.1 = 2 steps, then
+    0.5 (1 + cos(pi (k - 2) / 18)); plain SGD evaluates it from step 0."""
+    import math
+    cfg = parse_args(["--train_datasets", "mnli", "--test_datasets", "mnli_matched", "--task_def",
+                      str(ws / "mtdnn_glue_task_def.yml"), "--data_dir", str(ws / "shards"), "--init_checkpoint",
+                      str(ws / "tiny-bert"), "--output_dir", str(ws / "cosine"), "--batch_size", "2", "--epochs",
+                      "1", "--optimizer", "sgd", "--scheduler_type", "1", "--no_tensorboard", "--device", "cpu"])
+    lam = Trainer(cfg).scheduler.lr_lambdas[0]
+    assert [lam(k) for k in (0, 1, 2, 11, 20)] == pytest.approx(
+        [0.0, 0.5, 1.0, 0.5 * (1 + math.cos(math.pi / 2)), 0.0], abs=1e-12)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--scheduler_type", "1", "--warmup_schedule", "warmup_linear"],
+     "--scheduler_type 1 (MT-DNN's cosine schedule) contradicts --warmup_schedule warmup_linear; give one of the two"),
+    (["--warmup_schedule", "warmup_constant", "--scheduler_type", "0"],
+     "--scheduler_type 0 (MT-DNN's linear schedule) contradicts --warmup_schedule warmup_constant; give one of the "
+     "two"),
+    (["--scheduler_type", "7"], "--scheduler_type 7: expected MT-DNN's 0 (linear), 1 (cosine), 2 (constant), "
+                                "3 (linear) or the SAGE repository's ms, rop, exp"),
+    (["--scheduler_type"], "--scheduler_type: expected MT-DNN's 0 (linear), 1 (cosine), 2 (constant), 3 (linear) "
+                           "or the SAGE repository's ms, rop, exp"),
+    (["--optimizer", "sgd", "--scheduler_type", "exp"],
+     "--scheduler_type exp: with --optimizer sgd the SAGE repository built an ExponentialLR that it never stepped, "
+     "and none exists here; its SGD ran at the constant base rate: for that run use --warmup_schedule constant "
+     "--warmup 0"),
+    (["--optimizer", "sgd", "--scheduler_type", "ms"], "--scheduler_type ms: with --optimizer sgd the SAGE "
+     "repository built a MultiStepLR that it never stepped"),
+    (["--optimizer", "sgd", "--have_lr_scheduler"],
+     "--have_lr_scheduler: with plain SGD it turned off the SAGE repository's SGD scheduler, which it never stepped "
+     "anyway; its SGD ran at the constant base rate: for that run use --warmup_schedule constant --warmup 0"),
+    (["--optimizer", "sgd", "--lr_gamma", "0.9"], "--lr_gamma 0.9: the SAGE repository gave it to plain SGD's "
+     "scheduler, which it never stepped, and none exists here; its SGD ran at the constant base rate"),
+    (["--optimizer", "sgd", "--multi_step_lr", "5,10"], "--multi_step_lr 5,10: the SAGE repository gave it to "
+     "plain SGD's scheduler, which it never stepped"),
+])
+def test_scheduler_flags_that_cannot_be_honoured_are_refused(args, message, capsys, tmp_path):
+    line = _refused(args, capsys, tmp_path)
+    assert line.startswith(f"train.py: error: {message}"), line
+
+
+def test_sage_scheduler_flags_change_nothing_with_schedule_carrying_optimizers(capsys):
+    """The SAGE repository built ms/rop/exp only for plain SGD; with its other optimizers the optimizer's own
+    --warmup_schedule ran, as here. Giving them changes nothing and says so."""
+    plain = parse_args(["--train_datasets", "rte", "--optimizer", "usadamax"])
+    capsys.readouterr()
+    cfg = parse_args(["--train_datasets", "rte", "--optimizer", "usadamax", "--scheduler_type", "ms",
+                      "--have_lr_scheduler", "--lr_gamma", "0.5", "--multi_step_lr", "10,20,30"])
+    assert cfg == plain and cfg.warmup_schedule == "warmup_linear"
+    assert capsys.readouterr().err.splitlines() == [
+        "train.py: warning: --scheduler_type ms has no effect here (the SAGE repository applies it only to plain "
+        "SGD; its other optimizers follow --warmup_schedule, as here)",
+        "train.py: warning: --have_lr_scheduler has no effect here (the SAGE repository's switch (given: off) for "
+        "the scheduler of plain SGD only; its other optimizers follow --warmup_schedule, as here)",
+        "train.py: warning: --lr_gamma 0.5 has no effect here (the SAGE repository reads it only for plain SGD's "
+        "scheduler (--scheduler_type))",
+        "train.py: warning: --multi_step_lr 10,20,30 has no effect here (the SAGE repository reads it only for "
+        "plain SGD's scheduler (--scheduler_type))"]
+
+
+def test_warmup_cosine_is_accepted_and_recorded(capsys):
+    cfg = parse_args(["--train_datasets", "rte", "--warmup_schedule", "warmup_cosine"])
+    assert cfg.warmup_schedule == "warmup_cosine" and capsys.readouterr().err == ""
+    assert TrainConfig.from_json(cfg.to_json()).warmup_schedule == "warmup_cosine"
+
+
+# values that ask for what this project does anyway: one notice line, the run unchanged
+SAME_VALUES = [("--answer_rnn_type", "GRU"), ("--answer_att_type", "bilinear"), ("--mem_cum_type", "mlp"),
+               ("--answer_merge_opt", "1"), ("--answer_mem_type", "1"), ("--mtl_opt", "0"), ("--init_ratio", "1.0"),
+               ("--dropout_w", "0"), ("--fp16_opt_level", "O1"), ("--cuda", "True"), ("--cuda", None)]
+# values that ask for something else: refused in one line
+OTHER_VALUES = [("--answer_rnn_type", "lstm"), ("--answer_att_type", "simple"), ("--mem_cum_type", "simple"),
+                ("--answer_merge_opt", "0"), ("--answer_mem_type", "0"), ("--answer_weight_norm_on", None),
+                ("--dump_state_on", None), ("--max_answer_len", "30"), ("--mtl_opt", "1"), ("--init_ratio", "2"),
+                ("--bin_on", None), ("--cuda", "False"), ("--save_per_updates_on", None), ("--dropout_w", "0.1"),
+                ("--encode_mode", None), ("--weighted_on", None)]
+
+
+def _given(flag, value):
+    return [flag] if value is None else [flag, value]
+
+
+@pytest.mark.parametrize("flag,value", SAME_VALUES)
+def test_a_value_asking_for_what_this_project_does_is_one_notice(flag, value, capsys):
+    plain = parse_args(["--train_datasets", "rte"])
+    capsys.readouterr()
+    assert parse_args(["--train_datasets", "rte", *_given(flag, value)]) == plain
+    shown = flag if value is None else f"{flag} {value}"
+    assert capsys.readouterr().err.splitlines() == [
+        f"train.py: warning: {shown} has no effect here ({config_mod.VALUE_FLAGS[flag].why})"]
+
+
+@pytest.mark.parametrize("flag,value", OTHER_VALUES)
+def test_a_value_asking_for_something_else_is_refused(flag, value, capsys, tmp_path):
+    shown = flag if value is None else f"{flag} {value}"
+    assert _refused(_given(flag, value), capsys, tmp_path) == \
+        f"train.py: error: {shown}: {config_mod.VALUE_FLAGS[flag].instead}"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--answer_rnn_type", "lstm"], "--answer_rnn_type lstm: this SAN's step cell is a GRU (MT-DNN's gru); LSTM and "
+                                    "RNN cells are not available: leave the flag out"),
+    (["--fp16", "--fp16_opt_level", "O2"], "--fp16_opt_level O2: --fp16 here is torch autocast with float32 weights "
+     "and dynamic loss scaling (Apex's O1): O0 is float32 training (leave out --fp16), O2 and O3 keep float16 "
+     "weights, which is not available"),
+    (["--fp16", "--fp16_opt_level", "O0"], "--fp16_opt_level O0: --fp16 here is torch autocast"),
+    (["--dropout_w", "0.1"], "--dropout_w 0.1: word dropout (training tokens replaced by the unknown token with "
+                             "this probability) is not available: leave the flag out"),
+    (["--bin_on"], "--bin_on: MT-DNN's length bins, with batches shrinking by --bin_grow_ratio per bin and the loss "
+                   "rescaled by batch size, are not available"),
+    (["--save_per_updates_on", "--save_per_updates", "100"], "--save_per_updates_on: MT-DNN's evaluation and "
+     "model file every --save_per_updates updates is not available; --save_every_steps N checkpoints"),
+    (["--cuda", "False"], "--cuda False: use --device cpu to train on the CPU"),
+    (["--encode_mode"], "--encode_mode: MT-DNN's encode-only run (the test sets' encoder outputs saved, no "
+                        "training) is not available here"),
+])
+def test_refusals_say_what_to_use_instead(args, message, capsys, tmp_path):
+    line = _refused(args, capsys, tmp_path)
+    assert line.startswith(f"train.py: error: {message}"), line
+
+
+def test_fp16_opt_level_without_fp16_changes_nothing(capsys):
+    """MT-DNN reads the level only inside its --fp16 branch."""
+    assert parse_args(["--train_datasets", "rte", "--fp16_opt_level", "O2"]) == parse_args(["--train_datasets", "rte"])
+    assert capsys.readouterr().err.splitlines() == [
+        f"train.py: warning: --fp16_opt_level O2 has no effect here ({config_mod.VALUE_FLAGS['--fp16_opt_level'].why})"]
+
+
+def test_every_upstream_flag_is_decided_once():
+    fields = {f"--{f.name}" for f in dataclasses.fields(TrainConfig)}
+    value_flags = set(config_mod.VALUE_FLAGS)
+    assert not value_flags & set(NO_EFFECT_FLAGS) and not value_flags & fields
+    for flag, rule in config_mod.VALUE_FLAGS.items():
+        assert getattr(rule, "text", None) or rule.instead, flag  # every refusal says what to use instead
+
+
+# ------------------------------------------------------------------------------------------ --local_rank
+def _placement(monkeypatch, env: dict, flag):
+    from mt_dnn import distributed as dist_utils
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return dist_utils.from_environment(flag)
+
+
+def test_legacy_launcher_local_rank_places_the_process_on_its_gpu(monkeypatch):
+    """torch.distributed.launch passes --local_rank=N (torch >= 2: --local-rank=N) and, in some versions, sets no
+    LOCAL_RANK: the process must take GPU N, as MT-DNN's train.py did, never GPU 0 for every rank."""
+    from mt_dnn.trainer import pick_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    env = _placement(monkeypatch, {"RANK": "1", "WORLD_SIZE": "2"}, "1")
+    assert (env.rank, env.world_size, env.local_rank) == (1, 2, 1)
+    assert pick_device("auto", env) == torch.device("cuda", 1)
+    assert _placement(monkeypatch, {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "1").local_rank == 1
+    one = _placement(monkeypatch, {}, "1")  # one process given --local_rank 1: GPU 1, as in MT-DNN
+    assert pick_device("auto", one) == torch.device("cuda", 1)
+    assert pick_device("auto", _placement(monkeypatch, {}, "-1")) == torch.device("cuda")
+    with pytest.raises(ValueError, match=r"local rank 2 \(LOCAL_RANK or --local_rank\): only 2 CUDA device"):
+        pick_device("auto", _placement(monkeypatch, {}, "2"))
+    assert parse_args(["--train_datasets", "rte", "--local-rank=1"]) == parse_args(["--train_datasets", "rte"])
+
+
+@pytest.mark.parametrize("env,args,message", [
+    ({"RANK": "0", "WORLD_SIZE": "2"}, [],
+     "environment: WORLD_SIZE=2 but no LOCAL_RANK, so this process's GPU is unknown: launch with torchrun, or pass "
+     "--local_rank"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, ["--local_rank=1"],
+     "--local_rank 1: the launcher set LOCAL_RANK=0; give one placement"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, ["--local_rank", "-1"],
+     "--local_rank -1 asks for one process, but the launcher set WORLD_SIZE=2"),
+    ({}, ["--local-rank=gpu1"], "--local_rank gpu1: expected a GPU index (0, 1, ...) or -1 (one process)"),
+])
+def test_local_rank_placements_that_contradict_are_refused(env, args, message, monkeypatch, capsys, tmp_path):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert _refused(args + ["--device", "cpu"], capsys, tmp_path) == f"train.py: error: {message}"
+
+
+# ------------------------------------------------------------------------------------------ --encoder_type 5
+def _tiny_xlmr(folder: Path) -> None:
+    """A random 2-layer XLM-RoBERTa and a small Unigram tokenizer of its own, saved as a Hugging Face folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizer
+    words = "the a film good bad movie was is not very great awful yes no it this".split()
+    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -2.0) for w in words]
+    vocab += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz.,!"]
+    backend = Tokenizer(models.Unigram(vocab, unk_id=3))
+    backend.pre_tokenizer, backend.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    XLMRobertaTokenizer(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                        cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<unk>").save_pretrained(folder)
+    torch.manual_seed(0)
+    XLMRobertaModel(XLMRobertaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=66, type_vocab_size=1,
+                                     pad_token_id=1, bos_token_id=0, eos_token_id=2)).save_pretrained(folder)
+
+
+def test_encoder_type_5_xlm_r_runs_through_prepro_and_train(ws, tmp_path, capsys):
+    import prepro_std
+    import train as train_cli
+    from data_utils.shards import shard_path
+    model = tmp_path / "tiny-xlmr"
+    _tiny_xlmr(model)
+    rows = {"train": [("good film", "yes"), ("bad movie", "no"), ("great", "yes"), ("awful", "no")] * 4,
+            "dev": [("a good movie", "yes"), ("not good", "no")] * 3}
+    for split, pairs in rows.items():
+        lines = [f"{i}\t{'entailment' if y == 'yes' else 'not_entailment'}\t{a}\tit is {y}" for i, (a, y)
+                 in enumerate(pairs)]
+        (tmp_path / f"rte_{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    task_def = ws / "mtdnn_glue_task_def.yml"
+    assert prepro_std.main(["--model", str(model), "--root_dir", str(tmp_path), "--task_def", str(task_def),
+                            "--tasks", "rte", "--workers", "1", "--max_seq_len", "64"]) == 0
+    first = read_shard(shard_path(tmp_path, str(model), "rte", "train"))[0]
+    assert first["token_id"][0] == 0 and first["token_id"].count(2) == 3 and set(first["type_id"]) == {0}
+    common = ["--train_datasets", "rte", "--task_def", str(task_def), "--data_dir",
+              str(shard_path(tmp_path, str(model), "rte", "train").parent), "--init_checkpoint", str(model),
+              "--batch_size", "4", "--epochs", "1", "--no_tensorboard", "--device", "cpu", "--max_seq_len", "64"]
+    out = tmp_path / "run"
+    assert train_cli.main(common + ["--encoder_type", "5", "--output_dir", str(out)]) == 0, capsys.readouterr().err
+    config = json.loads((out / "best" / "train_config.json").read_text())
+    assert config["encoder_type"] == 5
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0]
+    capsys.readouterr()
+    assert train_cli.main(common + ["--encoder_type", "5", "--init_checkpoint", str(ws / "tiny-bert"),
+                                    "--output_dir", str(tmp_path / "bert")]) == 2
+    assert capsys.readouterr().err.strip() == ("train.py: error: --encoder_type: encoder type 5 expects model_type "
+                                               "('xlm-roberta',), but the checkpoint is 'bert'")
+
 # ------------------------------------------------------------------------------------------ item 2: their YAML
 def _lines_of(text: str, key: str) -> list[int]:
     return [i + 1 for i, line in enumerate(text.splitlines()) if line.startswith(f"  {key}:")]
@@ -989,7 +1247,7 @@ def test_readme_section_shows_the_command_and_names_every_flag_and_field():
     section = readme[start:readme.index("\n## ", start + 1)]
     command = AUTHORS_SCRIPT[AUTHORS_SCRIPT.index("python train.py"):]
     assert f"\n{command}```" in section  # verbatim
-    for flag in NO_EFFECT_FLAGS:
+    for flag in (*NO_EFFECT_FLAGS, *config_mod.VALUE_FLAGS):
         assert f"`{flag}`" in section, flag
     for name in ("grad_clipping", "log_file", "answer_opt", "update_bert_opt", "bert_dropout_p", "dropout_p",
                  "answer_num_turn", "encoder_type", "test_datasets", "momentum", "num_hidden_layers"):
