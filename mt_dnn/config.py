@@ -3,8 +3,9 @@
 Each field carries its help text and its MT-DNN / SAGE-repo aliases in ``dataclasses.field(metadata=...)``, so
 names, defaults and help live in one place; :func:`build_parser` turns the fields into flags (never at import).
 MT-DNN's and the SAGE repository's flags without a field here parse too: :mod:`mt_dnn.upstream_flags` says for
-each one what its values get (a one-line notice where they change nothing, a one-line refusal otherwise). The config is saved as JSON next to every checkpoint so a run can be resumed
-or inspected without the original command line.
+each one what its values get (a one-line notice where they change nothing, a one-line refusal otherwise). The
+config is saved as JSON next to every checkpoint so a run can be resumed or inspected without the original command
+line.
 """
 from __future__ import annotations
 

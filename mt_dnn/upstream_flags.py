@@ -116,7 +116,7 @@ SGD_OPTIMIZERS = ("sgd",)  # the SAGE repository's plain SGD; it has no SGD-SAGE
 MTDNN_SCHEDULER_TYPES: dict[int, str] = {0: "linear", 1: "cosine", 2: "constant", 3: "linear"}
 #: the SAGE repository's --scheduler_type strings -> the torch scheduler it built for plain SGD
 SAGE_SCHEDULER_TYPES: dict[str, str] = {"ms": "a MultiStepLR", "rop": "a ReduceLROnPlateau", "exp": "an ExponentialLR"}
-_SGD_CONSTANT = ("its SGD ran at the constant base rate: for that run use --warmup_schedule constant --warmup 0")
+_SGD_CONSTANT = "its SGD ran at the constant base rate: for that run use --warmup_schedule constant --warmup 0"
 
 
 @dataclass(frozen=True)

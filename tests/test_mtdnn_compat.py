@@ -683,7 +683,7 @@ def test_new_flags_are_validated(args, message, capsys):
 
 
 
-# ------------------------------------------------------------------------------------------ upstream flags: meant or refused
+# ----------------------------------------------------------------------- upstream flags: meant or refused
 def _refused(args: list[str], capsys, tmp_path) -> str:
     """train.py's one stderr line for a refused flag; exit 2 and no output folder."""
     import train as train_cli
@@ -901,8 +901,8 @@ def _tiny_xlmr(folder: Path) -> None:
     backend.pre_tokenizer, backend.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
     backend.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-    XLMRobertaTokenizer(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", sep_token="</s>",
-                        cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<unk>").save_pretrained(folder)
+    XLMRobertaTokenizer(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+                        unk_token="<unk>", pad_token="<pad>", mask_token="<unk>").save_pretrained(folder)
     torch.manual_seed(0)
     XLMRobertaModel(XLMRobertaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=64, max_position_embeddings=66, type_vocab_size=1,
