@@ -4,11 +4,16 @@ One optimizer object serves a whole model: each param group carries a ``sage`` f
 groups (SAGE-scaled) and "common" groups (plain base update) live side by side. As in ``torch.optim.Adam``, the
 classes only validate, gather each group's tensors into lists and call one functional entry per algorithm
 (:mod:`module.sage_functional`), which picks the for-loop, foreach or fused implementation.
+
+Unlike ``torch.optim``: state of float16/bfloat16 parameters is float32 (:func:`module.sage_math.state_dtype`),
+step counts stay CPU tensors whatever the implementation (every implementation reads them on the host), and
+``load_state_dict`` keeps both, and this optimizer's own ``foreach``/``fused`` choice, over the saved ones.
 """
 from __future__ import annotations
 
 import functools
 import math
+from itertools import chain
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -21,7 +26,7 @@ from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule
 
 from module.plain_optim import RAdam
 from module.sage_functional import sage_adam, sage_adamax, sage_adamw, sage_sgd
-from module.sage_math import FORMULAS
+from module.sage_math import FORMULAS, state_dtype
 
 __all__ = [
     "AdamaxSAGE", "AdamWSAGE", "AdamSAGE", "SGDSAGE", "OPTIMIZERS", "build_optimizer", "sage_param_groups",
@@ -90,6 +95,31 @@ class _SageOptimizer(Optimizer):
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
 
+    #: Group keys that say how a step is computed, not what it computes: a loaded state dict keeps this
+    #: optimizer's values (a checkpoint saved with fused=True must not override --optim_impl foreach).
+    IMPLEMENTATION_KEYS = ("foreach", "fused")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's load, except that the implementation choice stays this optimizer's, step counts stay on the
+        CPU (torch moves them to the parameter's device for fused groups: a host sync per tensor and step) and
+        the state of half-precision parameters stays float32 (torch casts it to the parameter's dtype)."""
+        saved_groups = state_dict["param_groups"]
+        groups = [dict(saved, **{k: own[k] for k in self.IMPLEMENTATION_KEYS if k in own})
+                  for saved, own in zip(saved_groups, self.param_groups)] + list(saved_groups[len(self.param_groups):])
+        super().load_state_dict(dict(state_dict, param_groups=groups))
+        ids = chain.from_iterable(g["params"] for g in saved_groups)
+        for saved_id, p in zip(ids, chain.from_iterable(g["params"] for g in self.param_groups)):
+            state, saved = self.state.get(p), state_dict["state"].get(saved_id)
+            if not state or saved is None:
+                continue
+            for key, value in saved.items():
+                if not isinstance(value, Tensor):
+                    continue
+                if key == "step":
+                    state[key] = value if value.device.type == "cpu" else value.detach().to("cpu")
+                elif value.is_floating_point() and state[key].dtype != state_dtype(p.dtype):
+                    state[key] = value.to(device=p.device, dtype=state_dtype(p.dtype))
+
     def _init_group(self, group: dict, params: list, grads: list, buffers: list[list], ipt_avgs: list,
                     steps: list) -> None:
         """Append the group's parameters that have a gradient (others are skipped) and their state."""
@@ -104,9 +134,9 @@ class _SageOptimizer(Optimizer):
             if not state:
                 state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
                 for name in self.buffer_names:
-                    state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state[name] = self._zero_state(p)
             if group["sage"] and "exp_avg_ipt" not in state:
-                state["exp_avg_ipt"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_ipt"] = self._zero_state(p)
             params.append(p)
             grads.append(p.grad)
             for name, column in zip(self.buffer_names, buffers):
@@ -114,6 +144,11 @@ class _SageOptimizer(Optimizer):
             if group["sage"]:
                 ipt_avgs.append(state["exp_avg_ipt"])
             steps.append(state["step"])
+
+    @staticmethod
+    def _zero_state(p: Tensor) -> Tensor:
+        """A zero state buffer for ``p``: its layout, dtype ``state_dtype(p.dtype)`` (float32 for half precision)."""
+        return torch.zeros_like(p, dtype=state_dtype(p.dtype), memory_format=torch.preserve_format)
 
     def _gathered(self, group: dict, n_buffers: int) -> tuple:
         params, grads, ipt_avgs, steps = [], [], [], []
@@ -286,7 +321,7 @@ class SGDSAGE(_SageOptimizer):
     def _momentum_buffer(self, p: Tensor) -> Tensor:
         state = self.state[p]
         if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["momentum_buffer"] = self._zero_state(p)
         return state["momentum_buffer"]
 
 

@@ -123,7 +123,8 @@ def _addresses(column: Optional[list[Tensor]], n: int):
 
 
 def fused_step(algorithm: str, params: list[Tensor], grads: list[Tensor], states: list[list[Tensor]],
-               ipt_avgs: Optional[list[Tensor]], scalars: dict, hyper: dict, grad_factor: float = 1.0) -> None:
+               ipt_avgs: Optional[list[Tensor]], scalars: dict, hyper: dict,
+               grad_factor: Optional[float] = None) -> None:
     """Update every tensor of one bucket in place with one kernel call; the contract of
     :func:`module.sage_triton.fused_step` (contiguous CPU tensors, float32 or float64, one dtype throughout)."""
     columns = bucket_columns(algorithm, params, grads, states, ipt_avgs, hyper)
@@ -135,6 +136,7 @@ def fused_step(algorithm: str, params: list[Tensor], grads: list[Tensor], states
     lib = _library(_defines(algorithm, params[0].dtype, hyper, bool(scalars.get("first_step", False)),
                             columns[4] is not None))
     n = len(params)
-    floats = kernel_floats(algorithm, dict(scalars, grad_factor=grad_factor), hyper)
+    factor = scalars.get("grad_factor", 1.0) if grad_factor is None else grad_factor
+    floats = kernel_floats(algorithm, dict(scalars, grad_factor=factor), hyper)
     lib.sage_step(n, *(_addresses(col, n) for col in columns), (ctypes.c_int64 * n)(*map(Tensor.numel, params)),
                   (ctypes.c_double * len(SCALAR_NAMES))(*floats), torch.get_num_threads())

@@ -13,6 +13,10 @@ the implementation, as torch does:
 AMP: ``grad_scale``/``found_inf`` follow torch's fused-optimizer protocol (``GradScaler`` sets them on the
 optimizer): gradients are unscaled inside the update, so the sensitivity sees the unscaled gradient, and a step
 with ``found_inf`` set leaves parameters, state and step counts untouched.
+
+Half precision (float16/bfloat16 parameters): the state is float32 (:func:`module.sage_math.state_dtype`) and
+every implementation computes the update in float32 from θ and g, rounding θ once, as the fused kernel does.
+Step counts are CPU tensors, read on the host once per tensor and step (no device sync).
 """
 from __future__ import annotations
 
@@ -24,9 +28,10 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach
 
 from module import sage_math
+from module.sage_math import HALF_PRECISION
 
 __all__ = ["sage_adamax", "sage_adamw", "sage_adam", "sage_sgd", "ALGORITHMS", "Algorithm",
-           "implementation_kwargs", "IMPLEMENTATIONS"]
+           "implementation_kwargs", "IMPLEMENTATIONS", "TRITON_MIN_CAPABILITY", "single_step", "multi_step"]
 
 
 class Algorithm(NamedTuple):
@@ -142,13 +147,10 @@ def _update(algo: Algorithm, params: list[Tensor], grads: list[Tensor], buffers:
     if fused:
         from module import sage_fused
         sage_fused.fused_update(algo, params, grads, buffers, ipt_avgs, steps, scalars, hyper, factor)
-        return
-    if factor != 1.0:
-        grads = torch._foreach_mul(grads, factor)
-    if foreach:
-        _multi_tensor(algo, params, grads, buffers, ipt_avgs, steps, scalars, hyper)
+    elif foreach:
+        _multi_tensor(algo, params, grads, buffers, ipt_avgs, steps, scalars, hyper, factor)
     else:
-        _single_tensor(algo, params, grads, buffers, ipt_avgs, steps, scalars, hyper)
+        _single_tensor(algo, params, grads, buffers, ipt_avgs, steps, scalars, hyper, factor)
 
 
 def row(columns: Columns, i: int) -> tuple:
@@ -156,10 +158,34 @@ def row(columns: Columns, i: int) -> tuple:
     return tuple(None if col is None else col[i] for col in columns)
 
 
-def _single_tensor(algo: Algorithm, params, grads, buffers: Columns, ipt_avgs, steps, scalars, hyper) -> None:
+def check_half_state(param_dtype: torch.dtype, states) -> None:
+    """One line refusing half-precision state for half-precision parameters (it underflows; see state_dtype)."""
+    for t in states:
+        if t is not None and t.dtype != torch.float32:
+            raise ValueError(f"SAGE optimizer state of {param_dtype} parameters must be float32 "
+                             f"(module.sage_math.state_dtype); got a {t.dtype} state tensor")
+
+
+def single_step(algo: Algorithm, p: Tensor, g: Tensor, states: tuple, ipt_avg: Optional[Tensor], scalars: dict,
+                hyper: dict, grad_factor: float = 1.0) -> None:
+    """``algo.single`` on one tensor, the gradient times ``grad_factor``; half-precision θ and g go through
+    float32 copies (state is float32), so θ is rounded once, as in the fused kernel."""
+    wide = p.dtype in HALF_PRECISION
+    if wide:
+        check_half_state(p.dtype, (*states, ipt_avg))
+    work_p, work_g = (p.float(), g.float()) if wide else (p, g)
+    if grad_factor != 1.0:
+        work_g = work_g * grad_factor
+    algo.single(work_p, work_g, *states, ipt_avg, **scalars, **hyper)
+    if wide:
+        p.copy_(work_p)
+
+
+def _single_tensor(algo: Algorithm, params, grads, buffers: Columns, ipt_avgs, steps, scalars, hyper,
+                   grad_factor: float) -> None:
     for i, (p, g) in enumerate(zip(params, grads)):
-        algo.single(p, g, *row(buffers, i), None if ipt_avgs is None else ipt_avgs[i], **scalars(steps[i]),
-                    **hyper)
+        single_step(algo, p, g, row(buffers, i), None if ipt_avgs is None else ipt_avgs[i], scalars(steps[i]),
+                    hyper, grad_factor)
 
 
 def buckets(params: list[Tensor], grads: list[Tensor], buffers: Columns, ipt_avgs: Optional[list[Tensor]],
@@ -178,22 +204,43 @@ def buckets(params: list[Tensor], grads: list[Tensor], buffers: Columns, ipt_avg
     return out
 
 
-def _multi_tensor(algo: Algorithm, params, grads, buffers: Columns, ipt_avgs, steps, scalars, hyper) -> None:
+def multi_step(algo: Algorithm, p: list[Tensor], g: list[Tensor], states: Columns,
+               ipt_avgs: Optional[list[Tensor]], scalars: dict, hyper: dict, grad_factor: float = 1.0) -> None:
+    """``algo.multi`` on one same-device/dtype/step bucket, the gradients times ``grad_factor``; half-precision
+    θ and g go through float32 copies (state is float32), so θ is rounded once, as in the fused kernel."""
+    wide = p[0].dtype in HALF_PRECISION
+    if wide:
+        check_half_state(p[0].dtype, [t for col in (*states, ipt_avgs) if col is not None for t in col])
+    work_p, work_g = ([t.float() for t in p], [t.float() for t in g]) if wide else (p, g)
+    if grad_factor != 1.0:
+        work_g = torch._foreach_mul(work_g, grad_factor)
+    algo.multi(work_p, work_g, *states, ipt_avgs, **scalars, **hyper)
+    if wide:
+        torch._foreach_copy_(p, work_p)
+
+
+def _multi_tensor(algo: Algorithm, params, grads, buffers: Columns, ipt_avgs, steps, scalars, hyper,
+                  grad_factor: float) -> None:
     for step, (p, g, *cols) in buckets(params, grads, buffers, ipt_avgs, steps):
-        algo.multi(p, g, *cols, **scalars(step), **hyper)
+        multi_step(algo, p, g, cols[:-1], cols[-1], scalars(step), hyper, grad_factor)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Choosing an implementation from a config string (trainer, benchmarks)
 # ----------------------------------------------------------------------------------------------------------
 IMPLEMENTATIONS = ("auto", "forloop", "foreach", "fused")
+#: The oldest CUDA compute capability given the Triton kernel by ``auto``: Volta (V100). The kernel is
+#: elementwise (no tensor-core instructions), the kind of kernel Triton still builds for sm_70/sm_75; every
+#: variant checks itself on first use and falls back to foreach if it fails to build or disagrees.
+TRITON_MIN_CAPABILITY = (7, 0)
 
 
 def implementation_kwargs(impl: str, device: torch.device) -> dict:
     """``foreach``/``fused`` flags for a configured implementation.
 
-    auto: fused on CPU (the C kernel) and on CUDA where the Triton kernel runs (Ampere and newer, Triton
-    importable); foreach otherwise (V100/T4, or no Triton).
+    auto: fused on CPU (the C kernel) and on CUDA from compute capability 7.0 (V100, T4, A100, H100, ...) when
+    Triton is importable (the Triton kernel, behind its self-check); foreach otherwise (pre-Volta GPUs, no
+    Triton, other device types).
     """
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown optimizer implementation {impl!r}; expected one of {', '.join(IMPLEMENTATIONS)}")
@@ -202,7 +249,8 @@ def implementation_kwargs(impl: str, device: torch.device) -> dict:
         if device.type == "cpu":
             impl = "fused"
         else:
-            capable = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+            capable = (device.type == "cuda"
+                       and tuple(torch.cuda.get_device_capability(device)) >= TRITON_MIN_CAPABILITY)
             impl = "fused" if capable and sage_fused.triton_available() else "foreach"
     return {"forloop": dict(foreach=False, fused=None), "foreach": dict(foreach=True, fused=None),
             "fused": dict(foreach=None, fused=True)}[impl]

@@ -10,6 +10,8 @@ from typing import Callable, Optional
 
 from torch import Tensor
 
+from module.sage_math import state_dtype
+
 #: Float arguments of the kernels, in order (unused ones are 0 for a given algorithm).
 SCALAR_NAMES = ("lr", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "beta3", "one_minus_beta3", "eps",
                 "eps_sq", "weight_decay", "step_size", "decay", "bias_correction1", "bias_correction2_sqrt",
@@ -79,7 +81,11 @@ def bucket_columns(algorithm: str, params: list[Tensor], grads: list[Tensor], st
 
 
 def check_bucket(columns: list[Optional[list[Tensor]]], dtypes) -> None:
-    """A one-line error naming the first tensor a kernel supporting ``dtypes`` cannot take."""
+    """A one-line error naming the first tensor a kernel supporting ``dtypes`` cannot take.
+
+    One launch runs on one device: a bucket with tensors on two devices is refused (the kernel would read one
+    device's addresses on the other). State and Ī are ``state_dtype`` of the parameters (float32 for half).
+    """
     p0, g0 = columns[0][0], columns[1][0]
     if p0.dtype not in dtypes or g0.dtype not in dtypes:
         raise ValueError(f"fused SAGE step supports {', '.join(map(str, dtypes))}; "
@@ -89,9 +95,12 @@ def check_bucket(columns: list[Optional[list[Tensor]]], dtypes) -> None:
             continue
         if len(col) != len(columns[0]):
             raise ValueError(f"fused SAGE step: {len(col)} {name} tensors for {len(columns[0])} parameters")
-        dtype = g0.dtype if name == "gradient" else p0.dtype
+        dtype = {"parameter": p0.dtype, "gradient": g0.dtype}.get(name, state_dtype(p0.dtype))
         for i, (t, p) in enumerate(zip(col, columns[0])):
-            if t.dtype != dtype or t.device != p0.device or not t.is_contiguous() or t.numel() != p.numel():
+            if t.device != p0.device:
+                raise ValueError(f"fused SAGE step: one launch updates tensors on one device; {name} {i} is on "
+                                 f"{t.device}, parameter 0 on {p0.device}")
+            if t.dtype != dtype or not t.is_contiguous() or t.numel() != p.numel():
                 raise ValueError(f"fused SAGE step: {name} {i} must be a contiguous {dtype} tensor on "
                                  f"{p0.device} with the parameter's size; got {t.dtype} {tuple(t.shape)} "
                                  f"on {t.device} (contiguous={t.is_contiguous()})")

@@ -22,6 +22,20 @@ Scalar = Union[float, Tensor]
 
 FORMULAS = ("reference", "paper", "ablation1", "ablation2", "ablation3", "ablation4", "ablation5")
 
+#: Parameter dtypes whose optimizer state is kept, and whose update is computed, in float32.
+HALF_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a parameter's optimizer state: float32 for half precision, else the parameter's own.
+
+    Why: in float16 (1−β2)·g² underflows to zero for gradients below ~1e-2, so steps grow by up to 1/ε; in
+    bfloat16 an EMA with β ≥ 0.996 rounds back to its old value and stops moving. Every implementation (for-loop,
+    foreach, fused) then computes the update in float32 from the half-precision θ and g, as a fused kernel does,
+    and rounds θ once.
+    """
+    return torch.float32 if param_dtype in HALF_PRECISION else param_dtype
+
 
 # ----------------------------------------------------------------------------------------------------------
 # The modulating term

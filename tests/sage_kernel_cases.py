@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 from typing import Callable, ContextManager
+from unittest import mock
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from module import bert_optim
 
@@ -147,3 +149,80 @@ def bucket(dtype=torch.float64):
     """A one-tensor bucket: θ, g, [exp_avg, exp_avg_sq or exp_inf] and Ī columns."""
     p = [torch.zeros(4, dtype=dtype)]
     return p, [torch.zeros_like(p[0])], [[torch.zeros_like(p[0])], [torch.zeros_like(p[0])]], [torch.zeros_like(p[0])]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Half-precision parameters against the float64 math
+# ----------------------------------------------------------------------------------------------------------
+HALF_SIZES = [(3, 5), (7,), (2049,), (33, 65)]
+
+
+def run_half_pair(dtype, step_kwargs: dict, fused_context: Callable[[], ContextManager] = contextlib.nullcontext,
+                  steps: int = 3):
+    """AdamW-SAGE on ``dtype`` parameters (``step_kwargs``: the implementation) and, from the same start values
+    and gradients, on float64 parameters with the for-loop math. Gradients are ~1e-3, parameters ~0.05 (BERT's
+    scale): in float16 state (1−β2)·g² would underflow. Returns (reference, optimizer, float64 params, half
+    params, start values)."""
+    gen = torch.Generator().manual_seed(0)
+    start = [(torch.randn(s, generator=gen) * 0.05).to(dtype) for s in HALF_SIZES]
+    half = [t.clone() for t in start]
+    wide = [t.double() for t in start]
+    ref = bert_optim.AdamWSAGE(groups(wide), lr=1e-2, formula="paper", foreach=False)
+    opt = bert_optim.AdamWSAGE(groups(half), lr=1e-2, formula="paper", **step_kwargs)
+    for _ in range(steps):
+        for w, h in zip(wide, half):
+            h.grad = (torch.randn(h.shape, generator=gen) * 1e-3).to(dtype)
+            w.grad = h.grad.double()
+        ref.step()
+        with fused_context():
+            opt.step()
+    return ref, opt, wide, half, start
+
+
+def assert_half_follows_float64(ref, opt, wide, half, start) -> None:
+    """Float32 state equal to the float64 state to float32 rounding (Ī, which sees θ, to θ's rounding), and
+    each parameter's movement equal to the float64 one to within θ's rounding per step."""
+    eps = torch.finfo(half[0].dtype).eps
+    for i, (w, h, h0) in enumerate(zip(wide, half, start)):
+        state = opt.state[h]
+        assert {k: v.dtype for k, v in state.items() if k != "step"} == dict.fromkeys(
+            [k for k in ref.state[w] if k != "step"], torch.float32)
+        for name, value in ref.state[w].items():
+            if name != "step":
+                rtol = 2 * eps if name == "exp_avg_ipt" else 1e-5
+                torch.testing.assert_close(state[name].double(), value, rtol=rtol, atol=0,
+                                           msg=lambda m: f"param {i} {name}: {m}")
+        moved_ref, moved = w - h0.double(), h.double() - h0.double()
+        assert moved_ref.abs().max() > 20 * eps * h0.double().abs().max()  # the steps are resolvable in θ's dtype
+        err = (moved - moved_ref).abs()
+        bound = 3 * eps * w.abs() + 0.02 * moved_ref.abs().max()
+        assert bool((err <= bound).all()), f"param {i}: movement off by up to {float(err.max()):.3g}"
+
+
+class HostReads(TorchDispatchMode):
+    """Records the device of every tensor value read on the host (``item()``, ``float()``, ``bool()``,
+    ``tolist()``) while active: a read of a device tensor is a host sync."""
+
+    def __init__(self):
+        super().__init__()
+        self.devices: list[torch.device] = []
+        self._tolist = None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.devices.append(args[0].device)
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        real, devices = torch.Tensor.tolist, self.devices
+
+        def tolist(t):
+            devices.append(t.device)
+            return real(t)
+        self._tolist = mock.patch.object(torch.Tensor, "tolist", tolist)
+        self._tolist.start()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self._tolist.stop()
+        return super().__exit__(*exc)

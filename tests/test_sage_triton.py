@@ -13,6 +13,7 @@ import os
 import warnings
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
@@ -27,9 +28,9 @@ if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 6):
                 allow_module_level=True)
 
 from module import bert_optim, sage_functional, sage_fused, sage_math  # noqa: E402
-from sage_kernel_cases import (CASES, HYPER, SCALARS, assert_inside, assert_nan_propagated, assert_same,  # noqa: E402
-                               bucket, carve, case_id, counting, groups, nan_first_grad, run_pair,
-                               run_scaled_pair)
+from sage_kernel_cases import (CASES, HYPER, SCALARS, HostReads, assert_half_follows_float64,  # noqa: E402
+                               assert_inside, assert_nan_propagated, assert_same, bucket, carve, case_id, counting,
+                               groups, nan_first_grad, run_half_pair, run_pair, run_scaled_pair)
 
 pytestmark = [pytest.mark.interpreter]
 
@@ -354,3 +355,211 @@ def test_kernel_unscales_gradients_itself(maximize):
     result = run_scaled_pair(maximize, SIZES, counted_kernel)
     assert launches
     assert_same(*result)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Device placement: a launch runs on its tensors' device; one bucket, one device
+# ----------------------------------------------------------------------------------------------------------
+def test_launch_and_table_build_run_inside_the_guard_of_the_tensors_device():
+    """Triton launches on the current device: the table copy and the launch sit inside a guard that makes the
+    tensors' device current (and so its current stream), whatever device was current before."""
+    events = []
+    real_guard, real_tables, real_kernel = st._device_guard, st._tables, st._sage_kernel
+
+    @contextlib.contextmanager
+    def guard(device):
+        events.append(("enter", device))
+        with real_guard(device):
+            yield
+        events.append(("exit", device))
+
+    def tables(device, columns, block):
+        events.append(("tables", device))
+        return real_tables(device, columns, block)
+
+    class Kernel:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                events.append(("launch", grid))
+                return real_kernel[grid](*args, **kwargs)
+            return launch
+
+    p, g, s, ipt = bucket()
+    g[0].fill_(1.0)
+    with mock.patch.object(st, "_device_guard", guard), mock.patch.object(st, "_tables", tables), \
+            mock.patch.object(st, "_sage_kernel", Kernel()):
+        st.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
+    cpu = torch.device("cpu")
+    assert events == [("enter", cpu), ("tables", cpu), ("launch", (1,)), ("exit", cpu)]
+    assert torch.equal(s[0][0], torch.full((4,), 0.1, dtype=torch.float64))  # it ran: exp_avg = (1 − β1)·g
+
+
+def test_guard_makes_the_tensors_cuda_device_current(monkeypatch):
+    """For tensors on cuda:1 the guard is torch.cuda.device(cuda:1): current device, and with it the current
+    stream, of the tensors (``--device cuda:1`` never calls set_device); CPU tensors need none."""
+    entered = []
+
+    class Device:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            entered.append("exit")
+
+    monkeypatch.setattr(torch.cuda, "device", Device)
+    with st._device_guard(torch.device("cuda", 1)):
+        assert entered == [torch.device("cuda", 1)]
+    with st._device_guard(torch.device("cpu")):
+        pass
+    assert entered == [torch.device("cuda", 1), "exit"]
+
+
+def test_bucket_on_two_devices_is_refused_in_one_line():
+    p, g, s, ipt = bucket()
+    meta = lambda: torch.zeros(4, dtype=torch.float64, device="meta")  # noqa: E731
+    for col in (p, g, s[0], s[1], ipt):
+        col.append(meta())
+    with pytest.raises(ValueError, match=r"^fused SAGE step: one launch updates tensors on one device; "
+                                         r"parameter 1 is on meta, parameter 0 on cpu$"):
+        st.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
+    p, g, s, ipt = bucket()
+    g[0] = meta()
+    with pytest.raises(ValueError, match=r"^fused SAGE step: one launch updates tensors on one device; "
+                                         r"gradient 0 is on meta, parameter 0 on cpu$"):
+        st.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Half-precision parameters: float32 state, float32 math, θ rounded once
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_parameters_keep_float32_state_and_follow_float64(dtype, fresh_checks):
+    """With float16 state (1−β2)·g² underflows for gradients ~1e-3 and steps grow ~6×; the kernel keeps state
+    in float32 and its steps follow the float64 math to θ's rounding."""
+    calls = []
+    with mock.patch.object(st, "fused_step", counting(st.fused_step, calls)):
+        result = run_half_pair(dtype, dict(fused=True), _interpreted_fused)
+    assert calls and sage_fused._VERIFIED and all(sage_fused._VERIFIED.values())  # the kernel ran, checked
+    assert_half_follows_float64(*result)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The self-check probe takes every path a step can take
+# ----------------------------------------------------------------------------------------------------------
+ADAMW = sage_functional.ALGORITHMS["adamw"]
+ADAMW_HYPER = dict(HYPER, formula="reference", weight_decay=0.01)
+ADAMW_SCALARS = dict(lr=1e-3, decay_lr=1e-3, step_correction=0.5, ipt_correction=2.0)
+
+
+def test_probe_takes_every_path_in_one_launch():
+    """Many rows; full blocks and tails; full blocks of aligned and of misaligned rows; NaN, +inf and -inf
+    gradients; a gradient factor other than ±1 (AMP's unscale in the kernel)."""
+    seen = []
+
+    def recording(algorithm, params, grads, states, ipt_avgs, scalars, hyper, grad_factor=None):
+        table = st._tables(params[0].device, [params, grads, *states, ipt_avgs], st.BLOCK_SIZE)
+        seen.append(([p.numel() for p in params], torch.cat(grads).clone(), scalars, table.row_aligned.tolist()))
+        st.fused_step(algorithm, params, grads, states, ipt_avgs, scalars, hyper, grad_factor)
+
+    problem = sage_fused._self_check(SimpleNamespace(fused_step=recording), ADAMW, torch.device("cpu"),
+                                     torch.float32, torch.float32, ADAMW_SCALARS, ADAMW_HYPER)
+    assert problem is None and len(seen) == 1
+    numels, grads, scalars, aligned = seen[0]
+    block = st.BLOCK_SIZE
+    assert len(numels) >= 24
+    assert any(n >= block and a for n, a in zip(numels, aligned))
+    assert any(n >= block and not a for n, a in zip(numels, aligned))
+    assert any(n % block for n in numels if n > block) and any(0 < n < block for n in numels)
+    assert grads.isnan().any() and (grads == float("inf")).any() and (grads == float("-inf")).any()
+    assert abs(scalars["grad_factor"]) not in (0.0, 1.0)
+
+
+def _misaligned_rows_wrong(algorithm, params, grads, states, ipt_avgs, scalars, hyper, grad_factor=None):
+    st.fused_step(algorithm, params, grads, states, ipt_avgs, scalars, hyper)
+    torch._foreach_add_([p for p in params if p.data_ptr() % 16], 1e-3)
+
+
+def _grad_factor_ignored(algorithm, params, grads, states, ipt_avgs, scalars, hyper, grad_factor=None):
+    st.fused_step(algorithm, params, grads, states, ipt_avgs, dict(scalars, grad_factor=1.0), hyper)
+
+
+def _nan_dropped(algorithm, params, grads, states, ipt_avgs, scalars, hyper, grad_factor=None):
+    st.fused_step(algorithm, params, grads, states, ipt_avgs, scalars, hyper)
+    for t in (*params, *states[0], *states[1], *ipt_avgs):
+        t[t.isnan()] = 0.0
+
+
+def _first_rows_only(algorithm, params, grads, states, ipt_avgs, scalars, hyper, grad_factor=None):
+    first = lambda col: col[:8]  # noqa: E731 - a table or grid that loses rows of a big bucket
+    st.fused_step(algorithm, first(params), first(grads), [first(c) for c in states], first(ipt_avgs), scalars,
+                  hyper)
+
+
+@pytest.mark.parametrize("fault", [_misaligned_rows_wrong, _grad_factor_ignored, _nan_dropped, _first_rows_only],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_probe_fails_a_kernel_wrong_on_any_one_path(fault):
+    """Each of these kernels is right on a small aligned finite probe with a factor of 1, and wrong in a step."""
+    problem = sage_fused._self_check(SimpleNamespace(fused_step=fault), ADAMW, torch.device("cpu"), torch.float32,
+                                     torch.float32, ADAMW_SCALARS, ADAMW_HYPER)
+    assert problem is not None and problem.startswith("column ")
+
+
+def test_variants_of_every_dtype_pass_their_probe_under_the_interpreter():
+    """The public entry for checks on new hardware: (variant, verdict) for each, here through the interpreter."""
+    V = sage_fused.KernelVariant
+    variants = [V("adamw", dtype, formula="paper", decay=True)
+                for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64)]
+    variants += [V("sgd", torch.float16, momentum=True, nesterov=True, first_step=True),
+                 V("adamax", torch.bfloat16, sage=False), V("adam", torch.float32, formula="ablation2", decay=True)]
+    with _interpreted_fused():
+        verdicts = sage_fused.check_variants("cpu", variants)
+    assert [v for v, _ in verdicts] == variants
+    assert all(problem is None for _, problem in verdicts), verdicts
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Table misses: no host read, no blocking copy
+# ----------------------------------------------------------------------------------------------------------
+def test_table_miss_reads_nothing_on_the_host_and_copies_from_pinned_memory_without_blocking():
+    """A copy from pageable memory waits for the whole stream (the backward pass included): a miss stages the
+    table in pinned memory and copies it with non_blocking=True, reading no tensor on the host."""
+    st.clear_table_cache()
+    ps = [torch.zeros(5), torch.zeros(st.BLOCK_SIZE + 1)]
+    cols = [ps, [torch.zeros_like(p) for p in ps], None, None, None]
+    pinned, copies = [], []
+
+    def pin_memory(t):
+        pinned.append(t.clone())
+        return pinned[-1]
+
+    def to(t, *args, **kwargs):
+        copies.append((any(t is q for q in pinned), args, kwargs))
+        return t
+
+    cuda1 = torch.device("cuda", 1)
+    with HostReads() as reads, mock.patch.object(torch.Tensor, "pin_memory", pin_memory), \
+            mock.patch.object(torch.Tensor, "to", to):
+        table = st._tables(cuda1, cols, st.BLOCK_SIZE)
+    assert reads.devices == []
+    assert len(pinned) == 1 and copies == [(True, (cuda1,), {"non_blocking": True})]
+    assert table.n_blocks == 3 and table.blocks.tolist() == [0, 0, 1, 0, 1, st.BLOCK_SIZE]
+    assert st.table_cache_stats() == {"hits": 0, "misses": 1}
+    assert st._tables(cuda1, cols, st.BLOCK_SIZE) is table
+    assert st.table_cache_stats() == {"hits": 1, "misses": 1}
+
+
+def test_new_gradient_addresses_are_counted_as_misses():
+    """zero_grad(set_to_none=True) reallocates gradients; each new address set is a miss (the bench counts them)."""
+    st.clear_table_cache()
+    ps = [torch.zeros(5)]
+    keep = []
+    for _ in range(3):
+        keep.append([torch.zeros(5)])
+        st._tables(torch.device("cpu"), [ps, keep[-1], None, None, None], st.BLOCK_SIZE)
+    st._tables(torch.device("cpu"), [ps, keep[0], None, None, None], st.BLOCK_SIZE)
+    assert st.table_cache_stats() == {"hits": 1, "misses": 3}
+    st.clear_table_cache()
+    assert st.table_cache_stats() == {"hits": 0, "misses": 0}
