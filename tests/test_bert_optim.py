@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import io
+from unittest import mock
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from transformers import AutoModel
 from conftest import tiny_bert_config
 from module.bert_optim import (OPTIMIZERS, AdamaxSAGE, AdamWSAGE, SGDSAGE, build_optimizer, build_schedule,
                                sage_param_groups)
+from sage_kernel_cases import HostReads, assert_half_follows_float64, run_half_pair
 from sage_reference import ReferenceOptimizer, linear_decay, warmup_linear
 
 STEPS = 12
@@ -609,3 +611,124 @@ def test_fused_per_tensor_and_flat_paths_equal_forloop(small_numel, monkeypatch)
     for sa, sb in zip(opt_a.state.values(), opt_b.state.values()):
         for key in sa:
             torch.testing.assert_close(sa[key], sb[key], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("capability,impl", [((6, 1), "foreach"), ((7, 0), "fused"), ((7, 5), "fused"),
+                                             ((8, 0), "fused"), ((9, 0), "fused")])
+def test_auto_takes_the_triton_kernel_from_volta_on(capability, impl):
+    """V100 (sm_70) and T4 (sm_75) get the fused Triton kernel like A100/H100 (behind the same self-check and
+    foreach fallback); pre-Volta GPUs and machines without Triton get foreach."""
+    from module import sage_fused
+    from module.sage_functional import implementation_kwargs
+    cuda = torch.device("cuda", 1)
+    expected = dict(foreach=None, fused=True) if impl == "fused" else dict(foreach=True, fused=None)
+    with mock.patch("torch.cuda.get_device_capability", return_value=capability) as asked, \
+            mock.patch.object(sage_fused, "triton_available", return_value=True):
+        assert implementation_kwargs("auto", cuda) == expected
+    asked.assert_called_once_with(cuda)
+    with mock.patch("torch.cuda.get_device_capability", return_value=capability), \
+            mock.patch.object(sage_fused, "triton_available", return_value=False):
+        assert implementation_kwargs("auto", cuda) == dict(foreach=True, fused=None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Half-precision parameters: float32 state on every implementation
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("impl", ["forloop", "foreach"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_parameters_keep_float32_state_and_follow_float64(dtype, impl):
+    """The for-loop and foreach paths compute half-precision updates as the fused kernel does: float32 state,
+    float32 math from θ and g, θ rounded once (float16 state would underflow and make steps ~6× too large)."""
+    assert_half_follows_float64(*run_half_pair(dtype, _impl_kwargs(impl)))
+
+
+def test_half_precision_state_survives_a_weights_only_round_trip(tmp_path):
+    """torch's load would cast the float32 state to the parameters' float16; it stays float32, and the resumed
+    run equals the uninterrupted one exactly."""
+    def make():
+        torch.manual_seed(0)
+        ps = [nn.Parameter((torch.randn(5, 3) * 0.05).half()), nn.Parameter((torch.randn(7) * 0.05).half())]
+        return ps, SGDSAGE([{"params": ps[:1]}, {"params": ps[1:], "sage": False}], lr=1e-2, momentum=0.9)
+
+    def steps(ps, opt, rng):
+        for step in rng:
+            gen = torch.Generator().manual_seed(step)
+            for p in ps:
+                p.grad = (torch.randn(p.shape, generator=gen) * 1e-3).half()
+            opt.step()
+
+    ps, opt = make()
+    steps(ps, opt, range(4))
+    expected = [p.detach().clone() for p in ps]
+    ps, opt = make()
+    steps(ps, opt, range(2))
+    torch.save({"params": [p.detach() for p in ps], "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    ps2, opt2 = make()
+    with torch.no_grad():
+        for p, saved in zip(ps2, ckpt["params"]):
+            p.copy_(saved)
+    opt2.load_state_dict(ckpt["opt"])
+    for p, q in zip(ps, ps2):
+        for name in ("momentum_buffer", "exp_avg_ipt"):
+            if name in opt.state[p]:
+                assert opt2.state[q][name].dtype == torch.float32 and torch.equal(opt2.state[q][name],
+                                                                                   opt.state[p][name])
+    steps(ps2, opt2, range(2, 4))
+    for p, e in zip(ps2, expected):
+        assert torch.equal(p, e)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Resume: the loader's implementation, CPU step counts, no extra host reads
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("saved_impl", ["fused", "foreach"])
+def test_load_keeps_the_loaders_implementation_and_cpu_step_counts(saved_impl):
+    """A checkpoint's foreach/fused flags do not override the loading optimizer's (``--optim_impl`` on resume),
+    and step counts stay on the CPU even for parameters on another device (meta stands in for a GPU: torch would
+    move them there for fused groups, and every step would read each back, a device sync per tensor)."""
+    ps = [nn.Parameter(torch.randn(3, 4)), nn.Parameter(torch.randn(5))]
+    source = AdamWSAGE(ps, lr=1e-2, foreach=True)
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    source.step()
+    saved = source.state_dict()
+    for group in saved["param_groups"]:
+        group.update(foreach=saved_impl == "foreach" or None, fused=saved_impl == "fused" or None)
+    for own in (dict(foreach=True, fused=None), dict(foreach=None, fused=True)):
+        meta = [nn.Parameter(torch.empty_like(p, device="meta")) for p in ps]
+        opt = AdamWSAGE(meta, lr=1e-2, **own)
+        opt.load_state_dict(saved)
+        assert {k: opt.param_groups[0][k] for k in own} == own
+        assert opt._step_supports_amp_scaling == bool(own["fused"])
+        for p in meta:
+            assert opt.state[p]["step"].device.type == "cpu" and float(opt.state[p]["step"]) == 1.0
+            assert opt.state[p]["exp_avg"].device.type == "meta"
+
+
+def test_resumed_fused_step_reads_no_more_on_the_host_than_a_fresh_one(tmp_path):
+    """Count host reads (item/float/bool/tolist) of one fused step (the C kernel on CPU) on a running optimizer
+    and on one resumed from its weights-only checkpoint: the same reads, one per stepped tensor's step count,
+    all of CPU tensors."""
+    def make():
+        model = TinyBert()
+        return model, build_optimizer("usadamw", sage_param_groups(named_params(model)), lr=LR, fused=True)
+
+    model, opt = make()
+    for step in range(2):
+        opt.zero_grad(set_to_none=True)
+        model.loss(step).backward()
+        opt.step()
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    opt.zero_grad(set_to_none=True)
+    model.loss(2).backward()
+    with HostReads() as fresh:
+        opt.step()
+    model2, opt2 = make()
+    opt2.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    model2.loss(2).backward()
+    with HostReads() as resumed:
+        opt2.step()
+    stepped = sum(p.grad is not None for g in opt2.param_groups for p in g["params"])
+    assert len(fresh.devices) == stepped
+    assert resumed.devices == fresh.devices and {d.type for d in resumed.devices} == {"cpu"}
