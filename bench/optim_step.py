@@ -2,8 +2,11 @@
 
 Prints one markdown table: median step time, ratio against torch's fastest AdamW (``fused=True``, on CPU and
 CUDA), extra peak memory during a step (CUDA: the caching allocator's peak; CPU: the profiler's allocation
-events, since RSS and tracemalloc do not see tensor temporaries reliably) and the first step, which carries the
-one-time compile cost of the fused paths (torch.compile on CPU, Triton on CUDA) and the state allocation.
+events, since RSS and tracemalloc do not see tensor temporaries reliably), the first step, which carries the
+one-time compile cost of the fused paths (torch.compile on CPU, Triton on CUDA) and the state allocation, and on
+CUDA the Triton kernel's table-cache misses per timed step (its tables are keyed on the tensors' addresses; two
+extra rows reallocate the gradients before every step, as ``zero_grad(set_to_none=True)`` and a backward do, or
+force a miss every step).
 
 The ratio is paired: each row's steps alternate with steps of the baseline optimizer, kept alive for the whole
 run, and the row's median is divided by the baseline's median over those same alternating steps, so a load
@@ -174,6 +177,39 @@ class CompiledPath:
         with_compiled_path(self.opt.step)
 
 
+class FreshGradients:
+    """A fused SAGE optimizer whose gradients are freed and reallocated (untimed) before every step, as
+    ``zero_grad(set_to_none=True)`` and a backward do: new addresses miss the Triton kernel's table cache."""
+
+    def __init__(self, opt, named):
+        self.opt, self.params = opt, [p for _, p in named]
+        self.sources = [p.grad.clone() for p in self.params]
+
+    def prepare(self) -> None:
+        for p in self.params:
+            p.grad = None
+        for p, source in zip(self.params, self.sources):
+            p.grad = source.clone()
+
+    def step(self) -> None:
+        self.opt.step()
+
+
+class ForcedMisses:
+    """A fused SAGE optimizer whose Triton table cache is emptied (untimed) before every step: each step pays
+    the miss (host-built tables, pinned non-blocking copy)."""
+
+    def __init__(self, opt):
+        self.opt = opt
+
+    def prepare(self) -> None:
+        from module import sage_triton
+        sage_triton.clear_table_cache()
+
+    def step(self) -> None:
+        self.opt.step()
+
+
 def _groups(named):
     return sage_param_groups(named, weight_decay=WEIGHT_DECAY)
 
@@ -199,6 +235,11 @@ def candidates(device: str) -> dict[tuple[str, str], Callable]:
         for name, cls in (("usadamw", AdamWSAGE), ("usadamax", AdamaxSAGE)):
             rows[(name, "fused, torch.compile")] = lambda named, cls=cls: CompiledPath(_sage(cls, "fused")(named))
         rows[("usadamw's bytes, no arithmetic", "torch.compile")] = lambda named: TrafficFloor(_groups(named))
+    else:
+        rows[("usadamw", "fused, gradients reallocated every step")] = \
+            lambda named: FreshGradients(_sage(AdamWSAGE, "fused")(named), named)
+        rows[("usadamw", "fused, table miss forced every step")] = \
+            lambda named: ForcedMisses(_sage(AdamWSAGE, "fused")(named))
     return rows
 
 
@@ -250,36 +291,55 @@ class Result:
     first_s: float
     extra_bytes: Optional[int]
     ratio: float  # median step / the baseline's median over the alternating steps
+    misses: Optional[float] = None  # Triton table-cache misses per timed step (None: no Triton path here)
+
+
+def table_misses() -> Optional[int]:
+    """Misses of the Triton kernel's table cache so far (None where that kernel cannot run)."""
+    try:
+        from module import sage_triton
+    except ImportError:
+        return None
+    return sage_triton.table_cache_stats()["misses"]
 
 
 def run_one(label, factory, named, cfg: BenchConfig, baseline=None) -> Result:
-    """Time ``cfg.steps`` steps of a fresh optimizer, each followed by a step of ``baseline`` (if given)."""
+    """Time ``cfg.steps`` steps of a fresh optimizer, each followed by a step of ``baseline`` (if given); an
+    optimizer's ``prepare()``, if it has one, runs untimed before each of its steps."""
     opt = factory(named)
+    prepare = getattr(opt, "prepare", lambda: None)
+    prepare()
     first = timed(opt.step, cfg.device)
     for _ in range(max(0, cfg.warmup - 1)):
+        prepare()
         timed(opt.step, cfg.device)
     times, base_times = [], []
+    misses_before = table_misses() if cfg.device == "cuda" else None
     for _ in range(cfg.steps):
+        prepare()
         times.append(timed(opt.step, cfg.device))
         if baseline is not None:
             base_times.append(timed(baseline.step, cfg.device))
+    misses = None if misses_before is None else (table_misses() - misses_before) / cfg.steps
+    prepare()
     extra = extra_peak_bytes(opt, cfg.device)
     del opt
     if cfg.device == "cuda":
         torch.cuda.empty_cache()
     median = statistics.median(times)
     ratio = median / statistics.median(base_times) if base_times else 1.0
-    return Result(label[0], label[1], median, first, extra, ratio)
+    return Result(label[0], label[1], median, first, extra, ratio, misses)
 
 
 def table(results: list[Result], baseline: tuple[str, str]) -> str:
     lines = ["| optimizer | implementation | median step (ms) | × " + " ".join(baseline)
-             + " | extra peak memory (MiB) | first step (ms) |",
-             "|---|---|---:|---:|---:|---:|"]
+             + " | extra peak memory (MiB) | first step (ms) | table misses / step |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
         mem = "n/a" if r.extra_bytes is None else f"{r.extra_bytes / 2 ** 20:.1f}"
+        misses = "–" if r.misses is None else f"{r.misses:.2f}"
         lines.append(f"| {r.optimizer} | {r.impl} | {r.median_s * 1e3:.2f} | {r.ratio:.2f} | {mem} | "
-                     f"{r.first_s * 1e3:.1f} |")
+                     f"{r.first_s * 1e3:.1f} | {misses} |")
     return "\n".join(lines)
 
 
