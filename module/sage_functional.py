@@ -138,6 +138,9 @@ def _update(algo: Algorithm, params: list[Tensor], grads: list[Tensor], buffers:
         return  # GradScaler found inf/NaN gradients: skip the step, leaving every tensor and step count as is
     if foreach is None and fused is None:
         fused, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+    for i, p in enumerate(params):  # before anything moves, step counts included
+        if p.dtype in HALF_PRECISION:
+            check_half_state(p.dtype, (*row(buffers, i), None if ipt_avgs is None else ipt_avgs[i]))
     # One factor turns the raw gradient into the one the math sees: unscaled (AMP), negated (maximize).
     factor = -1.0 if maximize else 1.0
     if grad_scale is not None:
@@ -171,8 +174,6 @@ def single_step(algo: Algorithm, p: Tensor, g: Tensor, states: tuple, ipt_avg: O
     """``algo.single`` on one tensor, the gradient times ``grad_factor``; half-precision θ and g go through
     float32 copies (state is float32), so θ is rounded once, as in the fused kernel."""
     wide = p.dtype in HALF_PRECISION
-    if wide:
-        check_half_state(p.dtype, (*states, ipt_avg))
     work_p, work_g = (p.float(), g.float()) if wide else (p, g)
     if grad_factor != 1.0:
         work_g = work_g * grad_factor
@@ -209,8 +210,6 @@ def multi_step(algo: Algorithm, p: list[Tensor], g: list[Tensor], states: Column
     """``algo.multi`` on one same-device/dtype/step bucket, the gradients times ``grad_factor``; half-precision
     θ and g go through float32 copies (state is float32), so θ is rounded once, as in the fused kernel."""
     wide = p[0].dtype in HALF_PRECISION
-    if wide:
-        check_half_state(p[0].dtype, [t for col in (*states, ipt_avgs) if col is not None for t in col])
     work_p, work_g = ([t.float() for t in p], [t.float() for t in g]) if wide else (p, g)
     if grad_factor != 1.0:
         work_g = torch._foreach_mul(work_g, grad_factor)

@@ -26,8 +26,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import Tensor
 
-from module.sage_functional import (ALGORITHMS, Algorithm, Columns, buckets, check_half_state, multi_step, row,
-                                    single_step)
+from module.sage_functional import ALGORITHMS, Algorithm, Columns, buckets, multi_step, row, single_step
 from module.sage_math import FORMULAS, HALF_PRECISION, state_dtype
 
 #: dynamo's default of 8 graphs per function is too few: hyperparameters are specialised (one graph per group
@@ -336,8 +335,6 @@ def _compiled_bucket(algo: Algorithm, params, grads, states: Columns, ipt_avgs, 
     Step scalars travel as 0-d float64 tensors built once per bucket (the compiled code does not re-specialise
     when the learning rate changes); hyperparameters, fixed per group, are compiled in as constants.
     """
-    if params[0].dtype in HALF_PRECISION:
-        check_half_state(params[0].dtype, [t for col in (*states, ipt_avgs) if col is not None for t in col])
     kwargs = {k: v if isinstance(v, bool) else torch.tensor(float(v), dtype=torch.float64) for k, v in scalars.items()}
     kwargs.update(hyper, grad_factor=torch.tensor(grad_factor, dtype=torch.float64))
     columns = [None if col is None else [t.view(-1) for t in col] for col in [params, grads, *states, ipt_avgs]]

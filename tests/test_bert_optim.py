@@ -732,3 +732,18 @@ def test_resumed_fused_step_reads_no_more_on_the_host_than_a_fresh_one(tmp_path)
     stepped = sum(p.grad is not None for g in opt2.param_groups for p in g["params"])
     assert len(fresh.devices) == stepped
     assert resumed.devices == fresh.devices and {d.type for d in resumed.devices} == {"cpu"}
+
+
+@pytest.mark.parametrize("impl", ["forloop", "foreach", "fused"])
+def test_half_precision_state_of_half_parameters_is_refused_in_one_line(impl):
+    """The functional entries take state from the caller: float16 state for float16 parameters (it underflows)
+    is refused, not used."""
+    from module.sage_functional import sage_adamw
+    p = [torch.zeros(3, dtype=torch.float16)]
+    g = [torch.ones(3, dtype=torch.float16)]
+    state, steps = [[torch.zeros(3, dtype=torch.float16)], [torch.zeros(3)], [torch.zeros(3)]], [torch.tensor(0.0)]
+    with pytest.raises(ValueError, match=r"^SAGE optimizer state of torch.float16 parameters must be float32 "
+                                         r"\(module.sage_math.state_dtype\); got a torch.float16 state tensor$"):
+        sage_adamw(p, g, *state, steps, **_impl_kwargs(impl), lr=1e-2, decay_lr=1e-2, beta1=0.9,
+                   beta2=0.999, beta3=0.75, eps=1e-6, weight_decay=0.0, formula="reference", correct_bias=True)
+    assert torch.equal(p[0], torch.zeros(3, dtype=torch.float16)) and float(steps[0]) == 0.0  # nothing moved
