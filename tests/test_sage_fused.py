@@ -24,7 +24,7 @@ import json, sys, warnings
 from types import SimpleNamespace
 import torch
 import torch.distributed as dist
-from module import sage_fused
+from module import sage_cpu, sage_fused
 from module.sage_functional import ALGORITHMS
 
 dist.init_process_group("gloo")

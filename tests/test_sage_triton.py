@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
+import subprocess
 import warnings
 import sys
 from pathlib import Path
@@ -255,6 +257,50 @@ def test_compiled_kernel_builds_for_h100_with_vector_loads_and_no_recompiles():
         assert "div.rn.f64" in compiled._sage_kernel.warmup(*args, grid=(1,), **kwargs).asm["ptx"]
     finally:
         driver.set_active(previous)
+
+
+class _FakeDriver(_FakeH100Driver):
+    """A driver that says the current GPU has compute capability ``arch`` (70: V100, 75: T4)."""
+
+    def __init__(self, arch: int):
+        self.arch = arch
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+        return GPUTarget("cuda", self.arch, 32)
+
+
+@pytest.mark.parametrize("arch", [70, 75])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_compiled_kernel_builds_for_volta_and_turing_without_spills(arch, dtype, tmp_path):
+    """``--optim_impl auto`` gives V100/T4 the Triton kernel: it must compile for sm_70/sm_75 (float16
+    parameters with float32 state included), with vector accesses and no register spills (Triton's bundled
+    ptxas, asked for its resource usage)."""
+    compiled = _load_copy(interpret=False)
+    if type(compiled._sage_kernel).__name__ != "JITFunction":
+        pytest.skip("TRITON_INTERPRET is forced on in this environment")
+    ps = [torch.zeros(5, dtype=dtype), torch.zeros(3000, dtype=dtype)]
+    cols = [ps, [torch.zeros_like(p) for p in ps]] + [[torch.zeros(p.shape) if dtype == torch.float16 else
+                                                       torch.zeros_like(p) for p in ps] for _ in range(3)]
+    table = compiled._tables(torch.device("cpu"), cols, compiled.BLOCK_SIZE)
+    scalars = dict(lr=1e-3, decay_lr=1e-3, step_correction=0.3, ipt_correction=4.0)
+    args, kwargs = compiled._kernel_args("adamw", cols, scalars, dict(HYPER, weight_decay=0.01), table)
+    driver = triton.runtime.driver
+    previous = getattr(driver, "_active", None)
+    driver.set_active(_FakeDriver(arch))
+    try:
+        kernel = compiled._sage_kernel.warmup(*args, grid=(table.n_blocks,), **kwargs)
+    finally:
+        driver.set_active(previous)
+    ptx = kernel.asm["ptx"]
+    assert f".target sm_{arch}" in ptx and "ld.global.v4" in ptx
+    from triton.backends.nvidia.compiler import get_ptxas
+    (tmp_path / "k.ptx").write_text(ptx)
+    usage = subprocess.run([get_ptxas(arch).path, f"-arch=sm_{arch}", "-v", str(tmp_path / "k.ptx"), "-o",
+                            str(tmp_path / "k.cubin")], capture_output=True, text=True, timeout=300)
+    assert usage.returncode == 0, usage.stderr
+    spills = re.findall(r"(\d+) bytes spill (?:stores|loads)", usage.stderr + usage.stdout)
+    assert spills and all(n == "0" for n in spills), usage.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernel)")
