@@ -30,7 +30,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from mt_dnn.hf_export import export
     try:
-        summary = export(args.checkpoint, args.out, args.task, args.tokenizer, args.overwrite)
+        summary = export(args.checkpoint, args.out, args.task, args.tokenizer, args.overwrite,
+                         report=lambda line: print(f"export.py: {line}", file=sys.stderr))
     except (ValueError, FileNotFoundError) as exc:
         print(f"export.py: error: {exc}", file=sys.stderr)
         return 2

@@ -28,7 +28,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from data_utils.glue_submission import GLUE_FILES, assemble
     try:
-        summary = assemble(args.inputs, args.out, args.tag, args.overwrite, args.zip)
+        summary = assemble(args.inputs, args.out, args.tag, args.overwrite, args.zip,
+                           report=lambda line: print(f"glue_submission.py: {line}", file=sys.stderr))
     except (ValueError, OSError) as exc:
         print(f"glue_submission.py: error: {exc}", file=sys.stderr)
         return 2

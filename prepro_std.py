@@ -322,6 +322,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (PreproError, TaskDefError, TsvError, SquadError, ConllError) as exc:
         print(f"prepro_std.py: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the shard being written is discarded (a temp file); the finished ones stay
+        print("prepro_std.py: interrupted; shards written so far are complete and the one in progress was "
+              "discarded; run it again to finish (up-to-date shards are skipped)", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -28,21 +28,31 @@ def _launch_settings(argv) -> tuple[str, float, str | None]:
 def main(argv=None) -> int:
     from mt_dnn import distributed as dist_utils
     from mt_dnn.config import parse_args
+    from mt_dnn.stop_signals import Interrupted, Stopped, interrupt_on_signals
     from mt_dnn.trainer import Trainer
     argv = sys.argv[1:] if argv is None else argv
     env = None
     try:
-        device, timeout, local_rank = _launch_settings(argv)
-        env = dist_utils.from_environment(local_rank)
-        dist_utils.init_process_group(env, device, timeout)
-        with dist_utils.agree_on_errors(env):
-            cfg = parse_args(argv)
-        Trainer(cfg, env).fit()
+        with interrupt_on_signals():  # before training starts (and after a second signal): stop at once
+            device, timeout, local_rank = _launch_settings(argv)
+            env = dist_utils.from_environment(local_rank)
+            dist_utils.init_process_group(env, device, timeout)
+            with dist_utils.agree_on_errors(env):
+                cfg = parse_args(argv)
+            Trainer(cfg, env).fit()
     except (ValueError, FileNotFoundError) as exc:
         # a RankError is raised on every rank: report it from rank 0 and from the rank that saw the problem
         if env is None or env.is_main or getattr(exc, "origin", env.rank) == env.rank:
             print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:  # every rank stops at the same step; one line
+        if env is None or env.is_main:
+            print(f"train.py: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Interrupted as exc:
+        if env is None or env.is_main:
+            print(f"train.py: {exc}", file=sys.stderr)
+        return exc.exit_code
     finally:
         dist_utils.destroy_process_group()
     return 0

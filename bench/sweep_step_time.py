@@ -56,7 +56,7 @@ def make_trainer(task: str, optimizer: str, shards: Path, work: Path, max_steps:
                       data_dir=str(shards), init_checkpoint=MODEL, output_dir=str(work / f"{task}_{optimizer}"),
                       optimizer=optimizer, learning_rate=1e-4, batch_size=32, max_seq_len=128,
                       optim_impl="foreach", max_steps=max_steps, tensorboard=False, num_threads=threads,
-                      warmup=0.1, bf16=bf16)
+                      warmup=0.1, bf16=bf16, overwrite=True)  # each measurement replaces the last on purpose
     return Trainer(cfg)
 
 
@@ -125,6 +125,7 @@ def main(argv=None) -> int:
                               f"{sum(lengths) / len(lengths):.1f} | {sum(lengths)} | "
                               f"{sum(len(d.lengths) for d in trainer.eval_sets)} | {dev_tokens(trainer)} |")
             print(shape_rows[-1], flush=True)
+            trainer.release()  # never trained: let go of its run folder for the timed run below
         for task in timed_tasks:
             base = None
             for precision, optimizer in ((pr, o) for pr in precisions for o in optimizers):

@@ -10,6 +10,7 @@ against the HF tokenizer called directly.
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -89,7 +90,9 @@ _WORKER: dict = {}
 
 
 def init_worker(spec: EncodeSpec) -> None:
-    """Pool initializer: one tokenizer per process, single-threaded (the processes are the parallelism)."""
+    """Pool initializer: one tokenizer per process, single-threaded (the processes are the parallelism).
+    Ctrl-C reaches the whole process group: the main process handles it and terminates the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER["spec"], _WORKER["tok"] = spec, build_backend(spec)
 

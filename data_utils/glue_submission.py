@@ -14,9 +14,9 @@ import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
-from data_utils.atomic import atomic_folder, atomic_write
+from data_utils.atomic import atomic_folder, atomic_write, clean_stale_temps
 
 HEADER = "index\tprediction"
 SUFFIX = "_submission_"
@@ -149,9 +149,15 @@ def check_file(path: Path, spec: GlueFile, rows: Optional[int] = None) -> int:
 
 # ---------------------------------------------------------------------------------------------- writing
 def assemble(inputs: Sequence[Path], out: Path, tag: Optional[str] = None, overwrite: bool = False,
-             make_zip: bool = False, rows: Optional[Mapping[str, int]] = None) -> dict:
-    """Write the submission folder ``out`` (and ``out.zip``); ``rows`` overrides official sizes (for tests)."""
+             make_zip: bool = False, rows: Optional[Mapping[str, int]] = None,
+             report: Callable[[str], None] = lambda line: None) -> dict:
+    """Write the submission folder ``out`` (and ``out.zip``); ``rows`` overrides official sizes (for tests).
+
+    What a killed run of this left beside ``out`` goes first, as train.py does in its run folder: a previous
+    ``out`` parked during a replace comes back, dead writers' temps are removed (each step is ``report``ed)."""
     out = Path(out)
+    for what in clean_stale_temps(out.parent):
+        report(f"{out.parent}: {what} (left by an interrupted run)")
     if out.exists() and not overwrite:
         raise SubmissionError(f"--out {out}: already exists (pass --overwrite to replace it)")
     chosen = collect(inputs, tag)

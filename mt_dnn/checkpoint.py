@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from data_utils.atomic import atomic_folder, atomic_write
+from mt_dnn import run_folder
 
 WEIGHTS = "model.safetensors"
 STATE = "training_state.pt"
@@ -87,6 +88,9 @@ def save_checkpoint(folder: Path, model: torch.nn.Module | dict[str, torch.Tenso
 
 
 def mark_latest(output_dir: Path, folder: Path) -> None:
+    """``latest`` only ever names a step-N folder inside ``output_dir``."""
+    if Path(folder).parent != Path(output_dir) or not run_folder.STEP_NAME.match(Path(folder).name):
+        raise ValueError(f"{folder}: not a step-N folder of {output_dir}")
     with atomic_write(Path(output_dir) / LATEST) as handle:
         handle.write(folder.name + "\n")
 
@@ -98,16 +102,19 @@ def step_checkpoints(output_dir: Path) -> list[Path]:
 
 
 def resume_candidates(output_dir: Path) -> list[Path]:
-    """Where --resume may start: the folder ``latest`` names, then the other step folders, newest first."""
-    marker = Path(output_dir) / LATEST
-    named = Path(output_dir) / marker.read_text("utf-8", errors="replace").strip() if marker.is_file() else None
+    """Where --resume may start: the folder ``latest`` names (a step-N folder of this run, nothing else), then the
+    other step folders, newest first."""
+    name = run_folder.latest_name(output_dir)
+    named = Path(output_dir) / name if name is not None else None
     rest = [p for p in step_checkpoints(output_dir) if p != named]
     return ([named] if named is not None else []) + rest
 
 
 def prune_step_checkpoints(output_dir: Path, keep: int) -> None:
-    """Remove all but the newest ``keep`` step-N folders."""
-    for old in step_checkpoints(output_dir)[keep:] if keep > 0 else step_checkpoints(output_dir):
+    """Remove all but the newest ``keep`` step-N folders, never the one ``latest`` names."""
+    named, steps = run_folder.latest_name(output_dir), step_checkpoints(output_dir)
+    others = [p for p in steps if p.name != named]
+    for old in others[max(keep - (len(others) < len(steps)), 0):]:
         shutil.rmtree(old, ignore_errors=True)
 
 

@@ -134,6 +134,9 @@ class TrainConfig:
         "with a warning if compiling fails")
     seed: int = cli_field(2018)
     resume: bool = cli_field(False, "continue from the last checkpoint in --output_dir")
+    overwrite: bool = cli_field(
+        False, "remove the run already in --output_dir (train.py's own files: checkpoints, best/, metrics, scores, "
+        "logs; other files are kept) before starting; without it or --resume, a folder holding a run is refused")
     save_every_steps: int = cli_field(0, "also checkpoint every N optimizer steps (for --resume)")
     keep_last: int = cli_field(1, "step checkpoints to keep")
     log_every: int = cli_field(25, aliases=("--log_per_updates",))
@@ -196,6 +199,8 @@ class TrainConfig:
             bad("warmup", f"must be a ratio in [0, 1), got {self.warmup}")
         if self.fp16 and self.bf16:
             bad("fp16", "choose one of --fp16 and --bf16")
+        if self.resume and self.overwrite:
+            bad("overwrite", "choose one of --resume (continue the run in --output_dir) and --overwrite (remove it)")
         if self.ratio < 0:
             bad("ratio", f"must be >= 0, got {self.ratio}")
         if self.mix_opt not in (0, 1):

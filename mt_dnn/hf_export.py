@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 import pretrained_models
-from data_utils.atomic import atomic_folder
+from data_utils.atomic import atomic_folder, clean_stale_temps
 from data_utils.task_def import TaskType
 from module.heads import ClassificationHead, ScoreHead
 from mt_dnn import checkpoint as ckpt
@@ -194,10 +194,15 @@ def self_check(model: MTDNNModel, folder: Path, task: Optional[str]) -> float:
 
 # ---------------------------------------------------------------------------------------------- export
 def export(checkpoint: Path, out: Path, task: Optional[str] = None, tokenizer: Optional[str] = None,
-           overwrite: bool = False) -> dict:
-    """Write the HF folder ``out`` (temp folder beside it, checked, then renamed); returns a summary."""
+           overwrite: bool = False, report: Callable[[str], None] = lambda line: None) -> dict:
+    """Write the HF folder ``out`` (temp folder beside it, checked, then renamed); returns a summary.
+
+    What a killed export left beside ``out`` goes first, as train.py does in its run folder: a previous ``out``
+    parked during a replace comes back, dead writers' temp folders are removed (each step is ``report``ed)."""
     from mt_dnn.restore import restore
     checkpoint, out = Path(checkpoint), Path(out)
+    for what in clean_stale_temps(out.parent):
+        report(f"{out.parent}: {what} (left by an interrupted run)")
     if out.exists() and not overwrite:
         raise ExportError(f"--out {out}: already exists (pass --overwrite to replace it)")
     model = restore(checkpoint).model.eval()

@@ -8,7 +8,7 @@ private generator, so starting workers leaves the global RNG (dropout masks) unt
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -68,16 +68,17 @@ def _as_is(batch: dict) -> dict:
 
 
 def micro_batch_stream(dataset: MicroBatches, sampler: PlanSampler, num_workers: int,
-                       pin_memory: bool) -> Iterator[dict]:
+                       pin_memory: bool, worker_init: Optional[Callable[[int], None]] = None) -> Iterator[dict]:
     """The epoch's remaining micro-batches. 0 workers: collated on this thread as each is needed, exactly as
-    before the loader existed. N > 0: built ahead by N processes (pinned when ``pin_memory``); they are shut
-    down when the stream is closed (end of epoch, early stop, error)."""
+    before the loader existed. N > 0: built ahead by N processes (pinned when ``pin_memory``; each first runs
+    ``worker_init``); they are shut down when the stream is closed (end of epoch, early stop, error)."""
     if num_workers == 0:
         for keys in sampler:
             yield dataset.__getitems__(keys)
         return
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=_as_is,
-                        pin_memory=pin_memory, generator=torch.Generator(), prefetch_factor=4)
+                        pin_memory=pin_memory, generator=torch.Generator(), prefetch_factor=4,
+                        worker_init_fn=worker_init)
     it = iter(loader)
     try:
         yield from it

@@ -23,7 +23,6 @@ import torch
 from tqdm import tqdm
 
 from data_utils import jsonsafe, shard_fingerprint
-from data_utils.atomic import clean_stale_temps
 from data_utils.metrics import glue_average
 from data_utils.shard_checks import EncoderLimits, encoder_limits
 from data_utils.shards import find_shard
@@ -33,7 +32,7 @@ from module.sage_functional import implementation_kwargs
 from mt_dnn import checkpoint as ckpt
 from mt_dnn import distributed as dist_utils
 from mt_dnn import objectives as objectives_mod
-from mt_dnn import task_labels
+from mt_dnn import run_folder, task_labels
 from mt_dnn.batcher import TaskData, epoch_plan, load_split, to_device
 from mt_dnn.compiled import CompiledForward, stable_grads
 from mt_dnn.config import TrainConfig
@@ -43,6 +42,7 @@ from mt_dnn.evaluate import (SplitResult, autocast_context, predict_indices, pre
                              write_scores, write_submission)
 from mt_dnn.pipeline import MicroBatches, PlanSampler, micro_batch_stream, rank_share
 from mt_dnn.static_shapes import StaticShapes, real_rows
+from mt_dnn.stop_signals import StopSignals, Stopped, ignore_in_worker
 from mt_dnn.warm_start import start_model
 
 log = logging.getLogger("sage.train")
@@ -51,7 +51,7 @@ FP16_DEVICE_TYPES = ("cuda",)  # float16 autocast on CPU has no fast kernels: a 
 RESUME_HARMLESS = frozenset({"output_dir", "num_threads", "log_every", "device", "resume", "tensorboard",
                              "dist_timeout", "keep_last", "save_every_steps", "log_sensitivity_every",
                              "batch_size_eval", "optim_impl", "allow_config_change", "num_workers",
-                             "compile", "shard_cache"})
+                             "compile", "shard_cache", "overwrite"})
 
 
 def seed_everything(seed: int) -> None:
@@ -133,18 +133,20 @@ class Trainer:
         self.env = env or DistEnv()
         self.rank, self.world_size, self.is_main = self.env.rank, self.env.world_size, self.env.is_main
         self._created_dir: Optional[Path] = None
+        self._lock: Optional[run_folder.RunLock] = None
+        self._stops = StopSignals()
         try:
             self._setup(cfg)
         except BaseException:
             self._remove_created_dir()
+            self.release()
             raise
-        if self.is_main:  # only rank 0 writes into output_dir, so only it cleans; live writers' temps stay
-            for what in clean_stale_temps(self.output_dir):
-                log.info("%s: %s (left by an interrupted run)", self.output_dir, what)
 
     def _setup(self, cfg: TrainConfig) -> None:
         # Input is read in phases that end with an agreement: bad input on any rank stops every rank together,
         # instead of leaving the others blocked in the next collective (DDP's construction, a gradient reduce).
+        with dist_utils.agree_on_errors(self.env):
+            self._claim_output_dir(cfg.validate())
         with dist_utils.agree_on_errors(self.env):
             self._setup_inputs(cfg)
         self.net = self._parallelize()  # what the training forward calls: DDP wrapper, FSDP module or model
@@ -164,12 +166,27 @@ class Trainer:
         shutil.rmtree(self._created_dir, ignore_errors=True)
         self._created_dir = None
 
-    def _setup_inputs(self, cfg: TrainConfig) -> None:
-        self.cfg = cfg = cfg.validate()
+    def _claim_output_dir(self, cfg: TrainConfig) -> None:
+        """Create and lock the run folder and apply its one-run rule (mt_dnn/run_folder.py) before anything is
+        written there. Only rank 0 writes into output_dir, so only it locks and cleans."""
         self.output_dir = Path(cfg.output_dir)
+        notes: list[str] = []
         if self.is_main:
             self._created_dir = create_output_dir(self.output_dir)
+            self._lock, notes = run_folder.claim(self.output_dir, cfg.resume, cfg.overwrite,
+                                                 lambda: bool(ckpt.resume_candidates(self.output_dir)))
         setup_logging(self.output_dir, self.is_main, cfg.log_file)
+        for line in notes:
+            log.info("%s", line)
+
+    def release(self) -> None:
+        """Let go of the run folder's lock (fit() does this when it ends, however it ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _setup_inputs(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg = cfg.validate()
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
@@ -444,10 +461,12 @@ class Trainer:
         """Train to the end (or, for tests and preemption drills, return after ``stop_after_steps`` steps)."""
         self._bar = None
         try:
-            return self._train(stop_after_steps)
+            with self._stops:
+                return self._train(stop_after_steps)
         finally:
             if self._bar is not None:  # an error ends the run: clear the progress bar before train.py's one line
                 self._bar.close()
+            self.release()
 
     def _train(self, stop_after_steps: Optional[int]) -> list[dict]:
         cfg = self.cfg
@@ -456,31 +475,49 @@ class Trainer:
                 found = self._read_resume_state()
             if found is not None:
                 self._apply_resume_state(*found)
+            if self.is_main and run_folder.agree_metrics(self.output_dir, self.history):
+                log.info("--resume: %s now holds the checkpoint's %d epoch record(s)",
+                         self.output_dir / run_folder.METRICS, len(self.history))
         log.info("training %s on %s | %d steps (%d per epoch) | optimizer %s lr %g beta3 %g | device %s%s",
                  ",".join(cfg.train_datasets), cfg.data_dir, self.total_steps, self.steps_per_epoch,
                  cfg.optimizer, cfg.learning_rate, cfg.beta3, self.device,
                  f" {self.amp_dtype}".replace("torch.", "") if self.amp_dtype else "")
         self.model.train()
         self._steps_this_run = 0
-        while self.global_step < self.total_steps:
-            plan = self._plan(self.epoch)
-            self._bar = bar = tqdm(total=len(plan), initial=self.position, desc=f"epoch {self.epoch}", unit="batch",
-                       disable=not self.is_main, mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False)
-            with contextlib.closing(self._batch_stream(plan)) as batches:  # closing stops the loader's workers
-                stopped = self._train_epoch(plan, batches, bar, stop_after_steps)
-            if stopped:
-                self._close()
-                return self.history
-            bar.close()
+        # position > 0 with every step done: killed before the last epoch's evaluation ended; finish it
+        while self.global_step < self.total_steps or self.position > 0:
+            if self.global_step < self.total_steps:
+                plan = self._plan(self.epoch)
+                self._bar = bar = tqdm(total=len(plan), initial=self.position, desc=f"epoch {self.epoch}",
+                                       unit="batch", disable=not self.is_main,
+                                       mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False)
+                with contextlib.closing(self._batch_stream(plan)) as batches:  # closing stops the loader's workers
+                    stopped = self._train_epoch(plan, batches, bar, stop_after_steps)
+                if stopped:
+                    self._close()
+                    return self.history
+                bar.close()
             self._end_epoch()
+            if self.global_step < self.total_steps:
+                self._stop_if_asked(saved=True)
         self._close()
         return self.history
+
+    def _stop_if_asked(self, saved: bool) -> None:
+        """After a SIGTERM/SIGINT (agreed on by every rank): checkpoint this step and raise Stopped."""
+        signum = self._stops.agreed()
+        if signum is None:
+            return
+        if not saved:
+            self.save_step_checkpoint()
+        self._close()
+        raise Stopped(signum, self.global_step)
 
     def _batch_stream(self, plan):
         """The epoch's remaining micro-batches from the input pipeline (mt_dnn/pipeline.py)."""
         sampler = PlanSampler(plan, self.position, self.rank, self.world_size)
         return micro_batch_stream(self.micro_batch_set, sampler, self.num_workers,
-                                  pin_memory=self.device.type == "cuda")
+                                  pin_memory=self.device.type == "cuda", worker_init=ignore_in_worker)
 
     def _train_epoch(self, plan, batches, bar, stop_after_steps: Optional[int]) -> bool:
         """The rest of one epoch; True when ``stop_after_steps`` ends the run here. The loss stays on the device
@@ -511,12 +548,14 @@ class Trainer:
                                        **_sage_stats(self.optimizer)})
                 running.zero_()
                 count, tick = 0, time.perf_counter()
-            if cfg.save_every_steps and self.global_step % cfg.save_every_steps == 0:
+            saved = bool(cfg.save_every_steps) and self.global_step % cfg.save_every_steps == 0
+            if saved:
                 self.save_step_checkpoint()
             if stop_after_steps is not None and self._steps_this_run >= stop_after_steps:
                 self.check_finite()
                 bar.close()
                 return True
+            self._stop_if_asked(saved)
             if self.global_step >= self.total_steps:
                 break
         return False

@@ -5,10 +5,14 @@
 # Usage: scripts/train_mnli_adamax.sh GPUID [extra train.py flags...]
 # Environment overrides: MODEL DATA_DIR TASK_DEF OUTPUT_DIR SEED PYTHON. Extra flags go to train.py last,
 # so they override the settings below (e.g. --epochs 1).
+# One run per OUTPUT_DIR: train.py refuses a folder that holds a run unless told what to do with it, so run
+# the script again with --resume to continue a killed run (a finished one stays as it is), with --overwrite
+# to replace the run, or with another OUTPUT_DIR or SEED.
 set -euo pipefail
 
 if [[ $# -lt 1 ]]; then
-  echo "usage: $0 GPUID [extra train.py flags...]  (environment: MODEL DATA_DIR TASK_DEF OUTPUT_DIR SEED PYTHON)" >&2
+  echo "usage: $0 GPUID [extra train.py flags...]  (environment: MODEL DATA_DIR TASK_DEF OUTPUT_DIR SEED PYTHON;" \
+       "an OUTPUT_DIR that holds a run needs --resume or --overwrite)" >&2
   exit 2
 fi
 if [[ ! $1 =~ ^[0-9A-Za-z][0-9A-Za-z,/-]*$ ]]; then

@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,14 +50,28 @@ def run_name(label: str, lr: str) -> str:
     return f"{label.lower()}_lr{lr}"
 
 
-def train(out_dir: Path, flags: list[str], lr: str, args) -> float:
-    cmd = [sys.executable, str(ROOT / "train.py"), "--task_def", args.task_def, "--data_dir", args.data_dir,
-           "--init_checkpoint", "minilm-l6", "--train_datasets", "vaderpol,vaderval",
-           "--test_datasets", "vaderpol,vaderval", "--batch_size", "32", "--epochs", str(args.epochs),
-           "--warmup", "0.1", "--global_grad_clipping", "1.0", "--max_seq_len", "128", "--seed", str(SEED),
-           "--output_dir", str(out_dir), *flags, "--learning_rate", lr]
+def train_argv(out_dir: Path, flags: list[str], lr: str, args) -> list[str]:
+    """train.py's flags for one run (recorded in its demo_run.json, to tell a finished run of the same command)."""
+    return ["--task_def", args.task_def, "--data_dir", args.data_dir, "--init_checkpoint", "minilm-l6",
+            "--train_datasets", "vaderpol,vaderval", "--test_datasets", "vaderpol,vaderval", "--batch_size", "32",
+            "--epochs", str(args.epochs), "--warmup", "0.1", "--global_grad_clipping", "1.0", "--max_seq_len", "128",
+            "--seed", str(SEED), "--output_dir", str(out_dir), *flags, "--learning_rate", lr]
+
+
+def finished(out_dir: Path, argv: list[str]) -> bool:
+    """A run this demo finished with the same train.py flags (its demo_run.json is written after train.py)."""
+    try:
+        return json.loads((out_dir / RUN_INFO).read_text(encoding="utf-8")).get("train_argv") == argv
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def train(out_dir: Path, argv: list[str]) -> float:
+    """One run from scratch. --overwrite: whatever train.py left in the folder before (a killed or older run)
+    is replaced on purpose, never continued or mixed with this one."""
+    (out_dir / RUN_INFO).unlink(missing_ok=True)
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    subprocess.run([sys.executable, str(ROOT / "train.py"), *argv, "--overwrite"], check=True, cwd=ROOT)
     return time.perf_counter() - start
 
 
@@ -148,6 +161,8 @@ def main(argv=None) -> int:
     p.add_argument("--learning_rates", default=",".join(LEARNING_RATES),
                    help="comma-separated grid, the same for both optimizers (default %(default)s)")
     p.add_argument("--report_only", action="store_true", help="print the tables from the runs in --out_dir")
+    p.add_argument("--rerun", action="store_true",
+                   help="train every run again (default: a run finished by this demo with the same flags is reused)")
     args = p.parse_args(argv)
     lrs = tuple(s.strip() for s in args.learning_rates.split(",") if s.strip())
     for lr in lrs:
@@ -162,9 +177,13 @@ def main(argv=None) -> int:
         for label, flags in OPTIMIZERS:
             for lr in lrs:
                 out = out_root / run_name(label, lr)
-                shutil.rmtree(out, ignore_errors=True)  # a fresh run each time, not a resume
-                seconds = train(out, flags, lr, args)
-                write_json(out / RUN_INFO, {"seconds": seconds, "loadavg_after": list(os.getloadavg())})
+                argv = train_argv(out, flags, lr, args)
+                if not args.rerun and finished(out, argv):
+                    print(f"{out}: finished before with the same flags, reused (--rerun trains it again)", flush=True)
+                    continue
+                seconds = train(out, argv)
+                write_json(out / RUN_INFO, {"seconds": seconds, "loadavg_after": list(os.getloadavg()),
+                                            "train_argv": argv})
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("\n" + report(out_root, lrs, args.epochs))
     return 0

@@ -8,7 +8,9 @@ what a re-started sweep does with it:
 - ``sweep_done.json`` (written when train.py exits 0): the run is finished and is skipped.
 
 A folder with ``sweep_run.json`` but no ``sweep_done.json`` was killed: if train.py left a checkpoint
-(``latest``), the run continues with ``--resume``; otherwise the folder is emptied and the run starts again.
+(``latest``), the run continues with ``--resume``; otherwise it starts again with ``--overwrite``, which removes
+what train.py wrote there before (the sweep's own record and log stay). A new run's folder holds only the
+sweep's files, which train.py leaves alone: no run is ever continued or replaced by accident.
 While a sweep works on a run it holds ``sweep.lock`` (pid and host), so two sweeps over the same ``runs_dir``
 never run the same job twice; a lock whose process is gone is taken over.
 """
@@ -169,10 +171,10 @@ def _git_version() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
 
 
-def _command(spec: SweepSpec, run: RunSpec, resume: bool) -> list[str]:
+def _command(spec: SweepSpec, run: RunSpec, current: str) -> list[str]:
+    """train.py for a run in state ``current``: new, resume (--resume) or restart (--overwrite)."""
     cmd = [sys.executable, str(TRAIN_PY), *train_argv(spec, run, run_dir(spec, run))]
-    if resume:
-        cmd.append("--resume")
+    cmd += {"resume": ["--resume"], "restart": ["--overwrite"]}.get(current, [])
     if spec.threads_per_run:
         cmd += ["--num_threads", str(spec.threads_per_run)]
     return cmd
@@ -201,17 +203,9 @@ def _execute_locked(spec: SweepSpec, run: RunSpec, folder: Path, version: Option
     current = state(spec, run)
     if current == "done":
         return Outcome(run, folder, "skipped")
-    if current == "restart":  # nothing to continue from: empty the folder, keeping our lock
-        for item in folder.iterdir():
-            if item.name == LOCK:
-                continue
-            if item.is_dir() and not item.is_symlink():
-                shutil.rmtree(item)
-            else:
-                item.unlink()
     if current != "resume":
         write_run_info(spec, run, version)
-    cmd = _command(spec, run, resume=current == "resume")
+    cmd = _command(spec, run, current)
     start = time.perf_counter()
     with (folder / LOG).open("a", encoding="utf-8") as log:
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {current}: {' '.join(cmd)}\n")

@@ -20,7 +20,7 @@ from mt_dnn.config import TrainConfig
 
 #: train.py settings the grid itself sets for each run; a spec may not fix them in ``train_args``.
 GRID_FIELDS = ("train_datasets", "test_datasets", "optimizer", "learning_rate", "beta3", "seed", "output_dir",
-               "resume", "num_threads")
+               "resume", "overwrite", "num_threads")
 TOP_FIELDS = ("name", "runs_dir", "results_dir", "tasks", "optimizers", "learning_rates", "beta3", "seeds",
               "train_args", "parallel", "threads_per_run", "compare", "keep_step_checkpoints")
 #: store_true flags of train.py (written as a bare flag when true) and store_false ones (flag when false).
