@@ -11,6 +11,7 @@ only in the torchrun rank of that number. Points:
 - ``kill_after_eval:E``: after epoch E's evaluation (metrics.jsonl, best/ written), before its checkpoint
 - ``kill_in_checkpoint:NAME``: while the checkpoint folder NAME (step-6, best) is written, weights done
 - ``term_at_batch:N`` / ``int_at_batch:N``: SIGTERM / SIGINT during micro-batch N's forward
+- ``term_in_setup``: SIGTERM while the run reads its inputs, before training starts
 - ``pause_after_step:N``: after step N, create the file named by $FAULT_READY and wait for $FAULT_GO
 - ``kill_between_renames``: after atomic_folder parks the previous folder, before the new one takes its place
 - ``kill_in_export``: after the export's files are in its temp folder, before the self-check
@@ -75,6 +76,8 @@ def _trainer_faults(point: str, arg: str) -> None:
     elif point in ("term_at_batch", "int_at_batch"):
         signum = signal.SIGTERM if point == "term_at_batch" else signal.SIGINT
         _wrap(Trainer, "_forward_backward", before=_count(int(arg), lambda: os.kill(os.getpid(), signum)))
+    elif point == "term_in_setup":
+        _wrap(Trainer, "_setup_inputs", before=lambda *a: os.kill(os.getpid(), signal.SIGTERM))
     elif point == "pause_after_step":
         def pause(_r, self):
             if self.global_step == int(arg):
@@ -105,6 +108,17 @@ def _file_faults(point: str, arg: str) -> None:
         _wrap(prepro_std, "check_unique_uids", before=_count(int(arg), lambda: os.kill(os.getpid(), signal.SIGINT)))
     else:
         _trainer_faults(point, arg)
+
+
+def run_with_fault(fault: str, script: str, args: list, timeout: float = 300, **env) -> "subprocess.CompletedProcess":
+    """For tests: ``script``'s main(args) in a fresh process, one thread, offline, with ``fault`` injected."""
+    import subprocess
+    environ = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false",
+                   HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **env)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        environ.pop(key, None)
+    return subprocess.run([sys.executable, str(Path(__file__)), fault, script, *map(str, args)], cwd=ROOT,
+                          env=environ, capture_output=True, text=True, timeout=timeout)
 
 
 def main() -> int:

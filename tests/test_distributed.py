@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -164,17 +165,48 @@ def test_two_ranks_compiled_match_one_eager_process(ws, single):
     _assert_close(_final_weights(ws / "ddp-compile"), _final_weights(single), atol=1e-4)
 
 
-def test_resume_under_torchrun_is_exact(ws):
+@pytest.fixture(scope="module")
+def ddp_full(ws):
+    """An uninterrupted 2-rank run with a step checkpoint every 3 steps."""
+    _torchrun("train.py", _args(ws, "ddp-full", 4, "--save_every_steps", "3"))
+    return ws / "ddp-full"
+
+
+def test_resume_under_torchrun_is_exact(ws, ddp_full):
     """A 2-rank run killed after 7 steps (newest checkpoint: step 6) and resumed ends where an uninterrupted
     2-rank run ends, bit for bit."""
     every = ["--save_every_steps", "3"]
-    _torchrun("train.py", _args(ws, "ddp-full", 4, *every))
     _torchrun(str(ROOT / "tests" / "dist_stop_driver.py"), ["7", *_args(ws, "ddp-cut", 4, *every)])
     assert (ws / "ddp-cut" / "latest").read_text().strip() == "step-6"
     state = torch.load(ws / "ddp-cut" / "step-6" / "training_state.pt", weights_only=True)
     assert len(state["rng_ranks"]) == 2  # each rank's RNG stream is kept
     _torchrun("train.py", _args(ws, "ddp-cut", 4, *every, "--resume"))
     a, b = _final_weights(ws / "ddp-full"), _final_weights(ws / "ddp-cut")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step_and_resumes_exactly(ws, ddp_full):
+    """Only rank 1 gets SIGTERM, during its second micro-batch: the ranks agree on the stop, save step-2 together
+    (each rank's RNG stream in it), both exit 143 and rank 0 prints the one line; --resume under torchrun then
+    ends where the uninterrupted run ends, bit for bit."""
+    args = _args(ws, "ddp-term", 4, "--save_every_steps", "3")
+    port, procs = _free_port(), []
+    for rank in (0, 1):
+        env = _env() | {"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "fault_driver.py"), "term_at_batch:2@1",
+                                       "train", *args], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE))
+    outs = [p.communicate(timeout=LAUNCH_TIMEOUT) for p in procs]
+    assert [p.returncode for p in procs] == [143, 143], outs[0][1][-3000:]
+    lines = [re.findall(r"train\.py: [^\r\n]*", err) for _, err in outs]
+    assert lines == [["train.py: stopped by SIGTERM at step 2; continue with --resume"], []]
+    assert (ws / "ddp-term" / "latest").read_text().strip() == "step-2"
+    state = torch.load(ws / "ddp-term" / "step-2" / "training_state.pt", weights_only=True)
+    assert len(state["rng_ranks"]) == 2 and state["progress"]["global_step"] == 2
+    _torchrun("train.py", [*args, "--resume"])
+    a, b = _final_weights(ddp_full), _final_weights(ws / "ddp-term")
     for key in a:
         assert torch.equal(a[key], b[key]), key
 

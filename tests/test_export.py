@@ -19,6 +19,7 @@ from transformers import (AutoModel, AutoModelForSequenceClassification, AutoTok
 import export as export_cli
 import predict as predict_cli
 from conftest import tiny_bert_config
+from fault_driver import run_with_fault
 from data_utils.task_def import load_task_defs, select_tasks
 from mt_dnn import hf_export
 from mt_dnn.batcher import collate, load_split
@@ -201,3 +202,39 @@ def test_embedded_minilm_run_exports_with_its_registry_tokenizer(tmp_path):
                 padding=True, return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(hf(**batch).logits, model("rte", **batch), rtol=0, atol=1e-5)
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.subprocess
+def test_a_kill_between_the_two_renames_of_a_replace_restores_the_previous_export(ws, capsys):
+    out = ws / "hf-killed"
+    base = ["--checkpoint", str(ws / "run" / "best"), "--out", str(out)]
+    assert export_cli.main(base) == 0
+    capsys.readouterr()
+    before = _snapshot(out)
+    proc = run_with_fault("kill_between_renames", "export", base + ["--overwrite", "--task", "pairs"])
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert not out.exists() and len(_leftovers(ws)) == 2  # the parked previous export and the new one
+    assert export_cli.main(base) == 2  # the previous export is back, so it is refused as existing
+    err = capsys.readouterr().err
+    assert f"export.py: {ws}: restored hf-killed from .hf-killed.sage-tmp-" in err
+    assert err.rstrip().endswith("hf-killed: already exists (pass --overwrite to replace it)")
+    assert _snapshot(out) == before and _leftovers(ws) == []
+    assert export_cli.main(base + ["--overwrite", "--task", "pairs"]) == 0
+    assert AutoModelForSequenceClassification.from_pretrained(str(out)).config.num_labels == 2
+
+
+@pytest.mark.subprocess
+def test_a_killed_export_leaves_its_temp_folder_only_until_the_next_export(ws, capsys):
+    proc = run_with_fault("kill_in_export", "export", ["--checkpoint", ws / "run" / "best", "--out",
+                                                       ws / "hf-never"])
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    (temp,) = _leftovers(ws)
+    assert temp.startswith(".hf-never.sage-tmp-") and (ws / temp / "config.json").is_file()
+    assert not (ws / "hf-never").exists()
+    assert export_cli.main(["--checkpoint", str(ws / "run" / "best"), "--out", str(ws / "hf-next")]) == 0
+    assert f"export.py: {ws}: removed {temp} (left by an interrupted run)" in capsys.readouterr().err
+    assert _leftovers(ws) == [] and not (ws / "hf-never").exists()

@@ -17,6 +17,7 @@ import pytest
 import glue_submission as cli
 from data_utils.glue_submission import GLUE_FILES, SubmissionError, assemble
 from data_utils.task_def import load_task_defs
+from fault_driver import run_with_fault
 from mt_dnn.evaluate import SplitResult, write_submission
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,3 +147,25 @@ def test_trainer_files_for_the_real_test_sets_pass_with_official_counts(glue_dir
     (run / "rte_test_submission_0.tsv").write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(SubmissionError, match=r"2999 predictions, but RTE\.tsv needs all 3000 test rows"):
         assemble([run], tmp_path / "sub", overwrite=True)
+
+
+@pytest.mark.subprocess
+def test_a_kill_between_the_two_renames_of_a_replace_restores_the_previous_folder(tmp_path, capsys):
+    """Official row counts (the subprocess has no test overrides): RTE's 3000 and STS-B's 1379 test rows."""
+    rte = _tsv(tmp_path / "in" / "rte_test_submission_1.tsv", [(i, "entailment") for i in range(3000)])
+    stsb = _tsv(tmp_path / "in" / "stsb_test_submission_1.tsv", [(i, "2.5") for i in range(1379)])
+    out = tmp_path / "sub"
+    assert cli.main([str(rte), "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    proc = run_with_fault("kill_between_renames", "glue_submission", [rte, stsb, "--out", out, "--overwrite"])
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert not out.exists() and len([p for p in tmp_path.iterdir() if ".sage-tmp-" in p.name]) == 2
+    assert cli.main([str(rte), str(stsb), "--out", str(out)]) == 2  # the previous folder is back: it exists
+    err = capsys.readouterr().err
+    assert f"glue_submission.py: {tmp_path}: restored sub from .sub.sage-tmp-" in err
+    assert err.rstrip().endswith("sub: already exists (pass --overwrite to replace it)")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before == {"RTE.tsv": rte.read_bytes()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "sub"]
+    assert cli.main([str(rte), str(stsb), "--out", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["RTE.tsv", "STS-B.tsv"]

@@ -25,6 +25,7 @@ from data_utils.encoding import EncodeSpec, build_backend, encode_rows
 from data_utils.shards import ShardError, format_line, format_line_zero_types, read_shard, shard_path
 from data_utils.task_def import load_task_defs, parse_task_defs
 from data_utils.tsv import CanonicalSplit, read_canonical
+from fault_driver import run_with_fault
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE_YML = ROOT / "experiments" / "glue" / "glue_task_def.yml"
@@ -443,3 +444,23 @@ def test_tokenizer_threads_sets_and_restores_the_environment(monkeypatch):
             assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
             raise RuntimeError
     assert "TOKENIZERS_PARALLELISM" not in os.environ
+
+
+@pytest.mark.subprocess
+def test_ctrl_c_is_one_line_and_leaves_the_previous_shard_and_no_temp(mine):
+    """SIGINT while the third chunk of a rebuilt shard is written (chunks of 2 rows here): one line, exit 130,
+    the shard from the previous run byte for byte, no temp file."""
+    root, build, _ = mine
+    tsv = write(root / "cls_train.tsv", [f"u{i}\tpos\thello {i}\tworld" for i in range(10)])
+    build("cls")
+    shard = shard_path(root, MODEL, "cls", "train")
+    before = {p.name: p.read_bytes() for p in shard.parent.iterdir()}
+    write(tsv, [f"u{i}\tneg\tgoodbye {i}\tworld" for i in range(10)])  # changed: the shard is rebuilt
+    proc = run_with_fault("int_in_prepro:3", "prepro_std", ["--root_dir", root, "--task_def", root / "tasks.yml",
+                                                            "--tasks", "cls", "--workers", "1"])
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.stderr == ("prepro_std.py: interrupted; shards written so far are complete and the one in progress "
+                           "was discarded; run it again to finish (up-to-date shards are skipped)\n")
+    assert {p.name: p.read_bytes() for p in shard.parent.iterdir()} == before
+    build("cls")
+    assert [r["label"] for r in read_shard(shard)] == [0] * 10

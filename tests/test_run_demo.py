@@ -98,3 +98,31 @@ def test_bad_runs_and_flags_stop_with_one_line(demo, tmp_path, capsys):
     with pytest.raises(SystemExit):
         demo.main(["--out_dir", str(tmp_path), "--report_only", "--learning_rates", "1e-4,fast"])
     assert "--learning_rates: 'fast' is not a positive number" in capsys.readouterr().err
+
+
+def test_a_second_demo_reuses_finished_runs_and_replaces_the_others_on_purpose(demo, tmp_path, monkeypatch, capsys):
+    """train.py is replaced by a fake that records its command line and writes the run's metrics. A run is
+    reused only when this demo finished it with the same flags; any other is trained again with --overwrite,
+    so two runs never share a folder."""
+    calls = []
+
+    def fake_run(cmd, check, cwd):
+        out = Path(cmd[cmd.index("--output_dir") + 1])
+        calls.append(out.name)
+        assert cmd[1].endswith("train.py") and cmd[-1] == "--overwrite" and "--resume" not in cmd
+        assert not (out / "demo_run.json").exists()  # the old record goes before train.py starts
+        name, lr = out.name.rsplit("_lr", 1)
+        pol, val, average = LAST[(name, lr)]
+        (out / "metrics.jsonl").write_text(json.dumps(record(1, pol, val, average)) + "\n", encoding="utf-8")
+    monkeypatch.setattr(demo.subprocess, "run", fake_run)
+    runs = sorted(f"{name}_lr{lr}" for name, lr in LAST)
+    write_runs(tmp_path)  # finished runs of an older demo: their records carry no flags
+    assert demo.main(["--out_dir", str(tmp_path)]) == 0
+    assert sorted(calls) == runs
+    assert demo.main(["--out_dir", str(tmp_path)]) == 0 and len(calls) == 4  # all four reused
+    assert capsys.readouterr().out.count("finished before with the same flags, reused") == 4
+    (tmp_path / "adamax_lr3e-4" / "demo_run.json").unlink()  # killed: train.py never finished
+    assert demo.main(["--out_dir", str(tmp_path)]) == 0 and calls[4:] == ["adamax_lr3e-4"]
+    assert demo.main(["--out_dir", str(tmp_path), "--epochs", "3"]) == 0  # other flags: not the same runs
+    assert sorted(calls[5:]) == runs
+    assert demo.main(["--out_dir", str(tmp_path), "--epochs", "3", "--rerun"]) == 0 and sorted(calls[9:]) == runs

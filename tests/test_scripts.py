@@ -219,6 +219,25 @@ def test_overrides_and_pass_through(fake, tmp_path):
     assert (flags["--data_dir"], flags["--output_dir"]) == ("shards", "out")
 
 
+def test_scripts_leave_a_run_folder_to_resume_or_overwrite_on_purpose(fake):
+    """The scripts pass neither flag themselves (train.py then refuses an OUTPUT_DIR that holds a run); each says
+    so in its header, and --resume or --overwrite given to a script reach train.py and parse."""
+    config = pytest.importorskip("mt_dnn.config", reason="mt_dnn/config.py not in this checkout yet")
+    for run in gen.runs(SETTINGS, "bert-base"):
+        name = f"train_{run.task}_{run.optimizer}.sh"
+        text = (ROOT / "scripts" / name).read_text()
+        assert "# One run per OUTPUT_DIR: train.py refuses a folder that holds a run" in text
+        assert "with --resume to continue a killed run" in text and "with --overwrite\n# to replace the run" in text
+        proc, lines = fake(name, "0")
+        assert "--resume" not in lines and "--overwrite" not in lines
+    for flag, field in (("--resume", "resume"), ("--overwrite", "overwrite")):
+        proc, lines = fake("train_rte_usadamax.sh", "0", flag)
+        assert proc.returncode == 0 and lines[-1] == flag
+        assert getattr(config.parse_args(lines[2:]), field) is True
+    proc, _ = fake("train_rte_usadamax.sh")
+    assert "an OUTPUT_DIR that holds a run needs --resume or --overwrite)" in proc.stderr
+
+
 @pytest.mark.parametrize("model", ["bert-base-uncased", "roberta-large", "FacebookAI/roberta-large",
                                    "/abs/path/to/my-bert/", "relative/model_dir"])
 def test_default_data_dir_uses_the_registry_short_name(fake, model):

@@ -165,6 +165,8 @@ def test_killed_run_resumes_with_resume_to_the_uninterrupted_weights(ws):
     assert runner.state(reference, run) == "restart"
     assert runner.execute(reference, run).status == "done"
     assert len((folder / "metrics.jsonl").read_text().splitlines()) == 2
+    started = (folder / runner.LOG).read_text().splitlines()[0]  # train.py replaces the attempt on purpose
+    assert " restart: " in started and " --overwrite" in started and " --resume" not in started
     # the killed run: train.py's own Trainer stops after 6 of 12 steps; its newest checkpoint is step 4
     folder = runner.write_run_info(spec, run)
     threads = torch.get_num_threads()

@@ -209,7 +209,7 @@ def test_mtdnn_checkpoint_without_task_list_uses_this_runs_order(ws):
     assert torch.equal(trainer.model.state_dict()["heads.score.proj.weight"], heads[1]["weight"])
     assert "this run's --train_datasets" in _log(ws, "noorder")
     with pytest.raises(ValueError, match=r"--encoder_type 2: .*mtdnn\.pt was trained with encoder_type 1"):
-        Trainer(config(ws, "noorder", init_checkpoint=str(ws / "mtdnn.pt"), train_datasets=["pairs"],
+        Trainer(config(ws, "noorder-type2", init_checkpoint=str(ws / "mtdnn.pt"), train_datasets=["pairs"],
                        encoder_type=2))
 
 
