@@ -211,6 +211,26 @@ def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step_and_resumes_exact
         assert torch.equal(a[key], b[key]), key
 
 
+def test_a_run_folder_locked_by_another_run_stops_every_rank_with_one_line(ws):
+    """Only rank 0 takes the run's lock; its refusal stops both ranks in the setup phase, with one line naming
+    the holder (this test process), and nothing is written."""
+    from mt_dnn.run_folder import RunLock
+    out = ws / "ddp-locked"
+    out.mkdir()
+    lock = RunLock(out).acquire()
+    try:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), "train.py", *_args(ws, out.name, 4, "--dist_timeout", "2")]
+        proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+        assert sorted(p.name for p in out.iterdir()) == ["train.lock"]
+    finally:
+        lock.release()
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "train.py: error:" in line]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert f"--output_dir {out}: another train.py is writing this run (pid {os.getpid()} on " in errors[0]
+
+
 def test_bad_input_on_one_rank_stops_every_rank(ws):
     """Two nodes' worth of processes started by hand; only rank 1 has a wrong --data_dir. Without error
     agreement rank 0 would block in its first collective until the timeout."""
