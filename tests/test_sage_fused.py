@@ -28,7 +28,7 @@ from module import sage_cpu, sage_fused
 from module.sage_functional import ALGORITHMS
 
 dist.init_process_group("gloo")
-rank, faulty_rank = dist.get_rank(), int(sys.argv[1])
+rank, faulty_rank, out_dir = dist.get_rank(), int(sys.argv[1]), sys.argv[2]
 
 
 def skewed(algorithm, params, grads, states, ipt_avgs, scalars, hyper, grad_factor=None):
@@ -45,8 +45,9 @@ with warnings.catch_warnings(record=True) as caught:
                                        *sage_fused.KernelVariant("adamw", torch.float64, formula="paper").arguments())
     adamax = sage_fused.kernel_verified(sage_cpu, ALGORITHMS["adamax"], p, p,
                                         *sage_fused.KernelVariant("adamax", torch.float64).arguments())
-print(json.dumps({"rank": rank, "adamw": adamw, "adamax": adamax,
-                  "warnings": [str(w.message) for w in caught if "self-check" in str(w.message)]}), flush=True)
+with open(f"{out_dir}/rank{rank}.json", "w", encoding="utf-8") as out:  # one file per rank: no interleaving
+    json.dump({"rank": rank, "adamw": adamw, "adamax": adamax,
+               "warnings": [str(w.message) for w in caught if "self-check" in str(w.message)]}, out)
 dist.destroy_process_group()
 """
 
@@ -69,11 +70,11 @@ def test_a_kernel_failing_on_one_rank_is_refused_on_every_rank(tmp_path):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(_free_port()), str(script), "1"],
+                           "127.0.0.1", "--master_port", str(_free_port()), str(script), "1", str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = {r["rank"]: r for r in map(json.loads, (line for line in proc.stdout.splitlines()
-                                                     if line.startswith("{")))}
+    ranks = {r["rank"]: r for r in (json.loads((tmp_path / f"rank{i}.json").read_text(encoding="utf-8"))
+                                    for i in (0, 1))}
     assert sorted(ranks) == [0, 1]
     assert [ranks[r]["adamw"] for r in (0, 1)] == [False, False]
     assert [ranks[r]["adamax"] for r in (0, 1)] == [True, True]
