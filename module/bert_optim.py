@@ -444,13 +444,16 @@ SCHEDULES: dict[str, Callable[..., LambdaLR]] = {
 }
 
 
-def build_schedule(optimizer: Optimizer, name: str, total_steps: int, warmup: float = 0.1) -> LambdaLR:
+def build_schedule(optimizer: Optimizer, name: str, total_steps: int, warmup: float = 0.1,
+                   start_step: int = 0) -> LambdaLR:
     """The LambdaLR for ``name`` with ``warmup`` as a fraction of ``total_steps``; call ``scheduler.step()``
     after each optimizer step.
 
     The authors' optimizers evaluated their schedule at different points of their step counter (Adamax before
     incrementing it, so its very first step has lr 0; AdamW after); ``optimizer.schedule_step_offset`` keeps
-    that by starting the scheduler's count at the offset.
+    that by starting the scheduler's count at the offset. ``start_step``: optimizer steps already taken (a run
+    continuing another's optimizer state), so the first step's lr is the schedule's at that position; the
+    schedule still reaches its end at ``total_steps`` and goes on past it as its formula says.
     """
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")
@@ -458,8 +461,10 @@ def build_schedule(optimizer: Optimizer, name: str, total_steps: int, warmup: fl
         raise ValueError(f"total_steps must be positive, got {total_steps}")
     if not 0.0 <= warmup < 1.0:
         raise ValueError(f"invalid warmup ratio {warmup} (must be in [0, 1))")
-    offset = getattr(optimizer, "schedule_step_offset", 0)
-    if offset:
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
+    last = getattr(optimizer, "schedule_step_offset", 0) + start_step - 1
+    if last >= 0:
         for group in optimizer.param_groups:  # what LRScheduler does itself when it starts from -1
             group.setdefault("initial_lr", group["lr"])
-    return SCHEDULES[name](optimizer, warmup * total_steps, total_steps, last_epoch=offset - 1)
+    return SCHEDULES[name](optimizer, warmup * total_steps, total_steps, last_epoch=last)

@@ -17,17 +17,23 @@ from torch import nn
 from data_utils.task_def import TaskDef, TaskType
 
 
-def _init_linear(layer: nn.Linear, init_std: float) -> nn.Linear:
-    """Normal(0, init_std) weights, zero bias: the encoder's own init, so fresh heads start with small logits."""
-    nn.init.normal_(layer.weight, mean=0.0, std=init_std)
-    nn.init.zeros_(layer.bias)
+def _init_linear(layer: nn.Linear, init_std: Optional[float]) -> nn.Linear:
+    """Normal(0, init_std) weights, zero bias: the encoder's own init, so fresh heads start with small logits.
+    None keeps torch's default ``nn.Linear`` init (the SAGE repository's and MT-DNN's heads)."""
+    if init_std is not None:
+        nn.init.normal_(layer.weight, mean=0.0, std=init_std)
+        nn.init.zeros_(layer.bias)
     return layer
 
 
 class ClassificationHead(nn.Module):
-    """(..., H) -> (..., n_class) logits."""
+    """(..., H) -> (..., n_class) logits.
 
-    def __init__(self, hidden_size: int, n_class: int, dropout_p: float, init_std: float = 0.02):
+    Under the ``mtdnn`` head layout MTDNNModel gives the head a ``pooler`` attribute, the task's own [CLS] pooler:
+    the model applies it and passes its result here, the head only owns it (``heads.<task>.pooler.*``).
+    """
+
+    def __init__(self, hidden_size: int, n_class: int, dropout_p: float, init_std: Optional[float] = 0.02):
         super().__init__()
         self.dropout = nn.Dropout(dropout_p)
         self.proj = _init_linear(nn.Linear(hidden_size, n_class), init_std)
@@ -37,9 +43,10 @@ class ClassificationHead(nn.Module):
 
 
 class ScoreHead(nn.Module):
-    """(..., H) -> (...) one float per input: a regression value, or a ranking score per (premise, hypothesis)."""
+    """(..., H) -> (...) one float per input: a regression value, or a ranking score per (premise, hypothesis).
+    May own a ``pooler`` as :class:`ClassificationHead` does."""
 
-    def __init__(self, hidden_size: int, dropout_p: float, init_std: float = 0.02):
+    def __init__(self, hidden_size: int, dropout_p: float, init_std: Optional[float] = 0.02):
         super().__init__()
         self.dropout = nn.Dropout(dropout_p)
         self.proj = _init_linear(nn.Linear(hidden_size, 1), init_std)
@@ -138,7 +145,7 @@ class SpanHead(nn.Module):
 
     per_token = True  # MTDNNModel passes (hidden states, attention_mask), not a pooled vector
 
-    def __init__(self, hidden_size: int, dropout_p: float, init_std: float = 0.02):
+    def __init__(self, hidden_size: int, dropout_p: float, init_std: Optional[float] = 0.02):
         super().__init__()
         self.dropout = nn.Dropout(dropout_p)
         self.proj = _init_linear(nn.Linear(hidden_size, 2), init_std)
@@ -153,7 +160,7 @@ class TaggingHead(nn.Module):
 
     per_token = True
 
-    def __init__(self, hidden_size: int, n_class: int, dropout_p: float, init_std: float = 0.02):
+    def __init__(self, hidden_size: int, n_class: int, dropout_p: float, init_std: Optional[float] = 0.02):
         super().__init__()
         self.dropout = nn.Dropout(dropout_p)
         self.proj = _init_linear(nn.Linear(hidden_size, n_class), init_std)
@@ -162,25 +169,25 @@ class TaggingHead(nn.Module):
         return self.proj(self.dropout(hidden))
 
 
-def _classification(task_def: TaskDef, hidden_size: int, init_std: float) -> nn.Module:
+def _classification(task_def: TaskDef, hidden_size: int, init_std: Optional[float]) -> nn.Module:
     if task_def.n_class < 2:
         raise ValueError(f"task {task_def.name}: a Classification head needs n_class >= 2, got {task_def.n_class}")
     return ClassificationHead(hidden_size, task_def.n_class, task_def.dropout_p, init_std)
 
 
-def _score(task_def: TaskDef, hidden_size: int, init_std: float) -> nn.Module:
+def _score(task_def: TaskDef, hidden_size: int, init_std: Optional[float]) -> nn.Module:
     return ScoreHead(hidden_size, task_def.dropout_p, init_std)
 
 
-def _span(task_def: TaskDef, hidden_size: int, init_std: float) -> nn.Module:
+def _span(task_def: TaskDef, hidden_size: int, init_std: Optional[float]) -> nn.Module:
     return SpanHead(hidden_size, task_def.dropout_p, init_std)
 
 
-def _tagging(task_def: TaskDef, hidden_size: int, init_std: float) -> nn.Module:
+def _tagging(task_def: TaskDef, hidden_size: int, init_std: Optional[float]) -> nn.Module:
     return TaggingHead(hidden_size, task_def.n_class, task_def.dropout_p, init_std)
 
 
-HeadBuilder = Callable[[TaskDef, int, float], nn.Module]
+HeadBuilder = Callable[[TaskDef, int, Optional[float]], nn.Module]
 
 HEADS: dict[TaskType, HeadBuilder] = {
     TaskType.Classification: _classification,
@@ -191,11 +198,12 @@ HEADS: dict[TaskType, HeadBuilder] = {
 }
 
 
-def build_head(task_def: TaskDef, hidden_size: int, init_std: float = 0.02,
+def build_head(task_def: TaskDef, hidden_size: int, init_std: Optional[float] = 0.02,
                san: Optional[SanOptions] = None) -> nn.Module:
     """The head for ``task_def.task_type``; a task type without a registered head fails with the known ones.
 
-    ``san`` (MT-DNN's ``--answer_opt 1``) gives the Classification tasks with ``enable_san`` a SANClassifier.
+    ``san`` (MT-DNN's ``--answer_opt 1``) gives the Classification tasks with ``enable_san`` a SANClassifier, which
+    keeps its own normal(0, 0.02) init whatever ``init_std`` says (no other project has this network).
     """
     if task_def.task_type not in HEADS:
         known = ", ".join(t.name for t in HEADS)
@@ -204,5 +212,17 @@ def build_head(task_def: TaskDef, hidden_size: int, init_std: float = 0.02,
         if task_def.task_type is not TaskType.Classification:
             raise ValueError(f"task {task_def.name}: the SAN head is for Classification tasks, not "
                              f"{task_def.task_type.name}")
-        return SANClassifier(hidden_size, task_def.n_class, task_def.dropout_p, san, init_std)
+        return SANClassifier(hidden_size, task_def.n_class, task_def.dropout_p, san,
+                             0.02 if init_std is None else init_std)
     return HEADS[task_def.task_type](task_def, hidden_size, init_std)
+
+
+def reads_pooled(head: nn.Module) -> bool:
+    """Whether the head reads the pooled [CLS] vector (Classification, Regression, Ranking), not every token."""
+    return not (getattr(head, "per_token", False) or getattr(head, "uses_tokens", False))
+
+
+def head_reads_pooled(task_def: TaskDef, san: Optional[SanOptions] = None) -> bool:
+    """Whether ``build_head(task_def, ..., san)`` gives a head that reads the pooled vector."""
+    uses_san = task_def.enable_san and san is not None
+    return task_def.task_type in (TaskType.Classification, TaskType.Regression, TaskType.Ranking) and not uses_san

@@ -22,7 +22,9 @@ from typing import Any, Optional, Sequence
 
 import pretrained_models
 from module.bert_optim import FORMULAS, OPTIMIZERS, SCHEDULES
+from module.pooler import ACTIVATIONS
 from module.sage_functional import IMPLEMENTATIONS
+from mt_dnn import head_layout as layouts
 from mt_dnn import upstream_flags
 from mt_dnn.upstream_flags import NO_EFFECT_FLAGS, VALUE_FLAGS  # noqa: F401 (the table, re-exported)
 
@@ -80,6 +82,14 @@ class TrainConfig:
     num_hidden_layers: int = cli_field(-1, "keep only the encoder's first N layers (-1: all)")
     bert_dropout_p: Optional[float] = cli_field(None, "the encoder's hidden dropout (default: its own config's)")
     dropout_p: float = cli_field(0.1, "classifier dropout of tasks whose YAML entry gives no dropout_p")
+    head_layout: Optional[str] = cli_field(
+        None, "which [CLS] pooler the heads read: encoder (the encoder's own pretrained pooler), sage (the SAGE "
+        "repository's network: one fresh dense + activation shared by all tasks) or mtdnn (MT-DNN's: a fresh "
+        "pooler per task); default: the --init_checkpoint's layout when it is a trained model, else encoder",
+        choices=layouts.LAYOUTS)
+    pooler_actf: Optional[str] = cli_field(
+        None, "activation of the sage/mtdnn poolers (default: tanh for sage, linear for mtdnn, which is what "
+        "MT-DNN's code computes); the encoder layout's pooler is tanh", choices=tuple(ACTIVATIONS))
     answer_opt: int = cli_field(1, "1: tasks with enable_san: true get the SAN answer head; 0: linear heads only")
     answer_num_turn: int = cli_field(5, "SAN: reasoning steps")
     answer_mem_drop_p: float = cli_field(0.1, "SAN: probability of dropping a step's prediction while training")
@@ -137,6 +147,10 @@ class TrainConfig:
     overwrite: bool = cli_field(
         False, "remove the run already in --output_dir (train.py's own files: checkpoints, best/, metrics, scores, "
         "logs; other files are kept) before starting; without it or --resume, a folder holding a run is refused")
+    model_ckpt: Optional[str] = cli_field(
+        None, "with --resume and no checkpoint in --output_dir yet: continue a model_N.pt written by the SAGE "
+        "repository's (or MT-DNN's) train.py, as their --resume --model_ckpt does: its weights, optimizer state "
+        "and step count (its saved options must match this run's flags); read only under --resume")
     save_every_steps: int = cli_field(0, "also checkpoint every N optimizer steps (for --resume)")
     keep_last: int = cli_field(1, "step checkpoints to keep")
     log_every: int = cli_field(25, aliases=("--log_per_updates",))
@@ -154,6 +168,9 @@ class TrainConfig:
     # reliability
     allow_config_change: bool = cli_field(
         False, "--resume even when the checkpoint's config differs in fields that change the run (listed in the log)")
+    allow_unused_weights: bool = cli_field(
+        False, "start from an --init_checkpoint even when some of its trained tensors for this run's tasks cannot be "
+        "loaded (they are listed in the log)")
 
     def validate(self) -> "TrainConfig":
         """Reject inconsistent settings with one line naming the flag."""
@@ -228,6 +245,11 @@ class TrainConfig:
                 bad(name, f"must be in [0, 1), got {getattr(self, name)}")
         if self.bert_dropout_p is not None and not 0.0 <= self.bert_dropout_p < 1.0:
             bad("bert_dropout_p", f"must be in [0, 1), got {self.bert_dropout_p}")
+        problem = layouts.check(self.head_layout, self.pooler_actf)
+        if problem and (self.head_layout is not None or self.pooler_actf not in ACTIVATIONS):
+            raise ValueError(problem)  # an activation for an undecided layout is checked once the layout is known
+        if self.model_ckpt is not None and self.fsdp:
+            bad("model_ckpt", "not available with --fsdp (use DDP: the default under torchrun)")
         if self.answer_opt not in (0, 1):
             bad("answer_opt", f"must be 0 (linear heads) or 1 (SAN where the task def enables it), "
                               f"got {self.answer_opt}")
@@ -354,6 +376,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank parses; one copy of the warnings
         for line in notices:
             print(line, file=sys.stderr)
+        if cfg.model_ckpt is not None and not cfg.resume:  # MT-DNN and the SAGE repository read it only then
+            print(f"train.py: warning: --model_ckpt {cfg.model_ckpt} has no effect without --resume (MT-DNN reads it "
+                  "only under --resume; to start from a trained model use --init_checkpoint)", file=sys.stderr)
     return cfg
 
 

@@ -1,8 +1,10 @@
 """MTDNNModel: one shared encoder, one small head per task, chosen by task name at each forward call.
 
 The encoder is registered as ``self.encoder`` so its parameter names read ``encoder.encoder.layer.N.attention.self
-...``: the SAGE optimizer's name patterns find the attention and feed-forward weights there, while the pooler and
-heads (``pooler.dense``, ``heads.<task>.proj``) fall in the plain groups.
+...``: the SAGE optimizer's name patterns find the attention and feed-forward weights there, while the poolers and
+heads (``pooler.dense``, ``heads.<task>.pooler.dense``, ``heads.<task>.proj``) fall in the plain groups, as the
+authors' pooler and ``scoring_list`` do. Which pooler a head reads is the model's head layout
+(mt_dnn/head_layout.py).
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import torch
 from torch import nn
 
 from data_utils.task_def import TaskDef, TaskType
-from module.heads import SanOptions, build_head
+from module.heads import SanOptions, build_head, head_reads_pooled, reads_pooled
 from module.pooler import FirstTokenPooler
+from mt_dnn import head_layout as layouts
 from mt_dnn.loss import build_loss
 
 
@@ -67,21 +70,47 @@ def span_candidates(logits: torch.Tensor, n_best: int) -> tuple[torch.Tensor, to
 
 
 class MTDNNModel(nn.Module):
-    """A shared Hugging Face encoder plus one head per task, in an ``nn.ModuleDict`` keyed by task name."""
+    """A shared Hugging Face encoder plus one head per task, in an ``nn.ModuleDict`` keyed by task name.
 
-    def __init__(self, encoder: nn.Module, task_defs: Mapping[str, TaskDef], san: Optional[SanOptions] = None):
+    ``head_layout`` (``encoder``, ``sage``, ``mtdnn``; None: ``encoder``) says which pooler the heads read;
+    ``pooler_actf`` its activation (None: the layout's default); ``pooler_dropout_p`` the dropout on the shared
+    pooler's input under ``sage`` (the SAGE repository's global --dropout_p).
+    """
+
+    def __init__(self, encoder: nn.Module, task_defs: Mapping[str, TaskDef], san: Optional[SanOptions] = None,
+                 head_layout: Optional[str] = None, pooler_actf: Optional[str] = None,
+                 pooler_dropout_p: float = 0.1):
         super().__init__()
         _check_task_names(task_defs)
+        problem = layouts.check(head_layout, pooler_actf)
+        if problem:
+            raise ValueError(problem)
         config = encoder.config
         hidden, init_std = config.hidden_size, getattr(config, "initializer_range", 0.02)
+        self.head_layout, self.pooler_actf = layouts.layout_of(head_layout), layouts.actf_of(head_layout, pooler_actf)
         self.encoder = encoder
         self.task_defs = dict(task_defs)
-        # BERT/RoBERTa bring a pretrained pooler; DeBERTa/ELECTRA have none, so we add our own.
-        self.uses_encoder_pooler = getattr(encoder, "pooler", None) is not None
-        self.pooler = None if self.uses_encoder_pooler else FirstTokenPooler(hidden, init_std)
-        self.heads = nn.ModuleDict({name: build_head(td, hidden, init_std, san)
+        has_pooler = getattr(encoder, "pooler", None) is not None
+        # encoder layout: BERT/RoBERTa bring a pretrained pooler; DeBERTa/ELECTRA have none, so one is added.
+        self.uses_encoder_pooler = self.head_layout == "encoder" and has_pooler
+        if self.head_layout == "sage":  # the authors' shared pooler, torch's default init as theirs
+            self.pooler = FirstTokenPooler(hidden, None, pooler_dropout_p, self.pooler_actf)
+        else:
+            self.pooler = FirstTokenPooler(hidden, init_std) if self.head_layout == "encoder" and not has_pooler \
+                else None
+        head_init = init_std if self.head_layout == "encoder" else None  # theirs: torch's default nn.Linear init
+        self.heads = nn.ModuleDict({name: self._head(td, hidden, head_init, san)
                                     for name, td in self.task_defs.items()})
         self.losses = {name: build_loss(td.loss) for name, td in self.task_defs.items()}
+
+    def _head(self, td: TaskDef, hidden: int, init_std: Optional[float], san: Optional[SanOptions]) -> nn.Module:
+        if self.head_layout != "mtdnn" or not head_reads_pooled(td, san):
+            return build_head(td, hidden, init_std, san)
+        # MT-DNN: Sequential(Pooler(task dropout), Linear): the task's dropout is on the pooler's input
+        pooler = FirstTokenPooler(hidden, None, td.dropout_p, self.pooler_actf)
+        head = build_head(dataclasses.replace(td, dropout_p=0.0), hidden, init_std, san)
+        head.pooler = pooler
+        return head
 
     @property
     def task_names(self) -> list[str]:
@@ -111,12 +140,38 @@ class MTDNNModel(nn.Module):
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
              token_type_ids: Optional[torch.Tensor] = None,
-             inputs_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(N, L) token ids (or (N, L, H) word embeddings) -> (N, H) pooled [CLS] representation."""
+             inputs_embeds: Optional[torch.Tensor] = None, task: Optional[str] = None) -> torch.Tensor:
+        """(N, L) token ids (or (N, L, H) word embeddings) -> (N, H) pooled [CLS] representation, through the
+        pooler ``task``'s head reads (the ``mtdnn`` layout has one per task, so it needs the task)."""
         out = self._encode(input_ids, attention_mask, token_type_ids, inputs_embeds)
         if self.uses_encoder_pooler:
             return out.pooler_output
-        return self.pooler(out.last_hidden_state)
+        return self.pooler_of(task)(out.last_hidden_state)
+
+    def pooler_of(self, task: Optional[str]) -> nn.Module:
+        """The pooler module ``task``'s head reads (not for the encoder's own pooler: see ``uses_encoder_pooler``)."""
+        if self.head_layout != "mtdnn":
+            return self.pooler
+        if task is None:
+            raise ValueError("the mtdnn head layout pools with each task's own pooler: name the task")
+        pooler = getattr(self.heads[task], "pooler", None)
+        if pooler is None:
+            raise ValueError(f"task {task}: its head reads every token, not a pooled vector")
+        return pooler
+
+    def parameters_used_by(self, task: str) -> list[nn.Parameter]:
+        """The parameters a forward of ``task`` reads: the encoder (without its pooler when no head of ``task``'s
+        kind reads it), the pooler this task's head reads, and this head. The others never get a gradient from it,
+        so they must never be given one (a zero gradient would still let weight decay move them)."""
+        self._task(task)
+        head = self.heads[task]
+        skip = {id(p) for name, other in self.heads.items() if name != task for p in other.parameters()}
+        encoder_pooler = getattr(self.encoder, "pooler", None)
+        if encoder_pooler is not None and not (self.uses_encoder_pooler and reads_pooled(head)):
+            skip |= {id(p) for p in encoder_pooler.parameters()}
+        if self.pooler is not None and not reads_pooled(head):
+            skip |= {id(p) for p in self.pooler.parameters()}
+        return [p for p in self.parameters() if id(p) not in skip]
 
     def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: Optional[torch.Tensor] = None,
@@ -147,13 +202,13 @@ class MTDNNModel(nn.Module):
             hidden = self._encode(input_ids, attention_mask, token_type_ids, inputs_embeds).last_hidden_state
             return head(hidden, attention_mask, token_type_ids)
         if not ranking:
-            return head(self.pool(input_ids, attention_mask, token_type_ids, inputs_embeds))
+            return head(self.pool(input_ids, attention_mask, token_type_ids, inputs_embeds, task))
         b, k, length = input_ids.shape
         if k != td.n_class:
             raise ValueError(f"task {task}: expects {td.n_class} hypotheses per example (n_class), got {k}")
         flat = [None if t is None else t.reshape(b * k, length) for t in (input_ids, attention_mask, token_type_ids)]
         embeds = None if inputs_embeds is None else inputs_embeds.reshape(b * k, length, -1)
-        pooled = self.pool(*flat, embeds)
+        pooled = self.pool(*flat, embeds, task)
         return self.heads[task](pooled.view(b, k, -1))
 
     def loss(self, task: str, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -182,12 +237,14 @@ def effective_task_defs(task_defs: Mapping[str, TaskDef], dropout_p: float, answ
 
 
 def set_encoder_dropout(encoder: nn.Module, p: float) -> None:
-    """MT-DNN's --bert_dropout_p: the encoder's hidden dropout (embeddings and sublayer outputs); the attention
-    probabilities keep their own rate. The config is updated too, so a saved checkpoint rebuilds the same."""
-    for name, module in encoder.named_modules():
-        if isinstance(module, nn.Dropout) and not name.rsplit(".", 1)[0].endswith("self"):
+    """MT-DNN's and the SAGE repository's --bert_dropout_p: the encoder's hidden dropout (embeddings and sublayer
+    outputs) and its attention-probability dropout, both (their train.py sets hidden_dropout_prob and
+    attention_probs_dropout_prob). The config is updated too, so a saved checkpoint rebuilds the same."""
+    for module in encoder.modules():
+        if isinstance(module, nn.Dropout):
             module.p = p
     encoder.config.hidden_dropout_prob = p
+    encoder.config.attention_probs_dropout_prob = p
 
 
 def keep_first_layers(encoder: nn.Module, n: int) -> None:
@@ -203,17 +260,19 @@ def keep_first_layers(encoder: nn.Module, n: int) -> None:
 
 
 def build_model(encoder: nn.Module, task_defs: Mapping[str, TaskDef], cfg) -> MTDNNModel:
-    """An MTDNNModel configured by a TrainConfig's model flags (depth, dropout, SAN, encoder freezing)."""
+    """An MTDNNModel configured by a TrainConfig's model flags (depth, dropout, SAN, head layout, encoder
+    freezing)."""
     if cfg.num_hidden_layers > 0:
         keep_first_layers(encoder, cfg.num_hidden_layers)
     if cfg.bert_dropout_p is not None:
         set_encoder_dropout(encoder, cfg.bert_dropout_p)
     san = SanOptions(cfg.answer_num_turn, cfg.answer_mem_drop_p, cfg.answer_att_hidden_size,
                      cfg.answer_dropout_p) if cfg.answer_opt == 1 else None
-    model = MTDNNModel(encoder, effective_task_defs(task_defs, cfg.dropout_p, cfg.answer_opt), san)
-    if cfg.update_bert_opt > 0:  # MT-DNN: a frozen encoder; its pooler (MT-DNN's own, outside it) and heads train
-        pooler = getattr(model.encoder, "pooler", None)
-        keep = {id(p) for p in pooler.parameters()} if pooler is not None else set()
+    model = MTDNNModel(encoder, effective_task_defs(task_defs, cfg.dropout_p, cfg.answer_opt), san,
+                       head_layout=getattr(cfg, "head_layout", None), pooler_actf=getattr(cfg, "pooler_actf", None),
+                       pooler_dropout_p=cfg.dropout_p)
+    if cfg.update_bert_opt > 0:  # MT-DNN: a frozen encoder; the pooler the heads read (outside it) and heads train
+        keep = {id(p) for p in model.encoder.pooler.parameters()} if model.uses_encoder_pooler else set()
         for p in model.encoder.parameters():
             if id(p) not in keep:
                 p.requires_grad_(False)

@@ -31,8 +31,10 @@ from module.bert_optim import build_optimizer, build_schedule, sage_param_groups
 from module.sage_functional import implementation_kwargs
 from mt_dnn import checkpoint as ckpt
 from mt_dnn import distributed as dist_utils
+from mt_dnn import head_layout as layouts
 from mt_dnn import objectives as objectives_mod
 from mt_dnn import run_folder, task_labels
+from mt_dnn import upstream_checkpoint as upstream
 from mt_dnn.batcher import TaskData, epoch_plan, load_split, to_device
 from mt_dnn.compiled import CompiledForward, stable_grads
 from mt_dnn.config import TrainConfig
@@ -43,7 +45,8 @@ from mt_dnn.evaluate import (SplitResult, autocast_context, predict_indices, pre
 from mt_dnn.pipeline import MicroBatches, PlanSampler, micro_batch_stream, rank_share
 from mt_dnn.static_shapes import StaticShapes, real_rows
 from mt_dnn.stop_signals import StopSignals, Stopped, ignore_in_worker
-from mt_dnn.warm_start import start_model
+from mt_dnn.upstream_checkpoint import Unmappable
+from mt_dnn.warm_start import checkpoint_kind, start_model
 
 log = logging.getLogger("sage.train")
 FP16_DEVICE_TYPES = ("cuda",)  # float16 autocast on CPU has no fast kernels: a real encoder makes no progress
@@ -199,8 +202,11 @@ class Trainer:
         all_defs = load_task_defs(cfg.task_def)
         names = list(dict.fromkeys(cfg.train_datasets + [dataset_task(d) for d in cfg.test_datasets]))
         self.task_defs = select_tasks(all_defs, names, source=cfg.task_def)
-        model, warm_heads = start_model(cfg, self.task_defs, log.info)
-        self._refuse_untrained_heads(warm_heads)
+        self._continuing = self._model_ckpt_to_continue()
+        self._start = start_model(cfg, self.task_defs, self._continuing)
+        self.cfg = cfg = self._start.cfg  # with the head layout decided
+        model = self._start.model
+        self._refuse_untrained_heads(self._start.warm)
         limits = encoder_limits(model.encoder.config, cfg.init_checkpoint)
         self.train_sets = self._load_train_sets(limits)
         self.eval_sets = self._load_eval_sets(limits)
@@ -218,6 +224,25 @@ class Trainer:
         if cfg.update_bert_opt > 0:
             log.info("--update_bert_opt %d: the encoder is frozen; the pooler and heads train", cfg.update_bert_opt)
 
+    def _model_ckpt_to_continue(self) -> Optional[str]:
+        """``--resume --model_ckpt X``: X, the model this run continues. Its optimizer state is read only while
+        --output_dir holds no checkpoint yet; once this run has checkpoints of its own, --resume continues those
+        (the model is still built from X, as a run from --init_checkpoint is)."""
+        cfg = self.cfg
+        self._optimizer_from_model_ckpt = False
+        if not (cfg.resume and cfg.model_ckpt):
+            return None
+        if not Path(cfg.model_ckpt).is_file():
+            what = "a folder: to continue one of this project's runs, --resume with its --output_dir" \
+                if Path(cfg.model_ckpt).is_dir() else "no such file"
+            raise ValueError(f"--model_ckpt {cfg.model_ckpt}: {what}")
+        init = cfg.init_checkpoint
+        if checkpoint_kind(init) != "encoder" and Path(init).resolve() != Path(cfg.model_ckpt).resolve():
+            raise ValueError(f"--model_ckpt {cfg.model_ckpt}: --init_checkpoint {init} is a trained model too; give "
+                             "one of them (under --resume, --model_ckpt is the model continued)")
+        self._optimizer_from_model_ckpt = not ckpt.resume_candidates(self.output_dir)
+        return cfg.model_ckpt
+
     def _refuse_untrained_heads(self, warm_heads: Sequence[str]) -> None:
         """A --test_datasets task that is neither trained here nor loaded from --init_checkpoint would be scored
         with a randomly initialised head."""
@@ -233,8 +258,12 @@ class Trainer:
         self.tracker = self._sensitivity_tracker()
         self.micro_per_epoch = len(self._plan(0))
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accumulation_step)
-        self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
-        self.scheduler = build_schedule(self.optimizer, cfg.warmup_schedule, self.total_steps, cfg.warmup)
+        self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs  # the schedule's horizon
+        # optimizer steps taken before this run (a continued MT-DNN/SAGE optimizer state) and the last one to take
+        self.first_step = self._continue_optimizer()
+        self.last_step = self.first_step + self.total_steps
+        self.scheduler = build_schedule(self.optimizer, cfg.warmup_schedule, self.total_steps, cfg.warmup,
+                                        start_step=self.first_step)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.fp16)
         self.guard = DivergenceGuard(self.device, check_grads=not cfg.fp16)
         self.objectives = self._objectives()
@@ -244,6 +273,57 @@ class Trainer:
         self.best_score: Optional[float] = None
         self.history: list[dict] = []
         self.loss_log: list[tuple[int, float]] = []  # (step, mean training loss since the last log) this run
+
+    def _continue_optimizer(self) -> int:
+        """The optimizer state of an MT-DNN/SAGE ``.pt`` this run starts from, mapped onto this run's optimizer:
+        required under --resume --model_ckpt (anything that cannot be mapped exactly, or saved options that differ
+        from this run's flags without --allow_config_change, is an error); under --init_checkpoint restored where
+        it maps one-to-one and the options agree, else the optimizer starts fresh. Logs the init line and what was
+        done; returns the optimizer steps already taken."""
+        start, cfg = self._start, self.cfg
+        src = start.source
+        if src is None:
+            return 0
+        prefix = f"--model_ckpt {self._continuing}: continuing" if self._continuing else "init from"
+        if src.blob is None or (not self._continuing and "optimizer" not in src.blob) or \
+                (self._continuing and not self._optimizer_from_model_ckpt):  # --resume reads this run's own state
+            log.info(start.loaded.line(prefix))
+            return 0
+        try:
+            state = self._read_upstream_optimizer(src)
+        except Unmappable as exc:
+            if self._continuing:
+                raise ValueError(f"--model_ckpt: {exc}") from None
+            log.info(start.loaded.line(prefix))
+            log.info("--init_checkpoint: optimizer state not restored, the optimizer starts fresh at step 0 (%s)", exc)
+            return 0
+        placed = upstream.apply(self.optimizer, self._parameter_names(), state)
+        log.info(start.loaded.line(prefix, used=("'optimizer'",)))
+        low, high = state.steps
+        steps = f"step {high}" if low == high else f"steps {low}..{high} per parameter (the schedule counts {high})"
+        log.info("%s: optimizer state restored for %d parameters, %s; the schedule goes on from step %d of %d",
+                 "--model_ckpt" if self._continuing else "--init_checkpoint", placed, steps, state.step,
+                 self.total_steps)
+        return state.step
+
+    def _read_upstream_optimizer(self, src) -> "upstream.OptimizerState":
+        cfg = self.cfg
+        if self._sharded():
+            raise Unmappable(f"{src.where}: optimizer state cannot be placed on --fsdp shards")
+        state = upstream.read_optimizer(src.blob, src.blob.get("config") or {}, src.key_map, cfg, self.total_steps,
+                                        self.optimizer, self._parameter_names(), src.where)
+        if state.differences:
+            listed = "; ".join(state.differences)
+            if not self._continuing:
+                raise Unmappable(f"{src.where}: its saved options differ from this run's flags: {listed}")
+            if not cfg.allow_config_change:
+                raise ValueError(f"--model_ckpt {src.where}: its saved options differ from this run's flags: {listed}; "
+                                 "give the same flags, or pass --allow_config_change to continue with this run's")
+            log.warning("--model_ckpt with --allow_config_change: this run's flags are used: %s", listed)
+        return state
+
+    def _parameter_names(self) -> dict[int, str]:
+        return {id(p): name for name, p in self.model.named_parameters()}
 
     # ---------------------------------------------------------------------------------------------- setup
     def _load_train_sets(self, limits: EncoderLimits) -> list[TaskData]:
@@ -390,15 +470,10 @@ class Trainer:
         return loss * weight if weight != 1.0 else loss
 
     def _trained_params(self, task: str) -> list[torch.nn.Parameter]:
-        """The parameters a micro-batch of ``task`` gives gradients: all but the other tasks' heads (and the
-        pooler, for heads that read every token)."""
+        """The parameters a micro-batch of ``task`` gives gradients: all but the other tasks' heads and the poolers
+        this task's head does not read (the encoder's own, under the sage and mtdnn head layouts)."""
         if task not in self._params_by_task:
-            others = {id(p) for name, head in self.model.heads.items() if name != task for p in head.parameters()}
-            head = self.model.heads[task]
-            if getattr(head, "per_token", False) or getattr(head, "uses_tokens", False):
-                for pooler in (getattr(self.model.encoder, "pooler", None), self.model.pooler):
-                    others |= {id(p) for p in pooler.parameters()} if pooler is not None else set()
-            self._params_by_task[task] = [p for p in self.model.parameters() if p.requires_grad and id(p) not in others]
+            self._params_by_task[task] = [p for p in self.model.parameters_used_by(task) if p.requires_grad]
         return self._params_by_task[task]
 
     def _micro_batch(self, task_def, batch: dict, out: torch.Tensor, labels, soft,
@@ -485,8 +560,8 @@ class Trainer:
         self.model.train()
         self._steps_this_run = 0
         # position > 0 with every step done: killed before the last epoch's evaluation ended; finish it
-        while self.global_step < self.total_steps or self.position > 0:
-            if self.global_step < self.total_steps:
+        while self.global_step < self.last_step or self.position > 0:
+            if self.global_step < self.last_step:
                 plan = self._plan(self.epoch)
                 self._bar = bar = tqdm(total=len(plan), initial=self.position, desc=f"epoch {self.epoch}",
                                        unit="batch", disable=not self.is_main,
@@ -498,7 +573,7 @@ class Trainer:
                     return self.history
                 bar.close()
             self._end_epoch()
-            if self.global_step < self.total_steps:
+            if self.global_step < self.last_step:
                 self._stop_if_asked(saved=True)
         self._close()
         return self.history
@@ -556,7 +631,7 @@ class Trainer:
                 bar.close()
                 return True
             self._stop_if_asked(saved)
-            if self.global_step >= self.total_steps:
+            if self.global_step >= self.last_step:
                 break
         return False
 
@@ -670,7 +745,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rngs[0], "rng_ranks": rngs,
                 "progress": {"epoch": self.epoch, "position": self.position, "global_step": self.global_step,
-                             "best_score": self.best_score},
+                             "best_score": self.best_score, "first_step": self.first_step},
                 "history": jsonsafe.dumps(self.history), "shards": self._shard_fingerprints()}
 
     def _shard_fingerprints(self) -> dict:
@@ -694,7 +769,8 @@ class Trainer:
         """
         candidates = ckpt.resume_candidates(self.output_dir)
         if not candidates:
-            log.info("--resume: no checkpoint in %s, starting fresh", self.output_dir)
+            start = f"continuing --model_ckpt {self._continuing}" if self._continuing else "starting fresh"
+            log.info("--resume: no checkpoint in %s, %s", self.output_dir, start)
             return None
         first_error = None
         for folder in candidates:
@@ -734,6 +810,7 @@ class Trainer:
         """Resuming under other settings silently continues a different run; list the fields that differ."""
         current = json.loads(self.cfg.to_json())
         defaults = json.loads(TrainConfig(train_datasets=[]).to_json())
+        saved = {**saved, "head_layout": layouts.layout_of(saved.get("head_layout"))}  # older configs: encoder
         changed = [f"{k} ({_short(saved.get(k, defaults[k]))} -> {_short(v)})" for k, v in current.items()
                    if k not in RESUME_HARMLESS and saved.get(k, defaults[k]) != v]
         if not changed:
@@ -782,6 +859,8 @@ class Trainer:
         progress = state["progress"]
         self.epoch, self.position = progress["epoch"], min(progress["position"], self.micro_per_epoch)
         self.global_step, self.best_score = progress["global_step"], progress["best_score"]
+        self.first_step = progress.get("first_step", 0)  # steps its --model_ckpt had taken before it
+        self.last_step = self.first_step + self.total_steps
         self.history = json.loads(state["history"])
         log.info("resumed from %s: epoch %d, batch %d, step %d", folder, self.epoch, self.position,
                  self.global_step)

@@ -29,7 +29,6 @@ NO_EFFECT_FLAGS: dict[str, str] = {
     "--multi_gpu_on": "launch with torchrun for data parallelism; MT-DNN's DataParallel trains the same model",
     "--answer_sum_att_type": "neither MT-DNN's nor the SAGE repository's SAN reads it (--mem_cum_type picks the "
                              "hypothesis summary)",
-    "--pooler_actf": "the encoder's own pooler is used",
     "--bert_model_type": "neither upstream train.py reads it; the encoder is --init_checkpoint (and --encoder_type)",
     "--do_lower_case": "casing is fixed when prepro_std.py tokenizes",
     "--masked_lm_prob": "no masked-LM pretraining here (neither upstream train.py reads it)",
@@ -50,7 +49,6 @@ NO_EFFECT_FLAGS: dict[str, str] = {
                           "(--save_every_steps N checkpoints every N steps)",
     "--vb_dropout": "both upstreams' DropoutWrapper ignores it; dropout here is standard everywhere, which is what "
                     "it asks for",
-    "--model_ckpt": "use --resume (continues from OUTPUT_DIR) or --init_checkpoint",
     "--debug": "SMART's debug numbers are not printed",
     "--transformer_cache": "models load from the registry, a local folder or the Hugging Face cache",
     "--tokenizer": "shards are tokenized by prepro_std.py",

@@ -2,21 +2,24 @@
 
 Three kinds of ``--init_checkpoint``:
 - an encoder (registry name, HF folder or hub id): the encoder loads, every head starts fresh (as before);
-- one of our checkpoint folders (``<run>/best``, ``<run>/step-N``): the encoder (and our own pooler) load, and
-  each head of a task this run shares with that run, by task name;
-- an MT-DNN ``.pt`` file (a dict with ``state`` and ``config``), read with ``torch.load(weights_only=True)``
-  (the classes MT-DNN pickles into its options load as inert stand-ins): ``bert.*`` is the encoder
-  (pytorch-pretrained-bert's LayerNorm ``gamma``/``beta`` renamed), and ``scoring_list.N`` is the head of the N-th
-  task of that MT-DNN run's ``--train_datasets`` (MT-DNN's order: names up to the first ``_``, first appearance
-  wins), taken from its saved ``config``; a config without ``train_datasets`` falls back to this run's
-  ``--train_datasets`` order.
+- one of our checkpoint folders (``<run>/best``, ``<run>/step-N``): the encoder, the poolers and each head of a
+  task this run shares with that run, by task name; the run's head layout comes along (its train_config.json);
+- a ``.pt`` written by MT-DNN's or the SAGE repository's train.py (a dict with ``state`` and ``config``), read with
+  ``torch.load(weights_only=True)`` (the classes they pickle into their options load as inert stand-ins):
+  ``bert.*`` is the encoder (pytorch-pretrained-bert's LayerNorm ``gamma``/``beta`` renamed), the head layout is
+  what its tensor names say (mt_dnn/upstream_checkpoint.py), and ``scoring_list.N`` is the head of the N-th task
+  of that run's ``--train_datasets`` (their order: names up to the first ``_``, first appearance wins), taken
+  from its saved ``config``; a config without ``train_datasets`` falls back to this run's ``--train_datasets``
+  order. Each loaded head's saved label order must be this run's.
 
 Heads whose shapes differ (another ``n_class``, another task type) are an error naming the task: rename the task
 to train a fresh head. So is a loaded head whose task this run defines otherwise than the run that trained it
-(``task_labels.json`` of our checkpoints: labels reordered or renamed, another task type): the head's outputs
-keep the trained meaning, so continuing it under other labels would train and name them crosswise; the YAML is
-refused rather than followed. Heads that are not loaded (fresh ones) are not compared. One log line says which heads loaded (and from where), which are fresh, and which the
-checkpoint had that this run does not use.
+(``task_labels.json`` of our checkpoints, the label vocabulary of an MT-DNN/SAGE file: labels reordered or renamed,
+another task type): the head's outputs keep the trained meaning, so continuing it under other labels would train
+and name them crosswise; the YAML is refused rather than followed. Heads that are not loaded (fresh ones) are not
+compared. A trained tensor that belongs to a task this run trains or evaluates (its head, the pooler it reads), or
+to no task at all, and cannot be loaded is an error too, unless ``--allow_unused_weights``. One log line says which
+heads loaded (and from where), which are fresh, and which the checkpoint had that this run does not use.
 """
 from __future__ import annotations
 
@@ -24,19 +27,16 @@ import pickle
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
 import pretrained_models
 from mt_dnn import checkpoint as ckpt
+from mt_dnn import head_layout as layouts
 from mt_dnn import task_labels
+from mt_dnn import upstream_checkpoint as upstream
 from mt_dnn.model import MTDNNModel, build_model
-
-# buffers some transformers versions saved and newer ones rebuild (never trained)
-_REBUILT_BUFFERS = ("embeddings.position_ids",)
-# pytorch-pretrained-bert (MT-DNN's first encoder library) named LayerNorm parameters gamma and beta
-_OLD_NAMES = {".LayerNorm.gamma": ".LayerNorm.weight", ".LayerNorm.beta": ".LayerNorm.bias"}
 
 
 @dataclass
@@ -45,11 +45,15 @@ class Source:
     where: str
     encoder_config: Any
     weights: dict[str, torch.Tensor]
+    found: layouts.Found                                        # the head layout it was trained with
     head_origin: dict[str, str] = field(default_factory=dict)   # task -> the checkpoint's name for its head
     unused: list[str] = field(default_factory=list)             # other parts of the checkpoint, for the log
     mapping: str = ""                                           # how checkpoint heads were named, for the log
     labels: dict[str, dict] = field(default_factory=dict)       # task -> trained signature (mt_dnn/task_labels.py)
     labels_where: str = ""                                      # the file those came from, for the error line
+    key_map: dict[str, str] = field(default_factory=dict)       # checkpoint tensor name -> ours, for ``weights``
+    left_out: dict[str, tuple[str, ...]] = field(default_factory=dict)  # tensors not in ``weights``: their tasks
+    blob: Optional[dict] = None                                 # a .pt file's whole content (optimizer state)
 
 
 def checkpoint_kind(path: str) -> str:
@@ -80,10 +84,14 @@ def run_encoder_config(folder: Path):
 
 
 def read_run(folder: Path) -> Source:
+    from mt_dnn.config import load_config
     weights = ckpt.read_weights(folder)
+    saved = load_config(Path(folder) / ckpt.CONFIG)
+    found = layouts.Found(layouts.layout_of(saved.head_layout), saved.pooler_actf, str(folder))
     tasks = sorted({k.split(".")[1] for k in weights if k.startswith("heads.")})
-    return Source(str(folder), run_encoder_config(folder), weights, {t: f"heads.{t}" for t in tasks},
-                  labels=task_labels.read(folder) or {}, labels_where=str(Path(folder) / task_labels.FILE))
+    return Source(str(folder), run_encoder_config(folder), weights, found, {t: f"heads.{t}" for t in tasks},
+                  key_map={k: k for k in weights}, labels=task_labels.read(folder) or {},
+                  labels_where=str(Path(folder) / task_labels.FILE))
 
 
 # ---------------------------------------------------------------------------------------------- MT-DNN files
@@ -196,23 +204,7 @@ def mtdnn_task_order(conf: Mapping, fallback: Sequence[str]) -> tuple[list[str],
     return list(dict.fromkeys(str(n).strip().split("_")[0] for n in names)), "the checkpoint's train_datasets"
 
 
-def _mtdnn_head(task: str, index: int, parts: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
-    if set(parts) != {"weight", "bias"}:
-        raise ValueError(f"{where}: task {task}: scoring_list.{index} has parameters {sorted(parts)[:4]}, not one "
-                         "linear layer (weight, bias) — a SAN answer module? — so it cannot be loaded into this "
-                         "task's head")
-    return {f"heads.{task}.proj.{name}": t for name, t in parts.items()}
-
-
-def _new_name(key: str) -> str:
-    for old, new in _OLD_NAMES.items():
-        if key.endswith(old):
-            return key[:-len(old)] + new
-    return key
-
-
-def read_mtdnn(path: Path, encoder_type: Optional[int], used_tasks: Sequence[str],
-               fallback_order: Sequence[str]) -> Source:
+def read_mtdnn(path: Path, encoder_type: Optional[int], task_defs: Mapping, fallback_order: Sequence[str]) -> Source:
     blob = _torch_load(path)
     if not isinstance(blob, dict) or not isinstance(blob.get("state"), dict):
         raise ValueError(f"{path}: not an MT-DNN checkpoint (expected a dict with 'state' and 'config')")
@@ -220,29 +212,40 @@ def read_mtdnn(path: Path, encoder_type: Optional[int], used_tasks: Sequence[str
     if not isinstance(conf, dict):
         raise ValueError(f"{path}: 'config' is a {getattr(conf, 'name', type(conf).__name__)}, expected MT-DNN's "
                          "options dict")
+    where, state = str(path), blob["state"]
+    layout = upstream.detect_layout(state, conf)
+    actf = {"sage": conf.get("pooler_actf", "tanh"), "mtdnn": "linear"}.get(layout)  # MT-DNN's: see head_layout.py
     order, order_from = mtdnn_task_order(conf, fallback_order)
-    weights: dict[str, torch.Tensor] = {}
-    heads: dict[int, dict[str, torch.Tensor]] = {}
-    unused, top_level = [], [f"'{k}'" for k in blob if k not in ("state", "config")]
-    for key, tensor in blob["state"].items():
+    types = upstream.task_types(conf)
+    pooled = tuple(t for i, t in enumerate(order) if i >= len(types) or types[i] in upstream.POOLED_TYPES)
+    key_map, left_out = {}, {}
+    for key in state:
         if key.startswith("bert."):
-            if not key.endswith(_REBUILT_BUFFERS):
-                weights["encoder." + _new_name(key[len("bert."):])] = tensor
-        elif key.startswith("scoring_list.") and key.split(".")[1].isdigit():
-            heads.setdefault(int(key.split(".")[1]), {})[key.split(".", 2)[2]] = tensor
-        else:
-            unused.append(key)
-    origin = {}
-    for index, parts in sorted(heads.items()):
+            if not key.endswith(upstream.REBUILT_BUFFERS):
+                key_map[key] = upstream.encoder_key(key)
+        elif key.startswith("pooler.") and layout == "sage":
+            key_map[key] = key
+        elif not key.startswith("scoring_list."):
+            left_out[key] = pooled if key.startswith("pooler.") else ()
+    unused, origin, labels = [], {}, {}
+    for index, parts in sorted(upstream.head_parts(state).items()):
         task = order[index] if index < len(order) else None
-        if task is None or task not in used_tasks:
+        if task is None or task not in task_defs:
+            left_out.update({f"scoring_list.{index}.{name}": (task,) if task else ("?",) for name in parts})
             unused.append(f"scoring_list.{index}" + (f" ({task})" if task else " (no task at that position)"))
             continue
-        weights.update(_mtdnn_head(task, index, parts, str(path)))
+        names = upstream.head_names(task, index, parts, layout, where)
+        trained = upstream.comparable_labels(task_defs[task], upstream.saved_labels(conf, index))
+        if trained is not None:
+            labels[task] = trained
+        key_map.update({f"scoring_list.{index}.{part}": ours for part, ours in names.items()})
         origin[task] = f"scoring_list.{index}"
+    weights = {ours: state[theirs] for theirs, ours in key_map.items()}
+    top_level = [f"'{k}'" for k in blob if k not in ("state", "config")]
     mapping = f"scoring_list order from {order_from}: " + ", ".join(f"{i}={t}" for i, t in enumerate(order))
-    return Source(str(path), mtdnn_encoder_config(conf, encoder_type, str(path)), weights, origin,
-                  unused + top_level, mapping)
+    return Source(where, mtdnn_encoder_config(conf, encoder_type, where), weights, layouts.Found(layout, actf, where),
+                  origin, unused + top_level, mapping, labels, f"{where} (its task_def_list)", key_map, left_out,
+                  blob)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -262,19 +265,69 @@ def _part(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {k: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def load_source(model: MTDNNModel, src: Source, task_def_file: str = "this run's task definition"
-                ) -> tuple[str, list[str]]:
-    """Copy the encoder, pooler and matching heads into ``model``; returns the log line saying what loaded and
-    the tasks whose heads came from the checkpoint. ``task_def_file`` names the YAML in errors."""
+@dataclass
+class Loaded:
+    """What load_source copied, for the log line."""
+    where: str
+    mapping: str
+    notes: list[str]
+    loaded: list[str]
+    fresh: list[str]
+    unused: list[str]
+    warm: list[str]        # tasks whose heads came from the checkpoint
+
+    def line(self, prefix: str = "init from", used: Sequence[str] = ()) -> str:
+        """The log line; ``used``: top-level entries of the checkpoint that were used after all (its optimizer)."""
+        unused = [u for u in self.unused if u not in used]
+        mapping = f" ({self.mapping})" if self.mapping else ""
+        notes = "; " + ", ".join(self.notes) if self.notes else ""
+        return (f"{prefix} {self.where}{mapping}: encoder loaded{notes}; heads loaded: {', '.join(self.loaded) or 'none'}; "
+                f"fresh heads: {', '.join(self.fresh) or 'none'}; in the checkpoint, not used: "
+                f"{', '.join(unused) or 'nothing'}")
+
+
+def _tasks_of(ours: str, src: Source) -> tuple[str, ...]:
+    """The tasks a tensor of ours belongs to: its head's, or for the shared pooler every task whose head reads it."""
+    if ours.startswith("heads."):
+        return (ours.split(".")[1],)
+    if ours.startswith("pooler."):
+        return tuple(src.head_origin)
+    return ()
+
+
+def _left_behind(model: MTDNNModel, src: Source, placed: set[str], allow: bool) -> list[str]:
+    """Checkpoint tensors not copied into ``model``: an error when one belongs to a task of this run (or to no task),
+    unless ``allow``; returns their log entries."""
+    left = dict(src.left_out)
+    left.update({theirs: _tasks_of(ours, src) for theirs, ours in src.key_map.items() if ours not in placed})
+    ours = set(model.task_names)
+    trained = {k: tasks for k, tasks in left.items() if not tasks or set(tasks) & ours}
+    if not trained:
+        return []
+    shown = [f"{k} ({'read by ' + ', '.join(t for t in tasks if t in ours) if tasks else 'no task'})"
+             for k, tasks in list(trained.items())[:6]]
+    more = f" and {len(trained) - 6} more" if len(trained) > 6 else ""
+    if not allow:
+        raise ValueError(f"{src.where}: trained tensors would not be loaded into this run's model: "
+                         f"{', '.join(shown)}{more}; pass --allow_unused_weights to start without them")
+    return [f"{k} (trained, left out: --allow_unused_weights)" for k in trained]
+
+
+def load_source(model: MTDNNModel, src: Source, allow_unused: bool = False,
+                task_def_file: str = "this run's task definition") -> Loaded:
+    """Copy the encoder, poolers and matching heads into ``model``; says what loaded. ``task_def_file`` names the
+    YAML in errors."""
     own = model.state_dict()
     _check_shapes(_part(own, "encoder."), _part(src.weights, "encoder."), "encoder", src.where)
     merged = dict(own)
     merged.update(_part(src.weights, "encoder."))
+    placed = set(_part(src.weights, "encoder."))
     notes = []
     if _part(own, "pooler."):
         if _part(src.weights, "pooler."):
             _check_shapes(_part(own, "pooler."), _part(src.weights, "pooler."), "pooler", src.where)
             merged.update(_part(src.weights, "pooler."))
+            placed |= set(_part(src.weights, "pooler."))
         else:
             notes.append("pooler fresh")
     loaded, fresh, warm = [], [], []
@@ -286,33 +339,45 @@ def load_source(model: MTDNNModel, src: Source, task_def_file: str = "this run's
         origin = src.head_origin.get(task, f"heads.{task}")
         _check_shapes(_part(own, f"heads.{task}."), theirs, f"task {task}: head {origin}", src.where)
         merged.update(theirs)
+        placed |= set(theirs)
         loaded.append(f"{task} ({origin})")
         warm.append(task)
     task_labels.check(src.labels, model.task_defs, src.labels_where or src.where, warm, source=task_def_file,
                       hint="the loaded head's outputs follow the trained definition: put it back in the YAML, or "
                            "rename the task to train a fresh head")
+    left = _left_behind(model, src, placed, allow_unused)
     model.load_state_dict(merged, strict=True)
-    unused = [f"{t} ({o})" for t, o in src.head_origin.items() if t not in model.task_names] + src.unused
-    mapping = f" ({src.mapping})" if src.mapping else ""
-    return (f"init from {src.where}{mapping}: encoder loaded{'; ' + ', '.join(notes) if notes else ''}; heads loaded: "
-            f"{', '.join(loaded) or 'none'}; fresh heads: {', '.join(fresh) or 'none'}; in the checkpoint, not "
-            f"used: {', '.join(unused) or 'nothing'}"), warm
+    unused = [f"{t} ({o})" for t, o in src.head_origin.items() if t not in model.task_names] + src.unused + left
+    return Loaded(src.where, src.mapping, notes, loaded, fresh, unused, warm)
 
 
-def start_model(cfg, task_defs: Mapping, log: Callable[[str], None] = print) -> tuple[MTDNNModel, list[str]]:
-    """The model a run starts from: a bare encoder with fresh heads, or a trained model (see the module doc),
-    shaped by the run's model flags (depth, dropout, SAN heads, encoder freezing; see ``model.build_model``).
-    Also returns the tasks whose heads were loaded (trained) rather than freshly initialised."""
-    kind = checkpoint_kind(cfg.init_checkpoint)
+@dataclass
+class Start:
+    """The model a run starts from, the config with its head layout decided, and where the weights came from."""
+    model: MTDNNModel
+    cfg: Any
+    warm: list[str] = field(default_factory=list)   # tasks whose heads were loaded (trained), not fresh
+    source: Optional[Source] = None
+    loaded: Optional[Loaded] = None
+
+
+def start_model(cfg, task_defs: Mapping, origin: Optional[str] = None) -> Start:
+    """The model a run starts from: a bare encoder with fresh heads, or a trained model (see the module doc;
+    ``origin`` replaces --init_checkpoint, for --resume --model_ckpt), shaped by the run's model flags (depth,
+    dropout, SAN heads, head layout, encoder freezing; see ``model.build_model``). The head layout is the trained
+    model's; an explicit other one is an error (mt_dnn/head_layout.py)."""
+    origin = origin or cfg.init_checkpoint
+    kind = checkpoint_kind(origin)
     if kind == "encoder":
-        return build_model(pretrained_models.load_encoder(cfg.init_checkpoint, cfg.encoder_type), task_defs, cfg), []
+        cfg = layouts.resolve(cfg, None)
+        return Start(build_model(pretrained_models.load_encoder(origin, cfg.encoder_type), task_defs, cfg), cfg)
     if kind == "run":
-        src = read_run(Path(cfg.init_checkpoint))
+        src = read_run(Path(origin))
         pretrained_models.check_encoder_type(src.encoder_config, cfg.encoder_type)
     else:
-        src = read_mtdnn(Path(cfg.init_checkpoint), cfg.encoder_type, list(task_defs), cfg.train_datasets)
-    encoder = pretrained_models.load_encoder(cfg.init_checkpoint, config=src.encoder_config)
+        src = read_mtdnn(Path(origin), cfg.encoder_type, task_defs, cfg.train_datasets)
+    cfg = layouts.resolve(cfg, src.found)
+    encoder = pretrained_models.load_encoder(origin, config=src.encoder_config)
     model = build_model(encoder, task_defs, cfg)
-    line, warm = load_source(model, src, cfg.task_def)
-    log(line)
-    return model, warm
+    loaded = load_source(model, src, cfg.allow_unused_weights, cfg.task_def)
+    return Start(model, cfg, loaded.warm, src, loaded)
