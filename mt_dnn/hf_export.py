@@ -1,11 +1,14 @@
 """Export a trained checkpoint as a plain Hugging Face folder (used by export.py).
 
-Without a task: the encoder and its tokenizer, for ``AutoModel.from_pretrained``. With a Classification or
-Regression task: ``AutoModelForSequenceClassification`` with the task's labels. Our heads read
-``dropout -> linear`` over a tanh pooler; each HF architecture below places that pooler and linear layer where its
-own head computes exactly the same function in eval mode (dropout differs only while training). An architecture
-or head with no exact counterpart is refused with the reason, and every export is reloaded from its temp folder
-and compared with our model on a probe batch before it is renamed into place, so a folder that would give other
+Without a task: the encoder (as trained, its own pooler included) and its tokenizer, for
+``AutoModel.from_pretrained``. With a Classification or Regression task: ``AutoModelForSequenceClassification``
+with the task's labels. Our heads read ``dropout -> linear`` over a pooler: the encoder's own under the
+``encoder`` head layout, the shared pooler under ``sage``, the task's own under ``mtdnn`` (mt_dnn/head_layout.py).
+Each HF architecture below places that pooler's dense layer and the linear layer where its own head computes
+exactly the same function in eval mode (dropout differs only while training); HF's heads apply tanh there, so a
+pooler with another activation (``--pooler_actf``, the mtdnn layout's default linear) is refused, as is any
+architecture or head with no exact counterpart, with the reason. Every export is reloaded from its temp folder and
+compared with our model on a probe batch before it is renamed into place, so a folder that would give other
 logits is never written.
 """
 from __future__ import annotations
@@ -56,7 +59,10 @@ REFUSED: dict[str, str] = {
 def tokenizer_source(folder: Path, depth: int = 0) -> Optional[str]:
     """The encoder name or folder a run's tokenizer came from, following runs that continued other runs."""
     from mt_dnn.config import load_config
-    origin = load_config(Path(folder) / ckpt.CONFIG).init_checkpoint
+    cfg = load_config(Path(folder) / ckpt.CONFIG)
+    if cfg.resume and cfg.model_ckpt:  # it continued an MT-DNN/SAGE .pt
+        return None
+    origin = cfg.init_checkpoint
     kind = checkpoint_kind(origin)
     if kind == "encoder":
         return origin
@@ -85,8 +91,12 @@ def _layout(model: MTDNNModel, task: str) -> ClassifierLayout:
         raise ExportError(f"cannot export task {task}: no exact sequence-classification layout is known for "
                           f"model_type '{model_type}' (known: {', '.join(LAYOUTS)}); export the encoder alone")
     layout = LAYOUTS[model_type]
-    if layout.pooler_dense is None and not model.uses_encoder_pooler:
+    if layout.pooler_dense is None and getattr(model.encoder, "pooler", None) is None:
         raise ExportError(f"cannot export task {task}: this {model_type} encoder has no pooler of its own")
+    if model.pooler_actf != "tanh":
+        raise ExportError(f"cannot export task {task}: its pooler applies {model.pooler_actf} (--pooler_actf, "
+                          f"{model.head_layout} head layout) where HF's {model_type} classification head applies "
+                          "tanh, so no AutoModelForSequenceClassification gives the same logits")
     return layout
 
 
@@ -132,9 +142,11 @@ def sequence_classifier(model: MTDNNModel, task: str):
     layout = _layout(model, task)
     hf = AutoModelForSequenceClassification.from_config(_classifier_config(model, task, layout))
     encoder_state = model.encoder.state_dict()
-    pooler = model.encoder.pooler.dense if model.uses_encoder_pooler else model.pooler.dense
+    pooler = model.encoder.pooler.dense if model.uses_encoder_pooler else model.pooler_of(task).dense
     if layout.pooler_dense is not None:
         encoder_state = {k: v for k, v in encoder_state.items() if not k.startswith("pooler.")}
+    elif not model.uses_encoder_pooler:  # BERT's head applies the base model's pooler: the layout's goes there
+        encoder_state.update(_prefixed(pooler, "pooler.dense"))
     state = {f"{hf.base_model_prefix}.{k}": v for k, v in encoder_state.items()}
     if layout.pooler_dense is not None:
         state.update(_prefixed(pooler, layout.pooler_dense))

@@ -363,3 +363,124 @@ def test_builds_from_the_glue_and_demo_task_def_files():
         out = model.heads[name].proj.out_features
         assert out == (td.n_class if td.task_type is TaskType.Classification else 1), name
         assert type(model.losses[name]).__name__ == td.loss
+
+
+# ---------------------------------------------------------------- head layouts (mt_dnn/head_layout.py)
+ACTS = {"tanh": torch.tanh, "relu": torch.relu, "linear": lambda x: x,
+        "gelu": lambda x: x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))}  # MT-DNN's and SAGE's bertgelu
+
+
+def _double_model(layout: str, actf: Optional[str] = None, defs=THREE_TASKS) -> MTDNNModel:
+    torch.manual_seed(0)
+    model = MTDNNModel(AutoModel.from_config(tiny_bert_config(**NO_DROPOUT)), defs, head_layout=layout,
+                       pooler_actf=actf)
+    with torch.no_grad():  # away from any init, so a misplaced or skipped layer shows
+        for name, p in model.named_parameters():
+            if not name.startswith("encoder."):
+                p.normal_(0, 0.5)
+    return model.double().eval()
+
+
+def _cls_states(model: MTDNNModel, ids, mask, types) -> torch.Tensor:
+    return model.encoder(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state[:, 0]
+
+
+@pytest.mark.parametrize("actf", ["tanh", "relu", "gelu"])
+def test_sage_layout_is_the_sage_repositorys_network(actf):
+    """[CLS] -> shared dense -> activation -> the task's linear layer, in float64; the encoder's pooler unused."""
+    model = _double_model("sage", actf if actf != "tanh" else None)
+    assert model.head_layout == "sage" and model.pooler_actf == actf and not model.uses_encoder_pooler
+    assert {"pooler.dense.weight", "encoder.pooler.dense.weight"} <= set(model.state_dict())
+    assert not any(".pooler." in n for n in model.state_dict() if n.startswith("heads."))
+    ids, mask, types = batch()
+    w, b = model.pooler.dense.weight, model.pooler.dense.bias
+    with torch.no_grad():
+        pooled = ACTS[actf](_cls_states(model, ids, mask, types) @ w.T + b)
+        for task in ("cls", "reg"):
+            head = model.heads[task].proj
+            expected = pooled @ head.weight.T + head.bias
+            expected = expected if task == "cls" else expected[:, 0]
+            torch.testing.assert_close(model(task, ids, mask, types), expected, rtol=0, atol=1e-12)
+        rids, rmask, rtypes = batch(2, 8, k=3)
+        flat = [t.reshape(6, 8) for t in (rids, rmask, rtypes)]
+        rank = (ACTS[actf](_cls_states(model, *flat) @ w.T + b) @ model.heads["rank"].proj.weight.T
+                + model.heads["rank"].proj.bias).reshape(2, 3)
+        torch.testing.assert_close(model("rank", rids, rmask, rtypes), rank, rtol=0, atol=1e-12)
+
+
+def test_mtdnn_layout_gives_each_task_its_own_pooler_with_no_activation_by_default():
+    """MT-DNN's Sequential(Pooler, Linear) per task; its activation lookup falls back to none, so the default is
+    linear; --pooler_actf gelu gives the exact (erf) GELU."""
+    for actf in ("linear", "gelu"):
+        model = _double_model("mtdnn", None if actf == "linear" else actf)
+        assert model.pooler is None and model.pooler_actf == actf
+        ids, mask, types = batch()
+        with torch.no_grad():
+            cls = _cls_states(model, ids, mask, types)
+            for task in ("cls", "reg"):
+                pooler, proj = model.heads[task].pooler.dense, model.heads[task].proj
+                expected = ACTS[actf](cls @ pooler.weight.T + pooler.bias) @ proj.weight.T + proj.bias
+                expected = expected if task == "cls" else expected[:, 0]
+                torch.testing.assert_close(model(task, ids, mask, types), expected, rtol=0, atol=1e-12)
+    assert {"heads.cls.pooler.dense.weight", "heads.cls.proj.weight"} <= set(model.state_dict())
+
+
+def test_layout_dropouts_sit_where_the_authors_put_them():
+    """sage: --dropout_p on the pooler's input, the task's before its linear layer; mtdnn: the task's on its
+    pooler's input, none between pooler and linear layer."""
+    defs = tasks(make_task("cls", "Classification", n_class=3, dropout_p=0.3))
+    sage = MTDNNModel(tiny_bert(), defs, head_layout="sage", pooler_dropout_p=0.2)
+    assert (sage.pooler.dropout.p, sage.heads["cls"].dropout.p) == (0.2, 0.3)
+    mtdnn = MTDNNModel(tiny_bert(), defs, head_layout="mtdnn", pooler_dropout_p=0.2)
+    assert (mtdnn.heads["cls"].pooler.dropout.p, mtdnn.heads["cls"].dropout.p) == (0.3, 0.0)
+    assert mtdnn.task_defs["cls"].dropout_p == 0.3
+
+
+def test_layout_poolers_and_heads_start_from_torchs_default_init():
+    """The authors' nn.Linear layers keep torch's init (uniform in ±1/sqrt(fan_in), non-zero biases); the encoder
+    layout's heads keep the encoder's normal(0, 0.02) and zero bias."""
+    bound = 1 / math.sqrt(32)
+    for layout in ("sage", "mtdnn"):
+        model = MTDNNModel(tiny_bert(), THREE_TASKS, head_layout=layout)
+        pooler = model.pooler if layout == "sage" else model.heads["cls"].pooler
+        for layer in (pooler.dense, model.heads["cls"].proj):
+            assert layer.bias.abs().max() <= bound and layer.bias.abs().max() > 0
+            assert layer.weight.abs().max() <= bound and layer.weight.std() > 0.6 * bound / math.sqrt(3)
+    encoder = MTDNNModel(tiny_bert(), THREE_TASKS)
+    assert torch.equal(encoder.heads["cls"].proj.bias, torch.zeros(3))
+
+
+def test_layout_poolers_and_heads_fall_in_the_plain_sage_groups():
+    """As the authors' pooler and scoring_list: common groups, even for tasks named like the SAGE patterns."""
+    defs = tasks(make_task("output", "Regression"), make_task("intermediate", "Classification", n_class=2),
+                 make_task("attention", "Classification", n_class=2))
+    for layout in ("sage", "mtdnn"):
+        model = MTDNNModel(tiny_bert(), defs, head_layout=layout)
+        outside = [n for n, _ in model.named_parameters() if not n.startswith("encoder.")]
+        assert len(outside) == (12 if layout == "mtdnn" else 8) and not any(_is_sage(n) for n in outside)
+        by_id = {id(p): n for n, p in model.named_parameters()}
+        plain = {by_id[id(p)] for g in sage_param_groups(model) if not g["sage"] for p in g["params"]}
+        assert set(outside) <= plain
+
+
+def test_encoder_layout_refuses_another_pooler_activation():
+    with pytest.raises(ValueError, match=r"--pooler_actf relu: the encoder head layout reads the encoder's own "
+                                         r"pooler, which applies tanh; use --head_layout sage or mtdnn"):
+        MTDNNModel(tiny_bert(), THREE_TASKS, head_layout="encoder", pooler_actf="relu")
+    with pytest.raises(ValueError, match=r"--head_layout: unknown layout 'san'"):
+        MTDNNModel(tiny_bert(), THREE_TASKS, head_layout="san")
+
+
+@pytest.mark.parametrize("layout", ["encoder", "sage", "mtdnn"])
+def test_parameters_a_task_never_reads_get_no_gradient(layout):
+    """What a backward of one task's loss gives a gradient is exactly parameters_used_by (which --compile's
+    stable_grads zero-fills): never the encoder's pooler under sage/mtdnn, never another task's head."""
+    defs = tasks(make_task("cls", "Classification", n_class=3), make_task("reg", "Regression"))
+    model = MTDNNModel(tiny_bert(**NO_DROPOUT), defs, head_layout=layout)
+    ids, mask, types = batch()
+    model("cls", ids, mask, types).sum().backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    used = {id(p) for p in model.parameters_used_by("cls")}
+    assert with_grad == {n for n, p in model.named_parameters() if id(p) in used}
+    assert not any(n.startswith("heads.reg.") for n in with_grad)
+    assert any(n.startswith("encoder.pooler.") for n in with_grad) == (layout == "encoder")

@@ -1160,6 +1160,17 @@ def test_update_bert_opt_freezes_the_encoder(ws):
         assert not torch.equal(before[name], after[name]), name
 
 
+def test_update_bert_opt_freezes_the_whole_encoder_under_the_authors_layouts(ws):
+    """The SAGE repository and MT-DNN freeze every bert.* parameter; their own poolers, outside it, train."""
+    for layout, trained in (("sage", ["heads.rte.proj.bias", "heads.rte.proj.weight", "pooler.dense.bias",
+                                      "pooler.dense.weight"]),
+                            ("mtdnn", ["heads.rte.pooler.dense.bias", "heads.rte.pooler.dense.weight",
+                                       "heads.rte.proj.bias", "heads.rte.proj.weight"])):
+        trainer = Trainer(_cfg(ws, f"frozen-{layout}", update_bert_opt=1, answer_opt=0, head_layout=layout))
+        names = {id(p): n for n, p in trainer.model.named_parameters()}
+        assert sorted(names[id(p)] for g in trainer.optimizer.param_groups for p in g["params"]) == trained
+
+
 def test_dropout_flags(ws):
     defs = load_task_defs(ws / "mtdnn_san_glue_task_def.yml")
     encoder = AutoModel.from_config(tiny_bert_config())
@@ -1170,8 +1181,9 @@ def test_dropout_flags(ws):
     drops = {n: m.p for n, m in encoder.named_modules() if isinstance(m, torch.nn.Dropout)}
     assert drops["embeddings.dropout"] == drops["encoder.layer.1.output.dropout"] == 0.25
     assert drops["encoder.layer.0.attention.output.dropout"] == 0.25
-    assert drops["encoder.layer.0.attention.self.dropout"] == 0.1  # attention probabilities keep theirs
-    assert encoder.config.hidden_dropout_prob == 0.25
+    # MT-DNN's and the SAGE repository's --bert_dropout_p sets the attention probabilities' dropout too
+    assert drops["encoder.layer.0.attention.self.dropout"] == 0.25
+    assert encoder.config.hidden_dropout_prob == encoder.config.attention_probs_dropout_prob == 0.25
 
 
 def test_num_hidden_layers_keeps_the_first_layers_and_restores(ws):

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 import enum
+import shutil
 import sys
 import types
 from collections import OrderedDict
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel, BertModel
 
 import data_utils.metrics
@@ -276,3 +278,190 @@ def test_legacy_torch_format_with_task_defs_loads(ws, monkeypatch):
     loaded = warm_start._torch_load(ws / "legacy.pt")
     assert torch.equal(loaded["state"]["scoring_list.0.weight"], torch.ones(2, 32))
     assert [d.n_class for d in loaded["config"]["task_def_list"]] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------- head layouts
+NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def _dense(n_out: int, n_in: int, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"weight": torch.randn(n_out, n_in, generator=g) * 0.5, "bias": torch.randn(n_out, generator=g) * 0.5}
+
+
+def _authors_file(ws: Path, name: str, monkeypatch, heads: dict[str, torch.Tensor], *, labels=("not", "same"),
+                  options=None) -> tuple[Path, BertModel]:
+    """A model_N.pt as the SAGE repository's or MT-DNN's train.py saves it, for tasks (score, pairs): ``heads`` is
+    the network's non-encoder state (their names), the options carry the pickled task definitions."""
+    registered = _mtdnn_task_defs(monkeypatch)  # MT-DNN's classes, under their module names for pickling
+    TaskDef, Vocabulary = type(registered[0]), type(registered[1].label_vocab)  # noqa: N806
+    defs = [TaskDef(label_vocab=None, n_class=1, task_type=TaskType.Regression, dropout_p=None, enable_san=False),
+            TaskDef(label_vocab=Vocabulary(list(labels)), n_class=2, task_type=TaskType.Classification,
+                    dropout_p=None, enable_san=False)]
+    torch.manual_seed(5)
+    bert = BertModel(tiny_bert_config(**NO_DROPOUT))
+    state = {f"bert.{k}": v for k, v in bert.state_dict().items()}
+    state.update(heads)
+    conf = {**tiny_bert_config(**NO_DROPOUT).to_dict(), "encoder_type": 1, "train_datasets": ["score", "pairs"],
+            "task_def_list": defs, "pooler_actf": "tanh", "optimizer": "usadamax", **(options or {})}
+    torch.save({"state": state, "config": conf}, ws / name)
+    monkeypatch.undo()
+    return ws / name, bert
+
+
+def _dev_probabilities(trainer: Trainer, ws: Path) -> tuple[torch.Tensor, dict]:
+    """The project's dev probabilities for pairs in float64 (its evaluation path), and the collated dev batch."""
+    from mt_dnn.batcher import collate, load_split
+    from mt_dnn.evaluate import predict_split
+    model = trainer.model.double().eval()
+    data = load_split(str(ws / "shards"), trainer.task_defs["pairs"], "dev", 64)
+    result = predict_split(model, data, 64, torch.device("cpu"), trainer.pad_id)
+    return torch.tensor(result.scores, dtype=torch.float64), collate(data, list(range(len(data))), 0,
+                                                                     with_labels=False)
+
+
+def _their_probabilities(bert: BertModel, batch: dict, pooler: Optional[dict], head: dict, act) -> torch.Tensor:
+    """The authors' forward, by hand: BertModel's last hidden state at [CLS], their pooler, the linear layer."""
+    with torch.no_grad():
+        cls = bert.double().eval()(**batch).last_hidden_state[:, 0]
+        pooled = act(cls @ pooler["weight"].double().T + pooler["bias"].double()) if pooler else cls
+        return torch.softmax(pooled @ head["weight"].double().T + head["bias"].double(), dim=-1)
+
+
+def test_sage_repository_checkpoint_loads_its_pooler_and_matches_its_forward(ws, monkeypatch):
+    pooler, head = _dense(32, 32, 11), _dense(2, 32, 12)
+    path, bert = _authors_file(ws, "sage_model_0.pt", monkeypatch, {
+        "scoring_list.0.weight": _linear(1, 13)["weight"], "scoring_list.0.bias": _linear(1, 13)["bias"],
+        "scoring_list.1.weight": head["weight"], "scoring_list.1.bias": head["bias"],
+        "pooler.dense.weight": pooler["weight"], "pooler.dense.bias": pooler["bias"]})
+    trainer = Trainer(config(ws, "from-sage", init_checkpoint=str(path), train_datasets=["pairs"],
+                             test_datasets=["pairs"]))
+    assert trainer.cfg.head_layout == "sage" and trainer.model.head_layout == "sage"
+    ours, batch = _dev_probabilities(trainer, ws)
+    theirs = _their_probabilities(bert, batch, pooler, head, torch.tanh)
+    assert ours.shape == (24, 2) and (ours - theirs).abs().max().item() <= 1e-6
+    # the same weights through the encoder's own pooler (what was loaded before) are another model
+    assert (theirs - _their_probabilities(bert, batch, {"weight": bert.pooler.dense.weight,
+                                                        "bias": bert.pooler.dense.bias}, head, torch.tanh)).abs().max() > 1e-2
+    line = [ln for ln in _log(ws, "from-sage").splitlines() if "init from" in ln][0]
+    assert "heads loaded: pairs (scoring_list.1)" in line and line.endswith("not used: scoring_list.0 (score)")
+
+
+def test_todays_mtdnn_checkpoint_loads_each_tasks_pooler_and_matches_its_forward(ws, monkeypatch):
+    """scoring_list.N = Sequential(Pooler, Linear); MT-DNN's pooler applies no activation (its lookup of the
+    activation by name always falls back to none)."""
+    pooler, head = _dense(32, 32, 21), _dense(2, 32, 22)
+    path, bert = _authors_file(ws, "mtdnn_today.pt", monkeypatch, {
+        "scoring_list.0.0.dense.weight": _dense(32, 32, 23)["weight"], "scoring_list.0.0.dense.bias": _dense(
+            32, 32, 23)["bias"], "scoring_list.0.1.weight": _linear(1, 24)["weight"],
+        "scoring_list.0.1.bias": _linear(1, 24)["bias"],
+        "scoring_list.1.0.dense.weight": pooler["weight"], "scoring_list.1.0.dense.bias": pooler["bias"],
+        "scoring_list.1.1.weight": head["weight"], "scoring_list.1.1.bias": head["bias"]})
+    trainer = Trainer(config(ws, "from-mtdnn-today", init_checkpoint=str(path), train_datasets=["pairs", "score"],
+                             test_datasets=["pairs"]))
+    assert (trainer.cfg.head_layout, trainer.model.pooler_actf) == ("mtdnn", "linear")
+    ours, batch = _dev_probabilities(trainer, ws)
+    theirs = _their_probabilities(bert, batch, pooler, head, lambda x: x)
+    assert (ours - theirs).abs().max().item() <= 1e-6
+    assert torch.equal(trainer.model.state_dict()["heads.score.pooler.dense.weight"].float(),
+                       _dense(32, 32, 23)["weight"])
+    with pytest.raises(ValueError, match=r"--pooler_actf tanh: .*mtdnn_today\.pt was trained with pooler activation "
+                                         r"linear; drop the flag"):
+        Trainer(config(ws, "bad", init_checkpoint=str(path), train_datasets=["pairs"], pooler_actf="tanh"))
+    with pytest.raises(ValueError, match=r"--head_layout sage: .*mtdnn_today\.pt was trained with the mtdnn head "
+                                         r"layout; drop the flag to continue it as it was trained"):
+        Trainer(config(ws, "bad", init_checkpoint=str(path), train_datasets=["pairs"], head_layout="sage"))
+
+
+def _san(prefix: str = "") -> dict:
+    """The parameters of MT-DNN's / the SAGE repository's SANClassifier (module/san.py), hidden size 32."""
+    names = {"alpha": (1, 1), "query_wsum.att.linear.weight": (1, 32), "query_wsum.att.linear.bias": (1,),
+             "attn.score_func.linear.weight": (32, 32), "attn.score_func.linear.bias": (32,),
+             "rnn.weight_ih": (96, 32), "rnn.weight_hh": (96, 32), "rnn.bias_ih": (96,), "rnn.bias_hh": (96,),
+             "classifier.proj.weight": (2, 128), "classifier.proj.bias": (2,)}
+    return {f"scoring_list.1.{prefix}{k}": torch.zeros(shape) for k, shape in names.items()}
+
+
+def test_san_heads_of_either_repository_are_refused_saying_what_they_are(ws, monkeypatch):
+    path, _ = _authors_file(ws, "sage_san.pt", monkeypatch, {**_san(), "pooler.dense.weight": torch.zeros(32, 32),
+                                                            "pooler.dense.bias": torch.zeros(32)})
+    with pytest.raises(ValueError, match=r"sage_san\.pt: task pairs: scoring_list\.1 has parameters .*, not one "
+                                         r"linear layer: it is MT-DNN's stochastic answer network \(SAN: alpha, "
+                                         r"query_wsum, attn, rnn, classifier\), which this project does not "
+                                         r"implement .* rename the task here to train a fresh head$"):
+        Trainer(config(ws, "bad", init_checkpoint=str(path), train_datasets=["pairs"]))
+    path, _ = _authors_file(ws, "mtdnn_san.pt", monkeypatch, {
+        **_san("1."), "scoring_list.1.0.dense.weight": torch.zeros(32, 32),
+        "scoring_list.1.0.dense.bias": torch.zeros(32)})
+    with pytest.raises(ValueError, match=r"mtdnn_san\.pt: task pairs: .*stochastic answer network \(SAN: alpha, "
+                                         r"query_wsum, attn, rnn, classifier\) behind its own pooler"):
+        Trainer(config(ws, "bad", init_checkpoint=str(path), train_datasets=["pairs"]))
+    # a SAN head of a task this run does not use stays "not used"
+    trainer = Trainer(config(ws, "san-unused", init_checkpoint=str(path), train_datasets=["score"],
+                             test_datasets=["score"], allow_unused_weights=False))
+    assert "scoring_list.1 (pairs)" in _log(ws, "san-unused")
+    assert trainer.cfg.head_layout == "mtdnn"
+
+
+def test_labels_saved_in_another_order_are_refused(ws, monkeypatch):
+    path, _ = _authors_file(ws, "sage_swapped.pt", monkeypatch, {
+        "scoring_list.1.weight": torch.zeros(2, 32), "scoring_list.1.bias": torch.zeros(2),
+        "pooler.dense.weight": torch.zeros(32, 32), "pooler.dense.bias": torch.zeros(32)}, labels=("same", "not"))
+    with pytest.raises(ValueError, match=r"sage_swapped\.pt: task pairs: the checkpoint's labels are \['same', 'not'\] "
+                                         r"in that order, this run's task definition has \['not', 'same'\]"):
+        Trainer(config(ws, "bad", init_checkpoint=str(path), train_datasets=["pairs"]))
+
+
+def test_trained_tensors_of_this_runs_tasks_are_never_dropped_quietly(ws, monkeypatch):
+    # a top-level pooler in a run whose layout reads the encoder's: pairs reads it, so it cannot be left out
+    folder = ws / "odd-run"
+    shutil.copytree(ws / "first" / "best", folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    weights.update({"pooler.dense.weight": torch.ones(32, 32), "pooler.dense.bias": torch.ones(32)})
+    save_file(weights, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"odd-run: trained tensors would not be loaded into this run's model: "
+                                         r"pooler\.dense\.bias \(read by pairs\), pooler\.dense\.weight \(read by "
+                                         r"pairs\); pass --allow_unused_weights to start without them$"):
+        Trainer(config(ws, "bad", init_checkpoint=str(folder), train_datasets=["pairs"], test_datasets=["pairs"]))
+    # a tensor of no task at all in an MT-DNN file
+    path, _ = _authors_file(ws, "sage_extra.pt", monkeypatch, {
+        "scoring_list.1.weight": torch.zeros(2, 32), "scoring_list.1.bias": torch.zeros(2),
+        "pooler.dense.weight": torch.zeros(32, 32), "pooler.dense.bias": torch.zeros(32),
+        "mask_lm.decoder.weight": torch.zeros(4, 32)})
+    with pytest.raises(ValueError, match=r"sage_extra\.pt: trained tensors would not be loaded .*: "
+                                         r"mask_lm\.decoder\.weight \(no task\); pass --allow_unused_weights"):
+        Trainer(config(ws, "bad", init_checkpoint=str(path), train_datasets=["pairs"], test_datasets=["pairs"]))
+    Trainer(config(ws, "allowed", init_checkpoint=str(folder), train_datasets=["pairs"], test_datasets=["pairs"],
+                   allow_unused_weights=True))
+    assert "pooler.dense.weight (trained, left out: --allow_unused_weights)" in _log(ws, "allowed")
+    # tensors of tasks this run does not use stay a log entry
+    Trainer(config(ws, "score-unused", init_checkpoint=str(ws / "sage_model_0.pt"), train_datasets=["pairs"],
+                   test_datasets=["pairs"]))
+    assert "not used: scoring_list.0 (score)" in _log(ws, "score-unused")
+
+
+def test_layout_is_recorded_and_a_continued_run_keeps_it(ws):
+    import json
+
+    import predict as predict_cli
+    from mt_dnn.restore import restore
+    Trainer(config(ws, "sage-first", train_datasets=["pairs"], test_datasets=["pairs"], epochs=1,
+                   head_layout="sage", pooler_actf="relu")).fit()
+    saved = json.loads((ws / "sage-first" / "best" / "train_config.json").read_text())
+    assert (saved["head_layout"], saved["pooler_actf"]) == ("sage", "relu")
+    restored = restore(ws / "sage-first" / "best").model
+    assert (restored.head_layout, restored.pooler_actf) == ("sage", "relu")
+    trainer = Trainer(config(ws, "sage-second", init_checkpoint=str(ws / "sage-first" / "best"),
+                             train_datasets=["pairs", "score"], test_datasets=["pairs"], epochs=1))
+    assert (trainer.cfg.head_layout, trainer.cfg.pooler_actf) == ("sage", "relu")
+    _same(trainer.model.state_dict(), load_file(str(ws / "sage-first" / "best" / "model.safetensors")), "pooler.")
+    with pytest.raises(ValueError, match=r"--head_layout mtdnn: .*sage-first/best was trained with the sage head "
+                                         r"layout"):
+        Trainer(config(ws, "bad", init_checkpoint=str(ws / "sage-first" / "best"), head_layout="mtdnn"))
+    with pytest.raises(ValueError, match=r"--pooler_actf gelu: .*sage-first/best was trained with pooler "
+                                         r"activation relu"):
+        Trainer(config(ws, "bad", init_checkpoint=str(ws / "sage-first" / "best"), pooler_actf="gelu"))
+    # a config written before head layouts existed reads as the encoder layout
+    old = json.loads((ws / "first" / "best" / "train_config.json").read_text())
+    assert restore(ws / "first" / "best").model.head_layout == "encoder" and old["head_layout"] == "encoder"
+    assert predict_cli.main(["--checkpoint", str(ws / "sage-first" / "best"), "--task", "pairs"]) == 0
