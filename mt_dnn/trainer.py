@@ -268,8 +268,9 @@ class Trainer:
         self.guard = DivergenceGuard(self.device, check_grads=not cfg.fp16)
         self.objectives = self._objectives()
         self.writer = self._tensorboard()
-        # progress: (epoch, micro-batches of that epoch consumed), optimizer steps, best dev score
-        self.epoch, self.position, self.global_step = 0, 0, 0
+        # progress: (epoch, micro-batches of that epoch consumed), optimizer steps (counting a continued state's),
+        # best dev score
+        self.epoch, self.position, self.global_step = 0, 0, self.first_step
         self.best_score: Optional[float] = None
         self.history: list[dict] = []
         self.loss_log: list[tuple[int, float]] = []  # (step, mean training loss since the last log) this run

@@ -238,3 +238,42 @@ def test_a_killed_export_leaves_its_temp_folder_only_until_the_next_export(ws, c
     assert export_cli.main(["--checkpoint", str(ws / "run" / "best"), "--out", str(ws / "hf-next")]) == 0
     assert f"export.py: {ws}: removed {temp} (left by an interrupted run)" in capsys.readouterr().err
     assert _leftovers(ws) == [] and not (ws / "hf-never").exists()
+
+
+# ---------------------------------------------------------------------------------------------- head layouts
+def _layout_model(config, ws: Path, layout: str, actf=None) -> MTDNNModel:
+    torch.manual_seed(1)
+    defs = select_tasks(load_task_defs(ws / "tasks.yml"), ["pairs", "score"])
+    model = MTDNNModel(AutoModel.from_config(config), defs, head_layout=layout, pooler_actf=actf)
+    with torch.no_grad():  # the layout's poolers and heads away from the encoder's own pooler
+        for name, p in model.named_parameters():
+            if not name.startswith("encoder."):
+                p.normal_(0, 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("config", [tiny_bert_config(), RobertaConfig(**SMALL, type_vocab_size=1, pad_token_id=1),
+                                    DebertaV2Config(**SMALL, type_vocab_size=0, relative_attention=True,
+                                                    pos_att_type=["p2c", "c2p"])], ids=["bert", "roberta", "deberta-v2"])
+@pytest.mark.parametrize("layout", ["sage", "mtdnn"])
+def test_the_authors_layouts_export_exactly_with_a_tanh_pooler(config, layout, ws, tmp_path):
+    """The layout's pooler dense goes where HF's head applies one (BERT: the base model's pooler, which the
+    layout itself never reads), so the exported logits are the model's."""
+    model = _layout_model(config, ws, layout, "tanh" if layout == "mtdnn" else None)
+    for task in ("pairs", "score"):
+        hf = hf_export.sequence_classifier(model, task)
+        hf.save_pretrained(str(tmp_path / task))
+        batch = hf_export.probe_batch(config)
+        reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / task)).eval()
+        with torch.no_grad():
+            ours = model(task, **batch)
+            torch.testing.assert_close(reloaded(**batch).logits.reshape(ours.shape), ours, rtol=0, atol=1e-5)
+
+
+def test_a_pooler_without_tanh_is_refused_with_the_reason(ws):
+    for layout, actf in (("mtdnn", None), ("sage", "relu")):
+        model = _layout_model(tiny_bert_config(), ws, layout, actf)
+        with pytest.raises(hf_export.ExportError, match=rf"cannot export task pairs: its pooler applies "
+                                                        rf"{actf or 'linear'} \(--pooler_actf, {layout} head layout\) "
+                                                        rf"where HF's bert classification head applies tanh"):
+            hf_export.sequence_classifier(model, "pairs")
