@@ -130,13 +130,15 @@ def saved_labels(conf: Mapping, index: int) -> Optional[list[str]]:
     return None
 
 
-def comparable_labels(task: TaskDef, saved: Optional[Sequence[str]]) -> Optional[dict]:
-    """The saved label order as a partial signature for mt_dnn/task_labels.check, when it says something about
-    this run's order: the same labels (in any order). Labels named otherwise, such as MT-DNN's class ids "0", "1"
-    against names here, say nothing about the order and are taken position by position."""
+def comparable_labels(task: TaskDef, saved: Optional[Sequence[str]],
+                      saved_type: Optional[TaskType] = None) -> Optional[dict]:
+    """The saved label order (with the saved task type, when known) as a partial signature for
+    mt_dnn/task_labels.check, when it says something about this run's order: the same labels, in any order.
+    Labels named otherwise, such as MT-DNN's class ids "0", "1" against names here, say nothing about the order
+    and are taken position by position."""
     if saved is None or task.labels is None or sorted(saved) != sorted(task.labels):
         return None
-    return {"labels": list(saved)}
+    return {**({"task_type": saved_type.name} if saved_type is not None else {}), "labels": list(saved)}
 
 
 # ---------------------------------------------------------------------------------------------- optimizer

@@ -235,7 +235,8 @@ def read_mtdnn(path: Path, encoder_type: Optional[int], task_defs: Mapping, fall
             unused.append(f"scoring_list.{index}" + (f" ({task})" if task else " (no task at that position)"))
             continue
         names = upstream.head_names(task, index, parts, layout, where)
-        trained = upstream.comparable_labels(task_defs[task], upstream.saved_labels(conf, index))
+        trained = upstream.comparable_labels(task_defs[task], upstream.saved_labels(conf, index),
+                                             types[index] if index < len(types) else None)
         if trained is not None:
             labels[task] = trained
         key_map.update({f"scoring_list.{index}.{part}": ours for part, ours in names.items()})

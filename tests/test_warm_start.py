@@ -407,8 +407,10 @@ def test_labels_saved_in_another_order_are_refused(ws, monkeypatch):
     path, _ = _authors_file(ws, "sage_swapped.pt", monkeypatch, {
         "scoring_list.1.weight": torch.zeros(2, 32), "scoring_list.1.bias": torch.zeros(2),
         "pooler.dense.weight": torch.zeros(32, 32), "pooler.dense.bias": torch.zeros(32)}, labels=("same", "not"))
-    with pytest.raises(ValueError, match=r"sage_swapped\.pt: task pairs: the checkpoint's labels are \['same', 'not'\] "
-                                         r"in that order, this run's task definition has \['not', 'same'\]"):
+    with pytest.raises(ValueError, match=r"sage_swapped\.pt \(its task_def_list\): task 'pairs' was trained as "
+                                         r"Classification with labels \['same', 'not'\], but .*tasks\.yml defines it "
+                                         r"as Classification with labels \['not', 'same'\]; the loaded head's "
+                                         r"outputs follow the trained definition"):
         Trainer(config(ws, "bad", init_checkpoint=str(path), train_datasets=["pairs"]))
 
 
