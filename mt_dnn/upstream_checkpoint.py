@@ -340,6 +340,14 @@ def _option_differences(groups, conf, cfg, total_steps, sage_split, where) -> li
             "global_grad_clipping": cfg.global_grad_clipping, "grad_accumulation_step": cfg.grad_accumulation_step,
             "epochs": cfg.epochs, "total steps (t_total)": total_steps,
             "sage_formula": cfg.sage_formula or "reference"}
+    # what else their update() reads from the options after loading them: precision, SMART, distillation
+    extra = ["fp16", "adv_train", "mkd_opt"]
+    if conf.get("adv_train"):
+        extra += ["adv_alpha", "adv_k", "adv_step_size", "adv_noise_var", "adv_epsilon", "adv_p_norm",
+                  "adv_norm_level"]
+    for name in extra:
+        saved[name], here[name] = plain(conf.get(name)), getattr(cfg, name)
+    saved["bf16"], here["bf16"] = (False if conf else None), cfg.bf16  # their code has no bfloat16
     return _differences(saved, here)
 
 

@@ -47,6 +47,7 @@ exec "$PYTHON" "$ROOT/train.py" \
   --epochs 6 \
   --warmup 0.1 \
   --global_grad_clipping 1.0 \
+  --head_layout sage \
   --seed "$SEED" \
   --output_dir "$OUTPUT_DIR" \
   "$@"

@@ -1262,7 +1262,8 @@ def test_readme_section_shows_the_command_and_names_every_flag_and_field():
     for flag in (*NO_EFFECT_FLAGS, *config_mod.VALUE_FLAGS):
         assert f"`{flag}`" in section, flag
     for name in ("grad_clipping", "log_file", "answer_opt", "update_bert_opt", "bert_dropout_p", "dropout_p",
-                 "answer_num_turn", "encoder_type", "test_datasets", "momentum", "num_hidden_layers"):
+                 "answer_num_turn", "encoder_type", "test_datasets", "momentum", "num_hidden_layers", "head_layout",
+                 "pooler_actf"):
         assert f"`--{name}" in section, name
     for name in (*FIELDS, *NO_EFFECT_FIELDS):
         assert f"`{name}`" in section, name

@@ -152,7 +152,7 @@ def test_script_command_line_by_hand(fake):
         "--init_checkpoint", "bert-base-uncased", "--train_datasets", "rte", "--test_datasets", "rte",
         "--optimizer", "usadamax", "--learning_rate", "3e-4", "--beta3", "0.65", "--batch_size", "16",
         "--batch_size_eval", "64", "--epochs", "6", "--warmup", "0.1", "--global_grad_clipping", "1.0",
-        "--seed", "2018", "--output_dir", f"{ROOT}/checkpoints/rte_usadamax_3e-4_0.65_2018"]
+        "--head_layout", "sage", "--seed", "2018", "--output_dir", f"{ROOT}/checkpoints/rte_usadamax_3e-4_0.65_2018"]
 
 
 def test_non_sage_script_has_no_beta3(fake):
@@ -177,6 +177,7 @@ def test_every_script_passes_its_table_row(fake):
         assert int(flags["--batch_size"]) == run.batch_size and int(flags["--epochs"]) == run.epochs
         assert float(flags["--warmup"]) == run.warmup
         assert float(flags["--global_grad_clipping"]) == 1.0
+        assert flags["--head_layout"] == "sage"  # the authors' network
 
 
 def test_every_script_parses_with_the_real_train_config(fake):
@@ -192,6 +193,7 @@ def test_every_script_parses_with_the_real_train_config(fake):
         if run.beta3 is not None:
             assert cfg.beta3 == run.beta3
         assert (cfg.seed, cfg.init_checkpoint, cfg.global_grad_clipping) == (2018, "bert-base-uncased", 1.0)
+        assert cfg.head_layout == "sage"
 
 
 def test_scripts_enable_smart_and_distillation(fake):
