@@ -226,9 +226,9 @@ def read_optimizer(blob: Mapping, conf: Mapping, key_map: Mapping[str, str], cfg
     groups = saved["param_groups"]
     kind = str(plain(conf.get("optimizer", "")))
     if not groups or any("t_total" not in g or "schedule" not in g for g in groups):
-        raise Unmappable(f"{where}: its optimizer state ({kind or 'unnamed optimizer'}) is MT-DNN's: a torch-style "
-                         "optimizer whose learning-rate scheduler lives outside it and is not saved in the file, so "
-                         "the step's learning rate cannot be restored")
+        raise Unmappable(f"{where}: its optimizer state ({kind or 'unnamed optimizer'}) is a torch-style optimizer's "
+                         "(today's MT-DNN's optimizers, SGD), whose learning-rate scheduler lives outside it and is not "
+                         "saved in the file, so the step's learning rate cannot be restored")
     if kind not in OPTIMIZER_KINDS:
         raise Unmappable(f"{where}: its optimizer {kind!r} has no exact counterpart here (this project continues "
                          f"{', '.join(OPTIMIZER_KINDS)})")

@@ -282,8 +282,8 @@ class Loaded:
         unused = [u for u in self.unused if u not in used]
         mapping = f" ({self.mapping})" if self.mapping else ""
         notes = "; " + ", ".join(self.notes) if self.notes else ""
-        return (f"{prefix} {self.where}{mapping}: encoder loaded{notes}; heads loaded: {', '.join(self.loaded) or 'none'}; "
-                f"fresh heads: {', '.join(self.fresh) or 'none'}; in the checkpoint, not used: "
+        return (f"{prefix} {self.where}{mapping}: encoder loaded{notes}; heads loaded: "
+                f"{', '.join(self.loaded) or 'none'}; fresh heads: {', '.join(self.fresh) or 'none'}; in the checkpoint, not used: "
                 f"{', '.join(unused) or 'nothing'}")
 
 

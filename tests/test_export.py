@@ -254,7 +254,8 @@ def _layout_model(config, ws: Path, layout: str, actf=None) -> MTDNNModel:
 
 @pytest.mark.parametrize("config", [tiny_bert_config(), RobertaConfig(**SMALL, type_vocab_size=1, pad_token_id=1),
                                     DebertaV2Config(**SMALL, type_vocab_size=0, relative_attention=True,
-                                                    pos_att_type=["p2c", "c2p"])], ids=["bert", "roberta", "deberta-v2"])
+                                                    pos_att_type=["p2c", "c2p"])],
+                         ids=["bert", "roberta", "deberta-v2"])
 @pytest.mark.parametrize("layout", ["sage", "mtdnn"])
 def test_the_authors_layouts_export_exactly_with_a_tanh_pooler(config, layout, ws, tmp_path):
     """The layout's pooler dense goes where HF's head applies one (BERT: the base model's pooler, which the

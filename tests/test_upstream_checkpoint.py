@@ -77,10 +77,10 @@ def their_groups(network: nn.Module, kind: str) -> list[dict]:
     if not kind.startswith("us"):
         return [{"params": [p for n, p in named if decays(n)], "weight_decay": 0.01},
                 {"params": [p for n, p in named if not decays(n)], "weight_decay": 0.0}]
-    return [{"params": [p for n, p in named if not mask(n) and decays(n)], "weight_decay": 0.01, "params_type": "common"},
-            {"params": [p for n, p in named if mask(n) and decays(n)], "weight_decay": 0.01, "params_type": "mask"},
-            {"params": [p for n, p in named if not mask(n) and not decays(n)], "weight_decay": 0, "params_type": "common"},
-            {"params": [p for n, p in named if mask(n) and not decays(n)], "weight_decay": 0, "params_type": "mask"}]
+    def group(is_mask, decayed):
+        return {"params": [p for n, p in named if mask(n) == is_mask and decays(n) == decayed],
+                "weight_decay": 0.01 if decayed else 0, "params_type": "mask" if is_mask else "common"}
+    return [group(False, True), group(True, True), group(False, False), group(True, False)]
 
 
 def their_state(network: nn.Module, kind: str, steps: dict[str, int], seed: int) -> dict[str, dict]:
@@ -262,8 +262,9 @@ def test_optimizer_states_that_cannot_be_mapped_exactly_are_refused(ws, monkeypa
             "config": their_options(monkeypatch, TASKS, tiny_bert_config(**NO_DROPOUT), optimizer="adam")}
     torch.save(blob, ws / "mtdnn_adamw.pt")
     monkeypatch.undo()
-    refused(ws / "mtdnn_adamw.pt", r"mtdnn_adamw\.pt: its optimizer state \(adam\) is MT-DNN's: a torch-style "
-                                   r"optimizer whose learning-rate scheduler lives outside it and is not saved")
+    refused(ws / "mtdnn_adamw.pt", r"mtdnn_adamw\.pt: its optimizer state \(adam\) is a torch-style optimizer's "
+                                   r"\(today's MT-DNN's optimizers, SGD\), whose learning-rate scheduler lives "
+                                   r"outside it and is not saved in the file")
     # groups that do not hold their network's parameters; no optimizer state at all
     path, _, _ = _their_file(ws, "model_groups.pt", monkeypatch,
                              edit=lambda blob: blob["optimizer"]["param_groups"][0]["params"].pop())
