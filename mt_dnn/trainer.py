@@ -45,7 +45,6 @@ from mt_dnn.evaluate import (SplitResult, autocast_context, predict_indices, pre
 from mt_dnn.pipeline import MicroBatches, PlanSampler, micro_batch_stream, rank_share
 from mt_dnn.static_shapes import StaticShapes, real_rows
 from mt_dnn.stop_signals import StopSignals, Stopped, ignore_in_worker
-from mt_dnn.upstream_checkpoint import Unmappable
 from mt_dnn.warm_start import checkpoint_kind, start_model
 
 log = logging.getLogger("sage.train")
@@ -292,7 +291,7 @@ class Trainer:
             return 0
         try:
             state = self._read_upstream_optimizer(src)
-        except Unmappable as exc:
+        except upstream.Unmappable as exc:
             if self._continuing:
                 raise ValueError(f"--model_ckpt: {exc}") from None
             log.info(start.loaded.line(prefix))
@@ -310,13 +309,13 @@ class Trainer:
     def _read_upstream_optimizer(self, src) -> "upstream.OptimizerState":
         cfg = self.cfg
         if self._sharded():
-            raise Unmappable(f"{src.where}: optimizer state cannot be placed on --fsdp shards")
+            raise upstream.Unmappable(f"{src.where}: optimizer state cannot be placed on --fsdp shards")
         state = upstream.read_optimizer(src.blob, src.blob.get("config") or {}, src.key_map, cfg, self.total_steps,
                                         self.optimizer, self._parameter_names(), src.where)
         if state.differences:
             listed = "; ".join(state.differences)
             if not self._continuing:
-                raise Unmappable(f"{src.where}: its saved options differ from this run's flags: {listed}")
+                raise upstream.Unmappable(f"{src.where}: its saved options differ from this run's flags: {listed}")
             if not cfg.allow_config_change:
                 raise ValueError(f"--model_ckpt {src.where}: its saved options differ from this run's flags: {listed}; "
                                  "give the same flags, or pass --allow_config_change to continue with this run's")
