@@ -140,6 +140,12 @@ def test_tokenizer_follows_continued_runs_and_mtdnn_origin_needs_one(ws, capsys)
     assert "no tokenizer is known for this run (it started from an MT-DNN .pt" in capsys.readouterr().err
     assert export_cli.main(["--checkpoint", str(from_mtdnn), "--out", str(ws / "hf-mt"), "--tokenizer",
                             str(ws / "tiny-bert")]) == 0
+    # a run that continued an MT-DNN/SAGE .pt (--resume --model_ckpt): its encoder name is not where it came from
+    continued = ws / "continued"
+    shutil.copytree(ws / "run" / "best", continued)
+    cfg = json.loads((continued / "train_config.json").read_text())
+    (continued / "train_config.json").write_text(json.dumps({**cfg, "resume": True, "model_ckpt": str(ws / "mt.pt")}))
+    assert hf_export.tokenizer_source(continued) is None
 
 
 # ---------------------------------------------------------------------------------------------- other encoders
