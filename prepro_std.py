@@ -33,6 +33,8 @@ from data_utils.atomic import atomic_write, clean_stale_temps
 from data_utils.encoding import (Chunk, EncodeSpec, build_backend, encode_chunk, encode_in_worker, init_worker,
                                  spec_from_hf)
 from data_utils.conll import ConllError, encode_conll, read_conll
+from data_utils.resources import check_parallelism
+from data_utils.safe_load import read_json
 from data_utils.shard_checks import encoder_positions
 from data_utils.shards import shard_path
 from data_utils.squad import PairLayout, SquadError, encode_squad, read_squad
@@ -125,7 +127,7 @@ def _fingerprint(data: bytes, td: TaskDef, split: str, spec: EncodeSpec) -> str:
 
 def _up_to_date(shard: Path, fingerprint: str) -> bool:
     try:
-        stamp = json.loads(_stamp_path(shard).read_text(encoding="utf-8"))
+        stamp = read_json(_stamp_path(shard))
         return stamp.get("inputs") == fingerprint and shard.stat().st_size == stamp.get("shard_bytes")
     except (OSError, ValueError):
         return False
@@ -238,6 +240,11 @@ def run(cfg: PreproConfig, log=print) -> list[ShardResult]:
     """Build every shard of the selected tasks; missing TSVs are reported and skipped."""
     if cfg.workers < 1:
         raise PreproError(f"--workers must be >= 1, got {cfg.workers}")
+    try:
+        check_parallelism("--workers", cfg.workers, "processes")
+        pretrained_models.model_short_name(cfg.model)  # names the shard folder: refused before any work
+    except ValueError as exc:
+        raise PreproError(str(exc)) from None
     task_defs = load_task_defs(cfg.task_def)
     if cfg.tasks:
         task_defs = select_tasks(task_defs, cfg.tasks, cfg.task_def)

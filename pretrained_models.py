@@ -69,10 +69,13 @@ def resolve(name_or_path: str) -> str:
 
 
 def model_short_name(name_or_path: str) -> str:
-    """A filesystem-safe name for shard folders: registry names stay, paths/hub ids keep their last part."""
+    """The shard folder's name: registry names stay, paths and hub ids keep their last part. A last part that
+    cannot name a folder inside ``--root_dir`` (``.``, ``..``, nothing) is refused rather than written around."""
     if name_or_path in ENCODERS:
         return name_or_path
-    return os.path.basename(os.path.normpath(name_or_path)).replace("/", "-") or "model"
+    from data_utils.safe_paths import plain_name
+    return plain_name(os.path.basename(os.path.normpath(name_or_path)),
+                      f"--model {name_or_path}: the shard folder's name (the model's last path part)")
 
 
 def check_encoder_type(config, encoder_type: Optional[int], where: str = "--encoder_type") -> None:

@@ -103,7 +103,8 @@ def _set_threads(n: int) -> None:
 
 def _measure(run, args, task) -> dict:
     """The run's sensitivity on --sens_split, from --cache_dir when it was measured before with these settings."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
+    from data_utils.atomic import atomic_write
     from analysis.runs import batch_loss, labelled_batches
     from analysis.sensitivity import accumulate_sensitivity, select_params
     params = select_params(run.model)
@@ -119,10 +120,8 @@ def _measure(run, args, task) -> dict:
     sens = accumulate_sensitivity(run.model, batch_loss(run.model, task.name),
                                   labelled_batches(data, args.batch_size, run.pad_id), params)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        save_file({n: t.contiguous() for n, t in sens.items()}, str(tmp))
-        tmp.replace(cache)
+        with atomic_write(cache, "wb") as handle:
+            handle.write(save({n: t.contiguous() for n, t in sens.items()}))
     return sens
 
 

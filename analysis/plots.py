@@ -5,8 +5,6 @@ Every function takes already-computed numbers, so the figures can be redrawn wit
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -15,6 +13,7 @@ from matplotlib.figure import Figure
 
 from analysis.blocks import ATTENTION, FFN
 from analysis.tracker import TrackerLog
+from data_utils.atomic import atomic_write
 
 DPI = 110
 RUN_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:purple")
@@ -35,16 +34,8 @@ def save_figure(fig: Figure, path: Path, dpi: int = DPI) -> Path:
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     buffer.seek(0)
     image = Image.open(buffer).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG", optimize=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as handle:
+        image.save(handle, format="PNG", optimize=True)
     return path
 
 

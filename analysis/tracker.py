@@ -30,6 +30,8 @@ import torch
 from torch import Tensor
 
 from analysis.blocks import BLOCK_KINDS, Block, block_of
+from data_utils.safe_load import loads_json
+from data_utils.safe_paths import append_line, open_output
 
 
 class SensitivityTracker:
@@ -55,7 +57,7 @@ class SensitivityTracker:
         self._own_ema: dict[int, Tensor] = {}
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = self.path.open("a", encoding="utf-8")
+        open_output(self.path, "a").close()  # a link planted there, or a folder, is refused before training
 
     # ------------------------------------------------------------------------------------------------ per step
     def _ema(self, i: int) -> tuple[Tensor, float, bool]:
@@ -108,12 +110,10 @@ class SensitivityTracker:
         record = {"step": int(step), "lr": float(self.optimizer.param_groups[0]["lr"]),
                   "blocks": {key.key: {"numel": n, "ipt_mean": r[0], "ipt_var": r[1], "u_mean": r[2]}
                              for key, n, r in zip(keys, sizes, rows)}}
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
+        append_line(self.path, json.dumps(record) + "\n")  # whole lines only, even when the disk fills up
 
     def close(self) -> None:
-        if not self._handle.closed:
-            self._handle.close()
+        """Nothing stays open between records (each is appended on its own); kept for ``with`` and callers."""
 
     def __enter__(self) -> "SensitivityTracker":
         return self
@@ -152,10 +152,7 @@ class TrackerLog:
 
 def _parse_line(path: Path, ln: int, text: str) -> dict:
     where = f"{path}:{ln}"
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+    record = loads_json(text, path, ln)
     if not isinstance(record, dict) or not isinstance(record.get("step"), int):
         raise ValueError(f"{where}: expected an object with an integer 'step'")
     blocks = record.get("blocks")

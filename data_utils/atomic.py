@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -47,9 +48,36 @@ def old_copy_name(target_name: str) -> str:
     return f"{temp_prefix(target_name)}old{TEMP_SUFFIX}"
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (``os.umask`` only sets)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Union[str, Path]) -> None:
+    """Give a temp (mkstemp: 0600, mkdtemp: 0700) and everything inside it the mode ``open()``/``mkdir()``
+    would have given under the umask (0o666/0o777 minus the umask; executables keep their x bits), so a
+    teammate reads a shared run's files exactly when they read the rest of the user's files."""
+    mask = current_umask()
+    for entry in [Path(path), *(Path(path).rglob("*") if Path(path).is_dir() else ())]:
+        st = entry.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        full = 0o777 if stat.S_ISDIR(st.st_mode) or st.st_mode & 0o111 else 0o666
+        os.chmod(entry, full & ~mask)
+
+
 @contextlib.contextmanager
-def atomic_write(path: Union[str, Path], mode: str = "w", encoding: str = "utf-8") -> Iterator[IO]:
-    """Yield a file opened for writing; it becomes ``path`` when the block exits without an exception."""
+def atomic_write(path: Union[str, Path], mode: str = "w", encoding: str = "utf-8",
+                 executable: bool = False) -> Iterator[IO]:
+    """Yield a file opened for writing; it becomes ``path`` when the block exits without an exception, with the
+    mode ``open()`` would give it (``executable``: that of a new program, 0o777 minus the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX)
@@ -57,7 +85,7 @@ def atomic_write(path: Union[str, Path], mode: str = "w", encoding: str = "utf-8
         kwargs = {} if "b" in mode else {"encoding": encoding, "newline": ""}
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, (0o777 if executable else 0o666) & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -75,7 +103,7 @@ def atomic_folder(path: Union[str, Path], overwrite: bool = False) -> Iterator[P
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX))
     try:
         yield tmp
-        os.chmod(tmp, 0o755)
+        honour_umask(tmp)
         if path.exists():
             old = path.with_name(old_copy_name(path.name))
             shutil.rmtree(old, ignore_errors=True)

@@ -8,7 +8,6 @@ N the official test size) and copied under the benchmark's file name; the folder
 """
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import zipfile
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 from data_utils.atomic import atomic_folder, atomic_write, clean_stale_temps
+from data_utils.safe_load import DataFileError, read_json
 
 HEADER = "index\tprediction"
 SUFFIX = "_submission_"
@@ -68,7 +68,9 @@ def best_epoch_tag(run: Path) -> Optional[str]:
     if not metrics.is_file():
         return None
     try:
-        return str(int(json.loads(metrics.read_text(encoding="utf-8"))["epoch"]))
+        return str(int(read_json(metrics)["epoch"]))
+    except DataFileError as exc:
+        raise SubmissionError(str(exc)) from None
     except (ValueError, KeyError, TypeError) as exc:
         raise SubmissionError(f"{metrics}: no readable 'epoch' ({exc})") from None
 

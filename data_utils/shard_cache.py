@@ -38,13 +38,14 @@ from typing import Optional, Union
 import numpy as np
 
 from data_utils.atomic import atomic_write, clean_stale_temps
+from data_utils.safe_load import loads_json
 from data_utils.shards import EXTRA_KEYS, KEYS, SOFT_LABEL, ShardError, is_mtdnn_shard, iter_shard
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR = ".shard_cache"
 MAGIC = b"SAGESHC1"
-VERSION = 1
+VERSION = 2  # 2: shards are checked for repeated uids while the cache is built
 ALIGN = 64
 CHUNK_ROWS = 16_384  # rows parsed before their ids are packed into numpy (bounds the build's transient memory)
 _READ = 1 << 20
@@ -123,7 +124,7 @@ def _read_header(path: Path) -> tuple[dict, int]:
         raw = handle.read(size)
     if len(raw) != size:
         raise ValueError("truncated header")
-    header = json.loads(raw.decode("utf-8"))
+    header = loads_json(raw.decode("utf-8"), path)
     if not isinstance(header, dict):
         raise ValueError("header is not an object")
     return header, len(MAGIC) + 8 + size

@@ -13,12 +13,13 @@ predicted value. ``format_line`` writes exactly what ``json.dumps`` of that dict
 from __future__ import annotations
 
 import functools
-import json
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
 import pretrained_models
+from data_utils.safe_load import DataFileError, loads_json
+from data_utils.tsv import first_seen
 
 KEYS = ("uid", "label", "token_id", "type_id")
 SOFT_LABEL = "soft_label"
@@ -136,16 +137,25 @@ def is_mtdnn_shard(path: Union[str, Path]) -> bool:
 
 
 def iter_shard(path: Union[str, Path]) -> Iterator[tuple[int, dict]]:
-    """(line number, record) for every line of a shard, each checked (keys, types, token_id/type_id shapes)."""
+    """(line number, record) for every line of a shard, each checked (keys, types, token_id/type_id shapes, a
+    uid not seen on an earlier line: scores and submissions are keyed by uid)."""
     mtdnn = is_mtdnn_shard(path)
+    seen: dict[str, int] = {}
     with open(path, encoding="utf-8") as handle:
         for ln, line in enumerate(handle, start=1):
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ShardError(f"{path}:{ln}: not valid JSON ({exc.msg})") from None
+                rec = loads_json(line, path, ln, check_depth=False)  # every value's shape is checked below
+            except DataFileError as exc:
+                raise ShardError(str(exc)) from None
             _check_record(rec, path, ln, mtdnn)
+            _check_new_uid(rec["uid"], seen, path, ln)
             yield ln, rec
+
+
+def _check_new_uid(uid: str, seen: dict[str, int], path, ln: int) -> None:
+    first = first_seen(uid, seen, ln)
+    if first != ln:
+        raise ShardError(f"{path}:{ln}: uid {uid[:40]!r} repeats line {first} (each example needs its own uid)")
 
 
 def read_shard(path: Union[str, Path]) -> list[dict]:

@@ -20,9 +20,9 @@ import json
 import re
 import string
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
+from data_utils.safe_load import DataFileError, read_json
 from data_utils.task_def import SpanOptions
 
 SPAN_KEYS = ("qid", "start", "end", "impossible")     # every row
@@ -71,9 +71,9 @@ def read_squad(path, labelled: bool, unanswerable: bool) -> list[Question]:
     """Every question of a SQuAD file, in file order, each checked; unlabelled (test) files may omit answers."""
     path = str(path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SquadError(f"{path}: not a valid UTF-8 JSON file ({exc})") from None
+        data = read_json(path, "SQuAD JSON file")
+    except DataFileError as exc:
+        raise SquadError(str(exc)) from None
     _need(isinstance(data, dict) and isinstance(data.get("data"), list), path,
           "expected SQuAD's {\"version\": ..., \"data\": [articles]}")
     questions, seen = [], set()

@@ -16,6 +16,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from data_utils.safe_load import DataFileError, parse_yaml, read_text
+
 
 class TaskType(Enum):
     Classification = 1
@@ -63,7 +65,7 @@ SPAN_FIELDS = ("doc_stride", "max_query_len", "max_answer_len", "n_best_size", "
                "null_score_diff_threshold")
 FIELDS = ("task_type", "data_format", "n_class", "labels", "metric_meta", "loss", "dropout_p", "split_names",
           "enable_san", "adv_loss", "kd_loss") + SPAN_FIELDS
-MAX_EXPANDED_NODES = 100_000  # a GLUE task file has a few hundred; YAML aliases can make billions ("alias bomb")
+MAX_CLASSES = 100_000  # classes (Ranking: hypotheses) a task may have: each gets a label string and a head row
 QUOTE_CHARS = 80
 #: SMART's divergence between clean and perturbed outputs (``adv_loss``) and the distillation loss on soft
 #: targets (``kd_loss``), per task type (the first is the default); the registry is mt_dnn.objectives.
@@ -110,35 +112,6 @@ def _q(value: Any) -> str:
     """A value quoted for an error line: at most ~QUOTE_CHARS characters, however large (or aliased) it is."""
     text = _REPR.repr(value)
     return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS - 3] + "..."
-
-
-def _check_expansion(node: yaml.Node, path: str) -> None:
-    """Refuse documents whose aliases expand to more than MAX_EXPANDED_NODES nodes (or refer to themselves).
-
-    safe_load shares aliased objects, so building them is cheap; anything that walks them (comparisons, reprs,
-    our checks) pays for the full expansion. Sizes are memoised per node, so this costs one pass over the nodes.
-    """
-    sizes: dict[int, int] = {}
-
-    def size(n: yaml.Node) -> int:
-        if id(n) in sizes:
-            return sizes[id(n)]
-        sizes[id(n)] = MAX_EXPANDED_NODES + 1  # a cycle (an alias inside its own anchor) counts as unbounded
-        total = 1
-        children = n.value if isinstance(n, yaml.SequenceNode) else \
-            [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else []
-        for child in children:
-            total += size(child)
-            if total > MAX_EXPANDED_NODES:
-                raise TaskDefError(f"{path}:{n.start_mark.line + 1}: YAML aliases expand to more than "
-                                   f"{MAX_EXPANDED_NODES:,} values here (an alias bomb?); write the values out")
-        sizes[id(n)] = total
-        return total
-
-    try:
-        size(node)
-    except RecursionError:
-        raise TaskDefError(f"{path}: YAML nested too deeply") from None
 
 
 @dataclass(frozen=True)
@@ -256,18 +229,15 @@ def split_role(split: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- loading
 class _Where:
-    """Formats errors as ``file:line: task 'x', field 'y': reason`` using node positions from yaml.compose."""
+    """Formats errors as ``file:line: task 'x', field 'y': reason`` using the composed nodes' positions."""
 
-    def __init__(self, path: str, text: str):
+    def __init__(self, path: str, root: Optional[yaml.Node]):
         self.path = path
         self.task_lines: dict[str, int] = {}
         self.field_lines: dict[tuple[str, str], int] = {}
         self.duplicates: list[tuple[Optional[str], str, int]] = []
         self.warnings: list[str] = []
         self.no_effect: dict[str, list[tuple[str, Optional[int]]]] = {}  # field -> [(task, line)]
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        if root is not None:
-            _check_expansion(root, path)
         if isinstance(root, yaml.MappingNode):
             self._scan(root)
 
@@ -384,6 +354,8 @@ def _labels_and_classes(where: _Where, task: str, spec: dict, task_type: TaskTyp
     if raw_n is None and labels is None:
         raise where.error(f"a {task_type.name} task needs n_class or labels", task, "n_class")
     n_class = len(labels) if raw_n is None else _int(where, task, "n_class", raw_n)
+    if n_class > MAX_CLASSES:
+        raise where.error(f"n_class {n_class} is more than the {MAX_CLASSES:,} this project takes", task, "n_class")
     if n_class < 2:
         what = "hypotheses per example" if task_type is TaskType.Ranking else "classes"
         raise where.error(f"a {task_type.name} task needs at least 2 {what}, got n_class {n_class}", task, "n_class")
@@ -550,13 +522,10 @@ class TaskDefs(dict):
 def parse_task_defs(text: str, path: str = "<string>") -> dict[str, TaskDef]:
     """Task definitions from YAML text; ``path`` is only used in error messages."""
     try:
-        where = _Where(path, text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        reason = " ".join(str(getattr(exc, "problem", None) or exc).split())
-        raise TaskDefError(f"{path}{line}: not valid YAML: {reason}") from None
+        document = parse_yaml(text, path)
+    except DataFileError as exc:
+        raise TaskDefError(str(exc)) from None
+    where, data = _Where(path, document.root), document.data
     if data is None:
         raise TaskDefError(f"{path}: no task definitions (the file is empty)")
     if not isinstance(data, dict):
@@ -582,14 +551,11 @@ def load_task_defs(path: Union[str, Path]) -> dict[str, TaskDef]:
     """All task definitions of a YAML file, in file order."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        text = read_text(path, "task definition file")
     except FileNotFoundError:
         raise TaskDefError(f"{path}: task definition file not found") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise TaskDefError(f"{path}:{line}: not UTF-8 (byte offset {exc.start})") from None
+    except DataFileError as exc:  # not UTF-8, a folder
+        raise TaskDefError(str(exc)) from None
     return parse_task_defs(text, str(path))
 
 

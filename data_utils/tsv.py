@@ -115,10 +115,16 @@ def parse_rows(path: Union[str, Path], lines: Sequence[str], first_line: int, ta
     return out
 
 
+def first_seen(uid: str, seen: dict[str, int], line: int) -> int:
+    """The line where ``uid`` first appeared (``line`` when it is new; ``seen`` is updated). Predictions are keyed
+    by uid, and uids are compared without surrounding whitespace: ``"7 "`` and ``"7"`` are one example twice."""
+    return seen.setdefault(uid.strip(), line)
+
+
 def check_unique_uids(path: Union[str, Path], uids: Sequence[str], first_line: int, seen: dict[str, int]) -> None:
-    """Refuse a uid seen before (``seen`` maps uid -> line and is updated): predictions are keyed by uid."""
+    """Refuse a uid seen before (``seen`` maps uid -> line and is updated)."""
     for ln, uid in enumerate(uids, start=first_line):
-        prev = seen.setdefault(uid, ln)
+        prev = first_seen(uid, seen, ln)
         if prev != ln:
             raise TsvError(f"{path}:{ln}: uid {uid!r} repeats line {prev}")
 

@@ -96,8 +96,9 @@ def _library(defines: tuple[str, ...]) -> ctypes.CDLL:
     target = cache_dir() / f"sage_cpu_{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
+        # a fresh name the compiler creates itself, with the umask's mode (mkstemp's 0600 would make a cache
+        # shared by a team unreadable to the others)
+        tmp = str(target.parent / f".{target.name}.{os.getpid()}-{os.urandom(6).hex()}.tmp.so")
         try:
             done = subprocess.run([cc, *FLAGS, *defines, str(SOURCE), "-o", tmp], capture_output=True, text=True)
             if done.returncode != 0:

@@ -8,7 +8,6 @@ names the file, so --resume can fall back to an older step checkpoint and predic
 from __future__ import annotations
 
 import io
-import json
 import random
 import shutil
 from pathlib import Path
@@ -20,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from data_utils.atomic import atomic_folder, atomic_write
+from data_utils.safe_load import read_json
 from mt_dnn import run_folder
 
 WEIGHTS = "model.safetensors"
@@ -193,11 +193,11 @@ def read_config_json(folder: Path) -> dict:
     """The run's saved config as a plain dict (compared field by field on --resume)."""
     path = Path(folder) / CONFIG
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = read_json(path)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({_reason(exc)})") from None
+    except ValueError as exc:  # not UTF-8, not JSON, nested too deeply: the message names the file
+        raise CheckpointError(str(exc)) from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     return raw

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import pretrained_models
+from data_utils.safe_load import loads_json
 from module.bert_optim import FORMULAS, OPTIMIZERS, SCHEDULES
 from module.pooler import ACTIVATIONS
 from module.sage_functional import IMPLEMENTATIONS
@@ -285,7 +286,9 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str, source: str = "config") -> "TrainConfig":
-        raw = json.loads(text)
+        raw = loads_json(text, source)
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: expected a JSON object of config fields, got {type(raw).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -391,8 +394,6 @@ def load_config(path: str | Path) -> TrainConfig:
             from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
     except TypeError as exc:  # a JSON object whose values have the wrong shape for the dataclass
         raise ValueError(f"{path}: not a training config ({exc})") from None
     except ValueError as exc:  # a saved value that validate() refuses: say which file holds it

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import sys
@@ -24,6 +25,8 @@ from tqdm import tqdm
 
 from data_utils import jsonsafe, shard_fingerprint
 from data_utils.metrics import glue_average
+from data_utils.resources import check_parallelism
+from data_utils.safe_paths import LogFileHandler, append_line, check_output_root, refuse_symlink
 from data_utils.shard_checks import EncoderLimits, encoder_limits
 from data_utils.shards import find_shard
 from data_utils.task_def import dataset_splits, dataset_task, load_task_defs, select_tasks
@@ -100,12 +103,25 @@ def create_output_dir(path: Path) -> Optional[Path]:
     return missing[-1] if missing else None
 
 
+def check_machine_settings(cfg: TrainConfig, env: DistEnv) -> None:
+    """Settings that this machine or launch decides: thread and worker counts (data_utils/resources.py), and
+    --fsdp, which shards across torchrun's processes and means nothing in a single one."""
+    check_parallelism("--num_threads", cfg.num_threads)
+    check_parallelism("--num_workers", cfg.num_workers or 0, "processes")
+    if cfg.fsdp and not env.enabled:
+        raise ValueError("--fsdp: shards the model across the processes torchrun starts, and this run is a single "
+                         "process; launch it with torchrun --nproc_per_node N (N >= 2), or drop --fsdp")
+
+
 def optimizer_impl_kwargs(impl: str, device: torch.device) -> dict:
     """The optimizer's ``foreach``/``fused`` flags for ``--optim_impl`` (decided in module.sage_functional)."""
     return implementation_kwargs(impl, device)
 
 
-def setup_logging(output_dir: Path, is_main: bool = True, log_file: Optional[str] = None) -> None:
+def setup_logging(output_dir: Path, is_main: bool = True, log_file: Optional[str] = None,
+                  created: Optional[list] = None) -> None:
+    """Log to stderr, OUTPUT_DIR/train.log and ``--log_file``; log files are never opened through a symbolic
+    link. ``created`` receives each log file this call creates (a failed setup removes them again)."""
     log.setLevel(logging.INFO)
     log.handlers.clear()
     log.propagate = False
@@ -113,13 +129,22 @@ def setup_logging(output_dir: Path, is_main: bool = True, log_file: Optional[str
         log.addHandler(logging.NullHandler())
         return
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    files = [output_dir / "train.log"]
-    if log_file and Path(log_file).resolve() != files[0].resolve():  # MT-DNN's --log_file: a second copy
+    files = [(output_dir / "train.log", "--output_dir")]
+    if log_file and Path(log_file).resolve() != files[0][0].resolve():  # MT-DNN's --log_file: a second copy
+        if Path(log_file).is_dir():
+            raise ValueError(f"--log_file {log_file}: is a folder; name a file")
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        files.append(Path(log_file))
-    for handler in (logging.StreamHandler(sys.stderr), *map(logging.FileHandler, files)):
+        files.append((Path(log_file), "--log_file"))
+    log.addHandler(logging.StreamHandler(sys.stderr))
+    for path, flag in files:
+        if created is not None and not os.path.lexists(path):
+            created.append(path)
+        try:
+            log.addHandler(LogFileHandler(path))
+        except ValueError as exc:
+            raise ValueError(f"{flag}: {exc}") from None
+    for handler in log.handlers:
         handler.setFormatter(fmt)
-        log.addHandler(handler)
 
 
 def close_logging() -> None:
@@ -137,6 +162,7 @@ class Trainer:
         self._created_dir: Optional[Path] = None
         self._lock: Optional[run_folder.RunLock] = None
         self._stops = StopSignals()
+        self._created_logs: list[Path] = []  # log files setup created in an existing folder
         try:
             self._setup(cfg)
         except BaseException:
@@ -160,24 +186,32 @@ class Trainer:
             self._setup_optimization()
 
     def _remove_created_dir(self) -> None:
-        """A run that never started leaves no output folder behind (only the folders it created itself)."""
-        if self._created_dir is None:
+        """A run that never started leaves no output folder behind (only the folders it created itself), and no
+        log file it created in a folder that existed."""
+        if self._created_dir is None and not self._created_logs:
             return
         if self.is_main:
             close_logging()
-        shutil.rmtree(self._created_dir, ignore_errors=True)
+        for path in self._created_logs:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._created_logs = []
+        if self._created_dir is not None:
+            shutil.rmtree(self._created_dir, ignore_errors=True)
         self._created_dir = None
 
     def _claim_output_dir(self, cfg: TrainConfig) -> None:
         """Create and lock the run folder and apply its one-run rule (mt_dnn/run_folder.py) before anything is
         written there. Only rank 0 writes into output_dir, so only it locks and cleans."""
         self.output_dir = Path(cfg.output_dir)
+        check_output_root(self.output_dir, "--output_dir", (cfg.data_dir, cfg.init_checkpoint))
+        check_machine_settings(cfg, self.env)  # refused before anything is created
         notes: list[str] = []
         if self.is_main:
             self._created_dir = create_output_dir(self.output_dir)
             self._lock, notes = run_folder.claim(self.output_dir, cfg.resume, cfg.overwrite,
                                                  lambda: bool(ckpt.resume_candidates(self.output_dir)))
-        setup_logging(self.output_dir, self.is_main, cfg.log_file)
+        setup_logging(self.output_dir, self.is_main, cfg.log_file, self._created_logs)
         for line in notes:
             log.info("%s", line)
 
@@ -418,7 +452,7 @@ class Trainer:
         if not (self.cfg.tensorboard and self.is_main):
             return None
         from torch.utils.tensorboard import SummaryWriter
-        return SummaryWriter(str(self.output_dir / "tensorboard"))
+        return SummaryWriter(str(refuse_symlink(self.output_dir / "tensorboard")))
 
     def _plan(self, epoch: int) -> list[tuple[int, list[int]]]:
         cfg = self.cfg
@@ -682,8 +716,7 @@ class Trainer:
             self.best_score = score
             self._save(self.output_dir / "best", {"metrics.json": jsonsafe.dumps(record, indent=2)})
         if self.is_main:
-            with (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
-                handle.write(jsonsafe.dumps(record) + "\n")
+            append_line(self.output_dir / "metrics.jsonl", jsonsafe.dumps(record) + "\n")
         return record
 
     def _predict(self, data: TaskData) -> SplitResult:

@@ -14,14 +14,17 @@ import argparse
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from data_utils.atomic import atomic_write  # noqa: E402
+from data_utils.safe_load import DataFileError, read_yaml  # noqa: E402
+
 SETTINGS_FILE = ROOT / "experiments" / "glue" / "paper_settings.yml"
 SCRIPTS_DIR = ROOT / "scripts"
 README = SCRIPTS_DIR / "README.md"
@@ -183,9 +186,9 @@ def parse_settings(data: Any, source: Path) -> PaperSettings:
 def load_settings(path: Optional[Path] = None) -> PaperSettings:
     path = SETTINGS_FILE if path is None else path
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        data = read_yaml(path)
+    except DataFileError as exc:
+        raise SettingsError(str(exc)) from None
     return parse_settings(data, path)
 
 
@@ -383,20 +386,6 @@ def stale(planned: dict[Path, str]) -> list[str]:
     return problems
 
 
-def write_atomic(path: Path, content: str, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(content)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, mode & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if any file is stale")
@@ -417,7 +406,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for path, content in planned.items():
         if not path.is_file() or path.read_text(encoding="utf-8") != content or (
                 path.suffix == ".sh" and not os.access(path, os.X_OK)):
-            write_atomic(path, content, 0o777 if path.suffix == ".sh" else 0o666)
+            with atomic_write(path, executable=path.suffix == ".sh") as handle:
+                handle.write(content)
             print(f"wrote {path.relative_to(ROOT)}")
     return 0
 

@@ -317,7 +317,7 @@ def test_bad_settings_name_the_field(edit, message, tmp_path):
 def test_bad_yaml_and_missing_markers(tmp_path):
     bad = tmp_path / "s.yml"
     bad.write_text("tasks: [rte\n")
-    with pytest.raises(gen.SettingsError, match=rf"^{re.escape(str(bad))}: not valid YAML"):
+    with pytest.raises(gen.SettingsError, match=rf"^{re.escape(str(bad))}:2: not valid YAML"):
         gen.load_settings(bad)
     with pytest.raises(gen.SettingsError, match="expected one '<!-- BEGIN generated"):
         gen.replace_generated("no markers here", "block", tmp_path / "x.md")

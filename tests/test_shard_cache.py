@@ -169,7 +169,8 @@ def test_bad_rows_give_the_same_file_line_error_through_the_cache(tmp_path, task
     first = GOOD if task != "pick" else format_line("0", 1, [[2, 5, 3]] * 3, [[0] * 3] * 3)
     if task == "score":
         first = format_line("0", 1.0, [2, 5, 3], [0] * 3)
-    (tmp_path / f"{task}_train.jsonl").write_text("\n".join([first, bad, first]) + "\n")
+    last = first.replace('"uid": "0"', '"uid": "2"')  # uids are unique: only the middle row is bad
+    (tmp_path / f"{task}_train.jsonl").write_text("\n".join([first, bad, last]) + "\n")
     limits = encoder_limits(tiny_bert_config(), "tiny-bert")
     errors = []
     for cache in (False, True, True):  # the second cached load reads the cache the first one built

@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from data_utils.atomic import atomic_write  # noqa: E402
+from data_utils.jsonsafe import none_to_nan  # noqa: E402
+from data_utils.safe_load import loads_json, read_json  # noqa: E402
+
 OPTIMIZERS = (  # (label, optimizer flags without the lr): Table 7-style settings, scaled to the demo
     ("Adamax", ["--optimizer", "adamax"]),
     ("Adamax-SAGE", ["--optimizer", "usadamax", "--beta3", "0.75"]),
@@ -77,10 +82,8 @@ def train(out_dir: Path, argv: list[str]) -> float:
 
 def write_json(path: Path, value: dict) -> None:
     """Temp file + rename: an interrupted demo never leaves a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    with atomic_write(path) as handle:
         json.dump(value, handle)
-    os.replace(tmp, path)
 
 
 def last_record(out_dir: Path) -> dict:
@@ -94,7 +97,7 @@ def last_record(out_dir: Path) -> dict:
         raise SystemExit(f"run_demo.py: {path}: no evaluation records")
     try:
         # train.py writes a NaN metric (Pearson of constant predictions) as null; read it back as nan
-        record = json.loads(lines[-1], object_hook=lambda d: {k: math.nan if v is None else v for k, v in d.items()})
+        record = none_to_nan(loads_json(lines[-1], path, len(lines)))
         float(record["glue_average"]), record["dev"]["vaderpol_dev"], record["dev"]["vaderval_dev"]
     except (ValueError, KeyError, TypeError):
         raise SystemExit(f"run_demo.py: {path}:{len(lines)}: not a dev record with glue_average, "
@@ -105,7 +108,7 @@ def last_record(out_dir: Path) -> dict:
 def read_run(out_root: Path, label: str, lr: str) -> Run:
     folder = out_root / run_name(label, lr)
     info = folder / RUN_INFO
-    seconds = json.loads(info.read_text(encoding="utf-8"))["seconds"] if info.is_file() else None
+    seconds = read_json(info)["seconds"] if info.is_file() else None
     return Run(label, lr, last_record(folder), seconds)
 
 

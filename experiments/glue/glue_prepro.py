@@ -18,7 +18,6 @@ exports in ``MNLI/hf_datasets_format/`` when the official ``dev_*.tsv`` files ar
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from data_utils.task_def import TaskDef, TaskDefError, load_task_defs  # noqa: E402
+from data_utils.safe_load import DataFileError, loads_json  # noqa: E402
 from data_utils.tsv import TsvError, iter_tsv, read_lines, write_tsv  # noqa: E402
 
 Col = Union[str, int]  # a header name, or a position in a headerless file
@@ -204,9 +204,9 @@ def jsonl_rows(td: TaskDef, path: Path, raw: RawFile) -> Iterator[Union[list[str
     for data_row, line in enumerate(read_lines(path)):
         ln = data_row + 1
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield BadRow(f"{path}:{ln}: not valid JSON ({exc.msg})")
+            obj = loads_json(line, path, ln)
+        except DataFileError as exc:
+            yield BadRow(str(exc))
             continue
         missing = [k for k in pos.values() if k is not None and not isinstance((obj or {}).get(k), str)] \
             if isinstance(obj, dict) else ["an object"]

@@ -22,7 +22,6 @@ with ``sweep.py run --tasks``), so a study of several days can be finished and c
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -34,6 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from data_utils.atomic import atomic_write  # noqa: E402
+from data_utils.safe_load import read_json, read_yaml  # noqa: E402
 from experiments.sweep.spec import SpecError, SweepSpec, fmt, load_spec, parse_spec  # noqa: E402
 
 N_FINAL_SEEDS = 5
@@ -45,7 +45,7 @@ def chosen_settings(spec: SweepSpec, report_path: Path,
     only, if given)."""
     tasks = list(spec.tasks if tasks is None else tasks)
     try:
-        configs = json.loads(report_path.read_text(encoding="utf-8"))["configs"]
+        configs = read_json(report_path)["configs"]
     except FileNotFoundError:
         raise ValueError(f"{report_path}: no report (python sweep.py report {spec.source})") from None
     except (ValueError, KeyError, TypeError):
@@ -117,7 +117,7 @@ def write_final_specs(select_path: Path, seeds: list[int] | None = None, out_dir
     reused = sorted(set(seeds) & set(spec.seeds))
     if reused:
         raise ValueError(f"--seeds: {reused} already chose the settings; the final seeds must be fresh")
-    raw = yaml.safe_load(select_path.read_text(encoding="utf-8"))
+    raw = read_yaml(select_path)  # load_spec above read the same text within the same bounds
     chosen = chosen_settings(spec, spec.results_dir / f"{spec.name}.json", tasks)
     edges = [] if allow_edge else edge_choices(spec, chosen)
     if edges:

@@ -15,13 +15,13 @@ ties; the metrics reported for it are that epoch's, so Acc and F1 always come fr
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from data_utils.jsonsafe import none_to_nan
+from data_utils.safe_load import loads_json, read_json
 from experiments.sweep.runner import DONE, flags_digest, folder_flags, run_dir
 from experiments.sweep.spec import RunSpec, SweepSpec, train_argv
 
@@ -50,7 +50,7 @@ def read_metrics(path: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = loads_json(line, path, number)
             # train.py writes a NaN metric (Pearson of constant predictions) as null: read it back as NaN
             dev, score = none_to_nan(record["dev"]), float(none_to_nan(record["glue_average"]))
             epoch = int(record["epoch"])
@@ -78,7 +78,7 @@ def read_run(spec: SweepSpec, run: RunSpec) -> Optional[RunResult]:
     best = max(records, key=lambda r: _rank(r["score"]))  # max keeps the first of equal scores
     last = records[-1]
     try:
-        seconds = float(json.loads(done.read_text(encoding="utf-8"))["seconds"])
+        seconds = float(read_json(done)["seconds"])
     except (ValueError, KeyError, TypeError):
         seconds = None
     return RunResult(run, folder, len(records), best["epoch"], best["score"], best["dev"], last["score"],

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Collection, Optional, Sequence
 
 from data_utils.atomic import atomic_write
+from data_utils.safe_load import read_json
 from experiments.sweep.spec import RunSpec, SweepSpec, train_argv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,7 +124,7 @@ def _acquire(folder: Path) -> bool:
 
 def _recorded_argv(info: Path) -> list[str]:
     """The train.py flags a run folder's ``sweep_run.json`` holds (as ``write_run_info`` wrote them)."""
-    return json.loads(info.read_text(encoding="utf-8"))["train_argv"]
+    return read_json(info)["train_argv"]
 
 
 def _check_same_flags(info: Path, argv: list[str]) -> None:

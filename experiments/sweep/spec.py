@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from data_utils.task_def import load_task_defs
+from data_utils.safe_load import DataFileError, parse_yaml, read_text
 from module.bert_optim import OPTIMIZERS
 from mt_dnn.config import TrainConfig
 
@@ -106,7 +107,7 @@ class SweepSpec:
 
 
 # ---------------------------------------------------------------------------------------------- YAML lines
-def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+def _key_lines(root: Optional[yaml.Node]) -> dict[tuple[str, ...], int]:
     """1-based line of every mapping key, by its path (('optimizers', 'usadamax', 'beta3') -> 7)."""
     lines: dict[tuple[str, ...], int] = {}
 
@@ -117,10 +118,7 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
                 lines[sub] = key.start_mark.line + 1
                 walk(value, sub)
 
-    try:
-        walk(yaml.compose(text, Loader=yaml.SafeLoader), ())
-    except yaml.YAMLError:
-        pass  # the safe_load below reports the syntax error itself
+    walk(root, ())
     return lines
 
 
@@ -267,13 +265,11 @@ def _compare(chk: _Checker, raw: dict, names: list[str]) -> Optional[tuple[str, 
 
 def parse_spec(text: str, source: str = "<spec>") -> SweepSpec:
     """Check every field and build the spec; raises :class:`SpecError` with one line naming file and field."""
-    chk = _Checker(source, _key_lines(text))
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise SpecError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+        document = parse_yaml(text, source)  # bounded: aliases, depth, sizes
+    except DataFileError as exc:
+        raise SpecError(str(exc)) from None
+    chk, raw = _Checker(source, _key_lines(document.root)), document.data
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: expected a mapping of sweep fields ({', '.join(TOP_FIELDS)})")
     unknown = sorted(set(map(str, raw)) - set(TOP_FIELDS))
@@ -319,11 +315,11 @@ def _tasks(chk: _Checker, value: Any, task_def: str) -> tuple[str, ...]:
 def load_spec(path: str | Path) -> SweepSpec:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, "sweep spec")
     except FileNotFoundError:
         raise SpecError(f"{path}: no such spec file") from None
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except DataFileError as exc:
+        raise SpecError(str(exc)) from None
     return parse_spec(text, str(path))
 
 

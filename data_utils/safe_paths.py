@@ -1,0 +1,123 @@
+"""Where the project writes: names derived from user input stay single names, output folders are never system
+or source folders, and output files are never opened through a symbolic link.
+
+A model name ``..`` once made prepro_std.py write shards into the parent of ``--root_dir``; a ``train.log``
+symlink planted in a run folder made every run (as root: any file) append to its target; ``--output_dir /`` was
+accepted. Each writer asks these helpers instead of checking (or not) on its own.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+from pathlib import Path
+from typing import IO, Iterable, Optional, Union
+
+_SEPARATORS = ("/", "\\", "\0")
+#: Top-level folders of a Linux system (FHS): writing a run directly into one mixes it with the system's files.
+SYSTEM_FOLDERS = ("/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt", "/opt",
+                  "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def plain_name(value: str, what: str) -> str:
+    """``value`` if it can name one file or folder inside another (no separator, not ``.``/``..``, not empty);
+    otherwise a ValueError naming ``what`` (the flag or field it came from)."""
+    text = str(value)
+    if text.strip() in ("", ".", "..") or any(sep in text for sep in _SEPARATORS):
+        raise ValueError(f"{what}: {text!r} cannot name a folder or file (it must be one plain name: no '/' or "
+                         "'\\', not '.' or '..')")
+    return text
+
+
+def _resolved(path: Union[str, Path]) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(str(path)))).resolve()
+
+
+def _within(outer: Path, inner: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def _wrong_root(where: Path, inputs: Iterable[Union[str, Path, None]]) -> Optional[str]:
+    if where == Path(where.anchor):
+        return "the filesystem root"
+    if where == _resolved(Path.home()):
+        return "the home folder"
+    if str(where) in SYSTEM_FOLDERS:
+        return "a top-level system folder"
+    if where in _resolved(Path.cwd()).parents:
+        return "a folder above the current directory"
+    for name, inner in (("this project's source", PROJECT_ROOT), *((f"the input {p}", p) for p in inputs if p)):
+        if os.path.exists(os.path.expanduser(str(inner))) and _within(where, _resolved(inner)):
+            return name if where == _resolved(inner) else f"a folder holding {name}"
+    return None
+
+
+def check_output_root(path: Union[str, Path], flag: str, inputs: Iterable[Union[str, Path, None]] = ()) -> Path:
+    """Refuse an output folder that is obviously the wrong place: the filesystem root, a top-level system folder,
+    the home folder, a folder above the current directory, or a folder holding this project's source or one of
+    ``inputs`` (the data or checkpoints the command reads). Outputs would mix with what is there, and replacing
+    an earlier output (``--overwrite``) removes it."""
+    where = _resolved(path)
+    why = _wrong_root(where, inputs)
+    if why is not None:
+        raise ValueError(f"{flag} {path}: refusing to write into {why}; name a folder of its own")
+    return where
+
+
+# ---------------------------------------------------------------------------------------------- opening files
+def _open_fd(path: Union[str, Path], append: bool) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags |= os.O_APPEND if append else os.O_TRUNC
+    try:
+        return os.open(path, flags, 0o666)  # the umask applies, as with open()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or Path(path).is_symlink():
+            raise ValueError(f"{path}: is a symbolic link; output files are never written through a link "
+                             "(remove it)") from None
+        if exc.errno == errno.EISDIR:
+            raise ValueError(f"{path}: is a folder; name a file") from None
+        raise
+
+
+def open_output(path: Union[str, Path], mode: str = "a", encoding: Optional[str] = "utf-8") -> IO:
+    """``open(path, mode)`` for writing ('w' or 'a', text or binary) that refuses to follow a symbolic link at
+    ``path`` (O_NOFOLLOW): a link planted there would make the run write into whatever file it points to."""
+    fd = _open_fd(path, append="a" in mode)
+    return os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding}))
+
+
+def append_line(path: Union[str, Path], text: str) -> None:
+    """Append ``text`` (one whole record) to ``path``, never through a symbolic link; if the write fails (a full
+    disk), the file is cut back to its previous length, so it never ends in half a record."""
+    fd = _open_fd(path, append=True)
+    try:
+        start = os.fstat(fd).st_size
+        data = memoryview(text.encode("utf-8"))
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
+
+
+def refuse_symlink(path: Union[str, Path]) -> Path:
+    """``path`` (a folder a library creates files in, such as TensorBoard's) unless it is a symbolic link."""
+    if Path(path).is_symlink():
+        raise ValueError(f"{path}: is a symbolic link; output is never written through a link (remove it)")
+    return Path(path)
+
+
+class LogFileHandler(logging.FileHandler):
+    """``logging.FileHandler`` (append) whose file is opened by :func:`open_output`: never through a link."""
+
+    def __init__(self, path: Union[str, Path]):
+        super().__init__(path, mode="a", encoding="utf-8")
+
+    def _open(self):
+        return open_output(self.baseFilename, self.mode, self.encoding)
