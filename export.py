@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     try:
         summary = export(args.checkpoint, args.out, args.task, args.tokenizer, args.overwrite,
                          report=lambda line: print(f"export.py: {line}", file=sys.stderr))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"export.py: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))

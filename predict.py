@@ -33,13 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> dict:
+    from data_utils.metrics import check_scorable
     from data_utils.shard_checks import encoder_limits
+    from data_utils.shards import find_shard
     from mt_dnn.batcher import load_split
     from mt_dnn.evaluate import predict_split, write_scores, write_submission
     from mt_dnn.restore import restore
     from mt_dnn.trainer import pick_device
 
+    from data_utils.safe_paths import check_output_root, plain_name
     folder = Path(args.checkpoint)
+    plain_name(args.tag, "--tag")  # it names the output files
+    if args.output_dir is not None:
+        check_output_root(args.output_dir, "--output_dir", (args.data_dir,))
     restored = restore(folder, args.task_def)
     cfg, task_defs, model = restored.cfg, restored.task_defs, restored.model
     if args.task not in task_defs:
@@ -52,6 +58,8 @@ def run(args) -> dict:
     limits = encoder_limits(model.encoder.config, cfg.init_checkpoint)
     data = load_split(args.data_dir or cfg.data_dir, td, args.split, args.max_seq_len or cfg.max_seq_len,
                       encoder=limits, cache=cfg.shard_cache)
+    if td.has_labels(args.split) and not td.token_level:
+        check_scorable(td, data.labels, str(find_shard(args.data_dir or cfg.data_dir, td.name, args.split)))
     result = predict_split(model, data, args.batch_size, device, restored.pad_id)
     out_dir = Path(args.output_dir or folder)
     scores = write_scores(result, out_dir, args.tag)
@@ -69,7 +77,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = run(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"predict.py: error: {exc}", file=sys.stderr)
         return 2
     print(jsonsafe.dumps(summary, indent=2))

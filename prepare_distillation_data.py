@@ -78,6 +78,7 @@ def write_soft_shard(path: Path, records: list[dict], soft: list) -> None:
 
 
 def run(args) -> list[Path]:
+    from data_utils.safe_paths import check_output_root, plain_name
     from data_utils.shards import find_shard
     from mt_dnn.restore import restore
     from mt_dnn.trainer import pick_device
@@ -88,6 +89,10 @@ def run(args) -> list[Path]:
     data_dir, out = Path(args.data_dir), Path(args.output_dir)
     if out.resolve() == data_dir.resolve():
         raise ValueError("--output_dir: must differ from --data_dir (the shards there are the input)")
+    check_output_root(out, "--output_dir", (data_dir, *args.runs))
+    for task in tasks:  # each names an output shard
+        plain_name(task, "--tasks")
+    plain_name(args.split, "--split")
     teachers = [restore(_checkpoint(Path(r))) for r in args.runs]
     for t in teachers:
         t.model.eval()
@@ -111,7 +116,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         written = run(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"prepare_distillation_data.py: error: {exc}", file=sys.stderr)
         return 2
     for path in written:

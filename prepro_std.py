@@ -233,7 +233,7 @@ def token_level_lines(path: Path, td: TaskDef, split: str, spec: EncodeSpec) -> 
                             str(path), for_eval=td.split_role(split) != "train")
     tok.enable_truncation(max_length=spec.max_seq_len, strategy="longest_first", direction="right")
     sentences = read_conll(path, labelled, td.labels)
-    return encode_conll(tok, sentences, {t: i for i, t in enumerate(td.labels)}, spec.type_ids)
+    return encode_conll(tok, sentences, {t: i for i, t in enumerate(td.labels)}, spec.type_ids, str(path))
 
 
 def run(cfg: PreproConfig, log=print) -> list[ShardResult]:
@@ -326,7 +326,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = PreproConfig(**{**vars(args), "tasks": task_names(args.tasks)})
     try:
         run(cfg)
-    except (PreproError, TaskDefError, TsvError, SquadError, ConllError) as exc:
+    except (PreproError, TaskDefError, TsvError, SquadError, ConllError, OSError) as exc:  # OSError: a full disk
         print(f"prepro_std.py: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # the shard being written is discarded (a temp file); the finished ones stay

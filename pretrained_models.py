@@ -9,7 +9,11 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from data_utils.safe_load import read_json
+
 DEFAULT_ENCODER = "minilm-l6"
+#: The weights files from_pretrained reads, in the order it tries them.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 # MT-DNN's EncoderModelType values -> HF `model_type` strings accepted for them. MT-DNN's 2 (RobertaModel) loads an
 # XLM-R checkpoint as the same network, so 2 accepts it too; 5 (XLMRobertaModel) names XLM-R itself.
@@ -116,10 +120,45 @@ def _unloadable(name_or_path: str, flag: str, exc: BaseException) -> ValueError:
 
 def load_config(name_or_path: str, flag: str = "encoder"):
     from transformers import AutoConfig
+    source = resolve(name_or_path)
     try:
-        return AutoConfig.from_pretrained(resolve(name_or_path))
+        if os.path.isfile(os.path.join(source, "config.json")):  # read within the project's JSON bounds first
+            read_json(os.path.join(source, "config.json"))
+        return AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
         raise _unloadable(name_or_path, flag, exc) from None
+
+
+def config_from_file(path):
+    """An encoder config saved as one JSON file (a checkpoint's encoder_config.json), read within the project's
+    JSON bounds; a damaged one is one line naming it."""
+    from transformers import AutoConfig
+    try:
+        read_json(path)
+        return AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(first if first.startswith(str(path)) else f"{path}: not an encoder config ({first[:160]})") \
+            from None
+
+
+#: Model types whose summary token is not the first one: MTDNNModel pools the first token, so their heads would
+#: read a word. XLNet puts <cls> last (and cutting a long sequence keeps <cls> but drops the <sep> before it).
+LAST_TOKEN_SUMMARY = ("xlnet",)
+
+
+def check_supported(config, where: str) -> None:
+    if getattr(config, "model_type", None) in LAST_TOKEN_SUMMARY:
+        raise ValueError(f"{where}: {config.model_type} encoders summarise a sequence in its last token, and this "
+                         "project's heads read the first ([CLS]) token; not supported here")
+
+
+def _load_failure(exc: BaseException) -> str:
+    """The informative line of a loader's error (torch's weights-only refusals run to 40 lines)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    why = next((ln for ln in lines if ln.startswith(("Unsupported", "Can only", "Trying", "Error while",
+                                                     "invalid load key"))), lines[0])
+    return f"{type(exc).__name__}: {why[:160]}"
 
 
 def load_tokenizer(name_or_path: str):
@@ -136,11 +175,15 @@ def load_encoder(name_or_path: str, encoder_type: Optional[int] = None, config=N
     from transformers import AutoModel
     if config is not None:
         check_encoder_type(config, encoder_type)
+        check_supported(config, f"--init_checkpoint {name_or_path}")
         return AutoModel.from_config(config)
     cfg = load_config(name_or_path, "--init_checkpoint")
     check_encoder_type(cfg, encoder_type)
+    check_supported(cfg, f"--init_checkpoint {name_or_path}")
     try:
         return AutoModel.from_pretrained(resolve(name_or_path), config=cfg)
-    except OSError as exc:  # a config without weights next to it, a damaged weights file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(f"--init_checkpoint {name_or_path}: cannot load the encoder weights ({first[:160]})") from None
+    except Exception as exc:  # noqa: BLE001 - no weights, damaged weights (unpickling, safetensors, zip errors)
+        files = [f for f in WEIGHT_FILES if os.path.isfile(os.path.join(resolve(name_or_path), f))]
+        where = os.path.join(name_or_path, files[0]) if files else name_or_path
+        raise ValueError(f"--init_checkpoint {name_or_path}: cannot load the encoder weights from {where} "
+                         f"({_load_failure(exc)})") from None

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
             with dist_utils.agree_on_errors(env):
                 cfg = parse_args(argv)
             Trainer(cfg, env).fit()
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # OSError: a full disk (WriteError), an unreadable file
         # a RankError is raised on every rank: report it from rank 0 and from the rank that saw the problem
         if env is None or env.is_main or getattr(exc, "origin", env.rank) == env.rank:
             print(f"train.py: error: {exc}", file=sys.stderr)

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import IO, Iterator, Union
 
+from data_utils.safe_paths import write_failure
+
 TEMP_TAG = "sage-tmp"
 TEMP_SUFFIX = ".tmp"
 OTHER_HOST_AGE_S = 24 * 3600  # a temp written from another host (shared filesystem) counts as stale after this
@@ -87,10 +89,13 @@ def atomic_write(path: Union[str, Path], mode: str = "w", encoding: str = "utf-8
             yield handle
         os.chmod(tmp, (0o777 if executable else 0o666) & ~current_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+        failure = write_failure(exc, path)  # a full disk: one line naming the file, not a traceback
+        if failure is exc:
+            raise
+        raise failure from None
 
 
 @contextlib.contextmanager
@@ -112,9 +117,12 @@ def atomic_folder(path: Union[str, Path], overwrite: bool = False) -> Iterator[P
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        failure = write_failure(exc, path)
+        if failure is exc:
+            raise
+        raise failure from None
 
 
 def _pid_alive(pid: int) -> bool:

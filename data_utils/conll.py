@@ -65,7 +65,8 @@ def read_conll(path, labelled: bool, tags: Sequence[str]) -> list[Sentence]:
     return sentences
 
 
-def encode_conll(tok, sentences: Sequence[Sentence], tag_ids: dict[str, int], type_ids: bool) -> list[str]:
+def encode_conll(tok, sentences: Sequence[Sentence], tag_ids: dict[str, int], type_ids: bool,
+                 path: str = "<conll>") -> list[str]:
     """Shard lines (newline-terminated), one per sentence; ``tok`` truncates to the shard's max length."""
     encs = tok.encode_batch([list(s.words) for s in sentences], is_pretokenized=True)
     lines = []
@@ -74,11 +75,23 @@ def encode_conll(tok, sentences: Sequence[Sentence], tag_ids: dict[str, int], ty
         for pos, word in enumerate(enc.word_ids):
             if word is not None and start[word] == -1:
                 start[word] = pos
+        _check_tagged_words_have_tokens(s, start, bool(enc.overflowing), path)
         row = {"uid": str(s.line), "label": 0, "token_id": enc.ids,
                "type_id": enc.type_ids if type_ids else [0] * len(enc.ids), "words": list(s.words),
                "tags": [tag_ids[t] for t in s.tags], "word_start": start}
         lines.append(json.dumps(row) + "\n")
     return lines
+
+
+def _check_tagged_words_have_tokens(s: Sentence, start: list[int], truncated: bool, path: str) -> None:
+    """A word the tokenizer turns into nothing (a zero-width or control character) has no sub-token to carry its
+    tag: an entity tag there would silently be neither learned nor predicted. Words after a --max_seq_len cut
+    are the documented exception (predicted O); an O-tagged empty word loses nothing."""
+    last = max((j for j, pos in enumerate(start) if pos >= 0), default=-1)
+    for j, pos in enumerate(start):
+        if pos < 0 and (j < last or not truncated) and s.tags and s.tags[j] != "O":
+            raise ConllError(f"{path}:{s.line + j}: word {s.words[j]!r} is no token at all for this tokenizer, so "
+                             f"its tag {s.tags[j]} could be neither learned nor predicted; replace or remove the word")
 
 
 def entity_tag(tag: str) -> str:

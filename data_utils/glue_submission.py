@@ -9,6 +9,7 @@ N the official test size) and copied under the benchmark's file name; the folder
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 from data_utils.atomic import atomic_folder, atomic_write, clean_stale_temps
-from data_utils.safe_load import DataFileError, read_json
+from data_utils.safe_load import DataFileError, read_json, read_text
+from data_utils.safe_paths import check_output_root, plain_name
 
 HEADER = "index\tprediction"
+_INDEX = re.compile(r"[0-9]+\Z")  # ASCII digits only: str.isdigit() also takes '٣' and '²'
 SUFFIX = "_submission_"
 _BINARY = ("0", "1")
 _NLI3 = ("entailment", "neutral", "contradiction")
@@ -131,7 +134,10 @@ def _check_value(spec: GlueFile, value: str, where: str) -> None:
 def check_file(path: Path, spec: GlueFile, rows: Optional[int] = None) -> int:
     """Validate one submission TSV against its benchmark file; returns its row count."""
     rows = spec.rows if rows is None else rows
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = read_text(path, "submission file").splitlines()
+    except DataFileError as exc:  # not UTF-8 (named by line), a folder
+        raise SubmissionError(str(exc)) from None
     if not lines or lines[0] != HEADER:
         raise SubmissionError(f"{path}:1: header must be {HEADER!r} for {spec.name}, got {lines[0] if lines else ''!r}")
     seen: set[int] = set()
@@ -140,7 +146,7 @@ def check_file(path: Path, spec: GlueFile, rows: Optional[int] = None) -> int:
         where = f"{path}:{number}"
         if len(fields) != 2:
             raise SubmissionError(f"{where}: expected 2 tab-separated fields, got {len(fields)}")
-        if not fields[0].isdigit() or int(fields[0]) >= rows or int(fields[0]) in seen:
+        if not _INDEX.match(fields[0]) or int(fields[0]) >= rows or int(fields[0]) in seen:
             raise SubmissionError(f"{where}: index {fields[0]!r} is not a new test index in 0..{rows - 1}")
         seen.add(int(fields[0]))
         _check_value(spec, fields[1], where)
@@ -158,6 +164,9 @@ def assemble(inputs: Sequence[Path], out: Path, tag: Optional[str] = None, overw
     What a killed run of this left beside ``out`` goes first, as train.py does in its run folder: a previous
     ``out`` parked during a replace comes back, dead writers' temps are removed (each step is ``report``ed)."""
     out = Path(out)
+    check_output_root(out, "--out", inputs)  # --overwrite replaces the folder: never /, ~, an input
+    if tag is not None:
+        plain_name(tag, "--tag")  # it names the files to collect
     for what in clean_stale_temps(out.parent):
         report(f"{out.parent}: {what} (left by an interrupted run)")
     if out.exists() and not overwrite:

@@ -77,6 +77,25 @@ SPLIT_METRICS: dict[str, Callable] = {
 }
 
 
+#: Labelled rows a split needs before a metric is defined (scipy refuses a correlation of fewer than 2 points);
+#: AUC also needs every class among the gold labels (sklearn refuses it otherwise).
+MIN_ROWS = {"Pearson": 2, "Spearman": 2, "AUC": 2}
+
+
+def check_scorable(task_def, golds, where: str) -> None:
+    """Refuse, before any training, a labelled split that the task's metrics cannot score: ``where`` names the
+    split's file (and what limited its rows, if anything did)."""
+    n = len(golds)
+    for name in task_def.metric_meta:
+        need = MIN_ROWS.get(name, 1)
+        if n < need:
+            raise ValueError(f"{where}: {n} labelled row(s), but metric {name} of task {task_def.name} needs at "
+                             f"least {need}")
+        if name == "AUC" and len(set(np.asarray(golds).tolist())) < task_def.n_class:
+            raise ValueError(f"{where}: metric AUC of task {task_def.name} needs every one of its {task_def.n_class} "
+                             "classes among the gold labels")
+
+
 def get_metric(name: str) -> MetricFn:
     """The metric function for a YAML name; unknown names fail with the list of known ones."""
     try:

@@ -11,6 +11,8 @@ import contextlib
 import errno
 import logging
 import os
+import re
+import sys
 from pathlib import Path
 from typing import IO, Iterable, Optional, Union
 
@@ -66,6 +68,35 @@ def check_output_root(path: Union[str, Path], flag: str, inputs: Iterable[Union[
     return where
 
 
+# ---------------------------------------------------------------------------------------------- write failures
+#: errno values that mean a write itself failed: no space, quota, file too large (RLIMIT_FSIZE), read-only, I/O
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
+class WriteError(OSError):
+    """Writing ``path`` failed (a full disk, ...); the writer removed its temp or cut its append back first."""
+
+    def __init__(self, path: Union[str, Path], why: str):
+        super().__init__(f"{path}: cannot write ({why}); nothing half-written was left")
+        self.path = str(path)
+
+
+def write_failure(exc: BaseException, path: Union[str, Path]) -> BaseException:
+    """``exc`` as a one-line :class:`WriteError` naming ``path`` when it means the write itself failed (also
+    safetensors' and torch.save's renderings of a full disk), else ``exc`` unchanged."""
+    text = str(exc)
+    if isinstance(exc, WriteError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+        return WriteError(path, exc.strerror or text)
+    found = re.search(r"os error (\d+)|code: (\d+)", text) if type(exc).__name__ == "SafetensorError" else None
+    if found and int(found.group(1) or found.group(2)) in WRITE_ERRNOS:
+        return WriteError(path, os.strerror(int(found.group(1) or found.group(2))))
+    if isinstance(exc, RuntimeError) and "PytorchStreamWriter failed writing" in text:
+        return WriteError(path, "file write failed")
+    return exc
+
+
 # ---------------------------------------------------------------------------------------------- opening files
 def _open_fd(path: Union[str, Path], append: bool) -> int:
     flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -98,10 +129,13 @@ def append_line(path: Union[str, Path], text: str) -> None:
         try:
             while data:
                 data = data[os.write(fd, data):]
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, start)
-            raise
+            failure = write_failure(exc, path)
+            if failure is exc:
+                raise
+            raise failure from None
     finally:
         os.close(fd)
 
@@ -114,10 +148,22 @@ def refuse_symlink(path: Union[str, Path]) -> Path:
 
 
 class LogFileHandler(logging.FileHandler):
-    """``logging.FileHandler`` (append) whose file is opened by :func:`open_output`: never through a link."""
+    """``logging.FileHandler`` (append) whose file is opened by :func:`open_output`: never through a link. A
+    write that fails (a full disk) is reported once, in one line, and that file's log stops there, instead of
+    a traceback on every later log line."""
 
     def __init__(self, path: Union[str, Path]):
+        self.failed = False
         super().__init__(path, mode="a", encoding="utf-8")
 
     def _open(self):
         return open_output(self.baseFilename, self.mode, self.encoding)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failed = True
+        sys.stderr.write(f"warning: {self.baseFilename}: cannot write the log ({sys.exc_info()[1]}); it stops "
+                         "here\n")

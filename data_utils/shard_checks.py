@@ -35,7 +35,7 @@ class EncoderLimits:
 def encoder_positions(config) -> Optional[int]:
     """Usable sequence length of an HF config (None when it has no absolute position embeddings)."""
     positions = getattr(config, "max_position_embeddings", None)
-    if positions is None:
+    if not isinstance(positions, int) or positions <= 0:  # XLNet reports -1: relative positions only
         return None
     if getattr(config, "model_type", "") in OFFSET_POSITION_TYPES:
         positions -= (getattr(config, "pad_token_id", 1) or 0) + 1

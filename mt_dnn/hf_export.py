@@ -21,6 +21,7 @@ import torch
 
 import pretrained_models
 from data_utils.atomic import atomic_folder, clean_stale_temps
+from data_utils.safe_paths import check_output_root
 from data_utils.task_def import TaskType
 from module.heads import ClassificationHead, ScoreHead
 from mt_dnn import checkpoint as ckpt
@@ -213,6 +214,7 @@ def export(checkpoint: Path, out: Path, task: Optional[str] = None, tokenizer: O
     parked during a replace comes back, dead writers' temp folders are removed (each step is ``report``ed)."""
     from mt_dnn.restore import restore
     checkpoint, out = Path(checkpoint), Path(out)
+    check_output_root(out, "--out", (checkpoint,))  # --overwrite replaces the folder: never /, ~, the run
     for what in clean_stale_temps(out.parent):
         report(f"{out.parent}: {what} (left by an interrupted run)")
     if out.exists() and not overwrite:

@@ -249,13 +249,23 @@ def set_encoder_dropout(encoder: nn.Module, p: float) -> None:
 
 def keep_first_layers(encoder: nn.Module, n: int) -> None:
     """MT-DNN's --num_hidden_layers: drop the encoder's transformer layers after the first ``n`` (the largest
-    ModuleList holds them); the config is updated so a saved checkpoint rebuilds the shorter encoder."""
+    ModuleList holds them); the config is updated so a saved checkpoint rebuilds the shorter encoder.
+
+    ALBERT runs one shared layer ``num_hidden_layers`` times (its ModuleList holds one layer group): there the
+    first ``n`` layers are the first ``n`` repetitions, which its forward takes from the config."""
     lists = [m for m in encoder.modules() if isinstance(m, nn.ModuleList)]
     layers = max(lists, key=len) if lists else None
-    if layers is None or n > len(layers):
-        have = 0 if layers is None else len(layers)
+    depth = getattr(encoder.config, "num_hidden_layers", None)
+    have = depth if isinstance(depth, int) and depth > 0 else 0 if layers is None else len(layers)
+    if n > have:
         raise ValueError(f"--num_hidden_layers: the encoder has {have} layers, cannot keep {n}")
-    del layers[n:]
+    groups = getattr(encoder.config, "num_hidden_groups", None)
+    if layers is not None and len(layers) < have:  # layers share weights (ALBERT)
+        if groups != 1 and n < have:
+            raise ValueError(f"--num_hidden_layers: the encoder's {have} layers share {groups} weight groups; "
+                             f"keeping {n} would regroup them, so only the whole encoder (-1) is supported")
+    elif layers is not None:
+        del layers[n:]
     encoder.config.num_hidden_layers = n
 
 

@@ -38,14 +38,13 @@ class Restored:
 
 def restore(folder: Path, task_def: Optional[str] = None) -> Restored:
     """The model saved in ``folder`` (a ``best/`` or ``step-N/`` folder written by train.py)."""
-    from transformers import AutoConfig
     folder = Path(folder)
     cfg = load_config(folder / ckpt.CONFIG)
     task_def_path = task_def or cfg.task_def
     names = list(dict.fromkeys(cfg.train_datasets + [dataset_task(d) for d in cfg.test_datasets]))
     task_defs = select_tasks(load_task_defs(task_def_path), names, source=task_def_path)
     saved = folder / ckpt.ENCODER_CONFIG
-    config = (AutoConfig.from_pretrained(str(saved)) if saved.is_file()
+    config = (pretrained_models.config_from_file(saved) if saved.is_file()
               else pretrained_models.load_config(cfg.init_checkpoint))
     encoder = pretrained_models.load_encoder(cfg.init_checkpoint, cfg.encoder_type, config=config)
     model = build_model(encoder, task_defs, cfg)

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from data_utils import jsonsafe, shard_fingerprint
-from data_utils.metrics import glue_average
+from data_utils.metrics import check_scorable, glue_average
 from data_utils.resources import check_parallelism
 from data_utils.safe_paths import LogFileHandler, append_line, check_output_root, refuse_symlink
 from data_utils.shard_checks import EncoderLimits, encoder_limits
@@ -386,6 +386,9 @@ class Trainer:
                     continue
                 sets.append(load_split(self.cfg.data_dir, td, split, self.cfg.max_seq_len,
                                        self.cfg.max_eval_samples, limits, cache=self.cfg.shard_cache))
+                if td.has_labels(split) and not td.token_level:  # found now, not after the first epoch
+                    limited = f" (--max_eval_samples {self.cfg.max_eval_samples})" if self.cfg.max_eval_samples else ""
+                    check_scorable(td, sets[-1].labels, f"{path}{limited}")
         return sets
 
     def _parallelize(self) -> torch.nn.Module:

@@ -23,6 +23,7 @@ heads loaded (and from where), which are fresh, and which the checkpoint had tha
 """
 from __future__ import annotations
 
+import codecs
 import pickle
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -72,11 +73,10 @@ def checkpoint_kind(path: str) -> str:
 # ---------------------------------------------------------------------------------------------- our runs
 def run_encoder_config(folder: Path):
     """The encoder architecture of one of our checkpoints (older ones: that of the run's own init_checkpoint)."""
-    from transformers import AutoConfig
     from mt_dnn.config import load_config
     saved = Path(folder) / ckpt.ENCODER_CONFIG
     if saved.is_file():
-        return AutoConfig.from_pretrained(str(saved))
+        return pretrained_models.config_from_file(saved)
     origin = load_config(Path(folder) / ckpt.CONFIG).init_checkpoint
     if checkpoint_kind(origin) != "encoder":
         raise FileNotFoundError(f"{saved}: missing, and the run started from {origin}, not from an encoder")
@@ -154,7 +154,33 @@ def _stand_ins(path: Path) -> list[tuple[type, str]]:
     return out
 
 
+# torch.save's two layouts: a zip archive holding <name>/data.pkl, or (legacy) pickles that start with this
+# protocol-2 pickle of torch's magic number.
+_LEGACY_TORCH_START = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def check_torch_file(path: Path) -> None:
+    """Refuse a file torch.save did not write (a text file, random bytes) before the unpickler meets it."""
+    import zipfile
+    with open(path, "rb") as handle:
+        start = handle.read(4096)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(n.endswith("data.pkl") for n in archive.namelist()):
+                return
+        raise ValueError(f"--init_checkpoint {path}: a zip archive, but not one torch.save wrote (no data.pkl)")
+    if start.startswith(_LEGACY_TORCH_START):
+        return
+    try:
+        text = bool(start) and b"\0" not in start and codecs.getincrementaldecoder("utf-8")().decode(start) != ""
+    except UnicodeDecodeError:
+        text = False
+    raise ValueError(f"--init_checkpoint {path}: expected an MT-DNN .pt checkpoint (a file torch.save wrote); this "
+                     f"is {'a text file' if text else 'neither a torch zip archive nor a torch pickle'}")
+
+
 def _torch_load(path: Path) -> Any:
+    check_torch_file(path)
     try:
         with torch.serialization.safe_globals(_stand_ins(path)):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -163,8 +189,9 @@ def _torch_load(path: Path) -> Any:
         why = next((ln for ln in lines if ln.startswith(("Unsupported", "Can only", "Trying"))),
                    lines[0] if lines else "")
         raise ValueError(f"{path}: not a checkpoint torch.load(weights_only=True) can read ({why})") from None
-    except (RuntimeError, EOFError, AttributeError, TypeError) as exc:
-        raise ValueError(f"{path}: not a readable torch checkpoint ({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]  # a damaged file that looked like one
+        raise ValueError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {first[:120]})") from None
 
 
 def _plain(value: Any) -> Any:

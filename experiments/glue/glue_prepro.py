@@ -305,6 +305,9 @@ def convert_task(name: str, td: TaskDef, glue_dir: Path, out_dir: Path, skip_bad
             log(f"{name} {split}: {path} not found, skipped")
             continue
         rows = _collect(make_rows(td), skip_bad, log, f"{name} {split}")
+        if not rows:  # a header-only (or wholly skipped) file would become an empty TSV reported as converted
+            raise TsvError(f"{path}: no data rows to convert (the file holds only a header, or every row was "
+                           "left out); the previous output, if any, is kept")
         written[split] = write_tsv(out_dir / f"{name}_{split}.tsv", rows)
         log(f"{name} {split}: {written[split]} rows from {path} -> {out_dir / f'{name}_{split}.tsv'}")
     return written

@@ -32,6 +32,7 @@ from typing import Callable, Collection, Optional, Sequence
 
 from data_utils.atomic import atomic_write
 from data_utils.safe_load import read_json
+from data_utils.safe_paths import open_output
 from experiments.sweep.spec import RunSpec, SweepSpec, train_argv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,7 +209,7 @@ def _execute_locked(spec: SweepSpec, run: RunSpec, folder: Path, version: Option
         write_run_info(spec, run, version)
     cmd = _command(spec, run, current)
     start = time.perf_counter()
-    with (folder / LOG).open("a", encoding="utf-8") as log:
+    with open_output(folder / LOG, "a") as log:  # never through a link planted in the run folder
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {current}: {' '.join(cmd)}\n")
         log.flush()
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(spec.threads_per_run),

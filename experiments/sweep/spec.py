@@ -16,6 +16,7 @@ import yaml
 
 from data_utils.task_def import load_task_defs
 from data_utils.safe_load import DataFileError, parse_yaml, read_text
+from data_utils.safe_paths import plain_name
 from module.bert_optim import OPTIMIZERS
 from mt_dnn.config import TrainConfig
 
@@ -27,6 +28,7 @@ TOP_FIELDS = ("name", "runs_dir", "results_dir", "tasks", "optimizers", "learnin
 #: store_true flags of train.py (written as a bare flag when true) and store_false ones (flag when false).
 STORE_TRUE = ("fp16", "bf16", "fsdp", "adv_train")
 STORE_FALSE = {"tensorboard": "--no_tensorboard"}
+MAX_RUNS = 100_000  # a grid beyond this is a typo (or an attack), not a sweep anyone runs
 
 
 def fmt(value: float) -> str:
@@ -250,6 +252,13 @@ def _typed(chk: _Checker, path: tuple[str, ...], default: Any, value: Any) -> An
     return value
 
 
+def _plain(chk: _Checker, path: tuple[str, ...], name: str) -> str:
+    try:
+        return plain_name(name, "name")
+    except ValueError as exc:
+        raise chk.fail(path, str(exc).split(": ", 1)[1]) from None
+
+
 def _compare(chk: _Checker, raw: dict, names: list[str]) -> Optional[tuple[str, str]]:
     value = raw.get("compare")
     if value is None:
@@ -280,6 +289,7 @@ def parse_spec(text: str, source: str = "<spec>") -> SweepSpec:
             raise chk.fail((required,), "is required")
     if not isinstance(raw["name"], str):
         raise chk.fail(("name",), f"expected text, got {raw['name']!r}")
+    _plain(chk, ("name",), raw["name"])  # names the report files under results_dir
     optimizers = _optimizers(chk, raw)
     runs_dir = Path(str(raw["runs_dir"]))
     parallel = chk.number(("parallel",), raw.get("parallel", 1), int)
@@ -292,17 +302,24 @@ def parse_spec(text: str, source: str = "<spec>") -> SweepSpec:
     if not isinstance(keep, bool):
         raise chk.fail(("keep_step_checkpoints",), f"expected true or false, got {keep!r}")
     train_args = _train_args(chk, raw.get("train_args"))
+    tasks, seeds = _tasks(chk, raw["tasks"], train_args.get("task_def", TrainConfig.task_def)), \
+        chk.numbers(("seeds",), raw["seeds"], int)
+    runs = len(tasks) * len(seeds) * sum(len(o.learning_rates) * len(o.beta3) for o in optimizers)
+    if runs > MAX_RUNS:
+        raise SpecError(f"{source}: the grid has {runs:,} runs (tasks x seeds x learning rates x beta3), more than "
+                        f"the {MAX_RUNS:,} a spec may hold; split the sweep")
     return SweepSpec(
         keep_step_checkpoints=keep, name=raw["name"], source=source, runs_dir=runs_dir,
-        results_dir=Path(str(raw.get("results_dir") or runs_dir / "results")),
-        tasks=_tasks(chk, raw["tasks"], train_args.get("task_def", TrainConfig.task_def)), optimizers=optimizers,
-        seeds=chk.numbers(("seeds",), raw["seeds"], int), train_args=train_args, parallel=parallel,
-        threads_per_run=threads, compare=_compare(chk, raw, [o.name for o in optimizers]))
+        results_dir=Path(str(raw.get("results_dir") or runs_dir / "results")), tasks=tasks, optimizers=optimizers,
+        seeds=seeds, train_args=train_args, parallel=parallel, threads_per_run=threads,
+        compare=_compare(chk, raw, [o.name for o in optimizers]))
 
 
 def _tasks(chk: _Checker, value: Any, task_def: str) -> tuple[str, ...]:
     """The task names, checked against the task-definition file when it can be read from here."""
     names = chk.names(("tasks",), value)
+    for name in names:  # each names a folder under runs_dir
+        _plain(chk, ("tasks",), name)
     path = Path(task_def)
     if path.is_file():
         known = load_task_defs(path)

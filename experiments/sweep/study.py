@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from data_utils.atomic import atomic_write  # noqa: E402
+from data_utils.safe_paths import plain_name  # noqa: E402
 from experiments.sweep.final_specs import final_base_name, final_spec_name  # noqa: E402
 from experiments.sweep.report import PAPER_NAMES, _delta, _no_nan, _num, metric_title  # noqa: E402
 from experiments.sweep.results import collect  # noqa: E402
@@ -229,6 +230,7 @@ def to_json(pairs: Sequence[PairStudy]) -> dict:
 
 
 def write_study(select_paths: Sequence[Path], name: str, out_dir: Path) -> list[Path]:
+    plain_name(name, "--name")  # it names the three output files
     pairs = [load_pair(Path(p)) for p in select_paths]
     if not any(p.finished for p in pairs):
         raise ValueError("no task has all its final runs finished yet ("
