@@ -136,13 +136,17 @@ def load_yaml(text: str, path: str = "<string>") -> Any:
     return parse_yaml(text, path).data
 
 
+def _read_bytes(path: Union[str, Path], what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except IsADirectoryError:
+        raise DataFileError(f"{path}: is a folder, not a {what}") from None
+
+
 def read_text(path: Union[str, Path], what: str = "file") -> str:
     """A UTF-8 file's text; not UTF-8 or a folder is one line naming the file (and line). A missing file raises
     FileNotFoundError for the caller to say what it expected there."""
-    try:
-        data = Path(path).read_bytes()
-    except IsADirectoryError:
-        raise DataFileError(f"{path}: is a folder, not a {what}") from None
+    data = _read_bytes(path, what)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -199,4 +203,10 @@ def loads_json(text: Union[str, bytes], path: Union[str, Path], line: Optional[i
 
 def read_json(path: Union[str, Path], what: str = "JSON file") -> Any:
     """A whole JSON file, within the bounds above; a missing file raises FileNotFoundError."""
-    return loads_json(read_text(path, what), path)
+    data = _read_bytes(path, what)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataFileError(f"{path}: not valid JSON (not UTF-8 at byte offset {exc.start}, line {line})") from None
+    return loads_json(text, path)

@@ -178,7 +178,8 @@ GOOD = format_line("0", 1, [2, 11, 30, 3], [0, 0, 0, 0])
 def test_bad_shard_rows_fail_at_load_with_file_line(ws, bad, split, message):
     td = load_task_defs(ws / "tasks.yml")["pairs"]
     folder = ws / f"bad-{split}"
-    path = write_task_shard(folder, f"pairs_{split}.jsonl", [GOOD, bad, GOOD])
+    last = GOOD.replace('"uid": "0"', '"uid": "2"')  # uids are unique: only the middle row is bad
+    path = write_task_shard(folder, f"pairs_{split}.jsonl", [GOOD, bad, last])
     limits = encoder_limits(tiny_bert_config(), "tiny-bert")
     with pytest.raises(ShardError) as info:
         load_split(folder, td, split, 512, encoder=limits)
