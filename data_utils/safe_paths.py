@@ -105,7 +105,7 @@ def _open_fd(path: Union[str, Path], append: bool) -> int:
         return os.open(path, flags, 0o666)  # the umask applies, as with open()
     except OSError as exc:
         if exc.errno == errno.ELOOP or Path(path).is_symlink():
-            raise ValueError(f"{path}: is a symbolic link; output files are never written through a link "
+            raise ValueError(f"{path}: is a symbolic link; output is never written through a link "
                              "(remove it)") from None
         if exc.errno == errno.EISDIR:
             raise ValueError(f"{path}: is a folder; name a file") from None
@@ -141,7 +141,8 @@ def append_line(path: Union[str, Path], text: str) -> None:
 
 
 def refuse_symlink(path: Union[str, Path]) -> Path:
-    """``path`` (a folder a library creates files in, such as TensorBoard's) unless it is a symbolic link."""
+    """``path`` unless it is a symbolic link: a folder a library creates files in (TensorBoard's), or a file
+    appended to later, checked before a run starts rather than after its first epoch."""
     if Path(path).is_symlink():
         raise ValueError(f"{path}: is a symbolic link; output is never written through a link (remove it)")
     return Path(path)

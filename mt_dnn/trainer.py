@@ -26,6 +26,7 @@ from tqdm import tqdm
 from data_utils import jsonsafe, shard_fingerprint
 from data_utils.metrics import check_scorable, glue_average
 from data_utils.resources import check_parallelism
+from data_utils.safe_load import loads_json
 from data_utils.safe_paths import LogFileHandler, append_line, check_output_root, refuse_symlink
 from data_utils.shard_checks import EncoderLimits, encoder_limits
 from data_utils.shards import find_shard
@@ -212,6 +213,7 @@ class Trainer:
             self._lock, notes = run_folder.claim(self.output_dir, cfg.resume, cfg.overwrite,
                                                  lambda: bool(ckpt.resume_candidates(self.output_dir)))
         setup_logging(self.output_dir, self.is_main, cfg.log_file, self._created_logs)
+        refuse_symlink(self.output_dir / "metrics.jsonl")  # appended to after each epoch: checked now
         for line in notes:
             log.info("%s", line)
 
@@ -844,8 +846,8 @@ class Trainer:
 
     def _check_resume_config(self, folder: Path, saved: dict) -> None:
         """Resuming under other settings silently continues a different run; list the fields that differ."""
-        current = json.loads(self.cfg.to_json())
-        defaults = json.loads(TrainConfig(train_datasets=[]).to_json())
+        current = loads_json(self.cfg.to_json(), "this run's config")
+        defaults = loads_json(TrainConfig(train_datasets=[]).to_json(), "the default config")
         saved = {**saved, "head_layout": layouts.layout_of(saved.get("head_layout"))}  # older configs: encoder
         changed = [f"{k} ({_short(saved.get(k, defaults[k]))} -> {_short(v)})" for k, v in current.items()
                    if k not in RESUME_HARMLESS and saved.get(k, defaults[k]) != v]
@@ -897,7 +899,7 @@ class Trainer:
         self.global_step, self.best_score = progress["global_step"], progress["best_score"]
         self.first_step = progress.get("first_step", 0)  # steps its --model_ckpt had taken before it
         self.last_step = self.first_step + self.total_steps
-        self.history = json.loads(state["history"])
+        self.history = loads_json(state["history"], Path(folder) / ckpt.STATE)
         log.info("resumed from %s: epoch %d, batch %d, step %d", folder, self.epoch, self.position,
                  self.global_step)
 

@@ -447,3 +447,19 @@ def test_task_def_has_snli_and_scitail_with_mt_dnn_label_order():
     defs = load_task_defs(TASK_DEF)
     assert defs["snli"].labels == ("contradiction", "neutral", "entailment")
     assert defs["scitail"].labels == ("neutral", "entails")
+
+
+def test_header_only_file_is_an_error_not_an_empty_tsv(tmp_path):
+    """A raw file with its header and no row converted to an empty TSV reported as success."""
+    rte(tmp_path, GOOD_RTE)
+    gp.convert(tmp_path / "glue", tmp_path / "out", TASK_DEF, tasks=["rte"], log=lambda m: None)
+    before = (tmp_path / "out" / "rte_train.tsv").read_bytes()
+    src = rte(tmp_path, [])
+    with pytest.raises(gp.TsvError) as info:
+        gp.convert(tmp_path / "glue", tmp_path / "out", TASK_DEF, tasks=["rte"], log=lambda m: None)
+    assert str(info.value) == (f"{src}: no data rows to convert (the file holds only a header, or every row was "
+                               "left out); the previous output, if any, is kept")
+    assert (tmp_path / "out" / "rte_train.tsv").read_bytes() == before
+    rte(tmp_path, ["5\tonly two"])
+    with pytest.raises(gp.TsvError, match=r"train\.tsv: no data rows to convert"):  # every row skipped as bad
+        gp.convert(tmp_path / "glue", tmp_path / "out", TASK_DEF, tasks=["rte"], skip_bad=True, log=lambda m: None)

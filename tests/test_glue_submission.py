@@ -169,3 +169,18 @@ def test_a_kill_between_the_two_renames_of_a_replace_restores_the_previous_folde
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "sub"]
     assert cli.main([str(rte), str(stsb), "--out", str(out), "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["RTE.tsv", "STS-B.tsv"]
+
+
+def test_non_utf8_input_and_non_ascii_digit_indices_are_one_line(tmp_path):
+    bad = tmp_path / "rte_test_submission_1.tsv"
+    bad.write_bytes(b"index\tprediction\n0\tentailment\n1\t\xff\xfe\n")
+    with pytest.raises(SubmissionError) as info:
+        assemble([bad], tmp_path / "sub", rows={"rte_test": 2})
+    assert str(info.value) == f"{bad}:3: not UTF-8 (byte offset 30)"
+    for digit in ("\u0663", "\u00b2", "\uff11", "+1", " 1"):  # Arabic-Indic 3, superscript 2, fullwidth 1, ...
+        _tsv(bad, [(0, "entailment"), (digit, "entailment")])
+        with pytest.raises(SubmissionError) as info:
+            assemble([bad], tmp_path / "sub", rows={"rte_test": 4})
+        assert str(info.value) == f"{bad}:3: index {digit!r} is not a new test index in 0..3"
+    assert cli.main([str(bad), "--out", str(tmp_path / "sub")]) == 2
+    assert not (tmp_path / "sub").exists()

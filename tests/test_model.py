@@ -484,3 +484,45 @@ def test_parameters_a_task_never_reads_get_no_gradient(layout):
     assert with_grad == {n for n, p in model.named_parameters() if id(p) in used}
     assert not any(n.startswith("heads.reg.") for n in with_grad)
     assert any(n.startswith("encoder.pooler.") for n in with_grad) == (layout == "encoder")
+
+
+def _albert(**overrides):
+    from transformers import AlbertConfig
+    kw = dict(vocab_size=128, embedding_size=16, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+              intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+              attention_probs_dropout_prob=0.0)
+    kw.update(overrides)
+    torch.manual_seed(0)
+    return AutoModel.from_config(AlbertConfig(**kw)).eval()
+
+
+def test_num_hidden_layers_on_shared_layer_albert_runs_the_first_repetitions():
+    """ALBERT's 4 layers are one shared layer run 4 times: the message used to say 'the encoder has 1 layers'.
+    Keeping 2 must give exactly the network with num_hidden_layers 2 and the same weights."""
+    from mt_dnn.model import keep_first_layers
+    short = _albert()
+    keep_first_layers(short, 2)
+    reference = _albert(num_hidden_layers=2)
+    reference.load_state_dict(short.state_dict())
+    ids = torch.randint(5, 128, (3, 9))
+    got = short(input_ids=ids).last_hidden_state
+    assert short.config.num_hidden_layers == 2
+    assert torch.equal(got, reference(input_ids=ids).last_hidden_state)
+    full = _albert()
+    assert not torch.allclose(got, full(input_ids=ids).last_hidden_state)  # 2 repetitions are not 4
+    with pytest.raises(ValueError, match=r"^--num_hidden_layers: the encoder has 4 layers, cannot keep 5$"):
+        keep_first_layers(_albert(), 5)
+    with pytest.raises(ValueError) as info:
+        keep_first_layers(_albert(num_hidden_groups=2), 3)
+    assert str(info.value) == ("--num_hidden_layers: the encoder's 4 layers share 2 weight groups; keeping 3 would "
+                               "regroup them, so only the whole encoder (-1) is supported")
+    keep_first_layers(_albert(num_hidden_groups=2), 4)  # all of them: nothing regrouped
+
+
+def test_encoders_without_absolute_positions_have_no_position_limit():
+    """XLNet reports max_position_embeddings -1: "has -1 positions; use --max_seq_len -1 or less" was the line."""
+    from transformers import XLNetConfig
+    from data_utils.shard_checks import encoder_limits, encoder_positions
+    config = XLNetConfig(vocab_size=128, d_model=32, n_layer=1, n_head=2, d_inner=64)
+    assert config.max_position_embeddings == -1
+    assert encoder_positions(config) is None and encoder_limits(config, "xlnet").max_positions is None

@@ -291,6 +291,7 @@ BAD_INPUTS = [  # (file, lines or bytes, expected message after "{path}")
     ("cls_train.tsv", b"\n\n", ": the file is empty"),
     ("cls_train.tsv", GOOD_CLS + ["", "c\tpos\tA.\tB."], ":3: empty line (expected 4 tab-separated columns)"),
     ("cls_train.tsv", GOOD_CLS + ["a\tpos\tAgain.\tYes"], ":3: uid 'a' repeats line 1"),
+    ("cls_train.tsv", GOOD_CLS + [" b \tpos\tAgain.\tYes"], ":3: uid ' b ' repeats line 2"),  # spaces around
     ("cls_train.tsv", [" \tpos\tGood film.\tYes"], ":1: column 1 (uid) is empty"),
     ("rank_train.tsv", ["q\t3\tpick\tx\ty\tz"],
      ":1: column 2 (label): task rank: label '3' is not one of ['0', '1', '2']"),
@@ -401,6 +402,12 @@ def test_format_line_is_exactly_json_dumps(uid, label, tok_ids, type_ids):
     ('{"uid": "a", "label": 1, "token_id": [1, 2], "type_id": [0]}\n', ":1: token_id and type_id differ in shape"),
     ('{"uid": "a", "label": 1, "token_id": [[1], [2]], "type_id": [[0]]}\n',
      ":1: token_id and type_id differ in shape"),
+    ('{"uid": "a", "label": 1, "token_id": [1], "type_id": [0]}\n' * 2,  # a hand-edited shard, pasted twice
+     ":2: uid 'a' repeats line 1 (each example needs its own uid)"),
+    ('{"uid": "7", "label": 1, "token_id": [1], "type_id": [0]}\n{"uid": "7 ", "label": 1, "token_id": [1], '
+     '"type_id": [0]}\n', ":2: uid '7 ' repeats line 1 (each example needs its own uid)"),
+    ('{"uid": "a", "label": 1, "token_id": [1], "type_id": [0]}\n{"uid": "b", "label": ' + "1" * 5000
+     + ', "token_id": [1], "type_id": [0]}\n', ":2: not valid JSON (an integer of more than 4300 digits)"),
 ])
 def test_read_shard_errors(tmp_path, line, message):
     path = tmp_path / "t_train.jsonl"

@@ -442,6 +442,7 @@ def test_failed_setup_leaves_no_new_output_dir_but_keeps_an_existing_one(ws, cap
     assert train_cli.main(cli(ws, "existing", "--train_datasets", "nli")) == 2
     capsys.readouterr()
     assert (existing / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in existing.iterdir()) == ["keep.txt"]  # no empty train.log left behind either
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -482,6 +483,132 @@ def test_fp16_on_cpu_is_refused(ws, capsys):
 def test_untrained_test_dataset_is_refused(ws, capsys):
     assert train_cli.main(cli(ws, "untrained", "--test_datasets", "pairs,score")) == 2
     assert "--test_datasets: score not in --train_datasets; its head would be untrained" in one_line_error(capsys)
+
+
+def test_log_and_metrics_links_planted_in_the_output_dir_are_refused(ws, capsys):
+    """As root, a train.log or metrics.jsonl symlink made every run append to the file it points to."""
+    victim = ws / "victim.txt"
+    victim.write_text("precious\n")
+    out = ws / "planted"
+    out.mkdir()
+    (out / "train.log").symlink_to(victim)
+    assert train_cli.main(cli(ws, "planted", "--resume")) == 2
+    assert one_line_error(capsys) == (f"train.py: error: --output_dir: {out / 'train.log'}: is a symbolic link; "
+                                      "output is never written through a link (remove it)")
+    (out / "train.log").unlink()
+    (out / "metrics.jsonl").symlink_to(victim)
+    assert train_cli.main(cli(ws, "planted", "--resume")) == 2
+    assert one_line_error(capsys) == (f"train.py: error: {out / 'metrics.jsonl'}: is a symbolic link; output is "
+                                      "never written through a link (remove it)")
+    link = ws / "log-link.txt"
+    link.symlink_to(victim)
+    assert train_cli.main(cli(ws, "planted-2", "--log_file", str(link))) == 2
+    assert one_line_error(capsys).startswith(f"train.py: error: --log_file: {link}: is a symbolic link")
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_folder_as_log_file_or_task_def_is_one_line(ws, capsys):
+    assert train_cli.main(cli(ws, "log-folder", "--log_file", str(ws))) == 2
+    assert one_line_error(capsys) == f"train.py: error: --log_file {ws}: is a folder; name a file"
+    assert train_cli.main(cli(ws, "task-folder", "--task_def", str(ws))) == 2
+    assert one_line_error(capsys) == f"train.py: error: {ws}: is a folder, not a task definition file"
+    assert not (ws / "log-folder").exists() and not (ws / "task-folder").exists()
+
+
+def test_fsdp_without_torchrun_is_refused(ws, capsys):
+    """It trained unsharded without a word."""
+    assert train_cli.main(cli(ws, "fsdp-alone", "--fsdp")) == 2
+    assert one_line_error(capsys) == ("train.py: error: --fsdp: shards the model across the processes torchrun "
+                                      "starts, and this run is a single process; launch it with torchrun "
+                                      "--nproc_per_node N (N >= 2), or drop --fsdp")
+    assert not (ws / "fsdp-alone").exists()
+
+
+def test_a_one_row_regression_dev_set_is_refused_before_training(ws, capsys):
+    """scipy's bare 'x and y must have length at least 2' came after a whole epoch."""
+    folder = ws / "one-row"
+    shutil.copytree(ws / "shards", folder)
+    first = (folder / "score_dev.jsonl").read_text().splitlines()[0]
+    (folder / "score_dev.jsonl").write_text(first + "\n")
+    args = cli(ws, "one-row-run", "--train_datasets", "score", data_dir=folder)
+    assert train_cli.main(args) == 2
+    assert one_line_error(capsys) == (f"train.py: error: {folder / 'score_dev.jsonl'}: 1 labelled row(s), but metric "
+                                      "Pearson of task score needs at least 2")
+    assert not (ws / "one-row-run").exists()
+    assert train_cli.main(cli(ws, "one-row-run", "--train_datasets", "score", "--max_eval_samples", "1")) == 2
+    assert one_line_error(capsys).endswith("score_dev.jsonl (--max_eval_samples 1): 1 labelled row(s), but metric "
+                                           "Pearson of task score needs at least 2")
+
+
+def test_a_five_thousand_digit_label_names_its_file_and_line(ws, capsys):
+    folder = ws / "long-label"
+    shutil.copytree(ws / "shards", folder)
+    lines = (folder / "pairs_dev.jsonl").read_text().splitlines()
+    lines[1] = re.sub(r'"label": \d+', '"label": ' + "1" * 5000, lines[1])
+    (folder / "pairs_dev.jsonl").write_text("\n".join(lines) + "\n")
+    assert train_cli.main(cli(ws, "long-label-run", data_dir=folder)) == 2
+    assert one_line_error(capsys) == (f"train.py: error: {folder / 'pairs_dev.jsonl'}:2: not valid JSON (an integer "
+                                      "of more than 4300 digits)")
+
+
+def test_damaged_encoder_weights_and_xlnet_folders_are_one_line(ws, capsys):
+    """A corrupt pytorch_model.bin gave a 40-line UnpicklingError; XLNet 'has -1 positions'."""
+    from transformers import XLNetConfig
+    for name, data in (("pytorch_model.bin", b"\x80\x02not a pickle at all" * 10), ("model.safetensors", b"\xff" * 64)):
+        folder = ws / f"damaged-{name}"
+        folder.mkdir()
+        shutil.copy(ws / "tiny-bert" / "config.json", folder / "config.json")
+        (folder / name).write_bytes(data)
+        assert train_cli.main(cli(ws, "damaged-run", "--init_checkpoint", str(folder))) == 2
+        line = one_line_error(capsys)
+        assert line.startswith(f"train.py: error: --init_checkpoint {folder}: cannot load the encoder weights from "
+                               f"{folder / name} (")
+        assert ("UnpicklingError" if name.endswith(".bin") else "SafetensorError") in line
+    xlnet = ws / "xlnet"
+    AutoModel.from_config(XLNetConfig(vocab_size=128, d_model=32, n_layer=1, n_head=2, d_inner=64)).save_pretrained(xlnet)
+    assert train_cli.main(cli(ws, "xlnet-run", "--init_checkpoint", str(xlnet))) == 2
+    assert one_line_error(capsys) == (f"train.py: error: --init_checkpoint {xlnet}: xlnet encoders summarise a "
+                                      "sequence in its last token, and this project's heads read the first ([CLS]) "
+                                      "token; not supported here")
+    assert not (ws / "damaged-run").exists() and not (ws / "xlnet-run").exists()
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_nothing_half_written(ws, capsys, monkeypatch):
+    from safetensors import SafetensorError
+    from mt_dnn import checkpoint as ckpt_module
+
+    def disk_full(*_args, **_kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(ckpt_module, "save_model", disk_full)
+    out = ws / "disk-full"
+    assert train_cli.main(cli(ws, "disk-full")) == 2
+    assert one_line_error(capsys) == (f"train.py: error: {out / 'best'}: cannot write (No space left on device); "
+                                      "nothing half-written was left")
+    assert not [p.name for p in out.iterdir() if "sage-tmp" in p.name or p.name in ("best", "latest")]
+
+
+@pytest.mark.subprocess
+def test_a_file_size_limit_in_a_real_run_is_one_line(ws, tmp_path):
+    """RLIMIT_FSIZE makes every write past 60 kB fail with EFBIG, as a full disk fails them: the 100 kB weights
+    file cannot be written, and the run says so in one line with no temp folder left."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    out = tmp_path / "limited"
+    args = cli(ws, "unused", "--output_dir", str(out), "--num_threads", "1")
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=Path(__file__).resolve().parents[1],
+                          preexec_fn=limit, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = re.findall(r"train\.py: error: [^\r\n]*", proc.stderr)
+    assert errors == [f"train.py: error: {out / 'best'}: cannot write (File too large); nothing half-written was "
+                      "left"], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".") or p.name == "best") == []
 
 
 # ------------------------------------------------------------------------------------------- catalogue

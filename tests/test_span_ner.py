@@ -313,6 +313,37 @@ def test_malformed_conll_line_names_file_and_line(tmp_path, text, message):
     assert str(info.value).startswith(f"{path.parent}/{message}")
 
 
+def test_a_tagged_word_with_no_token_is_an_error_naming_its_line(tmp_path, capsys):
+    """A zero-width space is no token for BERT's tokenizer: its B-PER tag vanished from training and scoring."""
+    from data_utils.conll import encode_conll
+    from tokenizers import Tokenizer
+    root = tmp_path / "data"
+    root.mkdir()
+    (tmp_path / "tasks.yml").write_text(TASKS, encoding="utf-8")
+    (root / "ner_train.conll").write_text("Anna B-PER\nsleeps O\n\nBob B-PER\n\u200b I-PER\nruns O\n",
+                                          encoding="utf-8")
+    assert prepro_std.main(["--model", "minilm-l6", "--root_dir", str(root), "--task_def",
+                            str(tmp_path / "tasks.yml"), "--tasks", "ner", "--workers", "1"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"prepro_std.py: error: {root / 'ner_train.conll'}:5: word '\\u200b' is no token at all for this tokenizer, "
+        "so its tag I-PER could be neither learned nor predicted; replace or remove the word")
+    assert not (root / "minilm-l6" / "ner_train.jsonl").exists()
+    tok = Tokenizer.from_str(_tokenizer().backend_tokenizer.to_str())
+    tok.no_padding()
+    labels = parse_task_defs(TASKS)["ner"].labels
+    ids = {t: i for i, t in enumerate(labels)}
+    spare = read_conll(_write(tmp_path / "o.conll", "Bob B-PER\n\u200b O\n"), True, labels)
+    assert json.loads(encode_conll(tok, spare, ids, True)[0])["word_start"] == [1, -1]  # an O word loses nothing
+    tok.enable_truncation(max_length=4)
+    cut = read_conll(_write(tmp_path / "c.conll", "Anna B-PER\nand O\nBob B-PER\nrun O\n"), True, labels)
+    assert json.loads(encode_conll(tok, cut, ids, True)[0])["word_start"] == [1, 2, -1, -1]  # cut: predicted O
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 # ------------------------------------------------------------------------------------------ end to end
 def _independent_em_f1(gold_lists: dict, predictions: dict) -> tuple[float, float]:
     """The official script's rules, written out again for the check."""

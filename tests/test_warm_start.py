@@ -240,6 +240,32 @@ def test_unreadable_mtdnn_files_fail_with_one_line(ws):
         Trainer(config(ws, "bad", init_checkpoint=str(ws / "junk.pt"), train_datasets=["pairs"]))
 
 
+def test_files_torch_save_did_not_write_are_refused_before_unpickling(ws, tmp_path):
+    """A text file gave a KeyError traceback from torch's unpickler, random bytes an IndexError (by chance)."""
+    import random
+    import zipfile
+    cases = {"notes.txt": b"hello world, not a model\n",
+             "random.bin": bytes(random.Random(0).randrange(256) for _ in range(3000)),
+             "empty.pt": b""}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        what = "a text file" if name == "notes.txt" else "neither a torch zip archive nor a torch pickle"
+        with pytest.raises(ValueError) as info:
+            Trainer(config(ws, "bad", init_checkpoint=str(tmp_path / name), train_datasets=["pairs"]))
+        assert str(info.value) == (f"--init_checkpoint {tmp_path / name}: expected an MT-DNN .pt checkpoint (a file "
+                                   f"torch.save wrote); this is {what}")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:
+        archive.writestr("readme.txt", "hi")
+    with pytest.raises(ValueError, match=r"other\.zip: a zip archive, but not one torch\.save wrote \(no data\.pkl\)$"):
+        Trainer(config(ws, "bad", init_checkpoint=str(tmp_path / "other.zip"), train_datasets=["pairs"]))
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"state": {}}, legacy, _use_new_zipfile_serialization=False)
+    legacy.write_bytes(legacy.read_bytes()[:40])  # torch's own start, then damage
+    with pytest.raises(ValueError, match=rf"^{legacy}: not a (readable torch checkpoint|checkpoint torch\.load)"):
+        Trainer(config(ws, "bad", init_checkpoint=str(legacy), train_datasets=["pairs"]))
+    assert not (ws / "bad").exists()
+
+
 class _Calls:
     """Pickles as a call of ``func(*args)`` (what a hostile checkpoint would carry)."""
 
