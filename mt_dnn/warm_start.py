@@ -190,8 +190,9 @@ def _torch_load(path: Path) -> Any:
                    lines[0] if lines else "")
         raise ValueError(f"{path}: not a checkpoint torch.load(weights_only=True) can read ({why})") from None
     except (RuntimeError, EOFError, AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]  # a damaged file that looked like one
-        raise ValueError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {first[:120]})") from None
+        first = (str(exc).strip().splitlines() or [""])[0]  # a damaged file that looked like one
+        why = f"{type(exc).__name__}: {first[:120]}" if first else type(exc).__name__
+        raise ValueError(f"{path}: not a readable torch checkpoint ({why})") from None
 
 
 def _plain(value: Any) -> Any:

@@ -176,7 +176,7 @@ def test_non_utf8_input_and_non_ascii_digit_indices_are_one_line(tmp_path):
     bad.write_bytes(b"index\tprediction\n0\tentailment\n1\t\xff\xfe\n")
     with pytest.raises(SubmissionError) as info:
         assemble([bad], tmp_path / "sub", rows={"rte_test": 2})
-    assert str(info.value) == f"{bad}:3: not UTF-8 (byte offset 30)"
+    assert str(info.value) == f"{bad}:3: not UTF-8 (byte offset 32)"
     for digit in ("\u0663", "\u00b2", "\uff11", "+1", " 1"):  # Arabic-Indic 3, superscript 2, fullwidth 1, ...
         _tsv(bad, [(0, "entailment"), (digit, "entailment")])
         with pytest.raises(SubmissionError) as info:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -109,9 +110,10 @@ def test_sweep_spec_grid_size_and_names_are_bounded(tmp_path):
         parse_spec(base.format(name="s", task="'..'", **plain), "task.yml")
 
 
-def test_paper_settings_are_read_within_the_same_bounds(tmp_path):
+def test_paper_settings_are_read_within_the_same_bounds(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("scripts_generate_bounds", ROOT / "scripts" / "generate.py")
     gen = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, gen)  # its dataclasses look their module up
     spec.loader.exec_module(gen)
     bad = tmp_path / "settings.yml"
     bad.write_text("common: " + _bomb() + "\n", encoding="utf-8")
@@ -141,7 +143,7 @@ def test_json_lines_name_their_line_and_files_their_encoding(tmp_path):
     latin.write_bytes(b'{"a":\n"caf\xe9"}')
     with pytest.raises(DataFileError) as info:
         read_json(latin)
-    assert str(info.value) == f"{latin}: not valid JSON (not UTF-8 at byte offset 9, line 2)"
+    assert str(info.value) == f"{latin}: not valid JSON (not UTF-8 at byte offset 10, line 2)"
     with pytest.raises(DataFileError, match=rf"^{tmp_path}: is a folder, not a JSON file$"):
         read_json(tmp_path)
 

@@ -261,7 +261,7 @@ def test_files_torch_save_did_not_write_are_refused_before_unpickling(ws, tmp_pa
     legacy = tmp_path / "legacy.pt"
     torch.save({"state": {}}, legacy, _use_new_zipfile_serialization=False)
     legacy.write_bytes(legacy.read_bytes()[:40])  # torch's own start, then damage
-    with pytest.raises(ValueError, match=rf"^{legacy}: not a (readable torch checkpoint|checkpoint torch\.load)"):
+    with pytest.raises(ValueError, match=rf"^{legacy}: not a readable torch checkpoint \(EOFError\)$"):
         Trainer(config(ws, "bad", init_checkpoint=str(legacy), train_datasets=["pairs"]))
     assert not (ws / "bad").exists()
 
