@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
 
 from data_utils.atomic import atomic_write
+from data_utils.safe_load import DataFileError, loads_json
 from data_utils.task_def import TaskDef, TaskType
 from mt_dnn.checkpoint import CheckpointError
 
@@ -62,9 +63,11 @@ def read(folder: Union[str, Path]) -> Optional[dict[str, dict]]:
     if len(raw) > MAX_BYTES:
         raise CheckpointError(f"{path}: larger than {MAX_BYTES >> 20} MiB; not a task-label file")
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({' '.join(str(exc).split())[:100]})") from None
+        data = loads_json(raw.decode("utf-8"), path)  # the project's JSON bounds (depth, long integers)
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON (not UTF-8 at byte offset {exc.start})") from None
+    except DataFileError as exc:
+        raise CheckpointError(str(exc)) from None
     return parse(data, str(path))
 
 
