@@ -148,6 +148,7 @@ LAST_TOKEN_SUMMARY = ("xlnet",)
 
 
 def check_supported(config, where: str) -> None:
+    """Refuse an encoder family whose heads here would read the wrong token (see LAST_TOKEN_SUMMARY)."""
     if getattr(config, "model_type", None) in LAST_TOKEN_SUMMARY:
         raise ValueError(f"{where}: {config.model_type} encoders summarise a sequence in its last token, and this "
                          "project's heads read the first ([CLS]) token; not supported here")

@@ -31,11 +31,14 @@ def _spec(args):
 
 def cmd_run(args) -> int:
     from data_utils.resources import check_parallelism
+    from data_utils.safe_paths import check_output_root
     from experiments.sweep.runner import run_sweep
     spec = _spec(args)
     for key, what in (("parallel", "runs"), ("threads_per_run", "threads")):
         check_parallelism(f"--{key}" if getattr(args, key, None) is not None else f"{spec.source}: {key}",
                           getattr(spec, key), what)
+    check_output_root(spec.runs_dir, f"{spec.source}: runs_dir")
+    check_output_root(spec.results_dir, f"{spec.source}: results_dir")
     tasks = spec.task_subset(args.tasks)
     only = f" (tasks {', '.join(tasks)} of {len(spec.runs())})" if tasks else ""
     print(f"sweep {spec.name}: {len(spec.runs(tasks))} runs{only}, {spec.parallel} at a time, under "

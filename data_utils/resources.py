@@ -1,6 +1,6 @@
 """How many threads or processes a flag may ask for.
 
-``--num_threads 100000`` made torch try to start 100,000 OpenMP threads (a MemoryError traceback); a worker or
+``--num_threads 100000`` would have torch start 100,000 OpenMP threads (and die of a MemoryError); a worker or
 parallel-run count of that size forks as many processes. A count beyond a few per CPU never runs faster, so each
 such flag is checked here against the CPUs this process may use, with room for deliberate oversubscription.
 """

@@ -1,9 +1,9 @@
 """Where the project writes: names derived from user input stay single names, output folders are never system
 or source folders, and output files are never opened through a symbolic link.
 
-A model name ``..`` once made prepro_std.py write shards into the parent of ``--root_dir``; a ``train.log``
-symlink planted in a run folder made every run (as root: any file) append to its target; ``--output_dir /`` was
-accepted. Each writer asks these helpers instead of checking (or not) on its own.
+Without them a model name ``..`` puts prepro_std.py's shards into the parent of ``--root_dir``, a ``train.log``
+symlink planted in a run folder makes every run append to its target (as root: to any file), and ``--output_dir
+/`` writes a run over the filesystem root. Every writer asks these helpers rather than checking on its own.
 """
 from __future__ import annotations
 

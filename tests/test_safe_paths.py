@@ -155,6 +155,18 @@ def test_train_export_and_submission_refuse_the_root(tmp_path, capsys, monkeypat
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "runs"]
 
 
+def test_a_sweep_refuses_runs_and_results_in_the_root(tmp_path, capsys):
+    import sweep
+    spec = tmp_path / "s.yml"
+    for field, line in (("runs_dir", "runs_dir: /\n"), ("results_dir", "runs_dir: runs\nresults_dir: /usr\n")):
+        spec.write_text(f"name: s\n{line}tasks: [rte]\noptimizers: [adamax]\nlearning_rates: [1.0e-4]\nseeds: [1]\n",
+                        encoding="utf-8")
+        assert sweep.main(["run", str(spec)]) == 2
+        where, why = ("/", "the filesystem root") if field == "runs_dir" else ("/usr", "a top-level system folder")
+        assert capsys.readouterr().err.strip() == (f"sweep.py: error: {spec}: {field} {where}: refusing to write "
+                                                   f"into {why}; name a folder of its own")
+
+
 # ------------------------------------------------------------------------------------------- write failures
 def _full(*_args, **_kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
