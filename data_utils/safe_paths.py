@@ -76,9 +76,9 @@ WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, 
 class WriteError(OSError):
     """Writing ``path`` failed (a full disk, ...); the writer removed its temp or cut its append back first."""
 
-    def __init__(self, path: Union[str, Path], why: str):
+    def __init__(self, path: Union[str, Path], why: str, original: Optional[BaseException] = None):
         super().__init__(f"{path}: cannot write ({why}); nothing half-written was left")
-        self.path = str(path)
+        self.path, self.original = str(path), original  # the library's own error, for callers that name the path
 
 
 def write_failure(exc: BaseException, path: Union[str, Path]) -> BaseException:
@@ -88,12 +88,12 @@ def write_failure(exc: BaseException, path: Union[str, Path]) -> BaseException:
     if isinstance(exc, WriteError):
         return exc
     if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
-        return WriteError(path, exc.strerror or text)
+        return WriteError(path, exc.strerror or text, exc)
     found = re.search(r"os error (\d+)|code: (\d+)", text) if type(exc).__name__ == "SafetensorError" else None
     if found and int(found.group(1) or found.group(2)) in WRITE_ERRNOS:
-        return WriteError(path, os.strerror(int(found.group(1) or found.group(2))))
+        return WriteError(path, os.strerror(int(found.group(1) or found.group(2))), exc)
     if isinstance(exc, RuntimeError) and "PytorchStreamWriter failed writing" in text:
-        return WriteError(path, "file write failed")
+        return WriteError(path, "file write failed", exc)
     return exc
 
 

@@ -338,7 +338,7 @@ def load(shard: Union[str, Path], key: Optional[dict] = None) -> Optional[Cached
                     found = _build(shard, target, key)
                 except OSError as exc:  # a full or failing disk: the run goes on without the cache
                     log.warning("%s: could not write the shard cache (%s); reading the shard into memory", target,
-                                exc)
+                                getattr(exc, "original", None) or exc)  # the path is named already
                     return None
     return None if found.header.get("uncacheable") else found
 
