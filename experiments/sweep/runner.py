@@ -112,7 +112,7 @@ def _acquire(folder: Path) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
     while True:
         try:
-            fd = os.open(folder / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = os.open(folder / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # minus the umask, as open()
         except FileExistsError:
             if _held_elsewhere(folder):
                 return False
