@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 from data_utils import jsonsafe
 from data_utils.atomic import atomic_write, clean_stale_temps
+from data_utils.safe_load import loads_json
 
 LOCK = "train.lock"
 METRICS = "metrics.jsonl"
@@ -50,7 +51,7 @@ def _holder_text() -> str:
 
 def _describe_holder(raw: str) -> str:
     try:
-        info = json.loads(raw)
+        info = loads_json(raw, LOCK)
         return f"pid {int(info['pid'])} on {info['host']}, started {info['started']}"
     except (ValueError, KeyError, TypeError):
         return "a process that has not written its name yet"
@@ -158,7 +159,7 @@ class RunLock:
     @staticmethod
     def _stale(raw: str) -> bool:
         try:
-            info = json.loads(raw)
+            info = loads_json(raw, LOCK)
             pid, host = int(info["pid"]), info["host"]
         except (ValueError, KeyError, TypeError):
             return False  # being written by a live holder, or not ours: never taken over

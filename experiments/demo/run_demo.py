@@ -66,7 +66,7 @@ def train_argv(out_dir: Path, flags: list[str], lr: str, args) -> list[str]:
 def finished(out_dir: Path, argv: list[str]) -> bool:
     """A run this demo finished with the same train.py flags (its demo_run.json is written after train.py)."""
     try:
-        return json.loads((out_dir / RUN_INFO).read_text(encoding="utf-8")).get("train_argv") == argv
+        return read_json(out_dir / RUN_INFO).get("train_argv") == argv
     except (OSError, ValueError, AttributeError):
         return False
 
