@@ -14,9 +14,9 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from data_utils.task_def import load_task_defs
 from data_utils.safe_load import DataFileError, parse_yaml, read_text
 from data_utils.safe_paths import plain_name
+from data_utils.task_def import load_task_defs
 from module.bert_optim import OPTIMIZERS
 from mt_dnn.config import TrainConfig
 
