@@ -59,12 +59,35 @@ def rng_state_from_bytes(blob: bytes) -> dict:
     return torch.load(io.BytesIO(blob), weights_only=True)
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> Optional[str]:
+    """Restore a :func:`rng_state`. Saved CUDA generators are restored for the GPUs visible now: all of them
+    (exactly as saved) when the count is the same, else the first ones; the return value says in one line what
+    was dropped or left unrestored (None when nothing was)."""
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(int(x) for x in state["python"]), state["python_pos"]))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    return _set_cuda_rng_states(list(state.get("cuda", [])))
+
+
+def _set_cuda_rng_states(saved: list[torch.Tensor]) -> Optional[str]:
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not saved or not visible:
+        return f"the checkpoint's CUDA RNG states of {_gpus(0, len(saved))} dropped (no GPU visible now)" \
+            if saved else None
+    if len(saved) == visible:
+        torch.cuda.set_rng_state_all(saved)
+        return None
+    for index, generator_state in enumerate(saved[:visible]):
+        torch.cuda.set_rng_state(generator_state, index)
+    restored = min(len(saved), visible)
+    what = f"dropped {_gpus(visible, len(saved))}" if len(saved) > visible else \
+        f"{_gpus(len(saved), visible)} keep their seeded state"
+    return (f"the checkpoint has CUDA RNG states for {len(saved)} GPU(s), {visible} visible now: restored "
+            f"{_gpus(0, restored)}, {what}")
+
+
+def _gpus(start: int, stop: int) -> str:
+    return f"GPU {start}" if stop - start == 1 else f"GPUs {start}-{stop - 1}"
 
 
 def save_checkpoint(folder: Path, model: torch.nn.Module | dict[str, torch.Tensor], config_json: str,

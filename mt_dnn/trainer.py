@@ -890,7 +890,9 @@ class Trainer:
                         "restart from the seed", len(rngs), self.world_size)
             torch.manual_seed(self.cfg.seed + self.rank)
         else:
-            ckpt.set_rng_state(rngs[self.rank])
+            note = ckpt.set_rng_state(rngs[self.rank])
+            if note:
+                log.warning("--resume: %s", note)
         objective_states = state.get("objective_ranks") or []
         if len(objective_states) == self.world_size:
             objectives_mod.load_states(self.objectives, objective_states[self.rank])
