@@ -16,7 +16,9 @@ The key is the JSONL's size, mtime_ns and CRC-32 of its bytes: an edited, replac
 the cache, and a cache that fails any check on opening (magic, header, size, CRC) is rebuilt rather than read.
 One process builds while the others of the node wait on an exclusive ``fcntl.flock`` of ``{name}.lock`` and then
 map its result; the file is written to a project temp (data_utils/atomic.py) and renamed, so a reader never sees
-half a cache and a killed builder's temp is removed by the next build's ``clean_stale_temps``.
+half a cache and a killed builder's temp is removed by the next build's ``clean_stale_temps``. On a filesystem
+without ``flock`` (Lustre mounted without ``-o flock``, NFS without a lock daemon) each process builds its own copy
+and renames it into place (same bytes, so whichever rename lands last changes nothing), after one warning line.
 
 A shard whose values the arrays cannot hold exactly (soft labels, Span/SequenceLabeling fields, non-integer ids,
 float class labels mixed with ints, empty hypotheses) gets a small header-only cache that says so, and the
@@ -24,6 +26,7 @@ caller reads it into memory as before.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -329,7 +332,7 @@ def load(shard: Union[str, Path], key: Optional[dict] = None) -> Optional[Cached
                         exc)
             return None
         with lock:  # closing the file releases the lock, also when the build raises
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            _lock_or_build_alone(lock, target.parent)
             found = open_cache(target, key)  # another rank may have built it while this one waited
             if found is None:
                 for what in clean_stale_temps(target.parent):
@@ -341,6 +344,25 @@ def load(shard: Union[str, Path], key: Optional[dict] = None) -> Optional[Cached
                                 getattr(exc, "original", None) or exc)  # the path is named already
                     return None
     return None if found.header.get("uncacheable") else found
+
+
+#: what flock fails with where the filesystem has no such locks (Lustre without -o flock: ENOSYS; NFS: ENOLCK)
+_NO_FLOCK = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+_SAID_NO_FLOCK: set[str] = set()
+
+
+def _lock_or_build_alone(handle, folder: Path) -> None:
+    """Wait for the build lock; where the filesystem has no ``flock``, say once per folder that this process
+    builds its own copy (other errors are raised)."""
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno not in _NO_FLOCK:
+            raise
+        if str(folder) not in _SAID_NO_FLOCK:
+            _SAID_NO_FLOCK.add(str(folder))
+            log.warning("%s: this filesystem does not support flock (%s); each process builds its own copy of a "
+                        "missing shard cache and renames it into place", folder, exc.strerror or exc)
 
 
 def _build(shard: Path, target: Path, key: dict) -> CachedShard:

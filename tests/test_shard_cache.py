@@ -3,6 +3,7 @@ same batches, same ``file:line`` errors; rebuilt when the shard changes or the c
 concurrent loaders; nothing half-written after a failed build."""
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
@@ -249,6 +250,44 @@ def test_two_processes_build_once_and_read_the_same_data(shards, tmp_path):
         assert p.exitcode == 0
     assert len(marker.read_text().splitlines()) == 1
     assert results[0] == results[1] == contents(load_split(shards, DEFS["pick"], "train", 12, cache=False))
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS])
+def test_filesystem_without_flock_builds_per_process_with_one_warning(shards, monkeypatch, caplog, code):
+    """Lustre without -o flock, NFS without a lock daemon: no crash; one line per folder says that each process
+    builds its own copy; two builds interleaved (a second loader builds and renames while the first one is still
+    parsing) both end in the same readable cache."""
+    def no_flock(fd, operation):
+        raise OSError(code, os.strerror(code))
+    monkeypatch.setattr(shard_cache.fcntl, "flock", no_flock)
+    monkeypatch.setattr(shard_cache, "_SAID_NO_FLOCK", set())
+    real, nested, started = shard_cache.parse_shard, [], []
+
+    def parse_while_another_builds(path):
+        if not started:  # the other process's whole build happens inside this one's
+            started.append(path)
+            nested.append(contents(load_split(shards, DEFS["pick"], "train", 12)))
+        return real(path)
+    monkeypatch.setattr(shard_cache, "parse_shard", parse_while_another_builds)
+    first = load_split(shards, DEFS["pick"], "train", 12)
+    other_task = load_split(shards, DEFS["pairs"], "train", 64)  # same folder: no second warning
+    monkeypatch.undo()
+    plain = contents(load_split(shards, DEFS["pick"], "train", 12, cache=False))
+    assert isinstance(first.token_ids, CachedRows) and isinstance(other_task.token_ids, CachedRows)
+    assert nested == [plain] and contents(first) == plain
+    assert contents(load_split(shards, DEFS["pick"], "train", 12)) == plain  # the renamed cache reads back
+    lines = [r.getMessage() for r in caplog.records if "flock" in r.getMessage()]
+    assert lines == [f"{shards / shard_cache.CACHE_DIR}: this filesystem does not support flock ({os.strerror(code)}); "
+                     "each process builds its own copy of a missing shard cache and renames it into place"]
+    assert not [p for p in (shards / shard_cache.CACHE_DIR).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_other_lock_errors_are_raised(shards, monkeypatch):
+    def failing(fd, operation):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(shard_cache.fcntl, "flock", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        load_split(shards, DEFS["pairs"], "train", 64)
 
 
 # ------------------------------------------------------------------------------------------------ failures
