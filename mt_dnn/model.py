@@ -8,8 +8,9 @@ authors' pooler and ``scoring_list`` do. Which pooler a head reads is the model'
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Mapping, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
 import torch
 from torch import nn
@@ -102,6 +103,9 @@ class MTDNNModel(nn.Module):
         self.heads = nn.ModuleDict({name: self._head(td, hidden, head_init, san)
                                     for name, td in self.task_defs.items()})
         self.losses = {name: build_loss(td.loss) for name, td in self.task_defs.items()}
+        # what computes the task-independent part of a forward on token ids (mt_dnn.compiled swaps in a compiled
+        # one for the training forward); same arguments and result as encoder_body
+        self._body_override: Optional[Callable] = None
 
     def _head(self, td: TaskDef, hidden: int, init_std: Optional[float], san: Optional[SanOptions]) -> nn.Module:
         if self.head_layout != "mtdnn" or not head_reads_pooled(td, san):
@@ -173,6 +177,38 @@ class MTDNNModel(nn.Module):
             skip |= {id(p) for p in self.pooler.parameters()}
         return [p for p in self.parameters() if id(p) not in skip]
 
+    def encoder_body(self, pooled: bool, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     token_type_ids: Optional[torch.Tensor] = None,
+                     inputs_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """What every task's forward shares: (N, H) pooled [CLS] vectors, or (N, L, H) token states for heads that
+        read every token (and, under the ``mtdnn`` layout, for the per-task poolers). It does not depend on the
+        task, so ``--compile`` compiles it once per input shape."""
+        if pooled:
+            return self.pool(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        return self._encode(input_ids, attention_mask, token_type_ids, inputs_embeds).last_hidden_state
+
+    def _pooled(self, task: str, input_ids, attention_mask, token_type_ids, inputs_embeds) -> torch.Tensor:
+        """The pooled vector ``task``'s head reads: pooled inside the shared body, except under the ``mtdnn``
+        layout, whose per-task pooler runs after the shared token states."""
+        if self.head_layout == "mtdnn":
+            return self.pooler_of(task)(self._body(False, input_ids, attention_mask, token_type_ids, inputs_embeds))
+        return self._body(True, input_ids, attention_mask, token_type_ids, inputs_embeds)
+
+    def _body(self, pooled: bool, input_ids, attention_mask, token_type_ids, inputs_embeds) -> torch.Tensor:
+        if self._body_override is not None and inputs_embeds is None:
+            return self._body_override(pooled, input_ids, attention_mask, token_type_ids)
+        return self.encoder_body(pooled, input_ids, attention_mask, token_type_ids, inputs_embeds)
+
+    @contextlib.contextmanager
+    def body_override(self, body: Callable) -> Iterator[None]:
+        """Compute :meth:`encoder_body` on token ids with ``body`` inside the block (the compiled training
+        forward); forwards on given embeddings (SMART's) and everything outside the block stay as they are."""
+        self._body_override = body
+        try:
+            yield
+        finally:
+            self._body_override = None
+
     def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: Optional[torch.Tensor] = None,
                 inputs_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -196,19 +232,19 @@ class MTDNNModel(nn.Module):
                              f"{tuple(input_ids.shape)}")
         head = self.heads[task]
         if getattr(head, "per_token", False):  # Span / SequenceLabeling: one output per token
-            hidden = self._encode(input_ids, attention_mask, token_type_ids, inputs_embeds).last_hidden_state
+            hidden = self._body(False, input_ids, attention_mask, token_type_ids, inputs_embeds)
             return head(hidden, attention_mask)
         if getattr(head, "uses_tokens", False):  # the SAN head reads every token, not the pooled [CLS]
-            hidden = self._encode(input_ids, attention_mask, token_type_ids, inputs_embeds).last_hidden_state
+            hidden = self._body(False, input_ids, attention_mask, token_type_ids, inputs_embeds)
             return head(hidden, attention_mask, token_type_ids)
         if not ranking:
-            return head(self.pool(input_ids, attention_mask, token_type_ids, inputs_embeds, task))
+            return head(self._pooled(task, input_ids, attention_mask, token_type_ids, inputs_embeds))
         b, k, length = input_ids.shape
         if k != td.n_class:
             raise ValueError(f"task {task}: expects {td.n_class} hypotheses per example (n_class), got {k}")
         flat = [None if t is None else t.reshape(b * k, length) for t in (input_ids, attention_mask, token_type_ids)]
         embeds = None if inputs_embeds is None else inputs_embeds.reshape(b * k, length, -1)
-        pooled = self.pool(*flat, embeds, task)
+        pooled = self._pooled(task, *flat, embeds)
         return self.heads[task](pooled.view(b, k, -1))
 
     def loss(self, task: str, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

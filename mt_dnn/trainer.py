@@ -40,7 +40,7 @@ from mt_dnn import objectives as objectives_mod
 from mt_dnn import run_folder, task_labels
 from mt_dnn import upstream_checkpoint as upstream
 from mt_dnn.batcher import TaskData, epoch_plan, load_split, to_device
-from mt_dnn.compiled import CompiledForward, stable_grads
+from mt_dnn.compiled import CompiledForward, encoder_shapes, stable_grads
 from mt_dnn.config import TrainConfig
 from mt_dnn.distributed import DistEnv
 from mt_dnn.divergence import DivergenceGuard
@@ -409,10 +409,10 @@ class Trainer:
                                        else None, find_unused_parameters=True)
 
     def _compile(self) -> CompiledForward:
-        bound = len(self.shapes.lengths) * len(self.train_sets)
-        log.info("--compile: batches of %d rows padded to lengths %s: at most %d compiled graphs", self.shapes.rows,
-                 "/".join(map(str, self.shapes.lengths)), bound)
-        return CompiledForward(self.net, self.device, bound)
+        bound = encoder_shapes(self.model, self.cfg.train_datasets, self.shapes.rows, self.shapes.lengths)
+        log.info("--compile: batches of %d rows padded to lengths %s: at most %d encoder graphs, shared by the "
+                 "tasks (heads run eagerly)", self.shapes.rows, "/".join(map(str, self.shapes.lengths)), bound)
+        return CompiledForward(self.net, self.model, self.device, bound)
 
     def _sensitivity_tracker(self):
         if not (self.cfg.log_sensitivity_every and self.is_main):
@@ -471,7 +471,8 @@ class Trainer:
         scale = self.scaler.scale
         loss = self._forward_loss(task_idx, indices, None if batch is None else dict(batch))
         try:
-            scale(loss / self.cfg.grad_accumulation_step).backward()
+            with self._compiled_backward_guard():
+                scale(loss / self.cfg.grad_accumulation_step).backward()
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:
@@ -481,6 +482,11 @@ class Trainer:
             loss = self._forward_loss(task_idx, indices, None if batch is None else dict(batch))
             scale(loss / self.cfg.grad_accumulation_step).backward()
         return loss
+
+    def _compiled_backward_guard(self):
+        if self.cfg.compile and self.train_forward.active:
+            return self.train_forward.first_backward(self.model.parameters())
+        return contextlib.nullcontext()
 
     def _forward_loss(self, task_idx: int, indices: list[int], batch: Optional[dict] = None) -> torch.Tensor:
         """Mean loss of this rank's share of a global batch (``batch``: its tensors from the input pipeline, or

@@ -191,3 +191,94 @@ def test_cuda_graph_mode_gives_trained_parameters_stable_grads_only(cws, monkeyp
         assert (a.grad is None) == (b.grad is None), name
         if a.grad is not None:
             torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------------ graphs per bucket
+def _counting_compile(monkeypatch):
+    """torch.compile with dynamo's real tracing and guards but a backend that only counts graphs (no inductor)."""
+    from torch._dynamo.testing import CompileCounter
+    counter, real = CompileCounter(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None, dynamic=None: real(module, backend=counter,
+                                                                                         dynamic=dynamic))
+    torch._dynamo.reset()
+    return counter
+
+
+def _task_buckets(trainer) -> set[tuple[str, int]]:
+    """(task, padded length) of every micro-batch of the first epoch."""
+    seen = set()
+    for task_idx, indices in trainer._plan(0):
+        batch = trainer.micro_batch_set.__getitems__([(task_idx, i) for i in indices])
+        seen.add((trainer.train_sets[task_idx].task_def.name, batch["input_ids"].shape[-1]))
+    return seen
+
+
+def test_one_encoder_graph_per_length_bucket_shared_by_the_tasks(cws, monkeypatch):
+    """Two tasks over two length buckets: the encoder is compiled once per bucket (not per task and bucket), each
+    graph says its compile time in one line, and the run matches eager training."""
+    counter = _counting_compile(monkeypatch)
+    common = dict(train_datasets=["pairs", "score"], test_datasets=[], epochs=1, dropout_p=0.0, log_every=1)
+    compiled = Trainer(config(cws, "graphs-two-tasks", compile=True, **common))
+    compiled.fit()
+    combos = _task_buckets(compiled)
+    buckets = {length for _, length in combos}
+    assert buckets == {32, 64} and len(combos) > len(buckets)  # e.g. pairs@32, pairs@64, score@32
+    assert counter.frame_count == len(buckets) == compiled.train_forward.bound
+    assert compiled.train_forward.active and not compiled.train_forward.eager_shapes
+    lines = [line for line in (compiled.output_dir / "train.log").read_text().splitlines()
+             if "--compile: encoder graph" in line]
+    assert len(lines) == 2 and all("first call (compile and run)" in line for line in lines)
+    assert {line.split(" for ")[1].split(":")[0] for line in lines} == {"8x32 tokens (pooled)", "8x64 tokens (pooled)"}
+    assert sorted(compiled.train_forward.compiled_shapes) == [(True, (8, 32)), (True, (8, 64))]
+    eager = Trainer(config(cws, "graphs-two-tasks-eager", **common))
+    eager.fit()
+    assert [v for _, v in compiled.loss_log] == pytest.approx([v for _, v in eager.loss_log], rel=1e-5)
+
+
+def test_encoder_graph_bound_counts_ranking_rows_and_token_heads(cws):
+    from mt_dnn.compiled import encoder_shapes
+    trainer = Trainer(config(cws, "graph-bound", test_datasets=[], epochs=1))
+    model = trainer.model
+    assert encoder_shapes(model, ["pairs", "score"], 8, (32, 64)) == 2          # both pooled, 8 rows
+    assert encoder_shapes(model, ["pairs", "score", "pick"], 8, (32, 64)) == 4  # pick: 8 x 3 hypotheses
+
+
+def test_recompile_limit_hit_is_said_and_that_shape_runs_eagerly(cws, monkeypatch, caplog):
+    """dynamo's limit hit (here set to 1 graph): one warning line naming the limit and the shape; that shape runs
+    eagerly from then on, the compiled one stays compiled, and training matches eager."""
+    counter = _counting_compile(monkeypatch)
+    common = dict(train_datasets=["pairs"], test_datasets=[], epochs=1, dropout_p=0.0, log_every=1)
+    compiled = Trainer(config(cws, "limit-hit", compile=True, **common))
+    with torch._dynamo.config.patch(recompile_limit=1):
+        compiled.fit()
+    warnings = _log_warnings(compiled)
+    assert len(warnings) == 1, warnings
+    assert ("--compile: torch._dynamo's recompile limit (1) was hit at a batch of 8x" in warnings[0]
+            and "batches of that shape run eagerly, the 1 shape(s) compiled so far stay compiled" in warnings[0])
+    assert counter.frame_count == 1 and len(compiled.train_forward.eager_shapes) == 1
+    assert compiled.train_forward.active
+    eager = Trainer(config(cws, "limit-hit-eager", **common))
+    eager.fit()
+    assert [v for _, v in compiled.loss_log] == pytest.approx([v for _, v in eager.loss_log], rel=1e-5)
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_out_of_memory_in_the_compiled_forward_is_raised_not_taken_for_a_compile_failure(cws, monkeypatch, wrapped):
+    """An OOM (raised by the graph, or wrapped by the compiler in another error) ends the run as the OOM it is:
+    an eager retry would run out of memory too, and a silent switch to eager would hide it."""
+    def compiled_that_runs_out(module, **kwargs):
+        def run(*args, **kw):
+            oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            if not wrapped:
+                raise oom
+            try:
+                raise oom
+            except torch.OutOfMemoryError as exc:
+                raise RuntimeError("backend compiler failed") from exc
+        return run
+    monkeypatch.setattr(torch, "compile", compiled_that_runs_out)
+    trainer = Trainer(config(cws, f"oom-{wrapped}", train_datasets=["pairs"], test_datasets=[], compile=True,
+                             epochs=1))
+    with pytest.raises(torch.OutOfMemoryError, match="Tried to allocate 2.00 GiB"):
+        trainer.fit(stop_after_steps=1)
+    assert trainer.train_forward.active and not _log_warnings(trainer)
