@@ -153,19 +153,63 @@ class Objective:
         pass
 
 
+_M32 = 0xFFFFFFFF
+_MIX = 0x45D9F3B  # below 2**31: a 32-bit value times it stays inside int64, so the hash never overflows
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash, elementwise on int64 tensors holding values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = (x * _MIX) & _M32
+    x = x ^ (x >> 16)
+    x = (x * _MIX) & _M32
+    return x ^ (x >> 16)
+
+
+def _sequence_words(seed: int, keys: list[int]) -> list[list[int]]:
+    """Two 32-bit words per sequence from (seed, key), mixed on the host in exact 64-bit arithmetic
+    (splitmix64), so neighbouring keys give unrelated noise."""
+    out = []
+    for key in keys:
+        z = (seed * 0x9E3779B97F4A7C15 + key * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % 2 ** 64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2 ** 64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2 ** 64
+        z ^= z >> 31
+        out.append([z & _M32, z >> 32])
+    return out
+
+
+def _to_device(rows: list[list[int]], device: torch.device) -> torch.Tensor:
+    """A small int64 table on ``device`` without a host sync (pinned memory, asynchronous copy on CUDA)."""
+    table = torch.tensor(rows, dtype=torch.int64)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return table.pin_memory().to(device, non_blocking=True)
+    return table.to(device)
+
+
 def keyed_noise(embeds: torch.Tensor, mask: torch.Tensor, row_keys: list[int], seed: int) -> torch.Tensor:
-    """Standard Gaussian noise of ``embeds``' shape, zero at padding, each sequence's values drawn from a
-    generator seeded by (seed, its row key): the noise an example gets does not depend on which rank holds it,
-    on the batch's padded length, or on anything drawn before, so 2 ranks match 1 process and resume is exact."""
+    """Standard Gaussian noise of ``embeds``' shape, zero at padding, drawn on ``embeds``' device.
+
+    Each value is a hash of (seed, its sequence's row key, position, hidden index) turned Gaussian by Box-Muller:
+    the noise an example gets does not depend on which rank holds it, on the batch's padded length, or on
+    anything drawn before, so 2 ranks match 1 process and resume is exact. Nothing is read back to the host
+    (the mask stays on the device) and only a table of two words per sequence crosses to it."""
     length, hidden = embeds.shape[-2], embeds.shape[-1]
     flat_mask = mask.reshape(-1, length)
     per_row = flat_mask.shape[0] // len(row_keys)  # Ranking: K sequences per example
-    noise = torch.zeros(flat_mask.shape[0], length, hidden)
-    for row, n in enumerate(flat_mask.sum(-1).tolist()):
-        key = row_keys[row // per_row] * per_row + row % per_row
-        gen = torch.Generator().manual_seed((seed * 0x9E3779B1 + key) % (2 ** 63))
-        noise[row, :int(n)] = torch.randn(int(n), hidden, generator=gen)
-    return noise.view(embeds.shape).to(device=embeds.device, dtype=embeds.dtype)
+    keys = [key * per_row + j for key in row_keys for j in range(per_row)]
+    words = _to_device(_sequence_words(seed, keys), embeds.device)
+    device, pairs = embeds.device, (hidden + 1) // 2
+    positions = torch.arange(length, device=device, dtype=torch.int64)
+    row_pos = _mix32(words[:, :1] ^ positions) ^ words[:, 1:]               # (S, L)
+    column = _mix32(torch.arange(2 * pairs, device=device, dtype=torch.int64).view(2, pairs) + 0x3C6EF372)
+    bits = row_pos[:, :, None, None] ^ column                                # (S, L, 2, pairs)
+    bits = ((bits ^ (bits >> 16)) * _MIX) & _M32  # one multiply round: no xor structure across rows/columns left
+    u = ((bits >> 8).to(torch.float32) + 0.5) * 2.0 ** -24                  # uniform in (0, 1), never 0 or 1
+    radius, angle = torch.sqrt(-2.0 * torch.log(u[:, :, 0])), (2 * torch.pi) * u[:, :, 1]
+    noise = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=-1)[..., :hidden]
+    noise = noise * flat_mask[..., None].to(noise.dtype)
+    return noise.view(embeds.shape).to(dtype=embeds.dtype)
 
 
 def rescale(delta: torch.Tensor, p_norm: str, level: int, eps: float) -> torch.Tensor:
@@ -228,7 +272,8 @@ class Smart(Objective):
         return dict(self.rng.state)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.rng.state = dict(state)
+        # a stream saved without a CUDA part (a CPU run resumed on a GPU) keeps this run's seeded CUDA part
+        self.rng.state = {**self.rng.state, **state}
 
 
 class Distillation(Objective):

@@ -88,6 +88,72 @@ def test_keyed_noise_depends_on_the_example_not_on_its_batch():
     assert not torch.equal(other_seed, alone)
 
 
+class _OpLog(torch.utils._python_dispatch.TorchDispatchMode):
+    """Every aten op run inside, with the devices and sizes of the tensors it returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[tuple[str, list[tuple[str, int]]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        flat = out if isinstance(out, (tuple, list)) else [out]
+        self.ops.append((str(func), [(t.device.type, t.numel()) for t in flat if isinstance(t, torch.Tensor)]))
+        return out
+
+    def host_reads(self) -> list[str]:
+        return [name for name, _ in self.ops if "_local_scalar_dense" in name or "item" in name]
+
+    def cpu_tensors_of_at_least(self, numel: int) -> list[str]:
+        return [name for name, outs in self.ops if any(d == "cpu" and n >= numel for d, n in outs)]
+
+
+def test_keyed_noise_is_drawn_on_the_target_device_with_nothing_read_back():
+    """On the meta device (which holds no values, so any read back to the host would fail): every tensor of noise
+    size is made there and nothing is read back; the CPU holds only a table of two words per sequence."""
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0, 0]])
+    embeds, mask_meta = torch.zeros(2, 8, 6, device="meta"), mask.to("meta")
+    with _OpLog() as ops:
+        noise = obj.keyed_noise(embeds, mask_meta, [21, 22], seed=5)
+    assert noise.device.type == "meta" and noise.shape == (2, 8, 6)
+    assert ops.host_reads() == []
+    assert ops.cpu_tensors_of_at_least(5) == []  # the (2, 2) table of words is all the CPU holds
+    assert any(d == "meta" and n >= 2 * 8 * 6 for _, outs in ops.ops for d, n in outs)
+
+
+def test_keyed_noise_is_standard_gaussian_and_unrelated_across_rows_positions_and_units():
+    noise = obj.keyed_noise(torch.zeros(16, 64, 97), torch.ones(16, 64, dtype=torch.long), list(range(100, 116)), 3)
+    flat = noise.flatten()
+    assert abs(flat.mean().item()) < 0.01 and abs(flat.std().item() - 1) < 0.01
+    assert abs((flat ** 4).mean().item() - 3) < 0.05  # Gaussian kurtosis
+
+    def corr(a, b):
+        return torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].abs().item()
+    assert corr(noise[:-1], noise[1:]) < 0.01 and corr(noise[:, :-1], noise[:, 1:]) < 0.01
+    assert corr(noise[..., :-1], noise[..., 1:]) < 0.01 and corr(noise[..., :48], noise[..., 49:]) < 0.01
+
+
+def test_smart_ascent_reads_nothing_back_to_the_host():
+    """The whole perturbation (noise, adv_k ascent steps through the scaler's scale, rescaling, the padding mask)
+    and the divergence on the meta device: nothing read back, nothing of the batch's size on the CPU. A SMART
+    micro-batch therefore queues its work on the GPU without waiting for it."""
+    ids = torch.tensor([[2, 11, 40, 50, 3, 0], [2, 10, 41, 3, 0, 0]])
+    mask = (ids != 0).long().to("meta")
+    weight = torch.randn(5, 3, device="meta", requires_grad=True)
+    embeds = torch.randn(2, 6, 5, device="meta")
+    forward = lambda e: (e * mask[..., None]).sum(1) @ weight  # noqa: E731
+    clean = forward(embeds).detach()
+    scale = torch.full((), 1024.0, device="meta")
+    mb = obj.MicroBatch(None, clean, None, None, mask, [7, 8], forward, lambda: embeds, lambda v: v * scale)
+    with _OpLog() as ops:
+        delta = obj.Smart(_smart_cfg(adv_k=2), torch.device("cpu")).perturbation(
+            mb, embeds, clean, obj.DIVERGENCES["SymKlCriterion"])
+        total = obj.DIVERGENCES["SymKlCriterion"](forward(embeds + delta), clean)
+    assert delta.device.type == "meta" and total.device.type == "meta"
+    assert ops.host_reads() == []
+    assert ops.cpu_tensors_of_at_least(5) == []
+
+
 # ------------------------------------------------------------------------------------------ ascent step
 def _tiny_model(task_yaml: str, task: str):
     torch.manual_seed(1)
