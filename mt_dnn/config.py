@@ -138,11 +138,14 @@ class TrainConfig:
     kd_alpha: float = cli_field(0.5, "weight of the distillation loss; the hard-label loss gets 1 - kd_alpha")
     # precision, reproducibility, output
     fp16: bool = cli_field(False, "float16 autocast with a GradScaler (V100 and newer)")
-    bf16: bool = cli_field(False, "bfloat16 autocast (Ampere and newer, and CPU)")
+    bf16: bool = cli_field(False, "bfloat16 autocast (Ampere and newer, and CPU; refused on V100/T4, which emulate "
+                                  "it: use --fp16 there)")
+    tf32: bool = cli_field(True, "TF32 tensor-core matmuls for float32 work on Ampere (A100) and newer GPUs "
+                                 "(--no_tf32: full float32 matmuls); no effect elsewhere")
     compile: bool = cli_field(
-        False, "torch.compile the training forward (encoder + heads; CUDA graphs on GPU), with batches padded to "
-        "length buckets of 32 and a fixed batch size so each task compiles once per bucket; falls back to eager "
-        "with a warning if compiling fails")
+        False, "torch.compile the training forward's encoder (CUDA graphs on GPU), with batches padded to "
+        "length buckets of 32 and a fixed batch size so the encoder compiles once per bucket, shared by the "
+        "tasks; falls back to eager with a warning if compiling fails")
     seed: int = cli_field(2018)
     resume: bool = cli_field(False, "continue from the last checkpoint in --output_dir")
     overwrite: bool = cli_field(

@@ -37,6 +37,7 @@ from mt_dnn import checkpoint as ckpt
 from mt_dnn import distributed as dist_utils
 from mt_dnn import head_layout as layouts
 from mt_dnn import objectives as objectives_mod
+from mt_dnn import precision
 from mt_dnn import run_folder, task_labels
 from mt_dnn import upstream_checkpoint as upstream
 from mt_dnn.batcher import TaskData, epoch_plan, load_split, to_device
@@ -232,6 +233,10 @@ class Trainer:
         if cfg.fp16 and self.device.type not in FP16_DEVICE_TYPES:
             raise ValueError(f"--fp16: float16 autocast is for CUDA; on {self.device.type} use --bf16 or fp32 "
                              "(no flag)")
+        precision.check_bf16(self.device, cfg.bf16)
+        tf32 = precision.apply_tf32(self.device, cfg.tf32)
+        if tf32:
+            log.info("%s", tf32)
         self.amp_dtype = torch.float16 if cfg.fp16 else torch.bfloat16 if cfg.bf16 else None
 
         all_defs = load_task_defs(cfg.task_def)
