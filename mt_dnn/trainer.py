@@ -37,6 +37,7 @@ from mt_dnn import checkpoint as ckpt
 from mt_dnn import distributed as dist_utils
 from mt_dnn import head_layout as layouts
 from mt_dnn import objectives as objectives_mod
+from mt_dnn import optimizer_stats
 from mt_dnn import precision
 from mt_dnn import run_folder, task_labels
 from mt_dnn import upstream_checkpoint as upstream
@@ -666,11 +667,12 @@ class Trainer:
                 mean = dist_utils.all_reduce_mean(running / count).item()
                 self.loss_log.append((self.global_step, mean))
                 bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-                if self.writer is not None:  # sage_stats() is a pass over the optimizer state
+                # a pass over the optimizer state, on every rank (a collective under FSDP)
+                stats = optimizer_stats.sage_stats(self.optimizer) if cfg.tensorboard else {}
+                if self.writer is not None:
                     self._log_scalars({"train/loss": mean, "train/lr": self.scheduler.get_last_lr()[0],
                                        "train/samples_per_s": count * cfg.batch_size * self.world_size
-                                       / (time.perf_counter() - tick),
-                                       **_sage_stats(self.optimizer)})
+                                       / (time.perf_counter() - tick), **stats})
                 running.zero_()
                 count, tick = 0, time.perf_counter()
             saved = bool(cfg.save_every_steps) and self.global_step % cfg.save_every_steps == 0
@@ -951,9 +953,3 @@ def _by_device_and_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]
     for t in tensors:
         groups.setdefault((t.device, t.dtype), []).append(t)
     return list(groups.values())
-
-
-def _sage_stats(optimizer) -> dict:
-    """The SAGE optimizers' TensorBoard statistics; plain torch optimizers (radam) have none."""
-    stats = getattr(optimizer, "sage_stats", None)
-    return stats() if stats is not None else {}

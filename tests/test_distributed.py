@@ -231,6 +231,24 @@ def test_a_run_folder_locked_by_another_run_stops_every_rank_with_one_line(ws):
     assert f"--output_dir {out}: another train.py is writing this run (pid {os.getpid()} on " in errors[0]
 
 
+def test_fsdp_logs_the_mean_sensitivity_of_the_whole_state(ws):
+    """--fsdp on 2 ranks: the logged sage/mean_sensitivity_ema is the mean over the whole optimizer state (each
+    rank holds a shard; sum and count are reduced over the ranks), equal to the 1-process run's value at every
+    log step; the optimizer's shard-local value alone is about half of it."""
+    stats = {}
+    for nproc, mode in ((1, "single"), (2, "fsdp")):
+        out = ws / f"stats-{mode}.json"
+        extra = ["--fsdp"] if mode == "fsdp" else []
+        _torchrun(str(ROOT / "tests" / "dist_sage_stats_driver.py"),
+                  ["4", str(out), *_args(ws, f"stats-{mode}", 8 // nproc, "--tensorboard", *extra)], nproc=nproc)
+        stats[mode] = json.loads(out.read_text())
+    one, two = stats["single"], stats["fsdp"]
+    assert two["sharded"] and not one["sharded"] and len(two["logged"]) == 4
+    assert two["logged"][-1] == pytest.approx(two["true"], rel=1e-9)
+    assert two["logged"] == pytest.approx(one["logged"], rel=1e-5)
+    assert 0.3 < two["optimizer_own"] / two["true"] < 0.7
+
+
 def test_bad_input_on_one_rank_stops_every_rank(ws):
     """Two nodes' worth of processes started by hand; only rank 1 has a wrong --data_dir. Without error
     agreement rank 0 would block in its first collective until the timeout."""
