@@ -37,7 +37,7 @@ from mt_dnn import checkpoint as ckpt
 from mt_dnn import distributed as dist_utils
 from mt_dnn import head_layout as layouts
 from mt_dnn import objectives as objectives_mod
-from mt_dnn import optimizer_stats
+from mt_dnn import optimizer_stats, parallel
 from mt_dnn import precision
 from mt_dnn import run_folder, task_labels
 from mt_dnn import upstream_checkpoint as upstream
@@ -410,9 +410,11 @@ class Trainer:
             fully_shard(self.model)
             return self.model
         from torch.nn.parallel import DistributedDataParallel
-        # Each step trains one task's head, so the other heads have no gradient that step.
+        settings = parallel.ddp_settings(self.model, self.cfg.train_datasets, self.cfg.compile,
+                                         self.cfg.grad_accumulation_step)
+        log.info("%s", settings.describe())
         return DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                       else None, find_unused_parameters=True)
+                                       else None, **settings.kwargs())
 
     def _compile(self) -> CompiledForward:
         bound = encoder_shapes(self.model, self.cfg.train_datasets, self.shapes.rows, self.shapes.lengths)
@@ -524,7 +526,7 @@ class Trainer:
         """The parameters a micro-batch of ``task`` gives gradients: all but the other tasks' heads and the poolers
         this task's head does not read (the encoder's own, under the sage and mtdnn head layouts)."""
         if task not in self._params_by_task:
-            self._params_by_task[task] = [p for p in self.model.parameters_used_by(task) if p.requires_grad]
+            self._params_by_task[task] = parallel.trained_parameters(self.model, task)
         return self._params_by_task[task]
 
     def _micro_batch(self, task_def, batch: dict, out: torch.Tensor, labels, soft,
@@ -547,8 +549,9 @@ class Trainer:
 
     def _optimizer_step(self) -> None:
         cfg = self.cfg
-        if cfg.global_grad_clipping > 0 or cfg.grad_clipping > 0 or self.tracker is not None:
-            self.scaler.unscale_(self.optimizer)
+        sharded = self._sharded()
+        if cfg.global_grad_clipping > 0 or cfg.grad_clipping > 0 or self.tracker is not None or sharded:
+            self.scaler.unscale_(self.optimizer)  # (FSDP: on the DTensor gradients, before the local-shard step)
         norm = None
         if cfg.global_grad_clipping > 0:  # one multi-tensor norm and scale (FSDP: DTensor shards, torch's choice)
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.global_grad_clipping,
@@ -561,7 +564,8 @@ class Trainer:
             self.check_finite()  # the tracker writes a record this step: never one of NaN statistics
         if self.tracker is not None and self._finite_gradients(norm):
             self.tracker.observe(self.global_step + 1)
-        self.scaler.step(self.optimizer)
+        with parallel.local_shards(self.optimizer) if sharded else contextlib.nullcontext():
+            self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

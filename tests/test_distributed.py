@@ -149,6 +149,32 @@ def test_two_ranks_match_one_process_with_smart(ws, single):
     assert max((one[k] - plain[k]).abs().max().item() for k in one) > 1e-4  # SMART changed the training
 
 
+@pytest.mark.parametrize("case,settings", [
+    ("smart", "DDP: static graph, buffers not broadcast"),
+    ("san-head", "DDP: static graph, buffers not broadcast"),
+    ("accumulation", "DDP: every parameter used, buffers not broadcast")])
+def test_one_task_under_cheaper_ddp_settings_matches_one_process(ws, case, settings):
+    """One training task: DDP without the per-step search for unused parameters (a static graph, or with
+    gradient accumulation every parameter used) and without buffer broadcasts, still equal to 1 process with
+    the doubled batch -- with SMART's extra forwards, with accumulation (no_sync), and with a SAN head, under
+    which the encoder's pooler gets no gradient."""
+    extra = {"smart": SMART, "accumulation": ["--grad_accumulation_step", "2"],
+             "san-head": ["--task_def", str(ws / "tasks-san.yml"), "--answer_opt", "1", "--answer_mem_drop_p", "0",
+                          "--answer_dropout_p", "0"]}[case]
+    if case == "san-head":
+        (ws / "tasks-san.yml").write_text(TASKS.replace("  labels: [not, same]\n", "  labels: [not, same]\n"
+                                                        "  enable_san: true\n"), encoding="utf-8")
+    extra = [*extra, "--train_datasets", "pairs", "--test_datasets", "pairs", "--epochs", "1"]
+    _run([sys.executable, "train.py", *_args(ws, f"one-task-{case}", 8, *extra)])
+    _torchrun("train.py", _args(ws, f"one-task-{case}-ddp", 4, *extra))
+    assert settings in (ws / f"one-task-{case}-ddp" / "train.log").read_text()
+    one, two = _final_weights(ws / f"one-task-{case}"), _final_weights(ws / f"one-task-{case}-ddp")
+    _assert_close(two, one, atol=1e-5)
+    if case == "san-head":  # the pooler really was idle: it still holds the initial weights
+        init = AutoModel.from_pretrained(ws / "tiny-bert").state_dict()
+        assert torch.equal(two["encoder.pooler.dense.weight"], init["pooler.dense.weight"])
+
+
 def test_two_ranks_with_loader_workers_match_one_process(ws, single):
     """Micro-batches built by a worker process on each rank (--num_workers 1): the same parity as in-process."""
     _torchrun("train.py", _args(ws, "ddp-workers", 4, "--num_workers", "1"))
