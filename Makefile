@@ -9,7 +9,7 @@ TORCH_CPU_VERSION ?= 2.13.0
 STAMP := $(VENV)/.deps-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo bench bench-optim bench-prepro bench-train lint clean
+.PHONY: install test test-fast demo bench bench-optim bench-prepro bench-train gpu-check lint clean
 
 install: $(STAMP)
 
@@ -38,6 +38,12 @@ bench-prepro: $(STAMP)
 
 bench-train: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
+
+# The first run on a GPU machine, in one command (about nine minutes, no data or model download): kernel and
+# CUDA-graph correctness, eager and compiled training speed, host syncs, optimizer step, DDP settings; results in
+# bench/out/gpu_check.json and a printed table. Its CPU rehearsal (--smoke) runs inside `make test`.
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py
 
 # The main job on the embedded default: MiniLM-L6, two demo tasks, Adamax vs Adamax-SAGE, each at lr 1e-4 and
 # 3e-4 (4 runs); tables at equal lr and with each optimizer at its best lr on dev.

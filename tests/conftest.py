@@ -34,3 +34,14 @@ def tiny_bert_config(**overrides):
               intermediate_size=64, max_position_embeddings=64, type_vocab_size=2)
     kw.update(overrides)
     return BertConfig(**kw)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` skip, with the reason, where no CUDA GPU is visible."""
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (make gpu-check runs the cuda-marked tests)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -114,3 +114,12 @@ def test_resume_with_fewer_gpus_visible_goes_on_and_logs_what_was_dropped(ws, mo
     assert resumed.global_step == 6
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.cuda
+def test_real_cuda_generators_round_trip_exactly():
+    state = ckpt.rng_state_from_bytes(ckpt.rng_state_bytes())
+    expected = torch.rand(4, device="cuda")
+    torch.cuda.manual_seed_all(123)
+    assert ckpt.set_rng_state(state) is None
+    assert torch.equal(torch.rand(4, device="cuda"), expected)

@@ -154,6 +154,23 @@ def test_smart_ascent_reads_nothing_back_to_the_host():
     assert ops.cpu_tensors_of_at_least(5) == []
 
 
+@pytest.mark.cuda
+def test_keyed_noise_on_the_gpu_equals_the_cpu_draw_and_never_syncs():
+    """On a real GPU: the same noise as on the CPU (same integer hash, float32 transcendental functions within a
+    few ulps), and no synchronizing call (torch's sync debug mode set to raise)."""
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0, 0]])
+    want = obj.keyed_noise(torch.zeros(2, 8, 6), mask, [21, 22], seed=5)
+    mask_gpu = mask.cuda()
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = obj.keyed_noise(torch.zeros(2, 8, 6, device="cuda"), mask_gpu, [21, 22], seed=5)
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------ ascent step
 def _tiny_model(task_yaml: str, task: str):
     torch.manual_seed(1)

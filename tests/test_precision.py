@@ -99,3 +99,19 @@ def test_train_py_refuses_bf16_on_a_v100_in_one_line(gpu, monkeypatch, tmp_path,
                    "would be emulated, several times slower); use --fp16 (float16 autocast with a GradScaler) or "
                    "fp32 (no flag)"]
     assert not out.exists()
+
+
+@pytest.mark.cuda
+def test_tf32_follows_this_gpus_capability():
+    before = torch.backends.cuda.matmul.fp32_precision
+    try:
+        device = torch.device("cuda", torch.cuda.current_device())
+        line = precision.apply_tf32(device, True)
+        capable = torch.cuda.get_device_capability(device) >= precision.TF32_CAPABILITY
+        assert torch.backends.cuda.matmul.fp32_precision == ("tf32" if capable else "ieee")
+        assert line.startswith("float32 matmuls use TF32" if capable else "float32 matmuls in full float32")
+        if not capable:
+            with pytest.raises(ValueError, match="--bf16: GPU .* has no bfloat16 units"):
+                precision.check_bf16(device, True)
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = before

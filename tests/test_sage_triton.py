@@ -303,6 +303,7 @@ def test_compiled_kernel_builds_for_volta_and_turing_without_spills(arch, dtype,
     assert spills and all(n == "0" for n in spills), usage.stderr
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernel)")
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("cls,kwargs", CASES[::2], ids=case_id)
