@@ -9,11 +9,10 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from gpu_check import ROOT, Check, SkipStep
+from gpu_check_core import ROOT, Check, SkipStep
 from host_syncs import SyncCounter
 from synthetic_run import make_workspace, train_config
 
@@ -405,7 +404,7 @@ def section_d(check: Check) -> None:
     _optimizer_rows(check)
 
 
-# ------------------------------------------------------------------------------------------------ e: syncs, DDP, compile
+# ---------------------------------------------------------------------------------------------- e: syncs, DDP, compile
 def _ddp_cost(check: Check) -> dict:
     if check.cuda and torch.cuda.device_count() < 2:
         raise SkipStep(f"needs 2 GPUs ({torch.cuda.device_count()} visible): DDP's search for unused parameters "

@@ -13,9 +13,18 @@ import torch
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
-import gpu_check  # noqa: E402
+import gpu_check_core as gpu_check  # noqa: E402
 import gpu_check_sections as sections  # noqa: E402
 from host_syncs import SyncCounter  # noqa: E402
+
+
+def _cli():
+    """bench/gpu_check.py itself (docker/gpu_check.py, the image's check, has the plain module name)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_gpu_check", ROOT / "bench" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.subprocess
@@ -90,14 +99,15 @@ def test_the_float64_comparison_catches_a_step_of_the_wrong_size(tmp_path, monke
 def test_cli_wants_a_gpu_unless_smoke(capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible here")
+    cli = _cli()
     with pytest.raises(SystemExit) as exit_info:
-        gpu_check.parse([])
+        cli.parse([])
     assert exit_info.value.code == 2
     assert "no CUDA device: this check is for a GPU; --smoke runs its CPU rehearsal" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        gpu_check.parse(["--smoke", "--sections", "az"])
+        cli.parse(["--smoke", "--sections", "az"])
     assert "--sections: unknown section(s) z; choose from abcde" in capsys.readouterr().err
-    assert gpu_check.parse(["--smoke"]).device == torch.device("cpu")
+    assert cli.parse(["--smoke"]).device == torch.device("cpu")
 
 
 def test_host_reads_are_counted_and_placed():
