@@ -1,4 +1,4 @@
-"""An independent, deliberately plain re-implementation of ``../shared/reference/SAGE_MATH.md`` for tests.
+"""An independent, deliberately plain re-implementation of ``docs/sage_update_rule.md`` for tests.
 
 It does not import the project's optimizer code. One Python object per parameter, written line by line from the
 spec (the authors' per-parameter loop, with its temporaries), so that a disagreement points at a real difference.
@@ -84,7 +84,7 @@ class ReferenceOptimizer:
                 getattr(self, "_" + self.algo)(p, p.grad.clone(), st, sage, wd)
         self.global_step += 1
 
-    # --- the authors' UnstructAwareAdamax / Adamax (SAGE_MATH.md steps 1-10) ---
+    # --- the authors' UnstructAwareAdamax / Adamax (docs/sage_update_rule.md, Adamax-SAGE steps 2-10) ---
     def _adamax(self, p, g, st, sage, wd):
         eps = self.eps
         st.m = self.b1 * st.m + (1 - self.b1) * g

@@ -144,7 +144,7 @@ def test_auc_without_scores():
 # ---------------------------------------------------------------- GLUE score: the paper's own rows
 
 ORDER = ("rte", "mrpc", "cola", "sst", "stsb", "qnli", "qqp", "mnli")
-# PAPER_TABLES.md, Table 2 (dev) and Table 6: per-task numbers and the paper's printed average.
+# The paper's Table 2 (dev) and Table 6: per-task numbers and the paper's printed average.
 TABLE2 = {
     "BERT-base Adam": ([63.5, (84.1, 89.0), 54.7, 92.9, (89.2, 88.8), 91.1, (90.9, 88.1), (84.5, 84.4)], 81.5),
     "BERT-base Adam-SAGE": ([73.3, (87.0, 90.9), 60.3, 93.5, (90.3, 89.9), 91.7, (91.2, 88.1), (84.7, 84.8)], 84.0),

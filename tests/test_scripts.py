@@ -1,7 +1,7 @@
 """scripts/: the 32 per-task scripts are up to date, carry Table 7, and behave (run with a fake interpreter).
 
-Table 7 is checked twice: against cells hand-copied below, and against the paper tables in
-../shared/reference/PAPER_TABLES.md parsed independently (skipped with a reason when ../shared is absent).
+Table 7 is checked twice: against cells hand-copied below, and against the paper's tables transcribed in
+tests/fixtures/paper_tables.md, parsed independently.
 """
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SAGE_SHARED_DIR", ROOT.parent / "shared"))
-PAPER_TABLES = SHARED / "reference" / "PAPER_TABLES.md"
+PAPER_TABLES = ROOT / "tests" / "fixtures" / "paper_tables.md"
 GLUE_TASK_DEF = ROOT / "experiments" / "glue" / "glue_task_def.yml"
 TASKS = ["rte", "mrpc", "cola", "sst", "stsb", "qnli", "qqp", "mnli"]
 OPTIMIZERS = ["adamax", "usadamax", "adamw", "usadamw"]
@@ -66,7 +65,7 @@ def test_hand_copied_table7_cells():
 
 
 def _table_rows(section: str, n_cells: int, key_cells: int = 1) -> dict[str, list[str]]:
-    """Markdown table rows with n_cells cells in a part of PAPER_TABLES.md: first key_cells cells -> the rest."""
+    """Markdown table rows with n_cells cells in a part of paper_tables.md: first key_cells cells -> the rest."""
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -76,7 +75,6 @@ def _table_rows(section: str, n_cells: int, key_cells: int = 1) -> dict[str, lis
     return rows
 
 
-@pytest.mark.skipif(not PAPER_TABLES.is_file(), reason=f"{PAPER_TABLES} not found (set SAGE_SHARED_DIR)")
 def test_settings_equal_every_cell_of_the_paper_tables():
     text = PAPER_TABLES.read_text(encoding="utf-8")
     table2_text, table7_text = text.split("## Table 7")[0].split("## Table 2")[1], text.split("## Table 7")[1]
