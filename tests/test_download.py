@@ -466,12 +466,12 @@ def test_squad_files_land_verified_rerun_skips_and_force_replaces(tmp_path):
     assert edited.read_bytes() == SQUAD_FILES["SQuAD-v1.1/dev-v1.1.json"]
 
 
-def test_readme_links_the_downloaded_squad_files_where_prepro_reads_them(tmp_path):
-    """The README's span section: download.sh --tasks squad,squad_v2, its `ln -s` lines, then prepro_std.py."""
+def test_data_doc_links_the_downloaded_squad_files_where_prepro_reads_them(tmp_path):
+    """docs/data.md's span section: download.sh --tasks squad,squad_v2, its `ln -s` lines, then prepro_std.py."""
     import prepro_std
     from data_utils.shards import shard_path
 
-    section = (ROOT / "README.md").read_text().split("## Span extraction (SQuAD)")[1].split("\n## ")[0]
+    section = (ROOT / "docs" / "data.md").read_text().split("## Span extraction (SQuAD)")[1].split("\n## ")[0]
     assert "./download.sh --tasks squad,squad_v2" in section
     links = re.findall(r"^ln -s (\.\./glue_data/SQuAD\S+) +(data/canonical_data/\S+)", section, re.M)
     assert len(links) == 4, section

@@ -1251,10 +1251,11 @@ def test_mtdnn_json_shards_are_read(ws, tmp_path):
         read_shard(tmp_path / "x.jsonl")
 
 
-# ------------------------------------------------------------------------------------------ README
-def test_readme_section_shows_the_command_and_names_every_flag_and_field():
+# ------------------------------------------------------------------------------------------ docs/mtdnn.md
+def test_mtdnn_doc_shows_the_command_and_names_every_flag_and_field():
+    """docs/mtdnn.md, section "Coming from MT-DNN or the SAGE repository"."""
     from data_utils.task_def import FIELDS, NO_EFFECT_FIELDS
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "docs" / "mtdnn.md").read_text(encoding="utf-8")
     start = readme.index("## Coming from MT-DNN or the SAGE repository")
     section = readme[start:readme.index("\n## ", start + 1)]
     command = AUTHORS_SCRIPT[AUTHORS_SCRIPT.index("python train.py"):]

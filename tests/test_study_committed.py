@@ -87,15 +87,15 @@ def test_the_combined_study_comes_back_from_the_runs_csvs(clone, capsys):
     assert (clone / "minilm_glue4_study.png").read_bytes()[:4] == b"\x89PNG"
 
 
-# ------------------------------------------------------------------------ the README's numbers are the study's
+# -------------------------------------------------------------------- docs/study.md's numbers are the study's
 MEAN_STD = re.compile(r"(-?\d+\.\d) ± (\d+\.\d)")
 DELTA = re.compile(r"([+−-]\d+\.\d) \(p = (\d\.\d+)\)")
 
 
-def readme_tables() -> dict[str, dict[str, list[str]]]:
+def study_doc_tables() -> dict[str, dict[str, list[str]]]:
     """The study section's tables: the header's first cell -> {a row's first cell: the row's cells}."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("## Does SAGE help? The full-size study", 1)[1].split("\n## ", 1)[0]
+    text = (ROOT / "docs" / "study.md").read_text(encoding="utf-8")
+    section = text.split("## The full-size study", 1)[1].split("\n## ", 1)[0]
     tables: dict[str, dict[str, list[str]]] = {}
     header = None
     for line in section.splitlines():
@@ -113,7 +113,7 @@ def readme_tables() -> dict[str, dict[str, list[str]]]:
 
 def table_for(tables: dict, title: str) -> dict[str, list[str]]:
     found = [rows for header, rows in tables.items() if header.startswith(title)]
-    assert len(found) == 1, f"README: no single study table headed '{title} …'"
+    assert len(found) == 1, f"docs/study.md: no single study table headed '{title} …'"
     return found[0]
 
 
@@ -133,10 +133,10 @@ def check_delta(cell: str, test: dict, where: str) -> None:
     assert abs(p - test["p"]) < 0.006 if len(match.group(2)) > 3 else abs(p - test["p"]) < 0.051, where
 
 
-def test_the_readme_reports_the_committed_study():
+def test_the_study_doc_reports_the_committed_study():
     """Every finished task's table rows (setting, best- and last-epoch mean ± std, SAGE − base with its p) and each
-    finished pair's four-task average in the README are the committed study.json's, to the digit shown."""
-    tables = readme_tables()
+    finished pair's four-task average in docs/study.md are the committed study.json's, to the digit shown."""
+    tables = study_doc_tables()
     saved = json.loads((COMMITTED / "minilm_glue4_study.json").read_text(encoding="utf-8"))
     checked = averages = 0
     for pair in saved["pairs"]:
@@ -147,15 +147,15 @@ def test_the_readme_reports_the_committed_study():
             for opt in (pair["baseline"], pair["candidate"]):
                 row, f = rows[NAMES[opt]], final[(task, opt)]
                 lr = float(re.search(r"lr ([\d.e-]+)", row[1]).group(1))
-                assert lr == pytest.approx(f["learning_rate"]), f"README {TASK_TITLES[task]} {NAMES[opt]}: {row[1]}"
+                assert lr == pytest.approx(f["learning_rate"]), f"docs/study.md {TASK_TITLES[task]} {NAMES[opt]}: {row[1]}"
                 if opt.startswith("us"):
-                    assert f"β3 {f['beta3']:g}" in row[1], f"README {TASK_TITLES[task]} {NAMES[opt]}: {row[1]}"
+                    assert f"β3 {f['beta3']:g}" in row[1], f"docs/study.md {TASK_TITLES[task]} {NAMES[opt]}: {row[1]}"
                 for col, epoch in ((2, "best"), (3, "last")):
                     check_mean_std(row[col], list(f[f"{epoch}_by_seed"].values()),
-                                   f"README {TASK_TITLES[task]} {NAMES[opt]} {epoch}")
+                                   f"docs/study.md {TASK_TITLES[task]} {NAMES[opt]} {epoch}")
             for col, epoch in ((2, "best"), (3, "last")):
                 check_delta(rows[f"SAGE − {base}"][col], pair["ttests"][epoch][task],
-                            f"README {TASK_TITLES[task]} SAGE − {base} {epoch}")
+                            f"docs/study.md {TASK_TITLES[task]} SAGE − {base} {epoch}")
             checked += 1
         if "average" in pair["ttests"]["best"]:
             averages += 1
@@ -165,8 +165,8 @@ def test_the_readme_reports_the_committed_study():
                     per_task = [final[(t, opt)][f"{epoch}_by_seed"] for t in pair["tasks"]]
                     seeds = sorted(set.intersection(*(set(s) for s in per_task)))
                     check_mean_std(rows[name][col], [np.mean([s[k] for s in per_task]) for k in seeds],
-                                   f"README four-task average {name} {epoch}")
+                                   f"docs/study.md four-task average {name} {epoch}")
                 delta_row = [cells for first, cells in rows.items() if first.startswith(f"SAGE − {base}")]
-                assert len(delta_row) == 1, f"README four-task average: no 'SAGE − {base}' row"
-                check_delta(delta_row[0][col], pair["ttests"][epoch]["average"], f"README average {base} {epoch}")
+                assert len(delta_row) == 1, f"docs/study.md four-task average: no 'SAGE − {base}' row"
+                check_delta(delta_row[0][col], pair["ttests"][epoch]["average"], f"docs/study.md average {base} {epoch}")
     assert (checked, averages) == (8, 2)
