@@ -293,3 +293,23 @@ def test_the_analyses_table_is_the_committed_figures():
     text = (DOCS / "analyses.md").read_text(encoding="utf-8")
     unpruned = {k: v[0]["score"] for k, v in fig3["curves"].items()}
     assert f"({unpruned[sage]:.2f} vs {unpruned[adamax]:.2f})" in text, unpruned
+
+
+# ------------------------------------------------------------------------------------ the headline answer
+@pytest.mark.parametrize("path,heading", [(ROOT / "README.md", "## Does SAGE help?"),
+                                          (DOCS / "study.md", "# Does SAGE help?")], ids=["README", "study"])
+def test_the_headline_answer_is_the_committed_study(path, heading):
+    """The three lines a reader sees first: each pair's four-task gain at the best epoch and its p, and the run count."""
+    text = " ".join(section(path, heading).split())
+    study = json.loads((RESULTS / "minilm_glue4_study.json").read_text(encoding="utf-8"))
+    labels = {"adamax": "Adamax", "usadamax": "Adamax-SAGE", "adamw": "AdamW", "usadamw": "AdamW-SAGE"}
+    for pair in study["pairs"]:
+        test = pair["ttests"]["best"]["average"]
+        phrase = f"{labels[pair['candidate']]} vs {labels[pair['baseline']]}"
+        match = re.search(re.escape(phrase) + r"[^+−(]* ([+−]\d+\.\d)[^(]*\(p = (\d\.\d+)\)", text)
+        assert match, (path, phrase)
+        assert shown(match.group(1), test["mean_diff"]) and shown(match.group(2), test["p"]), (path, match.group(0))
+    runs = sum(len(result(f"minilm_glue4_{pair}_select")["runs"]) for pair in ("adamax", "adamw"))
+    runs += sum(len(result(f"minilm_glue4_{pair}_final_{task}")["runs"])
+                for pair in ("adamax", "adamw") for task in ("rte", "mrpc", "stsb", "cola"))
+    assert f"{runs} runs" in text, (path, runs)
