@@ -47,8 +47,8 @@ WHAT IS FETCHED AND HOW IT IS VERIFIED
     saved under their own names in DATA_DIR/SQuAD-v1.1/ and DATA_DIR/SQuAD-v2.0/; the sha256 of every
     file is recorded in this script (as independent public records of the official files give it).
   Not covered: the GLUE diagnostic set (AX), and CoNLL-2003: it has no stable public source (the
-    Reuters corpus it is built on is licensed), so bring your own files. README: "Span extraction
-    (SQuAD) and sequence labeling (NER)" says where the SQuAD downloads and CoNLL files go.
+    Reuters corpus it is built on is licensed), so bring your own files. docs/data.md, "Span extraction
+    (SQuAD) and sequence labeling (NER)", says where the SQuAD downloads and CoNLL files go.
   Encoders (bert-base-uncased, roberta-base, roberta-large): config, tokenizer files and
     model.safetensors from the Hugging Face hub at a pinned commit. Each file is checked against the
     hash the hub publishes for that commit (sha256 for large files, the git blob sha1 for small text
@@ -81,7 +81,7 @@ EOF
 # Built-in tables. Columns: TASK KIND SHA256 PATH [MEMBERS]. KIND "file": PATH under GLUE_BASE_URL, saved as its
 # last part. KIND "zip": PATH under GLUE_ZIP_BASE_URL; MEMBERS (comma-separated) are unpacked from <TASK>/ in the zip.
 # File hashes: ../shared/glue/MANIFEST.tsv (files checked against the official GLUE files). Zip hashes: two
-# independent public records of each archive (not fetched by us; this machine has no network).
+# independent public records of each archive (the archives themselves were not fetched to check them).
 glue_manifest() {
   if [[ -n "${DOWNLOAD_GLUE_MANIFEST:-}" ]]; then
     cat -- "$DOWNLOAD_GLUE_MANIFEST"

@@ -5,7 +5,7 @@ below records what the flag did in both upstream repositories (read from their c
 :data:`NO_EFFECT_FLAGS` no value changes the result here (nor, mostly, there): each use prints one notice line.
 In :data:`VALUE_FLAGS` the value decides: a value that asks for what this project does anyway gets the notice,
 any other value is refused in one line that says what to use instead; ``--scheduler_type`` and ``--local_rank``
-take effect. The README's migration table lists the same decisions.
+take effect. The migration table in docs/mtdnn.md lists the same decisions.
 """
 from __future__ import annotations
 
@@ -268,7 +268,7 @@ def judge(given: Sequence[tuple[str, Optional[str]]], settings: Settings) -> lis
 
 
 def all_flags() -> Mapping[str, str]:
-    """Every upstream flag of the table -> its decision in words (for the help and the README check)."""
+    """Every upstream flag of the table -> its decision in words (for the help and the docs/mtdnn.md check)."""
     out = {flag: f"no effect: {why}" for flag, why in NO_EFFECT_FLAGS.items()}
     for flag, rule in VALUE_FLAGS.items():
         if not isinstance(rule, ValueRule):

@@ -1,4 +1,4 @@
-"""Drop-in for MT-DNN and SAGE-repo users (issue 11, items 1, 2, 3, 7): the authors' command line, MT-DNN's task
+"""Drop-in for MT-DNN and SAGE-repo users: the authors' command line, MT-DNN's task
 definition YAML, MT-DNN's shard names and flags, the SAN answer head, per-parameter clipping."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reliability (issue 10): divergence, bad shards, hostile YAML, corrupt checkpoints, mismatched resumes, stale
+"""Reliability: divergence, bad shards, hostile YAML, corrupt checkpoints, mismatched resumes, stale
 temps and early failures each end in one line naming the step, file, line or flag, exit non-zero and leave
 nothing behind. Tiny random BERT, tiny shards; docs/reliability.md lists every case with its test."""
 from __future__ import annotations

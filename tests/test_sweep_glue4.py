@@ -1,4 +1,4 @@
-"""The full-size study's specs (issue 16), checked by the sweep's own loader, and final_specs.py (fresh seeds at
+"""The full-size study's specs (docs/study.md), checked by the sweep's own loader, and final_specs.py (fresh seeds at
 the settings a finished selection sweep chose) on a hand-written selection report. Nothing here trains."""
 from __future__ import annotations
 

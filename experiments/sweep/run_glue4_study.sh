@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full-size study of issue 16, task by task and pair by pair, so each finished (task, pair) is a block of
+# The full-size study (docs/study.md), task by task and pair by pair, so each finished (task, pair) is a block of
 # results to commit: the pair's selection sweep on the task (2 seeds over each optimizer's grid), then its final
 # spec (the settings chosen on dev, 5 fresh seeds) and runs; at the end the combined report (per-task and
 # average paired t-tests, best and last epoch, plot). Every step skips finished runs and resumes killed ones, so the

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The full-size study's answer (issue 16): each optimizer pair's final runs, combined over the tasks.
+"""The full-size study's answer: each optimizer pair's final runs, combined over the tasks.
 
 Each selection spec (the Adamax pair's and the AdamW pair's) chose one setting per task and optimizer on dev;
 ``final_specs.py`` wrote one spec per task with fresh seeds at those settings, because a sweep spec holds one
