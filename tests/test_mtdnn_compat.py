@@ -1255,9 +1255,9 @@ def test_mtdnn_json_shards_are_read(ws, tmp_path):
 def test_mtdnn_doc_shows_the_command_and_names_every_flag_and_field():
     """docs/mtdnn.md, section "Coming from MT-DNN or the SAGE repository"."""
     from data_utils.task_def import FIELDS, NO_EFFECT_FIELDS
-    readme = (ROOT / "docs" / "mtdnn.md").read_text(encoding="utf-8")
-    start = readme.index("## Coming from MT-DNN or the SAGE repository")
-    section = readme[start:readme.index("\n## ", start + 1)]
+    doc = (ROOT / "docs" / "mtdnn.md").read_text(encoding="utf-8")
+    start = doc.index("## Coming from MT-DNN or the SAGE repository")
+    section = doc[start:doc.index("\n## ", start + 1)]
     command = AUTHORS_SCRIPT[AUTHORS_SCRIPT.index("python train.py"):]
     assert f"\n{command}```" in section  # verbatim
     for flag in (*NO_EFFECT_FLAGS, *config_mod.VALUE_FLAGS):
