@@ -313,3 +313,11 @@ def test_the_headline_answer_is_the_committed_study(path, heading):
     runs += sum(len(result(f"minilm_glue4_{pair}_final_{task}")["runs"])
                 for pair in ("adamax", "adamw") for task in ("rte", "mrpc", "stsb", "cola"))
     assert f"{runs} runs" in text, (path, runs)
+
+
+def test_the_spiral_row_is_the_committed_figure():
+    spiral = json.loads((FIGURES / "fig5_two_spirals.json").read_text(encoding="utf-8"))
+    rows = {cells[0].split()[0].strip("`"): cells for cells in tables((DOCS / "analyses.md").read_text())[0].values()}
+    held = {k: v["heldout_acc"] for k, v in spiral["results"].items()}
+    assert spiral["config"]["seed"] == 0
+    assert f"(seed 0): Adam {held['Adam']:.1f}, Adam-SAGE {held['Adam-SAGE']:.1f}" in rows["spiral"][2], held
