@@ -321,3 +321,32 @@ def test_the_spiral_row_is_the_committed_figure():
     held = {k: v["heldout_acc"] for k, v in spiral["results"].items()}
     assert spiral["config"]["seed"] == 0
     assert f"(seed 0): Adam {held['Adam']:.1f}, Adam-SAGE {held['Adam-SAGE']:.1f}" in rows["spiral"][2], held
+
+
+# ------------------------------------------------------------------- docs/results/README.md's study blocks
+def test_the_study_blocks_in_the_results_index_are_the_committed_study():
+    """Each block row: both optimizers' best-epoch mean ± std and learning rate, and SAGE − base with its p."""
+    rows = tables(section(RESULTS / "README.md", "## The full-size study"))[0]
+    study = json.loads((RESULTS / "minilm_glue4_study.json").read_text(encoding="utf-8"))
+    titles = {"rte": "RTE", "mrpc": "MRPC", "stsb": "STS-B", "cola": "CoLA"}
+    labels = {"adamax": "Adamax", "usadamax": "Adamax-SAGE", "adamw": "AdamW", "usadamw": "AdamW-SAGE"}
+    checked = 0
+    for pair in study["pairs"]:
+        final = {(f["task"], f["optimizer"]): f for f in pair["final"]}
+        base, cand = pair["baseline"], pair["candidate"]
+        for task in pair["tasks"]:
+            cell = " ".join(rows[f"{titles[task]}, {labels[base]} vs {labels[cand]}"][2].split())
+            for opt in (base, cand):
+                f = final[(task, opt)]
+                match = re.search(rf"\b{re.escape(labels[opt])} (\d+\.\d) ± (\d+\.\d) \(([^)]*)\)", cell)
+                assert match, (task, opt, cell)
+                check_mean_std(f"{match.group(1)} ± {match.group(2)}", list(f["best_by_seed"].values()),
+                               f"docs/results/README.md {task} {opt}")
+                lr = float(re.search(r"lr ([\d.e-]+)", match.group(3)).group(1))
+                assert lr == pytest.approx(f["learning_rate"]), (task, opt, match.group(3))
+            test = pair["ttests"]["best"][task]
+            delta = re.search(r"\), ([+−-]\d+\.\d), p = (\d\.\d+)", cell)
+            assert delta, (task, cell)
+            check_delta(f"{delta.group(1)} (p = {delta.group(2)})", test["mean_diff"], test["p"], f"{task} {base}")
+            checked += 1
+    assert checked == 8
