@@ -8,7 +8,7 @@ import torch
 
 from mt_dnn import checkpoint as ckpt
 from mt_dnn.trainer import Trainer
-from test_trainer import config, make_workspace
+from workspace import config, make_workspace
 
 
 class FakeCuda:

@@ -9,7 +9,7 @@ from data_utils.task_def import load_task_defs
 from mt_dnn.batcher import collate, load_split
 from mt_dnn.static_shapes import StaticShapes, pad_batch, real_rows
 from mt_dnn.trainer import Trainer
-from test_trainer import config, make_workspace
+from workspace import config, make_workspace
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 

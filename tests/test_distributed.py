@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from conftest import ROOT, tiny_bert_config
-from test_trainer import write_shards
+from workspace import write_shards
 
 pytestmark = [pytest.mark.subprocess,
               pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

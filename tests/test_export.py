@@ -25,7 +25,7 @@ from mt_dnn import hf_export
 from mt_dnn.batcher import collate, load_split
 from mt_dnn.model import MTDNNModel
 from mt_dnn.trainer import Trainer
-from test_trainer import TASK_YAML, config, write_shards
+from workspace import TASK_YAML, config, write_shards
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(100)] + list("abcdefghijklmnopqrstuvw")
 

@@ -24,7 +24,7 @@ from transformers import AutoModel
 
 import train as train_cli
 from conftest import ROOT, tiny_bert_config
-from test_trainer import TASK_YAML, write_shards
+from workspace import TASK_YAML, write_shards
 
 pytestmark = [pytest.mark.subprocess]
 

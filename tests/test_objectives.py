@@ -21,7 +21,7 @@ from mt_dnn import objectives as obj
 from mt_dnn.config import TrainConfig, parse_args
 from mt_dnn.model import MTDNNModel
 from mt_dnn.trainer import Trainer
-from test_trainer import TASK_YAML, config, make_workspace
+from workspace import TASK_YAML, config, make_workspace
 
 LN = math.log
 

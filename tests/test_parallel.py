@@ -17,7 +17,7 @@ from module.bert_optim import build_optimizer, sage_param_groups
 from module.heads import SanOptions
 from mt_dnn import parallel
 from mt_dnn.model import MTDNNModel
-from test_trainer import TASK_YAML
+from workspace import TASK_YAML
 
 DEFS = parse_task_defs(TASK_YAML + """
 sanpairs:

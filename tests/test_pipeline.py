@@ -11,7 +11,7 @@ from mt_dnn.batcher import collate, epoch_plan, load_split, shard_for_rank
 from mt_dnn.config import parse_args
 from mt_dnn.pipeline import MicroBatches, PlanSampler, micro_batch_stream, rank_share
 from mt_dnn.trainer import Trainer, clip_each_parameter
-from test_trainer import config, make_workspace
+from workspace import config, make_workspace
 from data_utils.task_def import load_task_defs
 
 

@@ -29,7 +29,7 @@ from mt_dnn import checkpoint as ckpt
 from mt_dnn.batcher import load_split
 from mt_dnn.divergence import DivergenceError, DivergenceGuard
 from mt_dnn.trainer import Trainer
-from test_trainer import TASK_YAML, config, write_shards
+from workspace import TASK_YAML, config, write_shards
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from data_utils.shard_checks import EncoderLimits, encoder_limits
 from data_utils.shards import ShardError, format_line
 from data_utils.task_def import parse_task_defs
 from mt_dnn.batcher import CachedRows, collate, load_split
-from test_trainer import TASK_YAML, write_shards
+from workspace import TASK_YAML, write_shards
 
 DEFS = parse_task_defs(TASK_YAML, "tasks.yml")
 LIMITS = EncoderLimits("tiny-bert", 128, 2, 64)
@@ -334,7 +334,7 @@ def test_training_with_and_without_the_cache_is_identical(tmp_path):
     from transformers import AutoModel
 
     from mt_dnn.trainer import Trainer
-    from test_trainer import config
+    from workspace import config
     torch.manual_seed(0)
     AutoModel.from_config(tiny_bert_config()).save_pretrained(tmp_path / "tiny-bert")
     (tmp_path / "tasks.yml").write_text(TASK_YAML, encoding="utf-8")
@@ -363,7 +363,7 @@ def test_predict_follows_the_runs_shard_cache_setting(tmp_path, capsys):
 
     import predict as predict_cli
     from mt_dnn.trainer import Trainer
-    from test_trainer import config
+    from workspace import config
     torch.manual_seed(0)
     AutoModel.from_config(tiny_bert_config()).save_pretrained(tmp_path / "tiny-bert")
     (tmp_path / "tasks.yml").write_text(TASK_YAML, encoding="utf-8")

@@ -25,7 +25,7 @@ from mt_dnn import checkpoint as ckpt
 from mt_dnn.batcher import load_split
 from mt_dnn.config import parse_args
 from mt_dnn.trainer import Trainer
-from test_trainer import TASK_YAML, write_shards
+from workspace import TASK_YAML, write_shards
 
 
 @pytest.fixture(scope="module")

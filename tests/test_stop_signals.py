@@ -44,7 +44,7 @@ def test_sigterm_before_training_is_one_line_and_leaves_no_new_folder(tmp_path):
     from transformers import AutoModel
 
     from conftest import tiny_bert_config
-    from test_trainer import TASK_YAML, write_shards
+    from workspace import TASK_YAML, write_shards
     torch.manual_seed(0)
     AutoModel.from_config(tiny_bert_config()).save_pretrained(tmp_path / "tiny-bert")
     (tmp_path / "tasks.yml").write_text(TASK_YAML, encoding="utf-8")

@@ -24,7 +24,7 @@ from mt_dnn import checkpoint as ckpt
 from mt_dnn import task_labels
 from mt_dnn.trainer import Trainer
 from test_export import WORDS
-from test_trainer import TASK_YAML, config, write_shards
+from workspace import TASK_YAML, config, write_shards
 
 PAIRS = "n_class: 2\n  labels: [not, same]\n  metric_meta: [ACC, F1]"
 VARIANTS = {

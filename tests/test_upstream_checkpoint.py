@@ -31,7 +31,7 @@ from data_utils.task_def import TaskType
 from mt_dnn.config import parse_args
 from mt_dnn.trainer import Trainer
 from sage_reference import RefParam, ReferenceOptimizer, warmup_linear
-from test_trainer import TASK_YAML, config, write_shards
+from workspace import TASK_YAML, config, write_shards
 from test_warm_start import _mtdnn_task_defs
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

@@ -26,7 +26,7 @@ from data_utils.task_def import DataFormat, TaskType
 from mt_dnn import warm_start
 from mt_dnn.trainer import Trainer
 from mt_dnn.warm_start import StandIn, checkpoint_kind
-from test_trainer import TASK_YAML, config, write_shards
+from workspace import TASK_YAML, config, write_shards
 
 OTHER_YAML = TASK_YAML.replace("n_class: 2\n  labels: [not, same]\n  metric_meta: [ACC, F1]",
                                "n_class: 3\n  labels: [not, same, odd]\n  metric_meta: [ACC]")
