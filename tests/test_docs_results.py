@@ -3,7 +3,7 @@
 Each test reads one table or paragraph of a guide and recomputes what it states from the JSON that backs it
 (docs/results/*.json, docs/figures/*.json): means and sample standard deviations over seeds, paired t-tests
 (scipy's ttest_rel, as the sweep reports), pruning drops, figure summaries. The study's own tables are checked
-in tests/test_study_committed.py. A hand edit of a number, or a result file replaced without its text, fails here.
+in tests/test_study_results.py. A hand edit of a number, or a result file replaced without its text, fails here.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import pytest
 from experiments.sweep import final_specs, runner, study
 from experiments.sweep.spec import load_spec
 from experiments.sweep.stats import paired_ttest
-from test_sweep_glue4 import CHOSEN, ROOT, SPECS, write_report
+from test_study_specs import CHOSEN, ROOT, SPECS, write_report
 
 METRICS = {"rte": ("rte_dev", ["ACC"]), "mrpc": ("mrpc_dev", ["ACC", "F1"]),
            "stsb": ("stsb_dev", ["Pearson", "Spearman"]), "cola": ("cola_dev", ["MCC"])}
