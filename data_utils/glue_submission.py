@@ -35,7 +35,7 @@ class GlueFile:
     rows: int                          # the official test set's size
 
 
-# our {task}_{split} -> the benchmark's file (AX: the MNLI model's predictions on the diagnostic set)
+# this project's {task}_{split} -> the benchmark's file (AX: the MNLI model's predictions on the diagnostic set)
 GLUE_FILES: dict[str, GlueFile] = {
     "cola_test": GlueFile("CoLA.tsv", _BINARY, 1063),
     "sst_test": GlueFile("SST-2.tsv", _BINARY, 1821),

@@ -132,7 +132,7 @@ def _check_soft_label(soft, path, ln: int) -> None:
 
 
 def is_mtdnn_shard(path: Union[str, Path]) -> bool:
-    """MT-DNN's ``.json`` shards: their lines may carry more keys than ours."""
+    """MT-DNN's ``.json`` shards: their lines may carry more keys than this project's."""
     return str(path).endswith(".json")
 
 

@@ -2,7 +2,7 @@
 torch file, the config as JSON — written into a temp folder and renamed, so a kill never leaves a half checkpoint.
 
 Layout of ``output_dir``: ``step-<N>/`` (for --resume; the newest named in ``latest``), ``best/`` (best dev score).
-A file that cannot be read back (truncated, overwritten, not ours) raises :class:`CheckpointError`: one line that
+A file that cannot be read back (truncated, overwritten, foreign) raises :class:`CheckpointError`: one line that
 names the file, so --resume can fall back to an older step checkpoint and predict.py can say what is wrong.
 """
 from __future__ import annotations
@@ -203,7 +203,7 @@ def load_training_state(folder: Path) -> dict:
         raise CheckpointError(f"{path}: missing")
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # a truncated zip, random bytes, a pickle that is not ours: all one line
+    except Exception as exc:  # a truncated zip, random bytes, a pickle this project did not write: all one line
         raise CheckpointError(f"{path}: not a readable training state ({type(exc).__name__}: "
                               f"{_reason(exc)})") from None
     missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]

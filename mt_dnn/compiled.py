@@ -51,8 +51,8 @@ def encoder_shapes(model, tasks: list[str], rows: int, lengths: tuple[int, ...])
 
 def stable_grads(params) -> None:
     """Give each parameter a zero ``.grad`` before a CUDA-graphed backward, so gradients are added into buffers
-    of our own: a ``.grad`` that *is* a graph output is overwritten by the next replay, which breaks gradient
-    accumulation and SMART's extra backward passes. Only the parameters this step trains get one (the other
+    that are not graph outputs: a ``.grad`` that *is* a graph output is overwritten by the next replay, which breaks
+    gradient accumulation and SMART's extra backward passes. Only the parameters this step trains get one (the other
     tasks' heads keep None, so the optimizer leaves them alone)."""
     for p in params:
         if p.grad is None:

@@ -2,13 +2,13 @@
 
 Without a task: the encoder (as trained, its own pooler included) and its tokenizer, for
 ``AutoModel.from_pretrained``. With a Classification or Regression task: ``AutoModelForSequenceClassification``
-with the task's labels. Our heads read ``dropout -> linear`` over a pooler: the encoder's own under the
+with the task's labels. This project's heads read ``dropout -> linear`` over a pooler: the encoder's own under the
 ``encoder`` head layout, the shared pooler under ``sage``, the task's own under ``mtdnn`` (mt_dnn/head_layout.py).
 Each HF architecture below places that pooler's dense layer and the linear layer where its own head computes
 exactly the same function in eval mode (dropout differs only while training); HF's heads apply tanh there, so a
 pooler with another activation (``--pooler_actf``, the mtdnn layout's default linear) is refused, as is any
 architecture or head with no exact counterpart, with the reason. Every export is reloaded from its temp folder and
-compared with our model on a probe batch before it is renamed into place, so a folder that would give other
+compared with the trained model on a probe batch before it is renamed into place, so a folder that would give other
 logits is never written.
 """
 from __future__ import annotations
@@ -37,10 +37,10 @@ class ExportError(ValueError):
 
 @dataclass(frozen=True)
 class ClassifierLayout:
-    """Where HF's sequence-classification model keeps our pooler's dense layer and our head's linear layer."""
+    """Where HF's sequence-classification model keeps this project's pooler dense layer and head linear layer."""
     pooler_dense: Optional[str]      # None: the encoder's own pooler, kept inside the base model (BERT)
     out: str
-    config: tuple[tuple[str, object], ...] = ()   # settings that make HF's head apply tanh like ours
+    config: tuple[tuple[str, object], ...] = ()   # settings that make HF's head apply tanh, as the pooler does
 
 
 _ROBERTA = ClassifierLayout("classifier.dense", "classifier.out_proj")
@@ -51,8 +51,8 @@ LAYOUTS: dict[str, ClassifierLayout] = {
     "deberta": _DEBERTA, "deberta-v2": _DEBERTA,
 }
 REFUSED: dict[str, str] = {
-    "electra": "HF's ELECTRA classification head applies GELU between its two linear layers where our pooler "
-               "applies tanh, so no ElectraForSequenceClassification gives the same logits",
+    "electra": "HF's ELECTRA classification head applies GELU between its two linear layers where this "
+               "project's pooler applies tanh, so no ElectraForSequenceClassification gives the same logits",
 }
 
 
@@ -194,7 +194,7 @@ def _theirs(folder: Path, task: Optional[str], batch: dict) -> torch.Tensor:
 
 
 def self_check(model: MTDNNModel, folder: Path, task: Optional[str]) -> float:
-    """Largest |difference| between our outputs and the reloaded export's; above TOLERANCE is an error."""
+    """Largest |difference| between the model's outputs and the reloaded export's; above TOLERANCE is an error."""
     batch = probe_batch(model.encoder.config)
     ours, theirs = _ours(model, task, batch), _theirs(folder, task, batch)
     keep = batch["attention_mask"].bool() if task is None else torch.ones(len(ours), dtype=torch.bool)

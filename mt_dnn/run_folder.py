@@ -162,7 +162,7 @@ class RunLock:
             info = loads_json(raw, LOCK)
             pid, host = int(info["pid"]), info["host"]
         except (ValueError, KeyError, TypeError):
-            return False  # being written by a live holder, or not ours: never taken over
+            return False  # being written by a live holder, or another program's: never taken over
         return host == socket.gethostname() and not _pid_alive(pid)
 
     @staticmethod

@@ -154,7 +154,7 @@ _NO_DECAY = ("bias", "gamma", "beta", "LayerNorm.bias", "LayerNorm.weight")
 #: their schedule names -> this project's --warmup_schedule (the same formula; the SAGE repository's own names
 #: for the rest)
 SCHEDULE_NAMES = {"warmup_constant": "constant", "warmup_linear_xdl": "linear"}
-#: schedules of ours that stop at 0 past the horizon where theirs goes on (warmup_linear_xdl turns negative)
+#: this project's schedules that stop at 0 past the horizon where theirs goes on (warmup_linear_xdl turns negative)
 _CLAMPED = {"warmup_linear_xdl"}
 
 
@@ -167,7 +167,7 @@ class OptimizerState:
     """Their optimizer state in this project's terms."""
     step: int                                   # optimizer steps taken (the largest per-parameter step)
     t_total: int                                # their schedule's horizon
-    per_parameter: dict[str, dict[str, Any]]    # our parameter name -> its state
+    per_parameter: dict[str, dict[str, Any]]    # this run's parameter name -> its state
     differences: list[str] = field(default_factory=list)   # saved option vs this run's flag, one entry each
     steps: tuple[int, int] = (0, 0)             # smallest and largest per-parameter step
 

@@ -1,8 +1,8 @@
 """Start a run from a trained model instead of a bare encoder (``--init_checkpoint``).
 
 Three kinds of ``--init_checkpoint``:
-- an encoder (registry name, HF folder or hub id): the encoder loads, every head starts fresh (as before);
-- one of our checkpoint folders (``<run>/best``, ``<run>/step-N``): the encoder, the poolers and each head of a
+- an encoder (registry name, HF folder or hub id): the encoder loads, every head starts fresh;
+- a checkpoint folder of this project (``<run>/best``, ``<run>/step-N``): the encoder, the poolers and each head of a
   task this run shares with that run, by task name; the run's head layout comes along (its train_config.json);
 - a ``.pt`` written by MT-DNN's or the SAGE repository's train.py (a dict with ``state`` and ``config``), read with
   ``torch.load(weights_only=True)`` (the classes they pickle into their options load as inert stand-ins):
@@ -14,7 +14,7 @@ Three kinds of ``--init_checkpoint``:
 
 Heads whose shapes differ (another ``n_class``, another task type) are an error naming the task: rename the task
 to train a fresh head. So is a loaded head whose task this run defines otherwise than the run that trained it
-(``task_labels.json`` of our checkpoints, the label vocabulary of an MT-DNN/SAGE file: labels reordered or renamed,
+(a run's ``task_labels.json``, the label vocabulary of an MT-DNN/SAGE file: labels reordered or renamed,
 another task type): the head's outputs keep the trained meaning, so continuing it under other labels would train
 and name them crosswise; the YAML is refused rather than followed. Heads that are not loaded (fresh ones) are not
 compared. A trained tensor that belongs to a task this run trains or evaluates (its head, the pooler it reads), or
@@ -52,13 +52,13 @@ class Source:
     mapping: str = ""                                           # how checkpoint heads were named, for the log
     labels: dict[str, dict] = field(default_factory=dict)       # task -> trained signature (mt_dnn/task_labels.py)
     labels_where: str = ""                                      # the file those came from, for the error line
-    key_map: dict[str, str] = field(default_factory=dict)       # checkpoint tensor name -> ours, for ``weights``
+    key_map: dict[str, str] = field(default_factory=dict)       # checkpoint tensor name -> the model's, for ``weights``
     left_out: dict[str, tuple[str, ...]] = field(default_factory=dict)  # tensors not in ``weights``: their tasks
     blob: Optional[dict] = None                                 # a .pt file's whole content (optimizer state)
 
 
 def checkpoint_kind(path: str) -> str:
-    """'run' (our checkpoint folder), 'mtdnn' (a .pt file) or 'encoder' (anything from_pretrained reads)."""
+    """'run' (this project's checkpoint folder), 'mtdnn' (a .pt file) or 'encoder' (what from_pretrained reads)."""
     p = Path(path)
     if p.is_file():
         return "mtdnn"
@@ -70,9 +70,9 @@ def checkpoint_kind(path: str) -> str:
     return "encoder"
 
 
-# ---------------------------------------------------------------------------------------------- our runs
+# ------------------------------------------------------------------------------------- this project's runs
 def run_encoder_config(folder: Path):
-    """The encoder architecture of one of our checkpoints (older ones: that of the run's own init_checkpoint)."""
+    """The encoder architecture of a checkpoint of this project (older ones: that of the run's own init_checkpoint)."""
     from mt_dnn.config import load_config
     saved = Path(folder) / ckpt.ENCODER_CONFIG
     if saved.is_file():
@@ -316,7 +316,7 @@ class Loaded:
 
 
 def _tasks_of(ours: str, src: Source) -> tuple[str, ...]:
-    """The tasks a tensor of ours belongs to: its head's, or for the shared pooler every task whose head reads it."""
+    """The tasks a model tensor belongs to: its head's, or for the shared pooler every task whose head reads it."""
     if ours.startswith("heads."):
         return (ours.split(".")[1],)
     if ours.startswith("pooler."):

@@ -211,7 +211,7 @@ def test_two_spirals_without_noise_are_point_reflections():
 
 @pytest.fixture
 def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other jobs for the cores)."""
+    """Tiny models run fastest on one thread."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -50,7 +50,7 @@ def test_checkpoint_folders_and_everything_in_them_honour_the_umask(tmp_path, um
     assert _mode(tmp_path / "best") == _mode(tmp_path / "reference") == 0o777 & ~umask
     files = sorted(p.name for p in (tmp_path / "best").iterdir())
     assert files == ["metrics.json", "model.safetensors", "train_config.json", "training_state.pt"]
-    for name in files:  # safetensors writes 0600 on its own: under umask 022 that was the bug
+    for name in files:  # safetensors writes 0600 on its own: the folder's files must still follow the umask
         assert _mode(tmp_path / "best" / name) == 0o666 & ~umask, name
     with atomic_folder(tmp_path / "export", overwrite=True) as tmp:
         (tmp / "sub").mkdir(mode=0o700)

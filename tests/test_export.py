@@ -2,7 +2,7 @@
 
 The round trip is checked from the outside: the folder is loaded with plain transformers (AutoModel,
 AutoModelForSequenceClassification, AutoTokenizer) and its outputs on the dev shard are compared with what
-predict.py wrote for the same checkpoint. RoBERTa and DeBERTa layouts are checked against our own forward;
+predict.py wrote for the same checkpoint. RoBERTa and DeBERTa layouts are checked against the model's own forward;
 heads with no exact HF counterpart, and exports whose logits would differ, are refused and leave nothing behind.
 """
 from __future__ import annotations
@@ -188,7 +188,7 @@ def test_electra_is_refused_with_the_reason(ws):
 
 def test_embedded_minilm_run_exports_with_its_registry_tokenizer(tmp_path):
     """A run on the offline default encoder: the tokenizer comes from the registry name, and text tokenized by the
-    exported tokenizer gives plain transformers the logits our model gives."""
+    exported tokenizer gives plain transformers the logits the trained model gives."""
     import pretrained_models
     from mt_dnn import checkpoint as ckpt
     from mt_dnn.config import TrainConfig

@@ -188,7 +188,7 @@ def test_glue_average_bert_adamax_exact():
 
 def test_glue_average_roberta_adamax_rounds_one_tenth_above_the_paper():
     # The paper prints 88.7; its own rounded per-task numbers give 710.3 / 8 = 88.7875 -> 88.8.
-    # (The paper averaged unrounded seed means; we can only reproduce the printed inputs.)
+    # (The paper averaged unrounded seed means; only the printed inputs can be reproduced.)
     row = [86.6, (90.4, 93.1), 67.5, 96.4, (92.4, 92.2), 94.7, (92.1, 89.3), (90.4, 90.3)]
     assert glue_average(_dev_results(row)) == pytest.approx(88.7875)
 

@@ -497,7 +497,7 @@ def _albert(**overrides):
 
 
 def test_num_hidden_layers_on_shared_layer_albert_runs_the_first_repetitions():
-    """ALBERT's 4 layers are one shared layer run 4 times: the message used to say 'the encoder has 1 layers'.
+    """ALBERT's 4 layers are one shared layer run 4 times, and count as 4 layers, not 1.
     Keeping 2 must give exactly the network with num_hidden_layers 2 and the same weights."""
     from mt_dnn.model import keep_first_layers
     short = _albert()

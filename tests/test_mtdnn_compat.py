@@ -103,7 +103,7 @@ def _python_on_path(folder: Path, program: str) -> dict:
                 PYTHONPATH=str(ROOT))
 
 
-# ------------------------------------------------------------------------------------------ item 1: the command
+# ------------------------------------------------------------------------------------------ the authors' command
 def test_authors_command_line_parses_to_what_it_means(ws, tmp_path, capsys):
     record = tmp_path / "argv.txt"
     env = _python_on_path(tmp_path / "bin", f"printf '%s\\n' \"$@\" > {record}; true")
@@ -137,7 +137,7 @@ def test_authors_command_line_trains(ws, tmp_path):
     log_text = (run / "log.log").read_text()
     assert "training mnli" in log_text and "mnli_mismatched_dev" in log_text
     assert log_text == (run / "train.log").read_text()
-    # --answer_opt 1, but the task definition (ours, like theirs) does not enable SAN for mnli: linear heads
+    # --answer_opt 1, but the task definition (here as in theirs) does not enable SAN for mnli: linear heads
     assert "SAN answer heads" not in log_text
     config = json.loads((run / "best" / "train_config.json").read_text())
     assert config["test_datasets"] == ["mnli_matched", "mnli_mismatched"] and config["answer_opt"] == 1
@@ -156,7 +156,7 @@ def test_mtdnn_test_dataset_names_pick_their_splits(ws):
         dataset_splits(mnli, "mnli_foo")
 
 
-# ------------------------------------------------------------------------------------------ item 7: derived CLI
+# ------------------------------------------------------------------------------------------ derived CLI
 def test_cli_is_derived_from_the_dataclass():
     parser = build_parser()
     by_dest = {}
@@ -174,13 +174,13 @@ def test_cli_is_derived_from_the_dataclass():
     assert "authors' optimizers did with max_grad_norm" in helps["grad_clipping"]
 
 
-def test_mtdnn_aliases_set_our_fields():
+def test_mtdnn_aliases_set_the_config_fields():
     cfg = parse_args(["--train_datasets", "rte", "--optim", "adamw", "--log_per_updates", "7", "--tensorboard",
                       "--momentum", "0.5", "--update_bert_opt", "1", "--bert_dropout_p", "0.2", "--dropout_p", "0.3"])
     assert (cfg.optimizer, cfg.log_every, cfg.tensorboard, cfg.momentum) == ("adamw", 7, True, 0.5)
     assert (cfg.update_bert_opt, cfg.bert_dropout_p, cfg.dropout_p) == (1, 0.2, 0.3)
     assert parse_args(["--train_datasets", "rte", "--no_tensorboard"]).tensorboard is False
-    # MT-DNN's schedule names for the same formulas as ours
+    # MT-DNN's schedule names for the same formulas as this project's
     from module.bert_optim import build_schedule
     for theirs, ours in config_mod.SCHEDULE_ALIASES.items():
         assert parse_args(["--train_datasets", "rte", "--warmup_schedule", theirs]).warmup_schedule == ours
@@ -489,7 +489,7 @@ def test_encoder_type_5_xlm_r_runs_through_prepro_and_train(ws, tmp_path, capsys
     assert capsys.readouterr().err.strip() == ("train.py: error: --encoder_type: encoder type 5 expects model_type "
                                                "('xlm-roberta',), but the checkpoint is 'bert'")
 
-# ------------------------------------------------------------------------------------------ item 2: their YAML
+# ------------------------------------------------------------------------------------------ their YAML
 def _lines_of(text: str, key: str) -> list[int]:
     return [i + 1 for i, line in enumerate(text.splitlines()) if line.startswith(f"  {key}:")]
 
@@ -559,7 +559,7 @@ def test_mtdnn_fields_keep_the_typo_guard(extra, message):
     assert str(info.value).startswith(message)
 
 
-def test_mtdnn_names_we_do_not_implement_warn_with_file_and_line(caplog):
+def test_mtdnn_names_not_implemented_here_warn_with_file_and_line(caplog):
     text = ("squad:\n  task_type: SpanYN\n  data_format: MRC\n  metric_meta: [EmF1]\n  n_class: 2\n"
             "t:\n  task_type: Classification\n  data_format: PremiseOnly\n  metric_meta: [ACC, F1MAC]\n"
             "  n_class: 2\n  loss: SymKlCriterion\n  encoder_type: ROBERTA\n"
@@ -782,7 +782,7 @@ def test_trainer_applies_grad_clipping_before_the_step(ws, clip):
         assert max(seen) > 1e-2  # without it, the largest parameter gradient is far above that bound
 
 
-# ------------------------------------------------------------------------------------------ item 3: shards
+# ------------------------------------------------------------------------------------------ shards
 def test_mtdnn_json_shards_are_read(ws, tmp_path):
     defs = load_task_defs(ws / "mtdnn_san_glue_task_def.yml")
     data = load_split(ws / "shards", defs["mnli"], "matched_dev", 64)
@@ -793,7 +793,7 @@ def test_mtdnn_json_shards_are_read(ws, tmp_path):
     assert load_split(tmp_path, defs["rte"], "dev", 64).uids == ["5"]  # MT-DNN's int uid becomes a string
     (tmp_path / "rte_dev.jsonl").write_text(format_line("a", 0, [2, 4, 3], [0, 0, 0]) + "\n")
     assert load_split(tmp_path, defs["rte"], "dev", 64).uids == ["a"]
-    # our own .jsonl format stays strict about its keys
+    # the project's own .jsonl format stays strict about its keys
     (tmp_path / "x.jsonl").write_text(json.dumps({"uid": "a", "label": 1, "token_id": [2], "type_id": [0],
                                                   "attention_mask": [1]}) + "\n")
     with pytest.raises(ShardError, match="x.jsonl:1: expected an object with keys"):

@@ -81,7 +81,7 @@ def glue_shards(glue_dir, tmp_path_factory):
 
 
 def manifest_rows(glue_dir: Path) -> dict[str, int]:
-    """MANIFEST.tsv rows keyed by our {task}_{split} name."""
+    """MANIFEST.tsv rows keyed by this project's {task}_{split} name."""
     folders = {"CoLA": "cola", "SST-2": "sst", "MRPC": "mrpc", "STS-B": "stsb", "QNLI": "qnli", "RTE": "rte",
                "WNLI": "wnli", "MNLI": "mnli"}
     out = {}

@@ -64,7 +64,7 @@ def strict_json_loads(text: str):
 
 # ------------------------------------------------------------------------------------------- divergence
 def test_divergence_stops_with_one_line_and_saves_nothing(ws, capsys):
-    """--learning_rate 1e6: the run used to finish, save NaN weights as best/ and score them."""
+    """--learning_rate 1e6: the run stops instead of finishing, saving NaN weights as best/ and scoring them."""
     out = ws / "diverge"
     assert train_cli.main(cli(ws, "diverge", "--learning_rate", "1e6", "--max_steps", "4",
                               "--save_every_steps", "1")) == 2

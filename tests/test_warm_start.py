@@ -1,4 +1,4 @@
-"""--init_checkpoint from a trained model: one of our runs (best/ or step-N/) or an MT-DNN .pt checkpoint.
+"""--init_checkpoint from a trained model: a run of this project (best/ or step-N/) or an MT-DNN .pt checkpoint.
 
 Asserts the encoder and the shared heads arrive bit for bit, new tasks get fresh heads, the log line names each,
 shape mismatches and unreadable files fail with one line, and an MT-DNN layout written here maps ``bert.*`` and
@@ -161,7 +161,7 @@ def _mtdnn_task_defs(monkeypatch) -> list:
         if module not in sys.modules:
             monkeypatch.setitem(sys.modules, module, types.ModuleType(module))
         monkeypatch.setattr(sys.modules[module], cls.__name__, cls, raising=False)
-    # data_utils.task_def.TaskType/DataFormat are MT-DNN's names too (ours are pickled here under them)
+    # data_utils.task_def.TaskType/DataFormat are MT-DNN's names too (this project's are pickled here under them)
     return [TaskDef(label_vocab=Vocabulary(labels) if labels else None, n_class=n, task_type=task_type,
                     data_type=DataFormat.PremiseAndOneHypothesis, metric_meta=(Metric.ACC,),
                     split_names=["train", "dev", "test"], enable_san=False, dropout_p=0.1, loss=None, kd_loss=None,
