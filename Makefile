@@ -31,19 +31,19 @@ test-fast: $(STAMP)
 bench: bench-optim bench-prepro bench-train
 
 bench-optim: $(STAMP)
-	$(BIN)/python bench/optim_step.py
+	$(BIN)/python -m bench.optim_step
 
 bench-prepro: $(STAMP)
-	$(BIN)/python bench/prepro.py
+	$(BIN)/python -m bench.prepro
 
 bench-train: $(STAMP)
-	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python -m bench.train_throughput
 
 # The first run on a GPU machine, in one command (about nine minutes, no data or model download): kernel and
 # CUDA-graph correctness, eager and compiled training speed, host syncs, optimizer step, DDP settings; results in
 # bench/out/gpu_check.json and a printed table. Its CPU rehearsal (--smoke) runs inside `make test`.
 gpu-check: $(STAMP)
-	$(BIN)/python bench/gpu_check.py
+	$(BIN)/python -m bench.gpu_check
 
 # The main job on the embedded default: MiniLM-L6, two demo tasks, Adamax vs Adamax-SAGE, each at lr 1e-4 and
 # 3e-4 (4 runs); tables at equal lr and with each optimizer at its best lr on dev.
@@ -51,7 +51,7 @@ demo: $(STAMP)
 	$(BIN)/python experiments/demo/get_data.py --max_train 1000
 	$(BIN)/python prepro_std.py --model minilm-l6 --root_dir data/demo/canonical \
 	  --task_def experiments/demo/demo_task_def.yml --max_seq_len 128
-	$(BIN)/python experiments/demo/run_demo.py --out_dir demo_out
+	$(BIN)/python -m experiments.demo.run_demo --out_dir demo_out
 
 # Linters on their own (the test suite runs them too): shell scripts and the Dockerfile.
 lint: $(STAMP)

@@ -262,7 +262,7 @@ def run(cfg: PreproConfig, log=print) -> list[ShardResult]:
         encoder.close()
     if all(r.status == "missing" for r in results):
         raise PreproError(f"no canonical TSVs found under {cfg.root_dir} for tasks {', '.join(task_defs)} "
-                          "(run experiments/glue/glue_prepro.py first?)")
+                          "(run python -m experiments.glue.glue_prepro first?)")
     return results
 
 

@@ -21,8 +21,8 @@ row with its one-line error (exit status 1), never the end of the run.
 (the C kernel instead of Triton, an ``aot_eager`` compile instead of CUDA graphs, gloo instead of NCCL), the
 rest skipped with the reason.
 
-    python bench/gpu_check.py [--out bench/out/gpu_check.json] [--sections abcde] [--budget_scale 1.0]
-    python bench/gpu_check.py --smoke --out /tmp/smoke.json
+    python -m bench.gpu_check [--out bench/out/gpu_check.json] [--sections abcde] [--budget_scale 1.0]
+    python -m bench.gpu_check --smoke --out /tmp/smoke.json
 """
 from __future__ import annotations
 
@@ -35,13 +35,13 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-for path in (str(ROOT), str(HERE)):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+ROOT = Path(__file__).resolve().parents[1]
+if not __package__:  # run by its file path, where the project's packages do not import
+    print("gpu_check.py: error: run it from the repository root as: python -m bench.gpu_check [flags]",
+          file=sys.stderr)
+    raise SystemExit(2)
 
-from gpu_check_core import SECTIONS, Check, results, table, write_json  # noqa: E402
+from bench.gpu_check_core import SECTIONS, Check, results, table, write_json  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -71,7 +71,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    import gpu_check_sections as sections
+    from bench import gpu_check_sections as sections
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     with contextlib.ExitStack() as stack:
         workdir = Path(args.workdir) if args.workdir else Path(stack.enter_context(

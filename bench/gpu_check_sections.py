@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from gpu_check_core import ROOT, Check, SkipStep
-from host_syncs import SyncCounter
-from synthetic_run import make_workspace, train_config
+from bench.gpu_check_core import ROOT, Check, SkipStep
+from bench.host_syncs import SyncCounter
+from bench.synthetic_run import make_workspace, train_config
 
 LR = 1e-3
 #: largest error of the fused step against float64 beyond the parameter dtype's own rounding (one per step),
@@ -36,7 +36,7 @@ def _failed_if(condition: bool, reason: str, values: dict) -> dict:
 # ------------------------------------------------------------------------------------------------ a: kernel
 def _bert_shapes(check: Check) -> list[tuple[str, torch.Size]]:
     from transformers import AutoModel, BertConfig
-    from synthetic_run import SHAPES
+    from bench.synthetic_run import SHAPES
     with torch.device("meta"):
         model = AutoModel.from_config(BertConfig(**SHAPES["tiny" if check.smoke else "bert-base"]))
     return [(name, p.shape) for name, p in model.named_parameters()]
@@ -347,7 +347,7 @@ def section_c(check: Check) -> None:
 
 # ------------------------------------------------------------------------------------------------ d: optimizer speed
 def _optimizer_rows(check: Check) -> None:
-    import optim_step as ob
+    from bench import optim_step as ob
     device = check.device.type
     cfg = ob.BenchConfig(device, steps=2 if check.smoke else 20, warmup=1 if check.smoke else 3)
     named = ob.make_params(_bert_shapes(check), device)
@@ -415,7 +415,7 @@ def _ddp_cost(check: Check) -> dict:
              "--warmup", "1"] if not check.cuda else ["--device", "cuda", "--hidden", "768", "--layers", "12",
                                                       "--batch", "32", "--seq_len", "128", "--steps", "10"]
     timeout = max(30, check.remaining() - 5)
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "parallel_settings.py"), *args], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "bench.parallel_settings", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError((proc.stderr.strip().splitlines() or ["no output"])[-1])

@@ -12,8 +12,8 @@ The ratio is paired: each row's steps alternate with steps of the baseline optim
 run, and the row's median is divided by the baseline's median over those same alternating steps, so a load
 change on a shared machine moves both sides of the ratio alike. The host's load average is printed.
 
-    python bench/optim_step.py [--device cpu|cuda] [--steps N] [--warmup N] [--only usadamw,torch]
-    python bench/optim_step.py --device cuda --tune     # Triton block size / warps sweep instead
+    python -m bench.optim_step [--device cpu|cuda] [--steps N] [--warmup N] [--only usadamw,torch]
+    python -m bench.optim_step --device cuda --tune     # Triton block size / warps sweep instead
 """
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run by its file path, where the project's packages do not import
+    print("optim_step.py: error: run it from the repository root as: python -m bench.optim_step [flags]",
+          file=sys.stderr)
+    raise SystemExit(2)
 
 from module.bert_optim import AdamaxSAGE, AdamWSAGE, sage_param_groups  # noqa: E402
 

@@ -14,7 +14,7 @@ Rows (each a median over ``--steps`` interleaved steps, rank 0's clock, after ``
 The encoder is a random BERT from a config (``--hidden``, ``--layers``; BERT-base is 768 and 12), so no model
 download is needed; one batch of ``--batch`` x ``--seq_len`` tokens per rank.
 
-    python bench/parallel_settings.py [--nproc 2] [--steps 8] [--warmup 2] [--hidden 256] [--layers 4]
+    python -m bench.parallel_settings [--nproc 2] [--steps 8] [--warmup 2] [--hidden 256] [--layers 4]
                                       [--batch 8] [--seq_len 64] [--device cpu|cuda] [--json out.json]
 """
 from __future__ import annotations
@@ -32,9 +32,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run by its file path, where the project's packages do not import
+    print("parallel_settings.py: error: run it from the repository root as: python -m bench.parallel_settings [flags]",
+          file=sys.stderr)
+    raise SystemExit(2)
 
 from data_utils.task_def import parse_task_defs  # noqa: E402
 from module.bert_optim import build_optimizer, sage_param_groups  # noqa: E402

@@ -9,13 +9,12 @@ Every method's output is checked byte for byte against the baseline's. Times are
 interleaved, so background load hurts every method alike; CPU seconds (this process plus its workers) show the
 work done whatever the load. A stage breakdown (one process) shows where prepro_std's time goes.
 
-    .venv/bin/python bench/prepro.py [--glue_dir ../shared/glue] [--repeat 3] [--profile]
+    .venv/bin/python -m bench.prepro [--glue_dir ../shared/glue] [--repeat 3] [--profile]
 """
 from __future__ import annotations
 
 import argparse
 import cProfile
-import importlib.util
 import json
 import os
 import pstats
@@ -26,7 +25,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run by its file path, where the project's packages do not import
+    print("prepro.py: error: run it from the repository root as: python -m bench.prepro [flags]",
+          file=sys.stderr)
+    raise SystemExit(2)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import prepro_std as ps  # noqa: E402
@@ -76,11 +78,8 @@ def ours(root: Path, task: str, workers: int) -> None:
 
 
 def make_canonical(glue_dir: Path, root: Path) -> None:
-    spec = importlib.util.spec_from_file_location("glue_prepro", ROOT / "experiments" / "glue" / "glue_prepro.py")
-    gp = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = gp
-    spec.loader.exec_module(gp)
-    gp.convert(glue_dir, root, TASK_DEF, tasks=list(TASKS), log=lambda msg: None)
+    from experiments.glue.glue_prepro import convert
+    convert(glue_dir, root, TASK_DEF, tasks=list(TASKS), log=lambda msg: None)
     for path in root.glob("*.tsv"):  # the bench times train splits only
         if not path.name.endswith("_train.tsv"):
             path.unlink()

@@ -9,7 +9,7 @@ VmHWM (peak resident set, file-backed pages of the mapping included) and the clo
 and exits there. A "floor" row runs the same command on a 1,000-row shard: what torch, the encoder and the
 optimizer cost whatever the loader.
 
-    .venv/bin/python bench/shard_cache.py [--rows 393000] [--glue_dir ../shared/glue]
+    .venv/bin/python -m bench.shard_cache [--rows 393000] [--glue_dir ../shared/glue]
 """
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if not __package__:  # run by its file path, where the project's packages do not import
+    print("shard_cache.py: error: run it from the repository root as: python -m bench.shard_cache [flags]",
+          file=sys.stderr)
+    raise SystemExit(2)
 MODEL = "minilm-l6"
 TASK_YAML = ("mnli:\n  task_type: Classification\n  data_format: PremiseAndOneHypothesis\n  n_class: 3\n"
              "  labels: [contradiction, neutral, entailment]\n  metric_meta: [ACC]\n  split_names: [train, dev]\n")
@@ -32,7 +36,6 @@ CHILD_FLAG = "--child"
 
 def child(argv: list[str]) -> None:
     """Run train.py's main in this process; at the first optimizer step print the clock and VmHWM, then exit."""
-    sys.path.insert(0, str(ROOT))
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     def first_step(optimizer, args, kwargs) -> None:
@@ -48,7 +51,6 @@ def child(argv: list[str]) -> None:
 def child_load(argv: list[str]) -> None:
     """The loader alone: load_split of the train shard and the first epoch's plan, after the imports; prints the
     seconds it took and the peak RSS it added over the process as it stood after the imports."""
-    sys.path.insert(0, str(ROOT))
     from data_utils.shard_checks import EncoderLimits
     from data_utils.task_def import parse_task_defs
     from mt_dnn.batcher import epoch_plan, load_split
@@ -69,7 +71,7 @@ def child_load(argv: list[str]) -> None:
 def make_data(glue_dir: Path, work: Path, rows: int) -> Path:
     canon = work / "canonical"
     py = sys.executable
-    subprocess.run([py, str(ROOT / "experiments" / "glue" / "glue_prepro.py"), "--glue_dir", str(glue_dir),
+    subprocess.run([py, "-m", "experiments.glue.glue_prepro", "--glue_dir", str(glue_dir),
                     "--out_dir", str(canon), "--tasks", "mnli"], check=True, capture_output=True)
     subprocess.run([py, str(ROOT / "prepro_std.py"), "--model", MODEL, "--root_dir", str(canon), "--task_def",
                     str(ROOT / "experiments" / "glue" / "glue_task_def.yml"), "--tasks", "mnli", "--max_seq_len",
@@ -95,7 +97,8 @@ def run_variant(work: Path, data: Path, name: str, extra: list[str]) -> dict:
             "--max_seq_len", "128", "--max_steps", "1", "--epochs", "1", "--no_tensorboard",
             "--optim_impl", "foreach", "--device", "cpu", *extra]
     start = time.time()
-    proc = subprocess.run([sys.executable, __file__, CHILD_FLAG, *argv], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "bench.shard_cache", CHILD_FLAG, *argv], capture_output=True,
+                          text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
     if not lines:
         raise SystemExit(f"{name}: no optimizer step (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -104,8 +107,8 @@ def run_variant(work: Path, data: Path, name: str, extra: list[str]) -> dict:
 
 
 def _run_load(data: Path, mode: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, CHILD_FLAG + "_load", str(data), mode], capture_output=True,
-                          text=True)
+    proc = subprocess.run([sys.executable, "-m", "bench.shard_cache", CHILD_FLAG + "_load", str(data), mode],
+                          capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
     if not lines:
         raise SystemExit(f"loader alone ({mode}): failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -5,7 +5,7 @@ with ``mt_dnn.batcher.load_split`` without and with the encoder checks, interlea
 prints the checks' own time beside the whole load. This is the in-memory JSONL path (``cache=False``); the
 memory-mapped shard cache has its own bench, bench/shard_cache.py.
 
-    .venv/bin/python bench/shard_load.py [--rows 400000] [--repeat 3]
+    .venv/bin/python -m bench.shard_load [--rows 400000] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run by its file path, where the project's packages do not import
+    print("shard_load.py: error: run it from the repository root as: python -m bench.shard_load [flags]",
+          file=sys.stderr)
+    raise SystemExit(2)
 
 from data_utils.shard_checks import EncoderLimits  # noqa: E402
 from data_utils.shards import format_line  # noqa: E402

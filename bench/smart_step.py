@@ -8,7 +8,7 @@ rows' steps are interleaved (plain, SMART k=1, ..., plain, ...) so that load on 
 alike; the table gives the median seconds per step and the ratio to the plain row, and the spread goes to
 stderr.
 
-    python bench/smart_step.py [--device cpu|cuda] [--batch_size 32] [--seq_len 128] [--steps 5]
+    python -m bench.smart_step [--device cpu|cuda] [--batch_size 32] [--seq_len 128] [--steps 5]
                                [--warmup_steps 1] [--adv_k 1[,2,...]] [--model minilm-l6] [--threads N]
 """
 from __future__ import annotations
@@ -18,14 +18,14 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run by its file path, where the project's packages do not import
+    print("smart_step.py: error: run it from the repository root as: python -m bench.smart_step [flags]",
+          file=sys.stderr)
+    raise SystemExit(2)
 
 import pretrained_models  # noqa: E402
 from data_utils.task_def import parse_task_defs  # noqa: E402

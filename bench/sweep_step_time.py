@@ -11,7 +11,7 @@ process CPU time are both given: with one thread, CPU time is close to what a st
 wall time grows with the machine's load. The window's cost per unit of padded length scales to a whole epoch
 (cost taken as proportional to padded length). Prints markdown tables with the load average before and after.
 
-    python bench/sweep_step_time.py [--tasks rte,mrpc,stsb,cola] [--time_tasks rte] [--steps 8]
+    python -m bench.sweep_step_time [--tasks rte,mrpc,stsb,cola] [--time_tasks rte] [--steps 8]
                                     [--optimizers adamax,usadamax] [--warmup_steps 3] [--threads 1]
                                     [--precisions fp32,bf16]
 """
@@ -29,8 +29,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run by its file path, where the project's packages do not import
+    print("sweep_step_time.py: error: run it from the repository root as: python -m bench.sweep_step_time [flags]",
+          file=sys.stderr)
+    raise SystemExit(2)
 
 import prepro_std  # noqa: E402
 from experiments.glue.glue_prepro import convert  # noqa: E402

@@ -29,12 +29,12 @@ and the process CPU seconds per timed step (all threads; on a quiet machine abou
 on a loaded one the wall-time columns drift while this one stays close to the work done).
 Prints one markdown table; per-row step-time spread and the load average go to stderr.
 
-    python bench/train_throughput.py [--device cpu|cuda] [--steps N] [--warmup_steps N] [--batch_size N]
+    python -m bench.train_throughput [--device cpu|cuda] [--steps N] [--warmup_steps N] [--batch_size N]
                                      [--model minilm-l6] [--threads N]
                                      [--only hf-defaults,hf-best,ours,ours-compile] [--bf16|--no-bf16]
                                      [--random_bert_base]
 
-    python bench/train_throughput.py --device cuda --random_bert_base   # BERT-base shapes on a GPU
+    python -m bench.train_throughput --device cuda --random_bert_base   # BERT-base shapes on a GPU
 """
 from __future__ import annotations
 
@@ -53,8 +53,10 @@ from typing import Callable, Optional
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run by its file path, where the project's packages do not import
+    print("train_throughput.py: error: run it from the repository root as: python -m bench.train_throughput [flags]",
+          file=sys.stderr)
+    raise SystemExit(2)
 
 import pretrained_models  # noqa: E402
 import prepro_std  # noqa: E402

@@ -5,8 +5,8 @@ rows) and the marked, generated sections of scripts/README.md and experiments/gl
 scripts, the docs and the table cannot drift apart. ``--check`` writes nothing and exits 1 when a file is stale
 (tests run it).
 
-    python scripts/generate.py            # rewrite what changed
-    python scripts/generate.py --check    # verify, for CI
+    python -m scripts.generate            # rewrite what changed
+    python -m scripts.generate --check    # verify, for CI
 """
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run by its file path, where the project's packages do not import
+    print("generate.py: error: run it from the repository root as: python -m scripts.generate [flags]",
+          file=sys.stderr)
+    raise SystemExit(2)
 
 from data_utils.atomic import atomic_write  # noqa: E402
 from data_utils.safe_load import DataFileError, read_yaml  # noqa: E402
@@ -398,7 +400,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     problems = stale(planned)
     if args.check:
         for problem in problems:
-            print(f"generate.py: {problem} (run: python scripts/generate.py)", file=sys.stderr)
+            print(f"generate.py: {problem} (run: python -m scripts.generate)", file=sys.stderr)
         return 1 if problems else 0
     for path in orphans(planned):
         path.unlink()

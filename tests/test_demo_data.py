@@ -6,7 +6,6 @@ the real sdist when a previous `get_data.py` run cached it under data/demo/downl
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import sys
 import tarfile
@@ -15,21 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from experiments.demo import get_data as gd
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "experiments" / "demo" / "get_data.py"
 TASK_DEF = ROOT / "experiments" / "demo" / "demo_task_def.yml"
 REAL_SDIST = ROOT / "data" / "demo" / "download" / "vaderSentiment-3.3.2.tar.gz"
 
-
-def _load_module():
-    spec = importlib.util.spec_from_file_location("demo_get_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-gd = _load_module()
 
 GOOD_LINES = [
     "1\t2.26666666667\tThe Rock is destined to be the 21st Century's new ''Conan''.",

@@ -8,7 +8,6 @@ redirect of weights to a CDN).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -212,10 +211,7 @@ def _plan_files() -> dict[str, set[str]]:
 
 
 def test_plan_installs_exactly_the_files_the_glue_converter_reads():
-    spec = importlib.util.spec_from_file_location("glue_prepro_for_download", ROOT / "experiments/glue/glue_prepro.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    from experiments.glue import glue_prepro as module
     # extras (GLUE's diagnostic set, scored as MNLI's ax_test) are placed by hand: download.sh says so
     expected = {t.folder: {f.name for f in t.files if not f.extra} for t in module.GLUE_TASKS.values()}
     assert _plan_files() == expected

@@ -2,7 +2,6 @@
 with Adamax-SAGE for a bounded number of steps. The loss must go down and dev accuracy beat the majority class."""
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,8 +18,7 @@ TASK_DEF = ROOT / "experiments" / "glue" / "glue_task_def.yml"
 
 
 def test_minilm_learns_mrpc_slice(glue_dir, tmp_path):
-    sys.path.insert(0, str(ROOT / "experiments" / "glue"))
-    import glue_prepro
+    from experiments.glue import glue_prepro
     canonical = tmp_path / "canonical"
     glue_prepro.convert(glue_dir, canonical, TASK_DEF, tasks=["mrpc"], log=lambda _: None)
     prepro_std.run(prepro_std.PreproConfig(model="minilm-l6", root_dir=str(canonical), task_def=str(TASK_DEF),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -19,20 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from experiments.glue import glue_prepro as gp
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "experiments" / "glue" / "glue_prepro.py"
 TASK_DEF = ROOT / "experiments" / "glue" / "glue_task_def.yml"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("glue_prepro", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-gp = _load()
 
 # MANIFEST file -> (canonical file, label column in the source: header name, position, or None for test)
 SOURCES = {
@@ -308,13 +299,14 @@ def test_unknown_task_and_yaml_mismatch(tmp_path):
 
 def test_cli_exit_codes_and_messages(tmp_path):
     rte(tmp_path, GOOD_RTE)
-    run = [sys.executable, str(SCRIPT), "--glue_dir", str(tmp_path / "glue"), "--out_dir", str(tmp_path / "out")]
-    proc = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    run = [sys.executable, "-m", "experiments.glue.glue_prepro", "--glue_dir", str(tmp_path / "glue"), "--out_dir",
+           str(tmp_path / "out")]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert f"cola: folder {tmp_path / 'glue' / 'CoLA'} not found, skipped" in proc.stderr
     assert canonical(tmp_path / "out" / "rte_train.tsv")[1] == ["1", "not_entailment", "It rains.", "It is dry."]
     rte(tmp_path, ["0\tA man runs.\tentailment"])
-    proc = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-1] == (f"glue_prepro.py: error: {tmp_path / 'glue' / 'RTE' / 'train.tsv'}:2: "
                                             "expected 4 tab-separated columns (as in the header), got 3")
@@ -322,7 +314,8 @@ def test_cli_exit_codes_and_messages(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ prepro.sh
-FAKE_PYTHON = '#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "$FAKE_OUT"\nexit "${FAKE_STATUS:-0}"\n'
+FAKE_PYTHON = ('#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "$FAKE_OUT"\n'
+               'printf "%s\\n" "${PYTHONPATH-unset}" >> "$FAKE_OUT.pythonpath"\nexit "${FAKE_STATUS:-0}"\n')
 PREPRO_SH = ROOT / "experiments" / "glue" / "prepro.sh"
 
 
@@ -332,7 +325,8 @@ def run_prepro_sh(tmp_path: Path, *args: str, **env: str):
     fake.chmod(0o755)
     out = tmp_path / "calls.txt"
     out.unlink(missing_ok=True)
-    overrides = ("GLUE_DIR", "DATA_DIR", "TASK_DEF", "MAX_SEQ_LEN", "WORKERS")
+    Path(f"{out}.pythonpath").unlink(missing_ok=True)
+    overrides = ("GLUE_DIR", "DATA_DIR", "TASK_DEF", "MAX_SEQ_LEN", "WORKERS", "PYTHONPATH")
     full_env = {k: v for k, v in os.environ.items() if k not in overrides}
     full_env.update(PYTHON=str(fake), FAKE_OUT=str(out), **env)
     proc = subprocess.run(["bash", str(PREPRO_SH), *args], env=full_env, capture_output=True, text=True,
@@ -344,12 +338,16 @@ def test_prepro_sh_runs_both_steps(tmp_path):
     proc, calls = run_prepro_sh(tmp_path, "bert-base-uncased", "--tasks", "rte", "--force",
                                 GLUE_DIR="/g", DATA_DIR="/d", WORKERS="3")
     assert proc.returncode == 0, proc.stderr
-    assert calls == [f"{ROOT}/experiments/glue/glue_prepro.py --glue_dir /g --out_dir /d --task_def {TASK_DEF}",
+    assert calls == [f"-m experiments.glue.glue_prepro --glue_dir /g --out_dir /d --task_def {TASK_DEF}",
                      f"{ROOT}/prepro_std.py --model bert-base-uncased --root_dir /d --task_def {TASK_DEF} "
                      "--max_seq_len 512 --workers 3 --tasks rte --force"]
     proc, calls = run_prepro_sh(tmp_path)
     assert calls[1] == (f"{ROOT}/prepro_std.py --model minilm-l6 --root_dir {ROOT}/data/canonical_data "
                         f"--task_def {TASK_DEF} --max_seq_len 512")
+    # the converter runs as a module with the repository root first on PYTHONPATH; prepro_std.py by its path
+    assert (tmp_path / "calls.txt.pythonpath").read_text().splitlines() == [str(ROOT), "unset"]
+    run_prepro_sh(tmp_path, PYTHONPATH="/elsewhere")
+    assert (tmp_path / "calls.txt.pythonpath").read_text().splitlines() == [f"{ROOT}:/elsewhere", "/elsewhere"]
     proc, calls = run_prepro_sh(tmp_path, FAKE_STATUS="1")
     assert proc.returncode == 1 and len(calls) == 1  # a failed conversion stops the chain
 

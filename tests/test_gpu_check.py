@@ -3,6 +3,7 @@ one results file; a failed check is a row, not the end of the run; the float64 c
 wrong size; host syncs are counted and placed."""
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -10,27 +11,21 @@ import sys
 import pytest
 import torch
 
+from bench import gpu_check_core as gpu_check
+from bench import gpu_check_sections as sections
+from bench.host_syncs import SyncCounter
 from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "bench"))
-import gpu_check_core as gpu_check  # noqa: E402
-import gpu_check_sections as sections  # noqa: E402
-from host_syncs import SyncCounter  # noqa: E402
 
 
 def _cli():
-    """bench/gpu_check.py itself (docker/gpu_check.py, the image's check, has the plain module name)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_gpu_check", ROOT / "bench" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """bench/gpu_check.py itself (docker/gpu_check.py, the image's check, is another module)."""
+    return importlib.import_module("bench.gpu_check")
 
 
 @pytest.mark.subprocess
 def test_smoke_mode_runs_every_section_on_cpu_and_writes_one_results_file(tmp_path):
     out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--smoke", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--smoke", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads(out.read_text())

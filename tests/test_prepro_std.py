@@ -8,7 +8,6 @@ workers=2 giving the same bytes as workers=1, the shard format and its reader.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -70,10 +69,7 @@ def tsv_rows(path: Path) -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def glue_shards(glue_dir, tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("glue_prepro_for_std", ROOT / "experiments/glue/glue_prepro.py")
-    gp = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = gp
-    spec.loader.exec_module(gp)
+    from experiments.glue import glue_prepro as gp
     root = tmp_path_factory.mktemp("glue_canonical")
     gp.convert(glue_dir, root, GLUE_YML, **QUIET)
     results = ps.run(ps.PreproConfig(root_dir=str(root), task_def=str(GLUE_YML), workers=1), **QUIET)
@@ -344,7 +340,7 @@ def test_missing_files_and_flag_errors(mine, capsys):
         ("cls", "train", "missing"), ("cls", "test", "missing"), ("reg", "train", "written"),
         ("rank", "train", "missing")]
     cases = [
-        (["--tasks", "cls"], f"no canonical TSVs found under {root} for tasks cls (run experiments/glue/glue_prepro.py "
+        (["--tasks", "cls"], f"no canonical TSVs found under {root} for tasks cls (run python -m experiments.glue.glue_prepro "
                              "first?)"),
         (["--tasks", "nope"], f"{root / 'tasks.yml'}: unknown task(s) ['nope']; known: cls, reg, rank"),
         (["--workers", "0"], "--workers must be >= 1, got 0"),

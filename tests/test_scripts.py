@@ -5,7 +5,6 @@ tests/fixtures/paper_tables.md, parsed independently.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -17,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scripts import generate as gen
+
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_TABLES = ROOT / "tests" / "fixtures" / "paper_tables.md"
 GLUE_TASK_DEF = ROOT / "experiments" / "glue" / "glue_task_def.yml"
@@ -24,15 +25,6 @@ TASKS = ["rte", "mrpc", "cola", "sst", "stsb", "qnli", "qqp", "mnli"]
 OPTIMIZERS = ["adamax", "usadamax", "adamw", "usadamw"]
 
 
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("scripts_generate", ROOT / "scripts" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load_generator()
 SETTINGS = gen.load_settings()
 
 

@@ -22,7 +22,7 @@ from experiments.sweep.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "docs" / "results"
-# study.py's own pair of selection specs (what `python experiments/sweep/study.py` reads), relative for the clone
+# study.py's own pair of selection specs (what `python -m experiments.sweep.study` reads), relative for the clone
 SELECT = tuple(p.relative_to(ROOT) for p in study.SELECT_SPECS)
 
 

@@ -206,6 +206,6 @@ def test_study_driver_runs_selection_then_final_per_task_and_pair(tmp_path):
             for fam in ("adamax", "adamw"):
                 select = f"experiments/sweep/minilm_glue4_{fam}_select.yml"
                 expected += [f"sweep.py run {select} --tasks {task} --parallel 3{flag}",
-                             f"experiments/sweep/final_specs.py {select} --tasks {task}",
+                             f"-m experiments.sweep.final_specs {select} --tasks {task}",
                              f"sweep.py run docs/results/minilm_glue4_{fam}_final_{task}.yml --parallel 3{flag}"]
-        assert calls == expected + ["experiments/sweep/study.py"]
+        assert calls == expected + ["-m experiments.sweep.study"]

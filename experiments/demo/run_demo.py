@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run by its file path, where the project's packages do not import
+    print("run_demo.py: error: run it from the repository root as: python -m experiments.demo.run_demo [flags]",
+          file=sys.stderr)
+    raise SystemExit(2)
 
 from data_utils.atomic import atomic_write  # noqa: E402
 from data_utils.jsonsafe import none_to_nan  # noqa: E402

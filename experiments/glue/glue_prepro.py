@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run by its file path, where the project's packages do not import
+    print("glue_prepro.py: error: run it from the repository root as: python -m experiments.glue.glue_prepro [flags]",
+          file=sys.stderr)
+    raise SystemExit(2)
 
 from data_utils.task_def import TaskDef, TaskDefError, load_task_defs  # noqa: E402
 from data_utils.safe_load import DataFileError, loads_json  # noqa: E402

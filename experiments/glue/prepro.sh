@@ -21,6 +21,6 @@ fi
 workers_flag=()
 if [[ -n "${WORKERS:-}" ]]; then workers_flag=(--workers "$WORKERS"); fi
 
-"$PYTHON" "$ROOT/experiments/glue/glue_prepro.py" --glue_dir "$GLUE_DIR" --out_dir "$DATA_DIR" --task_def "$TASK_DEF"
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m experiments.glue.glue_prepro --glue_dir "$GLUE_DIR" --out_dir "$DATA_DIR" --task_def "$TASK_DEF"
 "$PYTHON" "$ROOT/prepro_std.py" --model "$MODEL" --root_dir "$DATA_DIR" --task_def "$TASK_DEF" \
   --max_seq_len "$MAX_SEQ_LEN" ${workers_flag[@]+"${workers_flag[@]}"} "$@"

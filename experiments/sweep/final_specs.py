@@ -13,7 +13,7 @@ names each task, optimizer and lr; widen the grid in the selection spec, run the
 skips the finished ones), and call this again. ``--allow_edge`` writes the specs anyway, for a grid that cannot
 sensibly go further.
 
-    python experiments/sweep/final_specs.py SELECT.yml [--seeds 3,4,5,6,7] [--out_dir DIR] [--tasks rte,..]
+    python -m experiments.sweep.final_specs SELECT.yml [--seeds 3,4,5,6,7] [--out_dir DIR] [--tasks rte,..]
                                             [--allow_edge]
 
 ``--tasks`` writes the specs of those tasks only, once their selection is finished (the selection sweep run
@@ -28,9 +28,10 @@ from typing import Optional, Sequence
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run by its file path, where the project's packages do not import
+    print("final_specs.py: error: run it from the repository root as: python -m experiments.sweep.final_specs [flags]",
+          file=sys.stderr)
+    raise SystemExit(2)
 
 from data_utils.atomic import atomic_write  # noqa: E402
 from data_utils.safe_load import read_json, read_yaml  # noqa: E402

@@ -18,8 +18,8 @@ for task in ${TASKS:-rte mrpc stsb cola}; do
   for fam in ${PAIRS:-adamax adamw}; do
     "$PY" sweep.py run "experiments/sweep/minilm_glue4_${fam}_select.yml" --tasks "$task" --parallel "$PARALLEL" \
       "${SKIP[@]}"
-    "$PY" experiments/sweep/final_specs.py "experiments/sweep/minilm_glue4_${fam}_select.yml" --tasks "$task"
+    "$PY" -m experiments.sweep.final_specs "experiments/sweep/minilm_glue4_${fam}_select.yml" --tasks "$task"
     "$PY" sweep.py run "docs/results/minilm_glue4_${fam}_final_${task}.yml" --parallel "$PARALLEL" "${SKIP[@]}"
   done
 done
-"$PY" experiments/sweep/study.py
+"$PY" -m experiments.sweep.study

@@ -9,7 +9,7 @@ per task and on the GLUE-style average over the tasks (seeds finished on every t
 per-seed differences. A task whose final runs are not all finished is listed as pending and left out of the
 average, which is only given once every task is in: an average over some tasks would not be the study's.
 
-    python experiments/sweep/study.py [--select SPEC.yml ...] [--name minilm_glue4_study] [--out_dir DIR]
+    python -m experiments.sweep.study [--select SPEC.yml ...] [--name minilm_glue4_study] [--out_dir DIR]
 
 Writes ``<out_dir>/<name>.md``, ``.json`` and ``.png`` (atomically).
 """
@@ -26,8 +26,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run by its file path, where the project's packages do not import
+    print("study.py: error: run it from the repository root as: python -m experiments.sweep.study [flags]",
+          file=sys.stderr)
+    raise SystemExit(2)
 
 from data_utils.atomic import atomic_write  # noqa: E402
 from data_utils.safe_paths import plain_name  # noqa: E402
