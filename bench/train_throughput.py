@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import math
 import os
 import sys
@@ -411,6 +412,10 @@ def parse_args(argv=None) -> BenchConfig:
     unknown = [s for s in only if s not in ROWS]
     if unknown or not only:
         parser.error(f"--only: unknown row(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(ROWS)}")
+    missing = [name for name in ("accelerate", "datasets") if importlib.util.find_spec(name) is None]
+    if missing and any(row.startswith("hf-") for row in only):
+        parser.error(f"--only: the transformers.Trainer rows need {' and '.join(missing)} (pip install -r "
+                     "requirements-dev.txt); --only ours runs without them")
     if not (args.glue_dir / "MRPC" / "train.tsv").is_file():
         parser.error(f"--glue_dir {args.glue_dir}: MRPC/train.tsv not found")
     return BenchConfig(args.device, args.steps or 0, warmup, args.batch_size, args.model, args.threads, args.glue_dir,

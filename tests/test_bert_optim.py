@@ -381,6 +381,7 @@ def test_autocast_and_grad_scaler(dtype):
 
 
 def test_works_as_hf_trainer_optimizer(tmp_path):
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (requirements-dev.txt)")
     from transformers import BertForSequenceClassification, Trainer, TrainingArguments
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_bert_config(num_labels=2))
