@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import pretrained_models
+from data_utils import shards
 from data_utils.atomic import atomic_write, clean_stale_temps
 from data_utils.encoding import (Chunk, EncodeSpec, build_backend, encode_chunk, encode_in_worker, init_worker,
                                  spec_from_hf)
@@ -40,6 +41,7 @@ from data_utils.shards import shard_path
 from data_utils.squad import PairLayout, SquadError, encode_squad, read_squad
 from data_utils.task_def import DataFormat, TaskDef, TaskDefError, TaskType, load_task_defs, select_tasks
 from data_utils.tsv import TsvError, check_unique_uids, decode_lines
+from module import encoders
 
 ROOT = Path(__file__).resolve().parent
 CHUNK_ROWS = 2048
@@ -76,7 +78,7 @@ class ShardResult:
 # ------------------------------------------------------------------------------------------ tokenizer
 def load_spec(cfg: PreproConfig) -> EncodeSpec:
     try:
-        tokenizer = pretrained_models.load_tokenizer(cfg.model)
+        tokenizer = encoders.load_tokenizer(cfg.model)
     except Exception as exc:  # HF raises OSError/ValueError/... with multi-line text; keep the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PreproError(f"--model {cfg.model}: cannot load a fast tokenizer: {first}") from None
@@ -101,7 +103,7 @@ def load_spec(cfg: PreproConfig) -> EncodeSpec:
 def _positions(model: str, tokenizer) -> Optional[int]:
     """How many tokens the encoder embeds: its config's position embeddings, else the tokenizer's own limit."""
     try:
-        return encoder_positions(pretrained_models.load_config(model))
+        return encoder_positions(encoders.load_config(model))
     except ValueError:  # a tokenizer-only folder: no model config next to it
         limit = getattr(tokenizer, "model_max_length", None)
         return int(limit) if isinstance(limit, int) and limit < 1_000_000 else None
@@ -242,7 +244,7 @@ def run(cfg: PreproConfig, log=print) -> list[ShardResult]:
         raise PreproError(f"--workers must be >= 1, got {cfg.workers}")
     try:
         check_parallelism("--workers", cfg.workers, "processes")
-        pretrained_models.model_short_name(cfg.model)  # names the shard folder: refused before any work
+        shards.model_short_name(cfg.model)  # names the shard folder: refused before any work
     except ValueError as exc:
         raise PreproError(str(exc)) from None
     task_defs = load_task_defs(cfg.task_def)

@@ -32,7 +32,7 @@ if not __package__:  # run by its file path, where the project's packages do not
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import prepro_std as ps  # noqa: E402
-import pretrained_models  # noqa: E402
+from module import encoders  # noqa: E402
 from data_utils.encoding import build_backend  # noqa: E402
 from data_utils.shards import format_line, format_line_zero_types, shard_path  # noqa: E402
 from data_utils.task_def import load_task_defs  # noqa: E402
@@ -46,7 +46,7 @@ TASKS = ("sst", "mrpc")
 
 def per_example(tsv: Path, out: Path, td) -> None:
     """The baseline: MT-DNN's prepro loop, one tokenizer call and one json.dumps per row."""
-    tok = pretrained_models.load_tokenizer(MODEL)
+    tok = encoders.load_tokenizer(MODEL)
     with open(tsv, encoding="utf-8") as src, open(out, "w", encoding="utf-8") as dst:
         for line in src:
             cols = line.rstrip("\n").split("\t")
@@ -59,7 +59,7 @@ def per_example(tsv: Path, out: Path, td) -> None:
 
 def hf_batched(tsv: Path, out: Path, td, batch: int = 1000) -> None:
     """A straightforward batched version: HF fast tokenizer on 1,000 rows at a time, json.dumps per row."""
-    tok = pretrained_models.load_tokenizer(MODEL)
+    tok = encoders.load_tokenizer(MODEL)
     rows = [line.rstrip("\n").split("\t") for line in open(tsv, encoding="utf-8")]
     with open(out, "w", encoding="utf-8") as dst:
         for i in range(0, len(rows), batch):
@@ -100,7 +100,7 @@ def timed(fn, *args) -> tuple[float, float]:
 
 def measure(root: Path, repeat: int) -> list[tuple]:
     defs = load_task_defs(TASK_DEF)
-    pretrained_models.load_tokenizer(MODEL)  # warm-up: the first load imports transformers (seconds)
+    encoders.load_tokenizer(MODEL)  # warm-up: the first load imports transformers (seconds)
     rows_out = []
     for task in TASKS:
         tsv, shard = root / f"{task}_train.tsv", shard_path(root, MODEL, task, "train")
@@ -161,7 +161,7 @@ def stages(root: Path, task: str) -> list[tuple[str, float]]:
 
 def tokenizer_alone(root: Path) -> list[tuple[str, float]]:
     rows = [line.split("\t")[2] for line in read_lines(root / "sst_train.tsv")]
-    tok = pretrained_models.load_tokenizer(MODEL)
+    tok = encoders.load_tokenizer(MODEL)
     backend = build_backend(ps.load_spec(ps.PreproConfig(model=MODEL, max_seq_len=MAX_LEN)))
     out = []
     t = time.perf_counter()

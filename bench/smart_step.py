@@ -27,7 +27,7 @@ if not __package__:  # run by its file path, where the project's packages do not
           file=sys.stderr)
     raise SystemExit(2)
 
-import pretrained_models  # noqa: E402
+from module import encoders  # noqa: E402
 from data_utils.task_def import parse_task_defs  # noqa: E402
 from module.bert_optim import build_optimizer, sage_param_groups  # noqa: E402
 from mt_dnn import objectives  # noqa: E402
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     torch.manual_seed(0)
     td = parse_task_defs(TASK_YAML)["pair"]
-    model = MTDNNModel(pretrained_models.load_encoder(args.model), {"pair": td}).to(device).train()
+    model = MTDNNModel(encoders.load_encoder(args.model), {"pair": td}).to(device).train()
     opt = build_optimizer("usadamax", sage_param_groups(list(model.named_parameters()), weight_decay=0.01),
                           lr=1e-5, foreach=True)
     vocab = model.encoder.config.vocab_size

@@ -60,6 +60,8 @@ if not __package__:  # run by its file path, where the project's packages do not
     raise SystemExit(2)
 
 import pretrained_models  # noqa: E402
+from module import encoders  # noqa: E402
+from data_utils import shards  # noqa: E402
 import prepro_std  # noqa: E402
 from data_utils.task_def import load_task_defs  # noqa: E402
 from data_utils.tsv import read_canonical  # noqa: E402
@@ -142,13 +144,13 @@ def prepare_data(glue_dir: Path, work: Path, model: str, max_seq_len: int) -> tu
     convert(glue_dir, work, TASK_DEF, tasks=[TASK], log=_quiet)
     prepro_std.run(prepro_std.PreproConfig(model=model, root_dir=str(work), task_def=str(TASK_DEF),
                                            tasks=(TASK,), max_seq_len=max_seq_len, workers=1), log=_quiet)
-    return work / f"{TASK}_train.tsv", work / pretrained_models.model_short_name(model)
+    return work / f"{TASK}_train.tsv", work / shards.model_short_name(model)
 
 
 def random_bert_base(model: str, folder: Path) -> str:
     """A randomly initialised BERT-base (BertConfig()) saved with ``model``'s tokenizer, loaded by both sides."""
     from transformers import AutoModel, BertConfig
-    tokenizer = pretrained_models.load_tokenizer(model)
+    tokenizer = encoders.load_tokenizer(model)
     config = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     AutoModel.from_config(config).save_pretrained(folder)

@@ -13,12 +13,14 @@ predicted value. ``format_line`` writes exactly what ``json.dumps`` of that dict
 from __future__ import annotations
 
 import functools
+import os
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
 import pretrained_models
 from data_utils.safe_load import DataFileError, loads_json
+from data_utils.safe_paths import plain_name
 from data_utils.tsv import first_seen
 
 KEYS = ("uid", "label", "token_id", "type_id")
@@ -31,8 +33,17 @@ class ShardError(ValueError):
     """A malformed shard line, as one line starting with ``file:line``."""
 
 
+def model_short_name(name_or_path: str) -> str:
+    """The shard folder's name: registry names stay, paths and hub ids keep their last part. A last part that
+    cannot name a folder inside ``--root_dir`` (``.``, ``..``, nothing) is refused rather than written around."""
+    if name_or_path in pretrained_models.ENCODERS:
+        return name_or_path
+    return plain_name(os.path.basename(os.path.normpath(name_or_path)),
+                      f"--model {name_or_path}: the shard folder's name (the model's last path part)")
+
+
 def shard_path(root_dir: Union[str, Path], model: str, task: str, split: str) -> Path:
-    return Path(root_dir) / pretrained_models.model_short_name(model) / f"{task}_{split}.jsonl"
+    return Path(root_dir) / model_short_name(model) / f"{task}_{split}.jsonl"
 
 
 def find_shard(data_dir: Union[str, Path], task: str, split: str) -> Path:

@@ -19,10 +19,10 @@ from typing import Callable, Optional
 
 import torch
 
-import pretrained_models
 from data_utils.atomic import atomic_folder, clean_stale_temps
 from data_utils.safe_paths import check_output_root
 from data_utils.task_def import TaskType
+from module import encoders
 from module.heads import ClassificationHead, ScoreHead
 from mt_dnn import checkpoint as ckpt
 from mt_dnn.model import MTDNNModel
@@ -77,7 +77,7 @@ def load_export_tokenizer(folder: Path, tokenizer: Optional[str], vocab_size: in
     if source is None:
         raise ExportError(f"{folder}: no tokenizer is known for this run (it started from an MT-DNN .pt "
                           "checkpoint); pass --tokenizer NAME_OR_FOLDER")
-    tok = pretrained_models.load_tokenizer(source)
+    tok = encoders.load_tokenizer(source)
     if len(tok) > vocab_size:
         raise ExportError(f"--tokenizer {source}: {len(tok)} tokens, but the encoder's vocabulary has {vocab_size}")
     return tok

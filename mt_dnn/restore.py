@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import pretrained_models
 from data_utils.task_def import TaskDef, dataset_task, load_task_defs, select_tasks
+from module import encoders
 from mt_dnn import checkpoint as ckpt
 from mt_dnn import task_labels
 from mt_dnn.config import TrainConfig, load_config
@@ -44,9 +44,9 @@ def restore(folder: Path, task_def: Optional[str] = None) -> Restored:
     names = list(dict.fromkeys(cfg.train_datasets + [dataset_task(d) for d in cfg.test_datasets]))
     task_defs = select_tasks(load_task_defs(task_def_path), names, source=task_def_path)
     saved = folder / ckpt.ENCODER_CONFIG
-    config = (pretrained_models.config_from_file(saved) if saved.is_file()
-              else pretrained_models.load_config(cfg.init_checkpoint))
-    encoder = pretrained_models.load_encoder(cfg.init_checkpoint, cfg.encoder_type, config=config)
+    config = (encoders.config_from_file(saved) if saved.is_file()
+              else encoders.load_config(cfg.init_checkpoint))
+    encoder = encoders.load_encoder(cfg.init_checkpoint, cfg.encoder_type, config=config)
     model = build_model(encoder, task_defs, cfg)
     ckpt.load_weights(model, folder)
     task_labels.check(task_labels.read(folder) or {}, task_defs, str(folder / task_labels.FILE), task_defs,

@@ -33,6 +33,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 import pretrained_models
+from module import encoders
 from mt_dnn import checkpoint as ckpt
 from mt_dnn import head_layout as layouts
 from mt_dnn import task_labels
@@ -76,11 +77,11 @@ def run_encoder_config(folder: Path):
     from mt_dnn.config import load_config
     saved = Path(folder) / ckpt.ENCODER_CONFIG
     if saved.is_file():
-        return pretrained_models.config_from_file(saved)
+        return encoders.config_from_file(saved)
     origin = load_config(Path(folder) / ckpt.CONFIG).init_checkpoint
     if checkpoint_kind(origin) != "encoder":
         raise FileNotFoundError(f"{saved}: missing, and the run started from {origin}, not from an encoder")
-    return pretrained_models.load_config(origin)
+    return encoders.load_config(origin)
 
 
 def read_run(folder: Path) -> Source:
@@ -399,14 +400,14 @@ def start_model(cfg, task_defs: Mapping, origin: Optional[str] = None) -> Start:
     kind = checkpoint_kind(origin)
     if kind == "encoder":
         cfg = layouts.resolve(cfg, None)
-        return Start(build_model(pretrained_models.load_encoder(origin, cfg.encoder_type), task_defs, cfg), cfg)
+        return Start(build_model(encoders.load_encoder(origin, cfg.encoder_type), task_defs, cfg), cfg)
     if kind == "run":
         src = read_run(Path(origin))
         pretrained_models.check_encoder_type(src.encoder_config, cfg.encoder_type)
     else:
         src = read_mtdnn(Path(origin), cfg.encoder_type, task_defs, cfg.train_datasets)
     cfg = layouts.resolve(cfg, src.found)
-    encoder = pretrained_models.load_encoder(origin, config=src.encoder_config)
+    encoder = encoders.load_encoder(origin, config=src.encoder_config)
     model = build_model(encoder, task_defs, cfg)
     loaded = load_source(model, src, cfg.allow_unused_weights, cfg.task_def)
     return Start(model, cfg, loaded.warm, src, loaded)

@@ -189,12 +189,12 @@ def test_electra_is_refused_with_the_reason(ws):
 def test_embedded_minilm_run_exports_with_its_registry_tokenizer(tmp_path):
     """A run on the offline default encoder: the tokenizer comes from the registry name, and text tokenized by the
     exported tokenizer gives plain transformers the logits the trained model gives."""
-    import pretrained_models
+    from module import encoders
     from mt_dnn import checkpoint as ckpt
     from mt_dnn.config import TrainConfig
     glue_yml = str(Path(__file__).resolve().parents[1] / "experiments" / "glue" / "glue_task_def.yml")
     torch.manual_seed(0)
-    model = MTDNNModel(pretrained_models.load_encoder("minilm-l6"),
+    model = MTDNNModel(encoders.load_encoder("minilm-l6"),
                        select_tasks(load_task_defs(glue_yml), ["rte"])).eval()
     cfg = TrainConfig(train_datasets=["rte"], task_def=glue_yml, init_checkpoint="minilm-l6")
     ckpt.save_checkpoint(tmp_path / "run" / "best", model, cfg.to_json(),

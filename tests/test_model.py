@@ -331,7 +331,7 @@ def test_model_construction_errors():
 
 def test_embedded_minilm_encoder_plugs_in():
     """The offline default encoder: its pretrained pooler is used, and its 6 layers land in the SAGE groups."""
-    from pretrained_models import load_encoder, load_tokenizer
+    from module.encoders import load_encoder, load_tokenizer
     tok, enc = load_tokenizer("minilm-l6"), load_encoder("minilm-l6")
     model = MTDNNModel(enc, THREE_TASKS).eval()
     assert model.uses_encoder_pooler

@@ -54,8 +54,8 @@ rank:
 
 @pytest.fixture(scope="module")
 def tok():
-    import pretrained_models
-    return pretrained_models.load_tokenizer(MODEL)
+    from module import encoders
+    return encoders.load_tokenizer(MODEL)
 
 
 def hf(tok, premise, hypothesis=None, max_len=512):

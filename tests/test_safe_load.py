@@ -150,7 +150,7 @@ def _deep(levels: int) -> str:
 def test_train_config_best_metrics_and_encoder_config_are_bounded(tmp_path):
     from data_utils.glue_submission import SubmissionError, best_epoch_tag
     from mt_dnn.config import load_config
-    import pretrained_models
+    from module import encoders
     config = tmp_path / "train_config.json"
     config.write_text(_deep(100_000))
     with pytest.raises(ValueError, match=rf"^{config}: not valid JSON \(nested too deeply\)$"):
@@ -163,13 +163,13 @@ def test_train_config_best_metrics_and_encoder_config_are_bounded(tmp_path):
     encoder = tmp_path / "encoder_config.json"
     encoder.write_text(_deep(200))
     with pytest.raises(ValueError, match=rf"^{encoder}: not valid JSON \(nested more than 64 levels deep\)$"):
-        pretrained_models.config_from_file(encoder)
+        encoders.config_from_file(encoder)
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text(_deep(100_000))
     with pytest.raises(ValueError, match=rf"^--init_checkpoint {folder}: not a model folder \({folder}/config\.json: "
                                          r"not valid JSON \(nested too deeply\)\)$"):
-        pretrained_models.load_config(str(folder), "--init_checkpoint")
+        encoders.load_config(str(folder), "--init_checkpoint")
 
 
 def test_metrics_records_tracker_logs_and_stamps_are_bounded(tmp_path):

@@ -72,7 +72,7 @@ def test_plain_name_refuses_what_would_leave_the_folder(name):
 
 def test_model_names_that_leave_root_dir_are_refused_by_prepro(tmp_path, capsys):
     import prepro_std
-    import pretrained_models
+    from data_utils import shards
     root = tmp_path / "data" / "canonical"
     root.mkdir(parents=True)
     (root / "rte_train.tsv").write_text("0\tentailment\ta\tb\n")
@@ -84,9 +84,9 @@ def test_model_names_that_leave_root_dir_are_refused_by_prepro(tmp_path, capsys)
                        f"part): {last!r} cannot name a folder or file (it must be one plain name: no '/' or '\\', "
                        "not '.' or '..')")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["canonical", "data", "rte_train.tsv"]
-    assert pretrained_models.model_short_name("org/model-name") == "model-name"
-    assert pretrained_models.model_short_name("../models/bert/") == "bert"
-    assert pretrained_models.model_short_name("minilm-l6") == "minilm-l6"
+    assert shards.model_short_name("org/model-name") == "model-name"
+    assert shards.model_short_name("../models/bert/") == "bert"
+    assert shards.model_short_name("minilm-l6") == "minilm-l6"
 
 
 def test_tags_splits_and_study_names_stay_plain(tmp_path, capsys):

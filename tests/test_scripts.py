@@ -233,11 +233,11 @@ def test_scripts_leave_a_run_folder_to_resume_or_overwrite_on_purpose(fake):
 @pytest.mark.parametrize("model", ["bert-base-uncased", "roberta-large", "FacebookAI/roberta-large",
                                    "/abs/path/to/my-bert/", "relative/model_dir"])
 def test_default_data_dir_uses_the_registry_short_name(fake, model):
-    pretrained_models = pytest.importorskip("pretrained_models")
+    shards = pytest.importorskip("data_utils.shards")
     proc, lines = fake("train_sst_adamw.sh", "0", MODEL=model)
     assert proc.returncode == 0, proc.stderr
     data_dir = lines[lines.index("--data_dir") + 1]
-    assert data_dir == f"{ROOT}/data/canonical_data/{pretrained_models.model_short_name(model)}"
+    assert data_dir == f"{ROOT}/data/canonical_data/{shards.model_short_name(model)}"
 
 
 def test_missing_or_bad_gpuid_prints_usage_and_runs_nothing(fake):

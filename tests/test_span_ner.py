@@ -132,8 +132,8 @@ def _shards(ws: Path) -> Path:
 
 
 def _tokenizer():
-    import pretrained_models
-    return pretrained_models.load_tokenizer("minilm-l6")
+    from module import encoders
+    return encoders.load_tokenizer("minilm-l6")
 
 
 # ------------------------------------------------------------------------------------------ SQuAD converter

@@ -333,8 +333,8 @@ def _rte_rows(glue_dir: Path, split: str, n: int) -> list[dict]:
 
 def _rte_shards(glue_dir: Path, folder: Path) -> dict[str, list[dict]]:
     """32 train and 16 dev RTE rows tokenized with the embedded MiniLM tokenizer, as MT-DNN .json shards."""
-    import pretrained_models
-    tok = pretrained_models.load_tokenizer("minilm-l6")
+    from module import encoders
+    tok = encoders.load_tokenizer("minilm-l6")
     folder.mkdir(parents=True, exist_ok=True)
     labels = {"not_entailment": 0, "entailment": 1}
     out = {}
@@ -414,10 +414,10 @@ def test_resume_model_ckpt_follows_the_authors_training_loop_epoch_by_epoch(glue
     """From one checkpoint in the SAGE repository's model_0.pt format (step 2 of t_total 4, non-zero moments),
     train.py --resume --model_ckpt with their flags gives their loop's dev probabilities at every epoch, through
     the schedule's end and past it (their warmup_linear goes negative there)."""
-    import pretrained_models
+    from module import encoders
     rows = _rte_shards(glue_dir, tmp_path / "shards")
     (tmp_path / "rte.yml").write_text(RTE_YAML, encoding="utf-8")
-    vocab = len(pretrained_models.load_tokenizer("minilm-l6"))
+    vocab = len(encoders.load_tokenizer("minilm-l6"))
     bert_config = tiny_bert_config(vocab_size=vocab, max_position_embeddings=128, **NO_DROPOUT)
     torch.manual_seed(11)
     network = TheirNetwork(bert_config, [2])
