@@ -116,3 +116,35 @@ def test_a_second_demo_reuses_finished_runs_and_replaces_the_others_on_purpose(d
     assert demo.main(["--out_dir", str(tmp_path), "--epochs", "3"]) == 0  # other flags: not the same runs
     assert sorted(calls[5:]) == runs
     assert demo.main(["--out_dir", str(tmp_path), "--epochs", "3", "--rerun"]) == 0 and sorted(calls[9:]) == runs
+
+
+def test_check_names_each_differing_cell_and_ignores_wall_time(demo, tmp_path, capsys):
+    """--save_expected keeps each run's last record; --check passes on the same records (other wall times) and
+    names the one cell a changed record prints differently."""
+    write_runs(tmp_path / "first", seconds=90.0)
+    assert demo.main(["--out_dir", str(tmp_path / "first"), "--report_only",
+                      "--save_expected", str(tmp_path / "expected")]) == 0
+    saved = (tmp_path / "expected" / "adamax_lr1e-4" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["epoch"] for line in saved] == [1]  # the last record only
+    write_runs(tmp_path / "second", seconds=300.0)
+    capsys.readouterr()
+    assert demo.main(["--out_dir", str(tmp_path / "second"), "--report_only",
+                      "--check", str(tmp_path / "expected")]) == 0
+    assert "The scores are the committed ones" in capsys.readouterr().out
+    changed = tmp_path / "second" / "adamax_lr1e-4" / "metrics.jsonl"
+    lines = changed.read_text(encoding="utf-8").splitlines()
+    last = json.loads(lines[-1])
+    last["dev"]["vaderpol_dev"]["ACC"] = 75.94  # prints 75.9 instead of 76.0; the average is left as it was
+    changed.write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n", encoding="utf-8")
+    assert demo.main(["--out_dir", str(tmp_path / "second"), "--report_only",
+                      "--check", str(tmp_path / "expected")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"run_demo.py: {tmp_path / 'second'} differs from {tmp_path / 'expected'}: line 5, Adamax 1e-4: "
+                   "vaderpol ACC 75.9 (committed 76.0)"]
+
+
+def test_without_wall_time_keeps_every_score_cell(demo):
+    row = "| Adamax | 1e-4 | 75.8 | 73.1 | 51.8 | 65.6 | 65.9 | 66.31 |  | 10.9 min |"
+    assert demo.without_wall_time(row) == [["Adamax", "1e-4", "75.8", "73.1", "51.8", "65.6", "65.9", "66.31", ""]]
+    other = "| both at lr 1e-4 | 66.31 | 61.79 | -4.52 |\nDev set, one seed"
+    assert demo.without_wall_time(other) == [["both at lr 1e-4", "66.31", "61.79", "-4.52"], ["Dev set, one seed"]]

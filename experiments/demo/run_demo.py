@@ -28,6 +28,7 @@ if not __package__:  # run by its file path, where the project's packages do not
     raise SystemExit(2)
 
 from data_utils.atomic import atomic_write  # noqa: E402
+from data_utils import jsonsafe  # noqa: E402
 from data_utils.jsonsafe import none_to_nan  # noqa: E402
 from data_utils.safe_load import loads_json, read_json  # noqa: E402
 
@@ -36,8 +37,14 @@ OPTIMIZERS = (  # (label, optimizer flags without the lr): Table 7-style setting
     ("Adamax-SAGE", ["--optimizer", "usadamax", "--beta3", "0.75"]),
 )
 LEARNING_RATES = ("1e-4", "3e-4")
+DEFAULT_EPOCHS = 2
+DEFAULT_DATA = "data/demo/canonical/minilm-l6"
 SEED = 2018
 RUN_INFO = "demo_run.json"  # wall time and load average of one run, next to train.py's metrics.jsonl
+#: What runs the optimizer step: train.py's default --optim_impl, stated in the table's caption because the
+#: digits depend on it (the C kernel is built for the CPU it runs on, -march=native).
+IMPLEMENTATION = "--optim_impl auto, the fused step (on a CPU: the C kernel, built with -march=native)"
+EXPECTED = ROOT / "experiments" / "demo" / "expected"  # the committed runs behind README.md's demo table
 
 
 @dataclass(frozen=True)
@@ -152,22 +159,66 @@ def report(out_root: Path, lrs: tuple[str, ...], epochs: int) -> str:
     chosen = {(best_lr(runs, label).optimizer, best_lr(runs, label).lr) for label in labels}
     caption = (f"Dev set, one seed ({SEED}), {epochs} epochs, last-epoch scores; the same dev set picks each "
                "optimizer's best lr and reports it. Average: the mean of each task's metrics, then of the two "
-               "tasks (glue_average).")
+               f"tasks (glue_average). Optimizer step: {IMPLEMENTATION}.")
     return "\n".join([caption, "", *runs_table(runs, chosen), "",
                       *comparison_table(runs, labels[0], labels[1], lrs)])
+
+
+def without_wall_time(table: str) -> list[list[str]]:
+    """The report as rows of cells (text lines as one cell), the runs table's wall-time cell dropped: everything
+    a rerun on the same CPU must repeat."""
+    rows = []
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else [line]
+        rows.append(cells[:-1] if len(cells) == 10 else cells)
+    return rows
+
+
+def differences(out_root: Path, expected_root: Path, lrs: tuple[str, ...], epochs: int) -> list[str]:
+    """One line per table row where the runs in ``out_root`` print something else than the committed records."""
+    got, want = (without_wall_time(report(root, lrs, epochs)) for root in (out_root, expected_root))
+    if len(got) != len(want):
+        return [f"the report has {len(got)} lines, the committed one {len(want)}"]
+    header = got[2] if len(got) > 2 else []
+    found = []
+    for number, (mine, theirs) in enumerate(zip(got, want), 1):
+        if mine == theirs:
+            continue
+        if len(mine) != len(theirs) or len(mine) == 1:
+            found.append(f"line {number}: {' | '.join(mine)!r} (committed {' | '.join(theirs)!r})")
+            continue
+        names = header if len(header) == len(mine) else [f"cell {i + 1}" for i in range(len(mine))]
+        cells = [f"{names[i]} {a} (committed {b})" for i, (a, b) in enumerate(zip(mine, theirs)) if a != b]
+        found.append(f"line {number}, {' '.join(mine[:2]) if len(mine) == 9 else mine[0]}: " + "; ".join(cells))
+    return found
+
+
+def save_expected(out_root: Path, expected_root: Path, lrs: tuple[str, ...]) -> None:
+    """Each run's last dev record, the only thing the table is made from, as ``<run>/metrics.jsonl``."""
+    for label, _ in OPTIMIZERS:
+        for lr in lrs:
+            name = run_name(label, lr)
+            folder = expected_root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_write(folder / "metrics.jsonl") as handle:
+                handle.write(jsonsafe.dumps(last_record(out_root / name)) + "\n")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out_dir", default="demo_out")
-    p.add_argument("--data_dir", default="data/demo/canonical/minilm-l6")
+    p.add_argument("--data_dir", default=DEFAULT_DATA)
     p.add_argument("--task_def", default="experiments/demo/demo_task_def.yml")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     p.add_argument("--learning_rates", default=",".join(LEARNING_RATES),
                    help="comma-separated grid, the same for both optimizers (default %(default)s)")
     p.add_argument("--report_only", action="store_true", help="print the tables from the runs in --out_dir")
     p.add_argument("--rerun", action="store_true",
                    help="train every run again (default: a run finished by this demo with the same flags is reused)")
+    p.add_argument("--check", metavar="DIR", nargs="?", const=str(EXPECTED),
+                   help="exit 1 when the tables differ (wall time aside) from the ones made of the runs' records in "
+                        "DIR (default: the committed %(const)s, behind README.md's demo table)")
+    p.add_argument("--save_expected", metavar="DIR", help="write each run's last dev record to DIR/<run>/")
     args = p.parse_args(argv)
     lrs = tuple(s.strip() for s in args.learning_rates.split(",") if s.strip())
     for lr in lrs:
@@ -191,6 +242,21 @@ def main(argv=None) -> int:
                                             "train_argv": argv})
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("\n" + report(out_root, lrs, args.epochs))
+    if args.save_expected:
+        save_expected(out_root, Path(args.save_expected), lrs)
+    if args.check:
+        found = differences(out_root, Path(args.check), lrs, args.epochs)
+        for line in found:
+            print(f"run_demo.py: {out_root} differs from {args.check}: {line}", file=sys.stderr)
+        if found:
+            return 1
+        print(f"\nThe scores are the committed ones ({args.check}).")
+    elif (lrs, args.epochs, args.data_dir) == (LEARNING_RATES, DEFAULT_EPOCHS, DEFAULT_DATA) and EXPECTED.is_dir():
+        found = differences(out_root, EXPECTED, lrs, args.epochs)
+        print("\nThe scores are README.md's demo table." if not found else
+              f"\n{len(found)} lines differ from README.md's demo table, made by `make demo` (get_data.py "
+              "--max_train 1000) on a 2-core x86 CPU; the C kernel is built for the CPU it runs on, so another "
+              "CPU can move the last digits. --check lists the cells.")
     return 0
 
 
