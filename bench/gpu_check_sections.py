@@ -104,7 +104,7 @@ def _step_against_float64(check: Check, shapes, dtype, algorithm: str, scale: fl
 def _training_variants(check: Check):
     """The kernel variants BERT training takes (AdamW-/Adamax-SAGE and their plain groups, with and without
     decay, the default formula) in each parameter dtype; the CPU rehearsal probes float32 AdamW only."""
-    from module.sage_fused import kernel_variants
+    from module.sage.dispatch import kernel_variants
     if check.smoke:
         return kernel_variants(dtypes=(torch.float32,), algorithms=("adamw",), formulas=("reference",))
     return kernel_variants(dtypes=(torch.float32, torch.bfloat16, torch.float16), algorithms=("adamw", "adamax"),
@@ -114,7 +114,7 @@ def _training_variants(check: Check):
 def _probe_variants(check: Check, variants, reserve_s: float = 0.0) -> dict:
     """Each variant's self-check probe (the hand-written kernel against float64), while the section's budget
     lasts (keeping ``reserve_s`` for the steps after): how many were probed, which failed."""
-    from module.sage_fused import check_variants
+    from module.sage.dispatch import check_variants
     probed, failed, no_kernel = 0, [], 0
     for variant in variants:
         if check.remaining() < reserve_s:
@@ -132,7 +132,7 @@ def _probe_variants(check: Check, variants, reserve_s: float = 0.0) -> dict:
 
 
 def _other_variants(check: Check):
-    from module.sage_fused import kernel_variants
+    from module.sage.dispatch import kernel_variants
     if check.smoke:
         raise SkipStep("the CPU rehearsal probes the float32 AdamW variants only")
     seen = set(_training_variants(check))

@@ -148,23 +148,23 @@ class TrafficFloor:
         self.opt = AdamWSAGE(groups, lr=LR, betas=BETAS, beta3=BETA3, eps=EPS, fused=True)
 
     def step(self) -> None:
-        from module import sage_functional
-        real = sage_functional.ALGORITHMS["adamw"]
-        sage_functional.ALGORITHMS["adamw"] = real._replace(single=_touch)
+        from module.sage import functional
+        real = functional.ALGORITHMS["adamw"]
+        functional.ALGORITHMS["adamw"] = real._replace(single=_touch)
         try:
             with_compiled_path(self.opt.step)
         finally:
-            sage_functional.ALGORITHMS["adamw"] = real
+            functional.ALGORITHMS["adamw"] = real
 
 
 def with_compiled_path(step: Callable[[], object]) -> None:
     """One step with CPU buckets sent to the torch.compile path instead of the C kernel."""
-    from module import sage_fused
-    saved, sage_fused.CPU_KERNEL = sage_fused.CPU_KERNEL, False
+    from module.sage import dispatch
+    saved, dispatch.CPU_KERNEL = dispatch.CPU_KERNEL, False
     try:
         step()
     finally:
-        sage_fused.CPU_KERNEL = saved
+        dispatch.CPU_KERNEL = saved
 
 
 class CompiledPath:
@@ -203,8 +203,8 @@ class ForcedMisses:
         self.opt = opt
 
     def prepare(self) -> None:
-        from module import sage_triton
-        sage_triton.clear_table_cache()
+        from module.sage import triton_kernel
+        triton_kernel.clear_table_cache()
 
     def step(self) -> None:
         self.opt.step()
@@ -297,10 +297,10 @@ class Result:
 def table_misses() -> Optional[int]:
     """Misses of the Triton kernel's table cache so far (None where that kernel cannot run)."""
     try:
-        from module import sage_triton
+        from module.sage import triton_kernel
     except ImportError:
         return None
-    return sage_triton.table_cache_stats()["misses"]
+    return triton_kernel.table_cache_stats()["misses"]
 
 
 def run_one(label, factory, named, cfg: BenchConfig, baseline=None) -> Result:
@@ -371,8 +371,8 @@ def header(named, cfg: BenchConfig) -> str:
         parts.append(torch.cuda.get_device_name())
         try:
             import triton
-            from module import sage_triton
-            parts.append(f"triton={triton.__version__} {sage_triton.launch_config()}")
+            from module.sage import triton_kernel
+            parts.append(f"triton={triton.__version__} {triton_kernel.launch_config()}")
         except ImportError:
             parts.append("triton=absent (fused = torch.compile)")
         bandwidth = copy_bandwidth(cfg.device)
@@ -383,12 +383,12 @@ def header(named, cfg: BenchConfig) -> str:
 
 def tune(named, cfg: BenchConfig) -> str:
     """Median fused step per (BLOCK_SIZE, NUM_WARPS): synced per step, and with steps queued back to back."""
-    from module import sage_triton
+    from module.sage import triton_kernel
     lines = ["| BLOCK_SIZE | NUM_WARPS | usadamw step (ms) | usadamw queued (ms/step) | usadamax step (ms) |",
              "|---:|---:|---:|---:|---:|"]
-    default = (sage_triton.BLOCK_SIZE, sage_triton.NUM_WARPS)
+    default = (triton_kernel.BLOCK_SIZE, triton_kernel.NUM_WARPS)
     for block, warps in ((1024, 4), (2048, 4), (2048, 8), (4096, 8), (8192, 16)):
-        sage_triton.BLOCK_SIZE, sage_triton.NUM_WARPS = block, warps
+        triton_kernel.BLOCK_SIZE, triton_kernel.NUM_WARPS = block, warps
         cells = []
         for cls in (AdamWSAGE, AdamaxSAGE):
             opt = _sage(cls, "fused")(named)
@@ -404,7 +404,7 @@ def tune(named, cfg: BenchConfig) -> str:
                 cells.append((time.perf_counter() - start) / cfg.steps)
             del opt
         lines.append(f"| {block} | {warps} | " + " | ".join(f"{c * 1e3:.3f}" for c in cells) + " |")
-    sage_triton.BLOCK_SIZE, sage_triton.NUM_WARPS = default
+    triton_kernel.BLOCK_SIZE, triton_kernel.NUM_WARPS = default
     return "\n".join(lines)
 
 

@@ -3,9 +3,9 @@
 One optimizer object serves a whole model: each param group carries a ``sage`` flag, so the authors' "mask"
 groups (SAGE-scaled) and "common" groups (plain base update) live side by side. As in ``torch.optim.Adam``, the
 classes only validate, gather each group's tensors into lists and call one functional entry per algorithm
-(:mod:`module.sage_functional`), which picks the for-loop, foreach or fused implementation.
+(:mod:`module.sage.functional`), which picks the for-loop, foreach or fused implementation.
 
-Unlike ``torch.optim``: state of float16/bfloat16 parameters is float32 (:func:`module.sage_math.state_dtype`),
+Unlike ``torch.optim``: state of float16/bfloat16 parameters is float32 (:func:`module.sage.updates.state_dtype`),
 step counts stay CPU tensors whatever the implementation (every implementation reads them on the host), and
 ``load_state_dict`` keeps both, and this optimizer's own ``foreach``/``fused`` choice, over the saved ones.
 """
@@ -25,8 +25,8 @@ from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule
                           get_linear_schedule_with_warmup)
 
 from module.plain_optim import RAdam
-from module.sage_functional import sage_adam, sage_adamax, sage_adamw, sage_sgd
-from module.sage_math import FORMULAS, state_dtype
+from module.sage.functional import sage_adam, sage_adamax, sage_adamw, sage_sgd
+from module.sage.updates import FORMULAS, state_dtype
 
 __all__ = [
     "AdamaxSAGE", "AdamWSAGE", "AdamSAGE", "SGDSAGE", "OPTIMIZERS", "build_optimizer", "sage_param_groups",

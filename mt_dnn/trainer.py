@@ -32,7 +32,7 @@ from data_utils.shard_checks import EncoderLimits, encoder_limits
 from data_utils.shards import find_shard
 from data_utils.task_def import dataset_splits, dataset_task, load_task_defs, select_tasks
 from module.bert_optim import build_optimizer, build_schedule, sage_param_groups
-from module.sage_functional import implementation_kwargs
+from module.sage.functional import implementation_kwargs
 from mt_dnn import checkpoint as ckpt
 from mt_dnn import distributed as dist_utils
 from mt_dnn import head_layout as layouts
@@ -117,7 +117,7 @@ def check_machine_settings(cfg: TrainConfig, env: DistEnv) -> None:
 
 
 def optimizer_impl_kwargs(impl: str, device: torch.device) -> dict:
-    """The optimizer's ``foreach``/``fused`` flags for ``--optim_impl`` (decided in module.sage_functional)."""
+    """The optimizer's ``foreach``/``fused`` flags for ``--optim_impl`` (decided in module.sage)."""
     return implementation_kwargs(impl, device)
 
 

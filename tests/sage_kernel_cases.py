@@ -1,6 +1,6 @@
 """Shared by the tests of the hand-written fused kernels (Triton: test_sage_triton.py, C: test_sage_cpu.py).
 
-Both kernels are checked the same way against module.sage_math's single-tensor math: the same optimizer cases,
+Both kernels are checked the same way against module.sage.updates' single-tensor math: the same optimizer cases,
 the same model (parameters of odd sizes in two groups, SAGE with decay and plain without), the same schedule and
 gradients; each test file supplies the sizes and the context that routes ``fused=True`` to its kernel.
 """
@@ -57,7 +57,7 @@ def counting(fn: Callable, calls: list) -> Callable:
 
 def run_pair(cls, kwargs, sizes, fused_context: Callable[[], ContextManager] = contextlib.nullcontext,
              dtype=torch.float64, steps=4, grad_fn=None):
-    """Same model, same grads: the for-loop path (sage_math.single_*) vs ``fused=True`` stepped inside
+    """Same model, same grads: the for-loop path (updates.single_*) vs ``fused=True`` stepped inside
     ``fused_context()``; returns (ref optimizer, fused optimizer, ref params, fused params)."""
     ref_params, fused_params = make_params(sizes, dtype), make_params(sizes, dtype)
     ref = cls(groups(ref_params), foreach=False, **kwargs)

@@ -150,8 +150,8 @@ def test_foreach_equals_forloop(name, formula):
 @pytest.mark.parametrize("name,formula", FUSED_CASES)
 def test_fused_equals_forloop(name, formula, cpu_kernel, monkeypatch):
     """Both CPU fused paths: the C kernel (float32/float64) and torch.compile (bfloat16/float16, fallback)."""
-    from module import sage_fused
-    monkeypatch.setattr(sage_fused, "CPU_KERNEL", cpu_kernel)
+    from module.sage import dispatch
+    monkeypatch.setattr(dispatch, "CPU_KERNEL", cpu_kernel)
     a, _ = run_ours(name, formula, "forloop")
     b, _ = run_ours(name, formula, "fused")
     assert_same(params_of(a), params_of(b), atol=1e-12)
@@ -462,7 +462,7 @@ def test_schedules_follow_transformers_with_the_step_offset():
 
 def test_functional_entry_is_what_the_class_runs():
     """sage_adamw on plain tensor lists (torch's functional shape) equals AdamWSAGE.step."""
-    from module.sage_functional import sage_adamw
+    from module.sage.functional import sage_adamw
     torch.manual_seed(0)
     p_cls = [nn.Parameter(torch.randn(5, 3, dtype=torch.float64)), nn.Parameter(torch.randn(4, dtype=torch.float64))]
     p_fn = [p.detach().clone() for p in p_cls]
@@ -482,7 +482,7 @@ def test_functional_entry_is_what_the_class_runs():
 
 
 def test_implementation_choice_in_one_place():
-    from module.sage_functional import implementation_kwargs
+    from module.sage.functional import implementation_kwargs
     cpu = torch.device("cpu")
     assert implementation_kwargs("auto", cpu) == dict(foreach=None, fused=True)
     assert implementation_kwargs("forloop", cpu) == dict(foreach=False, fused=None)
@@ -601,9 +601,9 @@ def _recording(step, opt, seen):
 def test_fused_per_tensor_and_flat_paths_equal_forloop(small_numel, monkeypatch):
     """CPU fused, torch.compile path: large tensors get a compiled call each, small ones share one flat call;
     both paths (and the mix of them, with the zero-size parameter) match the for-loop."""
-    from module import sage_fused
-    monkeypatch.setattr(sage_fused, "SMALL_NUMEL", small_numel)
-    monkeypatch.setattr(sage_fused, "CPU_KERNEL", False)
+    from module.sage import compiled, dispatch
+    monkeypatch.setattr(compiled, "SMALL_NUMEL", small_numel)
+    monkeypatch.setattr(dispatch, "CPU_KERNEL", False)
     a, opt_a = run_ours("usadamw", None, "forloop")
     b, opt_b = run_ours("usadamw", None, "fused")
     sizes = [p.numel() for p in opt_b.state]
@@ -619,16 +619,16 @@ def test_fused_per_tensor_and_flat_paths_equal_forloop(small_numel, monkeypatch)
 def test_auto_takes_the_triton_kernel_from_volta_on(capability, impl):
     """V100 (sm_70) and T4 (sm_75) get the fused Triton kernel like A100/H100 (behind the same self-check and
     foreach fallback); pre-Volta GPUs and machines without Triton get foreach."""
-    from module import sage_fused
-    from module.sage_functional import implementation_kwargs
+    from module.sage import dispatch
+    from module.sage.functional import implementation_kwargs
     cuda = torch.device("cuda", 1)
     expected = dict(foreach=None, fused=True) if impl == "fused" else dict(foreach=True, fused=None)
     with mock.patch("torch.cuda.get_device_capability", return_value=capability) as asked, \
-            mock.patch.object(sage_fused, "triton_available", return_value=True):
+            mock.patch.object(dispatch, "triton_available", return_value=True):
         assert implementation_kwargs("auto", cuda) == expected
     asked.assert_called_once_with(cuda)
     with mock.patch("torch.cuda.get_device_capability", return_value=capability), \
-            mock.patch.object(sage_fused, "triton_available", return_value=False):
+            mock.patch.object(dispatch, "triton_available", return_value=False):
         assert implementation_kwargs("auto", cuda) == dict(foreach=True, fused=None)
 
 
@@ -739,12 +739,12 @@ def test_resumed_fused_step_reads_no_more_on_the_host_than_a_fresh_one(tmp_path)
 def test_half_precision_state_of_half_parameters_is_refused_in_one_line(impl):
     """The functional entries take state from the caller: float16 state for float16 parameters (it underflows)
     is refused, not used."""
-    from module.sage_functional import sage_adamw
+    from module.sage.functional import sage_adamw
     p = [torch.zeros(3, dtype=torch.float16)]
     g = [torch.ones(3, dtype=torch.float16)]
     state, steps = [[torch.zeros(3, dtype=torch.float16)], [torch.zeros(3)], [torch.zeros(3)]], [torch.tensor(0.0)]
     with pytest.raises(ValueError, match=r"^SAGE optimizer state of torch.float16 parameters must be float32 "
-                                         r"\(module.sage_math.state_dtype\); got a torch.float16 state tensor$"):
+                                         r"\(module.sage.updates.state_dtype\); got a torch.float16 state tensor$"):
         sage_adamw(p, g, *state, steps, **_impl_kwargs(impl), lr=1e-2, decay_lr=1e-2, beta1=0.9,
                    beta2=0.999, beta3=0.75, eps=1e-6, weight_decay=0.0, formula="reference", correct_bias=True)
     assert torch.equal(p[0], torch.zeros(3, dtype=torch.float16)) and float(steps[0]) == 0.0  # nothing moved

@@ -1,6 +1,6 @@
-"""The CPU C kernel of the fused SAGE step against module.sage_math's single-tensor math.
+"""The CPU C kernel of the fused SAGE step against module.sage.updates' single-tensor math.
 
-Through the real dispatch (``fused=True`` on CPU float32/float64 tensors goes to module.sage_cpu): every
+Through the real dispatch (``fused=True`` on CPU float32/float64 tensors goes to module.sage.cpu_kernel): every
 algorithm and formula in float64 to 1e-12, float32 close to it, tensors split between threads at arbitrary
 points, writes that stay inside each tensor, NaN propagation, AMP's gradient factor, the one-line errors, the
 on-disk build cache, and the fallback to torch.compile with one warning when the library cannot be built.
@@ -15,7 +15,8 @@ from unittest import mock
 import pytest
 import torch
 
-from module import bert_optim, sage_cpu, sage_fused, sage_math
+from module import bert_optim
+from module.sage import cpu_kernel, dispatch, updates
 from sage_kernel_cases import (CASES, HYPER, SCALARS, assert_inside, assert_nan_propagated, assert_same, bucket,
                                carve, case_id, counting, nan_first_grad, run_pair, run_scaled_pair)
 
@@ -25,9 +26,9 @@ SIZES = [(3, 5), (0,), (7,), (2049,), (33, 65), (40001,)]
 
 @pytest.fixture(autouse=True)
 def fresh_checks():
-    sage_fused.reset_self_checks()
+    dispatch.reset_self_checks()
     yield
-    sage_fused.reset_self_checks()
+    dispatch.reset_self_checks()
 
 
 @contextlib.contextmanager
@@ -36,7 +37,7 @@ def _c_kernel(calls: list, threads: int = 2):
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with mock.patch.object(sage_cpu, "fused_step", counting(sage_cpu.fused_step, calls)):
+        with mock.patch.object(cpu_kernel, "fused_step", counting(cpu_kernel.fused_step, calls)):
             yield
     finally:
         torch.set_num_threads(saved)
@@ -109,12 +110,12 @@ def test_writes_stay_inside_each_tensor():
     scalars = dict(lr=1e-2, decay_lr=1e-2, step_correction=0.5, ipt_correction=2.0)
     torch.set_num_threads(2)
     try:
-        sage_cpu.fused_step("adamw", carved[0][0], carved[1][0], [carved[2][0], carved[3][0]], carved[4][0],
+        cpu_kernel.fused_step("adamw", carved[0][0], carved[1][0], [carved[2][0], carved[3][0]], carved[4][0],
                             scalars, hyper)
     finally:
         torch.set_num_threads(saved)
     for i in range(len(sizes)):
-        sage_math.single_adamw(*(e[i] for e in expected), **scalars, **hyper)
+        updates.single_adamw(*(e[i] for e in expected), **scalars, **hyper)
     assert_inside(carved, expected, sentinel)
     assert not torch.equal(carved[0][0][-1], _carve(sizes, 0, sentinel)[0][-1])  # θ did move
 
@@ -132,7 +133,7 @@ def test_one_call_per_bucket_and_one_self_check_per_variant():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no self-check warning
         *_, calls = _run_pair(bert_optim.AdamWSAGE, dict(formula="reference"), steps=3)
-    assert len(sage_fused._VERIFIED) == 2 and all(sage_fused._VERIFIED.values())
+    assert len(dispatch._VERIFIED) == 2 and all(dispatch._VERIFIED.values())
     assert len(calls) == 2 + 2 * 3
 
 
@@ -142,35 +143,35 @@ def test_one_call_per_bucket_and_one_self_check_per_variant():
 def test_unknown_algorithm_is_named():
     p, g, s, ipt = bucket()
     with pytest.raises(ValueError, match="unknown algorithm 'lamb'"):
-        sage_cpu.fused_step("lamb", p, g, s, ipt, SCALARS, HYPER)
+        cpu_kernel.fused_step("lamb", p, g, s, ipt, SCALARS, HYPER)
 
 
 def test_sage_without_ipt_buffers_is_rejected():
     p, g, s, _ = bucket()
     with pytest.raises(ValueError, match="sage=True needs the sensitivity EMA"):
-        sage_cpu.fused_step("adamax", p, g, s, None, SCALARS, HYPER)
+        cpu_kernel.fused_step("adamax", p, g, s, None, SCALARS, HYPER)
 
 
 def test_state_of_wrong_dtype_or_layout_is_named():
     p, g, s, ipt = bucket()
     s[1][0] = s[1][0].float()
     with pytest.raises(ValueError, match="state 1 0 must be a contiguous torch.float64 tensor"):
-        sage_cpu.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
+        cpu_kernel.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
     p, g, s, ipt = bucket()
     ipt[0] = torch.zeros(8, dtype=torch.float64)[::2]
     with pytest.raises(ValueError, match=r"exp_avg_ipt 0 must be .*\(contiguous=False\)"):
-        sage_cpu.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
+        cpu_kernel.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
 
 
 def test_half_precision_goes_to_the_compiled_path():
     """bfloat16/float16 (and mixed gradient dtypes) are not the C kernel's: it refuses them, dispatch skips it."""
     p, g, s, ipt = bucket(torch.bfloat16)
     with pytest.raises(ValueError, match="supports torch.float32, torch.float64; got parameters torch.bfloat16"):
-        sage_cpu.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
-    assert not sage_cpu.supports(p[0], g[0])
-    assert not sage_cpu.supports(torch.zeros(2), torch.zeros(2, dtype=torch.float64))
-    assert sage_fused._backend(p[0], g[0]) == (None, "compiled")
-    assert sage_fused._backend(torch.zeros(2), torch.zeros(2)) == (sage_cpu, "compiled")
+        cpu_kernel.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
+    assert not cpu_kernel.supports(p[0], g[0])
+    assert not cpu_kernel.supports(torch.zeros(2), torch.zeros(2, dtype=torch.float64))
+    assert dispatch._backend(p[0], g[0]) == (None, "compiled")
+    assert dispatch._backend(torch.zeros(2), torch.zeros(2)) == (cpu_kernel, "compiled")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -179,15 +180,15 @@ def test_half_precision_goes_to_the_compiled_path():
 @pytest.fixture
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SAGE_CPU_CACHE_DIR", str(tmp_path / "cache"))
-    sage_cpu._library.cache_clear()
+    cpu_kernel._library.cache_clear()
     yield tmp_path / "cache"
-    sage_cpu._library.cache_clear()
+    cpu_kernel._library.cache_clear()
 
 
 def _one_adamax_step():
     p, g, s, ipt = bucket()
     g[0].fill_(1.0)
-    sage_cpu.fused_step("adamax", p, g, s, ipt, SCALARS, dict(HYPER, formula="reference"))
+    cpu_kernel.fused_step("adamax", p, g, s, ipt, SCALARS, dict(HYPER, formula="reference"))
     return s[0][0]  # exp_avg = (1 − β1)·g
 
 
@@ -195,18 +196,18 @@ def test_each_variant_is_built_once_and_reused_from_disk(private_cache, monkeypa
     torch.testing.assert_close(_one_adamax_step(), torch.full((4,), 0.1, dtype=torch.float64))
     built = sorted(private_cache.glob("*.so"))
     assert len(built) == 1 and not [f for f in private_cache.iterdir() if f.suffix != ".so"]
-    sage_cpu._library.cache_clear()
+    cpu_kernel._library.cache_clear()
 
     def no_rebuild(*args, **kwargs):
         raise AssertionError(f"rebuilt: {args}")
-    monkeypatch.setattr(sage_cpu, "subprocess", SimpleNamespace(run=no_rebuild))  # must come from disk
+    monkeypatch.setattr(cpu_kernel, "subprocess", SimpleNamespace(run=no_rebuild))  # must come from disk
     torch.testing.assert_close(_one_adamax_step(), torch.full((4,), 0.1, dtype=torch.float64))
     assert sorted(private_cache.glob("*.so")) == built
 
 
 def test_failed_build_names_the_compiler_and_leaves_nothing(private_cache, monkeypatch):
     monkeypatch.setenv("CC", "/bin/false")
-    with pytest.raises(RuntimeError, match="/bin/false failed on sage_cpu.c"):
+    with pytest.raises(RuntimeError, match="/bin/false failed on cpu_kernel.c"):
         _one_adamax_step()
     assert not private_cache.exists() or not list(private_cache.iterdir())
 
@@ -217,13 +218,14 @@ def test_unbuildable_kernel_warns_once_and_falls_back_to_torch_compile(private_c
     (equal to the for-loop math)."""
     monkeypatch.setenv("CC", "/bin/false")
     compiled = []
-    real = sage_fused._compiled_bucket
-    with mock.patch.object(sage_fused, "_compiled_bucket", lambda *a: (compiled.append(1), real(*a))), \
+    from module.sage import compiled as compiled_path
+    real = compiled_path.compiled_bucket
+    with mock.patch.object(compiled_path, "compiled_bucket", lambda *a: (compiled.append(1), real(*a))), \
             pytest.warns(RuntimeWarning) as record:
         ref, fused, rps, fps, _ = _run_pair(bert_optim.AdamaxSAGE, dict(formula="paper"), steps=2)
     messages = [str(w.message) for w in record if "self-check" in str(w.message)]
     assert len(messages) == 1, messages  # two variants failed, one warning for (kernel, device, algorithm)
     assert "C kernel for adamax on cpu" in messages[0] and "/bin/false failed" in messages[0]
     assert "torch.compile implementation" in messages[0]
-    assert compiled and sage_fused._VERIFIED and not any(sage_fused._VERIFIED.values())
+    assert compiled and dispatch._VERIFIED and not any(dispatch._VERIFIED.values())
     assert_same(ref, fused, rps, fps)

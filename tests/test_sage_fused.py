@@ -1,4 +1,4 @@
-"""The fused dispatcher's self-check (module/sage_fused.py): one verdict for every rank, and the public entry
+"""The fused dispatcher's self-check (module/sage/dispatch.py): one verdict for every rank, and the public entry
 points that list and probe the kernel variants.
 
 The rank test starts 2 gloo ranks under torchrun, as users do (see tests/test_distributed.py); one rank is made
@@ -17,34 +17,34 @@ import pytest
 import torch
 
 from conftest import ROOT
-from module import sage_fused
+from module.sage import dispatch
 
 RANKS_SCRIPT = """
 import json, sys, warnings
 from types import SimpleNamespace
 import torch
 import torch.distributed as dist
-from module import sage_cpu, sage_fused
-from module.sage_functional import ALGORITHMS
+from module.sage import cpu_kernel, dispatch
+from module.sage.functional import ALGORITHMS
 
 dist.init_process_group("gloo")
 rank, faulty_rank, out_dir = dist.get_rank(), int(sys.argv[1]), sys.argv[2]
 
 
 def skewed(algorithm, params, grads, states, ipt_avgs, scalars, hyper, grad_factor=None):
-    sage_cpu.fused_step(algorithm, params, grads, states, ipt_avgs, scalars, hyper, grad_factor)
+    cpu_kernel.fused_step(algorithm, params, grads, states, ipt_avgs, scalars, hyper, grad_factor)
     torch._foreach_mul_(states[0], 1.001)  # a kernel that is subtly wrong, on this rank only
 
 
-kernel = SimpleNamespace(KERNEL=sage_cpu.KERNEL, ALGORITHMS=sage_cpu.ALGORITHMS,
-                         fused_step=skewed if rank == faulty_rank else sage_cpu.fused_step)
+kernel = SimpleNamespace(KERNEL=cpu_kernel.KERNEL, ALGORITHMS=cpu_kernel.ALGORITHMS,
+                         fused_step=skewed if rank == faulty_rank else cpu_kernel.fused_step)
 p = torch.zeros(4, dtype=torch.float64)
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    adamw = sage_fused.kernel_verified(kernel, ALGORITHMS["adamw"], p, p,
-                                       *sage_fused.KernelVariant("adamw", torch.float64, formula="paper").arguments())
-    adamax = sage_fused.kernel_verified(sage_cpu, ALGORITHMS["adamax"], p, p,
-                                        *sage_fused.KernelVariant("adamax", torch.float64).arguments())
+    adamw = dispatch.kernel_verified(kernel, ALGORITHMS["adamw"], p, p,
+                                       *dispatch.KernelVariant("adamw", torch.float64, formula="paper").arguments())
+    adamax = dispatch.kernel_verified(cpu_kernel, ALGORITHMS["adamax"], p, p,
+                                        *dispatch.KernelVariant("adamax", torch.float64).arguments())
 with open(f"{out_dir}/rank{rank}.json", "w", encoding="utf-8") as out:  # one file per rank: no interleaving
     json.dump({"rank": rank, "adamw": adamw, "adamax": adamax,
                "warnings": [str(w.message) for w in caught if "self-check" in str(w.message)]}, out)
@@ -86,30 +86,30 @@ def test_a_kernel_failing_on_one_rank_is_refused_on_every_rank(tmp_path):
 
 def test_without_a_process_group_the_verdict_is_the_local_one():
     assert not torch.distributed.is_initialized()
-    assert sage_fused._agreed(True, torch.device("cpu")) and not sage_fused._agreed(False, torch.device("cpu"))
+    assert dispatch._agreed(True, torch.device("cpu")) and not dispatch._agreed(False, torch.device("cpu"))
 
 
 def test_kernel_variants_list_every_flavour_a_step_can_take():
     """Per dtype: Adamax, AdamW, Adam each (plain + 7 SAGE formulas) × decay = 16; SGD 16 × (no momentum,
     momentum, Nesterov) × first step = 96. The variants' arguments give the self-check's key."""
-    variants = sage_fused.kernel_variants()
+    variants = dispatch.kernel_variants()
     assert len(variants) == 4 * (3 * 16 + 96) and len(set(variants)) == len(variants)
-    nesterov = sage_fused.KernelVariant("sgd", torch.float16, formula="ablation4", momentum=True, nesterov=True,
+    nesterov = dispatch.KernelVariant("sgd", torch.float16, formula="ablation4", momentum=True, nesterov=True,
                                         first_step=True)
     assert nesterov in variants
     scalars, hyper = nesterov.arguments()
     assert scalars["first_step"] and hyper == dict(beta3=0.75, eps=1e-6, weight_decay=0.0, formula="ablation4",
                                                    sage=True, momentum=0.9, dampening=0.0, nesterov=True)
-    assert len(sage_fused.kernel_variants(dtypes=[torch.float32], algorithms=["adamw"], formulas=["paper"])) == 4
+    assert len(dispatch.kernel_variants(dtypes=[torch.float32], algorithms=["adamw"], formulas=["paper"])) == 4
 
 
 def test_check_variants_returns_each_verdict_on_this_device():
     """On CPU the C kernel takes float32/float64; half precision has no hand-written CPU kernel, and says so."""
-    V = sage_fused.KernelVariant
+    V = dispatch.KernelVariant
     variants = [V("adamw", torch.float64, formula="paper", decay=True), V("sgd", torch.float32, momentum=True),
                 V("adamax", torch.bfloat16)]
-    before = dict(sage_fused._VERIFIED)
-    verdicts = sage_fused.check_variants("cpu", variants)
+    before = dict(dispatch._VERIFIED)
+    verdicts = dispatch.check_variants("cpu", variants)
     assert verdicts == [(variants[0], None), (variants[1], None),
                         (variants[2], "no hand-written kernel takes torch.bfloat16 on cpu")]
-    assert sage_fused._VERIFIED == before  # a diagnostic: the step's own verdicts are left as they were
+    assert dispatch._VERIFIED == before  # a diagnostic: the step's own verdicts are left as they were

@@ -1,8 +1,8 @@
-"""The Triton multi-tensor SAGE kernel against module.sage_math's single-tensor math (float64, to 1e-12).
+"""The Triton multi-tensor SAGE kernel against module.sage.updates' single-tensor math (float64, to 1e-12).
 
 Runs the kernel in Triton's CPU interpreter on CPU tensors, so it needs triton but no GPU. ``triton.jit``
-chooses interpreter or compiler when a kernel is defined, so the interpreted copy of module/sage_triton.py is
-loaded privately with TRITON_INTERPRET=1 set only around that import: module.sage_triton itself (the CUDA
+chooses interpreter or compiler when a kernel is defined, so the interpreted copy of module/sage/triton_kernel.py is
+loaded privately with TRITON_INTERPRET=1 set only around that import: module.sage.triton_kernel itself (the CUDA
 path other tests may use) is left alone.
 """
 from __future__ import annotations
@@ -29,7 +29,8 @@ if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 6):
     pytest.skip(f"triton {triton.__version__} < 3.6: its interpreter leaks patches into compiled kernels",
                 allow_module_level=True)
 
-from module import bert_optim, sage_functional, sage_fused, sage_math  # noqa: E402
+from module import bert_optim  # noqa: E402
+from module.sage import dispatch, functional, updates  # noqa: E402
 from sage_kernel_cases import (CASES, HYPER, SCALARS, HostReads, assert_half_follows_float64,  # noqa: E402
                                assert_inside, assert_nan_propagated, assert_same, bucket, carve, case_id, counting,
                                groups, nan_first_grad, run_half_pair, run_pair, run_scaled_pair)
@@ -41,12 +42,12 @@ SIZES = [(3, 5), (0,), (7,), (2049,), (33, 65)]  # odd sizes, a zero-size tensor
 
 
 def _load_copy(interpret: bool):
-    """A private copy of module/sage_triton.py, its kernels interpreted or compiled as asked."""
+    """A private copy of module/sage/triton_kernel.py, its kernels interpreted or compiled as asked."""
     saved = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
     try:
         name = "_sage_triton_interpreted" if interpret else "_sage_triton_compiled"
-        spec = importlib.util.spec_from_file_location(name, ROOT / "module" / "sage_triton.py")
+        spec = importlib.util.spec_from_file_location(name, ROOT / "module" / "sage" / "triton_kernel.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
     finally:
@@ -63,14 +64,14 @@ st = _load_copy(interpret=True)
 
 @contextlib.contextmanager
 def _interpreted_fused():
-    """Route fused steps of CPU tensors to the interpreted kernel (sage_fused would pick torch.compile on CPU)."""
-    with mock.patch.object(sage_fused, "_triton_module", lambda: st), \
-            mock.patch.object(sage_fused, "TRITON_DEVICE_TYPES", ("cuda", "cpu")):
+    """Route fused steps of CPU tensors to the interpreted kernel (dispatch would pick torch.compile on CPU)."""
+    with mock.patch.object(dispatch, "_triton_module", lambda: st), \
+            mock.patch.object(dispatch, "TRITON_DEVICE_TYPES", ("cuda", "cpu")):
         yield
 
 
 def _run_pair(cls, kwargs, dtype=torch.float64, steps=4, grad_fn=None):
-    """Same model, same grads: the for-loop path (sage_math.single_*) vs the Triton path; returns both."""
+    """Same model, same grads: the for-loop path (updates.single_*) vs the Triton path; returns both."""
     return run_pair(cls, kwargs, SIZES, _interpreted_fused, dtype=dtype, steps=steps, grad_fn=grad_fn)
 
 
@@ -133,7 +134,7 @@ def test_writes_stay_inside_each_tensor():
     scalars = dict(lr=1e-2, decay_lr=1e-2, step_correction=0.5, ipt_correction=2.0)
     st.fused_step("adamw", carved[0][0], carved[1][0], [carved[2][0], carved[3][0]], carved[4][0], scalars, hyper)
     for i in range(len(sizes)):
-        sage_math.single_adamw(*(e[i] for e in expected), **scalars, **hyper)
+        updates.single_adamw(*(e[i] for e in expected), **scalars, **hyper)
     assert_inside(carved, expected, sentinel)
     assert not torch.equal(carved[0][0][0], _carve(sizes, 0, sentinel)[0][0])  # θ did move
 
@@ -196,19 +197,19 @@ def test_unsupported_dtype_is_named():
 def test_algorithm_without_kernel_is_named():
     """The functional entry hands the kernel an algorithm by name: one without a kernel is named, not guessed."""
     p, g, s, ipt = bucket()
-    fake = sage_functional.Algorithm("lamb", sage_math.single_adamax, sage_math.multi_adamax)
+    fake = functional.Algorithm("lamb", updates.single_adamax, updates.multi_adamax)
     with _interpreted_fused(), pytest.raises(ValueError, match="unknown algorithm 'lamb'"):
-        sage_functional._update(fake, p, g, s, ipt, [torch.tensor(0.0)], lambda step: SCALARS, HYPER,
+        functional._update(fake, p, g, s, ipt, [torch.tensor(0.0)], lambda step: SCALARS, HYPER,
                                 foreach=None, fused=True, grad_scale=None, found_inf=None, maximize=False)
 
 
 def test_interpreted_copy_leaves_the_real_module_compiled():
-    """The private interpreted copy must not leak TRITON_INTERPRET into module.sage_triton (CUDA tests)."""
+    """The private interpreted copy must not leak TRITON_INTERPRET into module.sage.triton_kernel (CUDA tests)."""
     assert os.environ.get("TRITON_INTERPRET") == _ENV_BEFORE
     assert type(st._sage_kernel).__name__ == "InterpretedFunction"
     if _ENV_BEFORE != "1":
-        from module import sage_triton
-        assert type(sage_triton._sage_kernel).__name__ == "JITFunction"
+        from module.sage import triton_kernel
+        assert type(triton_kernel._sage_kernel).__name__ == "JITFunction"
 
 
 class _FakeH100Driver:
@@ -308,9 +309,9 @@ def test_compiled_kernel_builds_for_volta_and_turing_without_spills(arch, dtype,
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("cls,kwargs", CASES[::2], ids=case_id)
 def test_cuda_kernel_matches_single_tensor_math(cls, kwargs, dtype, tol):
-    """The compiled kernel through the real dispatch (fused=True on CUDA goes to module.sage_triton)."""
-    from module import sage_fused
-    assert sage_fused.triton_available()
+    """The compiled kernel through the real dispatch (fused=True on CUDA goes to module.sage.triton_kernel)."""
+    from module.sage import dispatch
+    assert dispatch.triton_available()
     gen = torch.Generator().manual_seed(0)
     cpu = [torch.randn(s, generator=gen, dtype=dtype) for s in SIZES]
     ref_params = [p.clone().cuda() for p in cpu]
@@ -335,9 +336,9 @@ def test_cuda_kernel_matches_single_tensor_math(cls, kwargs, dtype, tol):
 # ----------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def fresh_checks():
-    sage_fused.reset_self_checks()
+    dispatch.reset_self_checks()
     yield
-    sage_fused.reset_self_checks()
+    dispatch.reset_self_checks()
 
 
 def test_healthy_kernel_is_checked_once_and_used(fresh_checks):
@@ -347,7 +348,7 @@ def test_healthy_kernel_is_checked_once_and_used(fresh_checks):
         ref, fused, rps, fps = _run_pair(bert_optim.AdamWSAGE, dict(formula="reference"), steps=3)
     assert_same(ref, fused, rps, fps)
     # Two kernel variants (SAGE group with decay, plain group without): one probe each, then 3 steps each.
-    assert len(sage_fused._VERIFIED) == 2 and all(sage_fused._VERIFIED.values())
+    assert len(dispatch._VERIFIED) == 2 and all(dispatch._VERIFIED.values())
     assert len(calls) == 2 + 2 * 3
 
 
@@ -368,24 +369,24 @@ def test_faulty_kernel_warns_once_and_falls_back_to_foreach(fault, fresh_checks)
     assert len(messages) == 1, messages  # two variants failed, one warning for (device, algorithm)
     expected = "PTXAS error" if fault == "compile" else "differs from foreach"
     assert expected in messages[0] and "adamax on cpu" in messages[0] and "foreach" in messages[0]
-    assert sage_fused._VERIFIED and not any(sage_fused._VERIFIED.values())
+    assert dispatch._VERIFIED and not any(dispatch._VERIFIED.values())
     assert_same(ref, fused, rps, fps)  # foreach equals the for-loop reference to 1e-12
 
 
 def test_probe_tolerance_catches_a_small_error_in_float32(fresh_checks):
     """A 1e-3 relative error in float32 state is a mismatch, the kernel's own rounding is not."""
     p = torch.zeros(3)
-    algo = sage_functional.ALGORITHMS["adamw"]
+    algo = functional.ALGORITHMS["adamw"]
     hyper = dict(HYPER, formula="reference", weight_decay=0.01)
     scalars = dict(lr=1e-3, decay_lr=1e-3, step_correction=0.5, ipt_correction=2.0)
-    assert sage_fused._self_check(st, algo, p.device, torch.float32, torch.float32, scalars, hyper) is None
+    assert dispatch._self_check(st, algo, p.device, torch.float32, torch.float32, scalars, hyper) is None
 
     class Skewed:
         @staticmethod
         def fused_step(algorithm, params, grads, states, ipt_avgs, scalars, hyper):
             st.fused_step(algorithm, params, grads, states, ipt_avgs, scalars, hyper)
             torch._foreach_mul_(states[0], 1.001)
-    problem = sage_fused._self_check(Skewed, algo, p.device, torch.float32, torch.float32, scalars, hyper)
+    problem = dispatch._self_check(Skewed, algo, p.device, torch.float32, torch.float32, scalars, hyper)
     assert problem is not None and "column 2" in problem
 
 
@@ -489,14 +490,14 @@ def test_half_precision_parameters_keep_float32_state_and_follow_float64(dtype, 
     calls = []
     with mock.patch.object(st, "fused_step", counting(st.fused_step, calls)):
         result = run_half_pair(dtype, dict(fused=True), _interpreted_fused)
-    assert calls and sage_fused._VERIFIED and all(sage_fused._VERIFIED.values())  # the kernel ran, checked
+    assert calls and dispatch._VERIFIED and all(dispatch._VERIFIED.values())  # the kernel ran, checked
     assert_half_follows_float64(*result)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The self-check probe takes every path a step can take
 # ----------------------------------------------------------------------------------------------------------
-ADAMW = sage_functional.ALGORITHMS["adamw"]
+ADAMW = functional.ALGORITHMS["adamw"]
 ADAMW_HYPER = dict(HYPER, formula="reference", weight_decay=0.01)
 ADAMW_SCALARS = dict(lr=1e-3, decay_lr=1e-3, step_correction=0.5, ipt_correction=2.0)
 
@@ -511,7 +512,7 @@ def test_probe_takes_every_path_in_one_launch():
         seen.append(([p.numel() for p in params], torch.cat(grads).clone(), scalars, table.row_aligned.tolist()))
         st.fused_step(algorithm, params, grads, states, ipt_avgs, scalars, hyper, grad_factor)
 
-    problem = sage_fused._self_check(SimpleNamespace(fused_step=recording), ADAMW, torch.device("cpu"),
+    problem = dispatch._self_check(SimpleNamespace(fused_step=recording), ADAMW, torch.device("cpu"),
                                      torch.float32, torch.float32, ADAMW_SCALARS, ADAMW_HYPER)
     assert problem is None and len(seen) == 1
     numels, grads, scalars, aligned = seen[0]
@@ -549,20 +550,20 @@ def _first_rows_only(algorithm, params, grads, states, ipt_avgs, scalars, hyper,
                          ids=lambda f: f.__name__.strip("_"))
 def test_probe_fails_a_kernel_wrong_on_any_one_path(fault):
     """Each of these kernels is right on a small aligned finite probe with a factor of 1, and wrong in a step."""
-    problem = sage_fused._self_check(SimpleNamespace(fused_step=fault), ADAMW, torch.device("cpu"), torch.float32,
+    problem = dispatch._self_check(SimpleNamespace(fused_step=fault), ADAMW, torch.device("cpu"), torch.float32,
                                      torch.float32, ADAMW_SCALARS, ADAMW_HYPER)
     assert problem is not None and problem.startswith("column ")
 
 
 def test_variants_of_every_dtype_pass_their_probe_under_the_interpreter():
     """The public entry for checks on new hardware: (variant, verdict) for each, here through the interpreter."""
-    V = sage_fused.KernelVariant
+    V = dispatch.KernelVariant
     variants = [V("adamw", dtype, formula="paper", decay=True)
                 for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64)]
     variants += [V("sgd", torch.float16, momentum=True, nesterov=True, first_step=True),
                  V("adamax", torch.bfloat16, sage=False), V("adam", torch.float32, formula="ablation2", decay=True)]
     with _interpreted_fused():
-        verdicts = sage_fused.check_variants("cpu", variants)
+        verdicts = dispatch.check_variants("cpu", variants)
     assert [v for v, _ in verdicts] == variants
     assert all(problem is None for _, problem in verdicts), verdicts
 

@@ -8,7 +8,7 @@ casting the row's integer addresses to typed pointers, so all tensors of a bucke
 tables depend only on the addresses and sizes, so they are cached; a miss builds them on the host and copies
 them from pinned memory without blocking (a copy from pageable memory would wait for the whole stream).
 
-The per-element math is that of :mod:`module.sage_math`'s ``single_*`` functions, op for op, with IEEE
+The per-element math is that of :mod:`module.sage.updates`' ``single_*`` functions, op for op, with IEEE
 division and square root; it runs in float32 (float64 for float64 parameters) and writes θ and state in place
 with no parameter-sized temporaries. State is ``state_dtype`` of the parameters (float32 for float16/bfloat16).
 Each launch runs on the tensors' device and that device's current stream, whatever device is current.
@@ -26,9 +26,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from module.sage_kernel_args import (ALGORITHMS, SCALAR_NAMES, bucket_columns, check_bucket, is_momentum,
+from module.sage.kernel_args import (ALGORITHMS, SCALAR_NAMES, bucket_columns, check_bucket, is_momentum,
                                       kernel_floats)
-from module.sage_math import state_dtype
+from module.sage.updates import state_dtype
 
 KERNEL = "Triton kernel"
 __all__ = ["fused_step", "ALGORITHMS", "KERNEL", "BLOCK_SIZE", "NUM_WARPS", "clear_table_cache", "table_cache_stats",
@@ -66,7 +66,7 @@ def _sqrt(x):
 
 @triton.jit
 def _sage_factor(ipt, ipt_avg, ipt_correction, eps, eps_sq, FORMULA: tl.constexpr):
-    """The modulating term of sage_math.single_sage_factor; Î = Ī·c, U = |I − Î|."""
+    """The modulating term of updates.single_sage_factor; Î = Ī·c, U = |I − Î|."""
     ihat = ipt_avg * ipt_correction
     u = tl.abs(ipt - ihat)
     if FORMULA == "reference":
@@ -362,7 +362,7 @@ def fused_step(algorithm: str, params: list[Tensor], grads: list[Tensor], states
     ``states`` holds one list per state buffer of the algorithm (adamax: exp_avg, exp_inf; adamw/adam:
     exp_avg, exp_avg_sq; sgd: momentum_buffer, or no list without momentum); ``ipt_avgs`` the Ī tensors when
     ``hyper["sage"]``. ``scalars`` (step-dependent) and ``hyper`` are the keyword arguments of the algorithm's
-    ``sage_math.single_*`` function, for one step count shared by the whole bucket. Tensors must be contiguous
+    ``updates.single_*`` function, for one step count shared by the whole bucket. Tensors must be contiguous
     and on one device; parameters share one dtype, states and Ī are ``state_dtype`` of it, gradients share one
     dtype. The kernel multiplies each gradient by ``grad_factor`` (default: ``scalars["grad_factor"]``, else 1)
     as it loads it (AMP's 1/scale, −1 for maximize): no unscale pass.

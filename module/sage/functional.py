@@ -4,52 +4,36 @@
 tensor lists plus plain hyperparameters, and update them in place. :func:`_update` is the one place that picks
 the implementation, as torch does:
 
-- single-tensor (``foreach=False``; torch's default on CPU): :mod:`module.sage_math`'s ``single_*``, the readable
+- single-tensor (``foreach=False``; torch's default on CPU): :mod:`module.sage.updates`' ``single_*``, the readable
   reference;
-- multi-tensor (``foreach=True``; torch's default on CUDA): ``sage_math.multi_*`` over same-device/dtype lists;
-- fused (``fused=True``): :mod:`module.sage_fused` (a Triton multi-tensor kernel on CUDA, a C kernel on CPU,
+- multi-tensor (``foreach=True``; torch's default on CUDA): ``updates.multi_*`` over same-device/dtype lists;
+- fused (``fused=True``): :mod:`module.sage.dispatch` (a Triton multi-tensor kernel on CUDA, a C kernel on CPU,
   ``torch.compile`` for what neither takes), with no parameter-sized temporaries.
 
 AMP: ``grad_scale``/``found_inf`` follow torch's fused-optimizer protocol (``GradScaler`` sets them on the
 optimizer): gradients are unscaled inside the update, so the sensitivity sees the unscaled gradient, and a step
 with ``found_inf`` set leaves parameters, state and step counts untouched.
 
-Half precision (float16/bfloat16 parameters): the state is float32 (:func:`module.sage_math.state_dtype`) and
+Half precision (float16/bfloat16 parameters): the state is float32 (:func:`module.sage.updates.state_dtype`) and
 every implementation computes the update in float32 from θ and g, rounding θ once, as the fused kernel does.
 Step counts are CPU tensors, read on the host once per tensor and step (no device sync).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach
+from torch.optim.optimizer import _default_to_fused_or_foreach
 
-from module import sage_math
-from module.sage_math import HALF_PRECISION
+from module.sage import dispatch
+from module.sage.algorithms import (ALGORITHMS, Algorithm, Columns, buckets, check_half_state, multi_step, row,
+                                    single_step)
+from module.sage.updates import HALF_PRECISION
 
 __all__ = ["sage_adamax", "sage_adamw", "sage_adam", "sage_sgd", "ALGORITHMS", "Algorithm",
            "implementation_kwargs", "IMPLEMENTATIONS", "TRITON_MIN_CAPABILITY", "single_step", "multi_step"]
-
-
-class Algorithm(NamedTuple):
-    """An update rule: its name (the fused kernels' key) and its single- and multi-tensor math."""
-    name: str
-    single: Callable[..., None]
-    multi: Callable[..., None]
-
-
-ALGORITHMS: dict[str, Algorithm] = {
-    "adamax": Algorithm("adamax", sage_math.single_adamax, sage_math.multi_adamax),
-    "adamw": Algorithm("adamw", sage_math.single_adamw, sage_math.multi_adamw),
-    "adam": Algorithm("adam", sage_math.single_adam, sage_math.multi_adam),
-    "sgd": Algorithm("sgd", sage_math.single_sgd, sage_math.multi_sgd),
-}
-
-#: Columns of optional tensors (an absent state list) are passed as None.
-Columns = list[Optional[list[Tensor]]]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -148,38 +132,11 @@ def _update(algo: Algorithm, params: list[Tensor], grads: list[Tensor], buffers:
     torch._foreach_add_(state_steps, 1.0)
     steps = [float(s) for s in state_steps]
     if fused:
-        from module import sage_fused
-        sage_fused.fused_update(algo, params, grads, buffers, ipt_avgs, steps, scalars, hyper, factor)
+        dispatch.fused_update(algo, params, grads, buffers, ipt_avgs, steps, scalars, hyper, factor)
     elif foreach:
         _multi_tensor(algo, params, grads, buffers, ipt_avgs, steps, scalars, hyper, factor)
     else:
         _single_tensor(algo, params, grads, buffers, ipt_avgs, steps, scalars, hyper, factor)
-
-
-def row(columns: Columns, i: int) -> tuple:
-    """The i-th tensor of every column (None for an absent column)."""
-    return tuple(None if col is None else col[i] for col in columns)
-
-
-def check_half_state(param_dtype: torch.dtype, states) -> None:
-    """One line refusing half-precision state for half-precision parameters (it underflows; see state_dtype)."""
-    for t in states:
-        if t is not None and t.dtype != torch.float32:
-            raise ValueError(f"SAGE optimizer state of {param_dtype} parameters must be float32 "
-                             f"(module.sage_math.state_dtype); got a {t.dtype} state tensor")
-
-
-def single_step(algo: Algorithm, p: Tensor, g: Tensor, states: tuple, ipt_avg: Optional[Tensor], scalars: dict,
-                hyper: dict, grad_factor: float = 1.0) -> None:
-    """``algo.single`` on one tensor, the gradient times ``grad_factor``; half-precision θ and g go through
-    float32 copies (state is float32), so θ is rounded once, as in the fused kernel."""
-    wide = p.dtype in HALF_PRECISION
-    work_p, work_g = (p.float(), g.float()) if wide else (p, g)
-    if grad_factor != 1.0:
-        work_g = work_g * grad_factor
-    algo.single(work_p, work_g, *states, ipt_avg, **scalars, **hyper)
-    if wide:
-        p.copy_(work_p)
 
 
 def _single_tensor(algo: Algorithm, params, grads, buffers: Columns, ipt_avgs, steps, scalars, hyper,
@@ -187,35 +144,6 @@ def _single_tensor(algo: Algorithm, params, grads, buffers: Columns, ipt_avgs, s
     for i, (p, g) in enumerate(zip(params, grads)):
         single_step(algo, p, g, row(buffers, i), None if ipt_avgs is None else ipt_avgs[i], scalars(steps[i]),
                     hyper, grad_factor)
-
-
-def buckets(params: list[Tensor], grads: list[Tensor], buffers: Columns, ipt_avgs: Optional[list[Tensor]],
-            steps: list[float]) -> list[tuple[float, Columns]]:
-    """Same-device, same-dtype, same-step buckets as (step, [params, grads, *buffers, ipt_avgs]) columns."""
-    n = len(params)
-    columns = [params, grads, *buffers, ipt_avgs]
-    padded = [[None] * n if col is None else col for col in columns]
-    out = []
-    for _, (_, idx) in Optimizer._group_tensors_by_device_and_dtype(padded, with_indices=True).items():
-        by_step: dict[float, list[int]] = {}
-        for i in idx:
-            by_step.setdefault(steps[i], []).append(i)
-        for step, picked in by_step.items():
-            out.append((step, [None if col is None else [col[i] for i in picked] for col in columns]))
-    return out
-
-
-def multi_step(algo: Algorithm, p: list[Tensor], g: list[Tensor], states: Columns,
-               ipt_avgs: Optional[list[Tensor]], scalars: dict, hyper: dict, grad_factor: float = 1.0) -> None:
-    """``algo.multi`` on one same-device/dtype/step bucket, the gradients times ``grad_factor``; half-precision
-    θ and g go through float32 copies (state is float32), so θ is rounded once, as in the fused kernel."""
-    wide = p[0].dtype in HALF_PRECISION
-    work_p, work_g = ([t.float() for t in p], [t.float() for t in g]) if wide else (p, g)
-    if grad_factor != 1.0:
-        work_g = torch._foreach_mul(work_g, grad_factor)
-    algo.multi(work_p, work_g, *states, ipt_avgs, **scalars, **hyper)
-    if wide:
-        torch._foreach_copy_(p, work_p)
 
 
 def _multi_tensor(algo: Algorithm, params, grads, buffers: Columns, ipt_avgs, steps, scalars, hyper,
@@ -244,12 +172,11 @@ def implementation_kwargs(impl: str, device: torch.device) -> dict:
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown optimizer implementation {impl!r}; expected one of {', '.join(IMPLEMENTATIONS)}")
     if impl == "auto":
-        from module import sage_fused
         if device.type == "cpu":
             impl = "fused"
         else:
             capable = (device.type == "cuda"
                        and tuple(torch.cuda.get_device_capability(device)) >= TRITON_MIN_CAPABILITY)
-            impl = "fused" if capable and sage_fused.triton_available() else "foreach"
+            impl = "fused" if capable and dispatch.triton_available() else "foreach"
     return {"forloop": dict(foreach=False, fused=None), "foreach": dict(foreach=True, fused=None),
             "fused": dict(foreach=None, fused=True)}[impl]

@@ -1,7 +1,7 @@
 """What the hand-written SAGE kernels (Triton on CUDA, C on CPU) are given: float arguments and checked tensors.
 
 Both kernels take the same float scalars in the same order (``SCALAR_NAMES``), built here from the step scalars
-and hyperparameters that :mod:`module.sage_math`'s ``single_*`` functions take, so the two backends cannot
+and hyperparameters that :mod:`module.sage.updates`' ``single_*`` functions take, so the two backends cannot
 drift apart on what, say, AdamW's step size is.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 from torch import Tensor
 
-from module.sage_math import state_dtype
+from module.sage.updates import state_dtype
 
 #: Float arguments of the kernels, in order (unused ones are 0 for a given algorithm).
 SCALAR_NAMES = ("lr", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "beta3", "one_minus_beta3", "eps",

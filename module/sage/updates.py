@@ -8,7 +8,7 @@ Two implementations of the same formulas live here, with the same keyword argume
 
 Scalars that change every step (``lr``, bias corrections) may be Python floats or 0-d tensors, so that the
 single-tensor functions compile once and never re-specialise on the learning rate. Everything else is a float,
-bool or string. The exact formulas are stated in ``../shared/reference/SAGE_MATH.md``; notation below:
+bool or string. The exact formulas are stated in ``docs/sage_update_rule.md``; notation below:
 I = |θ⊙g| (sensitivity), Ī its EMA, Î = Ī·c (c = bias correction or 1), U = |I − Î|.
 """
 from __future__ import annotations

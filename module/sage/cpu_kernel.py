@@ -1,4 +1,4 @@
-"""The fused SAGE step on CPU: a small C kernel (``module/sage_cpu.c``), one call per bucket.
+"""The fused SAGE step on CPU: a small C kernel (``module/sage/cpu_kernel.c``), one call per bucket.
 
 Why C and not ``torch.compile``: the compiled single-tensor math runs one parallel region per call and, on a
 BERT-base step, measured 1.2–1.4× torch's hand-written fused AdamW; this kernel updates every tensor of a
@@ -7,7 +7,7 @@ bucket in one parallel region and one pass over memory (``bench/optim_step.py`` 
 Each flavour (algorithm, SAGE, formula, decay, momentum, Nesterov, first step, float32/float64) is one compile of
 the same source with ``-D`` macros (a fraction of a second, with the C compiler ``torch.compile`` also needs),
 cached on disk under a hash of the source, compiler, flags and CPU, and loaded with ctypes. The interface is
-that of :mod:`module.sage_triton`: :mod:`module.sage_fused` checks each variant against the foreach math on
+that of :mod:`module.sage.triton_kernel`: :mod:`module.sage.dispatch` checks each variant against the foreach math on
 first use and falls back to the ``torch.compile`` path (with one warning) if it fails to build or disagrees.
 """
 from __future__ import annotations
@@ -26,14 +26,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from module.sage_kernel_args import (ALGORITHMS, SCALAR_NAMES, bucket_columns, check_bucket, is_momentum,
+from module.sage.kernel_args import (ALGORITHMS, SCALAR_NAMES, bucket_columns, check_bucket, is_momentum,
                                      kernel_floats)
-from module.sage_math import FORMULAS
+from module.sage.updates import FORMULAS
 
 __all__ = ["fused_step", "supports", "ALGORITHMS", "KERNEL", "SOURCE", "cache_dir"]
 
 KERNEL = "C kernel"
-SOURCE = Path(__file__).with_name("sage_cpu.c")
+SOURCE = Path(__file__).with_name("cpu_kernel.c")
 #: -march=native: the library is built for this CPU (its flags are part of the cache key); on x86, full-width
 #: AVX-512 where the CPU has it (gcc otherwise prefers 256-bit vectors), as torch's own vectorised kernels use.
 FLAGS = ("-O3", "-march=native", *(("-mprefer-vector-width=512",) if platform.machine().lower() in
@@ -127,7 +127,7 @@ def fused_step(algorithm: str, params: list[Tensor], grads: list[Tensor], states
                ipt_avgs: Optional[list[Tensor]], scalars: dict, hyper: dict,
                grad_factor: Optional[float] = None) -> None:
     """Update every tensor of one bucket in place with one kernel call; the contract of
-    :func:`module.sage_triton.fused_step` (contiguous CPU tensors, float32 or float64, one dtype throughout)."""
+    :func:`module.sage.triton_kernel.fused_step` (contiguous CPU tensors, float32 or float64, one dtype throughout)."""
     columns = bucket_columns(algorithm, params, grads, states, ipt_avgs, hyper)
     if not params:
         return

@@ -1,22 +1,20 @@
 """Fused SAGE updates: no parameter-sized temporaries, parameters and state written in place.
 
-- CUDA: a Triton multi-tensor kernel, one launch per bucket (:mod:`module.sage_triton`), when Triton is
+- CUDA: a Triton multi-tensor kernel, one launch per bucket (:mod:`module.sage.triton_kernel`), when Triton is
   importable and the kernel passed its self-check in this process (else foreach, with one warning).
-- CPU, float32/float64: a C kernel, one call per bucket (:mod:`module.sage_cpu`), when it builds and passed its
+- CPU, float32/float64: a C kernel, one call per bucket (:mod:`module.sage.cpu_kernel`), when it builds and passed its
   self-check (else the ``torch.compile`` path below, with one warning).
-- Elsewhere (CPU bfloat16/float16, CUDA without Triton): the readable single-tensor math of
-  :mod:`module.sage_math` compiled with ``torch.compile`` over lists of tensors (inductor fuses the update of
-  CHUNK tensors into one kernel of in-place loops; small tensors share one call through flat copies).
+- Elsewhere (CPU bfloat16/float16, CUDA without Triton): the readable single-tensor math compiled with
+  ``torch.compile`` (:mod:`module.sage.compiled`).
 
-Called by :func:`module.sage_functional._update` with tensor lists and scalars, never with an optimizer.
-Half-precision parameters have float32 state (:func:`module.sage_math.state_dtype`) on every path.
+Called by :func:`module.sage.functional._update` with tensor lists and scalars, never with an optimizer.
+Half-precision parameters have float32 state (:func:`module.sage.updates.state_dtype`) on every path.
 
 Public entry points for checks on new hardware: :func:`kernel_variants` lists the kernel variants a step can
 take, :func:`check_variants` runs the self-check probe of each on a device and returns the verdicts.
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import warnings
 from dataclasses import dataclass
@@ -26,17 +24,14 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import Tensor
 
-from module.sage_functional import ALGORITHMS, Algorithm, Columns, buckets, multi_step, row, single_step
-from module.sage_math import FORMULAS, HALF_PRECISION, state_dtype
-
-#: dynamo's default of 8 graphs per function is too few: hyperparameters are specialised (one graph per group
-#: flavour: sage/decay/formula/dtype).
-_RECOMPILE_LIMIT = 64
+from module.sage import compiled
+from module.sage.algorithms import ALGORITHMS, Algorithm, Columns, buckets, multi_step, row, single_step
+from module.sage.updates import FORMULAS, state_dtype
 
 
 def triton_available() -> bool:
     try:
-        from module import sage_triton  # noqa: F401
+        from module.sage import triton_kernel  # noqa: F401
     except ImportError:
         return False
     return True
@@ -46,8 +41,8 @@ def _triton_module():
     """The Triton backend for CUDA tensors, or None (tests swap in an interpreted copy)."""
     if not triton_available():
         return None
-    from module import sage_triton
-    return sage_triton
+    from module.sage import triton_kernel
+    return triton_kernel
 
 
 #: Device types whose tensors go to the Triton kernel (tests add "cpu" for the interpreter).
@@ -63,9 +58,9 @@ def _backend(p: Tensor, g: Tensor) -> tuple[Optional[ModuleType], str]:
         triton = _triton_module()
         return (triton, "foreach") if triton is not None else (None, "compiled")
     if CPU_KERNEL:
-        from module import sage_cpu
-        if sage_cpu.supports(p, g):
-            return sage_cpu, "compiled"
+        from module.sage import cpu_kernel
+        if cpu_kernel.supports(p, g):
+            return cpu_kernel, "compiled"
     return None, "compiled"
 
 
@@ -92,7 +87,7 @@ def fused_update(algo: Algorithm, params: list[Tensor], grads: list[Tensor], buf
             kernel.fused_step(algo.name, p, g, [c for c in states if c is not None], ipt, step_scalars, hyper,
                               grad_factor=grad_factor)
         elif fallback == "compiled":
-            _compiled_bucket(algo, p, g, states, ipt, step_scalars, hyper, grad_factor)
+            compiled.compiled_bucket(algo, p, g, states, ipt, step_scalars, hyper, grad_factor)
         else:
             multi_step(algo, p, g, states, ipt, step_scalars, hyper, grad_factor)
 
@@ -300,65 +295,3 @@ def check_variants(device: torch.device | str, variants: Optional[Iterable[Kerne
         results.append((variant, _self_check(kernel, ALGORITHMS[variant.algorithm], device, variant.dtype,
                                              variant.dtype, scalars, hyper)))
     return results
-
-
-# ----------------------------------------------------------------------------------------------------------
-# CPU bfloat16/float16 (and CUDA without Triton): torch.compile of the single-tensor math
-# ----------------------------------------------------------------------------------------------------------
-#: Large tensors go through a compiled function of CHUNK tensors at a time (one kernel, one parallel region per
-#: call); sizes are independent dynamic symbols, so one graph serves every chunk of any sizes.
-CHUNK = 8
-#: Tensors with fewer elements than this (biases, LayerNorm) are updated together through one flat copy: one
-#: call for all of them costs less than a call each (BERT-base: 124 of its 199 tensors).
-SMALL_NUMEL = 1 << 16
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled(single: Callable[..., None], n: int) -> Callable[..., None]:
-    """``single`` over ``n`` tensors given as lists, compiled into one kernel (half-precision θ and g are
-    computed in float32 and θ rounded once, as in the other implementations)."""
-    def step(params, grads, *columns, grad_factor, **kwargs):
-        for i in range(n):
-            p = params[i]
-            work = p.float() if p.dtype in HALF_PRECISION else p
-            single(work, grads[i].to(work.dtype) * grad_factor,
-                   *(None if col is None else col[i] for col in columns), **kwargs)
-            if work is not p:
-                p.copy_(work)
-    return torch.compile(step, dynamic=True, fullgraph=True)
-
-
-def _compiled_bucket(algo: Algorithm, params, grads, states: Columns, ipt_avgs, scalars: dict, hyper: dict,
-                     grad_factor: float) -> None:
-    """Compiled calls over flat views: CHUNK large tensors at a time, the rest one by one, small ones together.
-
-    Step scalars travel as 0-d float64 tensors built once per bucket (the compiled code does not re-specialise
-    when the learning rate changes); hyperparameters, fixed per group, are compiled in as constants.
-    """
-    kwargs = {k: v if isinstance(v, bool) else torch.tensor(float(v), dtype=torch.float64) for k, v in scalars.items()}
-    kwargs.update(hyper, grad_factor=torch.tensor(grad_factor, dtype=torch.float64))
-    columns = [None if col is None else [t.view(-1) for t in col] for col in [params, grads, *states, ipt_avgs]]
-    large = [i for i, p in enumerate(params) if p.numel() >= max(SMALL_NUMEL, 1)]
-    small = [i for i, p in enumerate(params) if 0 < p.numel() < SMALL_NUMEL]
-    if len(small) == 1:
-        large, small = sorted(large + small), []
-    pick = lambda idx: [None if col is None else [col[i] for i in idx] for col in columns]  # noqa: E731
-    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT, specialize_float=True), \
-            torch.fx.experimental._config.patch(use_duck_shape=False):
-        for start in range(0, len(large), CHUNK):
-            idx = large[start:start + CHUNK]
-            n = CHUNK if len(idx) == CHUNK else 1
-            for first in range(0, len(idx), n):
-                _compiled(algo.single, n)(*pick(idx[first:first + n]), **kwargs)
-        if small:
-            _flat_call(_compiled(algo.single, 1), pick(small), kwargs)
-
-
-def _flat_call(fn, columns: Columns, kwargs: dict) -> None:
-    """``fn`` once over the concatenation of each column; results copied back (gradients are inputs only)."""
-    sizes = [t.numel() for t in columns[0]]
-    flats = [None if col is None else [torch.cat(col)] for col in columns]
-    fn(*flats, **kwargs)
-    for c, (col, flat) in enumerate(zip(columns, flats)):
-        if col is not None and c != 1:
-            torch._foreach_copy_(col, list(flat[0].split(sizes)))

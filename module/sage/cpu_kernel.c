@@ -1,8 +1,8 @@
 /* The fused SAGE step on CPU: every tensor of a bucket updated in one OpenMP parallel region, one pass over
- * memory, no temporaries (see module/sage_cpu.py, which compiles one variant of this file per flavour).
+ * memory, no temporaries (see module/sage/cpu_kernel.py, which compiles one variant of this file per flavour).
  *
- * The per-element math is that of module/sage_math.py's single_* functions and of the Triton kernel in
- * module/sage_triton.py, op for op, in T (float for float32 tensors, double for float64). Flavour macros,
+ * The per-element math is that of module/sage/updates.py's single_* functions and of the Triton kernel in
+ * module/sage/triton_kernel.py, op for op, in T (float for float32 tensors, double for float64). Flavour macros,
  * set by the compiler command line so each variant is straight-line code the compiler vectorises:
  *   T, ABS, SQRT          element type and its |x|, sqrt
  *   ALGO                  0 adamax, 1 adamw, 2 adam, 3 sgd
@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <omp.h>
 
-/* Indices into the scalar array: module/sage_kernel_args.py's SCALAR_NAMES. */
+/* Indices into the scalar array: module/sage/kernel_args.py's SCALAR_NAMES. */
 enum { LR, BETA1, ONE_MINUS_BETA1, BETA2, ONE_MINUS_BETA2, BETA3, ONE_MINUS_BETA3, EPS, EPS_SQ, WEIGHT_DECAY,
        STEP_SIZE, DECAY, BIAS_CORRECTION1, BIAS_CORRECTION2_SQRT, IPT_CORRECTION, MOMENTUM, ONE_MINUS_DAMPENING,
        GRAD_FACTOR, N_SCALARS };
