@@ -748,3 +748,28 @@ def test_half_precision_state_of_half_parameters_is_refused_in_one_line(impl):
         sage_adamw(p, g, *state, steps, **_impl_kwargs(impl), lr=1e-2, decay_lr=1e-2, beta1=0.9,
                    beta2=0.999, beta3=0.75, eps=1e-6, weight_decay=0.0, formula="reference", correct_bias=True)
     assert torch.equal(p[0], torch.zeros(3, dtype=torch.float16)) and float(steps[0]) == 0.0  # nothing moved
+
+
+@pytest.mark.subprocess
+def test_optimizers_import_and_schedule_without_transformers():
+    """transformers is needed only by its own schedules: with it blocked, the optimizers import and step, and the
+    authors' schedules build; transformers' ``linear`` names the missing import when it is built."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    code = ("import sys; sys.modules['transformers'] = None\n"
+            "import torch\n"
+            "import module.bert_optim as bo\n"
+            "p = torch.nn.Parameter(torch.ones(3))\n"
+            "opt = bo.build_optimizer('usadamax', [p])\n"
+            "sched = bo.build_schedule(opt, 'warmup_linear', 10)\n"
+            "p.grad = torch.ones(3); opt.step(); sched.step()\n"
+            "assert 'transformers' not in {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}\n"
+            "try:\n"
+            "    bo.build_schedule(opt, 'linear', 10)\n"
+            "except ImportError as exc:\n"
+            "    print('linear:', exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "linear:" in done.stdout and "transformers" in done.stdout
