@@ -66,7 +66,8 @@ def _validate_group(group: dict) -> None:
 # Shared optimizer plumbing
 # ----------------------------------------------------------------------------------------------------------
 class _SageOptimizer(Optimizer):
-    """State creation and gathering shared by the four optimizers; each subclass's ``step`` calls its entry."""
+    """State creation, gathering and the step shared by the four optimizers; a subclass names its functional
+    ``entry``, its state ``buffer_names`` and the keywords it takes from a group (``_group_kwargs``)."""
 
     #: state buffers besides Ī, created zero on a parameter's first step
     buffer_names: tuple[str, ...] = ()
@@ -154,6 +155,30 @@ class _SageOptimizer(Optimizer):
         self._init_group(group, params, grads, buffers, ipt_avgs, steps)
         return params, grads, buffers, (ipt_avgs if group["sage"] else None), steps
 
+    @staticmethod
+    def entry(*args, **kwargs) -> None:
+        """The algorithm's functional entry (:mod:`module.sage.functional`); set by each subclass."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None):
+        """One update of every group: gather its tensors, then call the algorithm's functional entry."""
+        loss = self._closure_loss(closure)
+        for group in self.param_groups:
+            params, grads, buffers, ipt_avgs, steps = self._gathered(group, len(self.buffer_names))
+            self.entry(params, grads, *self._buffers(group, params, buffers), ipt_avgs, steps,
+                       **self._group_kwargs(group), **self._common(group))
+        return loss
+
+    def _buffers(self, group: dict, params: list[Tensor], buffers: list[list[Tensor]]) -> list:
+        """The state columns the entry takes after the gradients (default: ``buffer_names``' columns)."""
+        return buffers
+
+    def _group_kwargs(self, group: dict) -> dict:
+        """The entry's algorithm-specific keywords from a group (default: the two betas)."""
+        beta1, beta2 = group["betas"]
+        return dict(beta1=beta1, beta2=beta2)
+
     def _common(self, group: dict) -> dict:
         """Keyword arguments every functional entry takes from a group."""
         return dict(foreach=group["foreach"], fused=group["fused"], grad_scale=getattr(self, "grad_scale", None),
@@ -193,26 +218,18 @@ class AdamaxSAGE(_SageOptimizer):
     Base update m/(max(β2·u, |g|+ε) + ε) + wd·θ with no bias correction; in SAGE groups it is scaled
     elementwise by the modulating term. With ``sage=False`` everywhere this is the authors' plain Adamax.
     ``formula='reference'`` (default) uses Ī uncorrected, as the authors do; other formulas use Î = Ī/(1−β3^t).
+    The rule, step by step: ``docs/sage_update_rule.md`` (the authors' Adamax-SAGE).
     """
 
     buffer_names = ("exp_avg", "exp_inf")
     schedule_step_offset = 0
+    entry = staticmethod(sage_adamax)
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), beta3: float = 0.75,
                  eps: float = 1e-6, weight_decay: float = 0.0, *, sage: bool = True, formula: Optional[str] = None,
                  maximize: bool = False, foreach: Optional[bool] = None, fused: Optional[bool] = None):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), beta3=beta3, eps=eps, weight_decay=weight_decay,
                                       sage=sage, formula=formula, maximize=maximize, foreach=foreach, fused=fused))
-
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Any]] = None):
-        loss = self._closure_loss(closure)
-        for group in self.param_groups:
-            params, grads, (exp_avgs, exp_infs), ipt_avgs, steps = self._gathered(group, 2)
-            beta1, beta2 = group["betas"]
-            sage_adamax(params, grads, exp_avgs, exp_infs, ipt_avgs, steps, beta1=beta1, beta2=beta2,
-                        **self._common(group))
-        return loss
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -224,10 +241,12 @@ class AdamWSAGE(_SageOptimizer):
     With ``correct_bias`` the step size carries √(1−β2^t)/(1−β1^t) and SAGE uses Î = Ī/(1−β3^t) (so SAGE
     parameters do not move on step 1: Î₁ = I₁). Decoupled decay θ −= lr·wd·θ comes after the update;
     ``decay_lr='base'`` (default, the authors') uses the unscheduled base lr, ``'scheduled'`` the current one.
+    The rule, step by step: ``docs/sage_update_rule.md`` (the authors' AdamW-SAGE).
     """
 
     buffer_names = ("exp_avg", "exp_avg_sq")
     schedule_step_offset = 1
+    entry = staticmethod(sage_adamw)
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), beta3: float = 0.75,
                  eps: float = 1e-6, weight_decay: float = 0.0, *, correct_bias: bool = True,
@@ -239,16 +258,9 @@ class AdamWSAGE(_SageOptimizer):
                                       correct_bias=correct_bias, decay_lr=decay_lr, sage=sage, formula=formula,
                                       maximize=maximize, foreach=foreach, fused=fused))
 
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Any]] = None):
-        loss = self._closure_loss(closure)
-        for group in self.param_groups:
-            params, grads, (exp_avgs, exp_avg_sqs), ipt_avgs, steps = self._gathered(group, 2)
-            beta1, beta2 = group["betas"]
-            decay_lr = group.get("initial_lr", group["lr"]) if group["decay_lr"] == "base" else group["lr"]
-            sage_adamw(params, grads, exp_avgs, exp_avg_sqs, ipt_avgs, steps, beta1=beta1, beta2=beta2,
-                       decay_lr=decay_lr, correct_bias=bool(group["correct_bias"]), **self._common(group))
-        return loss
+    def _group_kwargs(self, group: dict) -> dict:
+        decay_lr = group.get("initial_lr", group["lr"]) if group["decay_lr"] == "base" else group["lr"]
+        return dict(super()._group_kwargs(group), decay_lr=decay_lr, correct_bias=bool(group["correct_bias"]))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -258,27 +270,18 @@ class AdamSAGE(_SageOptimizer):
     """Adam with SAGE, the paper's Algorithm 2 (``--optimizer usadam``): bias-corrected moments and Î.
 
     ``weight_decay`` is L2 folded into the moments (as ``torch.optim.Adam``); the sensitivity uses the loss
-    gradient alone. Default formula: the paper's (U+ε)/(Î+ε).
+    gradient alone. Default formula: the paper's (U+ε)/(Î+ε). The rule: ``docs/sage_update_rule.md``.
     """
 
     buffer_names = ("exp_avg", "exp_avg_sq")
     default_formula = "paper"
+    entry = staticmethod(sage_adam)
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), beta3: float = 0.75,
                  eps: float = 1e-6, weight_decay: float = 0.0, *, sage: bool = True, formula: Optional[str] = None,
                  maximize: bool = False, foreach: Optional[bool] = None, fused: Optional[bool] = None):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), beta3=beta3, eps=eps, weight_decay=weight_decay,
                                       sage=sage, formula=formula, maximize=maximize, foreach=foreach, fused=fused))
-
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Any]] = None):
-        loss = self._closure_loss(closure)
-        for group in self.param_groups:
-            params, grads, (exp_avgs, exp_avg_sqs), ipt_avgs, steps = self._gathered(group, 2)
-            beta1, beta2 = group["betas"]
-            sage_adam(params, grads, exp_avgs, exp_avg_sqs, ipt_avgs, steps, beta1=beta1, beta2=beta2,
-                      **self._common(group))
-        return loss
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -287,10 +290,12 @@ class AdamSAGE(_SageOptimizer):
 class SGDSAGE(_SageOptimizer):
     """SGD with SAGE, the paper's Algorithm 1 (``--optimizer ussgd``), with torch.optim.SGD's momentum options.
 
-    Algorithm 1 uses the uncorrected EMA Ī; default formula: the paper's (U+ε)/(Ī+ε).
+    Algorithm 1 uses the uncorrected EMA Ī; default formula: the paper's (U+ε)/(Ī+ε). The rule:
+    ``docs/sage_update_rule.md``.
     """
 
     default_formula = "paper"
+    entry = staticmethod(sage_sgd)
 
     def __init__(self, params, lr: float = 1e-2, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, beta3: float = 0.75, eps: float = 1e-6, *,
@@ -304,17 +309,11 @@ class SGDSAGE(_SageOptimizer):
                                       nesterov=nesterov, beta3=beta3, eps=eps, sage=sage, formula=formula,
                                       maximize=maximize, foreach=foreach, fused=fused))
 
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Any]] = None):
-        loss = self._closure_loss(closure)
-        for group in self.param_groups:
-            params, grads, _, ipt_avgs, steps = self._gathered(group, 0)
-            momentum_buffers = None
-            if group["momentum"] != 0:
-                momentum_buffers = [self._momentum_buffer(p) for p in params]
-            sage_sgd(params, grads, momentum_buffers, ipt_avgs, steps, momentum=group["momentum"],
-                     dampening=group["dampening"], nesterov=group["nesterov"], **self._common(group))
-        return loss
+    def _buffers(self, group: dict, params: list[Tensor], buffers: list[list[Tensor]]) -> list:
+        return [[self._momentum_buffer(p) for p in params] if group["momentum"] != 0 else None]
+
+    def _group_kwargs(self, group: dict) -> dict:
+        return dict(momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"])
 
     def _momentum_buffer(self, p: Tensor) -> Tensor:
         state = self.state[p]
