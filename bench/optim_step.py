@@ -75,7 +75,8 @@ def make_params(shapes, device: str) -> list[tuple[str, torch.nn.Parameter]]:
 # The authors' style: one Python iteration per parameter, a fresh temporary for every intermediate
 # ----------------------------------------------------------------------------------------------------------
 class ReferenceLoop:
-    """AdamW-SAGE / Adamax-SAGE as the authors wrote the update (SAGE_MATH.md), kept for timing only."""
+    """AdamW-SAGE / Adamax-SAGE as the authors wrote the update (docs/sage_update_rule.md), kept for timing
+    only."""
 
     def __init__(self, groups: list[dict], algo: str):
         self.groups, self.algo, self.state = groups, algo, {}
@@ -145,26 +146,16 @@ class TrafficFloor:
     AdamW = SAGE's extra bytes plus the path's overhead."""
 
     def __init__(self, groups: list[dict]):
+        from module.sage.dispatch import CompiledBackend
+
+        class Touch(CompiledBackend):
+            def single(self, algorithm: str) -> Callable[..., None]:
+                return _touch
         self.opt = AdamWSAGE(groups, lr=LR, betas=BETAS, beta3=BETA3, eps=EPS, fused=True)
+        self.opt.fused_backend = Touch()
 
     def step(self) -> None:
-        from module.sage import functional
-        real = functional.ALGORITHMS["adamw"]
-        functional.ALGORITHMS["adamw"] = real._replace(single=_touch)
-        try:
-            with_compiled_path(self.opt.step)
-        finally:
-            functional.ALGORITHMS["adamw"] = real
-
-
-def with_compiled_path(step: Callable[[], object]) -> None:
-    """One step with CPU buckets sent to the torch.compile path instead of the C kernel."""
-    from module.sage import dispatch
-    saved, dispatch.CPU_KERNEL = dispatch.CPU_KERNEL, False
-    try:
-        step()
-    finally:
-        dispatch.CPU_KERNEL = saved
+        self.opt.step()
 
 
 class CompiledPath:
@@ -172,9 +163,10 @@ class CompiledPath:
 
     def __init__(self, opt):
         self.opt = opt
+        self.opt.fused_backend = "compiled"
 
     def step(self) -> None:
-        with_compiled_path(self.opt.step)
+        self.opt.step()
 
 
 class FreshGradients:
@@ -383,15 +375,14 @@ def header(named, cfg: BenchConfig) -> str:
 
 def tune(named, cfg: BenchConfig) -> str:
     """Median fused step per (BLOCK_SIZE, NUM_WARPS): synced per step, and with steps queued back to back."""
-    from module.sage import triton_kernel
+    from module.sage.dispatch import TritonBackend
     lines = ["| BLOCK_SIZE | NUM_WARPS | usadamw step (ms) | usadamw queued (ms/step) | usadamax step (ms) |",
              "|---:|---:|---:|---:|---:|"]
-    default = (triton_kernel.BLOCK_SIZE, triton_kernel.NUM_WARPS)
     for block, warps in ((1024, 4), (2048, 4), (2048, 8), (4096, 8), (8192, 16)):
-        triton_kernel.BLOCK_SIZE, triton_kernel.NUM_WARPS = block, warps
         cells = []
         for cls in (AdamWSAGE, AdamaxSAGE):
             opt = _sage(cls, "fused")(named)
+            opt.fused_backend = TritonBackend(block_size=block, num_warps=warps)
             for _ in range(cfg.warmup):
                 opt.step()
             cells.append(statistics.median(timed(opt.step, cfg.device) for _ in range(cfg.steps)))
@@ -404,7 +395,6 @@ def tune(named, cfg: BenchConfig) -> str:
                 cells.append((time.perf_counter() - start) / cfg.steps)
             del opt
         lines.append(f"| {block} | {warps} | " + " | ".join(f"{c * 1e3:.3f}" for c in cells) + " |")
-    triton_kernel.BLOCK_SIZE, triton_kernel.NUM_WARPS = default
     return "\n".join(lines)
 
 

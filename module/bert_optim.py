@@ -14,7 +14,7 @@ implementation reads them on the host), and ``load_state_dict`` keeps both, and 
 from __future__ import annotations
 
 from itertools import chain
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import _get_scalar_dtype
 
 from module.plain_optim import RAdam
+from module.sage.dispatch import Backend
 from module.sage.functional import sage_adam, sage_adamax, sage_adamw, sage_sgd
 from module.sage.updates import FORMULAS, state_dtype
 from module.schedules import SCHEDULES, build_schedule, warmup_cosine, warmup_linear
@@ -83,6 +84,9 @@ class _SageOptimizer(Optimizer):
         super().__init__(params, defaults)
         # GradScaler hands fused steps grad_scale/found_inf instead of unscaling the gradients itself.
         self._step_supports_amp_scaling = bool(defaults["fused"])
+        #: Which backend runs fused steps: None ($SAGE_FUSED_BACKEND, else the default route), a name of
+        #: :data:`module.sage.dispatch.BACKENDS` or a backend object. Not a group key: state dicts stay plain.
+        self.fused_backend: Union[str, Backend, None] = None
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -184,7 +188,7 @@ class _SageOptimizer(Optimizer):
         return dict(foreach=group["foreach"], fused=group["fused"], grad_scale=getattr(self, "grad_scale", None),
                     found_inf=getattr(self, "found_inf", None), lr=group["lr"], beta3=group["beta3"],
                     eps=group["eps"], weight_decay=group["weight_decay"], formula=group["formula"],
-                    maximize=group["maximize"])
+                    maximize=group["maximize"], fused_backend=getattr(self, "fused_backend", None))
 
     @staticmethod
     def _closure_loss(closure: Optional[Callable[[], Any]]):

@@ -1,13 +1,16 @@
 """Plain torch optimizers under the SAGE optimizers' registry (``--optimizer radam``, as the authors' repo had).
 
 The trainer builds every optimizer with the same keywords; an adapter accepts them and drops the SAGE-only ones
-(``sage``, ``beta3``, ``formula``) and the ``fused`` choice torch's RAdam does not offer (it runs foreach).
+(``sage``, ``beta3``, ``formula``); the ``fused`` choice torch's RAdam does not offer leaves the implementation to
+torch (:func:`module.sage.dispatch.select` says so).
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
+
+from module.sage import dispatch
 
 
 class RAdam(torch.optim.RAdam):
@@ -20,5 +23,7 @@ class RAdam(torch.optim.RAdam):
                  foreach: Optional[bool] = None, fused: Optional[bool] = None):
         if sage:
             raise ValueError("radam has no SAGE variant")
+        requested = "fused" if fused else None if foreach is None else "foreach" if foreach else "forloop"
+        impl = dispatch.select(requested, fused_supported=False, algorithm="radam").impl
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                         foreach=None if fused else foreach)
+                         foreach={"forloop": False, "foreach": True}.get(impl))

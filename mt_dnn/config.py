@@ -24,7 +24,7 @@ import pretrained_models
 from data_utils.safe_load import loads_json
 from module.bert_optim import FORMULAS, OPTIMIZERS, SCHEDULES
 from module.pooler import ACTIVATIONS
-from module.sage.functional import IMPLEMENTATIONS
+from module.sage.dispatch import IMPLEMENTATIONS
 from mt_dnn import head_layout as layouts
 from mt_dnn import upstream_flags
 from mt_dnn.upstream_flags import NO_EFFECT_FLAGS, VALUE_FLAGS  # noqa: F401 (the table, re-exported)

@@ -32,7 +32,7 @@ from data_utils.shard_checks import EncoderLimits, encoder_limits
 from data_utils.shards import find_shard
 from data_utils.task_def import dataset_splits, dataset_task, load_task_defs, select_tasks
 from module.bert_optim import build_optimizer, build_schedule, sage_param_groups
-from module.sage.functional import implementation_kwargs
+from module.sage.dispatch import implementation_kwargs
 from mt_dnn import checkpoint as ckpt
 from mt_dnn import distributed as dist_utils
 from mt_dnn import head_layout as layouts
@@ -116,9 +116,9 @@ def check_machine_settings(cfg: TrainConfig, env: DistEnv) -> None:
                          "process; launch it with torchrun --nproc_per_node N (N >= 2), or drop --fsdp")
 
 
-def optimizer_impl_kwargs(impl: str, device: torch.device) -> dict:
-    """The optimizer's ``foreach``/``fused`` flags for ``--optim_impl`` (decided in module.sage)."""
-    return implementation_kwargs(impl, device)
+def optimizer_impl_kwargs(impl: str, device: torch.device, sharded: bool = False) -> dict:
+    """The optimizer's ``foreach``/``fused`` flags for ``--optim_impl`` (decided in module.sage.dispatch)."""
+    return implementation_kwargs(impl, device, sharded=sharded)
 
 
 def setup_logging(output_dir: Path, is_main: bool = True, log_file: Optional[str] = None,
@@ -433,9 +433,8 @@ class Trainer:
         cfg = self.cfg
         trained = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]  # --update_bert_opt
         groups = sage_param_groups(trained, weight_decay=cfg.weight_decay)
-        impl = "foreach" if cfg.fsdp and dist_utils.active() and cfg.optim_impl == "auto" else cfg.optim_impl
         kwargs = dict(lr=cfg.learning_rate, beta3=cfg.beta3, eps=cfg.adam_eps,
-                      **optimizer_impl_kwargs(impl, self.device))
+                      **optimizer_impl_kwargs(cfg.optim_impl, self.device, cfg.fsdp and dist_utils.active()))
         if cfg.optimizer.lower() not in ("sgd", "ussgd"):
             kwargs["betas"] = cfg.betas
         elif cfg.momentum:

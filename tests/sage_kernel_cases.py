@@ -47,6 +47,21 @@ def groups(ps: list[torch.Tensor]) -> list[dict]:
             {"params": ps[3:], "sage": False, "weight_decay": 0.0}]
 
 
+class Counting:
+    """A fused backend that records the algorithm of every ``fused_step`` call (self-check probes included) in
+    ``calls`` and otherwise is ``backend``."""
+
+    def __init__(self, backend, calls: list):
+        self._backend, self._calls = backend, calls
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def fused_step(self, *args, **kwargs):
+        self._calls.append(args[0])
+        return self._backend.fused_step(*args, **kwargs)
+
+
 def counting(fn: Callable, calls: list) -> Callable:
     """``fn`` recording its first argument on every call."""
     def wrapped(*args, **kwargs):
@@ -56,12 +71,13 @@ def counting(fn: Callable, calls: list) -> Callable:
 
 
 def run_pair(cls, kwargs, sizes, fused_context: Callable[[], ContextManager] = contextlib.nullcontext,
-             dtype=torch.float64, steps=4, grad_fn=None):
-    """Same model, same grads: the for-loop path (updates.single_*) vs ``fused=True`` stepped inside
-    ``fused_context()``; returns (ref optimizer, fused optimizer, ref params, fused params)."""
+             dtype=torch.float64, steps=4, grad_fn=None, fused_backend=None):
+    """Same model, same grads: the for-loop path (updates.single_*) vs ``fused=True`` on ``fused_backend``,
+    stepped inside ``fused_context()``; returns (ref optimizer, fused optimizer, ref params, fused params)."""
     ref_params, fused_params = make_params(sizes, dtype), make_params(sizes, dtype)
     ref = cls(groups(ref_params), foreach=False, **kwargs)
     fused = cls(groups(fused_params), fused=True, **kwargs)
+    fused.fused_backend = fused_backend
     gen = torch.Generator().manual_seed(1)
     for step in range(steps):
         for opt in (ref, fused):  # a schedule: lr changes every step, so no scalar may be cached
@@ -100,12 +116,15 @@ def assert_nan_propagated(ref, fused, ref_params, fused_params) -> None:
         assert fused.state[fp]["exp_inf"].isnan().sum() == min(1, rp.numel())
 
 
-def run_scaled_pair(maximize: bool, sizes, fused_context: Callable[[], ContextManager], scale=2.0 ** 12):
-    """AMP's fused protocol: the fused optimizer gets grads × scale plus grad_scale/found_inf, the reference the
-    unscaled grads; the fused step must leave its gradients as they were (no unscale pass)."""
+def run_scaled_pair(maximize: bool, sizes, fused_context: Callable[[], ContextManager], scale=2.0 ** 12,
+                    fused_backend=None):
+    """AMP's fused protocol: the fused optimizer (on ``fused_backend``) gets grads × scale plus
+    grad_scale/found_inf, the reference the unscaled grads; the fused step must leave its gradients as they were
+    (no unscale pass)."""
     ref_params, fused_params = make_params(sizes, torch.float64), make_params(sizes, torch.float64)
     ref = bert_optim.AdamWSAGE(groups(ref_params), foreach=False, maximize=maximize)
     fused = bert_optim.AdamWSAGE(groups(fused_params), fused=True, maximize=maximize)
+    fused.fused_backend = fused_backend
     gen = torch.Generator().manual_seed(3)
     with fused_context():
         for _ in range(3):
@@ -158,7 +177,7 @@ HALF_SIZES = [(3, 5), (7,), (2049,), (33, 65)]
 
 
 def run_half_pair(dtype, step_kwargs: dict, fused_context: Callable[[], ContextManager] = contextlib.nullcontext,
-                  steps: int = 3):
+                  steps: int = 3, fused_backend=None):
     """AdamW-SAGE on ``dtype`` parameters (``step_kwargs``: the implementation) and, from the same start values
     and gradients, on float64 parameters with the for-loop math. Gradients are ~1e-3, parameters ~0.05 (BERT's
     scale): in float16 state (1−β2)·g² would underflow. Returns (reference, optimizer, float64 params, half
@@ -169,6 +188,7 @@ def run_half_pair(dtype, step_kwargs: dict, fused_context: Callable[[], ContextM
     wide = [t.double() for t in start]
     ref = bert_optim.AdamWSAGE(groups(wide), lr=1e-2, formula="paper", foreach=False)
     opt = bert_optim.AdamWSAGE(groups(half), lr=1e-2, formula="paper", **step_kwargs)
+    opt.fused_backend = fused_backend
     for _ in range(steps):
         for w, h in zip(wide, half):
             h.grad = (torch.randn(h.shape, generator=gen) * 1e-3).to(dtype)

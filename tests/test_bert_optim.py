@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
@@ -82,13 +84,14 @@ def reference_groups(model: TinyBert, wd: float, sage_on: bool):
     return [(ps, s, d) for (s, d), ps in groups.items()]
 
 
-def run_ours(name, formula=None, impl="forloop", lr=LR):
+def run_ours(name, formula=None, impl="forloop", lr=LR, fused_backend=None):
     model = TinyBert()
     kw = dict(lr=lr, beta3=0.75, **EXTRA.get(ALGO[name], {}))
     if formula:
         kw["formula"] = formula
     kw.update(foreach=(impl == "foreach"), fused=(impl == "fused") or None)
     opt = build_optimizer(name, sage_param_groups(named_params(model), weight_decay=0.01), **kw)
+    opt.fused_backend = fused_backend
     sched = build_schedule(opt, SCHEDULE[ALGO[name]], STEPS, warmup=0.1)
     train(model, opt, sched)
     return model, opt
@@ -148,12 +151,10 @@ def test_foreach_equals_forloop(name, formula):
 @pytest.mark.compile
 @pytest.mark.parametrize("cpu_kernel", [True, False], ids=["C-kernel", "torch.compile"])
 @pytest.mark.parametrize("name,formula", FUSED_CASES)
-def test_fused_equals_forloop(name, formula, cpu_kernel, monkeypatch):
+def test_fused_equals_forloop(name, formula, cpu_kernel):
     """Both CPU fused paths: the C kernel (float32/float64) and torch.compile (bfloat16/float16, fallback)."""
-    from module.sage import dispatch
-    monkeypatch.setattr(dispatch, "CPU_KERNEL", cpu_kernel)
     a, _ = run_ours(name, formula, "forloop")
-    b, _ = run_ours(name, formula, "fused")
+    b, _ = run_ours(name, formula, "fused", fused_backend="c" if cpu_kernel else "compiled")
     assert_same(params_of(a), params_of(b), atol=1e-12)
 
 
@@ -482,7 +483,7 @@ def test_functional_entry_is_what_the_class_runs():
 
 
 def test_implementation_choice_in_one_place():
-    from module.sage.functional import implementation_kwargs
+    from module.sage.dispatch import implementation_kwargs
     cpu = torch.device("cpu")
     assert implementation_kwargs("auto", cpu) == dict(foreach=None, fused=True)
     assert implementation_kwargs("forloop", cpu) == dict(foreach=False, fused=None)
@@ -598,14 +599,12 @@ def _recording(step, opt, seen):
 
 @pytest.mark.compile
 @pytest.mark.parametrize("small_numel", [0, 2000])
-def test_fused_per_tensor_and_flat_paths_equal_forloop(small_numel, monkeypatch):
+def test_fused_per_tensor_and_flat_paths_equal_forloop(small_numel):
     """CPU fused, torch.compile path: large tensors get a compiled call each, small ones share one flat call;
     both paths (and the mix of them, with the zero-size parameter) match the for-loop."""
-    from module.sage import compiled, dispatch
-    monkeypatch.setattr(compiled, "SMALL_NUMEL", small_numel)
-    monkeypatch.setattr(dispatch, "CPU_KERNEL", False)
+    from module.sage.dispatch import CompiledBackend
     a, opt_a = run_ours("usadamw", None, "forloop")
-    b, opt_b = run_ours("usadamw", None, "fused")
+    b, opt_b = run_ours("usadamw", None, "fused", fused_backend=CompiledBackend(small_numel=small_numel))
     sizes = [p.numel() for p in opt_b.state]
     assert any(n >= small_numel for n in sizes) and (small_numel == 0 or any(0 < n < small_numel for n in sizes))
     assert_same(params_of(a), params_of(b), atol=1e-12)
@@ -619,17 +618,18 @@ def test_fused_per_tensor_and_flat_paths_equal_forloop(small_numel, monkeypatch)
 def test_auto_takes_the_triton_kernel_from_volta_on(capability, impl):
     """V100 (sm_70) and T4 (sm_75) get the fused Triton kernel like A100/H100 (behind the same self-check and
     foreach fallback); pre-Volta GPUs and machines without Triton get foreach."""
-    from module.sage import dispatch
-    from module.sage.functional import implementation_kwargs
+    from module.sage.dispatch import TritonBackend, implementation_kwargs
+
+    class NoTriton(TritonBackend):
+        def load(self):
+            raise ImportError("No module named 'triton'")
     cuda = torch.device("cuda", 1)
     expected = dict(foreach=None, fused=True) if impl == "fused" else dict(foreach=True, fused=None)
-    with mock.patch("torch.cuda.get_device_capability", return_value=capability) as asked, \
-            mock.patch.object(dispatch, "triton_available", return_value=True):
-        assert implementation_kwargs("auto", cuda) == expected
+    with mock.patch("torch.cuda.get_device_capability", return_value=capability) as asked:
+        assert implementation_kwargs("auto", cuda, backend=TritonBackend(module=SimpleNamespace())) == expected
     asked.assert_called_once_with(cuda)
-    with mock.patch("torch.cuda.get_device_capability", return_value=capability), \
-            mock.patch.object(dispatch, "triton_available", return_value=False):
-        assert implementation_kwargs("auto", cuda) == dict(foreach=True, fused=None)
+    with mock.patch("torch.cuda.get_device_capability", return_value=capability):
+        assert implementation_kwargs("auto", cuda, backend=NoTriton()) == dict(foreach=True, fused=None)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -773,3 +773,55 @@ def test_optimizers_import_and_schedule_without_transformers():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "linear:" in done.stdout and "transformers" in done.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The one chooser: dispatch.select, its reasons, and the public ways to pick a fused backend
+# ----------------------------------------------------------------------------------------------------------
+def test_the_choice_and_its_reason_are_logged_once(caplog):
+    """Each (choice, device, dtype, algorithm) is logged once on ``sage.optim``, however many steps follow."""
+    from module.sage import dispatch
+    dispatch.reset_self_checks()
+    with caplog.at_level(logging.INFO, logger="sage.optim"):
+        for _ in range(3):
+            run_ours("usadamax", None, "foreach")
+    records = [r.getMessage() for r in caplog.records if r.name == "sage.optim"]
+    assert records == ["optimizer step (adamax cpu): foreach (requested)"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sage.optim"):
+        for _ in range(2):
+            run_ours("usadamax", None, "fused", fused_backend="c")
+    records = [r.getMessage() for r in caplog.records if r.name == "sage.optim"]
+    assert records == ["optimizer step (adamax cpu): fused (requested)",
+                       "optimizer step (adamax cpu torch.float64): fused, c backend (requested)"]
+
+
+def test_auto_on_sharded_parameters_is_foreach_and_radam_leaves_fused_to_torch():
+    """The FSDP rule and RAdam's flag mapping are select's: auto on sharded parameters runs foreach; RAdam,
+    which has no fused step, leaves a fused request to torch's own default (foreach=None)."""
+    from module.sage.dispatch import implementation_kwargs, select
+    cpu = torch.device("cpu")
+    assert implementation_kwargs("auto", cpu, sharded=True) == dict(foreach=True, fused=None)
+    assert implementation_kwargs("fused", cpu, sharded=True) == dict(foreach=None, fused=True)
+    assert select("fused", fused_supported=False).impl == "default"
+    p = nn.Parameter(torch.zeros(2))
+    assert OPTIMIZERS["radam"][0]([p], fused=True).defaults["foreach"] is None
+    assert OPTIMIZERS["radam"][0]([p], foreach=False).defaults["foreach"] is False
+    assert OPTIMIZERS["radam"][0]([p], foreach=True).defaults["foreach"] is True
+
+
+def test_fused_backend_from_the_environment(monkeypatch):
+    """$SAGE_FUSED_BACKEND picks the backend of optimizers whose ``fused_backend`` is unset; an unknown name
+    is one line naming the variable; the attribute wins over the variable."""
+    from module.sage.dispatch import select
+    cpu = torch.device("cpu")
+    assert select("fused", cpu, torch.float64).backend.name == "c"
+    monkeypatch.setenv("SAGE_FUSED_BACKEND", "compiled")
+    assert select("fused", cpu, torch.float64).backend.name == "compiled"
+    assert select("fused", cpu, torch.float64, backend="c").backend.name == "c"
+    monkeypatch.setenv("SAGE_FUSED_BACKEND", "cuda")
+    with pytest.raises(ValueError, match=r"^\$SAGE_FUSED_BACKEND: unknown fused backend 'cuda'; expected one of "
+                                         r"triton, c, compiled$"):
+        select("fused", cpu, torch.float64)
+    opt = AdamaxSAGE([nn.Parameter(torch.zeros(2))], fused=True)
+    assert opt.fused_backend is None and "fused_backend" not in opt.state_dict()["param_groups"][0]

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from types import SimpleNamespace
-from unittest import mock
 
 import pytest
 import torch
 
 from module import bert_optim
 from module.sage import cpu_kernel, dispatch, updates
-from sage_kernel_cases import (CASES, HYPER, SCALARS, assert_inside, assert_nan_propagated, assert_same, bucket,
-                               carve, case_id, counting, nan_first_grad, run_pair, run_scaled_pair)
+from module.sage.dispatch import CKernelBackend, CompiledBackend
+from sage_kernel_cases import (CASES, HYPER, SCALARS, Counting, assert_inside, assert_nan_propagated, assert_same,
+                               bucket, carve, case_id, nan_first_grad, run_pair, run_scaled_pair)
 
 #: odd sizes, a zero-size tensor, and enough elements in all (> MIN_PARALLEL) for two threads to split them
 SIZES = [(3, 5), (0,), (7,), (2049,), (33, 65), (40001,)]
@@ -32,22 +31,22 @@ def fresh_checks():
 
 
 @contextlib.contextmanager
-def _c_kernel(calls: list, threads: int = 2):
-    """Fused steps on ``threads`` threads, each C kernel call recorded in ``calls``."""
+def _threads(threads: int = 2):
+    """Fused steps on ``threads`` threads."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with mock.patch.object(cpu_kernel, "fused_step", counting(cpu_kernel.fused_step, calls)):
-            yield
+        yield
     finally:
         torch.set_num_threads(saved)
 
 
-def _run_pair(cls, kwargs, dtype=torch.float64, steps=4, grad_fn=None, threads=2):
-    """Same model, same grads: the for-loop path vs fused=True (the C kernel); also returns the kernel calls."""
+def _run_pair(cls, kwargs, dtype=torch.float64, steps=4, grad_fn=None, threads=2, backend=None):
+    """Same model, same grads: the for-loop path vs fused=True (the C kernel, or ``backend``); also returns the
+    kernel calls."""
     calls = []
-    pair = run_pair(cls, kwargs, SIZES, lambda: _c_kernel(calls, threads), dtype=dtype, steps=steps,
-                    grad_fn=grad_fn)
+    pair = run_pair(cls, kwargs, SIZES, lambda: _threads(threads), dtype=dtype, steps=steps, grad_fn=grad_fn,
+                    fused_backend=Counting(backend or CKernelBackend(), calls))
     return (*pair, calls)
 
 
@@ -125,7 +124,8 @@ def test_kernel_unscales_gradients_itself(maximize):
     """AMP protocol: scaled grads + grad_scale equal unscaled grads, with no unscale pass (the kernel
     multiplies by 1/scale, or −1/scale with maximize, as it loads each gradient)."""
     calls = []
-    _kernel_matches(*run_scaled_pair(maximize, SIZES, lambda: _c_kernel(calls)), calls)
+    _kernel_matches(*run_scaled_pair(maximize, SIZES, _threads, fused_backend=Counting(CKernelBackend(), calls)),
+                    calls)
 
 
 def test_one_call_per_bucket_and_one_self_check_per_variant():
@@ -170,8 +170,9 @@ def test_half_precision_goes_to_the_compiled_path():
         cpu_kernel.fused_step("adamax", p, g, s, ipt, SCALARS, HYPER)
     assert not cpu_kernel.supports(p[0], g[0])
     assert not cpu_kernel.supports(torch.zeros(2), torch.zeros(2, dtype=torch.float64))
-    assert dispatch._backend(p[0], g[0]) == (None, "compiled")
-    assert dispatch._backend(torch.zeros(2), torch.zeros(2)) == (cpu_kernel, "compiled")
+    assert dispatch.select("fused", p[0].device, p[0].dtype).backend.name == "compiled"
+    chosen = dispatch.select("fused", torch.device("cpu"), torch.float32).backend
+    assert chosen.load() is cpu_kernel and chosen.fallback.name == "compiled"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -196,13 +197,12 @@ def test_each_variant_is_built_once_and_reused_from_disk(private_cache, monkeypa
     torch.testing.assert_close(_one_adamax_step(), torch.full((4,), 0.1, dtype=torch.float64))
     built = sorted(private_cache.glob("*.so"))
     assert len(built) == 1 and not [f for f in private_cache.iterdir() if f.suffix != ".so"]
+    first = built[0].stat()
     cpu_kernel._library.cache_clear()
-
-    def no_rebuild(*args, **kwargs):
-        raise AssertionError(f"rebuilt: {args}")
-    monkeypatch.setattr(cpu_kernel, "subprocess", SimpleNamespace(run=no_rebuild))  # must come from disk
     torch.testing.assert_close(_one_adamax_step(), torch.full((4,), 0.1, dtype=torch.float64))
     assert sorted(private_cache.glob("*.so")) == built
+    again = built[0].stat()  # must come from disk: a rebuild would have replaced the file (a new inode)
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
 
 
 def test_failed_build_names_the_compiler_and_leaves_nothing(private_cache, monkeypatch):
@@ -218,11 +218,9 @@ def test_unbuildable_kernel_warns_once_and_falls_back_to_torch_compile(private_c
     (equal to the for-loop math)."""
     monkeypatch.setenv("CC", "/bin/false")
     compiled = []
-    from module.sage import compiled as compiled_path
-    real = compiled_path.compiled_bucket
-    with mock.patch.object(compiled_path, "compiled_bucket", lambda *a: (compiled.append(1), real(*a))), \
-            pytest.warns(RuntimeWarning) as record:
-        ref, fused, rps, fps, _ = _run_pair(bert_optim.AdamaxSAGE, dict(formula="paper"), steps=2)
+    with pytest.warns(RuntimeWarning) as record:
+        ref, fused, rps, fps, _ = _run_pair(bert_optim.AdamaxSAGE, dict(formula="paper"), steps=2,
+                                            backend=CKernelBackend(fallback=Counting(CompiledBackend(), compiled)))
     messages = [str(w.message) for w in record if "self-check" in str(w.message)]
     assert len(messages) == 1, messages  # two variants failed, one warning for (kernel, device, algorithm)
     assert "C kernel for adamax on cpu" in messages[0] and "/bin/false failed" in messages[0]

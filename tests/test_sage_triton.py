@@ -31,9 +31,11 @@ if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 6):
 
 from module import bert_optim  # noqa: E402
 from module.sage import dispatch, functional, updates  # noqa: E402
-from sage_kernel_cases import (CASES, HYPER, SCALARS, HostReads, assert_half_follows_float64,  # noqa: E402
-                               assert_inside, assert_nan_propagated, assert_same, bucket, carve, case_id, counting,
-                               groups, nan_first_grad, run_half_pair, run_pair, run_scaled_pair)
+from module.sage.dispatch import TritonBackend  # noqa: E402
+from sage_kernel_cases import (CASES, HYPER, SCALARS, Counting, HostReads,  # noqa: E402
+                               assert_half_follows_float64, assert_inside, assert_nan_propagated, assert_same, bucket,
+                               carve, case_id, counting, groups, nan_first_grad, run_half_pair, run_pair,
+                               run_scaled_pair)
 
 pytestmark = [pytest.mark.interpreter]
 
@@ -62,17 +64,13 @@ _ENV_BEFORE = os.environ.get("TRITON_INTERPRET")
 st = _load_copy(interpret=True)
 
 
-@contextlib.contextmanager
-def _interpreted_fused():
-    """Route fused steps of CPU tensors to the interpreted kernel (dispatch would pick torch.compile on CPU)."""
-    with mock.patch.object(dispatch, "_triton_module", lambda: st), \
-            mock.patch.object(dispatch, "TRITON_DEVICE_TYPES", ("cuda", "cpu")):
-        yield
+#: Fused steps of CPU tensors on the interpreted kernel (the default route picks the C kernel on CPU).
+INTERPRETED = TritonBackend(module=st, device_types=("cpu",))
 
 
 def _run_pair(cls, kwargs, dtype=torch.float64, steps=4, grad_fn=None):
     """Same model, same grads: the for-loop path (updates.single_*) vs the Triton path; returns both."""
-    return run_pair(cls, kwargs, SIZES, _interpreted_fused, dtype=dtype, steps=steps, grad_fn=grad_fn)
+    return run_pair(cls, kwargs, SIZES, dtype=dtype, steps=steps, grad_fn=grad_fn, fused_backend=INTERPRETED)
 
 
 
@@ -198,9 +196,10 @@ def test_algorithm_without_kernel_is_named():
     """The functional entry hands the kernel an algorithm by name: one without a kernel is named, not guessed."""
     p, g, s, ipt = bucket()
     fake = functional.Algorithm("lamb", updates.single_adamax, updates.multi_adamax)
-    with _interpreted_fused(), pytest.raises(ValueError, match="unknown algorithm 'lamb'"):
+    with pytest.raises(ValueError, match="unknown algorithm 'lamb'"):
         functional._update(fake, p, g, s, ipt, [torch.tensor(0.0)], lambda step: SCALARS, HYPER,
-                                foreach=None, fused=True, grad_scale=None, found_inf=None, maximize=False)
+                           foreach=None, fused=True, grad_scale=None, found_inf=None, maximize=False,
+                           fused_backend=INTERPRETED)
 
 
 def test_interpreted_copy_leaves_the_real_module_compiled():
@@ -396,11 +395,8 @@ def test_kernel_unscales_gradients_itself(maximize):
     (the kernel multiplies by 1/scale, or −1/scale with maximize, as it loads each gradient)."""
     launches = []
 
-    @contextlib.contextmanager
-    def counted_kernel():
-        with _interpreted_fused(), mock.patch.object(st, "fused_step", counting(st.fused_step, launches)):
-            yield
-    result = run_scaled_pair(maximize, SIZES, counted_kernel)
+    result = run_scaled_pair(maximize, SIZES, contextlib.nullcontext,
+                             fused_backend=Counting(INTERPRETED, launches))
     assert launches
     assert_same(*result)
 
@@ -488,8 +484,7 @@ def test_half_precision_parameters_keep_float32_state_and_follow_float64(dtype, 
     """With float16 state (1−β2)·g² underflows for gradients ~1e-3 and steps grow ~6×; the kernel keeps state
     in float32 and its steps follow the float64 math to θ's rounding."""
     calls = []
-    with mock.patch.object(st, "fused_step", counting(st.fused_step, calls)):
-        result = run_half_pair(dtype, dict(fused=True), _interpreted_fused)
+    result = run_half_pair(dtype, dict(fused=True), fused_backend=Counting(INTERPRETED, calls))
     assert calls and dispatch._VERIFIED and all(dispatch._VERIFIED.values())  # the kernel ran, checked
     assert_half_follows_float64(*result)
 
@@ -562,8 +557,7 @@ def test_variants_of_every_dtype_pass_their_probe_under_the_interpreter():
                 for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64)]
     variants += [V("sgd", torch.float16, momentum=True, nesterov=True, first_step=True),
                  V("adamax", torch.bfloat16, sage=False), V("adam", torch.float32, formula="ablation2", decay=True)]
-    with _interpreted_fused():
-        verdicts = dispatch.check_variants("cpu", variants)
+    verdicts = dispatch.check_variants("cpu", variants, backend=INTERPRETED)
     assert [v for v, _ in verdicts] == variants
     assert all(problem is None for _, problem in verdicts), verdicts
 

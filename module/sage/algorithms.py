@@ -1,8 +1,9 @@
-"""The SAGE update rules as data: each algorithm's single- and multi-tensor math, and the bucket helpers every
-implementation shares (columns of tensors, same-device/dtype/step buckets, the half-precision wrappers).
+"""The SAGE update rules as data: each algorithm's single- and multi-tensor math, and the half-precision
+wrappers every implementation shares.
 
-Every implementation (for-loop, foreach, fused) and the fused dispatcher import from here, so none of them imports
-another to reach these; the math itself is :mod:`module.sage.updates` (stated in ``docs/sage_update_rule.md``).
+The functional entries, the fused dispatcher and the torch.compile backend import from here, so none of them
+imports another to reach these; the math itself is :mod:`module.sage.updates` (stated in
+``docs/sage_update_rule.md``).
 """
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from module.sage import updates
 from module.sage.updates import HALF_PRECISION
 
-__all__ = ["Algorithm", "ALGORITHMS", "Columns", "row", "buckets", "check_half_state", "single_step", "multi_step"]
+__all__ = ["Algorithm", "ALGORITHMS", "Columns", "check_half_state", "single_step", "multi_step"]
 
 
 class Algorithm(NamedTuple):
@@ -34,11 +34,6 @@ ALGORITHMS: dict[str, Algorithm] = {
 
 #: Columns of optional tensors (an absent state list) are passed as None.
 Columns = list[Optional[list[Tensor]]]
-
-
-def row(columns: Columns, i: int) -> tuple:
-    """The i-th tensor of every column (None for an absent column)."""
-    return tuple(None if col is None else col[i] for col in columns)
 
 
 def check_half_state(param_dtype: torch.dtype, states) -> None:
@@ -60,22 +55,6 @@ def single_step(algo: Algorithm, p: Tensor, g: Tensor, states: tuple, ipt_avg: O
     algo.single(work_p, work_g, *states, ipt_avg, **scalars, **hyper)
     if wide:
         p.copy_(work_p)
-
-
-def buckets(params: list[Tensor], grads: list[Tensor], buffers: Columns, ipt_avgs: Optional[list[Tensor]],
-            steps: list[float]) -> list[tuple[float, Columns]]:
-    """Same-device, same-dtype, same-step buckets as (step, [params, grads, *buffers, ipt_avgs]) columns."""
-    n = len(params)
-    columns = [params, grads, *buffers, ipt_avgs]
-    padded = [[None] * n if col is None else col for col in columns]
-    out = []
-    for _, (_, idx) in Optimizer._group_tensors_by_device_and_dtype(padded, with_indices=True).items():
-        by_step: dict[float, list[int]] = {}
-        for i in idx:
-            by_step.setdefault(steps[i], []).append(i)
-        for step, picked in by_step.items():
-            out.append((step, [None if col is None else [col[i] for i in picked] for col in columns]))
-    return out
 
 
 def multi_step(algo: Algorithm, p: list[Tensor], g: list[Tensor], states: Columns,

@@ -7,12 +7,18 @@ update of CHUNK tensors into one kernel of in-place loops; small tensors share o
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
-from module.sage.algorithms import Algorithm, Columns
+from torch import Tensor
+
+from module.sage.algorithms import ALGORITHMS, Columns
 from module.sage.updates import HALF_PRECISION
+
+__all__ = ["KERNEL", "ALGORITHMS", "CHUNK", "SMALL_NUMEL", "supports", "fused_step"]
+
+KERNEL = "torch.compile implementation"
 
 #: dynamo's default of 8 graphs per function is too few: hyperparameters are specialised (one graph per group
 #: flavour: sage/decay/formula/dtype).
@@ -24,6 +30,26 @@ CHUNK = 8
 #: Tensors with fewer elements than this (biases, LayerNorm) are updated together through one flat copy: one
 #: call for all of them costs less than a call each (BERT-base: 124 of its 199 tensors).
 SMALL_NUMEL = 1 << 16
+
+
+def supports(p: Tensor, g: Tensor) -> bool:
+    """Every bucket: the compiled math takes any device and dtype torch.compile does."""
+    return True
+
+
+def fused_step(algorithm: str, params: list[Tensor], grads: list[Tensor], states: list[list[Tensor]],
+               ipt_avgs: Optional[list[Tensor]], scalars: dict, hyper: dict, grad_factor: Optional[float] = None,
+               *, small_numel: int = SMALL_NUMEL, single: Optional[Callable[..., None]] = None) -> None:
+    """The kernels' contract (:func:`module.sage.cpu_kernel.fused_step`) on the compiled single-tensor math of
+    ``algorithm`` (or ``single``, a function with its signature); ``small_numel``: see SMALL_NUMEL."""
+    if not params:
+        return
+    n_states = 1 if algorithm == "sgd" else 2  # sgd without momentum has no buffer: its column is None
+    columns = list(states) + [None] * (n_states - len(states))
+    factor = scalars.get("grad_factor", 1.0) if grad_factor is None else grad_factor
+    scalars = {k: v for k, v in scalars.items() if k != "grad_factor"}
+    compiled_bucket(single or ALGORITHMS[algorithm].single, params, grads, columns, ipt_avgs if hyper["sage"] else None,
+                    scalars, hyper, factor, small_numel)
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,8 +67,8 @@ def _compiled(single: Callable[..., None], n: int) -> Callable[..., None]:
     return torch.compile(step, dynamic=True, fullgraph=True)
 
 
-def compiled_bucket(algo: Algorithm, params, grads, states: Columns, ipt_avgs, scalars: dict, hyper: dict,
-                     grad_factor: float) -> None:
+def compiled_bucket(single: Callable[..., None], params, grads, states: Columns, ipt_avgs, scalars: dict,
+                    hyper: dict, grad_factor: float, small_numel: int = SMALL_NUMEL) -> None:
     """Compiled calls over flat views: CHUNK large tensors at a time, the rest one by one, small ones together.
 
     Step scalars travel as 0-d float64 tensors built once per bucket (the compiled code does not re-specialise
@@ -51,8 +77,8 @@ def compiled_bucket(algo: Algorithm, params, grads, states: Columns, ipt_avgs, s
     kwargs = {k: v if isinstance(v, bool) else torch.tensor(float(v), dtype=torch.float64) for k, v in scalars.items()}
     kwargs.update(hyper, grad_factor=torch.tensor(grad_factor, dtype=torch.float64))
     columns = [None if col is None else [t.view(-1) for t in col] for col in [params, grads, *states, ipt_avgs]]
-    large = [i for i, p in enumerate(params) if p.numel() >= max(SMALL_NUMEL, 1)]
-    small = [i for i, p in enumerate(params) if 0 < p.numel() < SMALL_NUMEL]
+    large = [i for i, p in enumerate(params) if p.numel() >= max(small_numel, 1)]
+    small = [i for i, p in enumerate(params) if 0 < p.numel() < small_numel]
     if len(small) == 1:
         large, small = sorted(large + small), []
     pick = lambda idx: [None if col is None else [col[i] for i in idx] for col in columns]  # noqa: E731
@@ -62,9 +88,9 @@ def compiled_bucket(algo: Algorithm, params, grads, states: Columns, ipt_avgs, s
             idx = large[start:start + CHUNK]
             n = CHUNK if len(idx) == CHUNK else 1
             for first in range(0, len(idx), n):
-                _compiled(algo.single, n)(*pick(idx[first:first + n]), **kwargs)
+                _compiled(single, n)(*pick(idx[first:first + n]), **kwargs)
         if small:
-            _flat_call(_compiled(algo.single, 1), pick(small), kwargs)
+            _flat_call(_compiled(single, 1), pick(small), kwargs)
 
 
 def _flat_call(fn, columns: Columns, kwargs: dict) -> None:

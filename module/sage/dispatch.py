@@ -1,11 +1,20 @@
-"""Fused SAGE updates: no parameter-sized temporaries, parameters and state written in place.
+"""Which implementation runs a SAGE step, and the fused bucket loop with its self-checked kernels.
+
+:func:`select` is the one place that chooses: the for-loop, foreach or fused implementation of a step, and for a
+fused bucket the backend of :data:`BACKENDS` that takes it. It logs its reason once per (choice, device, dtype,
+algorithm) on the ``sage.optim`` logger. Fused backends, by default:
 
 - CUDA: a Triton multi-tensor kernel, one launch per bucket (:mod:`module.sage.triton_kernel`), when Triton is
   importable and the kernel passed its self-check in this process (else foreach, with one warning).
-- CPU, float32/float64: a C kernel, one call per bucket (:mod:`module.sage.cpu_kernel`), when it builds and passed its
-  self-check (else the ``torch.compile`` path below, with one warning).
+- CPU, float32/float64: a C kernel, one call per bucket (:mod:`module.sage.cpu_kernel`), when it builds and passed
+  its self-check (else the ``torch.compile`` path, with one warning).
 - Elsewhere (CPU bfloat16/float16, CUDA without Triton): the readable single-tensor math compiled with
   ``torch.compile`` (:mod:`module.sage.compiled`).
+
+A backend is picked by name (``c``, ``triton``, ``compiled``) or given as an object (:class:`TritonBackend`,
+:class:`CKernelBackend`, :class:`CompiledBackend`, or any object with their interface) through the optimizer's
+``fused_backend`` attribute; left unset, ``$SAGE_FUSED_BACKEND`` names it, else the table's default applies. A
+named backend takes the buckets it supports; the others go to ``torch.compile``.
 
 Called by :func:`module.sage.functional._update` with tensor lists and scalars, never with an optimizer.
 Half-precision parameters have float32 state (:func:`module.sage.updates.state_dtype`) on every path.
@@ -16,58 +25,322 @@ take, :func:`check_variants` runs the self-check probe of each on a device and r
 from __future__ import annotations
 
 import itertools
+import logging
+import os
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.optimizer import _default_to_fused_or_foreach
 
 from module.sage import compiled
-from module.sage.algorithms import ALGORITHMS, Algorithm, Columns, buckets, multi_step, row, single_step
+from module.sage.algorithms import ALGORITHMS, Algorithm, Columns, multi_step, single_step
 from module.sage.updates import FORMULAS, state_dtype
+
+log = logging.getLogger("sage.optim")
+
+#: ``--optim_impl`` values.
+IMPLEMENTATIONS = ("auto", "forloop", "foreach", "fused")
+#: The oldest CUDA compute capability given the Triton kernel by ``auto``: Volta (V100). The kernel is
+#: elementwise (no tensor-core instructions), the kind of kernel Triton still builds for sm_70/sm_75; every
+#: variant checks itself on first use and falls back to foreach if it fails to build or disagrees.
+TRITON_MIN_CAPABILITY = (7, 0)
+#: The environment variable naming the fused backend of optimizers whose ``fused_backend`` is unset.
+BACKEND_ENV = "SAGE_FUSED_BACKEND"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fused backends: one interface for the Triton kernel, the C kernel and torch.compile
+# ----------------------------------------------------------------------------------------------------------
+class Backend:
+    """A fused implementation of a bucket, with the interface the self-check and the bucket loop use: ``KERNEL``
+    (its name in messages), ``ALGORITHMS``, ``takes(device, dtype, grad_dtype)`` and ``fused_step(algorithm, p,
+    g, states, ipt_avgs, scalars, hyper, grad_factor=)``. ``fallback`` runs a bucket whose variant failed the
+    self-check: ``"foreach"`` or another backend; None means the backend is not self-checked."""
+
+    name = ""
+    device_types: Optional[tuple[str, ...]] = None  # None: any device type
+    fallback: Union[str, "Backend", None] = None
+
+    def load(self) -> Any:
+        """The module implementing the kernel (ImportError: not available here)."""
+        raise NotImplementedError
+
+    def available(self) -> bool:
+        """Whether the kernel imports here (asked once per backend object)."""
+        if getattr(self, "_available", None) is None:
+            try:
+                self.load()
+                self._available = True
+            except ImportError:
+                self._available = False
+        return self._available
+
+    @property
+    def KERNEL(self) -> str:  # noqa: N802 - the kernels' module attribute
+        return self.load().KERNEL
+
+    @property
+    def ALGORITHMS(self):  # noqa: N802
+        return self.load().ALGORITHMS
+
+    def takes(self, device: torch.device, dtype: torch.dtype, grad_dtype: torch.dtype) -> bool:
+        return self.device_types is None or device.type in self.device_types
+
+    def fused_step(self, algorithm: str, params: list[Tensor], grads: list[Tensor], states: list[list[Tensor]],
+                   ipt_avgs: Optional[list[Tensor]], scalars: dict, hyper: dict,
+                   grad_factor: Optional[float] = None) -> None:
+        self.load().fused_step(algorithm, params, grads, states, ipt_avgs, scalars, hyper,
+                               **self._launch_kwargs(grad_factor))
+
+    def _launch_kwargs(self, grad_factor: Optional[float]) -> dict:
+        """Keywords for the kernel module's ``fused_step``: only those set (a kernel may take no others)."""
+        return {} if grad_factor is None else {"grad_factor": grad_factor}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class CompiledBackend(Backend):
+    """``torch.compile`` of the single-tensor math (any device and dtype; not self-checked).
+
+    ``small_numel``: tensors below it share one flat call (:data:`module.sage.compiled.SMALL_NUMEL`)."""
+
+    name = "compiled"
+
+    def __init__(self, small_numel: int = compiled.SMALL_NUMEL):
+        self.small_numel = small_numel
+
+    def load(self) -> ModuleType:
+        return compiled
+
+    def single(self, algorithm: str) -> Callable[..., None]:
+        """The single-tensor function compiled for ``algorithm``."""
+        return ALGORITHMS[algorithm].single
+
+    def fused_step(self, algorithm, params, grads, states, ipt_avgs, scalars, hyper, grad_factor=None) -> None:
+        compiled.fused_step(algorithm, params, grads, states, ipt_avgs, scalars, hyper, grad_factor,
+                            small_numel=self.small_numel, single=self.single(algorithm))
+
+    def __repr__(self) -> str:
+        return f"CompiledBackend(small_numel={self.small_numel})"
+
+
+class CKernelBackend(Backend):
+    """The C kernel (:mod:`module.sage.cpu_kernel`): CPU float32/float64 buckets; ``fallback`` (default
+    :class:`CompiledBackend`) runs the variants that fail to build or disagree."""
+
+    name = "c"
+    device_types = ("cpu",)
+
+    def __init__(self, fallback: Optional[Backend] = None):
+        self.fallback = fallback if fallback is not None else CompiledBackend()
+
+    def load(self) -> ModuleType:
+        from module.sage import cpu_kernel
+        return cpu_kernel
+
+    def takes(self, device, dtype, grad_dtype) -> bool:
+        return device.type == "cpu" and dtype in self.load().DTYPES and grad_dtype == dtype
+
+
+class TritonBackend(Backend):
+    """The Triton kernel (:mod:`module.sage.triton_kernel`, or ``module``: a copy of it, e.g. interpreted) for
+    tensors of ``device_types``; ``block_size``/``num_warps`` override its launch configuration. A variant that
+    fails its self-check runs foreach."""
+
+    name = "triton"
+    fallback = "foreach"
+
+    def __init__(self, module: Optional[ModuleType] = None, device_types: tuple[str, ...] = ("cuda",),
+                 block_size: Optional[int] = None, num_warps: Optional[int] = None):
+        self.module, self.device_types = module, tuple(device_types)
+        self.block_size, self.num_warps = block_size, num_warps
+
+    def load(self) -> ModuleType:
+        if self.module is None:
+            from module.sage import triton_kernel
+            return triton_kernel
+        return self.module
+
+    def _launch_kwargs(self, grad_factor: Optional[float]) -> dict:
+        config = {k: v for k, v in (("block_size", self.block_size), ("num_warps", self.num_warps)) if v}
+        return dict(super()._launch_kwargs(grad_factor), **config)
+
+    def launch_config(self) -> dict:
+        """The launch configuration this backend uses (the benchmark reports it)."""
+        default = self.load().launch_config()
+        return dict(block_size=self.block_size or default["block_size"],
+                    num_warps=self.num_warps or default["num_warps"])
+
+    def __repr__(self) -> str:
+        return (f"TritonBackend(device_types={self.device_types}, block_size={self.block_size}, "
+                f"num_warps={self.num_warps})")
+
+
+#: The backend table: name -> class, in the order the default route tries them; ``compiled`` takes the rest.
+BACKENDS: dict[str, type[Backend]] = {"triton": TritonBackend, "c": CKernelBackend, "compiled": CompiledBackend}
+_DEFAULTS: dict[str, Backend] = {}
+
+
+def default_backend(name: str) -> Backend:
+    """The shared default-configured instance of a backend of :data:`BACKENDS`."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown fused backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    if name not in _DEFAULTS:
+        _DEFAULTS[name] = BACKENDS[name]()
+    return _DEFAULTS[name]
 
 
 def triton_available() -> bool:
-    try:
-        from module.sage import triton_kernel  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the Triton kernel imports here (Triton installed)."""
+    return default_backend("triton").available()
 
 
-def _triton_module():
-    """The Triton backend for CUDA tensors, or None (tests swap in an interpreted copy)."""
-    if not triton_available():
+def _wanted_backend(backend: Union[str, Backend, None]) -> Optional[Backend]:
+    """The backend an optimizer asks for: its ``fused_backend``, else ``$SAGE_FUSED_BACKEND``, else None."""
+    if backend is None:
+        backend = os.environ.get(BACKEND_ENV) or None
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"${BACKEND_ENV}: unknown fused backend {backend!r}; expected one of "
+                             f"{', '.join(BACKENDS)}")
+    return default_backend(backend) if isinstance(backend, str) else backend
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The one function that chooses
+# ----------------------------------------------------------------------------------------------------------
+class Choice(NamedTuple):
+    """What runs: ``impl`` is ``forloop``, ``foreach``, ``fused`` or ``default`` (the caller's library decides:
+    a plain torch optimizer's own rule); ``backend`` is the fused bucket's backend; ``reason`` says why."""
+    impl: str
+    backend: Optional[Backend]
+    reason: str
+
+
+_LOGGED: set[tuple] = set()
+
+
+def select(requested: Optional[str], device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None,
+           *, grad_dtype: Optional[torch.dtype] = None, sharded: bool = False,
+           backend: Union[str, Backend, None] = None, params: Optional[list[Tensor]] = None,
+           fused_supported: bool = True, algorithm: str = "") -> Choice:
+    """Choose the implementation of a step (or, with ``dtype``, of one fused bucket).
+
+    ``requested``: None (torch's rule from ``params``, as ``torch.optim`` applies it when neither ``foreach`` nor
+    ``fused`` is set), ``auto``, ``forloop``, ``foreach`` or ``fused``. ``auto``: foreach on sharded (FSDP
+    DTensor) parameters; fused on CPU (the C kernel) and on CUDA from compute capability 7.0 (V100, T4, A100,
+    H100, ...) when Triton is importable (the Triton kernel, behind its self-check); foreach otherwise
+    (pre-Volta GPUs, no Triton, other device types). ``fused_supported=False`` (a torch optimizer without a
+    fused step): ``fused`` leaves the choice to that optimizer. A fused choice with ``dtype`` given names the
+    backend of the bucket: ``backend`` (a name or object), else ``$SAGE_FUSED_BACKEND``, else Triton for the
+    device types it takes, the C kernel for what it takes, ``torch.compile`` for the rest.
+    """
+    if requested is not None and requested not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown optimizer implementation {requested!r}; expected one of "
+                         f"{', '.join(IMPLEMENTATIONS)}")
+    choice = _choose(requested, device, dtype, grad_dtype, sharded, backend, params, fused_supported)
+    key = (choice.impl, None if choice.backend is None else choice.backend.name, str(device), dtype, algorithm)
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        where = "".join(f" {x}" for x in (algorithm, device, dtype) if x)
+        what = choice.impl if choice.backend is None else f"fused, {choice.backend.name} backend"
+        log.info("optimizer step%s: %s (%s)", where and f" ({where.strip()})", what, choice.reason)
+    return choice
+
+
+def _choose(requested, device, dtype, grad_dtype, sharded, backend, params, fused_supported) -> Choice:
+    if requested is None:
+        if params is None:
+            return Choice("default", None, "neither foreach nor fused set")
+        _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+        return Choice("foreach" if foreach else "forloop", None, "torch's default for these tensors")
+    if requested == "auto":
+        if sharded:
+            return Choice("foreach", None, "auto on sharded (FSDP) parameters")
+        if device.type == "cpu":
+            requested, why = "fused", "auto on CPU"
+        elif device.type != "cuda":
+            return Choice("foreach", None, f"auto on {device.type}")
+        elif tuple(torch.cuda.get_device_capability(device)) < TRITON_MIN_CAPABILITY:
+            return Choice("foreach", None, f"auto below compute capability {TRITON_MIN_CAPABILITY}")
+        elif not (_wanted_backend(backend) or default_backend("triton")).available():
+            return Choice("foreach", None, "auto on CUDA without Triton")
+        else:
+            requested, why = "fused", "auto on CUDA with Triton"
+    else:
+        why = "requested"
+    if requested != "fused":
+        return Choice(requested, None, why)
+    if not fused_supported:
+        return Choice("default", None, "no fused step in this optimizer")
+    if dtype is None:
+        return Choice("fused", None, why)
+    return _fused_choice(device, dtype, grad_dtype or dtype, _wanted_backend(backend), why)
+
+
+def _fused_choice(device, dtype, grad_dtype, wanted: Optional[Backend], why: str) -> Choice:
+    """The backend of a fused bucket: the wanted one or the table's first taker, if importable; else compiled."""
+    candidates = [wanted] if wanted is not None else [default_backend(name) for name in BACKENDS]
+    for b in candidates:
+        if b.takes(device, dtype, grad_dtype):
+            if b.available():
+                return Choice("fused", b, why)
+            return Choice("fused", default_backend("compiled"), f"{why}; the {b.name} backend does not import")
+    return Choice("fused", default_backend("compiled"), f"{why}; no hand-written kernel takes {dtype} on {device}")
+
+
+def implementation_kwargs(impl: str, device: torch.device, *, sharded: bool = False,
+                          backend: Union[str, Backend, None] = None) -> dict:
+    """``foreach``/``fused`` flags for a configured implementation (``--optim_impl``), chosen by :func:`select`."""
+    choice = select(impl, device, sharded=sharded, backend=backend)
+    return {"forloop": dict(foreach=False, fused=None), "foreach": dict(foreach=True, fused=None),
+            "fused": dict(foreach=None, fused=True)}[choice.impl]
+
+
+def requested_from_flags(foreach: Optional[bool], fused: Optional[bool]) -> Optional[str]:
+    """The implementation ``torch.optim``-style flags ask for (None: neither set, torch's rule applies)."""
+    if foreach and fused:
+        raise ValueError("foreach and fused cannot both be True")
+    if foreach is None and fused is None:
         return None
-    from module.sage import triton_kernel
-    return triton_kernel
+    return "fused" if fused else "foreach" if foreach else "forloop"
 
 
-#: Device types whose tensors go to the Triton kernel (tests add "cpu" for the interpreter).
-TRITON_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
-#: Whether CPU float32/float64 buckets go to the C kernel (tests turn it off to reach the torch.compile path).
-CPU_KERNEL = True
+# ----------------------------------------------------------------------------------------------------------
+# The fused bucket loop
+# ----------------------------------------------------------------------------------------------------------
+def row(columns: Columns, i: int) -> tuple:
+    """The i-th tensor of every column (None for an absent column)."""
+    return tuple(None if col is None else col[i] for col in columns)
 
 
-def _backend(p: Tensor, g: Tensor) -> tuple[Optional[ModuleType], str]:
-    """The hand-written kernel for a bucket (None: none applies) and what runs if it is absent or fails its
-    self-check: ``"foreach"`` after Triton, ``"compiled"`` (torch.compile) otherwise."""
-    if p.device.type in TRITON_DEVICE_TYPES:
-        triton = _triton_module()
-        return (triton, "foreach") if triton is not None else (None, "compiled")
-    if CPU_KERNEL:
-        from module.sage import cpu_kernel
-        if cpu_kernel.supports(p, g):
-            return cpu_kernel, "compiled"
-    return None, "compiled"
+
+def buckets(params: list[Tensor], grads: list[Tensor], buffers: Columns, ipt_avgs: Optional[list[Tensor]],
+            steps: list[float]) -> list[tuple[float, Columns]]:
+    """Same-device, same-dtype, same-step buckets as (step, [params, grads, *buffers, ipt_avgs]) columns."""
+    n = len(params)
+    columns = [params, grads, *buffers, ipt_avgs]
+    padded = [[None] * n if col is None else col for col in columns]
+    out = []
+    for _, (_, idx) in Optimizer._group_tensors_by_device_and_dtype(padded, with_indices=True).items():
+        by_step: dict[float, list[int]] = {}
+        for i in idx:
+            by_step.setdefault(steps[i], []).append(i)
+        for step, picked in by_step.items():
+            out.append((step, [None if col is None else [col[i] for i in picked] for col in columns]))
+    return out
 
 
 def fused_update(algo: Algorithm, params: list[Tensor], grads: list[Tensor], buffers: Columns,
                  ipt_avgs: Optional[list[Tensor]], steps: list[float], scalars: Callable[[float], dict],
-                 hyper: dict, grad_factor: float) -> None:
-    """One fused update of every tensor; ``grad_factor`` multiplies the gradient first (AMP unscale, maximize).
+                 hyper: dict, grad_factor: float, backend: Union[str, Backend, None] = None) -> None:
+    """One fused update of every tensor; ``grad_factor`` multiplies the gradient first (AMP unscale, maximize);
+    ``backend``: the optimizer's ``fused_backend`` (see :func:`select`).
 
     Tensors the fused code cannot take (non-contiguous) run the single-tensor math eagerly.
     """
@@ -82,14 +355,17 @@ def fused_update(algo: Algorithm, params: list[Tensor], grads: list[Tensor], buf
             return
     for step, (p, g, *cols) in buckets(params, grads, buffers, ipt_avgs, steps):
         states, ipt, step_scalars = cols[:-1], cols[-1], scalars(step)
-        kernel, fallback = _backend(p[0], g[0])
-        if kernel is not None and kernel_verified(kernel, algo, p[0], g[0], step_scalars, hyper, fallback):
-            kernel.fused_step(algo.name, p, g, [c for c in states if c is not None], ipt, step_scalars, hyper,
-                              grad_factor=grad_factor)
-        elif fallback == "compiled":
-            compiled.compiled_bucket(algo, p, g, states, ipt, step_scalars, hyper, grad_factor)
-        else:
-            multi_step(algo, p, g, states, ipt, step_scalars, hyper, grad_factor)
+        chosen = select("fused", p[0].device, p[0].dtype, grad_dtype=g[0].dtype, backend=backend,
+                        algorithm=algo.name).backend
+        fallback = chosen.fallback
+        if fallback is not None and not kernel_verified(chosen, algo, p[0], g[0], step_scalars, hyper,
+                                                        getattr(fallback, "name", fallback)):
+            if fallback == "foreach":
+                multi_step(algo, p, g, states, ipt, step_scalars, hyper, grad_factor)
+                continue
+            chosen = fallback
+        chosen.fused_step(algo.name, p, g, [c for c in states if c is not None], ipt, step_scalars, hyper,
+                          grad_factor=grad_factor)
 
 
 def _eager_rest(algo, params, grads, buffers, ipt_avgs, steps, scalars, hyper, grad_factor, fusable: set) -> None:
@@ -123,9 +399,10 @@ _PROBE_GRAD_FACTOR = -0.125
 
 
 def reset_self_checks() -> None:
-    """Forget every verdict (tests; a new process starts empty anyway)."""
+    """Forget every verdict and logged choice (tests; a new process starts empty anyway)."""
     _VERIFIED.clear()
     _WARNED.clear()
+    _LOGGED.clear()
 
 
 _FALLBACK_NAMES = {"foreach": "the foreach implementation", "compiled": "the torch.compile implementation"}
@@ -278,17 +555,17 @@ def kernel_variants(dtypes: Iterable[torch.dtype] = (torch.float32, torch.bfloat
     return out
 
 
-def check_variants(device: torch.device | str, variants: Optional[Iterable[KernelVariant]] = None
-                   ) -> list[tuple[KernelVariant, Optional[str]]]:
+def check_variants(device: torch.device | str, variants: Optional[Iterable[KernelVariant]] = None,
+                   backend: Union[str, Backend, None] = None) -> list[tuple[KernelVariant, Optional[str]]]:
     """Run the self-check probe of each variant (default: :func:`kernel_variants`) with the hand-written kernel
-    that would take it on ``device``: (variant, None if it passed, else what failed). Local to this process:
-    no verdict is cached, no warning issued, no rank consulted."""
+    that would take it on ``device`` (``backend``: as an optimizer's ``fused_backend``): (variant, None if it
+    passed, else what failed). Local to this process: no verdict is cached, no warning issued, no rank
+    consulted."""
     device = torch.device(device)
     results = []
     for variant in kernel_variants() if variants is None else variants:
-        probe = torch.empty(0, device=device, dtype=variant.dtype)
-        kernel, _ = _backend(probe, probe)
-        if kernel is None:
+        kernel = select("fused", device, variant.dtype, backend=backend, algorithm=variant.algorithm).backend
+        if kernel.fallback is None:
             results.append((variant, f"no hand-written kernel takes {variant.dtype} on {device}"))
             continue
         scalars, hyper = variant.arguments()

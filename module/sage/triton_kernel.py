@@ -316,7 +316,7 @@ def _bits(x: float) -> int:
 
 
 def _kernel_args(algorithm: str, columns: list[Optional[list[Tensor]]], scalars: dict, hyper: dict,
-                 table: _Table) -> tuple[tuple, dict]:
+                 table: _Table, block_size: int = BLOCK_SIZE, num_warps: int = NUM_WARPS) -> tuple[tuple, dict]:
     """Positional and keyword arguments of _sage_kernel for one bucket."""
     params, grads = columns[0], columns[1]
     momentum = is_momentum(algorithm, hyper)
@@ -328,7 +328,7 @@ def _kernel_args(algorithm: str, columns: list[Optional[list[Tensor]]], scalars:
         P_DTYPE=_TRITON_DTYPES[params[0].dtype], G_DTYPE=_TRITON_DTYPES[grads[0].dtype],
         S_DTYPE=_TRITON_DTYPES[state_dtype(params[0].dtype)],
         COMPUTE=tl.float64 if params[0].dtype == torch.float64 else tl.float32,
-        BLOCK=BLOCK_SIZE, num_warps=NUM_WARPS, enable_fp_fusion=True)
+        BLOCK=block_size, num_warps=num_warps, enable_fp_fusion=True)
     return args, kwargs
 
 
@@ -340,14 +340,15 @@ def _device_guard(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def _launch(algorithm: str, columns: list[Optional[list[Tensor]]], scalars: dict, hyper: dict) -> None:
+def _launch(algorithm: str, columns: list[Optional[list[Tensor]]], scalars: dict, hyper: dict,
+            block_size: int = BLOCK_SIZE, num_warps: int = NUM_WARPS) -> None:
     """One kernel launch for a validated one-device bucket (see fused_step for the contract)."""
     device = columns[0][0].device
     with _device_guard(device):
-        table = _tables(device, columns, BLOCK_SIZE)
+        table = _tables(device, columns, block_size)
         if table.n_blocks == 0:
             return
-        args, kwargs = _kernel_args(algorithm, columns, scalars, hyper, table)
+        args, kwargs = _kernel_args(algorithm, columns, scalars, hyper, table, block_size, num_warps)
         _sage_kernel[(table.n_blocks,)](*args, **kwargs)
 
 
@@ -356,7 +357,8 @@ def _launch(algorithm: str, columns: list[Optional[list[Tensor]]], scalars: dict
 # ----------------------------------------------------------------------------------------------------------
 def fused_step(algorithm: str, params: list[Tensor], grads: list[Tensor], states: list[list[Tensor]],
                ipt_avgs: Optional[list[Tensor]], scalars: dict, hyper: dict,
-               grad_factor: Optional[float] = None) -> None:
+               grad_factor: Optional[float] = None, *, block_size: Optional[int] = None,
+               num_warps: Optional[int] = None) -> None:
     """Update every tensor of one bucket in place with a single launch (any device Triton runs on).
 
     ``states`` holds one list per state buffer of the algorithm (adamax: exp_avg, exp_inf; adamw/adam:
@@ -365,16 +367,18 @@ def fused_step(algorithm: str, params: list[Tensor], grads: list[Tensor], states
     ``updates.single_*`` function, for one step count shared by the whole bucket. Tensors must be contiguous
     and on one device; parameters share one dtype, states and Ī are ``state_dtype`` of it, gradients share one
     dtype. The kernel multiplies each gradient by ``grad_factor`` (default: ``scalars["grad_factor"]``, else 1)
-    as it loads it (AMP's 1/scale, −1 for maximize): no unscale pass.
+    as it loads it (AMP's 1/scale, −1 for maximize): no unscale pass. ``block_size``/``num_warps``: the launch
+    configuration (default BLOCK_SIZE, NUM_WARPS; ``bench/optim_step.py --tune`` sweeps them).
     """
     columns = bucket_columns(algorithm, params, grads, states, ipt_avgs, hyper)
     if not params:
         return
     check_bucket(columns, _TRITON_DTYPES)
     factor = scalars.get("grad_factor", 1.0) if grad_factor is None else grad_factor
-    _launch(algorithm, columns, dict(scalars, grad_factor=factor), hyper)
+    _launch(algorithm, columns, dict(scalars, grad_factor=factor), hyper, block_size or BLOCK_SIZE,
+            num_warps or NUM_WARPS)
 
 
 def launch_config() -> dict:
-    """The current tuning knobs (reported by the benchmark)."""
+    """The default tuning knobs (reported by the benchmark)."""
     return dict(block_size=BLOCK_SIZE, num_warps=NUM_WARPS)
