@@ -39,7 +39,7 @@ def run(args) -> dict:
     from mt_dnn.batcher import load_split
     from mt_dnn.evaluate import predict_split, write_scores, write_submission
     from mt_dnn.restore import restore
-    from mt_dnn.trainer import pick_device
+    from mt_dnn.runtime import pick_device
 
     from data_utils.safe_paths import check_output_root, plain_name
     folder = Path(args.checkpoint)

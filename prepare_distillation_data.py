@@ -81,7 +81,7 @@ def run(args) -> list[Path]:
     from data_utils.safe_paths import check_output_root, plain_name
     from data_utils.shards import find_shard
     from mt_dnn.restore import restore
-    from mt_dnn.trainer import pick_device
+    from mt_dnn.runtime import pick_device
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:

@@ -1,5 +1,6 @@
-"""Data-parallel settings: the cheapest DDP options that are correct for the run, and the optimizer step on FSDP's
-local shards.
+"""Data parallelism under torchrun: wrapping the model (DDP, or FSDP2 per encoder layer), the cheapest DDP
+options that are correct for the run, gradient sync only at step boundaries, the optimizer step on FSDP's local
+shards, and evaluation split over the ranks.
 
 DDP. ``find_unused_parameters=True`` makes DDP walk the autograd graph after every forward to find parameters
 without a gradient; multi-task training needs it (each step trains one task's head; the other heads are idle).
@@ -19,11 +20,18 @@ dispatch on the host (:func:`local_shards`).
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
+
+from mt_dnn import distributed as dist_utils
+from mt_dnn.batcher import TaskData
+from mt_dnn.evaluate import SplitResult, predict_indices, predict_split, split_result
+
+log = logging.getLogger("sage.train")
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,41 @@ class DDPSettings:
         graph = "static graph" if self.static_graph else \
             "searching each step for unused parameters" if self.find_unused_parameters else "every parameter used"
         return f"DDP: {graph}, buffers {'broadcast each forward' if self.broadcast_buffers else 'not broadcast'}"
+
+
+def parallelize(model: nn.Module, device: torch.device, fsdp: bool, train_tasks: list[str], compiled: bool,
+                accumulation: int) -> nn.Module:
+    """What the training forward calls: the model itself in a single process; under torchrun DDP (default) or
+    FSDP2 ``fully_shard`` per encoder layer and at the root (then the model itself, sharded in place)."""
+    if not dist_utils.active():
+        return model
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+        for block in encoder_blocks(model.encoder):
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    settings = ddp_settings(model, train_tasks, compiled, accumulation)
+    log.info("%s", settings.describe())
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   **settings.kwargs())
+
+
+def encoder_blocks(encoder: nn.Module) -> list[nn.Module]:
+    """The repeated transformer layers (the largest ModuleList), the natural FSDP sharding unit."""
+    lists = [m for m in encoder.modules() if isinstance(m, nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []
+
+
+def gradient_sync(net: nn.Module, enabled: bool):
+    """A context for one micro-batch's backward: the gradient all-reduce is skipped on micro-batches that only
+    accumulate."""
+    if isinstance(net, torch.nn.parallel.DistributedDataParallel) and not enabled:
+        return net.no_sync()
+    if hasattr(net, "set_requires_gradient_sync"):  # FSDP2
+        net.set_requires_gradient_sync(enabled)
+    return contextlib.nullcontext()
 
 
 def buffers_change_in_forward(model: nn.Module) -> bool:
@@ -120,3 +163,20 @@ def local_shards(optimizer: torch.optim.Optimizer) -> Iterator[None]:
         for local, _ in swapped:
             state.pop(local, None)
             local.grad = None
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def predict(model: nn.Module, data: TaskData, batch_size: int, device: torch.device, pad_id: int,
+            amp_dtype: Optional[torch.dtype], rank: int = 0, world_size: int = 1) -> SplitResult:
+    """Each rank predicts an equal-length slice (padded with example 0, so that FSDP ranks run the same number
+    of forwards); the slices are gathered and the metrics computed on the whole split."""
+    args = (batch_size, device, pad_id, amp_dtype)
+    if not dist_utils.active():
+        return predict_split(model, data, *args)
+    n, per = len(data), -(-len(data) // world_size)
+    mine = list(range(rank * per, min((rank + 1) * per, n)))
+    preds, scores = predict_indices(model, data, mine + [0] * (per - len(mine)), *args)
+    if hasattr(model, "reshard"):  # FSDP2 keeps the root unsharded after a forward with no backward
+        model.reshard()
+    pieces = dist_utils.all_gather_objects((preds[:len(mine)], scores[:len(mine)]))
+    return split_result(data, [x for p, _ in pieces for x in p], [x for _, s in pieces for x in s])

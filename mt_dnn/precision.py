@@ -1,5 +1,5 @@
-"""Which precision a GPU gets: bfloat16 autocast only where the GPU has bfloat16 units, TF32 matmuls for float32
-work where it has TF32 tensor cores (both from Ampere, compute capability 8.0).
+"""Which precision a device gets: float16 autocast on CUDA only, bfloat16 autocast only where the GPU has bfloat16
+units, TF32 matmuls for float32 work where it has TF32 tensor cores (both from Ampere, compute capability 8.0).
 
 Volta (V100, sm_70) and Turing (T4, sm_75) run bfloat16 through emulation, several times slower than float16 with
 a GradScaler; ``torch.cuda.is_bf16_supported()`` may still say True there, so the capability decides (as
@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+FP16_DEVICE_TYPES = ("cuda",)  # float16 autocast on CPU has no fast kernels: a real encoder makes no progress
 BF16_CAPABILITY = (8, 0)
 TF32_CAPABILITY = (8, 0)
 
@@ -26,6 +27,15 @@ def describe(device: torch.device) -> str:
     index = _index(device)
     major, minor = torch.cuda.get_device_capability(index)
     return f"GPU {index} ({torch.cuda.get_device_name(index)}, sm_{major}{minor})"
+
+
+def check_fp16(device: torch.device, fp16: bool) -> None:
+    if fp16 and device.type not in FP16_DEVICE_TYPES:
+        raise ValueError(f"--fp16: float16 autocast is for CUDA; on {device.type} use --bf16 or fp32 (no flag)")
+
+
+def autocast_dtype(fp16: bool, bf16: bool) -> Optional[torch.dtype]:
+    return torch.float16 if fp16 else torch.bfloat16 if bf16 else None
 
 
 def check_bf16(device: torch.device, bf16: bool) -> None:

@@ -11,23 +11,18 @@ import contextlib
 import json
 import logging
 import math
-import os
-import random
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from data_utils import jsonsafe, shard_fingerprint
 from data_utils.metrics import check_scorable, glue_average
-from data_utils.resources import check_parallelism
 from data_utils.safe_load import loads_json
-from data_utils.safe_paths import LogFileHandler, append_line, check_output_root, refuse_symlink
+from data_utils.safe_paths import append_line, check_output_root, refuse_symlink
 from data_utils.shard_checks import EncoderLimits, encoder_limits
 from data_utils.shards import find_shard
 from data_utils.task_def import dataset_splits, dataset_task, load_task_defs, select_tasks
@@ -37,24 +32,21 @@ from mt_dnn import checkpoint as ckpt
 from mt_dnn import distributed as dist_utils
 from mt_dnn import head_layout as layouts
 from mt_dnn import objectives as objectives_mod
-from mt_dnn import optimizer_stats, parallel
-from mt_dnn import precision
-from mt_dnn import run_folder, task_labels
+from mt_dnn import gradients, optimizer_stats, parallel, precision, run_folder, task_labels
 from mt_dnn import upstream_checkpoint as upstream
 from mt_dnn.batcher import TaskData, epoch_plan, load_split, to_device
 from mt_dnn.compiled import CompiledForward, encoder_shapes, stable_grads
 from mt_dnn.config import TrainConfig
 from mt_dnn.distributed import DistEnv
 from mt_dnn.divergence import DivergenceGuard
-from mt_dnn.evaluate import (SplitResult, autocast_context, predict_indices, predict_split, split_result,
-                             write_scores, write_submission)
+from mt_dnn.evaluate import autocast_context, write_scores, write_submission
+from mt_dnn.runtime import RunFolder, check_machine_settings, pick_device, seed_everything
 from mt_dnn.pipeline import MicroBatches, PlanSampler, micro_batch_stream, rank_share
 from mt_dnn.static_shapes import StaticShapes, real_rows
 from mt_dnn.stop_signals import StopSignals, Stopped, ignore_in_worker
 from mt_dnn.warm_start import checkpoint_kind, start_model
 
 log = logging.getLogger("sage.train")
-FP16_DEVICE_TYPES = ("cuda",)  # float16 autocast on CPU has no fast kernels: a real encoder makes no progress
 # Fields that --resume may change without --allow_config_change: where and how the run reports, not what it computes.
 RESUME_HARMLESS = frozenset({"output_dir", "num_threads", "log_every", "device", "resume", "tensorboard",
                              "dist_timeout", "keep_last", "save_every_steps", "log_sensitivity_every",
@@ -62,98 +54,9 @@ RESUME_HARMLESS = frozenset({"output_dir", "num_threads", "log_every", "device",
                              "compile", "shard_cache", "overwrite"})
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-def pick_device(name: str, env: Optional[DistEnv] = None) -> torch.device:
-    """``auto`` prefers CUDA; under torchrun each rank takes the GPU of its LOCAL_RANK (one process given
-    ``--local_rank N`` takes GPU N, as MT-DNN's train.py did)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device: unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise ValueError(f"--device {name}: CUDA is not available here (torch {torch.__version__}, {build}); "
-                             "use --device cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    if device.type == "cuda" and device.index is None and env is not None and (env.enabled or env.local_rank):
-        if env.local_rank >= torch.cuda.device_count():
-            raise ValueError(f"local rank {env.local_rank} (LOCAL_RANK or --local_rank): only "
-                             f"{torch.cuda.device_count()} CUDA device(s) visible")
-        return torch.device("cuda", env.local_rank)
-    return device
-
-
-def create_output_dir(path: Path) -> Optional[Path]:
-    """Create ``path`` and return the topmost folder this call created (None if it existed), so a run whose
-    setup fails can remove exactly what it made."""
-    missing = [p for p in [path, *path.parents] if not p.exists()]
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".sage-write-probe"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise ValueError(f"--output_dir {path}: cannot write there ({exc.strerror or exc})") from None
-    return missing[-1] if missing else None
-
-
-def check_machine_settings(cfg: TrainConfig, env: DistEnv) -> None:
-    """Settings that this machine or launch decides: thread and worker counts (data_utils/resources.py), and
-    --fsdp, which shards across torchrun's processes and means nothing in a single one."""
-    check_parallelism("--num_threads", cfg.num_threads)
-    check_parallelism("--num_workers", cfg.num_workers or 0, "processes")
-    if cfg.fsdp and not env.enabled:
-        raise ValueError("--fsdp: shards the model across the processes torchrun starts, and this run is a single "
-                         "process; launch it with torchrun --nproc_per_node N (N >= 2), or drop --fsdp")
-
-
 def optimizer_impl_kwargs(impl: str, device: torch.device, sharded: bool = False) -> dict:
     """The optimizer's ``foreach``/``fused`` flags for ``--optim_impl`` (decided in module.sage.dispatch)."""
     return implementation_kwargs(impl, device, sharded=sharded)
-
-
-def setup_logging(output_dir: Path, is_main: bool = True, log_file: Optional[str] = None,
-                  created: Optional[list] = None) -> None:
-    """Log to stderr, OUTPUT_DIR/train.log and ``--log_file``; log files are never opened through a symbolic
-    link. ``created`` receives each log file this call creates (a failed setup removes them again)."""
-    log.setLevel(logging.INFO)
-    log.handlers.clear()
-    log.propagate = False
-    if not is_main:
-        log.addHandler(logging.NullHandler())
-        return
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    files = [(output_dir / "train.log", "--output_dir")]
-    if log_file and Path(log_file).resolve() != files[0][0].resolve():  # MT-DNN's --log_file: a second copy
-        if Path(log_file).is_dir():
-            raise ValueError(f"--log_file {log_file}: is a folder; name a file")
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        files.append((Path(log_file), "--log_file"))
-    log.addHandler(logging.StreamHandler(sys.stderr))
-    for path, flag in files:
-        if created is not None and not os.path.lexists(path):
-            created.append(path)
-        try:
-            log.addHandler(LogFileHandler(path))
-        except ValueError as exc:
-            raise ValueError(f"{flag}: {exc}") from None
-    for handler in log.handlers:
-        handler.setFormatter(fmt)
-
-
-def close_logging() -> None:
-    for handler in list(log.handlers):
-        handler.close()
-        log.removeHandler(handler)
 
 
 class Trainer:
@@ -162,14 +65,13 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, env: Optional[DistEnv] = None):
         self.env = env or DistEnv()
         self.rank, self.world_size, self.is_main = self.env.rank, self.env.world_size, self.env.is_main
-        self._created_dir: Optional[Path] = None
-        self._lock: Optional[run_folder.RunLock] = None
+        self.folder: Optional[RunFolder] = None
         self._stops = StopSignals()
-        self._created_logs: list[Path] = []  # log files setup created in an existing folder
         try:
             self._setup(cfg)
         except BaseException:
-            self._remove_created_dir()
+            if self.folder is not None:
+                self.folder.undo()
             self.release()
             raise
 
@@ -180,7 +82,9 @@ class Trainer:
             self._claim_output_dir(cfg.validate())
         with dist_utils.agree_on_errors(self.env):
             self._setup_inputs(cfg)
-        self.net = self._parallelize()  # what the training forward calls: DDP wrapper, FSDP module or model
+        cfg = self.cfg  # validated, with the head layout decided
+        self.net = parallel.parallelize(self.model, self.device, cfg.fsdp, cfg.train_datasets, cfg.compile,
+                                        cfg.grad_accumulation_step)  # what the training forward calls
         self.train_forward = self._compile() if self.cfg.compile else self.net
         self._params_by_task: dict[str, list] = {}
         if self.world_size > 1:  # identical initial weights everywhere; different dropout masks per rank
@@ -188,42 +92,19 @@ class Trainer:
         with dist_utils.agree_on_errors(self.env):
             self._setup_optimization()
 
-    def _remove_created_dir(self) -> None:
-        """A run that never started leaves no output folder behind (only the folders it created itself), and no
-        log file it created in a folder that existed."""
-        if self._created_dir is None and not self._created_logs:
-            return
-        if self.is_main:
-            close_logging()
-        for path in self._created_logs:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        self._created_logs = []
-        if self._created_dir is not None:
-            shutil.rmtree(self._created_dir, ignore_errors=True)
-        self._created_dir = None
-
     def _claim_output_dir(self, cfg: TrainConfig) -> None:
-        """Create and lock the run folder and apply its one-run rule (mt_dnn/run_folder.py) before anything is
-        written there. Only rank 0 writes into output_dir, so only it locks and cleans."""
+        """Refuse a folder inside the inputs and settings this machine cannot honour, then create and lock the run
+        folder (mt_dnn/runtime.py) before anything is written there."""
         self.output_dir = Path(cfg.output_dir)
         check_output_root(self.output_dir, "--output_dir", (cfg.data_dir, cfg.init_checkpoint))
-        check_machine_settings(cfg, self.env)  # refused before anything is created
-        notes: list[str] = []
-        if self.is_main:
-            self._created_dir = create_output_dir(self.output_dir)
-            self._lock, notes = run_folder.claim(self.output_dir, cfg.resume, cfg.overwrite,
-                                                 lambda: bool(ckpt.resume_candidates(self.output_dir)))
-        setup_logging(self.output_dir, self.is_main, cfg.log_file, self._created_logs)
-        refuse_symlink(self.output_dir / "metrics.jsonl")  # appended to after each epoch: checked now
-        for line in notes:
-            log.info("%s", line)
+        check_machine_settings(cfg.num_threads, cfg.num_workers, cfg.fsdp, self.env)
+        self.folder = RunFolder(self.output_dir, self.is_main)
+        self.folder.claim(cfg.resume, cfg.overwrite, cfg.log_file)
 
     def release(self) -> None:
         """Let go of the run folder's lock (fit() does this when it ends, however it ends)."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        if self.folder is not None:
+            self.folder.release()
 
     def _setup_inputs(self, cfg: TrainConfig) -> None:
         self.cfg = cfg = cfg.validate()
@@ -231,14 +112,12 @@ class Trainer:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
         self.device = pick_device(cfg.device, self.env)
-        if cfg.fp16 and self.device.type not in FP16_DEVICE_TYPES:
-            raise ValueError(f"--fp16: float16 autocast is for CUDA; on {self.device.type} use --bf16 or fp32 "
-                             "(no flag)")
+        precision.check_fp16(self.device, cfg.fp16)
         precision.check_bf16(self.device, cfg.bf16)
         tf32 = precision.apply_tf32(self.device, cfg.tf32)
         if tf32:
             log.info("%s", tf32)
-        self.amp_dtype = torch.float16 if cfg.fp16 else torch.bfloat16 if cfg.bf16 else None
+        self.amp_dtype = precision.autocast_dtype(cfg.fp16, cfg.bf16)
 
         all_defs = load_task_defs(cfg.task_def)
         names = list(dict.fromkeys(cfg.train_datasets + [dataset_task(d) for d in cfg.test_datasets]))
@@ -399,23 +278,6 @@ class Trainer:
                     check_scorable(td, sets[-1].labels, f"{path}{limited}")
         return sets
 
-    def _parallelize(self) -> torch.nn.Module:
-        """DDP (default) or FSDP2 ``fully_shard`` per encoder layer and at the root, when torchrun started us."""
-        if not dist_utils.active():
-            return self.model
-        if self.cfg.fsdp:
-            from torch.distributed.fsdp import fully_shard
-            for block in _encoder_blocks(self.model.encoder):
-                fully_shard(block)
-            fully_shard(self.model)
-            return self.model
-        from torch.nn.parallel import DistributedDataParallel
-        settings = parallel.ddp_settings(self.model, self.cfg.train_datasets, self.cfg.compile,
-                                         self.cfg.grad_accumulation_step)
-        log.info("%s", settings.describe())
-        return DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                       else None, **settings.kwargs())
-
     def _compile(self) -> CompiledForward:
         bound = encoder_shapes(self.model, self.cfg.train_datasets, self.shapes.rows, self.shapes.lengths)
         log.info("--compile: batches of %d rows padded to lengths %s: at most %d encoder graphs, shared by the "
@@ -538,30 +400,17 @@ class Trainer:
         return objectives_mod.MicroBatch(task_def, out, labels, soft, batch["attention_mask"], keys, forward,
                                          lambda: self.model.embed(batch["input_ids"]), self.scaler.scale)
 
-    def _gradient_sync(self, enabled: bool):
-        """Skip the gradient all-reduce on micro-batches that only accumulate."""
-        if isinstance(self.net, torch.nn.parallel.DistributedDataParallel) and not enabled:
-            return self.net.no_sync()
-        if hasattr(self.net, "set_requires_gradient_sync"):  # FSDP2
-            self.net.set_requires_gradient_sync(enabled)
-        return contextlib.nullcontext()
-
     def _optimizer_step(self) -> None:
         cfg = self.cfg
         sharded = self._sharded()
         if cfg.global_grad_clipping > 0 or cfg.grad_clipping > 0 or self.tracker is not None or sharded:
             self.scaler.unscale_(self.optimizer)  # (FSDP: on the DTensor gradients, before the local-shard step)
-        norm = None
-        if cfg.global_grad_clipping > 0:  # one multi-tensor norm and scale (FSDP: DTensor shards, torch's choice)
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.global_grad_clipping,
-                                                  foreach=None if self._sharded() else True)
+        norm = gradients.clip(self.model.parameters(), cfg.global_grad_clipping, cfg.grad_clipping, sharded)
         self.guard.observe_grad_norm(norm)
-        if cfg.grad_clipping > 0:
-            clip_each_parameter(self.model.parameters(), cfg.grad_clipping)
         every = cfg.log_sensitivity_every
         if every and (self.global_step + 1) % every == 0:
             self.check_finite()  # the tracker writes a record this step: never one of NaN statistics
-        if self.tracker is not None and self._finite_gradients(norm):
+        if self.tracker is not None and (not cfg.fp16 or gradients.all_finite(norm, self.model.parameters())):
             self.tracker.observe(self.global_step + 1)
         with parallel.local_shards(self.optimizer) if sharded else contextlib.nullcontext():
             self.scaler.step(self.optimizer)
@@ -569,15 +418,6 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
-
-    def _finite_gradients(self, norm: Optional[torch.Tensor]) -> bool:
-        """fp16 steps whose gradients overflowed are skipped by the GradScaler; keep them out of the tracker."""
-        if not self.cfg.fp16:
-            return True
-        if norm is None:
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-        return bool(torch.isfinite(norm))
 
     def _micro_batches(self, plan):
         """Remaining global batches of the epoch, and whether each one ends an optimizer step."""
@@ -654,7 +494,7 @@ class Trainer:
         cfg = self.cfg
         running, count, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
         for (pos, task_idx, indices, boundary), batch in zip(self._micro_batches(plan), batches):
-            with self._gradient_sync(boundary):
+            with parallel.gradient_sync(self.net, boundary):
                 loss = self._forward_backward(task_idx, indices, batch)
             self.guard.observe_loss(self.global_step + 1, self.train_sets[task_idx].task_def.name, loss)
             running += loss.detach()
@@ -713,7 +553,8 @@ class Trainer:
     def evaluate(self, epoch: int) -> dict:
         dev_results = {}
         for data in self.eval_sets:
-            result = self._predict(data)
+            result = parallel.predict(self.model, data, self.cfg.batch_size_eval, self.device, self.pad_id,
+                                      self.amp_dtype, self.rank, self.world_size)
             if not self.is_main:
                 continue
             write_scores(result, self.output_dir, epoch)
@@ -739,20 +580,6 @@ class Trainer:
         if self.is_main:
             append_line(self.output_dir / "metrics.jsonl", jsonsafe.dumps(record) + "\n")
         return record
-
-    def _predict(self, data: TaskData) -> SplitResult:
-        """Each rank predicts an equal-length slice (padded with example 0, so that FSDP ranks run the same number
-        of forwards); the slices are gathered and the metrics computed on the whole split."""
-        args = (self.cfg.batch_size_eval, self.device, self.pad_id, self.amp_dtype)
-        if not dist_utils.active():
-            return predict_split(self.model, data, *args)
-        n, per = len(data), -(-len(data) // self.world_size)
-        mine = list(range(self.rank * per, min((self.rank + 1) * per, n)))
-        preds, scores = predict_indices(self.model, data, mine + [0] * (per - len(mine)), *args)
-        if hasattr(self.model, "reshard"):  # FSDP2 keeps the root unsharded after a forward with no backward
-            self.model.reshard()
-        pieces = dist_utils.all_gather_objects((preds[:len(mine)], scores[:len(mine)]))
-        return split_result(data, [x for p, _ in pieces for x in p], [x for _, s in pieces for x in s])
 
     def _log_scalars(self, values: dict) -> None:
         if self.writer is None:
@@ -925,34 +752,3 @@ class Trainer:
 def _short(value, limit: int = 60) -> str:
     text = json.dumps(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _encoder_blocks(encoder: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated transformer layers (the largest ModuleList), the natural FSDP sharding unit."""
-    lists = [m for m in encoder.modules() if isinstance(m, torch.nn.ModuleList)]
-    return list(max(lists, key=len)) if lists else []
-
-
-def clip_each_parameter(params, max_norm: float) -> None:
-    """The authors' ``max_grad_norm``: each parameter's gradient scaled down to norm ``max_norm`` on its own
-    (after the global clip; SAGE_MATH.md, Adamax-SAGE step 1). Non-finite norms are left to the GradScaler.
-
-    Same coefficient as ``clip_grad_norm_([p], max_norm)`` per parameter, max_norm / (norm + 1e-6) capped at 1,
-    computed with multi-tensor kernels instead of a few small launches per parameter."""
-    params = [p for p in params if p.grad is not None]
-    grads = [p.grad for p in params]
-    if any(type(g) is not torch.Tensor for g in grads):  # FSDP2 DTensor shards: each norm needs a collective
-        for p in params:
-            torch.nn.utils.clip_grad_norm_([p], max_norm)
-        return
-    for group in _by_device_and_dtype(grads):
-        norms = torch.stack(torch._foreach_norm(group)).float()
-        coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-        torch._foreach_mul_(group, [c.to(g.dtype) for c, g in zip(coef.unbind(), group)])
-
-
-def _by_device_and_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    groups: dict = {}
-    for t in tensors:
-        groups.setdefault((t.device, t.dtype), []).append(t)
-    return list(groups.values())

@@ -22,8 +22,9 @@ from module.heads import ClassificationHead, SANClassifier, SanOptions
 from mt_dnn import config as config_mod
 from mt_dnn.batcher import load_split
 from mt_dnn.config import NO_EFFECT_FLAGS, TrainConfig, build_parser, parse_args
+from mt_dnn.gradients import clip_each_parameter
 from mt_dnn.model import build_model
-from mt_dnn.trainer import Trainer, clip_each_parameter
+from mt_dnn.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -405,7 +406,7 @@ def _placement(monkeypatch, env: dict, flag):
 def test_legacy_launcher_local_rank_places_the_process_on_its_gpu(monkeypatch):
     """torch.distributed.launch passes --local_rank=N (torch >= 2: --local-rank=N) and, in some versions, sets no
     LOCAL_RANK: the process must take GPU N, as MT-DNN's train.py did, never GPU 0 for every rank."""
-    from mt_dnn.trainer import pick_device
+    from mt_dnn.runtime import pick_device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     env = _placement(monkeypatch, {"RANK": "1", "WORLD_SIZE": "2"}, "1")

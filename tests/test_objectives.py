@@ -268,7 +268,7 @@ def test_smart_term_is_added_to_the_task_loss(ws):
 
 @pytest.mark.parametrize("flag", ["fp16", "bf16"])
 def test_smart_with_mixed_precision_accumulation_and_sage(ws, flag, monkeypatch):
-    monkeypatch.setattr("mt_dnn.trainer.FP16_DEVICE_TYPES", ("cuda", "cpu"))  # the GradScaler path, on CPU
+    monkeypatch.setattr("mt_dnn.precision.FP16_DEVICE_TYPES", ("cuda", "cpu"))  # the GradScaler path, on CPU
     trainer = Trainer(config(ws, f"smart-{flag}", epochs=1, grad_accumulation_step=2, adv_train=True,
                              **{flag: True}))
     trainer.fit()

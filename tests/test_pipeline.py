@@ -9,8 +9,9 @@ from transformers import AutoModel
 
 from mt_dnn.batcher import collate, epoch_plan, load_split, shard_for_rank
 from mt_dnn.config import parse_args
+from mt_dnn.gradients import clip_each_parameter
 from mt_dnn.pipeline import MicroBatches, PlanSampler, micro_batch_stream, rank_share
-from mt_dnn.trainer import Trainer, clip_each_parameter
+from mt_dnn.trainer import Trainer
 from workspace import config, make_workspace
 from data_utils.task_def import load_task_defs
 

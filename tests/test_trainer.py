@@ -84,7 +84,7 @@ def test_same_seed_same_metrics_other_seed_differs(workspace):
 @pytest.mark.parametrize("flag", ["bf16", "fp16"])
 def test_mixed_precision_with_sage(workspace, flag, monkeypatch):
     # train.py refuses --fp16 off CUDA (too slow for a real encoder); the tiny one exercises the GradScaler path
-    monkeypatch.setattr("mt_dnn.trainer.FP16_DEVICE_TYPES", ("cuda", "cpu"))
+    monkeypatch.setattr("mt_dnn.precision.FP16_DEVICE_TYPES", ("cuda", "cpu"))
     trainer = Trainer(config(workspace, f"amp-{flag}", epochs=1, **{flag: True}))
     trainer.fit()
     assert trainer.global_step == trainer.total_steps
