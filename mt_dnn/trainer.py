@@ -38,7 +38,7 @@ from mt_dnn.batcher import TaskData, epoch_plan, load_split, to_device
 from mt_dnn.compiled import CompiledForward, encoder_shapes, stable_grads
 from mt_dnn.config import TrainConfig
 from mt_dnn.distributed import DistEnv
-from mt_dnn.divergence import DivergenceGuard
+from mt_dnn.nonfinite import NonFiniteGuard
 from mt_dnn.evaluate import autocast_context, write_scores, write_submission
 from mt_dnn.runtime import RunFolder, check_machine_settings, pick_device, seed_everything
 from mt_dnn.pipeline import MicroBatches, PlanSampler, micro_batch_stream, rank_share
@@ -185,7 +185,7 @@ class Trainer:
         self.scheduler = build_schedule(self.optimizer, cfg.warmup_schedule, self.total_steps, cfg.warmup,
                                         start_step=self.first_step)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.fp16)
-        self.guard = DivergenceGuard(self.device, check_grads=not cfg.fp16)
+        self.guard = NonFiniteGuard(self.device, check_grads=not cfg.fp16)
         self.objectives = self._objectives()
         self.writer = self._tensorboard()
         # progress: (epoch, micro-batches of that epoch consumed), optimizer steps (counting a continued state's),
@@ -538,7 +538,7 @@ class Trainer:
         dist_utils.barrier()
 
     def check_finite(self) -> None:
-        """Raise DivergenceError if a loss, gradient norm or weight went non-finite since the last check."""
+        """Raise NonFiniteError if a loss, gradient norm or weight went non-finite since the last check."""
         self.guard.check(self.model.parameters(), self.global_step)
 
     def _end_epoch(self) -> None:

@@ -27,7 +27,7 @@ from data_utils.shards import ShardError, format_line
 from data_utils.task_def import TaskDefError, load_task_defs, parse_task_defs
 from mt_dnn import checkpoint as ckpt
 from mt_dnn.batcher import load_split
-from mt_dnn.divergence import DivergenceError, DivergenceGuard
+from mt_dnn.nonfinite import NonFiniteError, NonFiniteGuard
 from mt_dnn.trainer import Trainer
 from workspace import TASK_YAML, config, write_shards
 
@@ -79,7 +79,7 @@ def test_divergence_stops_with_one_line_and_saves_nothing(ws, capsys):
 
 
 def test_guard_names_first_bad_step_task_and_last_finite_loss():
-    guard = DivergenceGuard(torch.device("cpu"))
+    guard = NonFiniteGuard(torch.device("cpu"))
     params = [torch.nn.Parameter(torch.ones(3))]
     guard.observe_loss(1, "rte", torch.tensor(0.69))
     guard.observe_grad_norm(torch.tensor(2.0))
@@ -87,33 +87,33 @@ def test_guard_names_first_bad_step_task_and_last_finite_loss():
     guard.observe_loss(2, "rte", torch.tensor(1.9e6))
     guard.observe_loss(3, "mrpc", torch.tensor(float("nan")))
     guard.observe_loss(4, "rte", torch.tensor(float("inf")))
-    with pytest.raises(DivergenceError, match=r"non-finite loss nan at step 3, task mrpc; last finite loss 1\.9e\+06"):
+    with pytest.raises(NonFiniteError, match=r"non-finite loss nan at step 3, task mrpc; last finite loss 1\.9e\+06"):
         guard.check(params, 4)
 
 
 def test_guard_gradient_norm_weights_and_fp16_overflow_exception():
     params = [torch.nn.Parameter(torch.ones(3))]
-    guard = DivergenceGuard(torch.device("cpu"))
+    guard = NonFiniteGuard(torch.device("cpu"))
     guard.observe_loss(7, "sst", torch.tensor(0.5))
     guard.observe_grad_norm(torch.tensor(float("inf")))
-    with pytest.raises(DivergenceError, match=r"non-finite gradient norm inf at step 7, task sst; last finite loss 0\.5"
+    with pytest.raises(NonFiniteError, match=r"non-finite gradient norm inf at step 7, task sst; last finite loss 0\.5"
                        ):
         guard.check(params, 7)
-    fp16 = DivergenceGuard(torch.device("cpu"), check_grads=False)  # the GradScaler skips overflowed steps
+    fp16 = NonFiniteGuard(torch.device("cpu"), check_grads=False)  # the GradScaler skips overflowed steps
     fp16.observe_loss(1, "sst", torch.tensor(0.5))
     fp16.observe_grad_norm(torch.tensor(float("inf")))
     fp16.check(params, 1)
     with torch.no_grad():
         params[0][1] = float("nan")
-    with pytest.raises(DivergenceError, match=r"non-finite \(or overflowing\) weights after step 2"):
+    with pytest.raises(NonFiniteError, match=r"non-finite \(or overflowing\) weights after step 2"):
         fp16.check(params, 2)
     for value in (float("inf"), float("-inf"), 1e30):
         weights = [torch.nn.Parameter(torch.ones(2, 3)), torch.nn.Parameter(torch.zeros(4))]
-        DivergenceGuard(torch.device("cpu")).check(weights, 1)
+        NonFiniteGuard(torch.device("cpu")).check(weights, 1)
         with torch.no_grad():
             weights[1][3] = value
-        with pytest.raises(DivergenceError, match="weights after step 1"):
-            DivergenceGuard(torch.device("cpu")).check(weights, 1)
+        with pytest.raises(NonFiniteError, match="weights after step 1"):
+            NonFiniteGuard(torch.device("cpu")).check(weights, 1)
 
 
 def test_strict_json_writes_null_for_non_finite(tmp_path):

@@ -1,7 +1,7 @@
 """Stop a diverging run at its first non-finite loss, gradient or weight, before anything non-finite is saved.
 
-Checking ``loss.item()`` every step would stall the GPU queue once per step, so :class:`DivergenceGuard` keeps
-its record on the device (a few element-wise ops per step, no host sync) and :meth:`DivergenceGuard.check`
+Checking ``loss.item()`` every step would stall the GPU queue once per step, so :class:`NonFiniteGuard` keeps
+its record on the device (a few element-wise ops per step, no host sync) and :meth:`NonFiniteGuard.check`
 reads it once: at log steps, and before every checkpoint and evaluation. The first bad step is still the one
 named, with its task and the last finite loss before it.
 """
@@ -14,7 +14,7 @@ import torch
 from mt_dnn import distributed as dist_utils
 
 
-class DivergenceError(ValueError):
+class NonFiniteError(ValueError):
     """Training produced a non-finite loss, gradient norm or weight (one line; nothing of it was saved)."""
 
     origin = 0  # the same message on every rank: train.py prints it once
@@ -36,7 +36,7 @@ def weights_finite(params: Iterable[torch.Tensor]) -> torch.Tensor:
     return torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(tensors)])).all()
 
 
-class DivergenceGuard:
+class NonFiniteGuard:
     """Device-side record of the first micro-batch whose loss (or step whose gradient norm) is not finite.
 
     ``check_grads`` is False under --fp16: there the GradScaler itself skips steps whose gradients overflowed.
@@ -87,7 +87,7 @@ class DivergenceGuard:
                 "the data)")
 
     def check(self, params: Iterable[torch.Tensor], step: int) -> None:
-        """Raise DivergenceError (on every rank) if any rank saw a non-finite loss, gradient norm or weight."""
+        """Raise NonFiniteError (on every rank) if any rank saw a non-finite loss, gradient norm or weight."""
         weights_ok = weights_finite(params)
         flag = ((self.first_bad >= 0) | ~weights_ok.to(self.first_bad.device)).float()
         if dist_utils.active():
@@ -97,4 +97,4 @@ class DivergenceGuard:
             return
         mine = self._describe(step) if (self.first_bad >= 0 or not weights_ok) else None
         messages = [m for m in dist_utils.all_gather_objects(mine) if m is not None]
-        raise DivergenceError(messages[0])
+        raise NonFiniteError(messages[0])
