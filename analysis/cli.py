@@ -197,7 +197,7 @@ def cmd_prune(args) -> dict:
 
 def cmd_trajectory(args) -> dict:
     from analysis.plots import save_figure, structured_sensitivity_figure, temporal_variation_figure
-    from analysis.tracker import read_log
+    from mt_dnn.sensitivity_log import read_log
     logs = [read_log(path) for path in args.log]
     labels = _labels(args.label, len(logs), lambda i: logs[i].path.parent.name or str(logs[i].path))
     named = dict(zip(labels, logs))

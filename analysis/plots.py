@@ -11,8 +11,8 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from analysis.blocks import ATTENTION, FFN
-from analysis.tracker import TrackerLog
+from mt_dnn.blocks import ATTENTION, FFN
+from mt_dnn.sensitivity_log import TrackerLog
 from data_utils.atomic import atomic_write
 
 DPI = 110

@@ -1,6 +1,6 @@
 """One-shot unstructured pruning: zero the lowest-sensitivity weights, then score the model without retraining.
 
-The ranking is global over all eligible tensors (embeddings excluded, see :func:`analysis.blocks.prunable`),
+The ranking is global over all eligible tensors (embeddings excluded, see :func:`mt_dnn.blocks.prunable`),
 and ties are broken by position so that the pruned set at fraction p is exactly ``round(p·N)`` weights and the
 sets are nested as p grows.
 """
@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from analysis.blocks import is_embedding
+from mt_dnn.blocks import is_embedding
 
 
 def prune_order(sensitivity: dict[str, Tensor]) -> Tensor:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from analysis.blocks import layer_index, prunable
+from mt_dnn.blocks import layer_index, prunable
 
 #: (parameter name, ndim) -> whether to measure it
 Selector = Callable[[str, int], bool]

@@ -287,7 +287,7 @@ class Trainer:
     def _sensitivity_tracker(self):
         if not (self.cfg.log_sensitivity_every and self.is_main):
             return None
-        from analysis.tracker import SensitivityTracker
+        from mt_dnn.sensitivity_log import SensitivityTracker
         return SensitivityTracker(self.model, self.optimizer, self.output_dir / "sensitivity.jsonl",
                                   self.cfg.log_sensitivity_every, self.cfg.beta3)
 

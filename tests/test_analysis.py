@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModel
 
 from analysis import spiral
-from analysis.blocks import ATTENTION, FFN, Block, block_of, layer_index, prunable
+from mt_dnn.blocks import ATTENTION, FFN, Block, block_of, layer_index, prunable
 from analysis.pruning import apply_pruning, prune_order, pruned_count, pruning_curve
 from analysis.sensitivity import Summary, accumulate_sensitivity, sample_per_layer, select_params
 from conftest import tiny_bert_config

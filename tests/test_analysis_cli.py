@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 from analysis.cli import main
-from analysis.tracker import SensitivityTracker
+from mt_dnn.sensitivity_log import SensitivityTracker
 from conftest import tiny_bert_config
 from data_utils.shards import format_line
 from module.bert_optim import build_optimizer, sage_param_groups

@@ -173,7 +173,7 @@ def test_train_config_best_metrics_and_encoder_config_are_bounded(tmp_path):
 
 
 def test_metrics_records_tracker_logs_and_stamps_are_bounded(tmp_path):
-    from analysis.tracker import read_log
+    from mt_dnn.sensitivity_log import read_log
     from experiments.sweep.results import read_metrics
     import prepro_std
     metrics = tmp_path / "metrics.jsonl"

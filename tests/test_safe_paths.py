@@ -41,7 +41,7 @@ def test_output_files_are_never_opened_through_a_symlink(tmp_path):
 
 
 def test_tracker_and_tensorboard_folders_refuse_links(tmp_path):
-    from analysis.tracker import SensitivityTracker
+    from mt_dnn.sensitivity_log import SensitivityTracker
     import torch
     (tmp_path / "sensitivity.jsonl").symlink_to(tmp_path / "elsewhere")
     encoder = _tiny_encoder()

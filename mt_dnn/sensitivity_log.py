@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from analysis.blocks import BLOCK_KINDS, Block, block_of
+from mt_dnn.blocks import BLOCK_KINDS, Block, block_of
 from data_utils.safe_load import loads_json
 from data_utils.safe_paths import append_line, open_output
 

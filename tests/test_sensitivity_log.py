@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.tracker import SensitivityTracker, read_log
+from mt_dnn.sensitivity_log import SensitivityTracker, read_log
 from module.bert_optim import build_optimizer, sage_param_groups
 from test_analysis import random_batches, tiny_model, loss_fn
 
