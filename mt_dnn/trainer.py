@@ -8,7 +8,6 @@ scheduler and scaler states come from the checkpoint).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import sys
@@ -19,9 +18,8 @@ from typing import Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from data_utils import jsonsafe, shard_fingerprint
+from data_utils import jsonsafe
 from data_utils.metrics import check_scorable, glue_average
-from data_utils.safe_load import loads_json
 from data_utils.safe_paths import append_line, check_output_root, refuse_symlink
 from data_utils.shard_checks import EncoderLimits, encoder_limits
 from data_utils.shards import find_shard
@@ -30,9 +28,8 @@ from module.bert_optim import build_optimizer, build_schedule, sage_param_groups
 from module.sage.dispatch import implementation_kwargs
 from mt_dnn import checkpoint as ckpt
 from mt_dnn import distributed as dist_utils
-from mt_dnn import head_layout as layouts
 from mt_dnn import objectives as objectives_mod
-from mt_dnn import gradients, optimizer_stats, parallel, precision, run_folder, task_labels
+from mt_dnn import gradients, optimizer_stats, parallel, precision, run_folder
 from mt_dnn import upstream_checkpoint as upstream
 from mt_dnn.batcher import TaskData, epoch_plan, load_split, to_device
 from mt_dnn.compiled import CompiledForward, encoder_shapes, stable_grads
@@ -41,17 +38,13 @@ from mt_dnn.distributed import DistEnv
 from mt_dnn.nonfinite import NonFiniteGuard
 from mt_dnn.evaluate import autocast_context, write_scores, write_submission
 from mt_dnn.runtime import RunFolder, check_machine_settings, pick_device, seed_everything
+from mt_dnn.run_state import RunState
 from mt_dnn.pipeline import MicroBatches, PlanSampler, micro_batch_stream, rank_share
 from mt_dnn.static_shapes import StaticShapes, real_rows
 from mt_dnn.stop_signals import StopSignals, Stopped, ignore_in_worker
 from mt_dnn.warm_start import checkpoint_kind, start_model
 
 log = logging.getLogger("sage.train")
-# Fields that --resume may change without --allow_config_change: where and how the run reports, not what it computes.
-RESUME_HARMLESS = frozenset({"output_dir", "num_threads", "log_every", "device", "resume", "tensorboard",
-                             "dist_timeout", "keep_last", "save_every_steps", "log_sensitivity_every",
-                             "batch_size_eval", "optim_impl", "allow_config_change", "num_workers",
-                             "compile", "shard_cache", "overwrite"})
 
 
 def optimizer_impl_kwargs(impl: str, device: torch.device, sharded: bool = False) -> dict:
@@ -83,6 +76,8 @@ class Trainer:
         with dist_utils.agree_on_errors(self.env):
             self._setup_inputs(cfg)
         cfg = self.cfg  # validated, with the head layout decided
+        self.sharded = cfg.fsdp and dist_utils.active()  # FSDP: optimizer steps and checkpoints on shards
+        self.state = RunState(self)  # checkpoints: save, resume
         self.net = parallel.parallelize(self.model, self.device, cfg.fsdp, cfg.train_datasets, cfg.compile,
                                         cfg.grad_accumulation_step)  # what the training forward calls
         self.train_forward = self._compile() if self.cfg.compile else self.net
@@ -122,8 +117,8 @@ class Trainer:
         all_defs = load_task_defs(cfg.task_def)
         names = list(dict.fromkeys(cfg.train_datasets + [dataset_task(d) for d in cfg.test_datasets]))
         self.task_defs = select_tasks(all_defs, names, source=cfg.task_def)
-        self._continuing = self._model_ckpt_to_continue()
-        self._start = start_model(cfg, self.task_defs, self._continuing)
+        self.continuing = self._model_ckpt_to_continue()
+        self._start = start_model(cfg, self.task_defs, self.continuing)
         self.cfg = cfg = self._start.cfg  # with the head layout decided
         model = self._start.model
         self._refuse_untrained_heads(self._start.warm)
@@ -205,15 +200,15 @@ class Trainer:
         src = start.source
         if src is None:
             return 0
-        prefix = f"--model_ckpt {self._continuing}: continuing" if self._continuing else "init from"
-        if src.blob is None or (not self._continuing and "optimizer" not in src.blob) or \
-                (self._continuing and not self._optimizer_from_model_ckpt):  # --resume reads this run's own state
+        prefix = f"--model_ckpt {self.continuing}: continuing" if self.continuing else "init from"
+        if src.blob is None or (not self.continuing and "optimizer" not in src.blob) or \
+                (self.continuing and not self._optimizer_from_model_ckpt):  # --resume reads this run's own state
             log.info(start.loaded.line(prefix))
             return 0
         try:
             state = self._read_upstream_optimizer(src)
         except upstream.Unmappable as exc:
-            if self._continuing:
+            if self.continuing:
                 raise ValueError(f"--model_ckpt: {exc}") from None
             log.info(start.loaded.line(prefix))
             log.info("--init_checkpoint: optimizer state not restored, the optimizer starts fresh at step 0 (%s)", exc)
@@ -223,19 +218,19 @@ class Trainer:
         low, high = state.steps
         steps = f"step {high}" if low == high else f"steps {low}..{high} per parameter (the schedule counts {high})"
         log.info("%s: optimizer state restored for %d parameters, %s; the schedule goes on from step %d of %d",
-                 "--model_ckpt" if self._continuing else "--init_checkpoint", placed, steps, state.step,
+                 "--model_ckpt" if self.continuing else "--init_checkpoint", placed, steps, state.step,
                  self.total_steps)
         return state.step
 
     def _read_upstream_optimizer(self, src) -> "upstream.OptimizerState":
         cfg = self.cfg
-        if self._sharded():
+        if self.sharded:
             raise upstream.Unmappable(f"{src.where}: optimizer state cannot be placed on --fsdp shards")
         state = upstream.read_optimizer(src.blob, src.blob.get("config") or {}, src.key_map, cfg, self.total_steps,
                                         self.optimizer, self._parameter_names(), src.where)
         if state.differences:
             listed = "; ".join(state.differences)
-            if not self._continuing:
+            if not self.continuing:
                 raise upstream.Unmappable(f"{src.where}: its saved options differ from this run's flags: {listed}")
             if not cfg.allow_config_change:
                 raise ValueError(f"--model_ckpt {src.where}: its saved options differ from this run's flags: {listed}; "
@@ -402,7 +397,7 @@ class Trainer:
 
     def _optimizer_step(self) -> None:
         cfg = self.cfg
-        sharded = self._sharded()
+        sharded = self.sharded
         if cfg.global_grad_clipping > 0 or cfg.grad_clipping > 0 or self.tracker is not None or sharded:
             self.scaler.unscale_(self.optimizer)  # (FSDP: on the DTensor gradients, before the local-shard step)
         norm = gradients.clip(self.model.parameters(), cfg.global_grad_clipping, cfg.grad_clipping, sharded)
@@ -441,9 +436,9 @@ class Trainer:
         cfg = self.cfg
         if cfg.resume:
             with dist_utils.agree_on_errors(self.env):
-                found = self._read_resume_state()
+                found = self.state.read_resume()
             if found is not None:
-                self._apply_resume_state(*found)
+                self.state.apply(*found)
             if self.is_main and run_folder.agree_metrics(self.output_dir, self.history):
                 log.info("--resume: %s now holds the checkpoint's %d epoch record(s)",
                          self.output_dir / run_folder.METRICS, len(self.history))
@@ -576,7 +571,7 @@ class Trainer:
         score = record.get("glue_average")
         if score is not None and (self.best_score is None or score > self.best_score):
             self.best_score = score
-            self._save(self.output_dir / "best", {"metrics.json": jsonsafe.dumps(record, indent=2)})
+            self.state.save(self.output_dir / "best", {"metrics.json": jsonsafe.dumps(record, indent=2)})
         if self.is_main:
             append_line(self.output_dir / "metrics.jsonl", jsonsafe.dumps(record) + "\n")
         return record
@@ -587,168 +582,5 @@ class Trainer:
         for key, value in values.items():
             self.writer.add_scalar(key, value, self.global_step)
 
-    # ---------------------------------------------------------------------------------------------- checkpoints
-    def _sharded(self) -> bool:
-        return self.cfg.fsdp and dist_utils.active()
-
-    def _model_state(self):
-        """What the weights file holds: the module itself, or under FSDP the gathered full state dict."""
-        if not self._sharded():
-            return self.model
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-    def _optimizer_state(self) -> dict:
-        if not self._sharded():
-            return self.optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-        return get_optimizer_state_dict(self.model, self.optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-    def _save(self, folder: Path, extra_files: dict[str, str], training_state: Optional[dict] = None) -> Path:
-        """All ranks take part (FSDP gathers), rank 0 writes, everyone waits until the folder is complete."""
-        self.check_finite()  # a checkpoint never holds non-finite weights
-        weights = self._model_state()
-        if self.is_main:
-            ckpt.save_checkpoint(folder, weights, self.cfg.to_json(), training_state,
-                                 {**extra_files, ckpt.ENCODER_CONFIG: self.model.encoder.config.to_json_string(),
-                                  task_labels.FILE: task_labels.dumps(self.task_defs)})
-        dist_utils.barrier()
-        return folder
-
-    def training_state(self) -> dict:
-        rngs = [ckpt.rng_state_from_bytes(b) for b in dist_utils.all_gather_objects(ckpt.rng_state_bytes())]
-        extra = {}
-        if self.objectives:  # their private RNG streams, per rank
-            blobs = dist_utils.all_gather_objects(objectives_mod.states_to_bytes(self.objectives))
-            extra["objective_ranks"] = [objectives_mod.states_from_bytes(b) for b in blobs]
-        return {**extra,"optimizer": self._optimizer_state(), "optimizer_format": "full" if self._sharded() else "torch",
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": rngs[0], "rng_ranks": rngs,
-                "progress": {"epoch": self.epoch, "position": self.position, "global_step": self.global_step,
-                             "best_score": self.best_score, "first_step": self.first_step},
-                "history": jsonsafe.dumps(self.history), "shards": self._shard_fingerprints()}
-
-    def _shard_fingerprints(self) -> dict:
-        """Every shard this run reads: training data (the gradients) and the dev/test shards it evaluates (the
-        history, the best/ choice and the per-epoch files compare epochs, so they must score the same data)."""
-        return {d.name: d.fingerprint for d in self.train_sets + self.eval_sets if d.fingerprint is not None}
-
     def save_step_checkpoint(self) -> Path:
-        state = self.training_state()
-        folder = self._save(self.output_dir / f"step-{self.global_step}", {}, state if self.is_main else None)
-        if self.is_main:
-            ckpt.mark_latest(self.output_dir, folder)
-            ckpt.prune_step_checkpoints(self.output_dir, self.cfg.keep_last)
-        dist_utils.barrier()
-        return folder
-
-    def _read_resume_state(self) -> Optional[tuple[Path, dict, dict]]:
-        """Read (and check) the newest readable checkpoint: local file reads only, so ranks can agree on errors.
-
-        An unreadable one (truncated, overwritten) is reported and the previous kept step checkpoint is tried.
-        """
-        candidates = ckpt.resume_candidates(self.output_dir)
-        if not candidates:
-            start = f"continuing --model_ckpt {self._continuing}" if self._continuing else "starting fresh"
-            log.info("--resume: no checkpoint in %s, %s", self.output_dir, start)
-            return None
-        first_error = None
-        for folder in candidates:
-            try:
-                found = self._read_checkpoint(folder)
-            except ckpt.CheckpointError as exc:
-                log.warning("--resume: %s", exc)
-                first_error = first_error or exc
-                continue
-            if first_error is not None:
-                log.warning("--resume: falling back to %s, the newest intact checkpoint", folder)
-            return found
-        raise first_error
-
-    def _read_checkpoint(self, folder: Path) -> tuple[Path, dict, dict]:
-        self._check_resume_config(folder, ckpt.read_config_json(folder))
-        state = ckpt.load_training_state(folder)
-        self._check_resume_inputs(folder, state)
-        expected = "full" if self._sharded() else "torch"
-        if state.get("optimizer_format", "torch") != expected:
-            raise ValueError(f"{folder}: optimizer state was saved {'with' if expected == 'torch' else 'without'} "
-                             f"--fsdp; resume with the same setting")
-        position, epoch = state["progress"]["position"], state["progress"]["epoch"]
-        if position > self.micro_per_epoch:
-            where = f"{folder}: stopped at batch {position} of epoch {epoch}, but an epoch of this run has " \
-                    f"{self.micro_per_epoch} batches"
-            if not self.cfg.allow_config_change:
-                raise ValueError(f"{where} (did the training data change?); pass --allow_config_change to start "
-                                 "the next epoch instead")
-            log.warning("--resume: %s; starting the next epoch", where)
-        weights = ckpt.read_weights(folder) if self._sharded() else {}
-        if not self._sharded():
-            ckpt.check_weights_fit(self.model, folder)
-        return folder, state, weights
-
-    def _check_resume_config(self, folder: Path, saved: dict) -> None:
-        """Resuming under other settings silently continues a different run; list the fields that differ."""
-        current = loads_json(self.cfg.to_json(), "this run's config")
-        defaults = loads_json(TrainConfig(train_datasets=[]).to_json(), "the default config")
-        saved = {**saved, "head_layout": layouts.layout_of(saved.get("head_layout"))}  # older configs: encoder
-        changed = [f"{k} ({_short(saved.get(k, defaults[k]))} -> {_short(v)})" for k, v in current.items()
-                   if k not in RESUME_HARMLESS and saved.get(k, defaults[k]) != v]
-        if not changed:
-            return
-        if not self.cfg.allow_config_change:
-            raise ValueError(f"--resume: {folder / ckpt.CONFIG} differs in {'; '.join(changed)}; resume with the "
-                             "same flags, or pass --allow_config_change")
-        log.warning("--resume with --allow_config_change: %s", "; ".join(changed))
-
-    def _check_resume_inputs(self, folder: Path, state: dict) -> None:
-        """Task labels or shards changed since the checkpoint also continue a different run (checkpoints written
-        before they were recorded resume as before)."""
-        problems = ((task_labels.difference(task_labels.read(folder) or {}, self.task_defs,
-                                            str(folder / task_labels.FILE), self.task_defs, self.cfg.task_def),
-                     "the same task definition"),
-                    (shard_fingerprint.difference(folder / ckpt.STATE, state.get("shards"),
-                                                  self._shard_fingerprints()), "the same data"))
-        for problem, same in problems:
-            if problem is not None and not self.cfg.allow_config_change:
-                raise ValueError(f"--resume: {problem}; resume with {same}, or pass --allow_config_change")
-            if problem is not None:
-                log.warning("--resume with --allow_config_change: %s", problem)
-
-    def _apply_resume_state(self, folder: Path, state: dict, weights: dict) -> None:
-        if self._sharded():
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                                 set_optimizer_state_dict)
-            options = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.model, weights, options=options)
-            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=options)
-        else:
-            ckpt.load_weights(self.model, folder)
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        rngs = state.get("rng_ranks") or [state["rng"]]
-        if len(rngs) != self.world_size:
-            log.warning("--resume: checkpoint has RNG streams for %d rank(s), this run has %d; dropout streams "
-                        "restart from the seed", len(rngs), self.world_size)
-            torch.manual_seed(self.cfg.seed + self.rank)
-        else:
-            note = ckpt.set_rng_state(rngs[self.rank])
-            if note:
-                log.warning("--resume: %s", note)
-        objective_states = state.get("objective_ranks") or []
-        if len(objective_states) == self.world_size:
-            objectives_mod.load_states(self.objectives, objective_states[self.rank])
-        progress = state["progress"]
-        self.epoch, self.position = progress["epoch"], min(progress["position"], self.micro_per_epoch)
-        self.global_step, self.best_score = progress["global_step"], progress["best_score"]
-        self.first_step = progress.get("first_step", 0)  # steps its --model_ckpt had taken before it
-        self.last_step = self.first_step + self.total_steps
-        self.history = loads_json(state["history"], Path(folder) / ckpt.STATE)
-        log.info("resumed from %s: epoch %d, batch %d, step %d", folder, self.epoch, self.position,
-                 self.global_step)
-
-
-def _short(value, limit: int = 60) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+        return self.state.save_step()
