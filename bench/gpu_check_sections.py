@@ -249,7 +249,7 @@ def _padded_and_accumulated(check: Check, ws) -> dict:
     compiled, eager = _trainers(check, ws, "graphs", batch_size=batch, max_train_samples=2 * batch + 4,
                                 dropout_p=0.0)
     with _cpu_compile_backend(check):
-        plan = eager._plan(0)
+        plan = eager.epoch_plan(0)
         worst_loss, worst_grad, rows = 0.0, 0.0, []
         for accumulate in (False, True):
             for trainer in (compiled, eager):
@@ -260,7 +260,7 @@ def _padded_and_accumulated(check: Check, ws) -> dict:
                 for trainer in (compiled, eager):
                     if not accumulate:
                         trainer.optimizer.zero_grad(set_to_none=True)
-                    loss = trainer._forward_loss(task_idx, indices)
+                    loss = trainer.micro_batch_loss(task_idx, indices)
                     loss.backward()
                     losses.append(loss.detach())
                 rows.append(len(indices))
@@ -281,7 +281,7 @@ def _dropout_between_replays(check: Check, ws) -> dict:
     """Dropout on: the same batch through the compiled forward twice gives different outputs (the masks are
     drawn anew at each replay), about as different as two eager forwards."""
     compiled, eager = _trainers(check, ws, "dropout", batch_size=8, dropout_p=0.1)
-    task_idx, indices = eager._plan(0)[0]
+    task_idx, indices = eager.epoch_plan(0)[0]
     diffs = []
     with _cpu_compile_backend(check):
         for trainer in (compiled, eager):
@@ -431,11 +431,11 @@ def _micro_batch_syncs(check: Check, ws) -> dict:
     for name, kw in (("plain", {}), ("smart", dict(adv_train=True, adv_k=1))):
         trainer = Trainer(train_config(ws, f"syncs-{name}", device=str(check.device), batch_size=8, **kw))
         trainer.model.train()
-        plan = trainer._plan(0)
-        trainer._forward_backward(*plan[0], None)
+        plan = trainer.epoch_plan(0)
+        trainer.micro_batch_backward(*plan[0], None)
         _sync(check.device)
         with SyncCounter(check.device) as syncs:
-            trainer._forward_backward(*plan[1], None)
+            trainer.micro_batch_backward(*plan[1], None)
         values[f"{name}_syncs_per_micro_batch"] = syncs.count
         values[f"{name}_sites"] = syncs.summary(top=5)["sites"]
         smart_sites = syncs.sites
@@ -490,15 +490,15 @@ def _compile_per_bucket(check: Check, ws) -> dict:
             batches = [order[:batch], order[-batch:]]  # the shortest (bucket 32) and the longest (bucket 64)
             trainer.model.train()
             for indices in batches:  # compiles each bucket (compiled mode)
-                trainer._forward_backward(0, indices, None)
-                trainer._optimizer_step()
+                trainer.micro_batch_backward(0, indices, None)
+                trainer.optimizer_step()
             rounds = 1 if check.smoke else 5
             _sync(check.device)
             start = time.perf_counter()
             for _ in range(rounds):
                 for indices in batches:
-                    trainer._forward_backward(0, indices, None)
-                    trainer._optimizer_step()
+                    trainer.micro_batch_backward(0, indices, None)
+                    trainer.optimizer_step()
             _sync(check.device)
             results[mode] = rounds * len(batches) * batch / (time.perf_counter() - start)
             if mode == "compiled":

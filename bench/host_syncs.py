@@ -26,7 +26,7 @@ _READS = ("aten._local_scalar_dense", "aten.nonzero", "aten.item")
 
 
 def call_site(skip_bench: bool = True) -> str:
-    """'mt_dnn/trainer.py:512 (_train_epoch)' for the innermost project frame on the stack, else 'torch'."""
+    """'mt_dnn/trainer.py:512 (train_epoch)' for the innermost project frame on the stack, else 'torch'."""
     for frame in reversed(traceback.extract_stack()[:-2]):
         if frame.filename.startswith(_PROJECT) and not (skip_bench and "/bench/host_syncs.py" in frame.filename):
             rel = Path(frame.filename).relative_to(ROOT)

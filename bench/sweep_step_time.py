@@ -65,14 +65,14 @@ def make_trainer(task: str, optimizer: str, shards: Path, work: Path, max_steps:
 def time_steps(trainer, total: int) -> tuple[list[float], list[float]]:
     """Wall time and process CPU time of each optimizer step (end to end: forward, backward, clip, update). With
     one thread the CPU time is what the step costs on an idle core; the wall time grows with the machine's load."""
+    from mt_dnn.trainer import StepHook
     ends: list[tuple[float, float]] = []
-    step = trainer._optimizer_step
 
-    def timed() -> None:
-        step()
-        ends.append((time.perf_counter(), time.process_time()))
+    class Timed(StepHook):
+        def after_step(self, trainer) -> None:
+            ends.append((time.perf_counter(), time.process_time()))
 
-    trainer._optimizer_step = timed
+    trainer.hooks.append(Timed())
     marks = [(time.perf_counter(), time.process_time())]
     trainer.fit(stop_after_steps=total)
     marks += ends

@@ -20,7 +20,7 @@ autocast (``--no-bf16`` for fp32), hf-defaults stays fp32 as run_glue runs it; b
 (``adamw_torch_fused``).
 
 Steady state is the time between the end of warm-up step W and the end of step W+N, read from timestamps taken
-after every optimizer step (a TrainerCallback for transformers, a wrapped ``_optimizer_step`` for ours). Model
+after every optimizer step (a TrainerCallback for transformers, a ``StepHook`` for ours). Model
 loading, data preparation and the first W steps (which carry the one-time compile of the fused optimizer) are
 outside it and reported in their own columns. The default N is one mega-batch of transformers' length grouping
 (it sorts each mega-batch longest first, so a shorter window would hand hf-best only long batches); the table
@@ -278,7 +278,7 @@ def planned_lengths(trainer) -> list[int]:
 def run_ours(cfg: BenchConfig, model_path: str, shard_dir: Path, work: Path, compile_model: bool = False) -> Result:
     import logging
     from mt_dnn.config import TrainConfig
-    from mt_dnn.trainer import Trainer
+    from mt_dnn.trainer import StepHook, Trainer
     set_threads(cfg)
     row = "ours-compile" if compile_model else "ours"
     train_cfg = TrainConfig(train_datasets=[TASK], test_datasets=[], task_def=str(TASK_DEF), data_dir=str(shard_dir),
@@ -296,13 +296,12 @@ def run_ours(cfg: BenchConfig, model_path: str, shard_dir: Path, work: Path, com
         padding = f"buckets {'/'.join(map(str, trainer.shapes.lengths))}, {trainer.shapes.rows} rows"
     epoch = planned_lengths(trainer)
     result = Result(row, impl, padding, [], 0.0, epoch[:cfg.total_steps], epoch_length=sum(epoch) / len(epoch))
-    step = trainer._optimizer_step
 
-    def timed_step() -> None:
-        step()
-        result.mark_step(trainer.device.type)
+    class Timed(StepHook):
+        def after_step(self, trainer) -> None:
+            result.mark_step(trainer.device.type)
 
-    trainer._optimizer_step = timed_step
+    trainer.hooks.append(Timed())
     result.start = time.perf_counter()
     if compile_model:
         warm_buckets(trainer)
@@ -317,13 +316,13 @@ def warm_buckets(trainer) -> None:
     """Compile (and on CUDA record) every length bucket epoch 0 uses, before the timed steps: a few forward and
     backward passes on a real batch of each bucket, gradients dropped, no optimizer step."""
     shapes, first = trainer.shapes, {}
-    for task_idx, indices in trainer._plan(0):
+    for task_idx, indices in trainer.epoch_plan(0):
         longest = max(trainer.train_sets[task_idx].lengths[i] for i in indices)
         first.setdefault((task_idx, shapes.length_for(longest)), (task_idx, indices))
     trainer.model.train()
     for task_idx, indices in first.values():
         for _ in range(WARM_CALLS):
-            trainer._forward_loss(task_idx, indices).backward()
+            trainer.micro_batch_loss(task_idx, indices).backward()
             trainer.optimizer.zero_grad(set_to_none=True)
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()

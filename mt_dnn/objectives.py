@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from data_utils.task_def import ADV_LOSSES, KD_LOSSES, TaskDef
+
+log = logging.getLogger("sage.train")
 
 
 # ------------------------------------------------------------------------------------------ divergences
@@ -301,6 +304,24 @@ OBJECTIVES: dict[str, tuple[Callable, Callable]] = {
 
 def build_objectives(cfg, device: torch.device, rank: int = 0) -> list[Objective]:
     return [make(cfg, device, rank) for enabled, make in OBJECTIVES.values() if enabled(cfg)]
+
+
+def for_run(cfg, task_defs: dict[str, TaskDef], train_sets: Sequence, device: torch.device,
+            rank: int = 0) -> list[Objective]:
+    """The extra objective terms a run enables (SMART, distillation), checked against its tasks and shards."""
+    check_task_fits(cfg, task_defs)
+    if cfg.mkd_opt > 0:
+        with_soft = [d.task_def.name for d in train_sets if d.soft_labels is not None]
+        if not with_soft:
+            raise ValueError(f"--mkd_opt: no training shard in {cfg.data_dir} has soft_label "
+                             "(write them with prepare_distillation_data.py)")
+        log.info("--mkd_opt: distilling from soft targets on %s", ", ".join(with_soft))
+    terms = build_objectives(cfg, device, rank)
+    if cfg.adv_train:
+        log.info("--adv_train: SMART with adv_alpha %g, adv_k %d, step %g, noise %g, %s norm per %s",
+                 cfg.adv_alpha, cfg.adv_k, cfg.adv_step_size, cfg.adv_noise_var, cfg.adv_p_norm,
+                 "token" if cfg.adv_norm_level == 0 else "sequence")
+    return terms
 
 
 def check_task_fits(cfg, task_defs: dict[str, TaskDef]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 
@@ -19,11 +19,8 @@ from mt_dnn import checkpoint as ckpt
 from mt_dnn import distributed as dist_utils
 from mt_dnn import head_layout as layouts
 from mt_dnn import objectives as objectives_mod
-from mt_dnn import task_labels
+from mt_dnn import run_folder, task_labels
 from mt_dnn.config import TrainConfig
-
-if TYPE_CHECKING:
-    from mt_dnn.trainer import Trainer
 
 log = logging.getLogger("sage.train")
 # Fields that --resume may change without --allow_config_change: where and how the run reports, not what it computes.
@@ -36,10 +33,10 @@ Found = tuple[Path, dict, dict]  # (checkpoint folder, training state, full weig
 
 
 class RunState:
-    """Saves and restores one :class:`Trainer`'s state: its model, optimizer, schedule, scaler, objectives and
-    progress (epoch, position, global_step, best_score, first_step, history)."""
+    """Saves and restores the state of one ``mt_dnn.trainer.Trainer``: its model, optimizer, schedule, scaler,
+    objectives and progress (epoch, position, global_step, best_score, first_step, history)."""
 
-    def __init__(self, trainer: "Trainer"):
+    def __init__(self, trainer):
         self.trainer = trainer
 
     # ------------------------------------------------------------------------------------------------ saving
@@ -103,6 +100,18 @@ class RunState:
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     # ------------------------------------------------------------------------------------------------ resuming
+    def resume(self) -> None:
+        """``--resume``: continue from the newest intact checkpoint, if there is one, and make metrics.jsonl hold
+        exactly its epoch records."""
+        t = self.trainer
+        with dist_utils.agree_on_errors(t.env):
+            found = self.read_resume()
+        if found is not None:
+            self.apply(*found)
+        if t.is_main and run_folder.agree_metrics(t.output_dir, t.history):
+            log.info("--resume: %s now holds the checkpoint's %d epoch record(s)", t.output_dir / run_folder.METRICS,
+                     len(t.history))
+
     def read_resume(self) -> Optional[Found]:
         """Read (and check) the newest readable checkpoint: local file reads only, so ranks can agree on errors.
 
@@ -111,7 +120,8 @@ class RunState:
         t = self.trainer
         candidates = ckpt.resume_candidates(t.output_dir)
         if not candidates:
-            start = f"continuing --model_ckpt {t.continuing}" if t.continuing else "starting fresh"
+            continuing = t.continued.model_ckpt
+            start = f"continuing --model_ckpt {continuing}" if continuing else "starting fresh"
             log.info("--resume: no checkpoint in %s, %s", t.output_dir, start)
             return None
         first_error = None

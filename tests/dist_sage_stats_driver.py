@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mt_dnn import distributed as dist_utils  # noqa: E402
 from mt_dnn.config import parse_args  # noqa: E402
 from mt_dnn.optimizer_stats import MEAN_SENSITIVITY  # noqa: E402
-from mt_dnn.trainer import Trainer  # noqa: E402
+from mt_dnn.trainer import StepHook, Trainer  # noqa: E402
 
 
 def true_mean(optimizer) -> float:
@@ -35,15 +35,13 @@ def main() -> int:
     env = dist_utils.from_environment()
     dist_utils.init_process_group(env, "cpu")
     try:
-        trainer = Trainer(parse_args(argv), env)
         logged: list[float] = []
-        log_scalars = trainer._log_scalars
 
-        def keep(values: dict) -> None:
-            if MEAN_SENSITIVITY in values:
-                logged.append(values[MEAN_SENSITIVITY])
-            log_scalars(values)
-        trainer._log_scalars = keep
+        class Keep(StepHook):
+            def logged(self, trainer, values: dict) -> None:
+                if MEAN_SENSITIVITY in values:
+                    logged.append(values[MEAN_SENSITIVITY])
+        trainer = Trainer(parse_args(argv), env, hooks=[Keep()])
         trainer.fit(stop_after_steps=stop_after)
         truth = true_mean(trainer.optimizer)
         shard_local = trainer.optimizer.sage_stats()[MEAN_SENSITIVITY]  # the optimizer's own, per rank

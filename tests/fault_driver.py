@@ -64,7 +64,7 @@ def _trainer_faults(point: str, arg: str) -> None:
     from mt_dnn import trainer as trainer_mod
     from mt_dnn.trainer import Trainer
     if point == "kill_after_step":
-        _wrap(Trainer, "_optimizer_step", after=lambda _r, self: self.global_step == int(arg) and _kill())
+        _wrap(Trainer, "optimizer_step", after=lambda _r, self: self.global_step == int(arg) and _kill())
     elif point == "kill_in_eval":
         _wrap(trainer_mod, "write_scores", after=lambda _r, result, out, epoch: epoch == int(arg) and _kill())
     elif point == "kill_after_eval":
@@ -75,16 +75,16 @@ def _trainer_faults(point: str, arg: str) -> None:
               after=lambda _r, model, filename: Path(filename).parent.name.startswith(f".{arg}.") and _kill())
     elif point in ("term_at_batch", "int_at_batch"):
         signum = signal.SIGTERM if point == "term_at_batch" else signal.SIGINT
-        _wrap(Trainer, "_forward_backward", before=_count(int(arg), lambda: os.kill(os.getpid(), signum)))
+        _wrap(Trainer, "micro_batch_loss", before=_count(int(arg), lambda: os.kill(os.getpid(), signum)))
     elif point == "term_in_setup":
-        _wrap(Trainer, "_setup_inputs", before=lambda *a: os.kill(os.getpid(), signal.SIGTERM))
+        _wrap(trainer_mod, "load_task_defs", before=lambda *a: os.kill(os.getpid(), signal.SIGTERM))
     elif point == "pause_after_step":
         def pause(_r, self):
             if self.global_step == int(arg):
                 Path(os.environ["FAULT_READY"]).write_text(str(os.getpid()))
                 while not Path(os.environ["FAULT_GO"]).exists():
                     time.sleep(0.05)
-        _wrap(Trainer, "_optimizer_step", after=pause)
+        _wrap(Trainer, "optimizer_step", after=pause)
     else:
         raise SystemExit(f"fault_driver.py: unknown point {point!r}")
 

@@ -140,8 +140,8 @@ def test_compiled_matches_eager_over_steps_and_buckets_with_bounded_compiles(cws
     eager = Trainer(config(cws, "parity-eager", **common))
     compiled = Trainer(config(cws, "parity-compiled", compile=True, **common))
     assert compiled.train_forward.active and compiled.shapes.lengths == (32, 64)
-    plan = eager._plan(0)
-    assert plan == compiled._plan(0) and sorted(len(i) for _, i in plan)[0] == 4
+    plan = eager.epoch_plan(0)
+    assert plan == compiled.epoch_plan(0) and sorted(len(i) for _, i in plan)[0] == 4
     seen = set()
     for task_idx, indices in plan:
         keys = [(task_idx, i) for i in indices]
@@ -152,11 +152,11 @@ def test_compiled_matches_eager_over_steps_and_buckets_with_bounded_compiles(cws
             if trainer is compiled:
                 assert batch["input_ids"].shape[0] == 8
                 seen.add(batch["input_ids"].shape[1])
-            loss = trainer._forward_loss(task_idx, indices, batch)
+            loss = trainer.micro_batch_loss(task_idx, indices, batch)
             loss.backward()
             grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
             results.append((loss.detach(), grads))
-            trainer._optimizer_step()
+            trainer.optimizer_step()
         (loss_e, grads_e), (loss_c, grads_c) = results
         torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-6)
         assert grads_c.keys() == grads_e.keys() and len(grads_e) > 30
@@ -180,10 +180,10 @@ def test_cuda_graph_mode_gives_trained_parameters_stable_grads_only(cws, monkeyp
     graphed.train_forward.cuda_graphs = True
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: None)
     eager = Trainer(config(cws, "graphs-eager", **common))
-    task_idx, indices = eager._plan(0)[0]
+    task_idx, indices = eager.epoch_plan(0)[0]
     for trainer in (eager, graphed):
         trainer.model.train()
-        trainer._forward_loss(task_idx, indices).backward()
+        trainer.micro_batch_loss(task_idx, indices).backward()
     task = eager.train_sets[task_idx].task_def.name
     other = next(n for n in eager.model.heads if n != task)
     assert all(p.grad is None for p in graphed.model.heads[other].parameters())
@@ -207,7 +207,7 @@ def _counting_compile(monkeypatch):
 def _task_buckets(trainer) -> set[tuple[str, int]]:
     """(task, padded length) of every micro-batch of the first epoch."""
     seen = set()
-    for task_idx, indices in trainer._plan(0):
+    for task_idx, indices in trainer.epoch_plan(0):
         batch = trainer.micro_batch_set.__getitems__([(task_idx, i) for i in indices])
         seen.add((trainer.train_sets[task_idx].task_def.name, batch["input_ids"].shape[-1]))
     return seen

@@ -257,7 +257,7 @@ def test_smart_term_is_added_to_the_task_loss(ws):
     """The first micro-batch's loss with SMART = plain loss + adv_alpha × divergence (> 0)."""
     def first_loss(out: str, **kw) -> torch.Tensor:  # each built right before its forward: same dropout masks
         trainer = Trainer(config(ws, out, train_datasets=["pairs"], test_datasets=["pairs"], **kw))
-        return trainer._forward_loss(*trainer._plan(0)[0])
+        return trainer.micro_batch_loss(*trainer.epoch_plan(0)[0])
 
     base = first_loss("first-plain")
     with_term = first_loss("first-smart", adv_train=True, adv_alpha=2.0)
@@ -389,11 +389,11 @@ def test_distillation_loss_mixes_soft_and_hard_targets(ws):
         (ws / "flip-hard" / path.name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     kw = dict(train_datasets=["pairs"], test_datasets=["pairs"])
     gold = Trainer(config(ws, "mix-gold", **kw))
-    task, idx = gold._plan(0)[0]
-    ce_gold = gold._forward_loss(task, idx).item()
-    ce_flip = Trainer(config(ws, "mix-flip", data_dir=str(ws / "flip-hard"), **kw))._forward_loss(task, idx).item()
+    task, idx = gold.epoch_plan(0)[0]
+    ce_gold = gold.micro_batch_loss(task, idx).item()
+    ce_flip = Trainer(config(ws, "mix-flip", data_dir=str(ws / "flip-hard"), **kw)).micro_batch_loss(task, idx).item()
     kd = Trainer(config(ws, "mix-kd", data_dir=str(ws / "flip-soft"), mkd_opt=1, kd_alpha=0.25, **kw))
-    assert kd._forward_loss(task, idx).item() == pytest.approx(0.75 * ce_gold + 0.25 * ce_flip, rel=1e-5)
+    assert kd.micro_batch_loss(task, idx).item() == pytest.approx(0.75 * ce_gold + 0.25 * ce_flip, rel=1e-5)
     assert abs(ce_gold - ce_flip) > 1e-3
 
 

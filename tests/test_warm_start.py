@@ -23,7 +23,7 @@ from transformers import AutoModel, BertModel
 import data_utils.metrics
 from conftest import tiny_bert_config
 from data_utils.task_def import DataFormat, TaskType
-from mt_dnn import warm_start
+from mt_dnn import parallel, warm_start
 from mt_dnn.trainer import Trainer
 from mt_dnn.warm_start import StandIn, checkpoint_kind
 from workspace import TASK_YAML, config, write_shards
@@ -484,7 +484,7 @@ def test_layout_is_recorded_and_a_continued_run_keeps_it(ws):
     assert (trainer.cfg.head_layout, trainer.cfg.pooler_actf) == ("sage", "relu")
     # the encoder's own pooler is never read: no micro-batch gives it a gradient, zero-filled or not
     encoder_pooler = {id(p) for p in trainer.model.encoder.pooler.parameters()}
-    assert not encoder_pooler & {id(p) for t in ("pairs", "score") for p in trainer._trained_params(t)}
+    assert not encoder_pooler & {id(p) for t in ("pairs", "score") for p in parallel.trained_parameters(trainer.model, t)}
     _same(trainer.model.state_dict(), load_file(str(ws / "sage-first" / "best" / "model.safetensors")), "pooler.")
     with pytest.raises(ValueError, match=r"--head_layout mtdnn: .*sage-first/best was trained with the sage head "
                                          r"layout"):
