@@ -18,7 +18,6 @@ import os
 import statistics
 import sys
 import time
-from types import SimpleNamespace
 
 import torch
 
@@ -32,6 +31,7 @@ from data_utils.task_def import parse_task_defs  # noqa: E402
 from module.bert_optim import build_optimizer, sage_param_groups  # noqa: E402
 from mt_dnn import objectives  # noqa: E402
 from mt_dnn.model import MTDNNModel  # noqa: E402
+from mt_dnn.settings import SmartSettings  # noqa: E402
 
 TASK_YAML = """
 pair:
@@ -58,8 +58,8 @@ def parse(argv=None):
 
 def smart_cfg(k: int):
     """MT-DNN's defaults (TrainConfig's) with adv_k = k."""
-    return SimpleNamespace(seed=1, adv_noise_var=1e-5, adv_k=k, adv_step_size=1e-5, adv_p_norm="inf",
-                           adv_norm_level=0, adv_epsilon=1e-6, adv_alpha=1.0)
+    return SmartSettings(seed=1, adv_noise_var=1e-5, adv_k=k, adv_step_size=1e-5, adv_p_norm="inf",
+                         adv_norm_level=0, adv_epsilon=1e-6, adv_alpha=1.0)
 
 
 def main(argv=None) -> int:

@@ -26,7 +26,7 @@ from module.bert_optim import FORMULAS, OPTIMIZERS, SCHEDULES
 from module.pooler import ACTIVATIONS
 from module.sage.dispatch import IMPLEMENTATIONS
 from mt_dnn import head_layout as layouts
-from mt_dnn import upstream_flags
+from mt_dnn import settings, upstream_flags
 from mt_dnn.upstream_flags import NO_EFFECT_FLAGS, VALUE_FLAGS  # noqa: F401 (the table, re-exported)
 
 
@@ -283,6 +283,23 @@ class TrainConfig:
             bad("kd_loss", f"unknown loss {self.kd_loss!r}; known: KlCriterion, MseCriterion")
         if not 0.0 <= self.kd_alpha <= 1.0:
             bad("kd_alpha", f"must be in [0, 1], got {self.kd_alpha}")
+
+    def model_settings(self) -> settings.ModelSettings:
+        return settings.pick(settings.ModelSettings, self)
+
+    def warm_start_settings(self) -> settings.WarmStartSettings:
+        return settings.pick(settings.WarmStartSettings, self, train_datasets=tuple(self.train_datasets),
+                             model=self.model_settings())
+
+    def smart_settings(self) -> settings.SmartSettings:
+        return settings.pick(settings.SmartSettings, self)
+
+    def distill_settings(self) -> settings.DistillSettings:
+        return settings.pick(settings.DistillSettings, self)
+
+    def objective_settings(self) -> settings.ObjectiveSettings:
+        return settings.pick(settings.ObjectiveSettings, self, smart=self.smart_settings(),
+                             distill=self.distill_settings())
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

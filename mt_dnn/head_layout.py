@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from module.pooler import ACTIVATIONS
+from mt_dnn.settings import ModelSettings
 
 LAYOUTS = ("encoder", "sage", "mtdnn")
 #: each layout's pooler activation when --pooler_actf is not given
@@ -57,23 +58,24 @@ class Found:
     where: str
 
 
-def resolve(cfg, found: Optional[Found]):
-    """``cfg`` with the layout this run builds: the checkpoint's, else --head_layout, else ``encoder``.
+def resolve(model: ModelSettings, found: Optional[Found]) -> ModelSettings:
+    """``model`` with the layout this run builds: the checkpoint's, else --head_layout, else ``encoder``.
 
     An explicit --head_layout or --pooler_actf that differs from the checkpoint's is refused in one line."""
     if found is None or found.layout is None:
-        layout = layout_of(cfg.head_layout)
-        problem = check(layout, cfg.pooler_actf)
+        layout = layout_of(model.head_layout)
+        problem = check(layout, model.pooler_actf)
         if problem:
             raise ValueError(problem)
-        return dataclasses.replace(cfg, head_layout=layout)
-    if cfg.head_layout is not None and cfg.head_layout != found.layout:
-        raise ValueError(f"--head_layout {cfg.head_layout}: {found.where} was trained with the {found.layout} head "
-                         f"layout; drop the flag to continue it as it was trained")
-    if cfg.pooler_actf is not None and actf_of(found.layout, cfg.pooler_actf) != actf_of(found.layout, found.actf):
-        raise ValueError(f"--pooler_actf {cfg.pooler_actf}: {found.where} was trained with pooler activation "
+        return dataclasses.replace(model, head_layout=layout)
+    if model.head_layout is not None and model.head_layout != found.layout:
+        raise ValueError(f"--head_layout {model.head_layout}: {found.where} was trained with the {found.layout} "
+                         "head layout; drop the flag to continue it as it was trained")
+    actf = model.pooler_actf
+    if actf is not None and actf_of(found.layout, actf) != actf_of(found.layout, found.actf):
+        raise ValueError(f"--pooler_actf {actf}: {found.where} was trained with pooler activation "
                          f"{actf_of(found.layout, found.actf)}; drop the flag to continue it as it was trained")
     problem = check(found.layout, found.actf)
     if problem:
         raise ValueError(f"{found.where}: {problem}")
-    return dataclasses.replace(cfg, head_layout=found.layout, pooler_actf=cfg.pooler_actf or found.actf)
+    return dataclasses.replace(model, head_layout=found.layout, pooler_actf=model.pooler_actf or found.actf)

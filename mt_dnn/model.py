@@ -20,6 +20,7 @@ from module.heads import SanOptions, build_head, head_reads_pooled, reads_pooled
 from module.pooler import FirstTokenPooler
 from mt_dnn import head_layout as layouts
 from mt_dnn.loss import build_loss
+from mt_dnn.settings import ModelSettings
 
 
 _EMPTY_MODULE_DICT = nn.ModuleDict()
@@ -305,19 +306,18 @@ def keep_first_layers(encoder: nn.Module, n: int) -> None:
     encoder.config.num_hidden_layers = n
 
 
-def build_model(encoder: nn.Module, task_defs: Mapping[str, TaskDef], cfg) -> MTDNNModel:
-    """An MTDNNModel configured by a TrainConfig's model flags (depth, dropout, SAN, head layout, encoder
-    freezing)."""
-    if cfg.num_hidden_layers > 0:
-        keep_first_layers(encoder, cfg.num_hidden_layers)
-    if cfg.bert_dropout_p is not None:
-        set_encoder_dropout(encoder, cfg.bert_dropout_p)
-    san = SanOptions(cfg.answer_num_turn, cfg.answer_mem_drop_p, cfg.answer_att_hidden_size,
-                     cfg.answer_dropout_p) if cfg.answer_opt == 1 else None
-    model = MTDNNModel(encoder, effective_task_defs(task_defs, cfg.dropout_p, cfg.answer_opt), san,
-                       head_layout=getattr(cfg, "head_layout", None), pooler_actf=getattr(cfg, "pooler_actf", None),
-                       pooler_dropout_p=cfg.dropout_p)
-    if cfg.update_bert_opt > 0:  # MT-DNN: a frozen encoder; the pooler the heads read (outside it) and heads train
+def build_model(encoder: nn.Module, task_defs: Mapping[str, TaskDef], settings: ModelSettings) -> MTDNNModel:
+    """An MTDNNModel configured by a run's model flags (depth, dropout, SAN, head layout, encoder freezing)."""
+    if settings.num_hidden_layers > 0:
+        keep_first_layers(encoder, settings.num_hidden_layers)
+    if settings.bert_dropout_p is not None:
+        set_encoder_dropout(encoder, settings.bert_dropout_p)
+    san = SanOptions(settings.answer_num_turn, settings.answer_mem_drop_p, settings.answer_att_hidden_size,
+                     settings.answer_dropout_p) if settings.answer_opt == 1 else None
+    model = MTDNNModel(encoder, effective_task_defs(task_defs, settings.dropout_p, settings.answer_opt), san,
+                       head_layout=settings.head_layout, pooler_actf=settings.pooler_actf,
+                       pooler_dropout_p=settings.dropout_p)
+    if settings.update_bert_opt > 0:  # MT-DNN: a frozen encoder; the pooler the heads read (outside it) and heads train
         keep = {id(p) for p in model.encoder.pooler.parameters()} if model.uses_encoder_pooler else set()
         for p in model.encoder.parameters():
             if id(p) not in keep:

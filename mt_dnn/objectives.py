@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from data_utils.task_def import ADV_LOSSES, KD_LOSSES, TaskDef
+from mt_dnn.settings import DistillSettings, ObjectiveSettings, SmartSettings
 
 log = logging.getLogger("sage.train")
 
@@ -242,25 +243,25 @@ class Smart(Objective):
     """
     name = "smart"
 
-    def __init__(self, cfg, device: torch.device, rank: int = 0):
-        self.cfg = cfg
-        self.rng = RngStream(int(cfg.seed) * 1_000_003 + 104_729 * (rank + 1), device)
+    def __init__(self, settings: SmartSettings, device: torch.device, rank: int = 0):
+        self.settings = settings
+        self.rng = RngStream(int(settings.seed) * 1_000_003 + 104_729 * (rank + 1), device)
 
     def perturbation(self, mb: MicroBatch, embeds: torch.Tensor, target: torch.Tensor,
                      divergence: Callable) -> torch.Tensor:
         """δ after adv_k ascent steps from Gaussian noise of scale adv_noise_var (no graph kept)."""
-        cfg = self.cfg
+        s = self.settings
         keep = mb.attention_mask.unsqueeze(-1).to(embeds.dtype)
-        delta = keyed_noise(embeds, mb.attention_mask, mb.row_keys, int(cfg.seed)) * cfg.adv_noise_var
+        delta = keyed_noise(embeds, mb.attention_mask, mb.row_keys, int(s.seed)) * s.adv_noise_var
         rows = target.shape[0]
-        for _ in range(cfg.adv_k):
+        for _ in range(s.adv_k):
             delta.requires_grad_(True)
             value = divergence(mb.forward(embeds + delta), target) * rows
             factor = mb.scale(torch.ones((), device=value.device))  # the GradScaler's scale (1 without fp16)
             (grad,) = torch.autograd.grad(value * factor, delta)
             grad = torch.nan_to_num(grad / factor, nan=0.0, posinf=0.0, neginf=0.0)
-            delta = rescale(delta.detach() + cfg.adv_step_size * grad, cfg.adv_p_norm, cfg.adv_norm_level,
-                            cfg.adv_epsilon) * keep
+            delta = rescale(delta.detach() + s.adv_step_size * grad, s.adv_p_norm, s.adv_norm_level,
+                            s.adv_epsilon) * keep
         return delta.detach()
 
     def __call__(self, mb: MicroBatch, loss: torch.Tensor) -> torch.Tensor:
@@ -269,7 +270,7 @@ class Smart(Objective):
             embeds = mb.embed()
             delta = self.perturbation(mb, embeds.detach(), mb.outputs.detach(), divergence)
             adversarial = mb.forward(embeds + delta)
-        return loss + self.cfg.adv_alpha * divergence(adversarial, mb.outputs)
+        return loss + self.settings.adv_alpha * divergence(adversarial, mb.outputs)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.rng.state)
@@ -284,59 +285,62 @@ class Distillation(Objective):
     loss becomes (1 - kd_alpha) × hard-label loss + kd_alpha × kd_loss(outputs, soft targets)."""
     name = "mkd"
 
-    def __init__(self, cfg, device: torch.device, rank: int = 0):
-        self.cfg = cfg
+    def __init__(self, settings: DistillSettings, device: torch.device, rank: int = 0):
+        self.settings = settings
 
     def __call__(self, mb: MicroBatch, loss: torch.Tensor) -> torch.Tensor:
         if mb.soft_labels is None:
             return loss
-        kd = KD_CRITERIA[kd_loss_name(mb.task_def, self.cfg.kd_loss)](mb.outputs, mb.soft_labels)
-        return (1.0 - self.cfg.kd_alpha) * loss + self.cfg.kd_alpha * kd
+        kd = KD_CRITERIA[kd_loss_name(mb.task_def, self.settings.kd_loss)](mb.outputs, mb.soft_labels)
+        return (1.0 - self.settings.kd_alpha) * loss + self.settings.kd_alpha * kd
 
 
 #: name -> (whether the config enables it, constructor); applied in this order (distillation first, so SMART's
 #: term is added to the mixed task loss).
 OBJECTIVES: dict[str, tuple[Callable, Callable]] = {
-    "mkd": (lambda cfg: cfg.mkd_opt > 0, Distillation),
-    "smart": (lambda cfg: cfg.adv_train, Smart),
+    "mkd": (lambda s: s.mkd_opt > 0, lambda s, device, rank: Distillation(s.distill, device, rank)),
+    "smart": (lambda s: s.adv_train, lambda s, device, rank: Smart(s.smart, device, rank)),
 }
 
 
-def build_objectives(cfg, device: torch.device, rank: int = 0) -> list[Objective]:
-    return [make(cfg, device, rank) for enabled, make in OBJECTIVES.values() if enabled(cfg)]
+def build_objectives(settings: ObjectiveSettings, device: torch.device, rank: int = 0) -> list[Objective]:
+    return [make(settings, device, rank) for enabled, make in OBJECTIVES.values() if enabled(settings)]
 
 
-def for_run(cfg, task_defs: dict[str, TaskDef], train_sets: Sequence, device: torch.device,
-            rank: int = 0) -> list[Objective]:
+def for_run(settings: ObjectiveSettings, task_defs: dict[str, TaskDef], train_sets: Sequence, data_dir: str,
+            device: torch.device, rank: int = 0) -> list[Objective]:
     """The extra objective terms a run enables (SMART, distillation), checked against its tasks and shards."""
-    check_task_fits(cfg, task_defs)
-    if cfg.mkd_opt > 0:
+    check_task_fits(settings, task_defs)
+    if settings.mkd_opt > 0:
         with_soft = [d.task_def.name for d in train_sets if d.soft_labels is not None]
         if not with_soft:
-            raise ValueError(f"--mkd_opt: no training shard in {cfg.data_dir} has soft_label "
+            raise ValueError(f"--mkd_opt: no training shard in {data_dir} has soft_label "
                              "(write them with prepare_distillation_data.py)")
         log.info("--mkd_opt: distilling from soft targets on %s", ", ".join(with_soft))
-    terms = build_objectives(cfg, device, rank)
-    if cfg.adv_train:
+    terms = build_objectives(settings, device, rank)
+    if settings.adv_train:
+        smart = settings.smart
         log.info("--adv_train: SMART with adv_alpha %g, adv_k %d, step %g, noise %g, %s norm per %s",
-                 cfg.adv_alpha, cfg.adv_k, cfg.adv_step_size, cfg.adv_noise_var, cfg.adv_p_norm,
-                 "token" if cfg.adv_norm_level == 0 else "sequence")
+                 smart.adv_alpha, smart.adv_k, smart.adv_step_size, smart.adv_noise_var, smart.adv_p_norm,
+                 "token" if smart.adv_norm_level == 0 else "sequence")
     return terms
 
 
-def check_task_fits(cfg, task_defs: dict[str, TaskDef]) -> None:
+def check_task_fits(settings: ObjectiveSettings, task_defs: dict[str, TaskDef]) -> None:
     """SMART and distillation need a task type they have a divergence for; ``--kd_loss`` must fit every task
     that uses it (YAML kd_loss wins where given)."""
-    for flag, on, losses in (("--adv_train", cfg.adv_train, ADV_LOSSES), ("--mkd_opt", cfg.mkd_opt > 0, KD_LOSSES)):
+    kd_loss = settings.distill.kd_loss
+    for flag, on, losses in (("--adv_train", settings.adv_train, ADV_LOSSES),
+                             ("--mkd_opt", settings.mkd_opt > 0, KD_LOSSES)):
         for td in task_defs.values():
             if on and td.task_type not in losses:
                 raise ValueError(f"{flag}: task '{td.name}' is a {td.task_type.name} task; SMART and distillation "
                                  f"are for {', '.join(t.name for t in losses)} tasks")
-    if not (cfg.mkd_opt > 0 and cfg.kd_loss):
+    if not (settings.mkd_opt > 0 and kd_loss):
         return
     for td in task_defs.values():
-        if td.kd_loss is None and cfg.kd_loss not in KD_LOSSES[td.task_type]:
-            raise ValueError(f"--kd_loss: {cfg.kd_loss} does not fit {td.task_type.name} task '{td.name}'; use "
+        if td.kd_loss is None and kd_loss not in KD_LOSSES[td.task_type]:
+            raise ValueError(f"--kd_loss: {kd_loss} does not fit {td.task_type.name} task '{td.name}'; use "
                              f"{', '.join(KD_LOSSES[td.task_type])} (or give kd_loss in its task definition)")
 
 

@@ -47,7 +47,7 @@ def restore(folder: Path, task_def: Optional[str] = None) -> Restored:
     config = (encoders.config_from_file(saved) if saved.is_file()
               else encoders.load_config(cfg.init_checkpoint))
     encoder = encoders.load_encoder(cfg.init_checkpoint, cfg.encoder_type, config=config)
-    model = build_model(encoder, task_defs, cfg)
+    model = build_model(encoder, task_defs, cfg.model_settings())
     ckpt.load_weights(model, folder)
     task_labels.check(task_labels.read(folder) or {}, task_defs, str(folder / task_labels.FILE), task_defs,
                       source=str(task_def_path), hint=RESTORE_HINT)

@@ -10,6 +10,7 @@ mt_dnn/continuation.py (continuing an MT-DNN/SAGE run), mt_dnn/parallel.py, mt_d
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import sys
@@ -133,8 +134,9 @@ class Trainer:
         names = list(dict.fromkeys(cfg.train_datasets + [dataset_task(d) for d in cfg.test_datasets]))
         self.task_defs = select_tasks(all_defs, names, source=cfg.task_def)
         self.continued = model_ckpt_to_continue(cfg, self.output_dir)
-        self._start = start_model(cfg, self.task_defs, self.continued.model_ckpt)
-        self.cfg = cfg = self._start.cfg  # with the head layout decided
+        self._start = start_model(cfg.warm_start_settings(), self.task_defs, self.continued.model_ckpt)
+        layout = self._start.settings  # the head layout decided
+        self.cfg = cfg = dataclasses.replace(cfg, head_layout=layout.head_layout, pooler_actf=layout.pooler_actf)
         model = self._start.model
         run_data.refuse_untrained_heads(cfg, self._start.warm)
         limits = encoder_limits(model.encoder.config, cfg.init_checkpoint)
@@ -169,7 +171,8 @@ class Trainer:
                                         start_step=self.first_step)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.fp16)
         self.guard = NonFiniteGuard(self.device, check_grads=not cfg.fp16)
-        self.objectives = objectives_mod.for_run(cfg, self.task_defs, self.train_sets, self.device, self.rank)
+        self.objectives = objectives_mod.for_run(cfg.objective_settings(), self.task_defs, self.train_sets,
+                                                 cfg.data_dir, self.device, self.rank)
         self.writer = self._tensorboard()
         # progress: (epoch, micro-batches of that epoch consumed), optimizer steps (counting a continued state's),
         # best dev score

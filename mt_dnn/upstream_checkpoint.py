@@ -27,6 +27,7 @@ import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
 from data_utils.task_def import TaskDef, TaskType
+from mt_dnn.config import TrainConfig
 
 # pytorch-pretrained-bert (MT-DNN's first encoder library) named LayerNorm parameters gamma and beta
 _OLD_NAMES = {".LayerNorm.gamma": ".LayerNorm.weight", ".LayerNorm.beta": ".LayerNorm.bias"}
@@ -212,7 +213,7 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def read_optimizer(blob: Mapping, conf: Mapping, key_map: Mapping[str, str], cfg, total_steps: int,
+def read_optimizer(blob: Mapping, conf: Mapping, key_map: Mapping[str, str], cfg: TrainConfig, total_steps: int,
                    optimizer: torch.optim.Optimizer, named: Mapping[int, str], where: str) -> OptimizerState:
     """Their optimizer state for this run's ``optimizer`` (whose parameters are named by ``named``: id -> name).
 
@@ -314,7 +315,7 @@ def _check_correspondence(key_map, named, their_groups, per_parameter, optimizer
                          "--update_bert_opt?)")
 
 
-def _option_differences(groups, conf, cfg, total_steps, sage_split, where) -> list[str]:
+def _option_differences(groups, conf, cfg: TrainConfig, total_steps, sage_split, where) -> list[str]:
     """Saved options that change the continued run, against this run's flags (their option names where the
     two differ, with this project's flag)."""
     decay = [g["weight_decay"] for g in groups if g.get("weight_decay", 0) > 0]

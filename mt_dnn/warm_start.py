@@ -39,6 +39,7 @@ from mt_dnn import head_layout as layouts
 from mt_dnn import task_labels
 from mt_dnn import upstream_checkpoint as upstream
 from mt_dnn.model import MTDNNModel, build_model
+from mt_dnn.settings import ModelSettings, WarmStartSettings
 
 
 @dataclass
@@ -383,31 +384,33 @@ def load_source(model: MTDNNModel, src: Source, allow_unused: bool = False,
 
 @dataclass
 class Start:
-    """The model a run starts from, the config with its head layout decided, and where the weights came from."""
+    """The model a run starts from, its model settings with the head layout decided, and where the weights came
+    from."""
     model: MTDNNModel
-    cfg: Any
+    settings: ModelSettings
     warm: list[str] = field(default_factory=list)   # tasks whose heads were loaded (trained), not fresh
     source: Optional[Source] = None
     loaded: Optional[Loaded] = None
 
 
-def start_model(cfg, task_defs: Mapping, origin: Optional[str] = None) -> Start:
+def start_model(settings: WarmStartSettings, task_defs: Mapping, origin: Optional[str] = None) -> Start:
     """The model a run starts from: a bare encoder with fresh heads, or a trained model (see the module doc;
     ``origin`` replaces --init_checkpoint, for --resume --model_ckpt), shaped by the run's model flags (depth,
     dropout, SAN heads, head layout, encoder freezing; see ``model.build_model``). The head layout is the trained
     model's; an explicit other one is an error (mt_dnn/head_layout.py)."""
-    origin = origin or cfg.init_checkpoint
+    origin = origin or settings.init_checkpoint
     kind = checkpoint_kind(origin)
     if kind == "encoder":
-        cfg = layouts.resolve(cfg, None)
-        return Start(build_model(encoders.load_encoder(origin, cfg.encoder_type), task_defs, cfg), cfg)
+        shape = layouts.resolve(settings.model, None)
+        return Start(build_model(encoders.load_encoder(origin, settings.encoder_type), task_defs, shape),
+                     shape)
     if kind == "run":
         src = read_run(Path(origin))
-        pretrained_models.check_encoder_type(src.encoder_config, cfg.encoder_type)
+        pretrained_models.check_encoder_type(src.encoder_config, settings.encoder_type)
     else:
-        src = read_mtdnn(Path(origin), cfg.encoder_type, task_defs, cfg.train_datasets)
-    cfg = layouts.resolve(cfg, src.found)
+        src = read_mtdnn(Path(origin), settings.encoder_type, task_defs, settings.train_datasets)
+    shape = layouts.resolve(settings.model, src.found)
     encoder = encoders.load_encoder(origin, config=src.encoder_config)
-    model = build_model(encoder, task_defs, cfg)
-    loaded = load_source(model, src, cfg.allow_unused_weights, cfg.task_def)
-    return Start(model, cfg, loaded.warm, src, loaded)
+    model = build_model(encoder, task_defs, shape)
+    loaded = load_source(model, src, settings.allow_unused_weights, settings.task_def)
+    return Start(model, shape, loaded.warm, src, loaded)

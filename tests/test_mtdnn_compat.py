@@ -725,7 +725,7 @@ def test_dropout_flags(ws):
     defs = load_task_defs(ws / "mtdnn_san_glue_task_def.yml")
     encoder = AutoModel.from_config(tiny_bert_config())
     cfg = _cfg(ws, "unused", train_datasets=["rte", "mnli"], bert_dropout_p=0.25, dropout_p=0.2, answer_opt=0)
-    model = build_model(encoder, {n: defs[n] for n in ("rte", "mnli")}, cfg)
+    model = build_model(encoder, {n: defs[n] for n in ("rte", "mnli")}, cfg.model_settings())
     assert model.heads["rte"].dropout.p == 0.2  # no dropout_p in its YAML entry: --dropout_p
     assert model.heads["mnli"].dropout.p == 0.3  # the YAML's dropout_p wins
     drops = {n: m.p for n, m in encoder.named_modules() if isinstance(m, torch.nn.Dropout)}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ from data_utils.task_def import TaskDefError, parse_task_defs
 from mt_dnn import objectives as obj
 from mt_dnn.config import TrainConfig, parse_args
 from mt_dnn.model import MTDNNModel
+from mt_dnn.settings import SmartSettings
 from mt_dnn.trainer import Trainer
 from workspace import TASK_YAML, config, make_workspace
 
@@ -184,7 +184,7 @@ def _smart_cfg(**kw):
     base = dict(seed=3, adv_noise_var=0.1, adv_k=1, adv_step_size=5.0, adv_p_norm="l2", adv_norm_level=0,
                 adv_epsilon=1e-6, adv_alpha=1.0)
     base.update(kw)
-    return SimpleNamespace(**base)
+    return SmartSettings(**base)
 
 
 @pytest.mark.parametrize("p_norm,level", [("l2", 0), ("inf", 1)])
@@ -238,7 +238,7 @@ def test_adv_alpha_zero_gives_bit_identical_weights(ws):
     zero.fit()
     assert [o.name for o in zero.objectives] == ["smart"]
     assert _weights_equal(plain, zero)
-    assert not torch.equal(zero.objectives[0].rng.state["cpu"], obj.Smart(zero.cfg, zero.device).rng.state["cpu"])
+    assert not torch.equal(zero.objectives[0].rng.state["cpu"], obj.Smart(zero.cfg.smart_settings(), zero.device).rng.state["cpu"])
     one = Trainer(config(ws, "alpha1", epochs=1, adv_train=True))
     one.fit()
     assert not _weights_equal(plain, one)

@@ -641,4 +641,4 @@ def test_smart_and_distillation_refuse_span_and_ner_tasks(ws, capsys, flags, fla
     cfg = parse_args(["--train_datasets", "qa", *flags])
     with pytest.raises(ValueError, match=f"^{flag}: task 'qa' is a Span task; SMART and distillation are for "
                                          "Classification, Regression, Ranking tasks$"):
-        check_task_fits(cfg, {"qa": defs["qa"]})
+        check_task_fits(cfg.objective_settings(), {"qa": defs["qa"]})
