@@ -49,11 +49,13 @@ def _impl(check: Check, dtype: torch.dtype) -> dict:
 
 
 def _step_against_float64(check: Check, shapes, dtype, algorithm: str, scale: float = 1.0, offset: int = 0,
-                          steps: int = 3) -> dict:
+                          steps: int = 3, build=None) -> dict:
     """``steps`` optimizer steps in ``dtype`` against the same steps in float64 (foreach) from the same rounded
     start and gradients; ``scale``: gradients multiplied by a GradScaler's scale, which the step divides out;
-    ``offset``: parameters are views this many elements into a buffer (misaligned for vector loads)."""
+    ``offset``: parameters are views this many elements into a buffer (misaligned for vector loads); ``build``:
+    what builds the optimizer under test (default ``build_optimizer``; the tests pass a faulty one)."""
     from module.bert_optim import build_optimizer, sage_param_groups
+    build = build or build_optimizer
     device = check.device
     gen = torch.Generator(device=device).manual_seed(0)
     named, reference = [], []
@@ -69,7 +71,7 @@ def _step_against_float64(check: Check, shapes, dtype, algorithm: str, scale: fl
         named.append((name, p))
         reference.append((name, torch.nn.Parameter(start.double())))
     kw = dict(lr=LR, weight_decay=0.01)
-    opt = build_optimizer(algorithm, sage_param_groups(named), **kw, **_impl(check, dtype))
+    opt = build(algorithm, sage_param_groups(named), **kw, **_impl(check, dtype))
     ref = build_optimizer(algorithm, sage_param_groups(reference), **kw, foreach=True)
     scaler = torch.amp.GradScaler(device.type, init_scale=scale, enabled=scale != 1.0)
     starts = [p.detach().clone() for _, p in reference]

@@ -85,8 +85,7 @@ def test_the_float64_comparison_catches_a_step_of_the_wrong_size(tmp_path, monke
             if kw.get("fused"):
                 kw["lr"] *= 6
             return real(name, params, **kw)
-        monkeypatch.setattr(bert_optim, "build_optimizer", six_times)
-        bad = sections._step_against_float64(check, shapes, torch.float32, "usadamw")
+        bad = sections._step_against_float64(check, shapes, torch.float32, "usadamw", build=six_times)
     assert "_failed" not in good and good["max_error_over_update"] < 1e-3
     assert bad["_failed"] and bad["max_error_over_update"] > 1 and "of the update > 0.001" in bad["_reason"]
 
