@@ -25,8 +25,9 @@ def _cli():
 @pytest.mark.subprocess
 def test_smoke_mode_runs_every_section_on_cpu_and_writes_one_results_file(tmp_path):
     out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--smoke", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    # time budgets are for a GPU; a loaded CPU must not skip the steps asserted below
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--smoke", "--budget_scale", "100",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["smoke"] is True and data["failed"] == []
