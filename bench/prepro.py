@@ -71,7 +71,8 @@ def hf_batched(tsv: Path, out: Path, td, batch: int = 1000) -> None:
                                       "type_id": types}) + "\n")
 
 
-def ours(root: Path, task: str, workers: int) -> None:
+def prepro_std_run(root: Path, task: str, workers: int) -> None:
+    """This project's prepro_std.run on one task (what the bench times against the baseline)."""
     cfg = ps.PreproConfig(model=MODEL, root_dir=str(root), task_def=str(TASK_DEF), tasks=(task,),
                           max_seq_len=MAX_LEN, workers=workers, force=True)
     ps.run(cfg, log=lambda msg: None)
@@ -107,8 +108,8 @@ def measure(root: Path, repeat: int) -> list[tuple]:
         base_out, batched_out = root / f"{task}.per_example.jsonl", root / f"{task}.hf_batched.jsonl"
         methods = {"per-example (MT-DNN)": lambda: per_example(tsv, base_out, defs[task]),
                    "hf-batched, 1 process": lambda: hf_batched(tsv, batched_out, defs[task]),
-                   "prepro_std --workers 1": lambda: ours(root, task, 1),
-                   "prepro_std --workers 2": lambda: ours(root, task, 2)}
+                   "prepro_std --workers 1": lambda: prepro_std_run(root, task, 1),
+                   "prepro_std --workers 2": lambda: prepro_std_run(root, task, 2)}
         wall = {name: float("inf") for name in methods}
         cpu = dict(wall)
         for _ in range(repeat):
@@ -228,7 +229,7 @@ def main(argv=None) -> int:
             print(f"| {name} | {rate:,.0f} |")
         if args.profile:
             prof = cProfile.Profile()
-            prof.runcall(ours, root, "sst", 1)
+            prof.runcall(prepro_std_run, root, "sst", 1)
             pstats.Stats(prof).sort_stats("tottime").print_stats(12)
     print(f"\nfree cores measured after: {free_cores():.1f} (below 2, other processes shared the CPUs)")
     return 0

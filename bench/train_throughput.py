@@ -6,21 +6,21 @@ steps and examples per row. Rows:
 - ``hf-defaults``: transformers.Trainer as run_glue runs it: every example padded to max_length, random order.
 - ``hf-best``: transformers.Trainer with dynamic padding (DataCollatorWithPadding, multiple of 8) and length
   grouping (``train_sampling_strategy="group_by_length"``, transformers 5's name for ``group_by_length=True``).
-- ``ours``: mt_dnn.trainer.Trainer with ``--optimizer usadamax``, ``optim_impl="auto"`` (CPU: the
+- ``project``: mt_dnn.trainer.Trainer with ``--optimizer usadamax``, ``optim_impl="auto"`` (CPU: the
   torch.compile-fused update; CUDA: Triton), eager forward, and no evaluation (``test_datasets=[]``, stopped by
   ``fit(stop_after_steps=...)`` before the epoch ends). On CUDA its input pipeline runs in 2 worker processes
   (``--num_workers`` auto) with pinned memory.
-- ``ours-compile``: the same with ``--compile`` (static length buckets of 32 and a fixed batch; CUDA graphs on
+- ``project-compile``: the same with ``--compile`` (static length buckets of 32 and a fixed batch; CUDA graphs on
   CUDA). Every bucket the epoch uses is compiled (and, on CUDA, graph-recorded) before the clock starts, by a
   few forward/backward passes without optimizer steps; that time is in the "first step" column. Default row on
   CUDA; on CPU (minutes of compiling) ask for it with ``--only``.
 
-On CUDA every row's step end is a ``torch.cuda.synchronize()``; hf-best and both ours rows run under bf16
+On CUDA every row's step end is a ``torch.cuda.synchronize()``; hf-best and both project rows run under bf16
 autocast (``--no-bf16`` for fp32), hf-defaults stays fp32 as run_glue runs it; both HF rows use fused AdamW
 (``adamw_torch_fused``).
 
 Steady state is the time between the end of warm-up step W and the end of step W+N, read from timestamps taken
-after every optimizer step (a TrainerCallback for transformers, a ``StepHook`` for ours). Model
+after every optimizer step (a TrainerCallback for transformers, a ``StepHook`` for this project's Trainer). Model
 loading, data preparation and the first W steps (which carry the one-time compile of the fused optimizer) are
 outside it and reported in their own columns. The default N is one mega-batch of transformers' length grouping
 (it sorts each mega-batch longest first, so a shorter window would hand hf-best only long batches); the table
@@ -31,7 +31,7 @@ Prints one markdown table; per-row step-time spread and the load average go to s
 
     python -m bench.train_throughput [--device cpu|cuda] [--steps N] [--warmup_steps N] [--batch_size N]
                                      [--model minilm-l6] [--threads N]
-                                     [--only hf-defaults,hf-best,ours,ours-compile] [--bf16|--no-bf16]
+                                     [--only hf-defaults,hf-best,project,project-compile] [--bf16|--no-bf16]
                                      [--random_bert_base]
 
     python -m bench.train_throughput --device cuda --random_bert_base   # BERT-base shapes on a GPU
@@ -70,8 +70,8 @@ from mt_dnn.batcher import PAD_MULTIPLE, epoch_plan  # noqa: E402
 
 TASK = "mrpc"
 TASK_DEF = ROOT / "experiments" / "glue" / "glue_task_def.yml"
-ROWS = ("hf-defaults", "hf-best", "ours", "ours-compile")
-DEFAULT_ROWS = {"cpu": ("hf-defaults", "hf-best", "ours"), "cuda": ROWS}
+ROWS = ("hf-defaults", "hf-best", "project", "project-compile")
+DEFAULT_ROWS = {"cpu": ("hf-defaults", "hf-best", "project"), "cuda": ROWS}
 WARM_CALLS = 3  # forward/backward calls per length bucket before timing (CUDA graph trees record on a later call)
 BASELINES = ("hf-defaults", "hf-best")
 LEARNING_RATE = 5e-5  # transformers' default and TrainConfig's: the schedules differ, the step cost does not
@@ -106,7 +106,7 @@ class Result:
     padded_lengths: list[int] = field(default_factory=list)  # sequence length of each batch, in step order
     cpu_ends: list[float] = field(default_factory=list)  # process CPU time (all threads) after each step
     threads: int = 0
-    epoch_length: Optional[float] = None  # mean padded length over a whole epoch (ours: from the epoch plan)
+    epoch_length: Optional[float] = None  # mean padded length over a whole epoch (project rows: from the epoch plan)
 
     def steady_seconds(self, warmup: int, steps: int) -> float:
         return self.step_ends[warmup + steps - 1] - self.step_ends[warmup - 1]
@@ -164,7 +164,7 @@ def count_rows(tsv: Path) -> int:
 
 
 def check_window(tsv: Path, cfg: BenchConfig) -> None:
-    """All timed steps must fall in epoch 0: ours would otherwise stop to evaluate and checkpoint."""
+    """All timed steps must fall in epoch 0: the project's Trainer would otherwise stop to evaluate and checkpoint."""
     per_epoch = math.ceil(count_rows(tsv) / cfg.batch_size)
     if cfg.total_steps > per_epoch:
         raise SystemExit(f"train_throughput.py: error: --warmup_steps + --steps = {cfg.total_steps} is more than "
@@ -275,12 +275,12 @@ def planned_lengths(trainer) -> list[int]:
     return [pad(max(trainer.train_sets[task_idx].lengths[i] for i in indices)) for task_idx, indices in plan]
 
 
-def run_ours(cfg: BenchConfig, model_path: str, shard_dir: Path, work: Path, compile_model: bool = False) -> Result:
+def run_project(cfg: BenchConfig, model_path: str, shard_dir: Path, work: Path, compile_model: bool = False) -> Result:
     import logging
     from mt_dnn.config import TrainConfig
     from mt_dnn.trainer import StepHook, Trainer
     set_threads(cfg)
-    row = "ours-compile" if compile_model else "ours"
+    row = "project-compile" if compile_model else "project"
     train_cfg = TrainConfig(train_datasets=[TASK], test_datasets=[], task_def=str(TASK_DEF), data_dir=str(shard_dir),
                             init_checkpoint=model_path, output_dir=str(work / row), optimizer="usadamax",
                             learning_rate=LEARNING_RATE, batch_size=cfg.batch_size, optim_impl="auto",
@@ -394,7 +394,7 @@ def parse_args(argv=None) -> BenchConfig:
     a("--only", default=None, help=f"comma-separated rows, of {', '.join(ROWS)} (default: "
       f"{', '.join(DEFAULT_ROWS['cpu'])} on cpu, all on cuda)")
     a("--bf16", action=argparse.BooleanOptionalAction, default=None,
-      help="bf16 autocast for hf-best and the ours rows; hf-defaults stays fp32 (default: on for cuda, off for cpu)")
+      help="bf16 autocast for hf-best and the project rows; hf-defaults stays fp32 (default: on for cuda, off for cpu)")
     a("--random_bert_base", action="store_true",
       help="randomly initialised BERT-base (BertConfig()) on both sides instead of --model's weights")
     args = parser.parse_args(argv)
@@ -416,7 +416,7 @@ def parse_args(argv=None) -> BenchConfig:
     missing = [name for name in ("accelerate", "datasets") if importlib.util.find_spec(name) is None]
     if missing and any(row.startswith("hf-") for row in only):
         parser.error(f"--only: the transformers.Trainer rows need {' and '.join(missing)} (pip install -r "
-                     "requirements-dev.txt); --only ours runs without them")
+                     "requirements-dev.txt); --only project runs without them")
     if not (args.glue_dir / "MRPC" / "train.tsv").is_file():
         parser.error(f"--glue_dir {args.glue_dir}: MRPC/train.tsv not found")
     return BenchConfig(args.device, args.steps or 0, warmup, args.batch_size, args.model, args.threads, args.glue_dir,
@@ -440,8 +440,8 @@ def main(argv=None) -> None:
         check_window(tsv, cfg)
         runners = {"hf-defaults": lambda: run_hf(cfg, model_path, tsv, work, best=False),
                    "hf-best": lambda: run_hf(cfg, model_path, tsv, work, best=True),
-                   "ours": lambda: run_ours(cfg, model_path, shard_dir, work),
-                   "ours-compile": lambda: run_ours(cfg, model_path, shard_dir, work, compile_model=True)}
+                   "project": lambda: run_project(cfg, model_path, shard_dir, work),
+                   "project-compile": lambda: run_project(cfg, model_path, shard_dir, work, compile_model=True)}
         results = []
         for row in cfg.only:
             with contextlib.redirect_stdout(sys.stderr):
