@@ -25,6 +25,9 @@ from mt_dnn import run_folder
 from mt_dnn.distributed import DistEnv
 
 log = logging.getLogger("sage.train")
+#: The optimizer's one line saying which implementation it chose and why (module.sage.dispatch) goes to the same
+#: places as the run's own log.
+optim_log = logging.getLogger("sage.optim")
 
 
 def seed_everything(seed: int) -> None:
@@ -108,12 +111,15 @@ def setup_logging(output_dir: Path, is_main: bool = True, log_file: Optional[str
             raise ValueError(f"{flag}: {exc}") from None
     for handler in log.handlers:
         handler.setFormatter(fmt)
+        optim_log.addHandler(handler)
+    optim_log.setLevel(logging.INFO)
 
 
 def close_logging() -> None:
     for handler in list(log.handlers):
         handler.close()
         log.removeHandler(handler)
+        optim_log.removeHandler(handler)
 
 
 class RunFolder:
