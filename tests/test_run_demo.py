@@ -1,5 +1,6 @@
 """experiments/demo/run_demo.py without training: the tables it prints from fake metrics.jsonl files, with the
-selection (each optimizer's best lr, by last-epoch dev average) and the differences worked out by hand."""
+selection (each optimizer's best lr, by last-epoch dev average) and the differences worked out by hand; the check
+against committed runs; README.md's demo table against the committed runs."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import pytest
 from data_utils.metrics import glue_average
 from experiments.demo import run_demo
 
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +150,19 @@ def test_without_wall_time_keeps_every_score_cell(demo):
     assert demo.without_wall_time(row) == [["Adamax", "1e-4", "75.8", "73.1", "51.8", "65.6", "65.9", "66.31", ""]]
     other = "| both at lr 1e-4 | 66.31 | 61.79 | -4.52 |\nDev set, one seed"
     assert demo.without_wall_time(other) == [["both at lr 1e-4", "66.31", "61.79", "-4.52"], ["Dev set, one seed"]]
+
+
+def readme_demo_block() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start, end = text.index("<!-- demo-table -->\n"), text.index("<!-- /demo-table -->")
+    return text[start + len("<!-- demo-table -->\n"):end].strip("\n")
+
+
+def test_readme_demo_table_is_the_committed_runs(demo):
+    """The README's block is run_demo.py's report of the committed runs (wall times aside, which the committed
+    records leave out), and its caption names the optimizer implementation that produced them."""
+    expected = demo.report(demo.EXPECTED, demo.LEARNING_RATES, demo.DEFAULT_EPOCHS)
+    block = readme_demo_block()
+    assert demo.without_wall_time(block) == demo.without_wall_time(expected)
+    assert f"Optimizer step: {demo.IMPLEMENTATION}." in block.splitlines()[0]
+    assert "| Adamax-SAGE | 3e-4 |" in block and "| each at its best lr on dev" in block
