@@ -90,6 +90,7 @@ def setup_logging(output_dir: Path, is_main: bool = True, log_file: Optional[str
     link. ``created`` receives each log file this call creates (a failed setup removes them again)."""
     log.setLevel(logging.INFO)
     log.handlers.clear()
+    optim_log.handlers.clear()  # the optimizer's logger mirrors this run's handlers, never a finished run's
     log.propagate = False
     if not is_main:
         log.addHandler(logging.NullHandler())
@@ -119,7 +120,7 @@ def close_logging() -> None:
     for handler in list(log.handlers):
         handler.close()
         log.removeHandler(handler)
-        optim_log.removeHandler(handler)
+    optim_log.handlers.clear()
 
 
 class RunFolder:

@@ -122,6 +122,9 @@ def run_with_fault(fault: str, script: str, args: list, timeout: float = 300, **
 
 
 def main() -> int:
+    # a user's process starts with Python's own Ctrl-C handler; an ignored SIGINT inherited from the test process
+    # would make every interrupt case pass through silently
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     spec, script, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
     spec, _, rank = spec.partition("@")
     point, _, arg = spec.partition(":")

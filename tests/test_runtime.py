@@ -7,6 +7,8 @@ from mt_dnn import runtime
 
 
 def test_the_optimizers_choice_reaches_the_runs_log_and_stops_there_after_close(tmp_path):
+    (tmp_path / "earlier").mkdir()
+    runtime.setup_logging(tmp_path / "earlier")  # a run that never closed its log: its file must not get the line
     runtime.setup_logging(tmp_path)
     try:
         runtime.log.info("run line")
@@ -18,3 +20,4 @@ def test_the_optimizers_choice_reaches_the_runs_log_and_stops_there_after_close(
     assert [line.split(" ", 1)[1] for line in lines] == [
         "INFO run line", "INFO optimizer step (usadamax cpu torch.float32): fused, c backend (why)"]
     assert logging.getLogger("sage.optim").handlers == []
+    assert (tmp_path / "earlier" / "train.log").read_text(encoding="utf-8") == ""
