@@ -40,13 +40,14 @@ from data_utils.shard_checks import encoder_positions
 from data_utils.shards import shard_path
 from data_utils.squad import PairLayout, SquadError, encode_squad, read_squad
 from data_utils.task_def import DataFormat, TaskDef, TaskDefError, TaskType, load_task_defs, select_tasks
-from data_utils.tsv import TsvError, check_unique_uids, decode_lines
+from data_utils.tsv import TsvError, check_unique_uids, decode_lines, keeps_labels
 from module import encoders
+from mt_dnn.upstream_prepro_flags import PREPRO_STD_FLAGS, add_no_effect_flags, notices
 
 ROOT = Path(__file__).resolve().parent
 CHUNK_ROWS = 2048
 POOL_MIN_ROWS = 16384  # below this a split takes well under a second in one process; workers start in ~0.3 s
-STAMP_VERSION = 1
+STAMP_VERSION = 2  # 2: test splits keep their TSV's labels when all are the task's
 
 
 class PreproError(ValueError):
@@ -144,8 +145,9 @@ def _write_stamp(shard: Path, fingerprint: str, rows: int) -> None:
 def chunks(tsv: Path, lines: list[str], td: TaskDef, split: str) -> Iterator[Chunk]:
     """About CHUNK_ROWS sequences per chunk: enough to amortize a batch call and the hand-off to a worker."""
     step = max(1, CHUNK_ROWS // (td.n_class if td.data_format is DataFormat.PremiseAndMultiHypothesis else 1))
+    labelled = keeps_labels(lines, td, split)  # one decision for the whole file
     for i in range(0, len(lines), step):
-        yield Chunk(str(tsv), i + 1, lines[i:i + step], td, split)
+        yield Chunk(str(tsv), i + 1, lines[i:i + step], td, split, labelled)
 
 
 @contextlib.contextmanager
@@ -320,11 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild shards even when up to date")
     p.add_argument("--do_lower_case", action="store_true",
                    help="MT-DNN compatibility: checks that the tokenizer lower-cases (it is the tokenizer's setting)")
+    add_no_effect_flags(p, PREPRO_STD_FLAGS)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    for line in notices("prepro_std.py", args, PREPRO_STD_FLAGS):
+        print(line, file=sys.stderr)
     cfg = PreproConfig(**{**vars(args), "tasks": task_names(args.tasks)})
     try:
         run(cfg)

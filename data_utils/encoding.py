@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 from data_utils.shards import format_line, format_line_zero_types
 from data_utils.task_def import DataFormat, TaskDef
@@ -36,6 +36,7 @@ class Chunk:
     lines: Sequence[str]
     task_def: TaskDef
     split: str
+    labelled: Optional[bool] = None  # the labels are checked and kept (default: unless a test split)
 
 
 def spec_from_hf(tokenizer, max_seq_len: int) -> EncodeSpec:
@@ -82,7 +83,7 @@ def encode_rows(tok, spec: EncodeSpec, data: CanonicalSplit, task_def: TaskDef) 
 
 def encode_chunk(tok, spec: EncodeSpec, chunk: Chunk) -> tuple[str, list[str]]:
     """(shard text, uids) of a chunk; a bad line raises ``TsvError`` with its ``file:line``."""
-    data = parse_rows(chunk.path, chunk.lines, chunk.first_line, chunk.task_def, chunk.split)
+    data = parse_rows(chunk.path, chunk.lines, chunk.first_line, chunk.task_def, chunk.split, chunk.labelled)
     return encode_rows(tok, spec, data, chunk.task_def), data.uids
 
 

@@ -65,7 +65,8 @@ class CanonicalSplit:
     """One split's rows, column-wise (what the batched tokenizer wants).
 
     ``hypotheses`` is None (PremiseOnly), one string per row (PremiseAndOneHypothesis) or a tuple of
-    ``n_class`` strings per row (PremiseAndMultiHypothesis). Test splits get the placeholder label.
+    ``n_class`` strings per row (PremiseAndMultiHypothesis). Test splits get the placeholder label unless
+    ``keeps_labels`` says their labels are kept.
     """
     path: str
     uids: list[str]
@@ -77,15 +78,29 @@ class CanonicalSplit:
         return len(self.uids)
 
 
+def keeps_labels(lines: Sequence[str], task_def: TaskDef, split: str) -> bool:
+    """Whether a split's shard carries its TSV's labels: a labelled split always; a test split when every row's
+    label is one of the task's (SNLI's and SciTail's test files hold gold labels, which MT-DNN's shards keep),
+    otherwise each of its rows gets the placeholder (GLUE's test labels are placeholders anyway)."""
+    if task_def.has_labels(split):
+        return True
+    labels = {fields[1] if len(fields) > 1 else None for fields in (line.split("\t", 2) for line in lines)}
+    try:
+        return None not in labels and all(task_def.parse_label(label) is not None for label in labels)
+    except ValueError:
+        return False
+
+
 def parse_rows(path: Union[str, Path], lines: Sequence[str], first_line: int, task_def: TaskDef,
-               split: str) -> CanonicalSplit:
+               split: str, labelled: Optional[bool] = None) -> CanonicalSplit:
     """Validate and split consecutive canonical lines (``first_line`` = 1-based number of ``lines[0]``).
 
-    Checks column count, non-empty uid and text, and labels (labelled splits only; test splits get the
-    placeholder). Uid uniqueness spans chunks, so ``check_unique_uids`` does it.
+    Checks column count, non-empty uid and text, and labels (``labelled``, by default a split that is not a test
+    split; the others get the placeholder). Uid uniqueness spans chunks, so ``check_unique_uids`` does it.
     """
     cols = columns_for(task_def)
-    n_cols, labelled, placeholder = len(cols), task_def.has_labels(split), task_def.placeholder_label()
+    labelled = task_def.has_labels(split) if labelled is None else labelled
+    n_cols, placeholder = len(cols), task_def.placeholder_label()
     out = CanonicalSplit(str(path), [], [], [], None if n_cols == 3 else [])
     for ln, line in enumerate(lines, start=first_line):
         fields = line.split("\t")

@@ -1,19 +1,27 @@
 """Raw GLUE files (``glue_data/<TASK>/`` layout) -> canonical TSVs ``{task}_{split}.tsv``.
 
 Canonical rows are ``uid, label, premise[, hypothesis]`` (tab-separated, no header, UTF-8); test splits carry a
-placeholder label (the task's first label, or 0.0 for Regression). Raw files are split on tabs only, quotes being
-plain text (``csv.QUOTE_NONE`` semantics). Columns are found by header name, so a file whose header moved a column
-still converts right; only CoLA's train/dev have no header and are read by position. Files without an index
-column get their 0-based data-row number as uid. Labels are checked against the task-definition YAML.
+placeholder label (the task's first label, or 0.0 for Regression) unless their file holds gold labels (SNLI,
+SciTail). Raw files are split on tabs only, quotes being plain text (``csv.QUOTE_NONE`` semantics). Columns are
+found by header name, so a file whose header moved a column still converts right; only CoLA's train/dev have no
+header and are read by position. Labels are checked against the task-definition YAML.
 
-Beyond GLUE, as in MT-DNN's and the SAGE authors' task definitions: SNLI 1.0 (``SNLI/`` or ``snli_1.0/``:
-``snli_1.0_{train,dev,test}.jsonl``, or the ``.txt`` files of the same release) and SciTail
-(``SciTail/`` or ``SciTailV1.1/``: ``tsv_format/scitail_1.0_{train,dev,test}.tsv``, headerless premise, hypothesis,
-label). SNLI pairs whose gold label is ``-`` (no annotator majority) are left out, as MT-DNN does, and counted.
+Uids are those MT-DNN's and the SAGE repository's glue_prepro.py write, so shards made from the same files are
+the same: the index column for SST-2 test, QNLI, RTE, MNLI, SNLI and QQP test; elsewhere (CoLA, SST-2 train/dev,
+MRPC, STS-B, QQP train/dev, WNLI, SciTail) the 0-based number of the row among the rows converted.
+
+Beyond GLUE, as in MT-DNN's and the SAGE authors' task definitions: SNLI (``SNLI/`` or ``snli_1.0/``: the GLUE
+layout ``{train,dev,test}.tsv`` that MT-DNN reads, else the release's ``snli_1.0_{train,dev,test}.jsonl`` or its
+``.txt`` files) and SciTail (``SciTail/`` or ``SciTailV1.1/``: ``tsv_format/scitail_1.0_{train,dev,test}.tsv``,
+headerless premise, hypothesis, label). SNLI pairs whose gold label is ``-`` (no annotator majority) are left
+out, as MT-DNN does, and counted.
 
 A missing task folder or file is reported and skipped; a malformed row stops the run with ``file:line`` unless
 ``--skip_bad_rows`` (each skipped row is still reported). MNLI dev also converts from the Hugging Face Arrow
 exports in ``MNLI/hf_datasets_format/`` when the official ``dev_*.tsv`` files are absent.
+
+MT-DNN's command line works too: ``--root_dir data`` reads ``data/<TASK>/`` and writes ``data/canonical_data/``;
+its ``--old_glue`` and ``--seed`` get one notice each (mt_dnn/upstream_prepro_flags.py).
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ if not __package__:  # run by its file path, where the project's packages do not
 from data_utils.task_def import TaskDef, TaskDefError, load_task_defs  # noqa: E402
 from data_utils.safe_load import DataFileError, loads_json  # noqa: E402
 from data_utils.tsv import TsvError, iter_tsv, read_lines, write_tsv  # noqa: E402
+from mt_dnn.upstream_prepro_flags import GLUE_PREPRO_FLAGS, add_no_effect_flags, notices  # noqa: E402
 
 Col = Union[str, int]  # a header name, or a position in a headerless file
 
@@ -45,7 +54,7 @@ class RawFile:
     premise: Col
     hypothesis: Optional[Col] = None
     label: Optional[Col] = None        # None: unlabelled (test) file
-    uid: Optional[Col] = None          # None: the 0-based data-row number
+    uid: Optional[Col] = None          # None: the 0-based number of the row among the rows converted
     header: bool = True
     n_cols: Optional[int] = None       # headerless files only
     fmt: str = "tsv"                   # or "jsonl": one JSON object per line, columns are its keys
@@ -70,7 +79,7 @@ class GlueTask:
     other_folders: tuple[str, ...] = ()  # other names the folder goes by (a release's own archive name)
 
 
-def _pair(index: Optional[str], first: str, second: str, label: str, test_index: str = "index"):
+def _pair(index: Optional[str], first: str, second: str, label: str, test_index: Optional[str] = None):
     return (RawFile("train", "train.tsv", first, second, label, index),
             RawFile("dev", "dev.tsv", first, second, label, index),
             RawFile("test", "test.tsv", first, second, None, test_index))
@@ -79,29 +88,31 @@ def _pair(index: Optional[str], first: str, second: str, label: str, test_index:
 _MNLI_HF = ("entailment", "neutral", "contradiction")
 
 
-def _snli(split: str) -> tuple[RawFile, RawFile]:
-    """The release's JSON-lines file, else its tab-separated .txt (same columns, with a header)."""
-    label = None if split == "test" else "gold_label"
-    return tuple(RawFile(split, f"snli_1.0_{split}.{ext}", "sentence1", "sentence2", label, "pairID", fmt=fmt,
-                         no_gold="gold_label") for ext, fmt in (("jsonl", "jsonl"), ("txt", "tsv")))
+def _snli(split: str) -> tuple[RawFile, ...]:
+    """The GLUE layout MT-DNN reads (``{split}.tsv``), else the release's JSON-lines file, else its tab-separated
+    .txt (same columns as the JSON, with a header). Every SNLI file, test included, holds gold labels."""
+    glue = RawFile(split, f"{split}.tsv", "sentence1", "sentence2", "gold_label", "index", no_gold="gold_label")
+    return (glue,) + tuple(RawFile(split, f"snli_1.0_{split}.{ext}", "sentence1", "sentence2", "gold_label",
+                                   "pairID", fmt=fmt, no_gold="gold_label")
+                           for ext, fmt in (("jsonl", "jsonl"), ("txt", "tsv")))
 
 
 def _scitail(split: str) -> RawFile:
-    return RawFile(split, f"tsv_format/scitail_1.0_{split}.tsv", premise=0, hypothesis=1,
-                   label=None if split == "test" else 2, header=False, n_cols=3)
+    return RawFile(split, f"tsv_format/scitail_1.0_{split}.tsv", premise=0, hypothesis=1, label=2, header=False,
+                   n_cols=3)
 
 GLUE_TASKS: dict[str, GlueTask] = {
     "cola": GlueTask("CoLA", (
         RawFile("train", "train.tsv", premise=3, label=1, header=False, n_cols=4),
         RawFile("dev", "dev.tsv", premise=3, label=1, header=False, n_cols=4),
-        RawFile("test", "test.tsv", premise="sentence", uid="index"))),
+        RawFile("test", "test.tsv", premise="sentence"))),
     "sst": GlueTask("SST-2", (
         RawFile("train", "train.tsv", premise="sentence", label="label"),
         RawFile("dev", "dev.tsv", premise="sentence", label="label"),
         RawFile("test", "test.tsv", premise="sentence", uid="index"))),
     "mrpc": GlueTask("MRPC", _pair(None, "#1 String", "#2 String", "Quality")),
-    "stsb": GlueTask("STS-B", _pair("index", "sentence1", "sentence2", "score")),
-    "qqp": GlueTask("QQP", _pair("id", "question1", "question2", "is_duplicate", test_index="id")),
+    "stsb": GlueTask("STS-B", _pair(None, "sentence1", "sentence2", "score")),
+    "qqp": GlueTask("QQP", _pair(None, "question1", "question2", "is_duplicate", test_index="id")),
     "mnli": GlueTask("MNLI", (
         RawFile("train", "train.tsv", "sentence1", "sentence2", "gold_label", "index"),
         RawFile("matched_dev", "dev_matched.tsv", "sentence1", "sentence2", "gold_label", "index"),
@@ -113,9 +124,9 @@ GLUE_TASKS: dict[str, GlueTask] = {
         arrow=(ArrowFile("matched_dev", "hf_datasets_format/validation_matched.arrow", _MNLI_HF),
                ArrowFile("mismatched_dev", "hf_datasets_format/validation_mismatched.arrow",
                          _MNLI_HF))),
-    "qnli": GlueTask("QNLI", _pair("index", "question", "sentence", "label")),
-    "rte": GlueTask("RTE", _pair("index", "sentence1", "sentence2", "label")),
-    "wnli": GlueTask("WNLI", _pair("index", "sentence1", "sentence2", "label")),
+    "qnli": GlueTask("QNLI", _pair("index", "question", "sentence", "label", test_index="index")),
+    "rte": GlueTask("RTE", _pair("index", "sentence1", "sentence2", "label", test_index="index")),
+    "wnli": GlueTask("WNLI", _pair(None, "sentence1", "sentence2", "label")),
 }
 
 #: Not GLUE (download.sh does not fetch them; place the releases under --glue_dir), in the authors' task def.
@@ -160,7 +171,7 @@ def _placeholder(td: TaskDef) -> str:
     return "0.0" if td.is_regression else td.labels[0]
 
 
-def _row(td: TaskDef, path: Path, ln: int, fields, pos: dict, data_row: int):
+def _row(td: TaskDef, path: Path, ln: int, fields, pos: dict):
     """A canonical row from a split line (``fields`` a list) or a JSON object (``fields`` a dict)."""
     if pos.get("no_gold") is not None and fields[pos["no_gold"]].strip() == "-":
         return NO_GOLD
@@ -168,8 +179,8 @@ def _row(td: TaskDef, path: Path, ln: int, fields, pos: dict, data_row: int):
     for role, text in zip(("premise", "hypothesis"), texts):
         if not text.strip():
             raise BadRow(f"{path}:{ln}: the {role} text is empty")
-    uid = str(data_row) if pos["uid"] is None else fields[pos["uid"]]
-    if not uid.strip():
+    uid = None if pos["uid"] is None else fields[pos["uid"]]  # None: numbered when collected
+    if uid is not None and not uid.strip():
         raise BadRow(f"{path}:{ln}: the uid is empty")
     if pos["label"] is None:
         label = _placeholder(td)
@@ -189,13 +200,13 @@ def tsv_rows(td: TaskDef, path: Path, raw: RawFile) -> Iterator[Union[list[str],
     header = next(lines)[1] if raw.header else None
     pos = _positions(raw, path, header)
     n_cols = len(header) if header is not None else raw.n_cols
-    for data_row, (ln, fields) in enumerate(lines):
+    for ln, fields in lines:
         if len(fields) != n_cols:
             yield BadRow(f"{path}:{ln}: expected {n_cols} tab-separated columns"
                          f"{' (as in the header)' if header else ''}, got {len(fields)}")
             continue
         try:
-            yield _row(td, path, ln, fields, pos, data_row)
+            yield _row(td, path, ln, fields, pos)
         except BadRow as exc:
             yield exc
 
@@ -203,8 +214,7 @@ def tsv_rows(td: TaskDef, path: Path, raw: RawFile) -> Iterator[Union[list[str],
 def jsonl_rows(td: TaskDef, path: Path, raw: RawFile) -> Iterator[Union[list[str], BadRow]]:
     """Canonical rows of a JSON-lines file (SNLI 1.0): one object per line, the RawFile's columns are keys."""
     pos = _positions(raw, path, None)
-    for data_row, line in enumerate(read_lines(path)):
-        ln = data_row + 1
+    for ln, line in enumerate(read_lines(path), start=1):
         try:
             obj = loads_json(line, path, ln)
         except DataFileError as exc:
@@ -216,7 +226,7 @@ def jsonl_rows(td: TaskDef, path: Path, raw: RawFile) -> Iterator[Union[list[str
             yield BadRow(f"{path}:{ln}: expected string field(s) {missing}")
             continue
         try:
-            yield _row(td, path, ln, obj, pos, data_row)
+            yield _row(td, path, ln, obj, pos)
         except BadRow as exc:
             yield exc
 
@@ -256,6 +266,8 @@ def _collect(rows: Iterator, skip_bad: bool, log: Callable[[str], None], where: 
                 raise row
             log(f"skipped: {row}")
         else:
+            if row[0] is None:  # MT-DNN's counter: the row's number among the rows converted
+                row[0] = str(len(out))
             out.append(row)
     if no_gold:
         log(f"{where}: {no_gold} pairs without a gold label ('-') left out")
@@ -329,25 +341,44 @@ def convert(glue_dir: Path, out_dir: Path, task_def: Path, tasks: Optional[Seque
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Raw GLUE files -> canonical TSVs {task}_{split}.tsv.")
-    p.add_argument("--glue_dir", default="data/glue_data", help="folder with CoLA/, SST-2/, MRPC/, ...")
-    p.add_argument("--out_dir", default="data/canonical_data", help="where {task}_{split}.tsv go")
+    p.add_argument("--glue_dir", default=None, help="folder with CoLA/, SST-2/, MRPC/, ... (default: data/glue_data)")
+    p.add_argument("--out_dir", default=None,
+                   help="where {task}_{split}.tsv go (default: data/canonical_data, or ROOT_DIR/canonical_data)")
+    p.add_argument("--root_dir", default=None,
+                   help="MT-DNN's flag: the folder with CoLA/, SST-2/, ... (as --glue_dir); the TSVs go to "
+                        "ROOT_DIR/canonical_data unless --out_dir says otherwise")
     p.add_argument("--task_def", default=str(ROOT / "experiments" / "glue" / "glue_task_def.yml"))
     p.add_argument("--tasks", nargs="+", default=None, help=f"subset of: {' '.join(TASKS)}")
     p.add_argument("--skip_bad_rows", action="store_true",
                    help="skip (and report) malformed rows instead of stopping at the first one")
+    add_no_effect_flags(p, GLUE_PREPRO_FLAGS)
     return p
 
 
+def folders(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Path, Path]:
+    """(raw GLUE folder, output folder) from this project's flags or MT-DNN's --root_dir."""
+    if args.root_dir is not None and args.glue_dir is not None:
+        parser.error(f"--root_dir {args.root_dir} and --glue_dir {args.glue_dir} both name the raw GLUE folder; "
+                     "give one")
+    glue_dir = Path(args.root_dir or args.glue_dir or "data/glue_data")
+    default_out = glue_dir / "canonical_data" if args.root_dir is not None else Path("data/canonical_data")
+    return glue_dir, Path(args.out_dir) if args.out_dir is not None else default_out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    glue_dir, out_dir = folders(parser, args)
+    for line in notices("glue_prepro.py", args, GLUE_PREPRO_FLAGS):
+        print(line, file=sys.stderr)
     try:
-        done = convert(Path(args.glue_dir), Path(args.out_dir), Path(args.task_def), args.tasks,
-                       args.skip_bad_rows, log=lambda msg: print(msg, file=sys.stderr))
+        done = convert(glue_dir, out_dir, Path(args.task_def), args.tasks, args.skip_bad_rows,
+                       log=lambda msg: print(msg, file=sys.stderr))
     except (TsvError, TaskDefError) as exc:
         print(f"glue_prepro.py: error: {exc}", file=sys.stderr)
         return 1
     if not any(done.values()):
-        print(f"glue_prepro.py: error: no GLUE files found under {args.glue_dir}", file=sys.stderr)
+        print(f"glue_prepro.py: error: no GLUE files found under {glue_dir}", file=sys.stderr)
         return 1
     return 0
 
