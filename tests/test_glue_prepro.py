@@ -168,7 +168,8 @@ def test_qqp_and_official_mnli_layout(tmp_path):
     done = gp.convert(glue, out, TASK_DEF, tasks=["qqp", "mnli"], log=log.append)
     assert done == {"qqp": {"train": 2, "test": 1},
                     "mnli": {"train": 1, "matched_dev": 1, "mismatched_test": 1}}
-    assert canonical(out / "qqp_train.tsv") == [["7", "1", 'Why "this"?', "Why that?"], ["9", "0", "A?", "B?"]]
+    # train/dev uids: the row's number, as MT-DNN's glue_prepro.py writes them (not the id column); test: the id
+    assert canonical(out / "qqp_train.tsv") == [["0", "1", 'Why "this"?', "Why that?"], ["1", "0", "A?", "B?"]]
     assert canonical(out / "qqp_test.tsv") == [["0", "0", "C?", "D?"]]
     assert canonical(out / "mnli_train.tsv") == [["5", "neutral", "The cat sat.", "A cat sat."]]
     assert canonical(out / "mnli_matched_dev.tsv") == [["5", "contradiction", "The cat sat.", "A cat sat."]]
@@ -393,7 +394,7 @@ def test_snli_jsonl_release(tmp_path):
     assert canonical(out / "snli_train.tsv") == [["10r1n", "neutral", "A man plays.", 'He is "good".'],
                                                  ["12r1e", "entailment", "A girl sings.", "Someone sings."]]
     assert canonical(out / "snli_dev.tsv") == [["13r1c", "contradiction", "Sun.", "Rain."]]
-    assert canonical(out / "snli_test.tsv") == [["14r1e", "contradiction", "Sea.", "Water."]]  # placeholder label
+    assert canonical(out / "snli_test.tsv") == [["14r1e", "entailment", "Sea.", "Water."]]  # gold, as MT-DNN keeps
     assert "snli train: 1 pairs without a gold label ('-') left out" in log
     assert "snli test: 1 pairs without a gold label ('-') left out" in log
 
@@ -432,7 +433,7 @@ def test_scitail_tsv_release(tmp_path):
     assert done == {"scitail": {"train": 2, "dev": 1, "test": 1}}
     assert canonical(out / "scitail_train.tsv") == [["0", "entails", "Plants need light.", "Light feeds plants."],
                                                     ["1", "neutral", "Rocks are hard.", "Water is wet."]]
-    assert canonical(out / "scitail_test.tsv") == [["0", "neutral", "Ice melts.", "Heat melts ice."]]
+    assert canonical(out / "scitail_test.tsv") == [["0", "entails", "Ice melts.", "Heat melts ice."]]  # gold label
     write(tsv / "scitail_1.0_dev.tsv", ["Iron rusts.\tRust forms on iron.\tentailment"])
     with pytest.raises(gp.BadRow, match=re.escape("scitail_1.0_dev.tsv:1: task scitail: label 'entailment' is "
                                                   "not one of ['neutral', 'entails']")):

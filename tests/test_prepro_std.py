@@ -227,6 +227,19 @@ def test_hand_computed_ids_and_placeholder_labels(mine):
         {"uid": "r", "label": -1.25, "token_id": [101, 7592, 2088, 102], "type_id": [0, 0, 0, 0]}]
 
 
+def test_test_split_keeps_its_labels_only_when_all_are_the_tasks(mine):
+    """SNLI's and SciTail's test files hold gold labels, which MT-DNN's shards keep; a test file with any label
+    the task does not know (a placeholder such as '???') gets the placeholder on every row, not a mix."""
+    root, build, _ = mine
+    write(root / "cls_train.tsv", ["a\tpos\thello\tworld"])
+    write(root / "cls_test.tsv", ["t1\tpos\thello\tworld", "t2\tneg\thi\tthere", "t3\tpos\tyo\tyou"])
+    build("cls")
+    assert [r["label"] for r in read_shard(shard_path(root, MODEL, "cls", "test"))] == [1, 0, 1]
+    write(root / "cls_test.tsv", ["t1\tpos\thello\tworld", "t2\t???\thi\tthere", "t3\tpos\tyo\tyou"])
+    build("cls")
+    assert [r["label"] for r in read_shard(shard_path(root, MODEL, "cls", "test"))] == [0, 0, 0]
+
+
 def test_ranking_rows_are_one_sequence_per_hypothesis(mine, tok):
     root, build, _ = mine
     rows = [("q1", "2", "which is red?", "the sky", "grass", "a rose"), ("q2", "0", "pick one", "x", "y z", "w")]

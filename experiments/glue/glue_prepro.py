@@ -340,7 +340,8 @@ def convert(glue_dir: Path, out_dir: Path, task_def: Path, tasks: Optional[Seque
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Raw GLUE files -> canonical TSVs {task}_{split}.tsv.")
+    p = argparse.ArgumentParser(prog="glue_prepro.py",
+                                description="Raw GLUE files -> canonical TSVs {task}_{split}.tsv.")
     p.add_argument("--glue_dir", default=None, help="folder with CoLA/, SST-2/, MRPC/, ... (default: data/glue_data)")
     p.add_argument("--out_dir", default=None,
                    help="where {task}_{split}.tsv go (default: data/canonical_data, or ROOT_DIR/canonical_data)")
