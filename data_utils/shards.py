@@ -3,9 +3,9 @@
 MT-DNN's shards, ``{task}_{split}.json`` with the same lines (plus keys such as ``attention_mask`` that are not
 needed here), are read too when no ``.jsonl`` of that name exists.
 
-One JSON object per line: ``uid`` (str), ``label`` (class id, or float for Regression; test splits hold the
-placeholder 0 / 0.0), ``token_id`` and ``type_id`` (lists of ints; for PremiseAndMultiHypothesis, one list per
-hypothesis). Span and SequenceLabeling rows carry more fields after these (``EXTRA_KEYS``; see
+One JSON object per line: ``uid`` (str), ``label`` (class id, or float for Regression; a test split holds its
+TSV's labels when all are the task's, else the placeholder 0 / 0.0), ``token_id`` and ``type_id`` (lists of
+ints; for PremiseAndMultiHypothesis, one list per hypothesis). Span and SequenceLabeling rows carry more fields after these (``EXTRA_KEYS``; see
 data_utils/squad.py and data_utils/conll.py). A training shard written by prepare_distillation_data.py has one
 more, ``soft_label``: the teachers' class probabilities (a list of n_class floats) or, for Regression, their
 predicted value. ``format_line`` writes exactly what ``json.dumps`` of that dict writes, without its per-call cost.

@@ -158,3 +158,8 @@ def test_upstream_flags_parse_as_upstream(argv, message, capsys):
     with pytest.raises(SystemExit):
         ps.build_parser().parse_args(argv)
     assert capsys.readouterr().err.splitlines()[-1].endswith(message)
+
+
+def test_docs_name_every_upstream_data_flag():
+    text = (ROOT / "docs" / "mtdnn.md").read_text(encoding="utf-8")
+    assert [f for f in (*PREPRO_STD_FLAGS, *GLUE_PREPRO_FLAGS) if f"`{f}`" not in text] == []
