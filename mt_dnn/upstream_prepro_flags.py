@@ -33,9 +33,9 @@ PREPRO_STD_FLAGS: dict[str, NoEffect] = {
 
 GLUE_PREPRO_FLAGS: dict[str, NoEffect] = {
     "--old_glue": NoEffect("upstream it adds QNLI v1's pair-wise ranking files qnnli_*, which MT-DNN's own "
-                           "prepro_std.py cannot read (their labels are not label names) and which QNLI v2, the "
-                           "one GLUE distributes, does not pair up; the other files are the same with or without "
-                           "it"),
+                           "prepro_std.py fails on (it reads their label pairs such as 'entailment,not_entailment' "
+                           "as one label) and which QNLI v2, the one GLUE distributes, does not pair up; the other "
+                           "files are the same with or without it"),
     "--seed": NoEffect("upstream it only shuffles the QNLI v1 ranking pairs of --old_glue", switch=False),
 }
 
