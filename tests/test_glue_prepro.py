@@ -462,3 +462,15 @@ def test_header_only_file_is_an_error_not_an_empty_tsv(tmp_path):
     rte(tmp_path, ["5\tonly two"])
     with pytest.raises(gp.TsvError, match=r"train\.tsv: no data rows to convert"):  # every row skipped as bad
         gp.convert(tmp_path / "glue", tmp_path / "out", TASK_DEF, tasks=["rte"], skip_bad=True, log=lambda m: None)
+
+
+def test_row_number_uids_count_the_rows_converted(tmp_path):
+    """MT-DNN numbers a file's rows with a counter of the rows it keeps: a row skipped as bad takes no number, so
+    the uids stay 0, 1, 2, ... as in its shards."""
+    write(tmp_path / "glue" / "SST-2" / "train.tsv", ["sentence\tlabel", "good .\t1", "no label", "bad .\t0"])
+    log: list[str] = []
+    assert gp.convert(tmp_path / "glue", tmp_path / "out", TASK_DEF, tasks=["sst"], skip_bad=True,
+                      log=log.append) == {"sst": {"train": 2}}
+    assert canonical(tmp_path / "out" / "sst_train.tsv") == [["0", "1", "good ."], ["1", "0", "bad ."]]
+    assert any(m.startswith("skipped: ") and m.endswith("train.tsv:3: expected 2 tab-separated columns (as in the "
+                                                        "header), got 1") for m in log)
