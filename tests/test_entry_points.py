@@ -24,8 +24,16 @@ def project_python_files() -> list[Path]:
     return sorted(found)
 
 
+#: Scripts MT-DNN's users start by their file path: run that way, they re-run themselves as the module.
+BY_PATH = {"experiments/glue/glue_prepro.py": "experiments.glue.glue_prepro"}
+
+
 def guarded_scripts() -> list[Path]:
     return [p for p in project_python_files() if GUARD in p.read_text(encoding="utf-8")]
+
+
+def refusing_scripts() -> list[Path]:
+    return [p for p in guarded_scripts() if str(p.relative_to(ROOT)) not in BY_PATH]
 
 
 def test_no_file_outside_tests_patches_sys_path():
@@ -40,7 +48,7 @@ def test_every_bench_and_experiment_script_with_project_imports_is_guarded():
 
 
 @pytest.mark.subprocess
-@pytest.mark.parametrize("path", guarded_scripts(), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", refusing_scripts(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_run_by_file_path_is_refused_with_the_module_command(path, tmp_path):
     module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
     proc = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=300,
@@ -54,3 +62,24 @@ def test_the_module_command_runs_from_the_repository_root():
     proc = subprocess.run([sys.executable, "-m", "experiments.glue.glue_prepro", "--help"], capture_output=True,
                           text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: glue_prepro.py"), proc.stderr
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("script, module", sorted(BY_PATH.items()))
+def test_mtdnns_by_path_command_runs_as_the_module_from_any_directory(script, module, tmp_path):
+    """MT-DNN's README types `python experiments/glue/glue_prepro.py --root_dir data`: the same as the module
+    command, relative paths meaning the caller's directory."""
+    by_path = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True,
+                             timeout=300, cwd=tmp_path)
+    as_module = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                               timeout=300, cwd=ROOT)
+    assert (by_path.returncode, by_path.stdout) == (0, as_module.stdout) and as_module.returncode == 0
+    (tmp_path / "data" / "RTE").mkdir(parents=True)
+    (tmp_path / "data" / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n"
+                                                        "7\tA dog runs.\tAn animal moves.\tentailment\n")
+    run = subprocess.run([sys.executable, str(ROOT / script), "--root_dir", "data"], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    # the caller's data/, not the checkout's
+    assert (tmp_path / "data" / "canonical_data" / "rte_train.tsv").read_text() == \
+        "7\tentailment\tA dog runs.\tAn animal moves.\n"

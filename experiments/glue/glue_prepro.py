@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 ROOT = Path(__file__).resolve().parents[2]
-if not __package__:  # run by its file path, where the project's packages do not import
-    print("glue_prepro.py: error: run it from the repository root as: python -m experiments.glue.glue_prepro [flags]",
-          file=sys.stderr)
-    raise SystemExit(2)
+if not __package__:  # run by its file path, as MT-DNN's README types it: the same command as a module of this
+    # checkout (relative paths keep meaning the caller's directory)
+    _path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    os.execve(sys.executable, [sys.executable, "-m", "experiments.glue.glue_prepro", *sys.argv[1:]],
+              {**os.environ, "PYTHONPATH": _path})
 
 from data_utils.task_def import TaskDef, TaskDefError, load_task_defs  # noqa: E402
 from data_utils.safe_load import DataFileError, loads_json  # noqa: E402
