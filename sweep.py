@@ -2,6 +2,7 @@
 """Grid sweeps of train.py with seeds, and the statistics that SAGE's claims rest on.
 
     python sweep.py run SPEC.yml [--parallel N] [--threads_per_run N] [--tasks T,..] [--skip_recorded]  # run, report
+    python sweep.py run SPEC.yml [--gpus 0,1,2,3] [--gpus_per_run N]     # on GPUs: each run at a time its own
     python sweep.py status SPEC.yml [--tasks T,..]                       # what is done, resumable, still to run
     python sweep.py report SPEC.yml [--results_dir DIR]                  # tables (markdown, CSV, JSON)
     python sweep.py heatmap SPEC.yml --task T --optimizer O [--out F.png] [--score best|last]
@@ -19,13 +20,13 @@ from pathlib import Path
 def _spec(args):
     from experiments.sweep.spec import load_spec
     spec = load_spec(args.spec)
-    overrides = {k: getattr(args, k) for k in ("parallel", "threads_per_run", "results_dir")
+    overrides = {k: getattr(args, k) for k in ("parallel", "threads_per_run", "gpus_per_run", "results_dir")
                  if getattr(args, k, None) is not None}
     if "results_dir" in overrides:
         overrides["results_dir"] = Path(overrides["results_dir"])
-    for key in ("parallel", "threads_per_run"):
-        if key in overrides and overrides[key] < (1 if key == "parallel" else 0):
-            raise ValueError(f"--{key}: must be >= {1 if key == 'parallel' else 0}, got {overrides[key]}")
+    for key, low in (("parallel", 1), ("threads_per_run", 0), ("gpus_per_run", 1)):
+        if key in overrides and overrides[key] < low:
+            raise ValueError(f"--{key}: must be >= {low}, got {overrides[key]}")
     return dataclasses.replace(spec, **overrides)
 
 
@@ -40,11 +41,13 @@ def cmd_run(args) -> int:
     check_output_root(spec.runs_dir, f"{spec.source}: runs_dir")
     check_output_root(spec.results_dir, f"{spec.source}: results_dir")
     tasks = spec.task_subset(args.tasks)
+    groups = _gpu_groups(args, spec)
     only = f" (tasks {', '.join(tasks)} of {len(spec.runs())})" if tasks else ""
-    print(f"sweep {spec.name}: {len(spec.runs(tasks))} runs{only}, {spec.parallel} at a time, under "
+    on = f" on GPUs {' | '.join(','.join(g) for g in groups)}" if any(groups) else " on the CPU" if groups else ""
+    print(f"sweep {spec.name}: {len(spec.runs(tasks))} runs{only}, {spec.parallel} at a time{on}, under "
           f"{spec.runs_dir}", flush=True)
     outcomes = run_sweep(spec, report=lambda line: print(line, flush=True), tasks=tasks,
-                         recorded=_recorded(spec) if args.skip_recorded else ())
+                         recorded=_recorded(spec) if args.skip_recorded else (), gpu_groups=groups)
     failed = [o for o in outcomes if o.status == "failed"]
     code = cmd_report(args, spec) if len(failed) < len(outcomes) else 0
     if failed:
@@ -52,6 +55,20 @@ def cmd_run(args) -> int:
               + ", ".join(f"{o.run.run_id} ({o.run_dir}/sweep.log)" for o in failed), file=sys.stderr)
         return 1
     return code
+
+
+def _gpu_groups(args, spec) -> list[list[str]]:
+    """Each run at a time's own GPUs, from --gpus or what this machine shows; [] on a machine without GPUs."""
+    from experiments.sweep.devices import describe_visible, gpu_groups, parse_gpus, visible_gpus
+    source = lambda key: f"--{key}" if getattr(args, key, None) is not None else f"{spec.source}: {key}"
+    if args.gpus is not None and args.gpus.strip() == "cpu":  # GPUs hidden from every run
+        if spec.gpus_per_run > 1:
+            raise ValueError(f"{source('gpus_per_run')}: {spec.gpus_per_run} GPUs per run, but --gpus cpu hides them")
+        return [[] for _ in range(spec.parallel)]
+    visible = visible_gpus()
+    gpus = parse_gpus(args.gpus, visible) if args.gpus is not None else visible
+    given = f"--gpus {args.gpus}" if args.gpus is not None else describe_visible(visible)
+    return gpu_groups(gpus, spec.gpus_per_run, spec.parallel, source("parallel"), source("gpus_per_run"), given)
 
 
 def _recorded(spec) -> set[str]:
@@ -101,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the grid (finished runs are skipped, killed ones resumed), then report")
     run.add_argument("--parallel", type=int, help="runs at a time (overrides the spec)")
     run.add_argument("--threads_per_run", type=int, help="torch CPU threads per run (overrides the spec)")
+    run.add_argument("--gpus", help="comma-separated GPU ids the runs share out, each run at a time its own "
+                                    "(default: CUDA_VISIBLE_DEVICES, else every GPU torch sees; "
+                                    "cpu: hide them from the runs)")
+    run.add_argument("--gpus_per_run", type=int,
+                     help="GPUs of each run (overrides the spec; more than 1: train.py under torchrun)")
     run.add_argument("--results_dir", help="where the report goes (overrides the spec)")
     run.add_argument("--skip_recorded", action="store_true",
                      help="do not train again a run whose folder is gone but whose results the committed "

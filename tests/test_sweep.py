@@ -86,6 +86,9 @@ BAD_SPECS = [  # (edit of GOOD, expected message with the line of the field)
     (("name: demo\n", "name: demo\ncompare: [adam, usadamax]\n"),
      "bad.yml:2: field 'compare': 'adam' is not one of the sweep's optimizers"),
     (("name: demo\n", "name: demo\nparallel: 0\n"), "bad.yml:2: field 'parallel': must be >= 1, got 0"),
+    (("name: demo\n", "name: demo\ngpus_per_run: 0\n"), "bad.yml:2: field 'gpus_per_run': must be >= 1, got 0"),
+    (("name: demo\n", "name: demo\ngpus_per_run: two\n"),
+     "bad.yml:2: field 'gpus_per_run': expected a number, got 'two'"),
     (("    beta3: [0.6, 0.8]", "    beta3: [0.6, 0.8]\n  adam:\n    beta3: [0.5, 0.6]"),
      "bad.yml:10: field 'optimizers.adam.beta3': optimizer 'adam' does not use SAGE"),
     (("seeds: [1, 2, 3]", "seeds: [1, 2, 3"), "bad.yml:11: not valid YAML"),
@@ -314,7 +317,7 @@ def test_run_and_status_tasks_filter_only_those_tasks_runs(tmp_path, monkeypatch
     path = tmp_path / "good.yml"
     path.write_text(GOOD.replace("/tmp/nowhere/runs", str(tmp_path / "runs")), encoding="utf-8")
     ran = []
-    monkeypatch.setattr(runner, "execute", lambda spec, run, version=None: ran.append(run) or
+    monkeypatch.setattr(runner, "execute", lambda spec, run, version=None, devices=None: ran.append(run) or
                         runner.Outcome(run, runner.run_dir(spec, run), "failed", 0.0, 1))
     assert sweep_cli.main(["run", str(path), "--tasks", "mrpc"]) == 1  # every (fake) run failed: no report
     out = capsys.readouterr().out

@@ -191,7 +191,7 @@ def test_run_skip_recorded_leaves_recorded_runs_without_a_folder_and_status_list
         shutil.rmtree(runner.run_dir(spec, run))
     ran = []
 
-    def execute(spec, run, version=None):  # a finished folder is skipped, anything else (fake) fails
+    def execute(spec, run, version=None, devices=None):  # a finished folder is skipped, anything else (fake) fails
         if (runner.run_dir(spec, run) / runner.DONE).is_file():
             return runner.Outcome(run, runner.run_dir(spec, run), "skipped")
         ran.append(run)

@@ -70,6 +70,15 @@ def _pairs(rng: random.Random, n: int) -> list[str]:
     return lines
 
 
+@pytest.fixture(scope="module", autouse=True)
+def cpu_runs():
+    """The tiny sweeps run on the CPU wherever the tests run: on a GPU machine two runs at a time would each
+    need a GPU of their own (tests/test_sweep_devices.py covers GPUs)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CUDA_VISIBLE_DEVICES", "")
+        yield
+
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sweep")
@@ -171,7 +180,9 @@ def test_killed_run_resumes_with_resume_to_the_uninterrupted_weights(ws):
     folder = runner.write_run_info(spec, run)
     threads = torch.get_num_threads()
     try:  # the same thread count as the sweep's runs, so float sums add up in the same order
-        Trainer(parse_args(train_argv(spec, run, folder) + ["--num_threads", "1"])).fit(stop_after_steps=6)
+        # on the CPU, as the sweep's runs (this process may have set up CUDA before the variable hid it)
+        Trainer(parse_args(train_argv(spec, run, folder) + ["--num_threads", "1", "--device", "cpu"])).fit(
+            stop_after_steps=6)
     finally:
         torch.set_num_threads(threads)
     assert (folder / "latest").read_text().strip() == "step-4"

@@ -12,7 +12,8 @@ A folder with ``sweep_run.json`` but no ``sweep_done.json`` was killed: if train
 what train.py wrote there before (the sweep's own record and log stay). A new run's folder holds only the
 sweep's files, which train.py leaves alone: no run is ever continued or replaced by accident.
 While a sweep works on a run it holds ``sweep.lock`` (pid and host), so two sweeps over the same ``runs_dir``
-never run the same job twice; a lock whose process is gone is taken over.
+never run the same job twice; a lock whose process is gone is taken over. On GPUs each run at a time gets its own
+group of GPUs (``devices.py``); both records name the devices of the run's latest attempt (``["cpu"]`` without).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from typing import Callable, Collection, Optional, Sequence
 from data_utils.atomic import atomic_write
 from data_utils.safe_load import read_json
 from data_utils.safe_paths import open_output
+from experiments.sweep.devices import DevicePool
 from experiments.sweep.spec import RunSpec, SweepSpec, train_argv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,14 +156,27 @@ def folder_flags(folder: Path) -> str:
         return ""
 
 
-def write_run_info(spec: SweepSpec, run: RunSpec, version: Optional[dict] = None) -> Path:
-    """Create the run's folder with its record of flags (and code version), before train.py first starts."""
+def write_run_info(spec: SweepSpec, run: RunSpec, version: Optional[dict] = None,
+                   devices: Optional[Sequence[str]] = None) -> Path:
+    """Create the run's folder with its record of flags, code version and devices, before train.py first starts."""
     folder = run_dir(spec, run)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_write(folder / RUN_INFO) as handle:
-        json.dump({"run_id": run.run_id, "train_argv": train_argv(spec, run, folder), "code": version or {}},
-                  handle, indent=2)
+        json.dump({"run_id": run.run_id, "train_argv": train_argv(spec, run, folder), "code": version or {},
+                   "devices": _device_names(devices)}, handle, indent=2)
     return folder
+
+
+def _device_names(devices: Optional[Sequence[str]]) -> list[str]:
+    return list(devices) if devices else ["cpu"]
+
+
+def _record_devices(folder: Path, devices: Optional[Sequence[str]]) -> None:
+    """A resumed run keeps its record (flags, the code it started with) and names the devices it continues on."""
+    info = read_json(folder / RUN_INFO)
+    info["devices"] = _device_names(devices)
+    with atomic_write(folder / RUN_INFO) as handle:
+        json.dump(info, handle, indent=2)
 
 
 def _git_version() -> dict:
@@ -173,53 +188,66 @@ def _git_version() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
 
 
-def _command(spec: SweepSpec, run: RunSpec, current: str) -> list[str]:
-    """train.py for a run in state ``current``: new, resume (--resume) or restart (--overwrite)."""
-    cmd = [sys.executable, str(TRAIN_PY), *train_argv(spec, run, run_dir(spec, run))]
+def _command(spec: SweepSpec, run: RunSpec, current: str, devices: Optional[Sequence[str]] = None) -> list[str]:
+    """train.py for a run in state ``current``: new, resume (--resume) or restart (--overwrite); on a group of
+    several GPUs under torchrun, one process per GPU (``--standalone``: a free port of its own per run)."""
+    launch = [sys.executable]
+    if devices and len(devices) > 1:
+        launch += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(len(devices))]
+    cmd = [*launch, str(TRAIN_PY), *train_argv(spec, run, run_dir(spec, run))]
     cmd += {"resume": ["--resume"], "restart": ["--overwrite"]}.get(current, [])
     if spec.threads_per_run:
         cmd += ["--num_threads", str(spec.threads_per_run)]
     return cmd
 
 
-def _env(threads: int) -> dict:
+def _env(threads: int, devices: Optional[Sequence[str]] = None) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if devices is not None:  # [] hides every GPU
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
     return env
 
 
-def execute(spec: SweepSpec, run: RunSpec, version: Optional[dict] = None) -> Outcome:
-    """Bring one run to completion (skip, resume, restart or start) and record the outcome. A run that another
-    live sweep is running is left to it ("busy")."""
+def execute(spec: SweepSpec, run: RunSpec, version: Optional[dict] = None,
+            devices: Optional[Sequence[str]] = None) -> Outcome:
+    """Bring one run to completion (skip, resume, restart or start) on ``devices`` (its GPU ids; [] hides every
+    GPU; None leaves the environment's) and record the outcome. A run that another live sweep is running is left
+    to it ("busy")."""
     folder = run_dir(spec, run)
     if not _acquire(folder):
         return Outcome(run, folder, "busy")
     try:
-        return _execute_locked(spec, run, folder, version)
+        return _execute_locked(spec, run, folder, version, devices)
     finally:
         (folder / LOCK).unlink(missing_ok=True)
 
 
-def _execute_locked(spec: SweepSpec, run: RunSpec, folder: Path, version: Optional[dict]) -> Outcome:
+def _execute_locked(spec: SweepSpec, run: RunSpec, folder: Path, version: Optional[dict],
+                    devices: Optional[Sequence[str]]) -> Outcome:
     current = state(spec, run)
     if current == "done":
         return Outcome(run, folder, "skipped")
     if current != "resume":
-        write_run_info(spec, run, version)
-    cmd = _command(spec, run, current)
+        write_run_info(spec, run, version, devices)
+    else:
+        _record_devices(folder, devices)
+    cmd = _command(spec, run, current, devices)
+    on = f"CUDA_VISIBLE_DEVICES={','.join(devices)} " if devices is not None else ""
     start = time.perf_counter()
     with open_output(folder / LOG, "a") as log:  # never through a link planted in the run folder
-        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {current}: {' '.join(cmd)}\n")
+        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {current}: {on}{' '.join(cmd)}\n")
         log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(spec.threads_per_run),
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(spec.threads_per_run, devices),
                               cwd=os.getcwd(), check=False)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         return Outcome(run, folder, "failed", seconds, proc.returncode)
     with atomic_write(folder / DONE) as handle:
         json.dump({"run_id": run.run_id, "seconds": round(seconds, 1), "resumed": current == "resume",
-                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, handle, indent=2)
+                   "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "devices": _device_names(devices)},
+                  handle, indent=2)
     if not spec.keep_step_checkpoints:  # after DONE: a kill in between leaves only extra files
         for step in folder.glob("step-*"):
             shutil.rmtree(step, ignore_errors=True)
@@ -228,21 +256,24 @@ def _execute_locked(spec: SweepSpec, run: RunSpec, folder: Path, version: Option
 
 
 def run_sweep(spec: SweepSpec, report: Callable[[str], None] = print,
-              tasks: Optional[Sequence[str]] = None, recorded: Collection[str] = ()) -> list[Outcome]:
-    """Every run of the spec (of ``tasks`` only, if given), ``spec.parallel`` at a time; finished runs are
-    skipped, failed ones reported. A run in ``recorded`` (run_ids whose results the committed runs CSV holds)
-    that has no folder is skipped too ("recorded")."""
+              tasks: Optional[Sequence[str]] = None, recorded: Collection[str] = (),
+              gpu_groups: Sequence[Sequence[str]] = ()) -> list[Outcome]:
+    """Every run of the spec (of ``tasks`` only, if given), ``spec.parallel`` at a time, each on a free group of
+    ``gpu_groups`` (none: the CPU); finished runs are skipped, failed ones reported. A run in ``recorded`` (run_ids
+    whose results the committed runs CSV holds) that has no folder is skipped too ("recorded")."""
     runs = spec.runs(tasks)
     # every folder is checked before anything starts
     kept = {run.run_id for run in runs if state(spec, run, recorded) == "recorded"}
     version = _git_version()
     lock, finished = threading.Lock(), [0]
+    pool = DevicePool(gpu_groups)
 
     def one(run: RunSpec) -> Outcome:
         if run.run_id in kept:
             outcome = Outcome(run, run_dir(spec, run), "recorded")
         else:
-            outcome = execute(spec, run, version)
+            with pool.take() as devices:
+                outcome = execute(spec, run, version, devices)
         with lock:
             finished[0] += 1
             extra = f" (exit {outcome.returncode}, see {outcome.run_dir / LOG})" if outcome.status == "failed" else ""
@@ -250,5 +281,5 @@ def run_sweep(spec: SweepSpec, report: Callable[[str], None] = print,
             report(f"[{finished[0]}/{len(runs)}] {outcome.status} {run.run_id}{took}{extra}")
         return outcome
 
-    with ThreadPoolExecutor(max_workers=spec.parallel) as pool:
-        return list(pool.map(one, runs))
+    with ThreadPoolExecutor(max_workers=spec.parallel) as threads:
+        return list(threads.map(one, runs))

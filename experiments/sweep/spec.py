@@ -24,7 +24,7 @@ from mt_dnn.config import TrainConfig
 GRID_FIELDS = ("train_datasets", "test_datasets", "optimizer", "learning_rate", "beta3", "seed", "output_dir",
                "resume", "overwrite", "num_threads")
 TOP_FIELDS = ("name", "runs_dir", "results_dir", "tasks", "optimizers", "learning_rates", "beta3", "seeds",
-              "train_args", "parallel", "threads_per_run", "compare", "keep_step_checkpoints")
+              "train_args", "parallel", "threads_per_run", "gpus_per_run", "compare", "keep_step_checkpoints")
 #: store_true flags of train.py (written as a bare flag when true) and store_false ones (flag when false).
 STORE_TRUE = ("fp16", "bf16", "fsdp", "adv_train")
 STORE_FALSE = {"tensorboard": "--no_tensorboard"}
@@ -81,6 +81,7 @@ class SweepSpec:
     train_args: dict[str, Any] = field(default_factory=dict)
     parallel: int = 1
     threads_per_run: int = 0
+    gpus_per_run: int = 1  # on a GPU machine; more than 1 runs train.py under torchrun
     compare: Optional[tuple[str, str]] = None
     keep_step_checkpoints: bool = False  # a finished run needs only best/; step-N/ exist for --resume
 
@@ -294,10 +295,13 @@ def parse_spec(text: str, source: str = "<spec>") -> SweepSpec:
     runs_dir = Path(str(raw["runs_dir"]))
     parallel = chk.number(("parallel",), raw.get("parallel", 1), int)
     threads = chk.number(("threads_per_run",), raw.get("threads_per_run", 0), int)
+    gpus_per_run = chk.number(("gpus_per_run",), raw.get("gpus_per_run", 1), int)
     if parallel < 1:
         raise chk.fail(("parallel",), f"must be >= 1, got {parallel}")
     if threads < 0:
         raise chk.fail(("threads_per_run",), f"must be >= 0 (0: torch's default), got {threads}")
+    if gpus_per_run < 1:
+        raise chk.fail(("gpus_per_run",), f"must be >= 1, got {gpus_per_run}")
     keep = raw.get("keep_step_checkpoints", False)
     if not isinstance(keep, bool):
         raise chk.fail(("keep_step_checkpoints",), f"expected true or false, got {keep!r}")
@@ -311,7 +315,7 @@ def parse_spec(text: str, source: str = "<spec>") -> SweepSpec:
     return SweepSpec(
         keep_step_checkpoints=keep, name=raw["name"], source=source, runs_dir=runs_dir,
         results_dir=Path(str(raw.get("results_dir") or runs_dir / "results")), tasks=tasks, optimizers=optimizers,
-        seeds=seeds, train_args=train_args, parallel=parallel, threads_per_run=threads,
+        seeds=seeds, train_args=train_args, parallel=parallel, threads_per_run=threads, gpus_per_run=gpus_per_run,
         compare=_compare(chk, raw, [o.name for o in optimizers]))
 
 
