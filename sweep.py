@@ -3,6 +3,7 @@
 
     python sweep.py run SPEC.yml [--parallel N] [--threads_per_run N] [--tasks T,..] [--skip_recorded]  # run, report
     python sweep.py run SPEC.yml [--gpus 0,1,2,3] [--gpus_per_run N]     # on GPUs: each run at a time its own
+    python sweep.py run SPEC.yml --executor slurm [--partition P] [--time_min M] [--max_concurrent N]  # a job array
     python sweep.py status SPEC.yml [--tasks T,..]                       # what is done, resumable, still to run
     python sweep.py report SPEC.yml [--results_dir DIR]                  # tables (markdown, CSV, JSON)
     python sweep.py heatmap SPEC.yml --task T --optimizer O [--out F.png] [--score best|last]
@@ -41,6 +42,12 @@ def cmd_run(args) -> int:
     check_output_root(spec.runs_dir, f"{spec.source}: runs_dir")
     check_output_root(spec.results_dir, f"{spec.source}: results_dir")
     tasks = spec.task_subset(args.tasks)
+    if args.executor != "local":
+        return _cmd_submit(args, spec, tasks)
+    stray = next((k for k in CLUSTER_FLAGS if getattr(args, k) is not None), None)
+    if stray:
+        raise ValueError(f"--{stray}: a setting of the jobs of --executor slurm or submitit-local, "
+                         "not of the local pool")
     groups = _gpu_groups(args, spec)
     only = f" (tasks {', '.join(tasks)} of {len(spec.runs())})" if tasks else ""
     on = f" on GPUs {' | '.join(','.join(g) for g in groups)}" if any(groups) else " on the CPU" if groups else ""
@@ -48,6 +55,68 @@ def cmd_run(args) -> int:
           f"{spec.runs_dir}", flush=True)
     outcomes = run_sweep(spec, report=lambda line: print(line, flush=True), tasks=tasks,
                          recorded=_recorded(spec) if args.skip_recorded else (), gpu_groups=groups)
+    return _finish(args, spec, outcomes)
+
+
+CLUSTER_FLAGS = ("partition", "time_min", "cpus_per_run", "mem_gb", "max_concurrent", "submitit_folder", "no_wait")
+
+
+def _cmd_submit(args, spec, tasks) -> int:
+    """The pending runs as one job array through submitit (--executor slurm, or its local executor)."""
+    from experiments.sweep.cluster import submit_sweep
+    settings = _cluster_settings(args, spec)
+    where = f"{settings.gpus} GPU(s) and " if settings.gpus else "no GPU, "
+    print(f"sweep {spec.name}: {len(spec.runs(tasks))} runs, through --executor {args.executor} ({where}"
+          f"{settings.cpus} CPU(s) per job), under {spec.runs_dir}", flush=True)
+    outcomes = submit_sweep(spec, args.executor, settings, report=lambda line: print(line, flush=True), tasks=tasks,
+                            recorded=_recorded(spec) if args.skip_recorded else (), wait=not args.no_wait)
+    if args.no_wait:
+        print(f"`sweep.py status {args.spec}` follows the jobs, `sweep.py report {args.spec}` tables the finished "
+              f"runs, and the same `sweep.py run` again submits what did not finish", flush=True)
+        return 0
+    return _finish(args, spec, outcomes)
+
+
+def _cluster_settings(args, spec):
+    """What each job asks for, from the flags and the spec; a setting the jobs cannot honour is one line."""
+    from experiments.sweep.cluster import ClusterSettings
+    if args.no_wait and args.executor != "slurm":
+        raise ValueError("--no_wait: only with --executor slurm")
+    if args.parallel is not None:
+        raise ValueError(f"--parallel: sets the local pool; with --executor {args.executor} use --max_concurrent")
+    if args.gpus is not None and args.gpus.strip() != "cpu":
+        raise ValueError(f"--gpus: names this machine's GPUs; with --executor {args.executor} each job gets "
+                         "gpus_per_run GPUs from the scheduler (--gpus cpu: CPU jobs)")
+    for key, low in (("time_min", 1), ("cpus_per_run", 1), ("mem_gb", 1), ("max_concurrent", 0)):
+        if getattr(args, key) is not None and getattr(args, key) < low:
+            raise ValueError(f"--{key}: must be >= {low}, got {getattr(args, key)}")
+    default_window = spec.parallel if args.executor == "submitit-local" else 0  # local: this machine's CPUs
+    return ClusterSettings(
+        gpus=_job_gpus(args, spec), cpus=args.cpus_per_run or spec.threads_per_run or 1,
+        time_min=args.time_min or 240, partition=args.partition, mem_gb=args.mem_gb,
+        max_concurrent=default_window if args.max_concurrent is None else args.max_concurrent,
+        folder=Path(args.submitit_folder) if args.submitit_folder else None)
+
+
+def _job_gpus(args, spec) -> int:
+    """GPUs per job: gpus_per_run (0 with --gpus cpu). Submitit's local executor would hand every job the same
+    first GPU(s), so it runs CPU jobs only: on a machine without GPUs, or with --gpus cpu."""
+    from experiments.sweep.devices import visible_gpus
+    if args.gpus is not None:
+        return 0
+    if args.executor != "submitit-local":
+        return spec.gpus_per_run
+    if visible_gpus():
+        raise ValueError("--executor submitit-local: its jobs would all share this machine's first GPU(s); "
+                         "use --executor local here (each run its own GPUs), or --gpus cpu")
+    if spec.gpus_per_run > 1:
+        source = "--gpus_per_run" if args.gpus_per_run is not None else f"{spec.source}: gpus_per_run"
+        raise ValueError(f"{source}: {spec.gpus_per_run} GPUs per run, but no GPU is visible here")
+    return 0
+
+
+def _finish(args, spec, outcomes) -> int:
+    """The report (unless every run failed) and the failed runs' one line."""
     failed = [o for o in outcomes if o.status == "failed"]
     code = cmd_report(args, spec) if len(failed) < len(outcomes) else 0
     if failed:
@@ -124,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus_per_run", type=int,
                      help="GPUs of each run (overrides the spec; more than 1: train.py under torchrun)")
     run.add_argument("--results_dir", help="where the report goes (overrides the spec)")
+    run.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
+                     help="local: this machine's process pool; slurm: one job array through submitit; "
+                          "submitit-local: the same jobs through submitit's local executor")
+    run.add_argument("--partition", help="--executor slurm: the partition of the jobs")
+    run.add_argument("--time_min", type=int, help="--executor slurm: each job's time limit in minutes (default 240)")
+    run.add_argument("--cpus_per_run", type=int, help="--executor slurm: CPUs per job (default threads_per_run or 1)")
+    run.add_argument("--mem_gb", type=int, help="--executor slurm: memory per job in GB (default: the partition's)")
+    run.add_argument("--max_concurrent", type=int, help="--executor slurm: jobs of the array running at once "
+                                                        "(default: no bound; submitit-local: the spec's parallel)")
+    run.add_argument("--submitit_folder", help="--executor slurm: job scripts and logs (default runs_dir/submitit)")
+    run.add_argument("--no_wait", action="store_true", default=None,
+                     help="--executor slurm: return once the array is submitted (status and report follow it)")
     run.add_argument("--skip_recorded", action="store_true",
                      help="do not train again a run whose folder is gone but whose results the committed "
                           "<name>_runs.csv holds (to continue a sweep on a fresh clone)")

@@ -86,20 +86,25 @@ def state(spec: SweepSpec, run: RunSpec, recorded: Collection[str] = ()) -> str:
 
 
 def _lock_owner() -> str:
-    return f"{os.getpid()} {socket.gethostname()}"
+    """pid and host; in a Slurm job also its job id, so a lock left by a job that is gone can be told apart."""
+    job = os.environ.get("SLURM_JOB_ID", "").strip()
+    return f"{os.getpid()} {socket.gethostname()}" + (f" slurm:{job}" if job.isdigit() else "")
 
 
 def _held_elsewhere(folder: Path) -> bool:
-    """True while another live process (of this host, or any process of another host) holds the run's lock."""
+    """True while another live process (of this host, or any process of another host) holds the run's lock. A
+    lock of a Slurm job on another host (a preempted or cancelled job leaves one) is held while squeue lists the
+    job; where squeue cannot tell, it is held."""
     try:
         owner = (folder / LOCK).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return False
     if owner == _lock_owner():
         return False
-    pid, _, host = owner.partition(" ")
+    pid, _, rest = owner.partition(" ")
+    host, _, job = rest.partition(" slurm:")
     if host != socket.gethostname():
-        return True
+        return _slurm_job_alive(job) if job.isdigit() else True
     try:
         os.kill(int(pid), 0)
     except (ProcessLookupError, ValueError):
@@ -107,6 +112,20 @@ def _held_elsewhere(folder: Path) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _slurm_job_alive(job: str) -> bool:
+    """Whether squeue still lists the job (pending, running, completing...); True where squeue cannot be asked."""
+    if shutil.which("squeue") is None:
+        return True
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=60,
+                             check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    if out.returncode != 0:  # an id squeue no longer knows ("Invalid job id") is a finished job
+        return "invalid job id" not in out.stderr.lower()
+    return bool(out.stdout.strip())
 
 
 def _acquire(folder: Path) -> bool:
@@ -179,7 +198,7 @@ def _record_devices(folder: Path, devices: Optional[Sequence[str]]) -> None:
         json.dump(info, handle, indent=2)
 
 
-def _git_version() -> dict:
+def git_version() -> dict:
     """Commit and whether tracked files were modified: enough to tell which code produced a run."""
     def git(*args):
         out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
@@ -264,7 +283,7 @@ def run_sweep(spec: SweepSpec, report: Callable[[str], None] = print,
     runs = spec.runs(tasks)
     # every folder is checked before anything starts
     kept = {run.run_id for run in runs if state(spec, run, recorded) == "recorded"}
-    version = _git_version()
+    version = git_version()
     lock, finished = threading.Lock(), [0]
     pool = DevicePool(gpu_groups)
 
