@@ -90,11 +90,13 @@ def _cluster_settings(args, spec):
     for key, low in (("time_min", 1), ("cpus_per_run", 1), ("mem_gb", 1), ("max_concurrent", 0)):
         if getattr(args, key) is not None and getattr(args, key) < low:
             raise ValueError(f"--{key}: must be >= {low}, got {getattr(args, key)}")
+    given = lambda key: getattr(args, key) if getattr(args, key) is not None else spec.cluster.get(key)
     default_window = spec.parallel if args.executor == "submitit-local" else 0  # local: this machine's CPUs
+    window = given("max_concurrent")
     return ClusterSettings(
-        gpus=_job_gpus(args, spec), cpus=args.cpus_per_run or spec.threads_per_run or 1,
-        time_min=args.time_min or 240, partition=args.partition, mem_gb=args.mem_gb,
-        max_concurrent=default_window if args.max_concurrent is None else args.max_concurrent,
+        gpus=_job_gpus(args, spec), cpus=given("cpus_per_run") or spec.threads_per_run or 1,
+        time_min=given("time_min") or 240, partition=given("partition"), mem_gb=given("mem_gb"),
+        max_concurrent=default_window if window is None else window,
         folder=Path(args.submitit_folder) if args.submitit_folder else None)
 
 

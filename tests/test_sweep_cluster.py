@@ -22,7 +22,7 @@ from transformers import AutoModel
 import sweep as sweep_cli
 from conftest import tiny_bert_config
 from experiments.sweep import runner
-from experiments.sweep.spec import RunSpec, load_spec, train_argv
+from experiments.sweep.spec import RunSpec, SpecError, load_spec, train_argv
 from mt_dnn.config import parse_args
 from mt_dnn.trainer import Trainer
 from test_sweep_runs import SPEC, TASK_YAML, _pairs
@@ -191,7 +191,8 @@ echo "Submitted batch job 4242"
 """
 
 
-def test_slurm_submits_one_array_whose_sbatch_script_carries_the_settings(ws, monkeypatch):
+def fake_slurm(ws: Path, monkeypatch) -> Path:
+    """A PATH whose sbatch keeps the job script it is given (in the returned folder) and submits job 4242."""
     bin_dir = ws / "fake-slurm"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "sbatch").write_text(FAKE_SBATCH.format(out=bin_dir), encoding="utf-8")
@@ -199,6 +200,11 @@ def test_slurm_submits_one_array_whose_sbatch_script_carries_the_settings(ws, mo
     for tool in ("sbatch", "srun"):
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin")
+    return bin_dir
+
+
+def test_slurm_submits_one_array_whose_sbatch_script_carries_the_settings(ws, monkeypatch):
+    bin_dir = fake_slurm(ws, monkeypatch)
     path = write_spec(ws, "runs-slurm")
     code, out = run_cli(str(path), "--executor", "slurm", "--no_wait", "--partition", "gpu", "--time_min", "90",
                         "--cpus_per_run", "3", "--mem_gb", "16", "--max_concurrent", "2", "--gpus_per_run", "2")
@@ -213,6 +219,36 @@ def test_slurm_submits_one_array_whose_sbatch_script_carries_the_settings(ws, mo
                     f"cd {runner.ROOT}"):
         assert setting in script.splitlines(), setting
     assert not (load_spec(path).runs_dir / "pairs").exists()  # nothing ran here: the jobs make the run folders
+
+
+def test_the_specs_cluster_settings_reach_the_sbatch_script_and_flags_override_them(ws, monkeypatch):
+    bin_dir = fake_slurm(ws, monkeypatch)
+    path = write_spec(ws, "runs-slurm-spec")
+    path.write_text(path.read_text() + "cluster: {partition: long, time_min: 30, cpus_per_run: 2, mem_gb: 8, "
+                    "max_concurrent: 1}\n", encoding="utf-8")
+    code, out = run_cli(str(path), "--executor", "slurm", "--no_wait", "--time_min", "45")
+    assert code == 0, out
+    assert "through --executor slurm (1 GPU(s) and 2 CPU(s) per job)" in out
+    script = (bin_dir / "job.sh").read_text().splitlines()
+    for setting in ("#SBATCH --array=0-3%1", "#SBATCH --partition=long", "#SBATCH --time=45",
+                    "#SBATCH --cpus-per-task=2", "#SBATCH --gpus-per-node=1", "#SBATCH --mem=8GB"):
+        assert setting in script, setting
+
+
+@pytest.mark.parametrize("block, message", [
+    ("cluster: {queue: gpu}", "field 'cluster.queue': unknown job setting; known: partition, time_min, "
+                              "cpus_per_run, mem_gb, max_concurrent"),
+    ("cluster: {time_min: 0}", "field 'cluster.time_min': must be >= 1, got 0"),
+    ("cluster: {partition: 3}", "field 'cluster.partition': expected a name, got 3"),
+    ("cluster: [gpu]", "field 'cluster': expected a mapping of job settings"),
+])
+def test_a_bad_cluster_setting_in_the_spec_names_its_line(ws, block, message):
+    path = write_spec(ws, "runs-bad-cluster")
+    text = path.read_text()
+    path.write_text(text + block + "\n", encoding="utf-8")
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert str(err.value).startswith(f"{path}:{len(text.splitlines()) + 1}: {message}")
 
 
 def test_a_missing_scheduler_is_one_line_and_writes_nothing(ws, monkeypatch, capsys):

@@ -24,7 +24,11 @@ from mt_dnn.config import TrainConfig
 GRID_FIELDS = ("train_datasets", "test_datasets", "optimizer", "learning_rate", "beta3", "seed", "output_dir",
                "resume", "overwrite", "num_threads")
 TOP_FIELDS = ("name", "runs_dir", "results_dir", "tasks", "optimizers", "learning_rates", "beta3", "seeds",
-              "train_args", "parallel", "threads_per_run", "gpus_per_run", "compare", "keep_step_checkpoints")
+              "train_args", "parallel", "threads_per_run", "gpus_per_run", "cluster", "compare", "keep_step_checkpoints")
+#: Settings of each job of ``sweep.py run --executor slurm|submitit-local`` a spec may carry (its flags override
+#: them): name -> (type, lowest value).
+CLUSTER_FIELDS = {"partition": (str, None), "time_min": (int, 1), "cpus_per_run": (int, 1), "mem_gb": (int, 1),
+                  "max_concurrent": (int, 0)}
 #: store_true flags of train.py (written as a bare flag when true) and store_false ones (flag when false).
 STORE_TRUE = ("fp16", "bf16", "fsdp", "adv_train")
 STORE_FALSE = {"tensorboard": "--no_tensorboard"}
@@ -82,6 +86,7 @@ class SweepSpec:
     parallel: int = 1
     threads_per_run: int = 0
     gpus_per_run: int = 1  # on a GPU machine; more than 1 runs train.py under torchrun
+    cluster: dict[str, Any] = field(default_factory=dict)  # CLUSTER_FIELDS given in the spec
     compare: Optional[tuple[str, str]] = None
     keep_step_checkpoints: bool = False  # a finished run needs only best/; step-N/ exist for --resume
 
@@ -260,6 +265,30 @@ def _plain(chk: _Checker, path: tuple[str, ...], name: str) -> str:
         raise chk.fail(path, str(exc).split(": ", 1)[1]) from None
 
 
+def _cluster(chk: _Checker, raw: Any) -> dict[str, Any]:
+    """The spec's job settings for a cluster executor, each checked against CLUSTER_FIELDS."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise chk.fail(("cluster",), f"expected a mapping of job settings ({', '.join(CLUSTER_FIELDS)})")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = ("cluster", str(key))
+        if key not in CLUSTER_FIELDS:
+            raise chk.fail(path, f"unknown job setting; known: {', '.join(CLUSTER_FIELDS)}")
+        kind, low = CLUSTER_FIELDS[key]
+        if kind is str:
+            if not isinstance(value, str) or not value.strip():
+                raise chk.fail(path, f"expected a name, got {value!r}")
+            out[key] = value.strip()
+            continue
+        number = chk.number(path, value, int)
+        if number < low:
+            raise chk.fail(path, f"must be >= {low}, got {number}")
+        out[key] = number
+    return out
+
+
 def _compare(chk: _Checker, raw: dict, names: list[str]) -> Optional[tuple[str, str]]:
     value = raw.get("compare")
     if value is None:
@@ -316,7 +345,7 @@ def parse_spec(text: str, source: str = "<spec>") -> SweepSpec:
         keep_step_checkpoints=keep, name=raw["name"], source=source, runs_dir=runs_dir,
         results_dir=Path(str(raw.get("results_dir") or runs_dir / "results")), tasks=tasks, optimizers=optimizers,
         seeds=seeds, train_args=train_args, parallel=parallel, threads_per_run=threads, gpus_per_run=gpus_per_run,
-        compare=_compare(chk, raw, [o.name for o in optimizers]))
+        cluster=_cluster(chk, raw.get("cluster")), compare=_compare(chk, raw, [o.name for o in optimizers]))
 
 
 def _tasks(chk: _Checker, value: Any, task_def: str) -> tuple[str, ...]:
