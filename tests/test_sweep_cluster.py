@@ -9,9 +9,13 @@ import contextlib
 import csv
 import io
 import json
+import os
 import random
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -134,6 +138,46 @@ def test_a_run_killed_mid_way_is_resumed_by_the_next_submitit_run_to_the_uninter
     assert "submitting 2 run(s)" in out  # the killed run and seed 1's Adamax run
     log = (folder / runner.LOG).read_text()
     assert " resume: " in log and "--resume" in log.splitlines()[0] and "resumed from" in log
+    a = load_file(str(folder / "best" / "model.safetensors"))
+    b = load_file(str(runner.run_dir(reference, run) / "best" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_sigkilled_submitit_sweep_is_resumed_by_the_next_run_to_the_uninterrupted_weights(ws):
+    """The whole process tree (sweep.py, submitit's job, train.py) killed with SIGKILL once a run has a checkpoint,
+    as a node that dies or a job the scheduler kills: the next `sweep.py run` submits the unfinished runs again and
+    the killed one resumes from its checkpoint to the weights of a run nobody stopped."""
+    def spec_of(runs: str):
+        path = write_spec(ws, runs, seeds="[1]")
+        path.write_text(path.read_text().replace("epochs: 2", "epochs: 12"), encoding="utf-8")  # 72 steps
+        return path, load_spec(path)
+
+    path, spec = spec_of("runs-sigkill")
+    run = RunSpec("pairs", "usadamax", 2e-3, 0.6, 1)
+    folder = runner.run_dir(spec, run)
+    cmd = [sys.executable, str(runner.ROOT / "sweep.py"), "run", str(path), "--executor", "submitit-local"]
+    proc = subprocess.Popen(cmd, cwd=runner.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (folder / runner.LATEST).is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert (folder / runner.LATEST).is_file() and not (folder / runner.DONE).exists()
+    deadline = time.monotonic() + 30  # SIGKILL is delivered, and the processes end, asynchronously
+    while runner.state(spec, run) == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runner.state(spec, run) == "resume"
+    code, out = run_cli(str(path), "--executor", "submitit-local")
+    assert code == 0, out
+    assert "0 held by a live sweep or job" in out or "submitting 2 run(s)" in out  # the killed jobs hold nothing
+    log = (folder / runner.LOG).read_text()
+    assert "resumed from" in log and (folder / runner.DONE).is_file()
+    ref_path, reference = spec_of("runs-sigkill-reference")
+    code, out = run_cli(str(ref_path))
+    assert code == 0, out
     a = load_file(str(folder / "best" / "model.safetensors"))
     b = load_file(str(runner.run_dir(reference, run) / "best" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,13 @@ def test_a_run_locked_by_a_live_sweep_is_left_alone_and_a_stale_lock_is_taken_ov
     runner.run_dir(spec, fresh).mkdir(parents=True)
     (runner.run_dir(spec, fresh) / runner.LOCK).write_text(f"1 {socket.gethostname()}", encoding="utf-8")
     assert runner.state(spec, fresh) == "running"
+    if Path("/proc/self/stat").is_file():  # a killed process not yet reaped (a zombie) holds no lock
+        zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (runner.run_dir(spec, fresh) / runner.LOCK).write_text(f"{zombie.pid} {socket.gethostname()}",
+                                                               encoding="utf-8")
+        assert runner.state(spec, fresh) == "new"
+        zombie.wait()

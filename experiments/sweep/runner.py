@@ -105,13 +105,22 @@ def _held_elsewhere(folder: Path) -> bool:
     host, _, job = rest.partition(" slurm:")
     if host != socket.gethostname():
         return _slurm_job_alive(job) if job.isdigit() else True
+    return _alive(pid)
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process runs: a killed process that its parent has not reaped yet (a zombie) holds nothing."""
     try:
         os.kill(int(pid), 0)
     except (ProcessLookupError, ValueError):
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except OSError:  # no procfs (macOS): os.kill's answer stands
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _slurm_job_alive(job: str) -> bool:
