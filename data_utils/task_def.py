@@ -82,11 +82,16 @@ _SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 #: MT-DNN / SAGE-repo names that parse here but are not implemented: value -> why. A field holding one of them
 #: gets a warning naming file:line (the task is skipped for task_type/data_format, the name dropped or replaced
 #: for metric_meta/loss), instead of the typo error a name unknown to MT-DNN gets.
-MTDNN_TASK_TYPES = ("SpanYN", "MaskLM", "SpanSeqenceLabeling", "SeqenceGeneration",
-                    "ClozeChoice")
-MTDNN_DATA_FORMATS = ("MLM", "CLUE_CLASSIFICATION", "CLUE_SPAN", "CLUE_SEQ", "CLUE_GEN",
-                      "ClozeChoice")
-MTDNN_METRICS = ("F1MAC", "F1MIC", "CLUEEM", "CLUEF1")
+MTDNN_TASK_TYPES = ("SpanYN", "MaskLM", "SpanSeqenceLabeling", "SeqenceGeneration", "SeqenceGenerationMRC",
+                    "EncSeqenceGeneration", "ClozeChoice")
+MTDNN_DATA_FORMATS = ("MLM", "CLUE_CLASSIFICATION", "CLUE_SEQ", "CLUE_GEN", "ClozeChoice")
+MTDNN_METRICS = ("F1MAC", "F1MIC", "CLUEEM", "CLUEF1", "CMAT", "SeqEvalList")
+#: Today's MT-DNN names for what this project calls Span + MRC: its squad_prepro.py reads SQuAD's official JSON
+#: ``{task}_{split}.json`` whatever the data_format says, and decodes SpanClassificationYN as SQuAD v2.0 (null
+#: answer at [CLS], threshold 0). Value: the task type, and whether its questions may be unanswerable.
+MTDNN_SPAN_TYPES = {"SpanClassification": False, "SpanClassificationYN": True}
+MTDNN_FORMAT_ALIASES = {"CLUE_SPAN": "MRC"}
+MTDNN_METRIC_ALIASES = {"EmF12": "EmF1"}  # MT-DNN's SQuAD v2.0 EM/F1; EmF1 reports v2.0's on unanswerable tasks
 MTDNN_LOSSES = ("KlCriterion", "SymKlCriterion", "NsKlCriterion",
                 "NsSymKlCriterion", "JSCriterion", "HLCriterion", "MlmCriterion", "SpanYNCeCriterion")
 MTDNN_ENCODER_TYPES = ("BERT", "ROBERTA", "XLNET", "SAN", "XLM", "DEBERTA", "ELECTRA", "T5", "T5G", "MSRT5G",
@@ -94,6 +99,16 @@ MTDNN_ENCODER_TYPES = ("BERT", "ROBERTA", "XLNET", "SAN", "XLM", "DEBERTA", "ELE
 #: MT-DNN task-definition fields with no effect here: field -> why (each use is warned about with file:line).
 NO_EFFECT_FIELDS = {
     "encoder_type": "the encoder comes from --init_checkpoint (and is checked by --encoder_type)",
+}
+#: ``adv_loss`` / ``kd_loss`` on a task type with no SMART divergence or distillation loss: MT-DNN reads the
+#: criterion name and uses it only under --adv_train (which asserts the type is supported) or with soft labels
+#: (which its token-level shards never carry), so the field changes nothing; here --adv_train and --mkd_opt
+#: refuse a run that trains such a task.
+INERT_OBJECTIVE_FIELDS = {
+    "adv_loss": "SMART (--adv_train) is for Classification, Regression and Ranking tasks and refuses a run "
+                "that trains this one, as MT-DNN's assertion does",
+    "kd_loss": "distillation (--mkd_opt) is for Classification, Regression and Ranking tasks and refuses a run "
+               "that trains this one",
 }
 
 log = logging.getLogger("sage.task_def")
@@ -236,8 +251,10 @@ class _Where:
         self.task_lines: dict[str, int] = {}
         self.field_lines: dict[tuple[str, str], int] = {}
         self.duplicates: list[tuple[Optional[str], str, int]] = []
+        self.repeats: list[tuple[str, str, int, int]] = []  # a field given again with the same value
         self.warnings: list[str] = []
         self.no_effect: dict[str, list[tuple[str, Optional[int]]]] = {}  # field -> [(task, line)]
+        self.inert: dict[tuple[str, str], list[tuple[str, Optional[int]]]] = {}  # (field, type) -> [(task, line)]
         if isinstance(root, yaml.MappingNode):
             self._scan(root)
 
@@ -248,13 +265,15 @@ class _Where:
                 self.duplicates.append((None, task, key.start_mark.line + 1))
             self.task_lines.setdefault(task, key.start_mark.line + 1)
             if isinstance(value, yaml.MappingNode):
-                seen = set()
-                for fkey, _ in value.value:
-                    name = str(fkey.value)
-                    if name in seen:
-                        self.duplicates.append((task, name, fkey.start_mark.line + 1))
-                    seen.add(name)
-                    self.field_lines.setdefault((task, name), fkey.start_mark.line + 1)
+                seen: dict[str, yaml.Node] = {}
+                for fkey, fvalue in value.value:
+                    name, line = str(fkey.value), fkey.start_mark.line + 1
+                    if name in seen and _node_value(seen[name]) == _node_value(fvalue):
+                        self.repeats.append((task, name, self.field_lines[(task, name)], line))
+                    elif name in seen:
+                        self.duplicates.append((task, name, line))
+                    seen.setdefault(name, fvalue)
+                    self.field_lines.setdefault((task, name), line)
 
     def error(self, reason: str, task: Optional[str] = None, field_name: Optional[str] = None) -> TaskDefError:
         line = self.field_lines.get((task, field_name)) or self.task_lines.get(task)
@@ -268,13 +287,29 @@ class _Where:
         self.warnings.append(str(self.error(reason, task, field_name)))
 
     def no_effect_warnings(self) -> list[str]:
-        """One line per no-effect field, at its first use, listing every task (and line) that gives it."""
+        """One line per no-effect field (and, for objective fields, task type), at its first use, listing every
+        task (and line) that gives it."""
         lines = []
         for key, uses in self.no_effect.items():
-            tasks = ", ".join(f"{task} (line {line})" for task, line in uses)
             lines.append(f"{self.path}:{uses[0][1]}: field '{key}' has no effect here ({NO_EFFECT_FIELDS[key]}); "
-                         f"given for {tasks}")
+                         f"given for {_uses(uses)}")
+        for (key, type_name), uses in self.inert.items():
+            lines.append(f"{self.path}:{uses[0][1]}: field '{key}' has no effect on {type_name} tasks "
+                         f"({INERT_OBJECTIVE_FIELDS[key]}); given for {_uses(uses)}")
         return lines
+
+
+def _uses(uses: list[tuple[str, Optional[int]]]) -> str:
+    return ", ".join(f"{task} (line {line})" for task, line in uses)
+
+
+def _node_value(node: yaml.Node):
+    """A composed node as a comparable value (resolved tags included): two fields with equal values mean the same."""
+    if isinstance(node, yaml.ScalarNode):
+        return node.tag, node.value
+    if isinstance(node, yaml.SequenceNode):
+        return node.tag, tuple(_node_value(item) for item in node.value)
+    return node.tag, tuple((_node_value(k), _node_value(v)) for k, v in node.value)
 
 
 class _Skip(Exception):
@@ -285,7 +320,9 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _enum(where: _Where, task: str, key: str, raw: Any, enum_cls: type[Enum], mtdnn_only=()) -> Enum:
+def _enum(where: _Where, task: str, key: str, raw: Any, enum_cls: type[Enum], mtdnn_only=(), aliases=None) -> Enum:
+    if isinstance(raw, str) and raw in (aliases or {}):
+        return enum_cls[aliases[raw]]
     if isinstance(raw, str) and raw in mtdnn_only:
         where.warn(f"MT-DNN's {key} {raw} is not supported here; the task is left out", task, key)
         raise _Skip(raw)
@@ -356,16 +393,36 @@ def _labels_and_classes(where: _Where, task: str, spec: dict, task_type: TaskTyp
     n_class = len(labels) if raw_n is None else _int(where, task, "n_class", raw_n)
     if n_class > MAX_CLASSES:
         raise where.error(f"n_class {n_class} is more than the {MAX_CLASSES:,} this project takes", task, "n_class")
+    if n_class == 1 and task_type is TaskType.Ranking:
+        where.warn("a Ranking task needs at least 2 hypotheses per example, got n_class 1 (MT-DNN's n_class 1 is "
+                   "one score per hypothesis, their number read from its TSVs, which carry a ruid column this "
+                   "project's do not); the task is left out: give the number of hypotheses to train it here",
+                   task, "n_class")
+        raise _Skip("n_class")
     if n_class < 2:
         what = "hypotheses per example" if task_type is TaskType.Ranking else "classes"
         raise where.error(f"a {task_type.name} task needs at least 2 {what}, got n_class {n_class}", task, "n_class")
+    if labels is not None and len(labels) > n_class and task_type is not TaskType.Ranking:
+        return n_class, _first_labels(where, task, labels, n_class)
     if labels is not None and len(labels) != n_class:
         raise where.error(f"n_class is {n_class} but labels has {len(labels)} items {list(labels)}", task, "n_class")
     return n_class, labels or tuple(str(i) for i in range(n_class))
 
 
+def _first_labels(where: _Where, task: str, labels: tuple[str, ...], n_class: int) -> tuple[str, ...]:
+    """MT-DNN's reading of more labels than n_class (its anli_task_def.yml's fever): the head has n_class
+    outputs, class i is labels[i], and a row labelled with a later name fails its training; here such a row is
+    refused when its TSV is read."""
+    extra = labels[n_class:]
+    where.warn(f"n_class is {n_class} but labels has {len(labels)} items {list(labels)}; as in MT-DNN, the head "
+               f"has {n_class} classes {list(labels[:n_class])} and rows labelled {', '.join(map(repr, extra))} "
+               "are refused (MT-DNN's training fails on them)", task, "n_class")
+    return labels[:n_class]
+
+
 def _metrics(where: _Where, task: str, raw: Any, task_type: TaskType, n_class: int) -> tuple[str, ...]:
     names = _str_list(where, task, "metric_meta", raw)
+    names = tuple(dict.fromkeys(MTDNN_METRIC_ALIASES.get(n, n) for n in names))
     dropped = [n for n in names if n in MTDNN_METRICS]
     if dropped:
         names = tuple(n for n in names if n not in MTDNN_METRICS)
@@ -444,7 +501,11 @@ def _objective_loss(where: _Where, task: str, key: str, raw: Any, task_type: Tas
         return None
     allowed = (ADV_LOSSES if key == "adv_loss" else KD_LOSSES).get(task_type, ())
     if not allowed:
-        raise where.error(f"{key} does not apply to a {task_type.name} task", task, key)
+        if raw not in MTDNN_LOSSES and raw not in LOSS_FOR_TYPE.values():  # MT-DNN's LossCriterion names
+            raise where.error(f"{key} does not apply to a {task_type.name} task (and {_q(raw)} is no MT-DNN "
+                              "loss either)", task, key)
+        where.inert.setdefault((key, task_type.name), []).append((task, where.field_lines.get((task, key))))
+        return None
     known = sorted({n for names in (ADV_LOSSES if key == "adv_loss" else KD_LOSSES).values() for n in names})
     if raw in allowed:
         return raw
@@ -463,6 +524,12 @@ def _span_options(where: _Where, task: str, spec: dict, task_type: TaskType) -> 
             raise where.error(f"only Span tasks have this field, not {task_type.name}", task, given[0])
         return None
     values = {}
+    implied = MTDNN_SPAN_TYPES.get(spec["task_type"])
+    if implied is not None:
+        if spec.get("unanswerable", implied) != implied:
+            raise where.error(f"MT-DNN's {spec['task_type']} means unanswerable: {str(implied).lower()}", task,
+                              "unanswerable")
+        values["unanswerable"] = implied
     for key in given:
         raw = spec[key]
         if key == "unanswerable":
@@ -495,8 +562,10 @@ def _build(where: _Where, task: str, spec: Any) -> TaskDef:
     for key in ("task_type", "data_format", "metric_meta"):
         if key not in spec:
             raise where.error("required field is missing", task, key)
-    task_type = _enum(where, task, "task_type", spec["task_type"], TaskType, MTDNN_TASK_TYPES)
-    data_format = _enum(where, task, "data_format", spec["data_format"], DataFormat, MTDNN_DATA_FORMATS)
+    task_type = _enum(where, task, "task_type", spec["task_type"], TaskType, MTDNN_TASK_TYPES,
+                      {name: "Span" for name in MTDNN_SPAN_TYPES})
+    data_format = _enum(where, task, "data_format", spec["data_format"], DataFormat, MTDNN_DATA_FORMATS,
+                        MTDNN_FORMAT_ALIASES)
     if data_format not in FORMATS_FOR_TYPE[task_type]:
         ok = ", ".join(f.name for f in FORMATS_FOR_TYPE[task_type])
         raise where.error(f"{data_format.name} does not fit a {task_type.name} task; use {ok}", task, "data_format")
@@ -534,6 +603,9 @@ def parse_task_defs(text: str, path: str = "<string>") -> dict[str, TaskDef]:
         if task is None:
             raise TaskDefError(f"{path}:{line}: task '{name}' is defined twice")
         raise TaskDefError(f"{path}:{line}: task '{task}', field '{name}': given twice")
+    for task, name, first, line in where.repeats:  # MT-DNN's ner_task_def.yml repeats `loss` on two tasks
+        where.warnings.append(f"{path}:{line}: task {_q(task)}, field {_q(name)}: given twice, with the same value "
+                              f"(lines {first} and {line}); read once, as MT-DNN's YAML reader does")
     defs, skipped = TaskDefs(), {}
     for task, spec in data.items():
         name = _check_name(where, task)
