@@ -219,9 +219,10 @@ INPUT_SUFFIX = {DataFormat.MRC: ".json", DataFormat.Seqence: ".conll"}
 def _jobs(cfg: PreproConfig, task_defs: dict[str, TaskDef]):
     for td in task_defs.values():
         suffix = INPUT_SUFFIX.get(td.data_format, ".tsv")
-        for split in td.split_names:
-            yield td, split, Path(cfg.root_dir) / f"{td.name}_{split}{suffix}", \
-                shard_path(cfg.root_dir, cfg.model, td.name, split)
+        for split in td.shard_splits():
+            source = Path(cfg.root_dir) / f"{td.name}_{split}{suffix}"
+            if split in td.split_names or source.is_file():  # the train/dev MT-DNN reads beyond split_names
+                yield td, split, source, shard_path(cfg.root_dir, cfg.model, td.name, split)
 
 
 def token_level_lines(path: Path, td: TaskDef, split: str, spec: EncodeSpec) -> list[str]:

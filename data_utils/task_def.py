@@ -221,6 +221,13 @@ class TaskDef:
         """Unlabelled splits (names containing 'test'); their shards carry a placeholder label."""
         return tuple(s for s in self.split_names if split_role(s) == "test")
 
+    def shard_splits(self) -> tuple[str, ...]:
+        """The splits prepro_std.py builds: split_names, plus ``train`` and ``dev`` where the list names no such
+        split, as MT-DNN's train.py reads ``{task}_train`` and ``{task}_dev`` anyway (the SAGE repository's
+        ``split_names: [test_labeled]``)."""
+        extra = tuple(role for role in ("train", "dev") if not any(split_role(s) == role for s in self.split_names))
+        return self.split_names + extra
+
     def has_labels(self, split: str) -> bool:
         return split_role(split) != "test"
 
