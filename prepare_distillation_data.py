@@ -9,6 +9,11 @@ average of their class probabilities (Classification, Ranking) or values (Regres
 ``--data_dir`` for the student. Files are written to a temp name and renamed: a failure leaves no half shard.
 A teacher whose run's YAML now defines a task otherwise than it was trained (labels, their order, the task type)
 is refused, as by predict.py (mt_dnn/restore.py).
+
+MT-DNN's command line works as written: ``--task_def --task --std_input TSV --score SCORES --std_output TSV
+[--add_soft_label]`` reads a score file in MT-DNN's layout (predict.py's or MT-DNN's) and writes the canonical TSV
+with each row's label replaced by (or, with ``--add_soft_label``, followed by) the probability of class 1, as
+MT-DNN does; since that is one class's probability, only 2-class Classification tasks are accepted.
 """
 from __future__ import annotations
 
@@ -21,16 +26,76 @@ from pathlib import Path
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", nargs="+", required=True, help="teacher runs: run folders (their best/) or "
-                                                          "checkpoint folders written by train.py")
-    p.add_argument("--tasks", required=True, help="comma-separated tasks to write soft targets for")
-    p.add_argument("--data_dir", required=True, help="folder with the tokenized shards")
-    p.add_argument("--output_dir", required=True, help="where the student's shards go")
+    p.add_argument("--runs", nargs="+", help="teacher runs: run folders (their best/) or "
+                                             "checkpoint folders written by train.py")
+    p.add_argument("--tasks", help="comma-separated tasks to write soft targets for")
+    p.add_argument("--data_dir", help="folder with the tokenized shards")
+    p.add_argument("--output_dir", help="where the student's shards go")
     p.add_argument("--split", default="train", help="split to label (default: train)")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--max_seq_len", type=int, default=None, help="default: the first teacher's")
     p.add_argument("--device", default="auto")
+    mt = p.add_argument_group("MT-DNN's prepare_distillation_data.py options (instead of the four above)")
+    mt.add_argument("--task_def", default="experiments/glue/glue_task_def.yml", help="task-definition YAML")
+    mt.add_argument("--task", help="a 2-class Classification task")
+    mt.add_argument("--std_input", help="the task's canonical TSV")
+    mt.add_argument("--score", help="a score file of the same rows (MT-DNN's layout)")
+    mt.add_argument("--std_output", help="the TSV to write")
+    mt.add_argument("--add_soft_label", action="store_true",
+                    help="insert the probability as a third column instead of replacing the label")
     return p
+
+
+OWN = ("--runs", "--tasks", "--data_dir", "--output_dir")
+UPSTREAM = ("--task", "--std_input", "--score", "--std_output")
+
+
+def _mode(args) -> str:
+    """'upstream' (MT-DNN's four flags) or 'runs' (this project's); a mix, or either half incomplete, is refused."""
+    given = lambda flags: [f for f in flags if getattr(args, f[2:]) is not None]  # noqa: E731
+    own, upstream = given(OWN), given(UPSTREAM)
+    if own and upstream:
+        raise ValueError(f"{upstream[0]}: MT-DNN's flags ({', '.join(UPSTREAM)}) and {', '.join(OWN)} are two ways "
+                         "to run; give one")
+    mode, flags, present = ("upstream", UPSTREAM, upstream) if upstream else ("runs", OWN, own)
+    missing = [f for f in flags if f not in present]
+    if missing:
+        raise ValueError(f"the following arguments are required: {', '.join(missing)}")
+    return mode
+
+
+def upstream_rows(args) -> list[list[str]]:
+    """MT-DNN's output rows: the TSV's fields with the label replaced by, or followed by, P(class 1)."""
+    from data_utils.score_file import read_score_file
+    from data_utils.task_def import TaskType, load_task_defs, select_tasks
+    from data_utils.tsv import iter_tsv
+    td = select_tasks(load_task_defs(args.task_def), [args.task], source=args.task_def)[args.task]
+    if td.task_type is not TaskType.Classification or td.n_class != 2:
+        raise ValueError(f"--task {args.task}: MT-DNN's prepare_distillation_data.py writes the probability of "
+                         f"class 1 only, a soft target for 2-class Classification; this is a {td.n_class}-class "
+                         f"{td.task_type.name} task (--runs writes every class's soft targets)")
+    scored = read_score_file(args.score, td.n_class)
+    rows = []
+    for line, fields in iter_tsv(args.std_input):
+        if fields[0] not in scored:
+            raise ValueError(f"{args.std_input}:{line}: uid {fields[0]!r} is not in {args.score}")
+        if len(fields) < 2:
+            raise ValueError(f"{args.std_input}:{line}: expected uid, label, text columns")
+        score = str(float(scored[fields[0]][1][1]))
+        rows.append(fields[:2] + [score] + fields[2:] if args.add_soft_label else [fields[0], score, *fields[2:]])
+    return rows
+
+
+def run_upstream(args) -> Path:
+    from data_utils.atomic import atomic_write
+    out = Path(args.std_output)
+    if out.resolve() in (Path(args.std_input).resolve(), Path(args.score).resolve()):
+        raise ValueError(f"--std_output {out}: that is an input file")
+    rows = upstream_rows(args)
+    with atomic_write(out) as handle:
+        for fields in rows:
+            handle.write("\t".join(fields) + "\n")
+    return out
 
 
 def _checkpoint(path: Path) -> Path:
@@ -115,7 +180,7 @@ def run(args) -> list[Path]:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        written = run(args)
+        written = [run_upstream(args)] if _mode(args) == "upstream" else run(args)
     except (ValueError, OSError) as exc:
         print(f"prepare_distillation_data.py: error: {exc}", file=sys.stderr)
         return 2

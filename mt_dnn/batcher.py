@@ -70,6 +70,15 @@ def load_split(data_dir: str | Path, task_def: TaskDef, split: str, max_seq_len:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: shard not found (run prepro_std.py for task '{task_def.name}', "
                                 f"split '{split}', or check --data_dir)")
+    return load_shard(path, task_def, split, max_seq_len, limit, encoder, cache)
+
+
+def load_shard(path: Path, task_def: TaskDef, split: str, max_seq_len: int, limit: int = 0,
+               encoder: Optional[EncoderLimits] = None, cache: bool = True) -> TaskData:
+    """:func:`load_split` for a shard file named by its path (MT-DNN's ``predict.py --prep_input``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: shard not found")
     key = shard_cache.shard_key(path)  # the cache's key and the run's record of what it read: one pass
     shard = shard_cache.load(path, key) if cache and not task_def.token_level else None
     data = (_cached_split(path, shard, task_def, split, max_seq_len, limit, encoder) if shard is not None

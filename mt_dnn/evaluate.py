@@ -15,6 +15,7 @@ import torch
 from data_utils import jsonsafe
 from data_utils.atomic import atomic_write
 from data_utils.metrics import SPLIT_METRICS, compute_metrics
+from data_utils.score_file import flat_scores
 from data_utils.task_def import TaskType
 from mt_dnn.batcher import TaskData, collate, eval_batches, to_device
 
@@ -132,14 +133,21 @@ def predict_split(model, data: TaskData, batch_size: int, device: torch.device, 
 
 
 def write_scores(result: SplitResult, output_dir: Path, epoch: int) -> Path:
-    """``{dataset}_scores_{epoch}.json``: metrics, predictions, uids, scores."""
-    path = Path(output_dir) / f"{result.dataset}_scores_{epoch}.json"
-    payload = {"metrics": result.metrics, "predictions": result.predictions, "uids": result.uids,
-               "scores": result.scores}
+    """``{dataset}_scores_{epoch}.json``: metrics, predictions, uids and scores, in MT-DNN's layout (one flat list
+    of scores: data_utils/score_file.py)."""
+    return write_score_file(result, Path(output_dir) / f"{result.dataset}_scores_{epoch}.json", epoch)
+
+
+def write_score_file(result: SplitResult, path: Path, tag=None, metrics: Optional[dict] = None) -> Path:
+    """The score file at ``path`` (``metrics`` replaces the result's); with a ``tag``, the task's own prediction
+    format too, next to it."""
+    path = Path(path)
+    payload = {"metrics": result.metrics if metrics is None else metrics, "predictions": result.predictions,
+               "uids": result.uids, "scores": flat_scores(result.scores)}
     with atomic_write(path) as handle:
         jsonsafe.dump(payload, handle)
-    if result.official is not None:
-        write_official(result, Path(output_dir) / f"{result.dataset}_predictions_{epoch}")
+    if result.official is not None and tag is not None:
+        write_official(result, path.parent / f"{result.dataset}_predictions_{tag}")
     return path
 
 

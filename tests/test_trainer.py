@@ -39,7 +39,9 @@ def test_trains_all_task_types_and_writes_outputs(workspace):
     assert rec["glue_average"] == pytest.approx(expected_avg)
     scores = json.loads((out / "pick_dev_scores_1.json").read_text())
     assert set(scores) == {"metrics", "predictions", "uids", "scores"}
-    assert len(scores["uids"]) == 24 and len(scores["scores"][0]) == 3
+    assert len(scores["uids"]) == 24 and len(scores["scores"]) == 24 * 3  # MT-DNN's layout: one flat list
+    assert all(isinstance(s, float) for s in scores["scores"])
+    assert sum(scores["scores"][:3]) == pytest.approx(1.0)  # a row's 3 probabilities come first
     lines = (out / "pairs_test_submission_1.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 11
     assert all(line.split("\t")[1] in ("not", "same") for line in lines[1:])

@@ -440,7 +440,7 @@ def test_resume_model_ckpt_follows_the_authors_training_loop_epoch_by_epoch(glue
         start = torch.softmax(copy.deepcopy(network).double().eval().logits(0, _padded(rows["dev"])), dim=-1)
     for epoch in range(4):
         scores = json.loads((tmp_path / "out" / f"rte_dev_scores_{epoch}.json").read_text())
-        ours = torch.tensor(scores["scores"], dtype=torch.float64)
+        ours = torch.tensor(scores["scores"], dtype=torch.float64).view(-1, 2)  # MT-DNN's flat layout
         assert ours.shape == (16, 2)
         assert (ours - expected[epoch]).abs().max().item() <= 1e-4, epoch
     # the comparison can tell: the probabilities moved, and a fresh optimizer state (whose first step, at step 0,
