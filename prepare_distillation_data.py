@@ -81,7 +81,10 @@ def upstream_rows(args) -> list[list[str]]:
             raise ValueError(f"{args.std_input}:{line}: uid {fields[0]!r} is not in {args.score}")
         if len(fields) < 2:
             raise ValueError(f"{args.std_input}:{line}: expected uid, label, text columns")
-        score = str(float(scored[fields[0]][1][1]))
+        value = scored[fields[0]][1][1]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{args.score}: the score of uid {fields[0]!r} is {value!r}, not a probability")
+        score = str(float(value))
         rows.append(fields[:2] + [score] + fields[2:] if args.add_soft_label else [fields[0], score, *fields[2:]])
     return rows
 
