@@ -83,3 +83,11 @@ def test_mtdnns_by_path_command_runs_as_the_module_from_any_directory(script, mo
     # the caller's data/, not the checkout's
     assert (tmp_path / "data" / "canonical_data" / "rte_train.tsv").read_text() == \
         "7\tentailment\tA dog runs.\tAn animal moves.\n"
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("script", ["predict.py", "calc_metrics.py", "prepare_distillation_data.py", "extractor.py"])
+def test_mtdnn_tool_scripts_run_by_file_path_from_the_repository_root(script):
+    """MT-DNN's tools are top-level scripts there and here: ``python predict.py ...`` as their users type it."""
+    proc = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"usage: {script}"), proc.stderr
