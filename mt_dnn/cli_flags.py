@@ -21,7 +21,8 @@ class _Record(argparse.Action):
     """Records a table flag as given (with or without a value) for :meth:`FlagTable.notices`."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        getattr(namespace, _GIVEN).append((option_string, values))
+        # a new list each time: the parser's default list is shared by every parse
+        setattr(namespace, _GIVEN, [*getattr(namespace, _GIVEN, []), (option_string, values)])
 
 
 @dataclass(frozen=True)

@@ -99,3 +99,38 @@ def test_training_flags_get_one_notice_each_and_fp16_is_refused(minilm, tmp_path
     assert capsys.readouterr().err.splitlines()[-1] == (
         "extractor.py: error: --fp16: embeddings are computed in float32 here; leave the flag out")
     assert not (tmp_path / "o.json").exists()
+
+
+#: every flag of MT-DNN's experiments/dump_embedding/extractor.py (model_config, train_config, set_config), with
+#: a value of the type it declares (None: a switch)
+MTDNN_EXTRACTOR_FLAGS = {
+    "--update_bert_opt": "0", "--multi_gpu_on": None, "--mem_cum_type": "simple", "--answer_num_turn": "5",
+    "--answer_mem_drop_p": "0.1", "--answer_att_hidden_size": "128", "--answer_att_type": "bilinear",
+    "--answer_rnn_type": "gru", "--answer_sum_att_type": "bilinear", "--answer_merge_opt": "1",
+    "--answer_mem_type": "1", "--answer_dropout_p": "0.1", "--answer_weight_norm_on": None, "--dump_state_on": None,
+    "--answer_opt": "0", "--label_size": "3", "--mtl_opt": "0", "--ratio": "0", "--mix_opt": "0",
+    "--init_ratio": "1", "--cuda": "True", "--optimizer": "adamax", "--grad_clipping": "0",
+    "--global_grad_clipping": "1.0", "--weight_decay": "0", "--learning_rate": "5e-5", "--momentum": "0",
+    "--warmup": "0.1", "--warmup_schedule": "warmup_linear", "--vb_dropout": None, "--dropout_p": "0.1",
+    "--dropout_w": "0.0", "--bert_dropout_p": "0.1", "--ema_opt": "0", "--ema_gamma": "0.995",
+    "--have_lr_scheduler": None, "--multi_step_lr": "10,20,30", "--freeze_layers": "-1", "--embedding_opt": "0",
+    "--lr_gamma": "0.5", "--bert_l2norm": "0.0", "--scheduler_type": "ms", "--output_dir": "checkpoint",
+    "--seed": "2018", "--encoder_type": "1", "--fp16": None, "--fp16_opt_level": "O1", "--finput": "in.txt",
+    "--foutput": "out.json", "--bert_model": "bert-base-uncased", "--checkpoint": "m.pt", "--do_lower_case": None,
+    "--layers": "10,11", "--max_seq_length": "512", "--batch_size": "4", "--transformer_cache": ".cache",
+}
+
+
+def test_every_mtdnn_extractor_flag_is_an_option_or_gets_one_notice():
+    from mt_dnn.cli_flags import EXTRACTOR
+    parser = extractor_cli.build_parser()
+    options = {"--finput", "--foutput", "--bert_model", "--checkpoint", "--layers", "--max_seq_length",
+               "--batch_size", "--encoder_type"}  # they take effect
+    for flag, value in MTDNN_EXTRACTOR_FLAGS.items():
+        if flag == "--fp16":
+            continue  # refused: test_training_flags_get_one_notice_each_and_fp16_is_refused
+        args = parser.parse_args(["--finput", "a", "--foutput", "b", "--checkpoint", "c", flag]
+                                 + ([] if value is None else [value]))
+        notices = EXTRACTOR.notices(args, {"lowercases": True})
+        assert len(notices) == (0 if flag in options else 1), flag
+    assert set(EXTRACTOR.no_effect) | set(EXTRACTOR.rules) | options == set(MTDNN_EXTRACTOR_FLAGS)

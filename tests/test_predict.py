@@ -133,3 +133,19 @@ def test_a_mtdnn_checkpoint_predicts_with_the_head_at_task_id(ws, their_pt, caps
     assert predict_cli.main(args) == 2
     assert capsys.readouterr().err.startswith(f"predict.py: error: --task_id 0: {path} does not hold task 'pairs' "
                                               "at scoring_list.0 (its head is scoring_list.1;")
+
+
+def test_every_flag_of_mtdnns_and_the_sage_repositorys_predict_py_parses():
+    """Their predict.py's flags (the SAGE repository's are MT-DNN's without --metric): each an option here, and
+    --cuda the one flag judged by its value."""
+    from mt_dnn.cli_flags import PREDICT
+    flags = {"--task_def": "t.yml", "--task": "rte", "--task_id": "0", "--prep_input": "rte_dev.json",
+             "--with_label": None, "--score": "s.json", "--metric": "ACC", "--max_seq_len": "512",
+             "--batch_size_eval": "8", "--cuda": "True", "--checkpoint": "model_0.pt"}
+    argv = [x for flag, value in flags.items() for x in ([flag] if value is None else [flag, value])]
+    args = predict_cli.build_parser().parse_args(argv)
+    assert (args.task_def, args.task, args.task_id, args.prep_input, args.with_label, args.score, args.metric,
+            args.max_seq_len, args.batch_size, args.checkpoint) == (
+        "t.yml", "rte", 0, "rte_dev.json", True, "s.json", "ACC", 512, 8, "model_0.pt")
+    assert PREDICT.notices(args) == ["predict.py: warning: --cuda True has no effect here (use --device; auto runs "
+                                     "on CUDA when it is available)"]
