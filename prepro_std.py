@@ -42,7 +42,7 @@ from data_utils.squad import PairLayout, SquadError, encode_squad, read_squad
 from data_utils.task_def import DataFormat, TaskDef, TaskDefError, TaskType, load_task_defs, select_tasks
 from data_utils.tsv import TsvError, check_unique_uids, decode_lines, keeps_labels
 from module import encoders
-from mt_dnn.upstream_prepro_flags import PREPRO_STD_FLAGS, add_no_effect_flags, notices
+from mt_dnn.cli_flags import PREPRO_STD
 
 ROOT = Path(__file__).resolve().parent
 CHUNK_ROWS = 2048
@@ -323,13 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild shards even when up to date")
     p.add_argument("--do_lower_case", action="store_true",
                    help="MT-DNN compatibility: checks that the tokenizer lower-cases (it is the tokenizer's setting)")
-    add_no_effect_flags(p, PREPRO_STD_FLAGS)
+    PREPRO_STD.add_to(p, "MT-DNN and SAGE-repository flags without an effect here")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    for line in notices("prepro_std.py", args, PREPRO_STD_FLAGS):
+    for line in PREPRO_STD.notices(args):
         print(line, file=sys.stderr)
     cfg = PreproConfig(**{**vars(args), "tasks": task_names(args.tasks)})
     try:

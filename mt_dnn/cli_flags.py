@@ -1,6 +1,7 @@
 """Upstream flags of a command line other than train.py that have no option of their own there.
 
 The same decision as :mod:`mt_dnn.upstream_flags` makes for train.py, for any tool (predict.py, extractor.py,
+prepro_std.py, glue_prepro.py,
 ...): each flag of the upstream script parses; a flag no value of which changes the result gets one notice line
 ``<tool>: warning: --flag [value] has no effect here (why)``; a flag whose value decides follows a
 :class:`~mt_dnn.upstream_flags.ValueRule` (the notice for the values that ask for what the tool does anyway, a
@@ -22,31 +23,39 @@ class _Record(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         # a new list each time: the parser's default list is shared by every parse
-        setattr(namespace, _GIVEN, [*getattr(namespace, _GIVEN, []), (option_string, values)])
+        value = None if values == [] else values  # a switch (nargs=0) has no value
+        setattr(namespace, _GIVEN, [*getattr(namespace, _GIVEN, []), (option_string, value)])
 
 
 @dataclass(frozen=True)
 class FlagTable:
-    """The upstream flags of one tool that have no option of their own: flag -> why (no effect), flag -> rule."""
+    """The upstream flags of one tool that have no option of their own: flag -> why (no effect), flag -> rule.
+    ``switches`` take no value and ``valued`` exactly one, as upstream's argparse has them; the others an
+    optional one."""
     program: str
     no_effect: Mapping[str, str] = field(default_factory=dict)
     rules: Mapping[str, ValueRule] = field(default_factory=dict)
+    switches: frozenset = frozenset()
+    valued: frozenset = frozenset()
 
     def add_to(self, parser: argparse.ArgumentParser, title: str) -> None:
         parser.set_defaults(**{_GIVEN: []})
         group = parser.add_argument_group(title)
         for flag, why in self.no_effect.items():
-            group.add_argument(flag, nargs="?", action=_Record, default=argparse.SUPPRESS,
+            group.add_argument(flag, nargs=self._nargs(flag), action=_Record, default=argparse.SUPPRESS,
                                help=f"no effect: {why}".replace("%", "%%"))
         for flag, rule in self.rules.items():
             text = (f"no effect ({rule.why}); other values refused" if rule.why else f"refused: {rule.instead}")
-            group.add_argument(flag, nargs="?", action=_Record, default=argparse.SUPPRESS,
+            group.add_argument(flag, nargs=self._nargs(flag), action=_Record, default=argparse.SUPPRESS,
                                help=text.replace("%", "%%"))
+
+    def _nargs(self, flag: str):
+        return 0 if flag in self.switches else None if flag in self.valued else "?"
 
     def notices(self, args: argparse.Namespace, settings: Optional[Settings] = None) -> list[str]:
         """The notice lines for the table flags given, in command-line order; ValueError (one line, without the
         program's name) for the first value refused."""
-        given: Sequence[tuple[str, Optional[str]]] = getattr(args, _GIVEN, [])
+        given: Sequence[tuple[str, Optional[str]]] = vars(args).pop(_GIVEN, [])  # the tool's settings stay clean
         settings = dict(vars(args) if settings is None else settings)
         lines = []
         for flag, value in given:
@@ -99,3 +108,40 @@ EXTRACTOR = FlagTable("extractor.py", no_effect={
         "this tokenizer keeps case (MT-DNN's AutoTokenizer ignores the flag as well): name an uncased tokenizer "
         "with --bert_model, or leave the flag out", lambda value, settings: bool(settings.get("lowercases"))),
 })
+
+
+# MT-DNN's and the SAGE repository's prepro_std.py and glue_prepro.py: their other flags take effect under the same
+# names (--model, --root_dir, --task_def, --workers, --do_lower_case); each entry says what the flag did upstream
+# (read from both repositories' code) and why leaving it out gives the same files.
+@dataclass(frozen=True)
+class NoEffect:
+    why: str
+    switch: bool = True  # upstream's action="store_true"; False: the flag takes one value
+
+
+_PREPRO_STD: dict[str, NoEffect] = {
+    "--do_padding": NoEffect("neither MT-DNN's nor the SAGE repository's prepro_std.py hands it to the tokenizer, "
+                             "so their shards are unpadded too; batches are padded when they are built"),
+    "--do_lower": NoEffect("MT-DNN reads it only for its MSR T5 tokenizers; casing is the tokenizer's own setting "
+                           "(--do_lower_case checks that it lower-cases)"),
+    "--transformer_cache": NoEffect("the tokenizer loads from the registry, a local folder or the Hugging Face "
+                                    "cache; where it is cached does not change its tokens", switch=False),
+}
+
+_GLUE_PREPRO: dict[str, NoEffect] = {
+    "--old_glue": NoEffect("upstream it adds QNLI v1's pair-wise ranking files qnnli_*, which MT-DNN's own "
+                           "prepro_std.py fails on (it reads their label pairs such as 'entailment,not_entailment' "
+                           "as one label) and which QNLI v2, the one GLUE distributes, does not pair up; the other "
+                           "files are the same with or without it"),
+    "--seed": NoEffect("upstream it only shuffles the QNLI v1 ranking pairs of --old_glue", switch=False),
+}
+
+
+def _table(program: str, entries: Mapping[str, NoEffect]) -> FlagTable:
+    return FlagTable(program, no_effect={f: e.why for f, e in entries.items()},
+                     switches=frozenset(f for f, e in entries.items() if e.switch),
+                     valued=frozenset(f for f, e in entries.items() if not e.switch))
+
+
+PREPRO_STD = _table("prepro_std.py", _PREPRO_STD)
+GLUE_PREPRO = _table("glue_prepro.py", _GLUE_PREPRO)

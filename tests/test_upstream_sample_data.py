@@ -19,7 +19,9 @@ import pytest
 
 import prepro_std as ps
 from experiments.glue import glue_prepro as gp
-from mt_dnn.upstream_prepro_flags import GLUE_PREPRO_FLAGS, PREPRO_STD_FLAGS
+from mt_dnn.cli_flags import GLUE_PREPRO, PREPRO_STD
+
+PREPRO_STD_FLAGS, GLUE_PREPRO_FLAGS = PREPRO_STD.no_effect, GLUE_PREPRO.no_effect
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "tests" / "fixtures" / "sage_repo" / "sample_data"
@@ -114,7 +116,7 @@ def test_upstream_prepro_std_flags_give_the_same_shards(converted, tmp_path, mon
     warnings = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
     given = [f for f in flags if f in PREPRO_STD_FLAGS]
     assert warnings == [f"prepro_std.py: warning: {f}{' .cache' if f == '--transformer_cache' else ''} has no "
-                        f"effect here ({PREPRO_STD_FLAGS[f].why})" for f in given]
+                        f"effect here ({PREPRO_STD_FLAGS[f]})" for f in given]
 
 
 @pytest.mark.subprocess
@@ -126,8 +128,8 @@ def test_mtdnn_glue_prepro_line_with_old_glue(tmp_path):
     proc = run("-m", "experiments.glue.glue_prepro", "--root_dir", str(data), "--old_glue", "--seed", "13")
     assert proc.returncode == 0, proc.stderr
     assert [ln for ln in proc.stderr.splitlines() if "warning" in ln] == [
-        f"glue_prepro.py: warning: --old_glue has no effect here ({GLUE_PREPRO_FLAGS['--old_glue'].why})",
-        f"glue_prepro.py: warning: --seed 13 has no effect here ({GLUE_PREPRO_FLAGS['--seed'].why})"]
+        f"glue_prepro.py: warning: --old_glue has no effect here ({GLUE_PREPRO_FLAGS['--old_glue']})",
+        f"glue_prepro.py: warning: --seed 13 has no effect here ({GLUE_PREPRO_FLAGS['--seed']})"]
     assert sorted(p.stem for p in (data / "canonical_data").glob("*.tsv")) == EXPECTED
 
 

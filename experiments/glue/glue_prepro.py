@@ -21,7 +21,7 @@ A missing task folder or file is reported and skipped; a malformed row stops the
 exports in ``MNLI/hf_datasets_format/`` when the official ``dev_*.tsv`` files are absent.
 
 MT-DNN's command line works too: ``--root_dir data`` reads ``data/<TASK>/`` and writes ``data/canonical_data/``;
-its ``--old_glue`` and ``--seed`` get one notice each (mt_dnn/upstream_prepro_flags.py).
+its ``--old_glue`` and ``--seed`` get one notice each (mt_dnn/cli_flags.py).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ if not __package__:  # run by its file path, as MT-DNN's README types it: the sa
 from data_utils.task_def import TaskDef, TaskDefError, load_task_defs  # noqa: E402
 from data_utils.safe_load import DataFileError, loads_json  # noqa: E402
 from data_utils.tsv import TsvError, iter_tsv, read_lines, write_tsv  # noqa: E402
-from mt_dnn.upstream_prepro_flags import GLUE_PREPRO_FLAGS, add_no_effect_flags, notices  # noqa: E402
+from mt_dnn.cli_flags import GLUE_PREPRO  # noqa: E402
 
 Col = Union[str, int]  # a header name, or a position in a headerless file
 
@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", default=None, help=f"subset of: {' '.join(TASKS)}")
     p.add_argument("--skip_bad_rows", action="store_true",
                    help="skip (and report) malformed rows instead of stopping at the first one")
-    add_no_effect_flags(p, GLUE_PREPRO_FLAGS)
+    GLUE_PREPRO.add_to(p, "MT-DNN and SAGE-repository flags without an effect here")
     return p
 
 
@@ -371,7 +371,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     glue_dir, out_dir = folders(parser, args)
-    for line in notices("glue_prepro.py", args, GLUE_PREPRO_FLAGS):
+    for line in GLUE_PREPRO.notices(args):
         print(line, file=sys.stderr)
     try:
         done = convert(glue_dir, out_dir, Path(args.task_def), args.tasks, args.skip_bad_rows,
