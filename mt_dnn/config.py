@@ -26,7 +26,7 @@ from module.bert_optim import FORMULAS, OPTIMIZERS, SCHEDULES
 from module.pooler import ACTIVATIONS
 from module.sage.dispatch import IMPLEMENTATIONS
 from mt_dnn import head_layout as layouts
-from mt_dnn import settings, upstream_flags
+from mt_dnn import reporting, settings, upstream_flags
 from mt_dnn.upstream_flags import NO_EFFECT_FLAGS, VALUE_FLAGS  # noqa: F401 (the table, re-exported)
 
 
@@ -162,6 +162,9 @@ class TrainConfig:
         None, "also write the training log to this file (it always goes to OUTPUT_DIR/train.log)")
     num_threads: int = cli_field(0, "torch CPU threads (0: torch's default)")
     tensorboard: bool = cli_field(True, "write TensorBoard scalars (--no_tensorboard: don't)")
+    report_to: Optional[list[str]] = cli_field(
+        None, "where the run reports: tensorboard, mlflow, wandb (several allowed), all (every installed one) or "
+        "none (default: tensorboard, unless --no_tensorboard)", type=str, nargs="+", metavar="REPORTER")
     device: str = cli_field("auto", "auto, cpu, cuda, cuda:N (under torchrun: each rank's LOCAL_RANK GPU)")
     log_sensitivity_every: int = cli_field(
         0, "every N steps, append per-block sensitivity and local variation U to sensitivity.jsonl (0: off)")
@@ -263,6 +266,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
         self._validate_objectives(bad)
+        reporting.names(self.report_to, self.tensorboard)  # unknown names and contradictions
         return self
 
     def _validate_objectives(self, bad) -> None:

@@ -32,7 +32,7 @@ STEP_NAME = re.compile(r"step-\d+\Z")
 # What train.py writes into a run folder. RESULTS are what a run reports; LOGS only describe an attempt.
 RESULT_NAMES = frozenset({"best", METRICS, LATEST})
 RESULT_PATTERNS = (STEP_NAME, re.compile(r".+_(scores|predictions|submission)_\d+(\.[A-Za-z]+)+\Z"))
-LOG_NAMES = frozenset({"train.log", "tensorboard", "sensitivity.jsonl"})
+LOG_NAMES = frozenset({"train.log", "tensorboard", "sensitivity.jsonl", "mlruns", "wandb", "reporting.json"})
 OWN_NAMES = frozenset({LOCK, ".sage-write-probe"})
 # Where flock() is not available (some FUSE and network filesystems), the lock is an exclusive-create file.
 NO_FLOCK_ERRNOS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})

@@ -25,7 +25,7 @@ from mt_dnn.config import TrainConfig
 log = logging.getLogger("sage.train")
 # Fields that --resume may change without --allow_config_change: where and how the run reports, not what it computes.
 RESUME_HARMLESS = frozenset({"output_dir", "num_threads", "log_every", "device", "resume", "tensorboard",
-                             "dist_timeout", "keep_last", "save_every_steps", "log_sensitivity_every",
+                             "report_to", "dist_timeout", "keep_last", "save_every_steps", "log_sensitivity_every",
                              "batch_size_eval", "optim_impl", "allow_config_change", "num_workers",
                              "compile", "shard_cache", "overwrite"})
 

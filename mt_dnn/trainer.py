@@ -23,13 +23,13 @@ from tqdm import tqdm
 
 from data_utils import jsonsafe
 from data_utils.metrics import glue_average
-from data_utils.safe_paths import append_line, check_output_root, refuse_symlink
+from data_utils.safe_paths import append_line, check_output_root
 from data_utils.shard_checks import encoder_limits
 from data_utils.task_def import dataset_task, load_task_defs, select_tasks
 from module.bert_optim import build_optimizer, build_schedule, sage_param_groups
 from module.sage.dispatch import implementation_kwargs
 from mt_dnn import distributed as dist_utils
-from mt_dnn import gradients, optimizer_stats, parallel, precision, run_data
+from mt_dnn import gradients, optimizer_stats, parallel, precision, reporting, run_data
 from mt_dnn import objectives as objectives_mod
 from mt_dnn.batcher import epoch_plan as plan_epoch
 from mt_dnn.batcher import to_device
@@ -75,6 +75,7 @@ class Trainer:
         self.hooks = list(hooks)
         self.rank, self.world_size, self.is_main = self.env.rank, self.env.world_size, self.env.is_main
         self.folder: Optional[RunFolder] = None
+        self.reporting = reporting.Reporting()  # TensorBoard, MLflow, W&B (--report_to; mt_dnn/reporting.py)
         self._stops = StopSignals()
         try:
             self._setup(cfg)
@@ -109,11 +110,13 @@ class Trainer:
         self.output_dir = Path(cfg.output_dir)
         check_output_root(self.output_dir, "--output_dir", (cfg.data_dir, cfg.init_checkpoint))
         check_machine_settings(cfg.num_threads, cfg.num_workers, cfg.fsdp, self.env)
+        reporting.check_installed(reporting.names(cfg.report_to, cfg.tensorboard))
         self.folder = RunFolder(self.output_dir, self.is_main)
         self.folder.claim(cfg.resume, cfg.overwrite, cfg.log_file)
 
     def release(self) -> None:
         """Let go of the run folder's lock (fit() does this when it ends, however it ends)."""
+        self.reporting.close()
         if self.folder is not None:
             self.folder.release()
 
@@ -173,7 +176,7 @@ class Trainer:
         self.guard = NonFiniteGuard(self.device, check_grads=not cfg.fp16)
         self.objectives = objectives_mod.for_run(cfg.objective_settings(), self.task_defs, self.train_sets,
                                                  cfg.data_dir, self.device, self.rank)
-        self.writer = self._tensorboard()
+        self.reporting = reporting.start(cfg, self.output_dir, self.is_main)
         # progress: (epoch, micro-batches of that epoch consumed), optimizer steps (counting a continued state's),
         # best dev score
         self.epoch, self.position, self.global_step = 0, 0, self.first_step
@@ -208,12 +211,6 @@ class Trainer:
         if cfg.sage_formula:
             kwargs["formula"] = cfg.sage_formula
         return build_optimizer(cfg.optimizer, groups, **kwargs)
-
-    def _tensorboard(self):
-        if not (self.cfg.tensorboard and self.is_main):
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-        return SummaryWriter(str(refuse_symlink(self.output_dir / "tensorboard")))
 
     # ---------------------------------------------------------------------------------------------- training
     def epoch_plan(self, epoch: int) -> list[tuple[int, list[int]]]:
@@ -287,8 +284,8 @@ class Trainer:
                     self.loss_log.append((self.global_step, mean))
                     bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                     # a pass over the optimizer state, on every rank (a collective under FSDP)
-                    stats = optimizer_stats.sage_stats(self.optimizer) if cfg.tensorboard else {}
-                    if self.writer is not None:
+                    stats = optimizer_stats.sage_stats(self.optimizer) if self.reporting.wanted else {}
+                    if self.reporting:
                         self._log_scalars({"train/loss": mean, "train/lr": self.scheduler.get_last_lr()[0],
                                            "train/samples_per_s": count * cfg.batch_size * self.world_size
                                            / (time.perf_counter() - tick), **stats})
@@ -400,8 +397,7 @@ class Trainer:
         raise Stopped(signum, self.global_step)
 
     def _close(self) -> None:
-        if self.writer:
-            self.writer.flush()
+        self.reporting.flush()
         if self.tracker is not None:
             self.tracker.close()
         dist_utils.barrier()
@@ -435,20 +431,19 @@ class Trainer:
         # every rank must know whether to save: FSDP gathers the full weights collectively
         record = dist_utils.all_gather_objects(record)[0]
         score = record.get("glue_average")
-        if score is not None and (self.best_score is None or score > self.best_score):
+        best = score is not None and (self.best_score is None or score > self.best_score)
+        if best:
             self.best_score = score
             self.state.save(self.output_dir / "best", {"metrics.json": jsonsafe.dumps(record, indent=2)})
         if self.is_main:
             append_line(self.output_dir / "metrics.jsonl", jsonsafe.dumps(record) + "\n")
+            self.reporting.evaluated(record, self.output_dir / "best" if best else None)
         return record
 
     def _log_scalars(self, values: dict) -> None:
         for hook in self.hooks:
             hook.logged(self, values)
-        if self.writer is None:
-            return
-        for key, value in values.items():
-            self.writer.add_scalar(key, value, self.global_step)
+        self.reporting.scalars(values, self.global_step)
 
     def save_step_checkpoint(self) -> Path:
         return self.state.save_step()

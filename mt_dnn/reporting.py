@@ -1,0 +1,194 @@
+"""Where a run reports: ``--report_to tensorboard mlflow wandb`` (Hugging Face's flag), TensorBoard by default.
+
+The registry below names each reporter, the Python package it needs and the pip package that installs it; a
+reporter whose package is missing is refused in one line before the run folder is touched. Only rank 0 reports.
+The Trainer calls :class:`Reporting` with its logged scalars (training loss, learning rate, optimizer statistics,
+dev metrics), each evaluation's record (the line appended to ``metrics.jsonl``) and the ``best/`` folder it saved.
+Reporters that resume (MLflow's run id, W&B's run id) keep their ids in ``OUTPUT_DIR/reporting.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from data_utils.atomic import atomic_write
+from data_utils.safe_load import loads_json
+
+STATE_FILE = "reporting.json"
+
+
+@dataclass(frozen=True)
+class ReporterSpec:
+    """A reporter: the module it imports (``package``), what installs it (``pip``), and how it starts."""
+    name: str
+    package: str
+    pip: str
+    start: Callable[["RunInfo"], "Reporter"]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a reporter starts from: the run folder, its flattened settings, whether the run resumes, and the
+    ids recorded by an earlier attempt of this run (``reporting.json``)."""
+    output_dir: Path
+    params: dict
+    resume: bool
+    saved: dict
+
+    def record(self, name: str, value: dict) -> None:
+        """Keep ``value`` (a run id) for ``--resume``; written atomically next to the run's other files."""
+        state = read_state(self.output_dir) if (self.output_dir / STATE_FILE).exists() else {}
+        state[name] = value
+        with atomic_write(self.output_dir / STATE_FILE) as handle:
+            handle.write(json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+class Reporter:
+    """One destination. Scalars come with the optimizer step they belong to."""
+
+    def scalars(self, values: dict, step: int) -> None:
+        pass
+
+    def evaluated(self, record: dict, best: Optional[Path]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, status: str) -> None:
+        """``status``: FINISHED, KILLED (a stop signal) or FAILED (an error ended the run)."""
+
+
+def _tensorboard(run: RunInfo) -> Reporter:
+    from mt_dnn.report_tensorboard import TensorBoardReporter
+    return TensorBoardReporter(run)
+
+
+def _mlflow(run: RunInfo) -> Reporter:
+    from mt_dnn.report_mlflow import MlflowReporter
+    return MlflowReporter(run)
+
+
+def _wandb(run: RunInfo) -> Reporter:
+    from mt_dnn.report_wandb import WandbReporter
+    return WandbReporter(run)
+
+
+REPORTERS: dict[str, ReporterSpec] = {
+    "tensorboard": ReporterSpec("tensorboard", "tensorboard", "tensorboard", _tensorboard),
+    "mlflow": ReporterSpec("mlflow", "mlflow", "mlflow-skinny", _mlflow),
+    "wandb": ReporterSpec("wandb", "wandb", "wandb", _wandb),
+}
+CHOICES = (*REPORTERS, "all", "none")
+
+
+def installed(name: str) -> bool:
+    return importlib.util.find_spec(REPORTERS[name].package) is not None
+
+
+def names(report_to: Optional[Sequence[str]], tensorboard: bool = True) -> list[str]:
+    """The reporters a run uses. ``None`` (not given): TensorBoard unless ``--no_tensorboard``; ``all``: every
+    installed reporter (as Hugging Face's ``--report_to all``); ``none``: no reporter. Commas separate names too.
+    Unknown names and contradictions are refused (ValueError, one line)."""
+    if report_to is None:
+        return ["tensorboard"] if tensorboard else []
+    given = [n.strip() for item in report_to for n in str(item).split(",") if n.strip()]
+    unknown = [n for n in given if n not in CHOICES]
+    if unknown:
+        raise ValueError(f"--report_to: unknown reporter '{unknown[0]}'; known: {', '.join(CHOICES)}")
+    if not given:
+        raise ValueError(f"--report_to: name at least one of {', '.join(CHOICES)}")
+    if ("none" in given or "all" in given) and len(set(given)) > 1:
+        word = "none" if "none" in given else "all"
+        raise ValueError(f"--report_to: '{word}' cannot be combined with other reporters")
+    if given == ["none"] or "none" in given:
+        return []
+    chosen = [n for n in REPORTERS if installed(n)] if "all" in given else list(dict.fromkeys(given))
+    if "tensorboard" in given and not tensorboard:
+        raise ValueError("--report_to: names tensorboard while --no_tensorboard turns it off; drop one of them")
+    return [n for n in chosen if tensorboard or n != "tensorboard"]
+
+
+def check_installed(chosen: Sequence[str]) -> None:
+    """Refuse, before the run starts, a reporter whose package this Python cannot import."""
+    for name in chosen:
+        if not installed(name):
+            spec = REPORTERS[name]
+            raise ValueError(f"--report_to {name}: the {spec.package} package is not installed here; "
+                             f"pip install {spec.pip}")
+
+
+def flat_params(cfg) -> dict[str, str]:
+    """A dataclass config as flat string parameters (lists and tuples comma-joined)."""
+    out = {}
+    for key, value in dataclasses.asdict(cfg).items():
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        out[key] = str(value)
+    return out
+
+
+def read_state(output_dir: Path) -> dict:
+    path = Path(output_dir) / STATE_FILE
+    if not path.exists():
+        return {}
+    state = loads_json(path.read_text(encoding="utf-8"), str(path))
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a JSON object of reporter ids")
+    return state
+
+
+class Reporting:
+    """The run's reporters (none on ranks other than 0). ``wanted``: whether any reporter is on at all, the same
+    on every rank (the optimizer statistics they receive are gathered by a collective under FSDP)."""
+
+    def __init__(self, reporters: Sequence[Reporter] = (), wanted: bool = False):
+        self.reporters, self.wanted = list(reporters), wanted
+        self.closed = False
+
+    def __bool__(self) -> bool:
+        return bool(self.reporters)
+
+    def scalars(self, values: dict, step: int) -> None:
+        for r in self.reporters:
+            r.scalars(values, step)
+
+    def evaluated(self, record: dict, best: Optional[Path]) -> None:
+        for r in self.reporters:
+            r.evaluated(record, best)
+
+    def flush(self) -> None:
+        for r in self.reporters:
+            r.flush()
+
+    def close(self) -> None:
+        """End every reporter once; the status comes from the exception in flight, if any."""
+        if self.closed:
+            return
+        self.closed = True
+        exc = sys.exc_info()[1]
+        stopped = exc is not None and type(exc).__name__ in ("Stopped", "Interrupted", "KeyboardInterrupt")
+        status = "FINISHED" if exc is None else "KILLED" if stopped else "FAILED"
+        for r in self.reporters:
+            r.close(status)
+
+
+def start(cfg, output_dir: Path, is_main: bool) -> Reporting:
+    """Start the reporters ``cfg`` asks for (rank 0 only); a failing start closes those already started."""
+    chosen = names(cfg.report_to, cfg.tensorboard)
+    if not is_main or not chosen:
+        return Reporting(wanted=bool(chosen))
+    run = RunInfo(Path(output_dir), flat_params(cfg), cfg.resume, read_state(output_dir) if cfg.resume else {})
+    started: list[Reporter] = []
+    try:
+        for name in chosen:
+            started.append(REPORTERS[name].start(run))
+    except BaseException:
+        Reporting(started).close()
+        raise
+    return Reporting(started, wanted=True)
