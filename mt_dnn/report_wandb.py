@@ -19,12 +19,12 @@ class WandbReporter(Reporter):
     def __init__(self, run: RunInfo):
         import wandb
         saved = run.saved.get("wandb") if run.resume else None
-        run_id = saved["run_id"] if saved else wandb.util.generate_id()
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or PROJECT, id=run_id, resume="allow",
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or PROJECT,
+                              id=saved["run_id"] if saved else None, resume="allow" if saved else None,
                               name=os.environ.get("WANDB_NAME") or run.output_dir.name, config=run.params,
                               dir=os.environ.get("WANDB_DIR") or str(run.output_dir), reinit="create_new")
         if not saved:
-            run.record("wandb", {"run_id": run_id})
+            run.record("wandb", {"run_id": self.run.id})
 
     def scalars(self, values: dict, step: int) -> None:
         self.run.log(dict(values), step=step)
