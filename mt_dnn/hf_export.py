@@ -25,6 +25,7 @@ from data_utils.task_def import TaskType
 from module import encoders
 from module.heads import ClassificationHead, ScoreHead
 from mt_dnn import checkpoint as ckpt
+from mt_dnn import model_card
 from mt_dnn.model import MTDNNModel
 from mt_dnn.warm_start import checkpoint_kind
 
@@ -207,11 +208,13 @@ def self_check(model: MTDNNModel, folder: Path, task: Optional[str]) -> float:
 
 # ---------------------------------------------------------------------------------------------- export
 def export(checkpoint: Path, out: Path, task: Optional[str] = None, tokenizer: Optional[str] = None,
-           overwrite: bool = False, report: Callable[[str], None] = lambda line: None) -> dict:
+           overwrite: bool = False, report: Callable[[str], None] = lambda line: None,
+           repo: Optional[str] = None) -> dict:
     """Write the HF folder ``out`` (temp folder beside it, checked, then renamed); returns a summary.
 
     What a killed export left beside ``out`` goes first, as train.py does in its run folder: a previous ``out``
-    parked during a replace comes back, dead writers' temp folders are removed (each step is ``report``ed)."""
+    parked during a replace comes back, dead writers' temp folders are removed (each step is ``report``ed).
+    The folder carries a model card (mt_dnn/model_card.py) whose loading snippet names ``repo`` (default: ``out``)."""
     from mt_dnn.restore import restore
     checkpoint, out = Path(checkpoint), Path(out)
     check_output_root(out, "--out", (checkpoint,))  # --overwrite replaces the folder: never /, ~, the run
@@ -226,4 +229,6 @@ def export(checkpoint: Path, out: Path, task: Optional[str] = None, tokenizer: O
         hf.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
         diff = self_check(model, tmp, task)
-    return {"out": str(out), "task": task, "architecture": type(hf).__name__, "max_abs_diff": diff}
+        model_card.write(tmp, checkpoint, task, repo or str(out))
+    return {"out": str(out), "task": task, "architecture": type(hf).__name__, "max_abs_diff": diff,
+            "model_card": str(out / model_card.FILE)}

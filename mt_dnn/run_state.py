@@ -16,6 +16,7 @@ import torch
 from data_utils import jsonsafe, shard_fingerprint
 from data_utils.safe_load import loads_json
 from mt_dnn import checkpoint as ckpt
+from mt_dnn import data_record
 from mt_dnn import distributed as dist_utils
 from mt_dnn import head_layout as layouts
 from mt_dnn import objectives as objectives_mod
@@ -48,7 +49,8 @@ class RunState:
         if t.is_main:
             ckpt.save_checkpoint(folder, weights, t.cfg.to_json(), training_state,
                                  {**extra_files, ckpt.ENCODER_CONFIG: t.model.encoder.config.to_json_string(),
-                                  task_labels.FILE: task_labels.dumps(t.task_defs)})
+                                  task_labels.FILE: task_labels.dumps(t.task_defs),
+                                  data_record.FILE: data_record.dumps(t.train_sets, t.eval_sets)})
         dist_utils.barrier()
         return folder
 

@@ -285,3 +285,105 @@ def test_a_pooler_without_tanh_is_refused_with_the_reason(ws):
                                                         rf"{actf or 'linear'} \(--pooler_actf, {layout} head layout\) "
                                                         rf"where HF's bert classification head applies tanh"):
             hf_export.sequence_classifier(model, "pairs")
+
+
+# ---------------------------------------------------------------------------------------------- model card
+def _card(folder: Path) -> tuple[dict, str]:
+    import yaml
+    text = (folder / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    front, body = text[4:].split("\n---\n", 1)
+    return yaml.safe_load(front), body
+
+
+def test_the_model_card_names_the_metrics_of_best_metrics_json(ws, capsys):
+    out = ws / "hf-card"
+    assert export_cli.main(["--checkpoint", str(ws / "run" / "best"), "--out", str(out), "--task", "pairs"]) == 0
+    assert json.loads(capsys.readouterr().out)["model_card"] == str(out / "README.md")
+    best = json.loads((ws / "run" / "best" / "metrics.json").read_text())
+    meta, body = _card(out)
+    assert (meta["library_name"], meta["pipeline_tag"]) == ("transformers", "text-classification")
+    (result,) = meta["model-index"][0]["results"]  # the exported task's dev set only
+    assert result["dataset"] == {"name": "pairs_dev", "type": "pairs", "split": "dev"}
+    assert {m["name"]: m["value"] for m in result["metrics"]} == best["dev"]["pairs_dev"]
+    for dataset, values in best["dev"].items():  # the body's table: every dev metric, unrounded
+        for metric, value in values.items():
+            assert f"| {dataset} | {metric} | {value!r} |" in body
+    assert f"| (average) | glue_average | {best['glue_average']!r} |" in body
+    assert "| pairs | Classification | `not`, `same` |" in body
+    assert "| pairs | train | 96 |" in body and "| score | train | 48 |" in body and "| pairs | dev | 24 |" in body
+    for row in ("| learning rate | 0.002 |", "| epochs | 1 |", "| batch size | 8 |", "| max sequence length | 64 |",
+                "| optimizer | usadamax |", "| SAGE beta3 (sensitivity EMA) | 0.75 |", "| betas | 0.9, 0.999 |"):
+        assert row in body, row
+    assert f'AutoModelForSequenceClassification.from_pretrained("{out}")' in body
+
+
+def test_the_encoder_export_card_lists_every_dev_set_and_loads_with_automodel(ws, capsys):
+    out = ws / "hf-card-encoder"
+    assert export_cli.main(["--checkpoint", str(ws / "run" / "best"), "--out", str(out),
+                            "--hub_model_id", "someone/tiny-sage"]) == 0
+    capsys.readouterr()
+    best = json.loads((ws / "run" / "best" / "metrics.json").read_text())
+    meta, body = _card(out)
+    assert meta["pipeline_tag"] == "feature-extraction"
+    results = meta["model-index"][0]["results"]
+    assert {r["dataset"]["name"]: {m["name"]: m["value"] for m in r["metrics"]} for r in results} == best["dev"]
+    assert 'AutoModel.from_pretrained("someone/tiny-sage")' in body
+
+
+# ---------------------------------------------------------------------------------------------- --push_to_hub
+def _export_process(ws: Path, out: Path, *flags: str, **env) -> "subprocess.CompletedProcess":
+    """export.py in a fresh process whose huggingface_hub reads the environment given here (never the network:
+    the endpoint, when one is reached at all, is a closed local port)."""
+    import os
+    import subprocess
+    import sys
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    environ.pop("TRANSFORMERS_OFFLINE", None)
+    environ.update(PYTHONPATH=str(Path(__file__).resolve().parents[1]), HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(ws / "hf-home"), HF_ENDPOINT="http://127.0.0.1:9", **env)
+    return subprocess.run([sys.executable, "export.py", "--checkpoint", str(ws / "run" / "best"), "--out", str(out),
+                           *flags], cwd=Path(__file__).resolve().parents[1], env=environ, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.subprocess
+def test_push_to_hub_without_a_token_is_refused_before_anything_is_written(ws):
+    out = ws / "hf-no-token"
+    proc = _export_process(ws, out, "--push_to_hub")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0  # nothing but the one line
+    assert [text for text in proc.stderr.splitlines() if text.startswith("export.py:")] == [
+        "export.py: error: --push_to_hub: no Hugging Face token found (pass --hub_token, set HF_TOKEN or run "
+        "`hf auth login`); nothing was written"]
+    assert not out.exists()
+
+
+def test_push_to_hub_while_the_hub_is_offline_is_refused_before_anything_is_written(ws, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = ws / "hf-offline"
+    assert export_cli.main(["--checkpoint", str(ws / "run" / "best"), "--out", str(out), "--push_to_hub",
+                            "--hub_token", "hf_not_a_token"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "export.py: error: --push_to_hub: HF_HUB_OFFLINE is set, so nothing can reach the Hub; unset it to push "
+        "(nothing was written)"]
+    assert not out.exists()
+
+
+def test_hub_flags_without_push_to_hub_are_refused(ws, capsys):
+    out = ws / "hf-token-alone"
+    assert export_cli.main(["--checkpoint", str(ws / "run" / "best"), "--out", str(out),
+                            "--hub_token", "hf_not_a_token"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "export.py: error: --hub_token: only used with --push_to_hub"]
+    assert not out.exists()
+
+
+@pytest.mark.subprocess
+def test_a_push_that_cannot_reach_the_hub_fails_in_one_line_and_keeps_the_export(ws):
+    out = ws / "hf-unreachable"
+    proc = _export_process(ws, out, "--push_to_hub", "--hub_model_id", "someone/tiny-sage", "--hub_token",
+                           "hf_not_a_token")
+    assert proc.returncode == 1
+    (line,) = [text for text in proc.stderr.splitlines() if text.startswith("export.py:")]
+    assert line.startswith(f"export.py: error: --push_to_hub: uploading {out} to someone/tiny-sage failed (")
+    assert line.endswith(f"); the export is complete in {out}")
+    assert (out / "README.md").is_file() and (out / "model.safetensors").is_file()
