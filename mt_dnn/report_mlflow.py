@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from mt_dnn.reporting import Reporter, RunInfo
+from mt_dnn.reporter_base import Reporter, RunInfo
 
 BATCH = 100  # MLflow takes at most 100 params per log_batch call
 TRUE = {"1", "true", "yes", "on"}

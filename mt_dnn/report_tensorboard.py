@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from data_utils.safe_paths import refuse_symlink
-from mt_dnn.reporting import Reporter, RunInfo
+from mt_dnn.reporter_base import Reporter, RunInfo
 
 
 class TensorBoardReporter(Reporter):

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from mt_dnn.reporting import Reporter, RunInfo
+from mt_dnn.reporter_base import Reporter, RunInfo
 
 PROJECT = "sage-mtdnn"
 

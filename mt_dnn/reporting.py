@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from data_utils.atomic import atomic_write
-from data_utils.safe_load import loads_json
-
-STATE_FILE = "reporting.json"
+from mt_dnn.reporter_base import STATE_FILE, Reporter, RunInfo, read_state  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -28,40 +24,7 @@ class ReporterSpec:
     name: str
     package: str
     pip: str
-    start: Callable[["RunInfo"], "Reporter"]
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What a reporter starts from: the run folder, its flattened settings, whether the run resumes, and the
-    ids recorded by an earlier attempt of this run (``reporting.json``)."""
-    output_dir: Path
-    params: dict
-    resume: bool
-    saved: dict
-
-    def record(self, name: str, value: dict) -> None:
-        """Keep ``value`` (a run id) for ``--resume``; written atomically next to the run's other files."""
-        state = read_state(self.output_dir) if (self.output_dir / STATE_FILE).exists() else {}
-        state[name] = value
-        with atomic_write(self.output_dir / STATE_FILE) as handle:
-            handle.write(json.dumps(state, indent=2, sort_keys=True) + "\n")
-
-
-class Reporter:
-    """One destination. Scalars come with the optimizer step they belong to."""
-
-    def scalars(self, values: dict, step: int) -> None:
-        pass
-
-    def evaluated(self, record: dict, best: Optional[Path]) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self, status: str) -> None:
-        """``status``: FINISHED, KILLED (a stop signal) or FAILED (an error ended the run)."""
+    start: Callable[[RunInfo], Reporter]
 
 
 def _tensorboard(run: RunInfo) -> Reporter:
@@ -131,16 +94,6 @@ def flat_params(cfg) -> dict[str, str]:
             value = ",".join(str(v) for v in value)
         out[key] = str(value)
     return out
-
-
-def read_state(output_dir: Path) -> dict:
-    path = Path(output_dir) / STATE_FILE
-    if not path.exists():
-        return {}
-    state = loads_json(path.read_text(encoding="utf-8"), str(path))
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a JSON object of reporter ids")
-    return state
 
 
 class Reporting:

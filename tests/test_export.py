@@ -340,7 +340,8 @@ def _export_process(ws: Path, out: Path, *flags: str, **env) -> "subprocess.Comp
     import sys
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
     environ.pop("TRANSFORMERS_OFFLINE", None)
-    environ.update(PYTHONPATH=str(Path(__file__).resolve().parents[1]), HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(ws / "hf-home"), HF_ENDPOINT="http://127.0.0.1:9", **env)
+    environ.update(PYTHONPATH=str(Path(__file__).resolve().parents[1]), HF_HUB_DISABLE_TELEMETRY="1",
+                   HF_HOME=str(ws / "hf-home"), HF_ENDPOINT="http://127.0.0.1:9", **env)
     return subprocess.run([sys.executable, "export.py", "--checkpoint", str(ws / "run" / "best"), "--out", str(out),
                            *flags], cwd=Path(__file__).resolve().parents[1], env=environ, capture_output=True,
                           text=True, timeout=300)

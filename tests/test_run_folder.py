@@ -204,3 +204,21 @@ def test_resume_refuses_a_latest_that_is_not_a_step_folder(tmp_path, capsys):
                                                "folder of this run; remove the file (--resume then takes the newest "
                                                "step-N folder)")
     assert sorted(p.name for p in run.iterdir()) == ["latest"]
+
+
+def test_reporter_files_belong_to_the_run(tmp_path):
+    """MLflow's file store, W&B's folder and the reporters' ids (--report_to) are the run's logs: --overwrite
+    removes them, and an attempt that left no checkpoint takes them along, so a new run never reports into the
+    previous attempt's MLflow or W&B run."""
+    attempt = tmp_path / "attempt"
+    for name in ("mlruns", "wandb"):
+        (attempt / name).mkdir(parents=True)
+    (attempt / "reporting.json").write_text('{"mlflow": {"run_id": "x"}}')
+    (attempt / "train.log").write_text("started\n")
+    lock, notes = run_folder.claim(attempt, resume=True, overwrite=False, has_checkpoint=lambda: False)
+    lock.release()
+    assert sorted(p.name for p in attempt.iterdir()) == ["train.log"]
+    assert notes == ["--resume: removed mlruns/, reporting.json, wandb/ of an attempt that left no checkpoint"]
+    (attempt / "mlruns").mkdir()
+    with pytest.raises(RunFolderError, match=r"holds a run \(mlruns/, train.log\)"):
+        run_folder.claim(attempt, resume=False, overwrite=False, has_checkpoint=lambda: False)
