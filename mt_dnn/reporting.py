@@ -69,7 +69,7 @@ def names(report_to: Optional[Sequence[str]], tensorboard: bool = True) -> list[
     if ("none" in given or "all" in given) and len(set(given)) > 1:
         word = "none" if "none" in given else "all"
         raise ValueError(f"--report_to: '{word}' cannot be combined with other reporters")
-    if given == ["none"] or "none" in given:
+    if "none" in given:
         return []
     chosen = [n for n in REPORTERS if installed(n)] if "all" in given else list(dict.fromkeys(given))
     if "tensorboard" in given and not tensorboard:
@@ -96,39 +96,57 @@ def flat_params(cfg) -> dict[str, str]:
     return out
 
 
-class Reporting:
-    """The run's reporters (none on ranks other than 0). ``wanted``: whether any reporter is on at all, the same
-    on every rank (the optimizer statistics they receive are gathered by a collective under FSDP)."""
+class ReporterError(ValueError):
+    """A reporter that failed to start or to record (its server, its files, its login); one line naming it."""
 
-    def __init__(self, reporters: Sequence[Reporter] = (), wanted: bool = False):
-        self.reporters, self.wanted = list(reporters), wanted
+
+def _failed(name: str, what: str, exc: BaseException) -> ReporterError:
+    reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+    return ReporterError(f"--report_to {name}: {what} failed ({type(exc).__name__}: {reason})")
+
+
+class Reporting:
+    """The run's reporters by name (none on ranks other than 0). ``wanted``: whether any reporter is on at all,
+    the same on every rank (the optimizer statistics they receive are gathered by a collective under FSDP).
+    A reporter's own error becomes one line naming it (train.py: exit 2; the run's checkpoints stay resumable)."""
+
+    def __init__(self, reporters: Optional[dict[str, Reporter]] = None, wanted: bool = False):
+        self.reporters, self.wanted = dict(reporters or {}), wanted
         self.closed = False
 
     def __bool__(self) -> bool:
         return bool(self.reporters)
 
+    def _each(self, what: str, call: Callable[[Reporter], None]) -> None:
+        for name, reporter in self.reporters.items():
+            try:
+                call(reporter)
+            except Exception as exc:
+                raise _failed(name, what, exc) from exc
+
     def scalars(self, values: dict, step: int) -> None:
-        for r in self.reporters:
-            r.scalars(values, step)
+        self._each(f"recording step {step}", lambda r: r.scalars(values, step))
 
     def evaluated(self, record: dict, best: Optional[Path]) -> None:
-        for r in self.reporters:
-            r.evaluated(record, best)
+        self._each(f"recording epoch {record.get('epoch')}'s evaluation", lambda r: r.evaluated(record, best))
 
     def flush(self) -> None:
-        for r in self.reporters:
-            r.flush()
+        self._each("flushing", lambda r: r.flush())
 
     def close(self) -> None:
-        """End every reporter once; the status comes from the exception in flight, if any."""
+        """End every reporter once; the status comes from the exception in flight, if any (whose report then
+        wins over a reporter's failure to close)."""
         if self.closed:
             return
         self.closed = True
         exc = sys.exc_info()[1]
         stopped = exc is not None and type(exc).__name__ in ("Stopped", "Interrupted", "KeyboardInterrupt")
         status = "FINISHED" if exc is None else "KILLED" if stopped else "FAILED"
-        for r in self.reporters:
-            r.close(status)
+        try:
+            self._each("ending the run", lambda r: r.close(status))
+        except ReporterError:
+            if exc is None:
+                raise
 
 
 def start(cfg, output_dir: Path, is_main: bool) -> Reporting:
@@ -137,10 +155,13 @@ def start(cfg, output_dir: Path, is_main: bool) -> Reporting:
     if not is_main or not chosen:
         return Reporting(wanted=bool(chosen))
     run = RunInfo(Path(output_dir), flat_params(cfg), cfg.resume, read_state(output_dir) if cfg.resume else {})
-    started: list[Reporter] = []
+    started: dict[str, Reporter] = {}
     try:
         for name in chosen:
-            started.append(REPORTERS[name].start(run))
+            try:
+                started[name] = REPORTERS[name].start(run)
+            except Exception as exc:
+                raise _failed(name, "starting", exc) from exc
     except BaseException:
         Reporting(started).close()
         raise

@@ -198,3 +198,12 @@ def test_report_to_takes_a_list_as_hugging_face_does():
     assert parse_args(["--train_datasets", "rte", "--report_to", "tensorboard", "mlflow"]).report_to == [
         "tensorboard", "mlflow"]
     assert parse_args(["--train_datasets", "rte"]).report_to is None
+
+
+def test_a_reporter_that_cannot_start_is_one_line_and_leaves_no_run_folder(ws, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus-scheme://nowhere")
+    assert train_cli.main(_train(ws, "cannot-start", "--report_to", "mlflow")) == 2
+    (line,) = [text for text in capsys.readouterr().err.splitlines() if text.startswith("train.py:")]
+    assert line.startswith("train.py: error: --report_to mlflow: starting failed (")
+    assert "bogus-scheme" in line
+    assert not (ws / "cannot-start").exists()
