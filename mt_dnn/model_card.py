@@ -22,6 +22,9 @@ from mt_dnn.config import load_config
 FILE = "README.md"
 METRICS = "metrics.json"
 SAGE_OPTIMIZERS = ("usadamax", "usadamw", "ussgd")
+#: The Hub's metric ids (model-index ``type``) for this project's metric names; others are lower-cased.
+HUB_METRICS = {"ACC": "accuracy", "F1": "f1", "MCC": "matthews_correlation", "Pearson": "pearsonr",
+               "Spearman": "spearmanr", "AUC": "roc_auc"}
 
 
 def _metrics(folder: Path) -> Optional[dict]:
@@ -41,7 +44,8 @@ def _front_matter(name: str, task: Optional[str], signatures: dict, metrics: Opt
             continue
         results.append({"task": {"type": pipeline, "name": owner},
                         "dataset": {"name": dataset, "type": owner, "split": dataset[len(owner) + 1:]},
-                        "metrics": [{"type": m.lower(), "name": m, "value": v} for m, v in values.items()]})
+                        "metrics": [{"type": HUB_METRICS.get(m, m.lower()), "name": m, "value": v}
+                                    for m, v in values.items()]})
     if results:
         meta["model-index"] = [{"name": name, "results": results}]
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
@@ -83,7 +87,8 @@ def _settings(cfg) -> list[str]:
 def _metric_lines(metrics: Optional[dict]) -> list[str]:
     if not metrics or not metrics.get("dev"):
         return ["No dev metrics are recorded in this checkpoint (only `best/` folders hold `metrics.json`)."]
-    lines = [f"From `best/metrics.json`: epoch {metrics.get('epoch')}, step {metrics.get('step')}.", "",
+    lines = [f"From `best/metrics.json`: epoch {metrics.get('epoch')}, step {metrics.get('step')}; values as "
+             "train.py records them, in percent (MT-DNN's scale), unrounded.", "",
              "| dataset | metric | value |", "|---|---|---|"]
     for dataset, values in metrics["dev"].items():
         lines += [f"| {dataset} | {m} | {v!r} |" for m, v in values.items()]
@@ -92,7 +97,7 @@ def _metric_lines(metrics: Optional[dict]) -> list[str]:
     return lines
 
 
-def _usage(task: Optional[str], repo: str) -> list[str]:
+def _usage(task: Optional[str], repo: str, regression: bool) -> list[str]:
     auto = "AutoModel" if task is None else "AutoModelForSequenceClassification"
     lines = ["```python", f"from transformers import AutoTokenizer, {auto}", "",
              f'tokenizer = AutoTokenizer.from_pretrained("{repo}")', f'model = {auto}.from_pretrained("{repo}")']
@@ -100,7 +105,8 @@ def _usage(task: Optional[str], repo: str) -> list[str]:
         lines += ['hidden = model(**tokenizer(["A sentence."], return_tensors="pt")).last_hidden_state']
     else:
         lines += ['logits = model(**tokenizer(["A premise."], ["A hypothesis."], return_tensors="pt")).logits',
-                  "label = model.config.id2label[int(logits.argmax(-1))]  # classification tasks"]
+                  "score = float(logits[0, 0])" if regression else
+                  "label = model.config.id2label[int(logits.argmax(-1))]"]
     return lines + ["```"]
 
 
@@ -118,6 +124,7 @@ def render(checkpoint: Path, task: Optional[str], repo: str) -> str:
         sig = signatures.get(t, {})
         labels = ", ".join(f"`{label}`" for label in sig.get("labels") or []) or "-"
         label_lines.append(f"| {t} | {sig.get('task_type', '?')} | {labels} |")
+    regression = task is not None and signatures.get(task, {}).get("task_type") == "Regression"
     what = "the encoder alone" if task is None else f"the `{task}` head on its encoder"
     body = [f"# {name}", "",
             f"Fine-tuned with SAGE multi-task training (MT-DNN style) from `{cfg.init_checkpoint}`; this export holds "
@@ -126,7 +133,7 @@ def render(checkpoint: Path, task: Optional[str], repo: str) -> str:
             "## Training data", "", *_data_lines(data_record.read(checkpoint)), "",
             "## Training settings", "", *_settings(cfg), "",
             "## Dev metrics", "", *_metric_lines(metrics), "",
-            "## How to load it", "", *_usage(task, repo), ""]
+            "## How to load it", "", *_usage(task, repo, regression), ""]
     return _front_matter(name, task, signatures, metrics) + "\n" + "\n".join(body)
 
 

@@ -306,6 +306,12 @@ def test_the_model_card_names_the_metrics_of_best_metrics_json(ws, capsys):
     (result,) = meta["model-index"][0]["results"]  # the exported task's dev set only
     assert result["dataset"] == {"name": "pairs_dev", "type": "pairs", "split": "dev"}
     assert {m["name"]: m["value"] for m in result["metrics"]} == best["dev"]["pairs_dev"]
+    from huggingface_hub import ModelCard  # the Hub's own reader of the card
+    card = ModelCard((out / "README.md").read_text(encoding="utf-8"))
+    assert card.data.library_name == "transformers"
+    assert {r.metric_name: r.metric_value for r in card.data.eval_results} == best["dev"]["pairs_dev"]
+    assert {(r.dataset_name, r.dataset_split, r.metric_type) for r in card.data.eval_results} == {
+        ("pairs_dev", "dev", "accuracy"), ("pairs_dev", "dev", "f1")}
     for dataset, values in best["dev"].items():  # the body's table: every dev metric, unrounded
         for metric, value in values.items():
             assert f"| {dataset} | {metric} | {value!r} |" in body
