@@ -37,6 +37,7 @@ def mlflow_run(ws, tmp_path_factory):
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     mp.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    mp.setenv("HF_MLFLOW_LOG_ARTIFACTS", "1")  # transformers' switch: best/ copied into the run's artifacts
     kw = dict(PAIRS, init_checkpoint="minilm-l6", report_to=["tensorboard", "mlflow"], learning_rate=5e-5)
     first = Trainer(config(ws, "minilm", **kw))
     first.fit(stop_after_steps=6)
@@ -80,6 +81,10 @@ def test_mlflow_run_has_the_settings_the_epochs_metrics_and_the_best_folder(mlfl
     assert [(m.step, m.value) for m in average] == [(r["step"], r["glue_average"]) for r in records]
     epochs = client.get_metric_history(run.info.run_id, "epoch")
     assert [(m.step, m.value) for m in epochs] == [(4, 0.0), (8, 1.0)]
+    artifacts = sorted(a.path for a in client.list_artifacts(run.info.run_id, "best"))
+    assert artifacts == sorted(f"best/{p.name}" for p in (out / "best").iterdir())
+    copied = Path(client.download_artifacts(run.info.run_id, "best/metrics.json", str(out.parent / "dl")))
+    assert copied.read_bytes() == (out / "best" / "metrics.json").read_bytes()
     loss = client.get_metric_history(run.info.run_id, "train/loss")
     assert [(m.step, m.value) for m in loss] == first.loss_log + second.loss_log
     assert [s for s, _ in first.loss_log + second.loss_log] == [2, 4, 6, 8]
@@ -191,6 +196,16 @@ def test_a_reporter_whose_package_is_missing_is_refused_before_the_run_starts(ws
     assert capsys.readouterr().err.strip().splitlines() == [
         f"train.py: error: --report_to {name}: the {name} package is not installed here; pip install {pip}"]
     assert not (ws / "missing-package").exists()
+
+
+def test_only_rank_0_reports(tmp_path):
+    """Other ranks start no reporter and write nothing, but know that reporting is on: the optimizer statistics
+    the reporters receive are gathered by a collective every rank joins."""
+    from mt_dnn import reporting
+    cfg = TrainConfig(train_datasets=["rte"], output_dir=str(tmp_path), report_to=["tensorboard", "mlflow"])
+    other = reporting.start(cfg, tmp_path, is_main=False)
+    assert not other and other.wanted and list(tmp_path.iterdir()) == []
+    assert not reporting.start(TrainConfig(train_datasets=["rte"], report_to=["none"]), tmp_path, True).wanted
 
 
 def test_report_to_takes_a_list_as_hugging_face_does():
