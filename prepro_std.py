@@ -2,6 +2,8 @@
 
     {root_dir}/{task}_{split}.tsv  ->  {root_dir}/{model_short_name}/{task}_{split}.jsonl
 
+A task whose definition names a ``data:`` source (CSV/JSON/Parquet files, a ``datasets`` dataset or a
+``save_to_disk`` folder; see data_utils/hf_data.py) is read with ``datasets`` into the same rows and shards.
 Span tasks (data_format MRC) read SQuAD's official JSON, ``{task}_{split}.json``, and SequenceLabeling tasks
 (data_format Seqence) CoNLL-2003 column files, ``{task}_{split}.conll``: see data_utils/squad.py and
 data_utils/conll.py; they are encoded in this process with the tokenizer's offsets and word ids.
@@ -31,16 +33,18 @@ from typing import Iterator, Optional, Sequence
 import pretrained_models
 from data_utils import shards
 from data_utils.atomic import atomic_write, clean_stale_temps
-from data_utils.encoding import (Chunk, EncodeSpec, build_backend, encode_chunk, encode_in_worker, init_worker,
-                                 spec_from_hf)
+from data_utils.encoding import (Chunk, EncodeSpec, build_backend, encode_chunk, encode_in_worker, encode_rows,
+                                 init_worker, spec_from_hf)
 from data_utils.conll import ConllError, encode_conll, read_conll
+from data_utils.hf_data import HfDataError, load_source, read_split, source_digest
+from data_utils.hf_spec import SplitSource
 from data_utils.resources import check_parallelism
 from data_utils.safe_load import read_json
 from data_utils.shard_checks import encoder_positions
 from data_utils.shards import shard_path
 from data_utils.squad import PairLayout, SquadError, encode_squad, read_squad
 from data_utils.task_def import DataFormat, TaskDef, TaskDefError, TaskType, load_task_defs, select_tasks
-from data_utils.tsv import TsvError, check_unique_uids, decode_lines, keeps_labels
+from data_utils.tsv import CanonicalSplit, TsvError, check_unique_uids, decode_lines, keeps_labels
 from module import encoders
 from mt_dnn.cli_flags import PREPRO_STD
 
@@ -192,6 +196,12 @@ class Encoder:
                 result = encode_chunk(self._tok, self.spec, chunk)
             yield result
 
+    def backend(self):
+        """This process's tokenizer (built once)."""
+        if self._tok is None:
+            self._tok = build_backend(self.spec)
+        return self._tok
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.terminate()
@@ -217,8 +227,14 @@ INPUT_SUFFIX = {DataFormat.MRC: ".json", DataFormat.Seqence: ".conll"}
 
 
 def _jobs(cfg: PreproConfig, task_defs: dict[str, TaskDef]):
+    """(task, split, input, shard): the input is a canonical file under --root_dir, or the task's data: source
+    (None where its data block has no such split)."""
     for td in task_defs.values():
         suffix = INPUT_SUFFIX.get(td.data_format, ".tsv")
+        if td.data is not None:  # the task's own sources: its split_names, nothing beyond them
+            for split in td.split_names:
+                yield td, split, td.data.source(split), shard_path(cfg.root_dir, cfg.model, td.name, split)
+            continue
         for split in td.shard_splits():
             source = Path(cfg.root_dir) / f"{td.name}_{split}{suffix}"
             if split in td.split_names or source.is_file():  # the train/dev MT-DNN reads beyond split_names
@@ -271,8 +287,33 @@ def run(cfg: PreproConfig, log=print) -> list[ShardResult]:
     return results
 
 
-def _one(td: TaskDef, split: str, tsv: Path, shard: Path, spec: EncodeSpec, encoder: Encoder,
+def _one_source(td: TaskDef, split: str, source: SplitSource, shard: Path, spec: EncodeSpec, encoder: Encoder,
+                force: bool) -> ShardResult:
+    """One split of a data: source: read with datasets, checked into canonical rows, encoded like a TSV's."""
+    start = time.perf_counter()
+    dataset = load_source(source)
+    fingerprint = _fingerprint(source_digest(source, dataset) + repr(td.data.columns).encode("utf-8"), td, split,
+                               spec)
+    if not force and _up_to_date(shard, fingerprint):
+        return ShardResult(td.name, split, "up to date", shard)
+    rows = read_split(td, split, source, dataset)
+    tok = encoder.backend()
+    with atomic_write(shard) as handle:
+        for i in range(0, len(rows), CHUNK_ROWS):
+            part = CanonicalSplit(rows.path, rows.uids[i:i + CHUNK_ROWS], rows.labels[i:i + CHUNK_ROWS],
+                                  rows.premises[i:i + CHUNK_ROWS],
+                                  None if rows.hypotheses is None else rows.hypotheses[i:i + CHUNK_ROWS])
+            handle.write(encode_rows(tok, spec, part, td))
+    _write_stamp(shard, fingerprint, len(rows))
+    return ShardResult(td.name, split, "written", shard, len(rows), time.perf_counter() - start)
+
+
+def _one(td: TaskDef, split: str, tsv, shard: Path, spec: EncodeSpec, encoder: Encoder,
          force: bool) -> ShardResult:
+    if isinstance(tsv, SplitSource):
+        return _one_source(td, split, tsv, shard, spec, encoder, force)
+    if tsv is None:
+        return ShardResult(td.name, split, "missing", Path(f"data.{split} of task {td.name}"))
     if not tsv.is_file():
         return ShardResult(td.name, split, "missing", tsv)
     start = time.perf_counter()
@@ -334,7 +375,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = PreproConfig(**{**vars(args), "tasks": task_names(args.tasks)})
     try:
         run(cfg)
-    except (PreproError, TaskDefError, TsvError, SquadError, ConllError, OSError) as exc:  # OSError: a full disk
+    except (PreproError, TaskDefError, TsvError, SquadError, ConllError, HfDataError, OSError) as exc:  # OSError: a full disk
         print(f"prepro_std.py: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # the shard being written is discarded (a temp file); the finished ones stay

@@ -16,6 +16,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from data_utils.hf_spec import DataSpec, parse_data
 from data_utils.safe_load import DataFileError, parse_yaml, read_text
 
 
@@ -63,8 +64,9 @@ SPLIT_ROLES = ("train", "dev", "test")
 DEFAULT_SPLITS = ("train", "dev", "test")
 SPAN_FIELDS = ("doc_stride", "max_query_len", "max_answer_len", "n_best_size", "unanswerable",
                "null_score_diff_threshold")
+DATA_FIELDS = ("data", "columns")  # rows from CSV/JSON/Parquet or a `datasets` dataset: data_utils/hf_spec.py
 FIELDS = ("task_type", "data_format", "n_class", "labels", "metric_meta", "loss", "dropout_p", "split_names",
-          "enable_san", "adv_loss", "kd_loss") + SPAN_FIELDS
+          "enable_san", "adv_loss", "kd_loss") + SPAN_FIELDS + DATA_FIELDS
 MAX_CLASSES = 100_000  # classes (Ranking: hypotheses) a task may have: each gets a label string and a head row
 QUOTE_CHARS = 80
 #: SMART's divergence between clean and perturbed outputs (``adv_loss``) and the distillation loss on soft
@@ -164,6 +166,7 @@ class TaskDef:
     adv_loss: Optional[str] = None  # SMART divergence (None: the task type's default, see ADV_LOSSES)
     kd_loss: Optional[str] = None   # distillation loss on soft targets (None: the default, see KD_LOSSES)
     span: Optional[SpanOptions] = None  # Span tasks only
+    data: Optional[DataSpec] = None  # where the rows come from when they are not canonical TSVs
     dropout_given: bool = field(default=False, compare=False)  # the YAML set dropout_p (--dropout_p fills others)
     _label_ids: dict = field(default=None, init=False, repr=False, compare=False)
 
@@ -262,6 +265,7 @@ class _Where:
         self.warnings: list[str] = []
         self.no_effect: dict[str, list[tuple[str, Optional[int]]]] = {}  # field -> [(task, line)]
         self.inert: dict[tuple[str, str], list[tuple[str, Optional[int]]]] = {}  # (field, type) -> [(task, line)]
+        self.base: Optional[Path] = None  # the task file's folder: relative data paths start there
         if isinstance(root, yaml.MappingNode):
             self._scan(root)
 
@@ -558,6 +562,31 @@ def _no_effect_field(where: _Where, task: str, key: str, raw: Any) -> None:
     where.no_effect.setdefault(key, []).append((task, where.field_lines.get((task, key))))
 
 
+def _data(where: _Where, task: str, spec: dict, task_type: TaskType) -> Optional[DataSpec]:
+    """The ``data:``/``columns:`` fields (None when the task reads canonical TSVs)."""
+    if "data" not in spec:
+        if "columns" in spec:
+            raise where.error("columns maps the columns of a data: source; add data", task, "columns")
+        return None
+    if task_type in TOKEN_LEVEL_TYPES:
+        raise where.error(f"a {task_type.name} task reads its own file format; data: is for Classification, "
+                          "Regression and Ranking tasks", task, "data")
+    data = parse_data(spec["data"], spec.get("columns"), where.base, lambda r: where.error(r, task, "data"),
+                      lambda r: where.error(r, task, "columns"))
+    for name in data.split_names:
+        if not _SPLIT_NAME.match(name):
+            raise where.error(f"split name {_q(name)} must be letters, digits, '_' and '-'", task, "data")
+        try:
+            split_role(name)
+        except ValueError as exc:
+            raise where.error(str(exc), task, "data") from None
+    if "split_names" in spec:
+        unknown = [n for n in data.split_names if n not in (spec["split_names"] or ())]
+        if unknown:
+            raise where.error(f"split(s) {unknown} are not in split_names {spec['split_names']}", task, "data")
+    return data
+
+
 def _build(where: _Where, task: str, spec: Any) -> TaskDef:
     if not isinstance(spec, dict):
         raise where.error(f"must be a mapping of fields, got {_type_name(spec)}", task)
@@ -577,16 +606,18 @@ def _build(where: _Where, task: str, spec: Any) -> TaskDef:
         ok = ", ".join(f.name for f in FORMATS_FOR_TYPE[task_type])
         raise where.error(f"{data_format.name} does not fit a {task_type.name} task; use {ok}", task, "data_format")
     n_class, labels = _labels_and_classes(where, task, spec, task_type)
+    data = _data(where, task, spec, task_type)
     return TaskDef(name=task, task_type=task_type, data_format=data_format, n_class=n_class, labels=labels,
                    metric_meta=_metrics(where, task, spec["metric_meta"], task_type, n_class),
                    loss=_loss(where, task, spec.get("loss"), task_type),
                    dropout_p=_dropout(where, task, spec.get("dropout_p")),
-                   split_names=_splits(where, task, spec.get("split_names")),
+                   split_names=_splits(where, task, spec.get("split_names")) if data is None or "split_names" in spec
+                   else data.split_names,
                    enable_san=_san(where, task, spec.get("enable_san"), task_type),
                    adv_loss=_objective_loss(where, task, "adv_loss", spec.get("adv_loss"), task_type),
                    kd_loss=_objective_loss(where, task, "kd_loss", spec.get("kd_loss"), task_type),
                    span=_span_options(where, task, spec, task_type),
-                   dropout_given=spec.get("dropout_p") is not None)
+                   data=data, dropout_given=spec.get("dropout_p") is not None)
 
 
 class TaskDefs(dict):
@@ -602,6 +633,7 @@ def parse_task_defs(text: str, path: str = "<string>") -> dict[str, TaskDef]:
     except DataFileError as exc:
         raise TaskDefError(str(exc)) from None
     where, data = _Where(path, document.root), document.data
+    where.base = Path(path).resolve().parent if path != "<string>" else None
     if data is None:
         raise TaskDefError(f"{path}: no task definitions (the file is empty)")
     if not isinstance(data, dict):
