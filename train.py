@@ -25,6 +25,13 @@ def _launch_settings(argv) -> tuple[str, float, str | None]:
     return known.device, timeout, known.local_rank
 
 
+def _build_shards(task_def, root, model: str, max_seq_len: int) -> None:
+    """prepro_std.py's shards for a one-task run's --train_file/--dataset_name (up-to-date ones are kept)."""
+    import prepro_std
+    prepro_std.run(prepro_std.PreproConfig(model=model, root_dir=str(root), task_def=str(task_def),
+                                           max_seq_len=max_seq_len, workers=1))
+
+
 def main(argv=None) -> int:
     from mt_dnn import distributed as dist_utils
     from mt_dnn.config import parse_args
@@ -39,6 +46,10 @@ def main(argv=None) -> int:
             dist_utils.init_process_group(env, device, timeout)
             with dist_utils.agree_on_errors(env):
                 cfg = parse_args(argv)
+            if cfg.train_file or cfg.dataset_name:  # run_glue.py's data flags: rank 0 builds, the others wait
+                from mt_dnn import one_task
+                with dist_utils.agree_on_errors(env):
+                    cfg = one_task.prepare(cfg, _build_shards, build=env.is_main)
             Trainer(cfg, env).fit()
     except (ValueError, OSError) as exc:  # OSError: a full disk (WriteError), an unreadable file
         # a RankError is raised on every rank: report it from rank 0 and from the rank that saw the problem

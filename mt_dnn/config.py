@@ -42,7 +42,9 @@ def cli_field(default: Any = dataclasses.MISSING, help: str = "", *, aliases: Se
 @dataclass
 class TrainConfig:
     """Everything a training run depends on. Field names are MT-DNN's flag names where those exist."""
-    train_datasets: list[str] = cli_field(help="comma-separated task names to train on, e.g. rte,mrpc")
+    train_datasets: list[str] = cli_field(
+        factory=list, help="comma-separated task names to train on, e.g. rte,mrpc (required unless --train_file or "
+        "--dataset_name gives a one-task run)")
     test_datasets: list[str] = cli_field(
         factory=list, help="comma-separated datasets to evaluate after each epoch: a task (all its dev/test "
         "splits) or MT-DNN's task_prefix name such as mnli_matched (splits matched_dev, matched_test); "
@@ -58,6 +60,14 @@ class TrainConfig:
     encoder_type: Optional[int] = cli_field(
         None, f"MT-DNN encoder type, checked against the encoder: {pretrained_models.encoder_types_text()}")
     output_dir: str = cli_field("checkpoints/run")
+    # HF run_glue.py's data flags: a one-task run on these, its shards built in {output_dir}-data/
+    train_file: Optional[str] = cli_field(None, "run_glue.py's training file (.csv, .json, .jsonl, .parquet): a "
+                                          "one-task run; texts, labels and task type follow run_glue.py's rules")
+    validation_file: Optional[str] = cli_field(None, "run_glue.py's dev file (the --train_file's suffix)")
+    test_file: Optional[str] = cli_field(None, "run_glue.py's test file (labels not read; predictions are written)")
+    dataset_name: Optional[str] = cli_field(None, "a datasets.load_dataset name (its train/validation/test splits) "
+                                            "for a one-task run, instead of --train_file")
+    dataset_config_name: Optional[str] = cli_field(None, "the --dataset_name's configuration")
     # optimisation
     optimizer: str = cli_field("usadamax", f"one of {', '.join(OPTIMIZERS)}", aliases=("--optim",))
     learning_rate: float = cli_field(5e-5)
@@ -184,8 +194,8 @@ class TrainConfig:
         def bad(flag: str, why: str):
             raise ValueError(f"--{flag}: {why}")
 
-        if not self.train_datasets:
-            bad("train_datasets", "at least one training dataset is required")
+        if not self.train_datasets and not (self.train_file or self.dataset_name):
+            bad("train_datasets", "at least one training dataset is required (or --train_file / --dataset_name)")
         for name in ("train_datasets", "test_datasets"):
             names = getattr(self, name)
             repeated = sorted({t for t in names if names.count(t) > 1})
