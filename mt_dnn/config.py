@@ -196,6 +196,12 @@ class TrainConfig:
 
         if not self.train_datasets and not (self.train_file or self.dataset_name):
             bad("train_datasets", "at least one training dataset is required (or --train_file / --dataset_name)")
+        for name in ("validation_file", "test_file", "dataset_config_name"):
+            source = "dataset_name" if name == "dataset_config_name" else "train_file"
+            if getattr(self, name) and not getattr(self, source):
+                bad(name, f"needs --{source} (run_glue.py's one-task run)")
+        if self.dataset_name and (self.train_file or self.validation_file or self.test_file):
+            bad("dataset_name", "and --train_file/--validation_file/--test_file name two sources; give one")
         for name in ("train_datasets", "test_datasets"):
             names = getattr(self, name)
             repeated = sorted({t for t in names if names.count(t) > 1})

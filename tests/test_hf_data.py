@@ -373,7 +373,8 @@ def test_prepro_cli_reports_a_bad_label_in_one_line(tmp_path, capsys):
                                   "--train_datasets rte"),
     (["--validation_file", "{d}/dev.json"], "--validation_file {d}/dev.json: must have the --train_file's suffix "
                                             ".csv (as run_glue.py asks)"),
-    (["--dataset_name", "glue"], "--train_file and --dataset_name name two sources; give one"),
+    (["--dataset_name", "glue"], "--dataset_name: and --train_file/--validation_file/--test_file name two sources; "
+                                 "give one"),
     (["--test_datasets", "rte"], "--test_datasets: a one-task run evaluates its task, named 'task'; drop "
                                  "--test_datasets rte"),
 ])
@@ -384,6 +385,19 @@ def test_train_file_refusals_are_one_line_exit_2(tmp_path, capsys, flags, messag
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == "train.py: error: " + message.format(d=tmp_path)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--train_datasets", "rte", "--validation_file", "dev.csv"], "--validation_file: needs --train_file (run_glue.py's "
+                                                                  "one-task run)"),
+    (["--train_datasets", "rte", "--test_file", "t.csv"], "--test_file: needs --train_file (run_glue.py's one-task run)"),
+    (["--train_datasets", "rte", "--dataset_config_name", "x"], "--dataset_config_name: needs --dataset_name "
+                                                                "(run_glue.py's one-task run)"),
+    ([], "--train_datasets: at least one training dataset is required (or --train_file / --dataset_name)"),
+])
+def test_run_glue_flags_without_their_source_are_refused(tmp_path, capsys, flags, message):
+    assert train.main([*flags, "--output_dir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "train.py: error: " + message
 
 
 def test_train_file_label_column_required(tmp_path, capsys):
