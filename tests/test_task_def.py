@@ -149,7 +149,7 @@ ERRORS = [
     ("t:\n" + CLS + "  labels: [a, b]\n  colour: red\n",
      "f.yml:6: task 't', field 'colour': unknown field; known: task_type, data_format, n_class, labels, "
      "metric_meta, loss, dropout_p, split_names, enable_san, adv_loss, kd_loss, doc_stride, max_query_len, max_answer_len, n_best_size, "
-     "unanswerable, null_score_diff_threshold"),
+     "unanswerable, null_score_diff_threshold, data, columns"),
     ("t:\n" + CLS + "  n_class: two\n",
      "f.yml:5: task 't', field 'n_class': must be an integer, got str 'two'"),
     ("t:\n" + CLS + "  n_class: true\n",
