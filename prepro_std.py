@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -38,6 +39,7 @@ from data_utils.encoding import (Chunk, EncodeSpec, build_backend, encode_chunk,
 from data_utils.conll import ConllError, encode_conll, read_conll
 from data_utils.hf_data import HfDataError, load_source, read_split, source_digest
 from data_utils.hf_spec import SplitSource
+from data_utils.run_glue_task import RunGlueData, task_definition_text
 from data_utils.resources import check_parallelism
 from data_utils.safe_load import read_json
 from data_utils.shard_checks import encoder_positions
@@ -49,6 +51,7 @@ from module import encoders
 from mt_dnn.cli_flags import PREPRO_STD
 
 ROOT = Path(__file__).resolve().parent
+RUN_GLUE_FLAGS = ("train_file", "validation_file", "test_file", "dataset_name", "dataset_config_name")
 CHUNK_ROWS = 2048
 POOL_MIN_ROWS = 16384  # below this a split takes well under a second in one process; workers start in ~0.3 s
 STAMP_VERSION = 2  # 2: test splits keep their TSV's labels when all are the task's
@@ -341,6 +344,19 @@ def _describe(r: ShardResult) -> str:
     return f"{r.task}_{r.split}: {r.rows} rows -> {r.path} ({r.seconds:.2f}s, {rate:,.0f} rows/s)"
 
 
+def one_task(cfg: PreproConfig, data: RunGlueData) -> PreproConfig:
+    """run_glue.py's data flags: the one task's definition is written to {root_dir}/task_def.yml, and built."""
+    if cfg.task_def != PreproConfig.task_def or cfg.tasks:
+        raise PreproError("--train_file/--dataset_name write their own task definition ({root_dir}/task_def.yml, "
+                          "task 'task'); drop --task_def and --tasks")
+    text = task_definition_text(data)
+    path = Path(cfg.root_dir) / "task_def.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as handle:
+        handle.write(text)
+    return dataclasses.replace(cfg, task_def=str(path))
+
+
 def task_names(words: Optional[Sequence[str]]) -> Optional[tuple[str, ...]]:
     """``--tasks rte mrpc`` and ``--tasks rte,mrpc`` name the same tasks: download.sh and sweep.py take commas, so
     a user's muscle memory should not meet an "unknown task 'rte,mrpc'" here."""
@@ -365,16 +381,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--do_lower_case", action="store_true",
                    help="MT-DNN compatibility: checks that the tokenizer lower-cases (it is the tokenizer's setting)")
     PREPRO_STD.add_to(p, "MT-DNN and SAGE-repository flags without an effect here")
+    hf = p.add_argument_group("HF run_glue.py's data flags: one task, named 'task', its definition written to "
+                              "{root_dir}/task_def.yml")
+    for flag in RUN_GLUE_FLAGS:
+        hf.add_argument(f"--{flag}", default=None)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    for line in PREPRO_STD.notices(args):
+    parsed = build_parser().parse_args(argv)
+    for line in PREPRO_STD.notices(parsed):
         print(line, file=sys.stderr)
-    cfg = PreproConfig(**{**vars(args), "tasks": task_names(args.tasks)})
+    args = vars(parsed)
+    glue = RunGlueData(**{flag: args.pop(flag) for flag in RUN_GLUE_FLAGS})
+    cfg = PreproConfig(**{**args, "tasks": task_names(args["tasks"])})
     try:
-        run(cfg)
+        run(one_task(cfg, glue) if glue.given else cfg)
     except (PreproError, TaskDefError, TsvError, SquadError, ConllError, HfDataError, OSError) as exc:  # OSError: a full disk
         print(f"prepro_std.py: error: {exc}", file=sys.stderr)
         return 1

@@ -35,7 +35,8 @@ class RunGlueData:
 
     @property
     def given(self) -> bool:
-        return bool(self.train_file or self.dataset_name)
+        """Any of the flags: a one-task run is asked for (and refused in one line if incomplete)."""
+        return any(vars(self).values())
 
 
 def _file_sources(data: RunGlueData) -> dict[str, SplitSource]:
@@ -69,10 +70,12 @@ def _dataset_sources(data: RunGlueData) -> dict[str, SplitSource]:
 
 def task_definition(data: RunGlueData) -> dict:
     """The task definition (YAML mapping) of the run's one task, from its training split's columns and labels."""
-    if data.train_file and data.dataset_name:
-        raise HfDataError("--train_file and --dataset_name name two sources; give one")
+    if data.dataset_name and (data.train_file or data.validation_file or data.test_file):
+        raise HfDataError("--dataset_name and --train_file/--validation_file/--test_file name two sources; give one")
     if not data.train_file and (data.validation_file or data.test_file):
         raise HfDataError("--validation_file/--test_file need --train_file (a one-task run is trained on it)")
+    if data.dataset_config_name and not data.dataset_name:
+        raise HfDataError("--dataset_config_name needs --dataset_name")
     sources = _file_sources(data) if data.train_file else _dataset_sources(data)
     train = load_source(sources["train"])
     where = sources["train"].describe()

@@ -408,6 +408,26 @@ def test_train_file_label_column_required(tmp_path, capsys):
         "['a', 'b']")
 
 
+def test_prepro_cli_takes_run_glue_files_and_writes_the_task_definition(tmp_path, capsys):
+    ds = datasets.Dataset.from_list(SYNTH)
+    ds.to_csv(str(tmp_path / "train.csv"), index=False)
+    ds.select([1, 0]).to_csv(str(tmp_path / "dev.csv"), index=False)
+    out = tmp_path / "out"
+    assert prepro_std.main(["--train_file", str(tmp_path / "train.csv"), "--validation_file", str(tmp_path / "dev.csv"),
+                            "--root_dir", str(out), "--model", MODEL, "--max_seq_len", "32"]) == 0
+    td = load_task_defs(out / "task_def.yml")["task"]
+    assert (td.labels, td.split_names, td.data.columns.premise, td.data.columns.hypothesis) == \
+        (("neg", "pos"), ("train", "dev"), "text", ("other",))
+    dev = [json.loads(line) for line in (out / MODEL / "task_dev.jsonl").read_text().splitlines()]
+    assert [(r["uid"], r["label"]) for r in dev] == [("0", 0), ("1", 1)]
+    assert prepro_std.main(["--train_file", str(tmp_path / "train.csv"), "--root_dir", str(out), "--tasks", "x"]) == 1
+    assert prepro_std.main(["--validation_file", str(tmp_path / "dev.csv"), "--root_dir", str(out)]) == 1
+    assert capsys.readouterr().err.splitlines()[-2:] == [
+        "prepro_std.py: error: --train_file/--dataset_name write their own task definition ({root_dir}/task_def.yml, "
+        "task 'task'); drop --task_def and --tasks",
+        "prepro_std.py: error: --validation_file/--test_file need --train_file (a one-task run is trained on it)"]
+
+
 @pytest.mark.subprocess
 def test_train_py_cli_respects_hf_datasets_cache(tmp_path):
     """As a user runs it: HF_DATASETS_CACHE holds datasets' Arrow copy of the CSV; nothing goes online."""
