@@ -24,6 +24,7 @@ from data_utils.hf_data import HfDataError, load_source, read_split  # noqa: E40
 from data_utils.hf_spec import SplitSource  # noqa: E402
 from data_utils.run_glue_task import RunGlueData, task_definition  # noqa: E402
 from data_utils.task_def import TaskDefError, load_task_defs, parse_task_defs  # noqa: E402
+from data_utils.tsv import read_canonical  # noqa: E402
 from mt_dnn.config import TrainConfig  # noqa: E402
 from mt_dnn.trainer import Trainer  # noqa: E402
 
@@ -187,6 +188,33 @@ def test_csv_json_parquet_and_canonical_tsv_give_the_same_shard(tmp_path):
         (tmp_path / f"{fmt}.yml").write_text(SYNTH_TASK % path.name)
         shard = build(tmp_path / f"{fmt}.yml", tmp_path / fmt) / "sent_train.jsonl"
         assert shard.read_bytes() == expected, fmt
+
+
+def test_several_files_are_one_split_in_order(tmp_path):
+    ds = datasets.Dataset.from_list(SYNTH)
+    ds.to_csv(str(tmp_path / "all.csv"), index=False)
+    ds.select([0, 1]).to_csv(str(tmp_path / "a.csv"), index=False)
+    ds.select([2]).to_csv(str(tmp_path / "b.csv"), index=False)
+    (tmp_path / "one.yml").write_text(SYNTH_TASK % "all.csv")
+    (tmp_path / "two.yml").write_text(SYNTH_TASK % "[a.csv, b.csv]")
+    one = (build(tmp_path / "one.yml", tmp_path / "one") / "sent_train.jsonl").read_bytes()
+    assert (build(tmp_path / "two.yml", tmp_path / "two") / "sent_train.jsonl").read_bytes() == one
+
+
+def test_ranking_hypothesis_columns_read_as_the_canonical_tsv(tmp_path):
+    rows = [{"q": "which one", "a1": "this", "a2": "that", "gold": "1"},
+            {"q": "and now", "a1": "here", "a2": "there", "gold": "0"}]
+    datasets.Dataset.from_list(rows).to_json(str(tmp_path / "rank.jsonl"))
+    (tmp_path / "rank_train.tsv").write_text("".join(f"{i}\t{r['gold']}\t{r['q']}\t{r['a1']}\t{r['a2']}\n"
+                                                     for i, r in enumerate(rows)))
+    head = "rank:\n  task_type: Ranking\n  data_format: PremiseAndMultiHypothesis\n  n_class: 2\n  metric_meta: [ACC]\n"
+    td = parse_task_defs(head + f"  data: {{train: {tmp_path}/rank.jsonl}}\n"
+                         "  columns: {premise: q, hypothesis: [a1, a2], label: gold}\n")["rank"]
+    got = read_split(td, "train", td.data.source("train"))
+    want = read_canonical(tmp_path / "rank_train.tsv", parse_task_defs(head)["rank"], "train")
+    assert (got.uids, got.labels, got.premises, got.hypotheses) == \
+        (want.uids, want.labels, want.premises, want.hypotheses) == (["0", "1"], [1, 0], ["which one", "and now"],
+                                                                     [("this", "that"), ("here", "there")])
 
 
 def test_rerun_skips_an_up_to_date_shard_and_rebuilds_when_the_file_changes(tmp_path):
