@@ -162,13 +162,24 @@ def read_split(td: TaskDef, split: str, source: SplitSource, dataset=None) -> Ca
         first = first_seen(uid, seen, i)
         if first != i:
             raise HfDataError(f"{where}: row {i}, column {cols.uid!r}: uid {uid!r} repeats row {first}")
-    labels = _labels(td, ds, cols.label, where) if labelled else [td.placeholder_label()] * n
+    labels = _labels(td, ds, cols.label, where) if labelled else _test_labels(td, ds, cols.label, where)
     hyp_rows = None
     if len(hyps) == 1:
         hyp_rows = texts[hyps[0]]
     elif hyps:
         hyp_rows = list(zip(*(texts[h] for h in hyps)))
     return CanonicalSplit(where, uids, labels, texts[premise], hyp_rows)
+
+
+def _test_labels(td: TaskDef, ds, column: str, where: str) -> list:
+    """A test split keeps its labels when every one is the task's (as a canonical TSV's test split does: SNLI's
+    gold test labels); otherwise (no label column, HF's -1 placeholders) every row gets the placeholder."""
+    if column in ds.column_names:
+        try:
+            return _labels(td, ds, column, where)
+        except HfDataError:
+            pass
+    return [td.placeholder_label()] * len(ds)
 
 
 def _labels(td: TaskDef, ds, column: str, where: str) -> list:

@@ -241,6 +241,11 @@ def test_uid_column_integer_labels_and_test_split_without_labels(tmp_path):
     assert (train_rows.uids, train_rows.labels, train_rows.premises) == (["a7", "b2"], [1, 0], ["one", "two"])
     test_rows = read_split(td, "test", td.data.source("test"))
     assert (test_rows.uids, test_rows.labels) == (["t1"], [0])
+    # a test split whose labels are all the task's keeps them, as a canonical TSV's does; HF's -1 does not
+    for labels, kept in (([1, 1], [1, 1]), ([1, -1], [0, 0])):
+        datasets.Dataset.from_list([{"id": f"t{i}", "s": "x", "label": v} for i, v in enumerate(labels)]).to_json(
+            str(tmp_path / "test.jsonl"))
+        assert read_split(td, "test", td.data.source("test")).labels == kept
 
 
 def test_regression_labels_and_run_glue_text_column_rule(tmp_path):
