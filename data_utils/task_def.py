@@ -581,9 +581,10 @@ def _data(where: _Where, task: str, spec: dict, task_type: TaskType) -> Optional
         except ValueError as exc:
             raise where.error(str(exc), task, "data") from None
     if "split_names" in spec:
-        unknown = [n for n in data.split_names if n not in (spec["split_names"] or ())]
+        names = _splits(where, task, spec["split_names"])
+        unknown = [n for n in data.split_names if n not in names]
         if unknown:
-            raise where.error(f"split(s) {unknown} are not in split_names {spec['split_names']}", task, "data")
+            raise where.error(f"split(s) {unknown} are not in split_names {list(names)}", task, "data")
     return data
 
 

@@ -309,6 +309,8 @@ BASE = "t:\n  task_type: Classification\n  data_format: PremiseOnly\n  labels: [
      ":6: task 't', field 'data': split name 'valid' must contain exactly one of 'train', 'dev', 'test'"),
     ("  split_names: [train]\n  data: {train: a.csv, dev: b.csv}\n",
      ":7: task 't', field 'data': split(s) ['dev'] are not in split_names ['train']"),
+    ("  split_names: train\n  data: {train: a.csv}\n",
+     ":6: task 't', field 'split_names': must be a non-empty list, got str 'train'"),
     ("  columns: {premise: text}\n", ":6: task 't', field 'columns': columns maps the columns of a data: source"),
     ("  data: {train: a.csv}\n  columns: {text: x}\n",
      ":7: task 't', field 'columns': unknown key 'text'; known: premise, hypothesis, label, uid"),
