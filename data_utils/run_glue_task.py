@@ -108,5 +108,5 @@ def task_definition(data: RunGlueData) -> dict:
 
 
 def task_definition_text(data: RunGlueData) -> str:
-    return "# The one task of a run given --train_file/--dataset_name (written by train.py).\n" + \
+    return "# The one task of a run given --train_file/--dataset_name (written by train.py or prepro_std.py).\n" + \
         yaml.safe_dump(task_definition(data), sort_keys=False, allow_unicode=True)
