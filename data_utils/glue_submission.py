@@ -66,12 +66,14 @@ def dataset_and_tag(path: Path) -> tuple[str, str]:
 
 
 def best_epoch_tag(run: Path) -> Optional[str]:
-    """The epoch of a run's best checkpoint, which names that epoch's submission files."""
+    """The epoch of a run's best checkpoint, which names that epoch's submission files (``updates_N``: the
+    evaluation after N updates inside an epoch, with --save_per_updates_on)."""
     metrics = run / "best" / "metrics.json"
     if not metrics.is_file():
         return None
     try:
-        return str(int(read_json(metrics)["epoch"]))
+        record = read_json(metrics)
+        return f"updates_{int(record['updates'])}" if "updates" in record else str(int(record["epoch"]))
     except DataFileError as exc:
         raise SubmissionError(str(exc)) from None
     except (ValueError, KeyError, TypeError) as exc:

@@ -167,7 +167,17 @@ class TrainConfig:
         "and step count (its saved options must match this run's flags); read only under --resume")
     save_every_steps: int = cli_field(0, "also checkpoint every N optimizer steps (for --resume)")
     keep_last: int = cli_field(1, "step checkpoints to keep")
-    log_every: int = cli_field(25, aliases=("--log_per_updates",))
+    save_per_epoch: bool = cli_field(
+        False, "after each epoch's evaluation, also save the model as OUTPUT_DIR/epoch-N/ (MT-DNN's model_N.pt), "
+        "a checkpoint folder that predict.py, export.py and --init_checkpoint read")
+    keep_epochs: int = cli_field(0, "epoch-N/ folders of --save_per_epoch to keep, newest first (0: all)")
+    save_per_updates_on: bool = cli_field(
+        False, "also evaluate the dev and test sets, and write a step-N/ checkpoint, every --save_per_updates "
+        "optimizer updates inside an epoch (MT-DNN's model_{epoch}_{updates}.pt)")
+    save_per_updates: int = cli_field(10000, "updates between the evaluations of --save_per_updates_on")
+    log_every: int = cli_field(
+        25, "every N optimizer updates (and after the first), log MT-DNN's 'Task [ 0] updates[ N] train loss[...] "
+        "remaining[...]' line; 0: never", aliases=("--log_per_updates",))
     log_file: Optional[str] = cli_field(
         None, "also write the training log to this file (it always goes to OUTPUT_DIR/train.log)")
     num_threads: int = cli_field(0, "torch CPU threads (0: torch's default)")
@@ -231,6 +241,13 @@ class TrainConfig:
                      "max_eval_samples", "global_grad_clipping", "adam_eps", "weight_decay"):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.save_per_updates < 1:
+            bad("save_per_updates", f"must be >= 1, got {self.save_per_updates}")
+        if self.keep_epochs < 0:
+            bad("keep_epochs", f"must be >= 0 (0: keep every epoch-N folder), got {self.keep_epochs}")
+        if self.keep_epochs and not self.save_per_epoch:
+            bad("keep_epochs", "applies to the epoch-N folders of --save_per_epoch; add --save_per_epoch or leave "
+                               "the flag out")
         if self.keep_last < 1:
             bad("keep_last", f"must be >= 1 (the newest step checkpoint is what --resume reads), got {self.keep_last}")
         if not 0.0 <= self.beta3 < 1.0:
@@ -393,8 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(f"--no_{f.name}", dest=f.name, action="store_false", help=kw["help"])
             p.add_argument(f"--{f.name}", dest=f.name, action="store_true", help=argparse.SUPPRESS)
             continue
-        if f.name in ("test_datasets", "warmup_schedule"):
-            kw["default"] = None  # parse_args fills in the training tasks, and tells a given schedule from none
+        if f.name in ("test_datasets", "warmup_schedule", "save_per_updates"):
+            kw["default"] = None  # parse_args fills in the training tasks, and tells a given value from none
         p.add_argument(*names, **kw)
     group = p.add_argument_group("MT-DNN and SAGE-repository flags without a field here (mt_dnn/upstream_flags.py)")
     for flag, decision in upstream_flags.all_flags().items():
@@ -412,6 +429,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
     values["warmup_schedule"] = SCHEDULE_ALIASES.get(typed, typed)
     if values["test_datasets"] is None:
         values["test_datasets"] = list(values["train_datasets"])
+    per_updates = values["save_per_updates"]  # None unless given
+    if per_updates is None:
+        values["save_per_updates"] = TrainConfig.save_per_updates
     settings = dict(values, **({"--warmup_schedule": typed} if typed is not None else {}))
     notices = upstream_flags.judge(given, settings)
     values["warmup_schedule"] = settings["warmup_schedule"] or TrainConfig.warmup_schedule
@@ -422,6 +442,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         if cfg.model_ckpt is not None and not cfg.resume:  # MT-DNN and the SAGE repository read it only then
             print(f"train.py: warning: --model_ckpt {cfg.model_ckpt} has no effect without --resume (MT-DNN reads it "
                   "only under --resume; to start from a trained model use --init_checkpoint)", file=sys.stderr)
+        if per_updates is not None and not cfg.save_per_updates_on:  # MT-DNN reads it only then
+            print(f"train.py: warning: --save_per_updates {per_updates} has no effect without "
+                  "--save_per_updates_on (MT-DNN reads it only then)", file=sys.stderr)
     return cfg
 
 

@@ -132,9 +132,9 @@ def predict_split(model, data: TaskData, batch_size: int, device: torch.device, 
     return split_result(data, preds, scores)
 
 
-def write_scores(result: SplitResult, output_dir: Path, epoch: int) -> Path:
-    """``{dataset}_scores_{epoch}.json``: metrics, predictions, uids and scores, in MT-DNN's layout (one flat list
-    of scores: data_utils/score_file.py)."""
+def write_scores(result: SplitResult, output_dir: Path, epoch: int | str) -> Path:
+    """``{dataset}_scores_{epoch}.json`` (``epoch``: the evaluation's tag, ``updates_N`` inside an epoch): metrics,
+    predictions, uids and scores, in MT-DNN's layout (one flat list of scores: data_utils/score_file.py)."""
     return write_score_file(result, Path(output_dir) / f"{result.dataset}_scores_{epoch}.json", epoch)
 
 

@@ -24,15 +24,20 @@ from typing import Optional, Sequence
 from data_utils import jsonsafe
 from data_utils.atomic import atomic_write, clean_stale_temps
 from data_utils.safe_load import loads_json
+from mt_dnn import run_config
 
 LOCK = "train.lock"
 METRICS = "metrics.jsonl"
 LATEST = "latest"
 STEP_NAME = re.compile(r"step-\d+\Z")
-# What train.py writes into a run folder. RESULTS are what a run reports; LOGS only describe an attempt.
+EPOCH_NAME = re.compile(r"epoch-\d+\Z")  # --save_per_epoch
+# What train.py writes into a run folder. RESULTS are what a run reports; LOGS only describe an attempt (config.json:
+# the options of the run writing the folder, rewritten by each attempt).
 RESULT_NAMES = frozenset({"best", METRICS, LATEST})
-RESULT_PATTERNS = (STEP_NAME, re.compile(r".+_(scores|predictions|submission)_\d+(\.[A-Za-z]+)+\Z"))
-LOG_NAMES = frozenset({"train.log", "tensorboard", "sensitivity.jsonl", "mlruns", "wandb", "reporting.json"})
+RESULT_PATTERNS = (STEP_NAME, EPOCH_NAME,
+                   re.compile(r".+_(scores|predictions|submission)_(updates_)?\d+(\.[A-Za-z]+)+\Z"))
+LOG_NAMES = frozenset({"train.log", "tensorboard", "sensitivity.jsonl", "mlruns", "wandb", "reporting.json",
+                       run_config.NAME})
 OWN_NAMES = frozenset({LOCK, ".sage-write-probe"})
 # Where flock() is not available (some FUSE and network filesystems), the lock is an exclusive-create file.
 NO_FLOCK_ERRNOS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
@@ -200,8 +205,8 @@ def own_entries(folder: Path) -> tuple[list[Path], list[Path]]:
     for entry in sorted(Path(folder).iterdir()):
         if _is_result(entry.name):
             results.append(entry)
-        elif entry.name in LOG_NAMES:
-            logs.append(entry)
+        elif entry.name in LOG_NAMES and (entry.name != run_config.NAME or run_config.is_run_config(entry)):
+            logs.append(entry)  # (a config.json that is not a run's options is someone else's file: kept)
     return results, logs
 
 

@@ -28,7 +28,7 @@ log = logging.getLogger("sage.train")
 RESUME_HARMLESS = frozenset({"output_dir", "num_threads", "log_every", "device", "resume", "tensorboard",
                              "report_to", "dist_timeout", "keep_last", "save_every_steps", "log_sensitivity_every",
                              "batch_size_eval", "optim_impl", "allow_config_change", "num_workers",
-                             "compile", "shard_cache", "overwrite"})
+                             "compile", "shard_cache", "overwrite", "save_per_epoch", "keep_epochs"})
 
 Found = tuple[Path, dict, dict]  # (checkpoint folder, training state, full weights under FSDP)
 
@@ -76,7 +76,8 @@ class RunState:
                 "scheduler": t.scheduler.state_dict(),
                 "scaler": t.scaler.state_dict(), "rng": rngs[0], "rng_ranks": rngs,
                 "progress": {"epoch": t.epoch, "position": t.position, "global_step": t.global_step,
-                             "best_score": t.best_score, "first_step": t.first_step},
+                             "best_score": t.best_score, "first_step": t.first_step,
+                             "train_loss": t.train_loss.state()},
                 "history": jsonsafe.dumps(t.history), "shards": self.shard_fingerprints()}
 
     def shard_fingerprints(self) -> dict:
@@ -221,6 +222,8 @@ class RunState:
         t.epoch, t.position = progress["epoch"], min(progress["position"], t.micro_per_epoch)
         t.global_step, t.best_score = progress["global_step"], progress["best_score"]
         t.first_step = progress.get("first_step", 0)  # steps its --model_ckpt had taken before it
+        if "train_loss" in progress:  # the logged running mean goes on (older checkpoints: it restarts)
+            t.train_loss.load(progress["train_loss"])
         t.last_step = t.first_step + t.total_steps
         t.history = loads_json(state["history"], Path(folder) / ckpt.STATE)
         log.info("resumed from %s: epoch %d, batch %d, step %d", folder, t.epoch, t.position, t.global_step)

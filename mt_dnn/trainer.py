@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -29,7 +28,7 @@ from data_utils.task_def import dataset_task, load_task_defs, select_tasks
 from module.bert_optim import build_optimizer, build_schedule, sage_param_groups
 from module.sage.dispatch import implementation_kwargs
 from mt_dnn import distributed as dist_utils
-from mt_dnn import gradients, optimizer_stats, parallel, precision, reporting, run_data
+from mt_dnn import epoch_checkpoints, gradients, parallel, precision, reporting, run_config, run_data
 from mt_dnn import objectives as objectives_mod
 from mt_dnn.batcher import epoch_plan as plan_epoch
 from mt_dnn.batcher import to_device
@@ -38,6 +37,7 @@ from mt_dnn.config import TrainConfig
 from mt_dnn.continuation import continue_optimizer, model_ckpt_to_continue
 from mt_dnn.distributed import DistEnv
 from mt_dnn.evaluate import autocast_context, write_scores, write_submission
+from mt_dnn.loss_log import TrainLoss
 from mt_dnn.nonfinite import NonFiniteGuard
 from mt_dnn.pipeline import MicroBatches, PlanSampler, micro_batch_stream, rank_share
 from mt_dnn.run_state import RunState
@@ -183,6 +183,7 @@ class Trainer:
         self.best_score: Optional[float] = None
         self.history: list[dict] = []
         self.loss_log: list[tuple[int, float]] = []  # (step, mean training loss since the last log) this run
+        self.train_loss = TrainLoss(self.device, cfg.log_every)  # the loss lines of the log (mt_dnn/loss_log.py)
 
     # ---------------------------------------------------------------------------------------------- setup
     def _compile(self) -> CompiledForward:
@@ -225,6 +226,8 @@ class Trainer:
             with self._stops:
                 if self.cfg.resume:
                     self.state.resume()
+                if self.is_main:  # every option of this run, where MT-DNN's tooling reads them
+                    run_config.write(self.output_dir, self.cfg.to_json())
                 log.info("training %s on %s | %d steps (%d per epoch) | optimizer %s lr %g beta3 %g | device %s%s",
                          ",".join(self.cfg.train_datasets), self.cfg.data_dir, self.total_steps, self.steps_per_epoch,
                          self.cfg.optimizer, self.cfg.learning_rate, self.cfg.beta3, self.device,
@@ -237,6 +240,7 @@ class Trainer:
                         break  # stop_after_steps
                     self.check_finite()  # never score (and save as best/) a model with non-finite weights
                     self.history.append(self.evaluate(self.epoch))
+                    epoch_checkpoints.save_epoch(self, self.history[-1])  # --save_per_epoch
                     self.epoch, self.position = self.epoch + 1, 0
                     self.save_step_checkpoint()
                     if self.global_step < self.last_step:
@@ -258,7 +262,7 @@ class Trainer:
         sampler = PlanSampler(plan, self.position, self.rank, self.world_size)  # the input pipeline's order
         batches = micro_batch_stream(self.micro_batch_set, sampler, self.num_workers,
                                      pin_memory=self.device.type == "cuda", worker_init=ignore_in_worker)
-        running, count, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
+        self.train_loss.start_epoch(self.position, len(plan))
         with contextlib.closing(batches):  # closing stops the loader's workers
             for pos, batch in zip(range(self.position, len(plan)), batches):
                 task_idx, indices = plan[pos]
@@ -266,8 +270,7 @@ class Trainer:
                 with parallel.gradient_sync(self.net, boundary):  # no all-reduce while only accumulating
                     loss = self.micro_batch_backward(task_idx, indices, batch)
                 self.guard.observe_loss(self.global_step + 1, self.train_sets[task_idx].task_def.name, loss)
-                running += loss.detach()
-                count += 1
+                self.train_loss.add(loss, len(indices), task_idx)
                 self.position = pos + 1
                 bar.update(1)
                 if not boundary:
@@ -278,20 +281,14 @@ class Trainer:
                 for hook in self.hooks:
                     hook.after_step(self)
                 self._steps_this_run += 1
-                if cfg.log_every and self.global_step % cfg.log_every == 0:
+                if self.train_loss.due(self.global_step):
                     self.check_finite()  # this step syncs anyway, for the logged loss
-                    mean = dist_utils.all_reduce_mean(running / count).item()
-                    self.loss_log.append((self.global_step, mean))
-                    bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-                    # a pass over the optimizer state, on every rank (a collective under FSDP)
-                    stats = optimizer_stats.sage_stats(self.optimizer) if self.reporting.wanted else {}
-                    if self.reporting:
-                        self._log_scalars({"train/loss": mean, "train/lr": self.scheduler.get_last_lr()[0],
-                                           "train/samples_per_s": count * cfg.batch_size * self.world_size
-                                           / (time.perf_counter() - tick), **stats})
-                    running.zero_()
-                    count, tick = 0, time.perf_counter()
-                saved = bool(cfg.save_every_steps) and self.global_step % cfg.save_every_steps == 0
+                    self.train_loss.report(self, bar, self._log_scalars)
+                mid_epoch = epoch_checkpoints.mid_epoch_due(self, len(plan))  # --save_per_updates_on
+                if mid_epoch:  # evaluated before the checkpoint, which then holds this record in its history
+                    self.check_finite()
+                    self.history.append(self.evaluate(self.epoch, updates=self.global_step))
+                saved = mid_epoch or bool(cfg.save_every_steps) and self.global_step % cfg.save_every_steps == 0
                 if saved:
                     self.save_step_checkpoint()
                 if stop_after_steps is not None and self._steps_this_run >= stop_after_steps:
@@ -407,25 +404,28 @@ class Trainer:
         self.guard.check(self.model.parameters(), self.global_step)
 
     # ---------------------------------------------------------------------------------------------- evaluation
-    def evaluate(self, epoch: int) -> dict:
+    def evaluate(self, epoch: int, updates: Optional[int] = None) -> dict:
+        """Score every test dataset: at the end of ``epoch``, or inside it after ``updates`` optimizer updates."""
+        tag, where = epoch_checkpoints.evaluation_tag(epoch, updates), epoch_checkpoints.label(epoch, updates)
         dev_results = {}
         for data in self.eval_sets:
             result = parallel.predict(self.model, data, self.cfg.batch_size_eval, self.device, self.pad_id,
                                       self.amp_dtype, self.rank, self.world_size)
             if not self.is_main:
                 continue
-            write_scores(result, self.output_dir, epoch)
+            write_scores(result, self.output_dir, tag)
             if result.metrics is None:
                 write_submission(result, data.task_def,
-                                 self.output_dir / f"{data.name}_submission_{epoch}.tsv")
+                                 self.output_dir / f"{data.name}_submission_{tag}.tsv")
                 continue
             dev_results[data.name] = result.metrics
-            log.info("epoch %d %s: %s", epoch, data.name,
+            log.info("%s %s: %s", where, data.name,
                      ", ".join(f"{k} {v:.2f}" for k, v in result.metrics.items()))
-        record = {"epoch": epoch, "step": self.global_step, "dev": dev_results}
+        record = {"epoch": epoch, "step": self.global_step, **({} if updates is None else {"updates": updates}),
+                  "dev": dev_results}
         if dev_results:
             record["glue_average"] = glue_average(dev_results)
-            log.info("epoch %d GLUE-style dev average: %.2f", epoch, record["glue_average"])
+            log.info("%s GLUE-style dev average: %.2f", where, record["glue_average"])
             self._log_scalars({f"dev/{d}/{m}": v for d, ms in dev_results.items() for m, v in ms.items()}
                               | {"dev/average": record["glue_average"]})
         # every rank must know whether to save: FSDP gathers the full weights collectively

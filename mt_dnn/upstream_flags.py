@@ -45,8 +45,6 @@ NO_EFFECT_FLAGS: dict[str, str] = {
     "--name": "neither upstream train.py reads it",
     "--glue_format_on": "GLUE submission files are always written for test splits",
     "--do_padding": "padding never changes the result (attention masks); batches are padded to a multiple of 8",
-    "--save_per_updates": "MT-DNN reads it only with --save_per_updates_on, which is refused here "
-                          "(--save_every_steps N checkpoints every N steps)",
     "--vb_dropout": "both upstreams' DropoutWrapper ignores it; dropout here is standard everywhere, which is what "
                     "it asks for",
     "--debug": "SMART's debug numbers are not printed",
@@ -208,9 +206,6 @@ VALUE_FLAGS: dict[str, ValueRule | SchedulerTypeRule | LaunchRule] = {
         "use --device; auto trains on CUDA when it is available",
         "use --device cpu to train on the CPU (MT-DNN's type=bool read any non-empty value, False too, as true)",
         _cuda_true),
-    "--save_per_updates_on": ValueRule(
-        "", "MT-DNN's evaluation and model file every --save_per_updates updates is not available; "
-        "--save_every_steps N checkpoints every N steps for --resume (evaluation stays once per epoch)"),
     "--dropout_w": ValueRule(
         "no word dropout (MT-DNN's 0)",
         "word dropout (training tokens replaced by the unknown token with this probability) is not available: "

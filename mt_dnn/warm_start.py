@@ -36,6 +36,7 @@ import pretrained_models
 from module import encoders
 from mt_dnn import checkpoint as ckpt
 from mt_dnn import head_layout as layouts
+from mt_dnn import run_config
 from mt_dnn import task_labels
 from mt_dnn import upstream_checkpoint as upstream
 from mt_dnn.model import MTDNNModel, build_model
@@ -66,9 +67,11 @@ def checkpoint_kind(path: str) -> str:
         return "mtdnn"
     if p.is_dir() and (p / ckpt.WEIGHTS).is_file() and (p / ckpt.CONFIG).is_file():
         return "run"
-    if p.is_dir() and not (p / "config.json").exists() and ((p / "best").is_dir() or (p / ckpt.LATEST).is_file()):
+    encoder_config = p / run_config.NAME  # an encoder's config.json, or a run folder's options
+    if p.is_dir() and (not encoder_config.exists() or run_config.is_run_config(encoder_config)) \
+            and ((p / "best").is_dir() or (p / ckpt.LATEST).is_file()):
         raise ValueError(f"--init_checkpoint {p}: this is a run's output folder; pass {p / 'best'} or one of "
-                         "its step-N folders")
+                         "its step-N (or epoch-N) folders")
     return "encoder"
 
 

@@ -331,7 +331,7 @@ SAME_VALUES = [("--answer_rnn_type", "GRU"), ("--answer_att_type", "bilinear"), 
 OTHER_VALUES = [("--answer_rnn_type", "lstm"), ("--answer_att_type", "simple"), ("--mem_cum_type", "simple"),
                 ("--answer_merge_opt", "0"), ("--answer_mem_type", "0"), ("--answer_weight_norm_on", None),
                 ("--dump_state_on", None), ("--max_answer_len", "30"), ("--mtl_opt", "1"), ("--init_ratio", "2"),
-                ("--bin_on", None), ("--cuda", "False"), ("--save_per_updates_on", None), ("--dropout_w", "0.1"),
+                ("--bin_on", None), ("--cuda", "False"), ("--dropout_w", "0.1"),
                 ("--encode_mode", None), ("--weighted_on", None)]
 
 
@@ -367,8 +367,6 @@ def test_a_value_asking_for_something_else_is_refused(flag, value, capsys, tmp_p
                              "this probability) is not available: leave the flag out"),
     (["--bin_on"], "--bin_on: MT-DNN's length bins, with batches shrinking by --bin_grow_ratio per bin and the loss "
                    "rescaled by batch size, are not available"),
-    (["--save_per_updates_on", "--save_per_updates", "100"], "--save_per_updates_on: MT-DNN's evaluation and "
-     "model file every --save_per_updates updates is not available; --save_every_steps N checkpoints"),
     (["--cuda", "False"], "--cuda False: use --device cpu to train on the CPU"),
     (["--encode_mode"], "--encode_mode: MT-DNN's encode-only run (the test sets' encoder outputs saved, no "
                         "training) is not available here"),
