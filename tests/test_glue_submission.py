@@ -184,3 +184,14 @@ def test_non_utf8_input_and_non_ascii_digit_indices_are_one_line(tmp_path):
         assert str(info.value) == f"{bad}:3: index {digit!r} is not a new test index in 0..3"
     assert cli.main([str(bad), "--out", str(tmp_path / "sub")]) == 2
     assert not (tmp_path / "sub").exists()
+
+
+def test_a_best_record_from_inside_an_epoch_takes_its_updates_files(tmp_path):
+    """With --save_per_updates_on, best/ may be the evaluation after N updates: its files are tagged updates_N."""
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "best" / "metrics.json").write_text(json.dumps({"epoch": 0, "step": 600, "updates": 600, "dev": {}}))
+    _tsv(run / "rte_test_submission_0.tsv", [(0, "entailment")])  # the epoch's own evaluation: not the best
+    chosen = _tsv(run / "rte_test_submission_updates_600.tsv", [(0, "not_entailment")])
+    assemble([run], tmp_path / "sub", rows={"rte_test": 1})
+    assert (tmp_path / "sub" / "RTE.tsv").read_bytes() == chosen.read_bytes()
