@@ -206,7 +206,7 @@ def test_a_fresh_run_into_a_run_folder_is_refused_and_overwrite_replaces_it(ws, 
     assert train_cli.main(argv(ws, out.name)) == 2
     line = project_lines(capsys.readouterr().err)
     assert line == [f"train.py: error: --output_dir {out}: holds a run (best/, latest, metrics.jsonl, "
-                    "pairs_dev_scores_0.json, pairs_dev_scores_1.json, pairs_test_scores_0.json and 5 more); pass "
+                    "pairs_dev_scores_0.json, pairs_dev_scores_1.json, pairs_test_scores_0.json and 6 more); pass "
                     "--resume to continue it, --overwrite to replace it, or use another --output_dir"]
     assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*")
             if p.is_file() and not p.is_symlink()} == before
