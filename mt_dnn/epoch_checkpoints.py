@@ -21,9 +21,9 @@ from mt_dnn import distributed as dist_utils
 from mt_dnn import run_folder
 
 
-def evaluation_tag(epoch: int, updates: Optional[int] = None) -> str:
+def evaluation_tag(epoch: int, updates: Optional[int] = None) -> int | str:
     """What names an evaluation's score and submission files: the epoch, or ``updates_N`` inside an epoch."""
-    return str(epoch) if updates is None else f"updates_{updates}"
+    return epoch if updates is None else f"updates_{updates}"
 
 
 def label(epoch: int, updates: Optional[int] = None) -> str:

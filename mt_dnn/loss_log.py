@@ -8,7 +8,8 @@ Two views of the same per-micro-batch losses (the loss each backward starts from
   It is saved in step checkpoints, so a resumed run logs the values the uninterrupted one logs. ``Task`` is the
   index (in ``--train_datasets``) of the task of the update's last micro-batch; ``remaining`` estimates the rest
   of the epoch from this epoch's pace so far, as MT-DNN does.
-- the window mean since the previous log step or the epoch's start (progress bar, TensorBoard ``train/loss``, ``Trainer.loss_log``).
+- the window mean since the previous log step or the epoch's start (progress bar, TensorBoard ``train/loss``,
+  ``Trainer.loss_log``).
 
 Losses stay on the device between log steps; only a logged step waits for them.
 """

@@ -136,7 +136,8 @@ def test_resumed_run_with_mid_epoch_evaluation_equals_uninterrupted_one(workspac
     resumed.fit()
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert (workspace / "mid-cut" / "metrics.jsonl").read_text() == (workspace / "mid-full" / "metrics.jsonl").read_text()
+    assert (workspace / "mid-cut" / "metrics.jsonl").read_text() == \
+        (workspace / "mid-full" / "metrics.jsonl").read_text()
     log = (workspace / "mid-cut" / "train.log").read_text()
     after_resume = workspace / "resumed-part.log"
     after_resume.write_text(log[log.index("resumed from"):])
