@@ -20,7 +20,7 @@ from pathlib import Path
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="a best/ or step-N/ folder written by train.py")
+    p.add_argument("--checkpoint", required=True, help="a best/, epoch-N/ or step-N/ folder written by train.py")
     p.add_argument("--out", required=True, help="the Hugging Face folder to write")
     p.add_argument("--task", default=None, help="also export this task's head (sequence classification)")
     p.add_argument("--tokenizer", default=None,

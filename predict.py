@@ -32,7 +32,7 @@ MTDNN_MAX_SEQ_LEN = 512  # MT-DNN's predict.py default
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a best/ or step-N/ folder written by train.py, or an "
+    p.add_argument("--checkpoint", required=True, help="a best/, epoch-N/ or step-N/ folder written by train.py, or an "
                                                        "MT-DNN / SAGE-repository .pt checkpoint")
     p.add_argument("--task", required=True, help="task name from the task definitions")
     p.add_argument("--split", default=None, help="split name, e.g. dev, test, matched_dev (default: dev)")
