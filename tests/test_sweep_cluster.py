@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -21,15 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel
 
 import sweep as sweep_cli
-from conftest import tiny_bert_config
 from experiments.sweep import runner
 from experiments.sweep.spec import RunSpec, SpecError, load_spec, train_argv
 from mt_dnn.config import parse_args
 from mt_dnn.trainer import Trainer
-from test_sweep_runs import SPEC, TASK_YAML, _pairs
+from test_sweep_runs import SPEC, sweep_workspace
 
 pytestmark = [pytest.mark.subprocess]
 
@@ -44,15 +41,7 @@ def cpu_runs():
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cluster")
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_bert_config()).save_pretrained(root / "tiny-bert")
-    (root / "tasks.yml").write_text(TASK_YAML, encoding="utf-8")
-    (root / "shards").mkdir()
-    rng = random.Random(0)
-    for split, n in (("train", 48), ("dev", 24)):
-        (root / "shards" / f"pairs_{split}.jsonl").write_text("\n".join(_pairs(rng, n)) + "\n", encoding="utf-8")
-    return root
+    return sweep_workspace(tmp_path_factory.mktemp("cluster"))
 
 
 def write_spec(ws: Path, runs: str, seeds: str = "[1, 2]") -> Path:

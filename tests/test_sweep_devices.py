@@ -14,17 +14,10 @@ import pytest
 import sweep as sweep_cli
 from experiments.sweep import devices, runner
 from experiments.sweep.spec import RunSpec, load_spec
+from test_sweep_runs import TASK_YAML
 
 pytestmark = [pytest.mark.subprocess]
 
-TASK_YAML = """
-pairs:
-  task_type: Classification
-  data_format: PremiseAndOneHypothesis
-  n_class: 2
-  metric_meta: [ACC, F1]
-  split_names: [train, dev]
-"""
 
 SPEC = """
 name: gpus

@@ -82,7 +82,11 @@ def cpu_runs():
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sweep")
+    return sweep_workspace(tmp_path_factory.mktemp("sweep"))
+
+
+def sweep_workspace(root: Path) -> Path:
+    """A tiny BERT, the one-task YAML and its shards under ``root``: what the sweep specs of the tests name."""
     torch.manual_seed(0)
     AutoModel.from_config(tiny_bert_config()).save_pretrained(root / "tiny-bert")
     (root / "tasks.yml").write_text(TASK_YAML, encoding="utf-8")
