@@ -9,9 +9,10 @@ values belong to row ``i``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence, Union
+
+from data_utils.safe_load import DataFileError, read_json
 
 
 def flat_scores(rows: Sequence[Any]) -> list:
@@ -30,11 +31,11 @@ def read_score_file(path: Union[str, Path], n_class: int) -> dict[str, tuple[Any
     naming it."""
     path = Path(path)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = read_json(path, "score file")  # bounded: a hostile file is one line, never a hang
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: score file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a JSON score file ({exc})") from None
+    except DataFileError as exc:
+        raise ValueError(f"{path}: not a JSON score file ({str(exc).removeprefix(f'{path}: ')})") from None
     if not isinstance(obj, dict) or not all(isinstance(obj.get(k), list) for k in ("uids", "predictions", "scores")):
         raise ValueError(f"{path}: not a score file (expected lists 'uids', 'predictions' and 'scores')")
     uids, preds, scores = obj["uids"], obj["predictions"], obj["scores"]
