@@ -84,10 +84,11 @@ def _settings(cfg) -> list[str]:
     return ["| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
 
 
-def _metric_lines(metrics: Optional[dict]) -> list[str]:
+def _metric_lines(metrics: Optional[dict], folder: str) -> list[str]:
     if not metrics or not metrics.get("dev"):
-        return ["No dev metrics are recorded in this checkpoint (only `best/` folders hold `metrics.json`)."]
-    lines = [f"From `best/metrics.json`: epoch {metrics.get('epoch')}, step {metrics.get('step')}; values as "
+        return ["No dev metrics are recorded in this checkpoint (only `best/` and `epoch-N/` folders hold "
+                "`metrics.json`)."]
+    lines = [f"From `{folder}/metrics.json`: epoch {metrics.get('epoch')}, step {metrics.get('step')}; values as "
              "train.py records them, in percent (MT-DNN's scale), unrounded.", "",
              "| dataset | metric | value |", "|---|---|---|"]
     for dataset, values in metrics["dev"].items():
@@ -132,7 +133,7 @@ def render(checkpoint: Path, task: Optional[str], repo: str) -> str:
             "## Tasks and labels", "", "| task | type | labels (id order) |", "|---|---|---|", *label_lines, "",
             "## Training data", "", *_data_lines(data_record.read(checkpoint)), "",
             "## Training settings", "", *_settings(cfg), "",
-            "## Dev metrics", "", *_metric_lines(metrics), "",
+            "## Dev metrics", "", *_metric_lines(metrics, checkpoint.name), "",
             "## How to load it", "", *_usage(task, repo, regression), ""]
     return _front_matter(name, task, signatures, metrics) + "\n" + "\n".join(body)
 

@@ -324,6 +324,20 @@ def test_the_model_card_names_the_metrics_of_best_metrics_json(ws, capsys):
     assert f'AutoModelForSequenceClassification.from_pretrained("{out}")' in body
 
 
+def test_the_model_card_of_an_epoch_folder_names_that_folder_s_metrics(ws, capsys):
+    epoch = ws / "epochs" / "epoch-0"  # what --save_per_epoch writes: best/'s files with that epoch's record
+    shutil.copytree(ws / "run" / "best", epoch)
+    record = json.loads((epoch / "metrics.json").read_text())
+    record["step"] = 7
+    (epoch / "metrics.json").write_text(json.dumps(record), encoding="utf-8")
+    out = ws / "hf-card-epoch"
+    assert export_cli.main(["--checkpoint", str(epoch), "--out", str(out), "--task", "pairs"]) == 0
+    capsys.readouterr()
+    _, body = _card(out)
+    assert f"From `epoch-0/metrics.json`: epoch {record['epoch']}, step 7;" in body
+    assert "best/" not in body
+
+
 def test_the_encoder_export_card_lists_every_dev_set_and_loads_with_automodel(ws, capsys):
     out = ws / "hf-card-encoder"
     assert export_cli.main(["--checkpoint", str(ws / "run" / "best"), "--out", str(out),
