@@ -39,6 +39,22 @@ def golds_predictions_scores(task_def, std_input: str, score: str) -> tuple[list
     return list(rows.labels), preds, [scored[u][1] for u in rows.uids]
 
 
+def check_labelled(std_input: str, task: str) -> None:
+    """A ``{task}_{split}.tsv`` of a test split holds placeholder labels (GLUE's test sets have none): refused,
+    as predict.py refuses ``--with_label`` on a test shard, rather than scored against them."""
+    import re
+    from pathlib import Path
+
+    from data_utils.task_def import split_role
+    m = re.fullmatch(re.escape(task) + r"_(.+)\.tsv", Path(std_input).name)
+    try:
+        role = split_role(m.group(1)) if m else None
+    except ValueError:
+        role = None
+    if role == "test":
+        raise ValueError(f"--std_input {std_input}: a test split (its labels are placeholders); score a dev split")
+
+
 def run(args) -> dict[str, float]:
     import numpy as np
 
@@ -48,6 +64,7 @@ def run(args) -> dict[str, float]:
     if td.token_level:
         raise ValueError(f"--task {args.task}: a {td.task_type.name} task's metrics come from its decoded "
                          "predictions; predict.py prints and writes them")
+    check_labelled(args.std_input, args.task)
     golds, preds, scores = golds_predictions_scores(td, args.std_input, args.score)
     table = np.asarray(scores, dtype=np.float64)
     return compute_metrics(td, np.asarray(golds), np.asarray(preds), table[:, 0] if td.n_class == 1 else table)

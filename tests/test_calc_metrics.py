@@ -64,3 +64,12 @@ def test_other_rows_or_another_layout_are_one_line(ws, capsys):
     code, _, err = _calc(ws, "pairs", ws / "run" / "tri_dev_scores_0.json", capsys)
     assert code == 2 and err == (f"calc_metrics.py: error: {ws / 'run' / 'tri_dev_scores_0.json'}: 'scores' holds "
                                  f"72 values for 24 rows; a task with n_class 2 needs 48\n")
+
+
+def test_a_test_split_is_refused_not_scored_against_its_placeholder_labels(ws, capsys):
+    tsv = write_canonical(ws, "tri", "test")  # GLUE-style test rows: their labels are placeholders
+    code, out, err = calc_cli.main(["--task_def", str(ws / "tasks.yml"), "--task", "tri", "--std_input", str(tsv),
+                                    "--score", str(ws / "run" / "tri_test_scores_0.json")]), *capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert err == (f"calc_metrics.py: error: --std_input {tsv}: a test split (its labels are placeholders); "
+                   "score a dev split\n")
