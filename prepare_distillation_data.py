@@ -86,6 +86,10 @@ def upstream_rows(args) -> list[list[str]]:
             raise ValueError(f"{args.score}: the score of uid {fields[0]!r} is {value!r}, not a probability")
         score = str(float(value))
         rows.append(fields[:2] + [score] + fields[2:] if args.add_soft_label else [fields[0], score, *fields[2:]])
+    extra = set(scored) - {row[0] for row in rows}
+    if extra:  # uids are row numbers in most splits: another split's scores would match by uid, wrongly
+        raise ValueError(f"{args.score} holds {len(extra)} uids {args.std_input} lacks (first: {sorted(extra)[0]}); "
+                         "the two files must hold the same rows")
     return rows
 
 

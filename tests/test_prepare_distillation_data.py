@@ -77,3 +77,16 @@ def test_a_row_the_score_file_lacks_is_named_by_line(ws, capsys):
     assert capsys.readouterr().err == (f"prepare_distillation_data.py: error: {tsv}:25: uid 'extra' is not in "
                                        f"{ws / 'pairs_scores.json'}\n")
     assert not (ws / "x.tsv").exists()
+
+
+def test_a_score_file_of_other_rows_is_refused_not_matched_by_uid(ws, capsys):
+    args = _args(ws, "x.tsv")
+    tsv = ws / "canonical" / "pairs_dev_head.tsv"  # fewer rows than scored: the scores of another split, by uid
+    tsv.write_text("".join(write_canonical(ws, "pairs").read_text().splitlines(keepends=True)[:20]), encoding="utf-8")
+    args[args.index("--std_input") + 1] = str(tsv)
+    uids = json.loads((ws / "pairs_scores.json").read_text())["uids"]
+    assert distill.main(args) == 2
+    assert capsys.readouterr().err == (f"prepare_distillation_data.py: error: {ws / 'pairs_scores.json'} holds 4 "
+                                       f"uids {tsv} lacks (first: {sorted(uids[20:])[0]}); the two files must hold "
+                                       "the same rows\n")
+    assert not (ws / "x.tsv").exists()
