@@ -147,6 +147,8 @@ def _data(args, pred: Predictor, limits):
         raise ValueError("--prep_input names the shard and its split: leave out --split and --data_dir")
     path = Path(args.prep_input)
     split = _prep_input_split(path, args.task)
+    if path.suffix == ".json" and not path.is_file() and path.with_suffix(".jsonl").is_file():
+        path = path.with_suffix(".jsonl")  # MT-DNN's name of the shard prepro_std.py writes as .jsonl
     try:
         split_role(split)
     except ValueError:

@@ -50,6 +50,18 @@ def test_mtdnn_command_line_gives_the_runs_own_scores_and_prints_its_metrics(ws,
     assert len(written["scores"]) == len(written["uids"]) * {"pairs": 2, "tri": 3}[task]
 
 
+def test_mtdnns_json_name_reads_the_jsonl_shard_prepro_std_wrote(ws, capsys):
+    (ws / "jsonl_only").mkdir()
+    shutil.copyfile(ws / "shards" / "pairs_dev.jsonl", ws / "jsonl_only" / "pairs_dev.jsonl")
+    args = _mtdnn_args(ws, "pairs", 0, ws / "from_jsonl.json")
+    args[args.index("--prep_input") + 1] = str(ws / "jsonl_only" / "pairs_dev.json")
+    assert predict_cli.main(args) == 0
+    capsys.readouterr()
+    written = json.loads((ws / "from_jsonl.json").read_text())
+    trained = json.loads((ws / "run" / "pairs_dev_scores_0.json").read_text())
+    assert written["uids"] == trained["uids"] and written["scores"] == pytest.approx(trained["scores"], abs=1e-6)
+
+
 def test_without_with_label_the_metrics_are_empty_as_mtdnn_writes_them(ws, capsys):
     args = _mtdnn_args(ws, "pairs", 0, ws / "nolabel.json", split="test")
     args.remove("--with_label")
