@@ -294,7 +294,7 @@ def _one_source(td: TaskDef, split: str, source: SplitSource, shard: Path, spec:
                 force: bool) -> ShardResult:
     """One split of a data: source: read with datasets, checked into canonical rows, encoded like a TSV's."""
     start = time.perf_counter()
-    dataset = load_source(source)
+    dataset = None if source.files or source.saved else load_source(source)  # files are hashed, not loaded
     fingerprint = _fingerprint(source_digest(source, dataset) + repr(td.data.columns).encode("utf-8"), td, split,
                                spec)
     if not force and _up_to_date(shard, fingerprint):

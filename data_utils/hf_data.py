@@ -44,13 +44,19 @@ def load_source(source: SplitSource):
     for path in source.files + ((source.saved,) if source.saved else ()):
         if not Path(path).exists():
             raise HfDataError(f"{path}: not found")
+    # datasets keys its Arrow copy of local files by path and mtime only, so an edit that keeps the mtime (cp -p,
+    # a coarse-clock file system) would be read from the stale copy: local files are parsed afresh every time.
+    fresh = "force_redownload"
     try:
         if source.files:
-            return datasets.load_dataset(source.format, data_files=list(source.files), split="train")
+            return datasets.load_dataset(source.format, data_files=list(source.files), split="train",
+                                         download_mode=fresh)
         if source.saved:
             loaded = datasets.load_from_disk(source.saved)
         else:
-            return datasets.load_dataset(source.dataset, source.config, split=source.split)
+            local = Path(source.dataset).is_dir()
+            return datasets.load_dataset(source.dataset, source.config, split=source.split,
+                                         download_mode=fresh if local else None)
     except Exception as exc:  # datasets raises many kinds (FileNotFoundError, ValueError, ArrowInvalid, ...)
         raise HfDataError(f"{where}: cannot read it with datasets: {_first_line(exc)}") from None
     if isinstance(loaded, datasets.DatasetDict):

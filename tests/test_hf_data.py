@@ -228,6 +228,24 @@ def test_rerun_skips_an_up_to_date_shard_and_rebuilds_when_the_file_changes(tmp_
     assert [r.status for r in prepro_std.run(cfg, **QUIET)] == ["written"]
 
 
+def test_an_edit_that_keeps_size_and_mtime_is_read_not_datasets_cached_rows(tmp_path):
+    """datasets keys its Arrow cache of a local file by path and mtime only; the shard must hold the new rows."""
+    path = write_formats(tmp_path)["csv"]
+    (tmp_path / "t.yml").write_text(SYNTH_TASK % path.name)
+    shard = build(tmp_path / "t.yml", tmp_path / "out") / "sent_train.jsonl"
+    before = path.stat()
+    path.write_text(path.read_text().replace("good film", "dull film"))  # same length
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "rows.csv").write_bytes(path.read_bytes())
+    (fresh / "t.yml").write_text(SYNTH_TASK % "rows.csv")
+    want = (build(fresh / "t.yml", fresh / "out") / "sent_train.jsonl").read_bytes()
+    assert want != shard.read_bytes()
+    assert (build(tmp_path / "t.yml", tmp_path / "out") / "sent_train.jsonl").read_bytes() == want
+
+
 def test_uid_column_integer_labels_and_test_split_without_labels(tmp_path):
     rows = [{"id": "a7", "s": "one", "label": 1}, {"id": "b2", "s": "two", "label": 0}]
     datasets.Dataset.from_list(rows).to_json(str(tmp_path / "train.jsonl"))
