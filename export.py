@@ -36,14 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _hub_token(args) -> "str | None":
-    """The push's token, checked before anything is written; flags that only a push reads are refused alone."""
+def _hub_token(args, repo: str) -> "str | None":
+    """The push's token, checked (with the repository id) before anything is written; flags that only a push reads
+    are refused alone."""
     if not args.push_to_hub:
         for flag in ("hub_token", "hub_private_repo"):
             if getattr(args, flag):
                 raise ValueError(f"--{flag}: only used with --push_to_hub")
         return None
-    from mt_dnn.hub_push import token_for_push
+    from mt_dnn.hub_push import check_repo_id, token_for_push
+    check_repo_id(repo)
     return token_for_push(args.hub_token)
 
 
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
     from mt_dnn.hub_push import HubError, push
     repo = args.hub_model_id or (Path(args.out).name if args.push_to_hub else None)
     try:
-        token = _hub_token(args)
+        token = _hub_token(args, repo)
         summary = export(args.checkpoint, args.out, args.task, args.tokenizer, args.overwrite,
                          report=lambda line: print(f"export.py: {line}", file=sys.stderr), repo=repo)
     except (ValueError, OSError) as exc:

@@ -2,7 +2,7 @@
 
 The token is ``--hub_token``, else what huggingface_hub finds (``HF_TOKEN``, the file ``hf auth login`` writes).
 Everything that can be known before exporting is checked first, so a push that cannot happen leaves nothing
-written: no token, or ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` set. A push that fails on the way (network, permissions) is one line;
+written: no token, ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` set, or a repository id the Hub refuses. A push that fails on the way (network, permissions) is one line;
 the export itself is then complete in its folder, and the message says so.
 """
 from __future__ import annotations
@@ -32,6 +32,17 @@ def token_for_push(given: Optional[str]) -> str:
         raise ValueError("--push_to_hub: no Hugging Face token found (pass --hub_token, set HF_TOKEN or run "
                          "`hf auth login`); nothing was written")
     return token
+
+
+def check_repo_id(repo_id: str) -> None:
+    """ValueError (one line) for a name the Hub would refuse, so the export is not written for nothing."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise ValueError(f"--push_to_hub: {repo_id!r} is not a Hub repository id ({reason}); pass --hub_model_id "
+                         "NAMESPACE/NAME (nothing was written)") from None
 
 
 def push(folder: Path, repo_id: str, token: str, private: bool = False) -> str:

@@ -389,6 +389,19 @@ def test_push_to_hub_while_the_hub_is_offline_is_refused_before_anything_is_writ
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flags, repo", [(["--hub_model_id", "me//rte sage"], "me//rte sage"),
+                                         ([], "rte sage")])  # no --hub_model_id: the --out folder's name
+def test_push_to_hub_to_an_invalid_repo_id_is_refused_before_anything_is_written(ws, capsys, flags, repo):
+    out = ws / "rte sage"
+    assert export_cli.main(["--checkpoint", str(ws / "run" / "best"), "--out", str(out), "--push_to_hub",
+                            "--hub_token", "hf_not_a_token", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"export.py: error: --push_to_hub: {repo!r} is not a Hub repository "
+                                               "id (")
+    assert err[0].endswith("; pass --hub_model_id NAMESPACE/NAME (nothing was written)")
+    assert not out.exists()
+
+
 def test_hub_flags_without_push_to_hub_are_refused(ws, capsys):
     out = ws / "hf-token-alone"
     assert export_cli.main(["--checkpoint", str(ws / "run" / "best"), "--out", str(out),
