@@ -64,7 +64,9 @@ def _dataset_sources(data: RunGlueData) -> dict[str, SplitSource]:
         raise HfDataError(f"--dataset_name {data.dataset_name}: cannot list its splits: {first}") from None
     if "train" not in names:
         raise HfDataError(f"--dataset_name {data.dataset_name}: has no train split (its splits: {', '.join(names)})")
-    return {ours: SplitSource(dataset=data.dataset_name, config=data.dataset_config_name, split=theirs)
+    # a local folder is written as its absolute path: the task definition is read later, from any directory
+    name = str(Path(data.dataset_name).resolve()) if Path(data.dataset_name).is_dir() else data.dataset_name
+    return {ours: SplitSource(dataset=name, config=data.dataset_config_name, split=theirs)
             for theirs, ours in SPLITS if theirs in names}
 
 

@@ -304,6 +304,16 @@ def test_dataset_name_of_a_local_folder_gives_its_splits(tmp_path):
     assert read_split(td, "dev", td.data.source("dev")).labels == [td.label_id("pos"), td.label_id("neg")]
 
 
+def test_dataset_name_of_a_relative_local_folder_is_written_as_its_absolute_path(tmp_path, monkeypatch):
+    """The written task_def.yml is read later from anywhere (train.py --task_def): the folder must stay the same."""
+    folder = tmp_path / "my-data"
+    folder.mkdir()
+    datasets.Dataset.from_list(SYNTH).to_csv(str(folder / "train.csv"), index=False)
+    monkeypatch.chdir(tmp_path)
+    spec = task_definition(RunGlueData(dataset_name="my-data"))["task"]
+    assert spec["data"]["train"] == {"dataset": str(folder), "split": "train"}
+
+
 # ------------------------------------------------------------------------------------------ bad input
 def yml(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "tasks.yml"
