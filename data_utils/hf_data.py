@@ -157,6 +157,9 @@ def read_split(td: TaskDef, split: str, source: SplitSource, dataset=None) -> Ca
     texts = {col: list(ds[col]) for col in (premise, *hyps)}
     for col, values in texts.items():
         for i, text in enumerate(values):
+            if text is not None and not isinstance(text, str):  # e.g. run_glue.py's rule picked an idx column
+                raise HfDataError(f"{where}: row {i}, column {col!r}: {type(text).__name__} {text!r} is not text "
+                                  f"(the task's text columns: {list(texts)})")
             if not isinstance(text, str) or not text.strip():
                 raise HfDataError(f"{where}: row {i}, column {col!r}: the text is empty or not a string ({text!r})")
     uids = [str(u) for u in ds[cols.uid]] if cols.uid else [str(i) for i in range(n)]

@@ -97,8 +97,10 @@ def task_definition(data: RunGlueData) -> dict:
         values = train.unique(LABEL)
         if names is None:
             if any(v is None or isinstance(v, bool) or not isinstance(v, (int, str)) for v in values):
-                raise HfDataError(f"{where}: column 'label' holds {sorted(map(repr, values))[:6]}: class labels "
-                                  "must be strings or integers (floats make a regression task)")
+                kinds = sorted({"empty" if v is None else type(v).__name__ for v in values})
+                raise HfDataError(f"{where}: column 'label' holds {'/'.join(kinds)} labels "
+                                  f"({', '.join(sorted(map(repr, values))[:6])}): class labels must be strings or "
+                                  "integers (floats make a regression task)")
             if len({type(v) for v in values}) > 1:
                 raise HfDataError(f"{where}: column 'label' mixes strings and integers")
             names = [str(v) for v in sorted(values)]

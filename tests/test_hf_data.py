@@ -471,6 +471,23 @@ def test_train_file_label_column_required(tmp_path, capsys):
         "['a', 'b']")
 
 
+def test_train_file_boolean_labels_and_a_numeric_text_column_are_named_in_one_line(tmp_path, capsys):
+    """CSV true/false cells come back as booleans; GLUE's exported sentence,label,idx gives idx as run_glue.py's
+    second text: both are refused saying what the column holds."""
+    path = tmp_path / "train.csv"
+    path.write_text("sentence,label\ngood film,true\nbad film,false\n", encoding="utf-8")
+    assert train.main(["--train_file", str(path), "--output_dir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"train.py: error: {path}: column 'label' holds bool labels (False, True): class labels must be strings or "
+        "integers (floats make a regression task)")
+    path.write_text("sentence,label,idx\ngood film,pos,0\nbad film,neg,1\n", encoding="utf-8")
+    assert train.main(["--train_file", str(path), "--output_dir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"train.py: error: {path}: row 0, column 'idx': int 0 is not text (the task's text columns: "
+        "['sentence', 'idx'])")
+    assert not (tmp_path / "run").exists()
+
+
 def test_prepro_cli_takes_run_glue_files_and_writes_the_task_definition(tmp_path, capsys):
     ds = datasets.Dataset.from_list(SYNTH)
     ds.to_csv(str(tmp_path / "train.csv"), index=False)
