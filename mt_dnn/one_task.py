@@ -36,6 +36,11 @@ def prepare(cfg: TrainConfig, build_shards: BuildShards, build: bool = True) -> 
         raise ValueError(f"--test_datasets: a one-task run evaluates its task, named '{TASK}'; drop --test_datasets "
                          f"{','.join(cfg.test_datasets)}")
     folder = data_folder(cfg)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for flag in ("task_def", "data_dir"):  # replaced below: a value the user gave would be ignored
+        if getattr(cfg, flag) != defaults[flag]:
+            raise ValueError(f"--{flag} {getattr(cfg, flag)}: a one-task run (--train_file/--dataset_name) writes its "
+                             f"own task definition and shards, in {folder}; drop --{flag}")
     task_def = folder / "task_def.yml"
     if build:
         text = task_definition_text(data)

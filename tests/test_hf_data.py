@@ -440,6 +440,10 @@ def test_prepro_cli_reports_a_bad_label_in_one_line(tmp_path, capsys):
                                  "give one"),
     (["--test_datasets", "rte"], "--test_datasets: a one-task run evaluates its task, named 'task'; drop "
                                  "--test_datasets rte"),
+    (["--task_def", "{d}/mine.yml"], "--task_def {d}/mine.yml: a one-task run (--train_file/--dataset_name) writes "
+                                     "its own task definition and shards, in {d}/run-data; drop --task_def"),
+    (["--data_dir", "{d}/shards"], "--data_dir {d}/shards: a one-task run (--train_file/--dataset_name) writes "
+                                   "its own task definition and shards, in {d}/run-data; drop --data_dir"),
 ])
 def test_train_file_refusals_are_one_line_exit_2(tmp_path, capsys, flags, message):
     datasets.Dataset.from_list(SYNTH).to_csv(str(tmp_path / "train.csv"), index=False)
