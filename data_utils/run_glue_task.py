@@ -17,12 +17,14 @@ import yaml
 
 from data_utils.hf_data import HfDataError, import_datasets, load_source, run_glue_texts
 from data_utils.hf_spec import FORMATS, SplitSource
+from data_utils.safe_load import loads_json, read_text
 
 TASK = "task"  # the task's name: shards task_{split}.jsonl, metrics task_dev
 LABEL = "label"
 FLOAT_DTYPES = ("float16", "float32", "float64")
 #: run_glue.py's split names -> this project's
 SPLITS = (("train", "train"), ("validation", "dev"), ("test", "test"))
+SAVED_DICT = "dataset_dict.json"  # what DatasetDict.save_to_disk writes at its folder's root
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,25 @@ def _file_sources(data: RunGlueData) -> dict[str, SplitSource]:
     return sources
 
 
+def _saved_sources(folder: Path) -> dict[str, SplitSource]:
+    """A ``DatasetDict.save_to_disk`` folder: its own splits, read with ``load_from_disk``. (``load_dataset`` on
+    such a folder infers splits from its file names and merges, e.g., ``validation_matched`` and
+    ``validation_mismatched`` into one ``validation``.)"""
+    names = list(loads_json(read_text(folder / SAVED_DICT), folder / SAVED_DICT).get("splits") or [])
+    if "train" not in names:
+        raise HfDataError(f"--dataset_name {folder}: a saved DatasetDict without a train split (its splits: "
+                          f"{', '.join(names)})")
+    return {ours: SplitSource(saved=str(folder.resolve()), split=theirs) for theirs, ours in SPLITS if theirs in names}
+
+
 def _dataset_sources(data: RunGlueData) -> dict[str, SplitSource]:
+    folder = Path(data.dataset_name)
+    if (folder / SAVED_DICT).is_file():
+        return _saved_sources(folder)
+    if (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file():
+        raise HfDataError(f"--dataset_name {folder}: a saved Dataset (one split); run_glue.py's flags read a "
+                          "DatasetDict's train/validation/test splits: save a DatasetDict, or name the folder in a "
+                          "task definition's data: block (saved: ...)")
     datasets = import_datasets()
     try:
         names = datasets.get_dataset_split_names(data.dataset_name, data.dataset_config_name)

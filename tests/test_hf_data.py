@@ -314,6 +314,25 @@ def test_dataset_name_of_a_relative_local_folder_is_written_as_its_absolute_path
     assert spec["data"]["train"] == {"dataset": str(folder), "split": "train"}
 
 
+def test_dataset_name_of_a_saved_datasetdict_reads_its_own_splits_never_merged(tmp_path):
+    """load_dataset on a save_to_disk folder infers splits from file names and merges validation_matched and
+    validation_mismatched into one 'validation'; the folder's own splits are read instead: train and
+    validation exactly, splits run_glue.py's flags do not name left out."""
+    folder = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(SYNTH),
+                          "validation": datasets.Dataset.from_list(SYNTH[:2]),
+                          "validation_mismatched": datasets.Dataset.from_list(SYNTH[2:5])}).save_to_disk(str(folder))
+    spec = task_definition(RunGlueData(dataset_name=str(folder)))["task"]
+    assert spec["data"] == {"train": {"saved": str(folder), "split": "train"},
+                            "dev": {"saved": str(folder), "split": "validation"}}
+    td = parse_task_defs(json.dumps({"task": spec}))["task"]
+    assert len(read_split(td, "dev", td.data.source("dev")).labels) == 2
+    one = tmp_path / "one"
+    datasets.Dataset.from_list(SYNTH).save_to_disk(str(one))
+    with pytest.raises(HfDataError, match=f"^--dataset_name {one}: a saved Dataset \\(one split\\); "):
+        task_definition(RunGlueData(dataset_name=str(one)))
+
+
 # ------------------------------------------------------------------------------------------ bad input
 def yml(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "tasks.yml"
