@@ -2,8 +2,9 @@
 canonical TSVs (CSV/JSON/Parquet files, a ``datasets`` hub dataset, or a folder written by ``save_to_disk``).
 
 Only the YAML is checked here (no ``datasets`` import), so loading a task file stays cheap; data_utils/hf_data.py
-reads the rows. Relative paths are resolved against the task-definition file's folder, so a task file works from
-any working directory.
+reads the rows. Relative ``files`` and ``saved`` paths are resolved against the task-definition file's folder,
+so a task file works from any working directory; a ``dataset`` is a ``datasets.load_dataset`` name, which that
+library resolves (a hub name, or a folder relative to the working directory).
 """
 from __future__ import annotations
 
