@@ -59,7 +59,8 @@ def _data_lines(record: Optional[dict]) -> list[str]:
     for part in ("train", "eval"):
         for e in record.get(part, []):
             crc = f"{e['crc32']:08x}" if isinstance(e.get("crc32"), int) else ""
-            lines.append(f"| {e['task']} | {e['split']} | {e['rows']} | `{e.get('file')}` | {e.get('size', '')} "
+            shard = Path(str(e.get('file'))).name  # the file's name: a card goes public, the local path need not
+            lines.append(f"| {e['task']} | {e['split']} | {e['rows']} | `{shard}` | {e.get('size', '')} "
                          f"| {crc} |")
     return lines
 

@@ -318,6 +318,7 @@ def test_the_model_card_names_the_metrics_of_best_metrics_json(ws, capsys):
     assert f"| (average) | glue_average | {best['glue_average']!r} |" in body
     assert "| pairs | Classification | `not`, `same` |" in body
     assert "| pairs | train | 96 |" in body and "| score | train | 48 |" in body and "| pairs | dev | 24 |" in body
+    assert "| pairs | dev | 24 | `pairs_dev.jsonl` |" in body and str(ws / "shards") not in body  # no local paths
     for row in ("| learning rate | 0.002 |", "| epochs | 1 |", "| batch size | 8 |", "| max sequence length | 64 |",
                 "| optimizer | usadamax |", "| SAGE beta3 (sensitivity EMA) | 0.75 |", "| betas | 0.9, 0.999 |"):
         assert row in body, row
