@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -118,10 +119,16 @@ def mark_latest(output_dir: Path, folder: Path) -> None:
         handle.write(folder.name + "\n")
 
 
+def numbered_folders(output_dir: Path, name: re.Pattern) -> list[Path]:
+    """The folders of ``output_dir`` whose names match ``name`` (``run_folder.STEP_NAME``: step-N,
+    ``run_folder.EPOCH_NAME``: epoch-N), highest N first."""
+    found = [p for p in Path(output_dir).glob("*-*") if p.is_dir() and name.match(p.name)]
+    return sorted(found, key=lambda p: int(p.name.rpartition("-")[2]), reverse=True)
+
+
 def step_checkpoints(output_dir: Path) -> list[Path]:
     """The step-N folders, newest first."""
-    found = [p for p in Path(output_dir).glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[5:]), reverse=True)
+    return numbered_folders(output_dir, run_folder.STEP_NAME)
 
 
 def resume_candidates(output_dir: Path) -> list[Path]:

@@ -18,7 +18,7 @@ from typing import Optional
 
 from data_utils import jsonsafe
 from mt_dnn import distributed as dist_utils
-from mt_dnn import run_folder
+from mt_dnn import checkpoint, run_folder
 
 
 def evaluation_tag(epoch: int, updates: Optional[int] = None) -> int | str:
@@ -31,16 +31,10 @@ def label(epoch: int, updates: Optional[int] = None) -> str:
     return f"epoch {epoch}" if updates is None else f"epoch {epoch} updates {updates}"
 
 
-def epoch_folders(output_dir: Path) -> list[Path]:
-    """The epoch-N folders, newest first."""
-    found = [p for p in Path(output_dir).glob("epoch-*") if p.is_dir() and run_folder.EPOCH_NAME.match(p.name)]
-    return sorted(found, key=lambda p: int(p.name[6:]), reverse=True)
-
-
 def prune(output_dir: Path, keep: int) -> None:
     """Remove all but the newest ``keep`` epoch-N folders (0: keep all)."""
     if keep > 0:
-        for old in epoch_folders(output_dir)[keep:]:
+        for old in checkpoint.numbered_folders(output_dir, run_folder.EPOCH_NAME)[keep:]:
             shutil.rmtree(old, ignore_errors=True)
 
 

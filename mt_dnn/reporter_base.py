@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from data_utils.atomic import atomic_write
-from data_utils.safe_load import loads_json
+from data_utils.safe_load import read_json
 
 STATE_FILE = "reporting.json"
 
@@ -23,7 +23,7 @@ class RunInfo:
 
     def record(self, name: str, value: dict) -> None:
         """Keep ``value`` (a run id) for ``--resume``; written atomically next to the run's other files."""
-        state = read_state(self.output_dir) if (self.output_dir / STATE_FILE).exists() else {}
+        state = read_state(self.output_dir)
         state[name] = value
         with atomic_write(self.output_dir / STATE_FILE) as handle:
             handle.write(json.dumps(state, indent=2, sort_keys=True) + "\n")
@@ -49,7 +49,7 @@ def read_state(output_dir: Path) -> dict:
     path = Path(output_dir) / STATE_FILE
     if not path.exists():
         return {}
-    state = loads_json(path.read_text(encoding="utf-8"), str(path))
+    state = read_json(path)
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a JSON object of reporter ids")
     return state
