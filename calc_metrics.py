@@ -25,16 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def golds_predictions_scores(task_def, std_input: str, score: str) -> tuple[list, list, list]:
     """(golds, predictions, each row's scores), in the TSV's row order."""
-    from data_utils.score_file import read_score_file
+    from data_utils.score_file import check_same_rows, read_score_file
     from data_utils.tsv import read_canonical
     rows = read_canonical(std_input, task_def, "dev")
     scored = read_score_file(score, task_def.n_class)
     missing = [u for u in rows.uids if u not in scored]
-    extra = set(scored) - set(rows.uids)
-    if missing or extra:
-        some = (f"{len(missing)} of its uids are not in {score} (first: {missing[0]})" if missing
-                else f"{score} holds {len(extra)} uids it lacks (first: {sorted(extra)[0]})")
-        raise ValueError(f"--std_input {std_input}: {some}; the two files must hold the same rows")
+    if missing:
+        raise ValueError(f"--std_input {std_input}: {len(missing)} of its uids are not in {score} (first: "
+                         f"{missing[0]}); the two files must hold the same rows")
+    check_same_rows(scored, rows.uids, score, std_input)
     preds = [scored[u][0] for u in rows.uids]
     return list(rows.labels), preds, [scored[u][1] for u in rows.uids]
 

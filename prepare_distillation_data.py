@@ -66,7 +66,7 @@ def _mode(args) -> str:
 
 def upstream_rows(args) -> list[list[str]]:
     """MT-DNN's output rows: the TSV's fields with the label replaced by, or followed by, P(class 1)."""
-    from data_utils.score_file import read_score_file
+    from data_utils.score_file import check_same_rows, read_score_file
     from data_utils.task_def import TaskType, load_task_defs, select_tasks
     from data_utils.tsv import iter_tsv
     td = select_tasks(load_task_defs(args.task_def), [args.task], source=args.task_def)[args.task]
@@ -86,10 +86,7 @@ def upstream_rows(args) -> list[list[str]]:
             raise ValueError(f"{args.score}: the score of uid {fields[0]!r} is {value!r}, not a probability")
         score = str(float(value))
         rows.append(fields[:2] + [score] + fields[2:] if args.add_soft_label else [fields[0], score, *fields[2:]])
-    extra = set(scored) - {row[0] for row in rows}
-    if extra:  # uids are row numbers in most splits: another split's scores would match by uid, wrongly
-        raise ValueError(f"{args.score} holds {len(extra)} uids {args.std_input} lacks (first: {sorted(extra)[0]}); "
-                         "the two files must hold the same rows")
+    check_same_rows(scored, [row[0] for row in rows], args.score, args.std_input)
     return rows
 
 

@@ -51,3 +51,12 @@ def read_score_file(path: Union[str, Path], n_class: int) -> dict[str, tuple[Any
         raise ValueError(f"{path}: a uid appears twice")
     return {str(uid): (pred, scores[i * n_class:(i + 1) * n_class])
             for i, (uid, pred) in enumerate(zip(uids, preds))}
+
+
+def check_same_rows(scored: dict, uids, score_path, tsv_path) -> None:
+    """Refuse a score file holding rows the TSV lacks: uids are row numbers in most splits, so another split's
+    score file would otherwise match by uid, row for wrong row."""
+    extra = set(scored) - set(uids)
+    if extra:
+        raise ValueError(f"{score_path} holds {len(extra)} uids {tsv_path} lacks (first: {sorted(extra)[0]}); "
+                         "the two files must hold the same rows")

@@ -26,17 +26,9 @@ from experiments.sweep import runner
 from experiments.sweep.spec import RunSpec, SpecError, load_spec, train_argv
 from mt_dnn.config import parse_args
 from mt_dnn.trainer import Trainer
-from test_sweep_runs import SPEC, sweep_workspace
+from test_sweep_runs import SPEC, cpu_runs, sweep_workspace  # noqa: F401 (cpu_runs: CPU runs here too)
 
 pytestmark = [pytest.mark.subprocess]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cpu_runs():
-    """CPU runs wherever the tests run, as in tests/test_sweep_runs.py."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("CUDA_VISIBLE_DEVICES", "")
-        yield
 
 
 @pytest.fixture(scope="module")
